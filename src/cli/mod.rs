@@ -1,0 +1,295 @@
+//! Command line: clap definitions (their doc comments are the --help text) and `run`.
+
+mod output;
+
+use crate::control::{client, Request, StatusInfo, VolumeInfo};
+use crate::error::{Error, Result};
+use crate::store::Store;
+use crate::volume::{fsck::FsckReport, parse_block_size};
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// clonefs: a copy-on-write FUSE filesystem with a deduplicated block store.
+#[derive(Parser, Debug)]
+#[command(name = "clonefs", version, propagate_version = true)]
+pub struct Cli {
+    /// Store directory [default: /var/lib/clonefs as root, else ~/.local/share/clonefs]
+    #[arg(long, env = "CLONEFS_STORE", global = true)]
+    store: Option<PathBuf>,
+    /// More log output from the daemon (-v info, -vv debug, -vvv trace)
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Create a new store (refuses a non-empty directory)
+    Init,
+    /// Serve the store: volumes, mounts and the control socket STORE/clonefs.sock
+    Daemon {
+        /// Stay in the foreground and log to stderr (otherwise detach, log to STORE/clonefs.log)
+        #[arg(long)]
+        foreground: bool,
+    },
+    /// Stop the daemon: flush everything, unmount every volume, exit
+    Shutdown,
+    /// Create an empty volume
+    Create {
+        name: String,
+        /// Block size: a power of two from 4K to 1M
+        #[arg(long, default_value = "64K")]
+        block_size: String,
+    },
+    /// List volumes
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Mount a volume at an existing directory; returns when the mount is ready
+    Mount {
+        volume: String,
+        dir: PathBuf,
+        #[arg(long)]
+        read_only: bool,
+    },
+    /// Unmount a volume (flushes its data first)
+    Unmount { dir: PathBuf },
+    /// Destroy a volume and free its space (refuses a mounted volume)
+    Destroy { volume: String },
+    /// Rename a volume
+    Rename { old: String, new: String },
+    /// Show the store: path, format, space, dedup ratio, mounts
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the whole store for consistency (through the daemon if one runs)
+    Fsck {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compact the store so that freed space leaves the disk now
+    Compact,
+}
+
+pub fn default_store() -> PathBuf {
+    if crate::sys::geteuid() == 0 {
+        return PathBuf::from("/var/lib/clonefs");
+    }
+    match std::env::var_os("XDG_DATA_HOME") {
+        Some(d) => PathBuf::from(d).join("clonefs"),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| ".".into())).join(".local/share/clonefs"),
+    }
+}
+
+fn absolute(p: &Path) -> Result<PathBuf> {
+    if p.is_absolute() {
+        Ok(p.to_path_buf())
+    } else {
+        Ok(std::env::current_dir()?.join(p))
+    }
+}
+
+pub fn main_with(cli: Cli) -> ExitCode {
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("clonefs: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let store = absolute(&cli.store.clone().unwrap_or_else(default_store))?;
+    let call = |req: Request| client::call(&store, &req);
+    match cli.cmd {
+        Cmd::Init => {
+            Store::init(&store)?;
+            println!("created store {}", store.display());
+        }
+        Cmd::Daemon { foreground: true } => {
+            init_logging(cli.verbose.max(1));
+            crate::daemon::run(&store)?;
+        }
+        Cmd::Daemon { foreground: false } => start_daemon(&store, cli.verbose)?,
+        Cmd::Shutdown => {
+            call(Request::Shutdown)?;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while client::ping(&store) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            println!("daemon stopped");
+        }
+        Cmd::Create { name, block_size } => {
+            let block_size = parse_block_size(&block_size)?;
+            crate::volume::check_name(&name)?;
+            call(Request::Create { name: name.clone(), block_size, uid: crate::sys::geteuid(), gid: crate::sys::getegid() })?;
+            println!("created volume {name} (block size {})", output::size(block_size as u64));
+        }
+        Cmd::List { json } => {
+            let v: Vec<VolumeInfo> = serde_json::from_value(call(Request::List)?)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                output::volumes(&v);
+            }
+        }
+        Cmd::Mount { volume, dir, read_only } => {
+            crate::volume::check_name(&volume)?;
+            let dir = absolute(&dir)?;
+            call(Request::Mount { name: volume.clone(), dir: dir.clone(), read_only })?;
+            println!("mounted {volume} at {}{}", dir.display(), if read_only { " (read-only)" } else { "" });
+        }
+        Cmd::Unmount { dir } => {
+            call(Request::Unmount { dir: absolute(&dir)? })?;
+        }
+        Cmd::Destroy { volume } => {
+            crate::volume::check_name(&volume)?;
+            call(Request::Destroy { name: volume.clone() })?;
+            println!("destroyed {volume}");
+        }
+        Cmd::Rename { old, new } => {
+            crate::volume::check_name(&old)?;
+            crate::volume::check_name(&new)?;
+            call(Request::Rename { old: old.clone(), new: new.clone() })?;
+            println!("renamed {old} to {new}");
+        }
+        Cmd::Status { json } => {
+            let s: StatusInfo = serde_json::from_value(call(Request::Status)?)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                output::status(&s);
+            }
+        }
+        Cmd::Fsck { json } => {
+            let report: FsckReport = if client::ping(&store) {
+                serde_json::from_value(call(Request::Fsck)?)?
+            } else {
+                let s = Store::open(&store)?;
+                crate::volume::fsck::check(&s)?
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                output::fsck(&report);
+            }
+            if !report.is_clean() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Cmd::Compact => {
+            let v = call(Request::Compact)?;
+            println!("compacted; {} on disk", output::size(v["disk_bytes"].as_u64().unwrap_or(0)));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .format_timestamp_millis()
+        .try_init();
+}
+
+/// Starts a detached daemon and returns once its socket answers.
+pub fn start_daemon(store: &Path, verbose: u8) -> Result<()> {
+    if client::ping(store) {
+        return Err(Error::Conflict(format!("a clonefs daemon already serves store {}", store.display())));
+    }
+    if !store.join("db").join("CURRENT").exists() {
+        return Err(Error::NotFound(format!(
+            "no clonefs store at {} (create one with `clonefs init --store {}`)",
+            store.display(),
+            store.display()
+        )));
+    }
+    let log_path = store.join("clonefs.log");
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.arg("daemon").arg("--foreground").arg("--store").arg(store);
+    if verbose > 0 {
+        cmd.arg(format!("-{}", "v".repeat(verbose as usize)));
+    }
+    use std::os::unix::process::CommandExt;
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if client::ping(store) {
+            println!(
+                "clonefs daemon running (pid {}) for store {}\n  log: {}\n  stop it with: clonefs shutdown --store {}",
+                child.id(),
+                store.display(),
+                log_path.display(),
+                store.display()
+            );
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+            return Err(Error::Invalid(format!("the daemon exited ({status}): {last}")));
+        }
+        if Instant::now() > deadline {
+            return Err(Error::NoDaemon("the daemon did not answer within 120 s".into()));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `mount -t fuse.clonefs VOL DIR -o opts`: mount(8) runs us as mount.fuse.clonefs.
+pub fn mount_helper(args: Vec<String>) -> ExitCode {
+    let r = (|| -> Result<()> {
+        let mut pos = Vec::new();
+        let mut opts = Vec::new();
+        let mut it = args.into_iter().skip(1);
+        while let Some(a) = it.next() {
+            match a.as_str() {
+                "-o" => opts.extend(it.next().unwrap_or_default().split(',').map(str::to_string)),
+                s if s.starts_with("-o") => opts.extend(s[2..].split(',').map(str::to_string)),
+                "-n" | "-s" | "-f" | "-v" => {}
+                _ => pos.push(a),
+            }
+        }
+        let [vol, dir] = <[String; 2]>::try_from(pos)
+            .map_err(|_| Error::Invalid("usage: mount.fuse.clonefs VOLUME DIR [-o ro,store=DIR]".into()))?;
+        let mut store = std::env::var_os("CLONEFS_STORE").map(PathBuf::from).unwrap_or_else(default_store);
+        let mut read_only = false;
+        for o in opts {
+            if o == "ro" {
+                read_only = true;
+            } else if let Some(s) = o.strip_prefix("store=") {
+                store = PathBuf::from(s);
+            }
+        }
+        if !client::ping(&store) {
+            start_daemon(&store, 0)?;
+        }
+        crate::volume::check_name(&vol)?;
+        client::call(&store, &Request::Mount { name: vol, dir: absolute(Path::new(&dir))?, read_only })?;
+        Ok(())
+    })();
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mount.fuse.clonefs: {e}");
+            ExitCode::from(32)
+        }
+    }
+}

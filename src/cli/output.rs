@@ -1,0 +1,78 @@
+//! Human-readable tables.
+
+use crate::control::{StatusInfo, VolumeInfo};
+use crate::volume::fsck::FsckReport;
+
+pub fn size(b: u64) -> String {
+    const U: [&str; 6] = ["B", "K", "M", "G", "T", "P"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < U.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{b}B")
+    } else if v < 10.0 {
+        format!("{v:.1}{}", U[i])
+    } else {
+        format!("{v:.0}{}", U[i])
+    }
+}
+
+pub fn volumes(v: &[VolumeInfo]) {
+    println!("{:<24} {:>9} {:>11} {:>9} {:>6}  MOUNTPOINT", "NAME", "LOGICAL", "REFERENCED", "UNIQUE", "BLOCK");
+    for x in v {
+        let mp = match &x.mountpoint {
+            Some(p) => format!("{}{}", p.display(), if x.read_only { " (ro)" } else { "" }),
+            None => "-".into(),
+        };
+        println!(
+            "{:<24} {:>9} {:>11} {:>9} {:>6}  {}",
+            x.name,
+            size(x.logical),
+            size(x.referenced),
+            size(x.unique),
+            size(x.block_size as u64),
+            mp
+        );
+    }
+}
+
+pub fn status(s: &StatusInfo) {
+    println!("store:          {}", s.store.display());
+    println!("format version: {}", s.format_version);
+    println!("daemon pid:     {}", s.pid);
+    println!("volumes:        {}", s.volumes);
+    println!("logical:        {} ({} bytes)", size(s.logical), s.logical);
+    println!("physical:       {} ({} bytes in {} blocks)", size(s.physical), s.physical, s.blocks);
+    println!("dedup ratio:    {:.2}x", s.dedup_ratio);
+    println!("on disk:        {} (after compression)", size(s.disk_bytes));
+    println!("unflushed:      {}", size(s.dirty_bytes));
+    if s.mounts.is_empty() {
+        println!("mounts:         none");
+    }
+    for m in &s.mounts {
+        println!("mount:          {} at {}{}", m.volume, m.mountpoint.display(), if m.read_only { " (ro)" } else { "" });
+    }
+}
+
+pub fn fsck(r: &FsckReport) {
+    println!(
+        "checked {} volumes, {} inodes, {} entries, {} extents, {} blocks ({})",
+        r.volumes,
+        r.inodes,
+        r.dirents,
+        r.extents,
+        r.blocks,
+        size(r.physical)
+    );
+    if r.errors.is_empty() {
+        println!("clean");
+    } else {
+        for e in &r.errors {
+            println!("error: {e}");
+        }
+        println!("{} errors", r.errors.len());
+    }
+}

@@ -1,0 +1,76 @@
+//! Daemon <-> CLI protocol: one JSON request line, one JSON response line, per connection,
+//! over the Unix socket STORE/clonefs.sock (mode 0600).
+
+pub mod client;
+pub mod server;
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+pub const SOCKET_NAME: &str = "clonefs.sock";
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Ping,
+    Create { name: String, block_size: u32, uid: u32, gid: u32 },
+    List,
+    Mount { name: String, dir: PathBuf, read_only: bool },
+    Unmount { dir: PathBuf },
+    Destroy { name: String },
+    Rename { old: String, new: String },
+    Status,
+    Fsck,
+    Compact,
+    Shutdown,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub data: serde_json::Value,
+}
+
+/// One row of `clonefs list`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VolumeInfo {
+    pub name: String,
+    /// Bytes of all block references of the volume (what `du` would count, holes excluded).
+    pub logical: u64,
+    /// Bytes of the distinct stored blocks the volume reads.
+    pub referenced: u64,
+    /// Bytes only this volume references: what destroying it frees.
+    pub unique: u64,
+    pub block_size: u32,
+    pub created: i64,
+    pub mountpoint: Option<PathBuf>,
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MountInfo {
+    pub volume: String,
+    pub mountpoint: PathBuf,
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusInfo {
+    pub store: PathBuf,
+    pub format_version: u32,
+    pub pid: u32,
+    pub volumes: usize,
+    /// Bytes of distinct stored blocks, before compression.
+    pub physical: u64,
+    pub blocks: u64,
+    /// Sum of all volumes' logical bytes.
+    pub logical: u64,
+    pub dedup_ratio: f64,
+    /// Bytes RocksDB holds on disk (SST and blob files, after compression).
+    pub disk_bytes: u64,
+    pub dirty_bytes: u64,
+    pub mounts: Vec<MountInfo>,
+}

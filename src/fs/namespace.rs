@@ -1,0 +1,432 @@
+//! Names: lookup, create, mkdir, mknod, symlink, link, unlink, rmdir, rename, readdir.
+//! Each operation is one write batch (invariant 1 in docs/ARCHITECTURE.md).
+
+use super::table::{lock, Node, NodeRef};
+use super::{err, Ctx, DirItem, Entry, Volume};
+use crate::error::Result;
+use crate::store::records::{DirentRec, InodeRec, Kind, Ts};
+use crate::store::{cf, keys, Txn};
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, MutexGuard};
+
+pub const NAME_MAX: usize = 255;
+const LINK_MAX: u32 = 65000;
+
+/// Arguments of a new inode.
+pub struct NewNode<'a> {
+    pub kind: Kind,
+    pub perm: u32,
+    pub rdev: u32,
+    pub target: &'a [u8],
+}
+
+fn check_name(name: &[u8]) -> Result<()> {
+    if name.len() > NAME_MAX {
+        return Err(err(libc::ENAMETOOLONG));
+    }
+    if name.is_empty() || name.contains(&b'/') || name.contains(&0) || name == b"." || name == b".." {
+        return Err(err(libc::EINVAL));
+    }
+    Ok(())
+}
+
+/// Several nodes locked in ascending inode order.
+struct Locked<'a> {
+    guards: BTreeMap<u64, MutexGuard<'a, Node>>,
+}
+
+impl<'a> Locked<'a> {
+    fn new(nodes: &'a BTreeMap<u64, NodeRef>) -> Result<Locked<'a>> {
+        let mut guards = BTreeMap::new();
+        for (ino, n) in nodes {
+            guards.insert(*ino, lock(n)?);
+        }
+        Ok(Locked { guards })
+    }
+    fn get(&mut self, ino: u64) -> Result<&mut Node> {
+        self.guards.get_mut(&ino).map(|g| &mut **g).ok_or_else(|| err(libc::EIO))
+    }
+}
+
+impl Volume {
+    /// The live entry `name` of directory `dir`: (epoch of its version, entry).
+    fn dirent(&self, dir: u64, name: &[u8]) -> Result<Option<(u64, DirentRec)>> {
+        match self.store.get_version(cf::DIRENTS, &keys::dirent_key(self.lineage(), dir, name), self.epoch())? {
+            Some((e, v)) => Ok(DirentRec::decode(&v)?.map(|d| (e, d))),
+            None => Ok(None),
+        }
+    }
+
+    fn stage_dirent(&self, t: &mut Txn, dir: u64, name: &[u8], d: DirentRec) -> Result<()> {
+        self.stage_put(t, cf::DIRENTS, keys::dirent_key(self.lineage(), dir, name), &d.encode())
+    }
+
+    fn stage_unname(&self, t: &mut Txn, dir: u64, name: &[u8], found_epoch: u64) -> Result<()> {
+        self.stage_remove(t, cf::DIRENTS, keys::dirent_key(self.lineage(), dir, name), found_epoch)
+    }
+
+    fn dir_is_empty(&self, dir: u64) -> Result<bool> {
+        let mut empty = true;
+        self.store.scan_versions(cf::DIRENTS, &keys::dir_prefix(self.lineage(), dir), self.epoch(), |_, _, v| {
+            if DirentRec::decode(v)?.is_some() {
+                empty = false;
+                return Ok(false);
+            }
+            Ok(true)
+        })?;
+        Ok(empty)
+    }
+
+    fn live_dir<'a>(&self, n: &MutexGuard<'a, Node>) -> Result<()> {
+        if n.rec.kind != Kind::Dir {
+            return Err(err(libc::ENOTDIR));
+        }
+        if n.rec.nlink == 0 {
+            return Err(err(libc::ENOENT));
+        }
+        Ok(())
+    }
+
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Entry> {
+        if name.len() > NAME_MAX {
+            return Err(err(libc::ENAMETOOLONG));
+        }
+        {
+            let p = self.node(parent)?;
+            let p = lock(&p)?;
+            if p.rec.kind != Kind::Dir {
+                return Err(err(libc::ENOTDIR));
+            }
+        }
+        let (_, d) = self.dirent(parent, name)?.ok_or_else(|| err(libc::ENOENT))?;
+        let node = self.node(d.ino)?;
+        let mut n = lock(&node)?;
+        n.lookups += 1;
+        Ok(Entry { ino: d.ino, rec: n.rec.clone() })
+    }
+
+    /// Creates a file, directory, symlink or special file. With `open`, also opens it.
+    pub fn make(&self, ctx: Ctx, parent: u64, name: &[u8], new: NewNode<'_>, open: bool) -> Result<Entry> {
+        check_name(name)?;
+        if new.kind == Kind::Symlink && (new.target.is_empty() || new.target.len() > 4095) {
+            return Err(err(if new.target.is_empty() { libc::ENOENT } else { libc::ENAMETOOLONG }));
+        }
+        let _g = self.ns()?;
+        let pnode = self.node(parent)?;
+        let mut p = lock(&pnode)?;
+        self.live_dir(&p)?;
+        if self.dirent(parent, name)?.is_some() {
+            return Err(err(libc::EEXIST));
+        }
+        let now = Ts::now();
+        let sgid_dir = p.rec.perm & libc::S_ISGID != 0;
+        let mut perm = new.perm & 0o7777;
+        if new.kind == Kind::Dir && sgid_dir {
+            perm |= libc::S_ISGID;
+        }
+        let ino = self.alloc_ino();
+        let is_dir = new.kind == Kind::Dir;
+        let rec = InodeRec {
+            kind: new.kind,
+            perm,
+            uid: ctx.uid,
+            gid: if sgid_dir { p.rec.gid } else { ctx.gid },
+            nlink: if is_dir { 2 } else { 1 },
+            rdev: new.rdev,
+            size: new.target.len() as u64,
+            blocks: 0,
+            parent: if is_dir { parent } else { 0 },
+            atime: now,
+            mtime: now,
+            ctime: now,
+            crtime: now,
+            target: new.target.to_vec(),
+        };
+        let mut t = self.store.txn();
+        self.stage_put(&mut t, cf::INODES, keys::inode_key(self.lineage(), ino), &rec.encode())?;
+        self.stage_dirent(&mut t, parent, name, DirentRec { kind: new.kind, ino })?;
+        let mut prec = p.rec.clone();
+        prec.mtime = now;
+        prec.ctime = now;
+        if is_dir {
+            prec.nlink += 1;
+        }
+        let prec = self.stage_node(&mut t, parent, &p, prec)?;
+        self.store.commit(t, false)?;
+        self.applied(parent, &mut p, prec);
+        let mut node = Node::new(rec.clone());
+        node.lookups = 1;
+        node.opens = open as u32;
+        self.table.insert(ino, node)?;
+        Ok(Entry { ino, rec })
+    }
+
+    pub fn link(&self, ino: u64, newparent: u64, newname: &[u8]) -> Result<Entry> {
+        check_name(newname)?;
+        let _g = self.ns()?;
+        if ino == newparent {
+            return Err(err(libc::EPERM));
+        }
+        let mut nodes = BTreeMap::new();
+        nodes.insert(ino, self.node(ino)?);
+        nodes.insert(newparent, self.node(newparent)?);
+        let mut l = Locked::new(&nodes)?;
+        {
+            let p = l.get(newparent)?;
+            if p.rec.kind != Kind::Dir {
+                return Err(err(libc::ENOTDIR));
+            }
+            if p.rec.nlink == 0 {
+                return Err(err(libc::ENOENT));
+            }
+        }
+        let c = l.get(ino)?;
+        if c.rec.kind == Kind::Dir {
+            return Err(err(libc::EPERM));
+        }
+        if c.rec.nlink == 0 {
+            return Err(err(libc::ENOENT));
+        }
+        if c.rec.nlink >= LINK_MAX {
+            return Err(err(libc::EMLINK));
+        }
+        if self.dirent(newparent, newname)?.is_some() {
+            return Err(err(libc::EEXIST));
+        }
+        let now = Ts::now();
+        let mut t = self.store.txn();
+        let mut crec = c.rec.clone();
+        crec.nlink += 1;
+        crec.ctime = now;
+        let kind = crec.kind;
+        let crec = self.stage_node(&mut t, ino, c, crec)?;
+        self.stage_dirent(&mut t, newparent, newname, DirentRec { kind, ino })?;
+        let p = l.get(newparent)?;
+        let mut prec = p.rec.clone();
+        prec.mtime = now;
+        prec.ctime = now;
+        let prec = self.stage_node(&mut t, newparent, p, prec)?;
+        self.store.commit(t, false)?;
+        self.applied(newparent, l.get(newparent)?, prec);
+        let c = l.get(ino)?;
+        self.applied(ino, c, crec.clone());
+        c.lookups += 1;
+        Ok(Entry { ino, rec: crec })
+    }
+
+    /// Drops one name of `ino` inside a batch; purges the inode when that was its last name
+    /// and nothing has it open, else keeps it as an orphan until the last release.
+    /// Returns the record to apply, or None if the inode was purged.
+    fn stage_drop_name(&self, t: &mut Txn, ino: u64, c: &Node, now: Ts) -> Result<Option<InodeRec>> {
+        let mut crec = c.rec.clone();
+        crec.nlink = if crec.kind == Kind::Dir { 0 } else { crec.nlink.saturating_sub(1) };
+        crec.ctime = now;
+        if crec.nlink == 0 && c.opens == 0 {
+            self.stage_purge(t, ino)?;
+            return Ok(None);
+        }
+        if crec.nlink == 0 {
+            t.put(&self.store, cf::CATALOG, &keys::catalog::orphan(self.lineage(), ino), &[])?;
+        }
+        Ok(Some(self.stage_node(t, ino, c, crec)?))
+    }
+
+    fn finish_drop(&self, ino: u64, c: &mut Node, rec: Option<InodeRec>) -> Result<()> {
+        match rec {
+            Some(r) => {
+                self.applied(ino, c, r);
+                Ok(())
+            }
+            None => {
+                c.rec.nlink = 0;
+                self.forget_node(ino, c)
+            }
+        }
+    }
+
+    pub fn unlink(&self, parent: u64, name: &[u8], dir: bool) -> Result<()> {
+        if name.len() > NAME_MAX {
+            return Err(err(libc::ENAMETOOLONG));
+        }
+        let _g = self.ns()?;
+        let (de, d) = self.dirent(parent, name)?.ok_or_else(|| err(libc::ENOENT))?;
+        if dir && d.kind != Kind::Dir {
+            return Err(err(libc::ENOTDIR));
+        }
+        if !dir && d.kind == Kind::Dir {
+            return Err(err(libc::EISDIR));
+        }
+        if dir && !self.dir_is_empty(d.ino)? {
+            return Err(err(libc::ENOTEMPTY));
+        }
+        let mut nodes = BTreeMap::new();
+        nodes.insert(parent, self.node(parent)?);
+        nodes.insert(d.ino, self.node(d.ino)?);
+        let mut l = Locked::new(&nodes)?;
+        let now = Ts::now();
+        let mut t = self.store.txn();
+        self.stage_unname(&mut t, parent, name, de)?;
+        let crec = self.stage_drop_name(&mut t, d.ino, l.get(d.ino)?, now)?;
+        let p = l.get(parent)?;
+        let mut prec = p.rec.clone();
+        prec.mtime = now;
+        prec.ctime = now;
+        if dir {
+            prec.nlink = prec.nlink.saturating_sub(1);
+        }
+        let prec = self.stage_node(&mut t, parent, p, prec)?;
+        self.store.commit(t, false)?;
+        self.applied(parent, l.get(parent)?, prec);
+        self.finish_drop(d.ino, l.get(d.ino)?, crec)
+    }
+
+    pub fn rename(&self, parent: u64, name: &[u8], newparent: u64, newname: &[u8], flags: u32) -> Result<()> {
+        check_name(newname)?;
+        if name.len() > NAME_MAX {
+            return Err(err(libc::ENAMETOOLONG));
+        }
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        let noreplace = flags & libc::RENAME_NOREPLACE != 0;
+        if flags & !(libc::RENAME_EXCHANGE | libc::RENAME_NOREPLACE) != 0 || (exchange && noreplace) {
+            return Err(err(libc::EINVAL));
+        }
+        let _g = self.ns()?;
+        let (se, src) = self.dirent(parent, name)?.ok_or_else(|| err(libc::ENOENT))?;
+        let dst = self.dirent(newparent, newname)?;
+        if exchange && dst.is_none() {
+            return Err(err(libc::ENOENT));
+        }
+        if noreplace && dst.is_some() {
+            return Err(err(libc::EEXIST));
+        }
+        if let Some((_, d)) = &dst {
+            if d.ino == src.ino {
+                return Ok(());
+            }
+            if !exchange {
+                if src.kind == Kind::Dir && d.kind != Kind::Dir {
+                    return Err(err(libc::ENOTDIR));
+                }
+                if src.kind != Kind::Dir && d.kind == Kind::Dir {
+                    return Err(err(libc::EISDIR));
+                }
+                if d.kind == Kind::Dir && !self.dir_is_empty(d.ino)? {
+                    return Err(err(libc::ENOTEMPTY));
+                }
+            }
+        }
+        let mut nodes = BTreeMap::new();
+        for ino in [parent, newparent, src.ino] {
+            nodes.insert(ino, self.node(ino)?);
+        }
+        if let Some((_, d)) = &dst {
+            nodes.insert(d.ino, self.node(d.ino)?);
+        }
+        let mut l = Locked::new(&nodes)?;
+        if l.get(newparent)?.rec.kind != Kind::Dir {
+            return Err(err(libc::ENOTDIR));
+        }
+        if l.get(newparent)?.rec.nlink == 0 {
+            return Err(err(libc::ENOENT));
+        }
+        let now = Ts::now();
+        let mut t = self.store.txn();
+        // New records, staged once each at the end.
+        let mut recs: BTreeMap<u64, InodeRec> = BTreeMap::new();
+        for (ino, _) in nodes.iter() {
+            recs.insert(*ino, l.get(*ino)?.rec.clone());
+        }
+        let moved_dir = |k: Kind| k == Kind::Dir && parent != newparent;
+        let mut dropped = None;
+        if exchange {
+            let (_, d) = dst.ok_or_else(|| err(libc::ENOENT))?;
+            self.stage_dirent(&mut t, newparent, newname, src)?;
+            self.stage_dirent(&mut t, parent, name, d)?;
+            if moved_dir(src.kind) {
+                rec_mut(&mut recs, parent)?.nlink -= 1;
+                rec_mut(&mut recs, newparent)?.nlink += 1;
+                rec_mut(&mut recs, src.ino)?.parent = newparent;
+            }
+            if moved_dir(d.kind) {
+                rec_mut(&mut recs, newparent)?.nlink -= 1;
+                rec_mut(&mut recs, parent)?.nlink += 1;
+                rec_mut(&mut recs, d.ino)?.parent = parent;
+            }
+            rec_mut(&mut recs, d.ino)?.ctime = now;
+        } else {
+            if let Some((_, d)) = dst {
+                let r = self.stage_drop_name(&mut t, d.ino, l.get(d.ino)?, now)?;
+                recs.remove(&d.ino);
+                if d.kind == Kind::Dir {
+                    rec_mut(&mut recs, newparent)?.nlink -= 1;
+                }
+                dropped = Some((d.ino, r));
+            }
+            self.stage_dirent(&mut t, newparent, newname, src)?;
+            self.stage_unname(&mut t, parent, name, se)?;
+            if moved_dir(src.kind) {
+                rec_mut(&mut recs, parent)?.nlink -= 1;
+                rec_mut(&mut recs, newparent)?.nlink += 1;
+                rec_mut(&mut recs, src.ino)?.parent = newparent;
+            }
+        }
+        rec_mut(&mut recs, src.ino)?.ctime = now;
+        for p in [parent, newparent] {
+            let r = rec_mut(&mut recs, p)?;
+            r.mtime = now;
+            r.ctime = now;
+        }
+        let mut staged = Vec::new();
+        for (ino, rec) in recs {
+            staged.push((ino, self.stage_node(&mut t, ino, l.get(ino)?, rec)?));
+        }
+        self.store.commit(t, false)?;
+        for (ino, rec) in staged {
+            self.applied(ino, l.get(ino)?, rec);
+        }
+        if let Some((ino, r)) = dropped {
+            self.finish_drop(ino, l.get(ino)?, r)?;
+        }
+        Ok(())
+    }
+
+    /// Takes a listing of a directory for one open handle (offsets index into it).
+    pub fn opendir(&self, ino: u64) -> Result<u64> {
+        let node = self.node(ino)?;
+        let parent = {
+            let n = lock(&node)?;
+            if n.rec.kind != Kind::Dir {
+                return Err(err(libc::ENOTDIR));
+            }
+            if ino == super::ROOT_INO { ino } else { n.rec.parent }
+        };
+        let mut items = vec![
+            DirItem { name: b".".to_vec(), ino, kind: Kind::Dir },
+            DirItem { name: b"..".to_vec(), ino: parent, kind: Kind::Dir },
+        ];
+        self.store.scan_versions(cf::DIRENTS, &keys::dir_prefix(self.lineage(), ino), self.epoch(), |ident, _, v| {
+            if let Some(d) = DirentRec::decode(v)? {
+                items.push(DirItem { name: keys::name_of(ident).to_vec(), ino: d.ino, kind: d.kind });
+            }
+            Ok(true)
+        })?;
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.dirs.lock().map_err(|_| err(libc::EIO))?.insert(fh, Arc::new(items));
+        Ok(fh)
+    }
+
+    pub fn readdir(&self, fh: u64) -> Result<Arc<Vec<DirItem>>> {
+        self.dirs.lock().map_err(|_| err(libc::EIO))?.get(&fh).cloned().ok_or_else(|| err(libc::EBADF))
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        if let Ok(mut d) = self.dirs.lock() {
+            d.remove(&fh);
+        }
+    }
+}
+
+fn rec_mut(recs: &mut BTreeMap<u64, InodeRec>, ino: u64) -> Result<&mut InodeRec> {
+    recs.get_mut(&ino).ok_or_else(|| err(libc::EIO))
+}

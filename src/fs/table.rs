@@ -1,0 +1,106 @@
+//! In-memory inodes. While a `Node` is in the table it is the authoritative copy of its inode:
+//! every change goes through its lock, and every write of its record to the store carries its
+//! dirty blocks too (so a stored size never runs ahead of stored data).
+
+use crate::error::{Error, Result};
+use crate::store::records::InodeRec;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+const SHARDS: usize = 64;
+
+pub struct Node {
+    pub rec: InodeRec,
+    /// Whole blocks written but not yet in the store, by block index.
+    pub dirty: BTreeMap<u64, Vec<u8>>,
+    pub dirty_since: Option<Instant>,
+    /// `rec` differs from the stored record (size, times after a write).
+    pub meta_dirty: bool,
+    /// Open file handles.
+    pub opens: u32,
+    /// Kernel lookup count (entries it holds).
+    pub lookups: u64,
+}
+
+impl Node {
+    pub fn new(rec: InodeRec) -> Node {
+        Node { rec, dirty: BTreeMap::new(), dirty_since: None, meta_dirty: false, opens: 0, lookups: 0 }
+    }
+    pub fn is_clean(&self) -> bool {
+        self.dirty.is_empty() && !self.meta_dirty
+    }
+}
+
+pub type NodeRef = Arc<Mutex<Node>>;
+
+pub fn lock(n: &NodeRef) -> Result<MutexGuard<'_, Node>> {
+    n.lock().map_err(|_| Error::Corrupt("inode lock poisoned by a panic".into()))
+}
+
+#[derive(Default)]
+pub struct Table {
+    shards: Vec<Mutex<HashMap<u64, NodeRef>>>,
+}
+
+impl Table {
+    pub fn new() -> Table {
+        Table { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect() }
+    }
+
+    fn shard(&self, ino: u64) -> Result<MutexGuard<'_, HashMap<u64, NodeRef>>> {
+        self.shards[(ino as usize) % SHARDS]
+            .lock()
+            .map_err(|_| Error::Corrupt("inode table poisoned by a panic".into()))
+    }
+
+    /// The node for `ino`, loading it with `load` if it is not in memory. The shard lock is
+    /// held across the load so one inode never has two nodes.
+    pub fn get(&self, ino: u64, load: impl FnOnce() -> Result<Option<InodeRec>>) -> Result<Option<NodeRef>> {
+        let mut s = self.shard(ino)?;
+        if let Some(n) = s.get(&ino) {
+            return Ok(Some(n.clone()));
+        }
+        match load()? {
+            Some(rec) => {
+                let n = Arc::new(Mutex::new(Node::new(rec)));
+                s.insert(ino, n.clone());
+                Ok(Some(n))
+            }
+            None => Ok(None),
+        }
+    }
+
+    pub fn insert(&self, ino: u64, node: Node) -> Result<NodeRef> {
+        let n = Arc::new(Mutex::new(node));
+        self.shard(ino)?.insert(ino, n.clone());
+        Ok(n)
+    }
+
+    pub fn remove(&self, ino: u64) -> Result<()> {
+        self.shard(ino)?.remove(&ino);
+        Ok(())
+    }
+
+    /// Drops the node if nobody but the table holds it and it has nothing unsaved.
+    pub fn evict_if_idle(&self, ino: u64) -> Result<()> {
+        let mut s = self.shard(ino)?;
+        if let Some(n) = s.get(&ino) {
+            if Arc::strong_count(n) == 1 {
+                let idle = n.try_lock().map(|g| g.is_clean() && g.opens == 0 && g.lookups == 0).unwrap_or(false);
+                if idle {
+                    s.remove(&ino);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().map(|g| g.len()).unwrap_or(0)).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

@@ -1,0 +1,683 @@
+//! The only module that uses RocksDB: column families, options, versioned reads, blocks and
+//! reference counts. Everything above it sees keys (`keys`), values (`records`) and `Txn`.
+
+pub mod keys;
+pub mod records;
+
+use crate::error::{Error, Result};
+use records::{Hash, RefRec};
+use rocksdb::{
+    BlockBasedOptions, BottommostLevelCompaction, Cache, ColumnFamily, ColumnFamilyDescriptor,
+    CompactOptions, DBCompressionType, Direction, IteratorMode, Options, ReadOptions, WriteBatch,
+    WriteOptions, DB,
+};
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// The on-disk format this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+const SECRET_LEN: usize = 192;
+
+/// Column family names: the only place they are spelled.
+pub mod cf {
+    pub const BLOCKS: &str = "blocks";
+    pub const REFS: &str = "refs";
+    pub const INODES: &str = "inodes";
+    pub const DIRENTS: &str = "dirents";
+    pub const EXTENTS: &str = "extents";
+    pub const XATTRS: &str = "xattrs";
+    pub const CATALOG: &str = "catalog";
+    pub const ALL: [&str; 7] = [BLOCKS, REFS, INODES, DIRENTS, EXTENTS, XATTRS, CATALOG];
+}
+
+impl From<rocksdb::Error> for Error {
+    fn from(e: rocksdb::Error) -> Self {
+        Error::Db(e.into_string())
+    }
+}
+
+/// Space figures of one lineage, kept exact by every commit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LineageSpace {
+    /// Bytes of all block references (a block referenced twice counts twice).
+    pub logical: u64,
+    /// Bytes of the distinct blocks this lineage references.
+    pub referenced: u64,
+    /// Bytes of the blocks only this lineage references: what destroying it frees.
+    pub unique: u64,
+}
+
+impl LineageSpace {
+    fn encode(&self) -> Vec<u8> {
+        let mut v = vec![records::VALUE_VERSION];
+        for x in [self.logical, self.referenced, self.unique] {
+            v.extend_from_slice(&x.to_le_bytes());
+        }
+        v
+    }
+    fn decode(b: &[u8]) -> Result<Self> {
+        if b.len() != 25 || b[0] != records::VALUE_VERSION {
+            return Err(Error::Corrupt("bad space record".into()));
+        }
+        let f = |i: usize| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&b[1 + i..9 + i]);
+            u64::from_le_bytes(a)
+        };
+        Ok(LineageSpace { logical: f(0), referenced: f(8), unique: f(16) })
+    }
+}
+
+/// Space figures of the whole store.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Space {
+    /// Bytes of distinct stored blocks (before RocksDB compression).
+    pub physical: u64,
+    pub blocks: u64,
+    pub lineages: HashMap<u64, LineageSpace>,
+}
+
+/// A set of changes committed as one RocksDB write batch.
+pub struct Txn {
+    batch: WriteBatch,
+    /// (hash, lineage, delta, block bytes when the reference is new)
+    refs: Vec<(Hash, u64, i64, Option<Vec<u8>>)>,
+    ops: usize,
+}
+
+pub struct Store {
+    db: DB,
+    dir: PathBuf,
+    secret: Vec<u8>,
+    /// Serializes refcount read-modify-write; holds the space counters it keeps exact.
+    space: Mutex<Space>,
+}
+
+fn db_dir(store: &Path) -> PathBuf {
+    store.join("db")
+}
+
+fn cf_options(name: &str, cache: &Cache) -> Options {
+    let mut o = Options::default();
+    let mut t = BlockBasedOptions::default();
+    t.set_block_cache(cache);
+    t.set_bloom_filter(10.0, false);
+    t.set_cache_index_and_filter_blocks(true);
+    match name {
+        cf::BLOCKS => {
+            // Block values are 4 KiB..1 MiB: keep them in blob files so compaction moves
+            // 16-byte keys, not the data; lz4 is cheap enough to be always on.
+            o.set_enable_blob_files(true);
+            o.set_min_blob_size(1024);
+            o.set_blob_file_size(256 << 20);
+            o.set_blob_compression_type(DBCompressionType::Lz4);
+            o.set_enable_blob_gc(true);
+            o.set_blob_gc_age_cutoff(0.5);
+            o.set_blob_gc_force_threshold(0.5);
+            o.set_blob_cache(cache);
+            o.set_write_buffer_size(64 << 20);
+            o.set_max_write_buffer_number(3);
+        }
+        _ => {
+            o.set_compression_type(DBCompressionType::Lz4);
+            o.set_write_buffer_size(16 << 20);
+            o.set_max_write_buffer_number(3);
+        }
+    }
+    o.set_block_based_table_factory(&t);
+    o
+}
+
+fn read_secret() -> Result<Vec<u8>> {
+    let mut s = vec![0u8; SECRET_LEN];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut s)?;
+    Ok(s)
+}
+
+impl Store {
+    /// Creates a new store in `dir`, which must be missing or empty.
+    pub fn init(dir: &Path) -> Result<()> {
+        if dir.exists() {
+            if !dir.is_dir() {
+                return Err(Error::Invalid(format!("{} is not a directory", dir.display())));
+            }
+            if std::fs::read_dir(dir)?.next().is_some() {
+                return Err(Error::Conflict(format!(
+                    "{} is not empty; refusing to create a store there",
+                    dir.display()
+                )));
+            }
+        }
+        std::fs::create_dir_all(dir)?;
+        let store = Store::open_inner(dir, true)?;
+        let cat = store.cf(cf::CATALOG)?;
+        let mut b = WriteBatch::default();
+        b.put_cf(cat, keys::catalog::FORMAT, FORMAT_VERSION.to_le_bytes());
+        b.put_cf(cat, keys::catalog::SECRET, read_secret()?);
+        b.put_cf(cat, keys::catalog::NEXT_VOLUME_ID, 1u64.to_le_bytes());
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        store.db.write_opt(b, &wo)?;
+        Ok(())
+    }
+
+    /// Opens an existing store; refuses a directory that is not one, or of an unknown format.
+    pub fn open(dir: &Path) -> Result<Store> {
+        if !db_dir(dir).join("CURRENT").exists() {
+            return Err(Error::NotFound(format!(
+                "no clonefs store at {} (create one with `clonefs init --store {}`)",
+                dir.display(),
+                dir.display()
+            )));
+        }
+        Store::open_inner(dir, false)
+    }
+
+    fn open_inner(dir: &Path, create: bool) -> Result<Store> {
+        let mut opts = Options::default();
+        opts.create_if_missing(create);
+        opts.create_missing_column_families(create);
+        opts.set_max_background_jobs(2);
+        opts.set_max_total_wal_size(256 << 20);
+        opts.set_keep_log_file_num(3);
+        let cache = Cache::new_lru_cache(128 << 20);
+        let cfs = cf::ALL.iter().map(|n| ColumnFamilyDescriptor::new(*n, cf_options(n, &cache)));
+        let db = DB::open_cf_descriptors(&opts, db_dir(dir), cfs).map_err(|e| {
+            let s = e.into_string();
+            if s.contains("lock") {
+                Error::Conflict(format!("store {} is in use by another process ({s})", dir.display()))
+            } else {
+                Error::Db(s)
+            }
+        })?;
+        let mut store =
+            Store { db, dir: dir.to_path_buf(), secret: Vec::new(), space: Mutex::new(Space::default()) };
+        if !create {
+            store.load_catalog()?;
+        }
+        Ok(store)
+    }
+
+    fn load_catalog(&mut self) -> Result<()> {
+        let format = self
+            .get(cf::CATALOG, keys::catalog::FORMAT)?
+            .ok_or_else(|| Error::Corrupt("store has no format version".into()))?;
+        let v = u32::from_le_bytes(format.as_slice().try_into().map_err(|_| Error::Corrupt("bad format record".into()))?);
+        if v != FORMAT_VERSION {
+            return Err(Error::Corrupt(format!(
+                "store format version {v} is not supported by this clonefs (it knows {FORMAT_VERSION})"
+            )));
+        }
+        self.secret = self
+            .get(cf::CATALOG, keys::catalog::SECRET)?
+            .ok_or_else(|| Error::Corrupt("store has no hash secret".into()))?;
+        if self.secret.len() < 136 {
+            return Err(Error::Corrupt("hash secret too short".into()));
+        }
+        let mut space = Space::default();
+        if let Some(v) = self.get(cf::CATALOG, keys::catalog::STORE_STATS)? {
+            if v.len() == 16 {
+                space.physical = u64::from_le_bytes(v[..8].try_into().unwrap_or_default());
+                space.blocks = u64::from_le_bytes(v[8..].try_into().unwrap_or_default());
+            }
+        }
+        let p = [keys::catalog::SPACE_TAG];
+        self.scan(cf::CATALOG, &p, |k, v| {
+            let l = keys::read_u64(k, 1);
+            space.lineages.insert(l, LineageSpace::decode(v)?);
+            Ok(true)
+        })?;
+        *self.space.lock().map_err(|_| Error::Corrupt("poisoned".into()))? = space;
+        Ok(())
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn cf(&self, name: &str) -> Result<&ColumnFamily> {
+        self.db.cf_handle(name).ok_or_else(|| Error::Corrupt(format!("missing column family {name}")))
+    }
+
+    /// xxh3-128 of a block under the store's secret.
+    pub fn hash(&self, data: &[u8]) -> Hash {
+        xxhash_rust::xxh3::xxh3_128_with_secret(data, &self.secret).to_be_bytes()
+    }
+
+    pub fn get(&self, cfname: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.get_cf(self.cf(cfname)?, key)?)
+    }
+
+    /// The newest version of `ident` visible at `epoch`: (its epoch, its value).
+    pub fn get_version(&self, cfname: &str, ident: &[u8], epoch: u64) -> Result<Option<(u64, Vec<u8>)>> {
+        let mut ro = ReadOptions::default();
+        if let Some(end) = keys::prefix_end(ident) {
+            ro.set_iterate_upper_bound(end);
+        }
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(cfname)?, ro);
+        it.seek(keys::versioned(ident.to_vec(), epoch));
+        if let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if k.len() == ident.len() + keys::U64 && k.starts_with(ident) {
+                return Ok(Some((keys::split_version(k).1, v.to_vec())));
+            }
+        }
+        it.status()?;
+        Ok(None)
+    }
+
+    /// True if `ident` has a version older than `epoch`.
+    pub fn has_older_version(&self, cfname: &str, ident: &[u8], epoch: u64) -> Result<bool> {
+        if epoch == 0 {
+            return Ok(false);
+        }
+        Ok(self.get_version(cfname, ident, epoch - 1)?.is_some())
+    }
+
+    /// The last key starting with `prefix`, if any.
+    pub fn last_key(&self, cfname: &str, prefix: &[u8]) -> Result<Option<Vec<u8>>> {
+        let mut it = self.db.raw_iterator_cf(self.cf(cfname)?);
+        match keys::prefix_end(prefix) {
+            Some(end) => it.seek_for_prev(end),
+            None => it.seek_to_last(),
+        }
+        // seek_for_prev lands on the key itself when `end` exists; step back past it.
+        if let (Some(k), Some(end)) = (it.key(), keys::prefix_end(prefix)) {
+            if k >= &end[..] {
+                it.prev();
+            }
+        }
+        if let Some(k) = it.key() {
+            if k.starts_with(prefix) {
+                return Ok(Some(k.to_vec()));
+            }
+        }
+        it.status()?;
+        Ok(None)
+    }
+
+    /// Visits every key starting with `prefix`, in order, until `f` returns false.
+    pub fn scan(
+        &self,
+        cfname: &str,
+        prefix: &[u8],
+        mut f: impl FnMut(&[u8], &[u8]) -> Result<bool>,
+    ) -> Result<()> {
+        self.scan_from(cfname, prefix, prefix, &mut f)
+    }
+
+    /// Like `scan`, starting at `start` (which must sort at or after `prefix`).
+    pub fn scan_from(
+        &self,
+        cfname: &str,
+        prefix: &[u8],
+        start: &[u8],
+        mut f: impl FnMut(&[u8], &[u8]) -> Result<bool>,
+    ) -> Result<()> {
+        let mut ro = ReadOptions::default();
+        if let Some(end) = keys::prefix_end(prefix) {
+            ro.set_iterate_upper_bound(end);
+        }
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(cfname)?, ro);
+        it.seek(start);
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if !k.starts_with(prefix) || !f(k, v)? {
+                return Ok(());
+            }
+            it.next();
+        }
+        it.status()?;
+        Ok(())
+    }
+
+    /// Visits the newest version (at or before `epoch`) of every identity under `prefix`,
+    /// tombstones included, in key order.
+    pub fn scan_versions(
+        &self,
+        cfname: &str,
+        prefix: &[u8],
+        epoch: u64,
+        mut f: impl FnMut(&[u8], u64, &[u8]) -> Result<bool>,
+    ) -> Result<()> {
+        let mut last: Option<Vec<u8>> = None;
+        self.scan(cfname, prefix, |k, v| {
+            let (ident, e) = keys::split_version(k);
+            if e > epoch || last.as_deref() == Some(ident) {
+                return Ok(true);
+            }
+            last = Some(ident.to_vec());
+            f(ident, e, v)
+        })
+    }
+
+    pub fn get_blocks(&self, hashes: &[Hash]) -> Result<Vec<Option<Vec<u8>>>> {
+        let cf = self.cf(cf::BLOCKS)?;
+        let mut out = Vec::with_capacity(hashes.len());
+        for r in self.db.batched_multi_get_cf(cf, hashes.iter(), false) {
+            out.push(r?.map(|s| s.to_vec()));
+        }
+        Ok(out)
+    }
+
+    pub fn txn(&self) -> Txn {
+        Txn { batch: WriteBatch::default(), refs: Vec::new(), ops: 0 }
+    }
+
+    /// Writes `txn` atomically. Reference deltas are applied under the space lock: a block's
+    /// bytes are written when its count leaves zero and deleted when it returns to zero.
+    pub fn commit(&self, mut txn: Txn, sync: bool) -> Result<()> {
+        let mut space = self.space.lock().map_err(|_| Error::Corrupt("space lock poisoned".into()))?;
+        let mut touched: HashMap<u64, LineageSpace> = HashMap::new();
+        let mut new_space = (space.physical, space.blocks);
+        if !txn.refs.is_empty() {
+            let refs_cf = self.cf(cf::REFS)?;
+            let blocks_cf = self.cf(cf::BLOCKS)?;
+            // Group deltas by hash, keeping one copy of the bytes.
+            let mut by_hash: HashMap<Hash, (Vec<(u64, i64)>, Option<Vec<u8>>)> = HashMap::new();
+            for (h, l, d, data) in txn.refs.drain(..) {
+                let e = by_hash.entry(h).or_default();
+                e.0.push((l, d));
+                if e.1.is_none() {
+                    e.1 = data;
+                }
+            }
+            let hashes: Vec<Hash> = by_hash.keys().copied().collect();
+            let current = self.db.batched_multi_get_cf(refs_cf, hashes.iter(), false);
+            for (h, cur) in hashes.iter().zip(current) {
+                let before = match cur? {
+                    Some(v) => RefRec::decode(&v)?,
+                    None => RefRec::default(),
+                };
+                let (deltas, data) = by_hash.remove(h).unwrap_or_default();
+                let mut after = before.clone();
+                for (l, d) in deltas {
+                    after.add(l, d)?;
+                }
+                if after.owners == before.owners {
+                    continue;
+                }
+                let size = if before.owners.is_empty() {
+                    let data = data.as_ref().ok_or_else(|| {
+                        Error::Corrupt("reference to a block that is not stored".into())
+                    })?;
+                    data.len() as u32
+                } else {
+                    before.size
+                };
+                after.size = size;
+                let s = size as u64;
+                account(&space, &mut touched, &before, &after, s);
+                if before.owners.is_empty() {
+                    new_space.0 += s;
+                    new_space.1 += 1;
+                    if let Some(d) = &data {
+                        txn.batch.put_cf(blocks_cf, h, d);
+                    }
+                }
+                if after.owners.is_empty() {
+                    new_space.0 -= s;
+                    new_space.1 -= 1;
+                    txn.batch.delete_cf(refs_cf, h);
+                    txn.batch.delete_cf(blocks_cf, h);
+                } else {
+                    txn.batch.put_cf(refs_cf, h, after.encode());
+                }
+            }
+            let cat = self.cf(cf::CATALOG)?;
+            for (l, ls) in &touched {
+                txn.batch.put_cf(cat, keys::catalog::space(*l), ls.encode());
+            }
+            let mut stats = new_space.0.to_le_bytes().to_vec();
+            stats.extend_from_slice(&new_space.1.to_le_bytes());
+            txn.batch.put_cf(cat, keys::catalog::STORE_STATS, stats);
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(sync);
+        self.db.write_opt(txn.batch, &wo)?;
+        space.physical = new_space.0;
+        space.blocks = new_space.1;
+        for (l, ls) in touched {
+            space.lineages.insert(l, ls);
+        }
+        Ok(())
+    }
+
+    /// Makes every write so far durable.
+    pub fn sync(&self) -> Result<()> {
+        Ok(self.db.flush_wal(true)?)
+    }
+
+    pub fn space(&self) -> Space {
+        self.space.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Drops the counters of a lineage whose keys are all gone.
+    pub fn forget_lineage(&self, lineage: u64) {
+        if let Ok(mut s) = self.space.lock() {
+            s.lineages.remove(&lineage);
+        }
+    }
+
+    /// Bytes RocksDB holds on disk (SST and blob files).
+    pub fn disk_bytes(&self) -> u64 {
+        let mut total = 0;
+        for n in cf::ALL {
+            if let Ok(c) = self.cf(n) {
+                for p in ["rocksdb.total-sst-files-size", "rocksdb.total-blob-file-size"] {
+                    total += self.db.property_int_value_cf(c, p).ok().flatten().unwrap_or(0);
+                }
+            }
+        }
+        total
+    }
+
+    /// Flushes memtables and compacts everything, so deleted blocks leave the disk.
+    pub fn compact(&self) -> Result<()> {
+        let mut co = CompactOptions::default();
+        co.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
+        for n in cf::ALL {
+            let c = self.cf(n)?;
+            self.db.flush_cf(c)?;
+            self.db.compact_range_cf_opt(c, None::<&[u8]>, None::<&[u8]>, &co);
+        }
+        Ok(())
+    }
+
+    /// A consistent read-only view of the whole store at this instant (fsck).
+    pub fn view(&self) -> View<'_> {
+        View { store: self, snap: self.db.snapshot() }
+    }
+}
+
+/// A point-in-time view of the store: later commits do not show in it.
+pub struct View<'a> {
+    store: &'a Store,
+    snap: rocksdb::Snapshot<'a>,
+}
+
+impl View<'_> {
+    /// Every key of a column family, in order.
+    pub fn for_each(&self, cfname: &str, mut f: impl FnMut(&[u8], &[u8]) -> Result<()>) -> Result<()> {
+        let c = self.store.cf(cfname)?;
+        for item in self.snap.iterator_cf(c, IteratorMode::From(&[], Direction::Forward)) {
+            let (k, v) = item?;
+            f(&k, &v)?;
+        }
+        Ok(())
+    }
+
+    pub fn get(&self, cfname: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.snap.get_cf(self.store.cf(cfname)?, key)?)
+    }
+
+    pub fn hash(&self, data: &[u8]) -> Hash {
+        self.store.hash(data)
+    }
+}
+
+/// Updates the space counters of every lineage whose relation to one block changed.
+fn account(
+    space: &Space,
+    touched: &mut HashMap<u64, LineageSpace>,
+    before: &RefRec,
+    after: &RefRec,
+    size: u64,
+) {
+    let get = |l: u64, touched: &mut HashMap<u64, LineageSpace>| -> LineageSpace {
+        *touched.entry(l).or_insert_with(|| space.lineages.get(&l).copied().unwrap_or_default())
+    };
+    let count = |r: &RefRec, l: u64| r.owners.iter().find(|o| o.0 == l).map(|o| o.1).unwrap_or(0);
+    let mut ls: Vec<u64> = before.owners.iter().chain(after.owners.iter()).map(|o| o.0).collect();
+    ls.sort_unstable();
+    ls.dedup();
+    let sole = |r: &RefRec| if r.owners.len() == 1 { Some(r.owners[0].0) } else { None };
+    for l in ls {
+        let (b, a) = (count(before, l), count(after, l));
+        let mut s = get(l, touched);
+        s.logical = (s.logical + a * size).saturating_sub(b * size);
+        if b == 0 && a > 0 {
+            s.referenced += size;
+        }
+        if b > 0 && a == 0 {
+            s.referenced = s.referenced.saturating_sub(size);
+        }
+        if sole(before) == Some(l) && sole(after) != Some(l) {
+            s.unique = s.unique.saturating_sub(size);
+        }
+        if sole(after) == Some(l) && sole(before) != Some(l) {
+            s.unique += size;
+        }
+        touched.insert(l, s);
+    }
+}
+
+impl Txn {
+    pub fn put(&mut self, store: &Store, cfname: &str, key: &[u8], value: &[u8]) -> Result<()> {
+        self.batch.put_cf(store.cf(cfname)?, key, value);
+        self.ops += 1;
+        Ok(())
+    }
+
+    pub fn delete(&mut self, store: &Store, cfname: &str, key: &[u8]) -> Result<()> {
+        self.batch.delete_cf(store.cf(cfname)?, key);
+        self.ops += 1;
+        Ok(())
+    }
+
+    /// Adds one reference from `lineage` to the block `hash`, whose bytes are `data`.
+    pub fn add_ref(&mut self, hash: Hash, lineage: u64, data: Vec<u8>) {
+        self.refs.push((hash, lineage, 1, Some(data)));
+    }
+
+    /// Drops one reference from `lineage` to the block `hash`.
+    pub fn drop_ref(&mut self, hash: Hash, lineage: u64) {
+        self.refs.push((hash, lineage, -1, None));
+    }
+
+    /// Adds one reference to a block already stored (file-level clone).
+    pub fn share_ref(&mut self, hash: Hash, lineage: u64) {
+        self.refs.push((hash, lineage, 1, None));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops == 0 && self.refs.is_empty()
+    }
+
+    /// Number of keys this transaction writes besides refcounts (used by tests).
+    pub fn len(&self) -> usize {
+        self.ops
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("s");
+        Store::init(&p).unwrap();
+        let s = Store::open(&p).unwrap();
+        (d, s)
+    }
+
+    #[test]
+    fn init_refuses_non_empty_dir_and_open_refuses_unknown_format() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("x"), b"x").unwrap();
+        assert!(matches!(Store::init(d.path()), Err(Error::Conflict(_))));
+        let (_d, s) = store();
+        let dir = s.dir().to_path_buf();
+        let cat = s.cf(cf::CATALOG).unwrap();
+        s.db.put_cf(cat, keys::catalog::FORMAT, 99u32.to_le_bytes()).unwrap();
+        drop(s);
+        let err = Store::open(&dir).err().unwrap().to_string();
+        assert!(err.contains("format version 99"), "{err}");
+    }
+
+    #[test]
+    fn blocks_are_stored_once_and_freed_at_zero() {
+        let (_d, s) = store();
+        let data = vec![7u8; 4096];
+        let h = s.hash(&data);
+        let mut t = s.txn();
+        t.add_ref(h, 1, data.clone());
+        t.add_ref(h, 2, data.clone());
+        s.commit(t, false).unwrap();
+        let sp = s.space();
+        assert_eq!((sp.physical, sp.blocks), (4096, 1));
+        assert_eq!(sp.lineages[&1], LineageSpace { logical: 4096, referenced: 4096, unique: 0 });
+        assert_eq!(s.get_blocks(&[h]).unwrap()[0].as_deref(), Some(&data[..]));
+        let mut t = s.txn();
+        t.drop_ref(h, 2);
+        s.commit(t, false).unwrap();
+        assert_eq!(s.space().lineages[&1].unique, 4096);
+        assert_eq!(s.space().lineages[&2], LineageSpace::default());
+        let mut t = s.txn();
+        t.drop_ref(h, 1);
+        s.commit(t, false).unwrap();
+        assert_eq!(s.space().physical, 0);
+        assert_eq!(s.get_blocks(&[h]).unwrap()[0], None);
+        assert_eq!(s.get(cf::REFS, &h).unwrap(), None);
+        // Counters survive a reopen.
+        let dir = s.dir().to_path_buf();
+        drop(s);
+        let s = Store::open(&dir).unwrap();
+        assert_eq!(s.space().physical, 0);
+    }
+
+    #[test]
+    fn dropping_a_missing_reference_is_refused_and_changes_nothing() {
+        let (_d, s) = store();
+        let mut t = s.txn();
+        t.drop_ref([1; 16], 1);
+        t.put(&s, cf::CATALOG, b"Zprobe", b"x").unwrap();
+        assert!(s.commit(t, false).is_err());
+        assert_eq!(s.get(cf::CATALOG, b"Zprobe").unwrap(), None);
+    }
+
+    #[test]
+    fn versioned_reads_see_the_newest_version_at_an_epoch() {
+        let (_d, s) = store();
+        let id = keys::inode_key(1, 2);
+        let mut t = s.txn();
+        t.put(&s, cf::INODES, &keys::versioned(id.clone(), 1), b"one").unwrap();
+        t.put(&s, cf::INODES, &keys::versioned(id.clone(), 3), b"three").unwrap();
+        t.put(&s, cf::INODES, &keys::versioned(keys::inode_key(1, 3), 1), b"other").unwrap();
+        s.commit(t, false).unwrap();
+        assert_eq!(s.get_version(cf::INODES, &id, 5).unwrap(), Some((3, b"three".to_vec())));
+        assert_eq!(s.get_version(cf::INODES, &id, 2).unwrap(), Some((1, b"one".to_vec())));
+        assert_eq!(s.get_version(cf::INODES, &id, 0).unwrap(), None);
+        assert!(s.has_older_version(cf::INODES, &id, 3).unwrap());
+        assert!(!s.has_older_version(cf::INODES, &id, 1).unwrap());
+        let mut seen = vec![];
+        s.scan_versions(cf::INODES, &keys::lineage_prefix(1), 2, |i, e, v| {
+            seen.push((i.to_vec(), e, v.to_vec()));
+            Ok(true)
+        })
+        .unwrap();
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[0], (id, 1, b"one".to_vec()));
+    }
+}

@@ -1,0 +1,109 @@
+//! The only `unsafe` in clonefs: thin wrappers over libc calls std does not offer.
+
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+pub struct StatVfs {
+    pub frsize: u64,
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+}
+
+pub fn statvfs(path: &Path) -> io::Result<StatVfs> {
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: `c` is a valid NUL-terminated path and `s` a properly sized out-parameter.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::statvfs(c.as_ptr(), &mut s) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(StatVfs {
+        frsize: s.f_frsize as u64,
+        blocks: s.f_blocks as u64,
+        bfree: s.f_bfree as u64,
+        bavail: s.f_bavail as u64,
+        files: s.f_files as u64,
+        ffree: s.f_ffree as u64,
+    })
+}
+
+pub fn geteuid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+pub fn getegid() -> u32 {
+    // SAFETY: getegid has no preconditions and cannot fail.
+    unsafe { libc::getegid() }
+}
+
+/// Starts a new session so the daemon outlives the terminal that started it.
+pub fn setsid() {
+    // SAFETY: setsid has no memory-safety preconditions; failure (already a leader) is harmless.
+    unsafe {
+        libc::setsid();
+    }
+}
+
+pub fn chmod_socket(path: &Path, mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
+/// Blocks the shutdown signals in this thread and every thread it starts afterwards, so that
+/// `wait_for_signal` alone receives them.
+pub fn block_shutdown_signals() -> io::Result<()> {
+    // SAFETY: sigset_t is initialised by sigemptyset before use; pthread_sigmask only reads it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        let r = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if r != 0 {
+            return Err(io::Error::from_raw_os_error(r));
+        }
+    }
+    Ok(())
+}
+
+/// Waits for SIGTERM, SIGINT or SIGHUP (blocked beforehand) and returns its number.
+pub fn wait_for_signal() -> i32 {
+    // SAFETY: as above; sigwait writes the signal number into `sig`.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        let mut sig = 0;
+        libc::sigwait(&set, &mut sig);
+        sig
+    }
+}
+
+/// Sends a signal to ourselves (used to wake the signal thread for a requested shutdown).
+pub fn raise_term() {
+    // SAFETY: kill on our own pid with a valid signal number.
+    unsafe {
+        libc::kill(libc::getpid(), libc::SIGTERM);
+    }
+}
+
+/// Unmounts `dir`; with `lazy`, detaches it even while busy.
+pub fn umount(dir: &Path, lazy: bool) -> io::Result<()> {
+    let c = CString::new(dir.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let flags = if lazy { libc::MNT_DETACH } else { 0 };
+    // SAFETY: `c` is a valid NUL-terminated path.
+    let r = unsafe { libc::umount2(c.as_ptr(), flags) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
