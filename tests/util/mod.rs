@@ -1,0 +1,201 @@
+//! Test harness: a daemon on a temporary store, with volumes mounted through the kernel.
+//! Everything it starts is stopped and unmounted on drop, even when a test fails.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_clonefs");
+
+pub struct Daemon {
+    pub tmp: tempfile::TempDir,
+    pub store: PathBuf,
+    child: Option<Child>,
+    pub mounts: Vec<PathBuf>,
+}
+
+/// Runs a command with a deadline; kills it when the deadline passes.
+pub fn run_timeout(cmd: &mut Command, secs: u64) -> Output {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!("command {cmd:?} timed out after {secs}s: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+impl Daemon {
+    pub fn start() -> Daemon {
+        let tmp = tempfile::Builder::new().prefix("clonefs-test").tempdir().expect("tempdir");
+        let store = tmp.path().join("store");
+        let out = run_timeout(Command::new(BIN).arg("init").arg("--store").arg(&store), 60);
+        assert!(out.status.success(), "init: {}", String::from_utf8_lossy(&out.stderr));
+        let mut d = Daemon { tmp, store, child: None, mounts: Vec::new() };
+        d.spawn();
+        d
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.tmp.path().join("daemon.log"))
+            .expect("log");
+        let child = Command::new(BIN)
+            .args(["daemon", "--foreground", "-v", "--store"])
+            .arg(&self.store)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn daemon");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.cli(&["status"]).status.success() {
+            assert!(Instant::now() < deadline, "daemon did not start: {}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.tmp.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        run_timeout(Command::new(BIN).args(args).env("CLONEFS_STORE", &self.store), 300)
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "clonefs {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs a command that must fail with one line on stderr; returns that line.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(!out.status.success(), "clonefs {args:?} should have failed");
+        let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        assert_eq!(err.lines().count(), 1, "clonefs {args:?}: error should be one line: {err:?}");
+        assert!(err.len() > 10, "unclear error: {err:?}");
+        err
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        serde_json::from_str(&self.ok(args)).expect("json")
+    }
+
+    /// Creates and mounts a volume; returns its mountpoint.
+    pub fn volume(&mut self, name: &str) -> PathBuf {
+        self.ok(&["create", name, "--block-size", "64K"]);
+        self.mount(name)
+    }
+
+    pub fn mount(&mut self, name: &str) -> PathBuf {
+        let dir = self.tmp.path().join(format!("mnt-{name}"));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        self.ok(&["mount", name, dir.to_str().expect("utf8")]);
+        self.mounts.push(dir.clone());
+        dir
+    }
+
+    pub fn unmount(&mut self, dir: &Path) {
+        self.ok(&["unmount", dir.to_str().expect("utf8")]);
+        self.mounts.retain(|m| m != dir);
+    }
+
+    pub fn physical(&self) -> u64 {
+        self.json(&["status", "--json"])["physical"].as_u64().expect("physical")
+    }
+
+    pub fn fsck_clean(&self) {
+        let out = self.ok(&["fsck"]);
+        assert!(out.contains("clean"), "fsck: {out}");
+    }
+
+    /// kill -9 the daemon and drop its (now dead) mounts.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for m in std::mem::take(&mut self.mounts) {
+            lazy_unmount(&m);
+        }
+    }
+
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "restart after kill9 or stop");
+        self.spawn();
+    }
+
+    /// Graceful stop (SIGTERM), bounded.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while c.try_wait().ok().flatten().is_none() {
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.wait();
+        }
+        for m in std::mem::take(&mut self.mounts) {
+            if is_mounted(&m) {
+                lazy_unmount(&m);
+            }
+        }
+    }
+}
+
+pub fn is_mounted(dir: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let d = dir.to_string_lossy();
+    mounts.lines().any(|l| l.split(' ').nth(1) == Some(&d))
+}
+
+pub fn lazy_unmount(dir: &Path) {
+    let _ = Command::new("fusermount3").arg("-uz").arg(dir).stderr(Stdio::null()).status();
+    let _ = Command::new("umount").arg("-l").arg(dir).stderr(Stdio::null()).status();
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
