@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Real suites against real mounts. Each suite gets a fresh volume on one temporary store;
+# everything started here is stopped and unmounted on exit, even on failure.
+#   scripts/suites/run.sh [fsx|pjdfstest|postgres|fio ...]
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+source scripts/env.sh
+here=$PWD/scripts/suites
+suites=("$@")
+((${#suites[@]})) || suites=(fsx pjdfstest postgres fio)
+
+work=$(mktemp -d /tmp/clonefs-suites.XXXXXX)
+chmod 755 "$work"
+export CLONEFS_STORE=$work/store
+B=$CLONEFS_BIN
+mounts=()
+cleanup() {
+  for m in "${mounts[@]}"; do
+    timeout 30 "$B" unmount "$m" >/dev/null 2>&1 || fusermount3 -uz "$m" 2>/dev/null
+  done
+  if [[ -f $work/pg.pid ]]; then runuser -u postgres -- "$(cat "$work/pg.bin")/pg_ctl" -D "$(cat "$work/pg.data")" -m immediate stop >/dev/null 2>&1; fi
+  timeout 60 "$B" shutdown >/dev/null 2>&1
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+"$B" init >/dev/null
+"$B" daemon >/dev/null
+
+mountvol() { # NAME -> prints the mountpoint (runs in a subshell: callers record it in mounts)
+  local m=$work/mnt-$1
+  mkdir -p "$m"
+  "$B" create "$1" >/dev/null && "$B" mount "$1" "$m" >/dev/null || return 1
+  chmod 777 "$m"
+  echo "$m"
+}
+
+suite_fsx() {
+  local m; m=$(mountvol fsx) || return 1
+  mounts+=("$m")
+  for seed in 1 2 3; do
+    echo "fsx: seed $seed, 100000 operations (mmap, fallocate, punch hole, copy_file_range on)"
+    timeout 1200 fsx -q -f "$here/fsx.toml" -N 100000 -S $seed -P "$work" "$m/fsx.$seed" || return 1
+  done
+}
+
+suite_pjdfstest() {
+  local m; m=$(mountvol pjd) || return 1
+  mounts+=("$m")
+  (cd "$m" && timeout 1800 pjdfstest -c "$here/pjdfstest.toml" -p "$m") > "$work/pjd.log" 2>&1
+  local rc=$?
+  grep -E "^Summary" "$work/pjd.log"
+  grep -E "FAILED|failed$" "$work/pjd.log" | grep -v "^Summary" | head -50
+  grep -qE "^Summary: 0 failed" "$work/pjd.log" && return $rc
+  return 1
+}
+
+suite_postgres() {
+  local m; m=$(mountvol pg) || return 1
+  mounts+=("$m")
+  local bin; bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+  local data=$m/pgdata sock=$work/pgsock
+  mkdir -p "$sock" && chown postgres:postgres "$sock" "$m"
+  echo "$bin" > "$work/pg.bin"; echo "$data" > "$work/pg.data"
+  local pg="runuser -u postgres --"
+  $pg "$bin/initdb" -k -D "$data" >/dev/null || return 1
+  $pg "$bin/pg_ctl" -D "$data" -o "-k $sock -c listen_addresses=''" -l "$sock/pg.log" -w start >/dev/null || { cat "$sock/pg.log"; return 1; }
+  touch "$work/pg.pid"
+  $pg "$bin/pgbench" -h "$sock" -i -s 10 -q postgres || return 1
+  $pg "$bin/pgbench" -h "$sock" -c 4 -j 2 -T 20 postgres | grep -E "tps|failed" || return 1
+  $pg "$bin/psql" -h "$sock" -qc "CREATE EXTENSION IF NOT EXISTS amcheck" postgres || return 1
+  $pg "$bin/pg_amcheck" -h "$sock" --heapallindexed postgres || return 1
+  $pg "$bin/pg_ctl" -D "$data" -w stop >/dev/null || return 1
+  rm -f "$work/pg.pid"
+  $pg "$bin/pg_checksums" --check -D "$data" || return 1
+}
+
+suite_fio() {
+  local m; m=$(mountvol fio) || return 1
+  mounts+=("$m")
+  timeout 1200 fio --name=verify --directory="$m" --rw=randwrite --bs=4k --size=256M --numjobs=2 \
+    --ioengine=psync --verify=crc32c --verify_fatal=1 --do_verify=1 --group_reporting \
+    --output-format=terse --terse-version=3 > "$work/fio.log" 2>&1 || { cat "$work/fio.log"; return 1; }
+  echo "fio: random 4 KiB writes with crc32c verify: no mismatch"
+}
+
+passed=0; failed=0
+for s in "${suites[@]}"; do
+  echo "=== suite $s"
+  if "suite_$s"; then
+    echo "=== suite $s: ok"; passed=$((passed+1))
+  else
+    echo "=== suite $s: FAILED"; failed=$((failed+1))
+  fi
+done
+out=$("$B" fsck 2>&1); rc=$?
+echo "$out" | tail -3
+if ((rc == 0)); then passed=$((passed+1)); echo "=== fsck of the suites' store: ok"; else failed=$((failed+1)); echo "=== fsck: FAILED"; fi
+echo "suites: $passed passed, $failed failed"
+((failed == 0))
