@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Benchmarks clonefs against the native filesystem and libfuse's passthrough_ll in one run and
+# writes docs/benchmarks.md.  Usage: scripts/bench.sh [--quick]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+scripts/install-deps.sh bench
+cargo build
+exec python3 scripts/bench.py "$CLONEFS_BIN" "$@"
