@@ -78,12 +78,12 @@ def run_jobs(d, label, rss=None):
     r = {}
     print(f"[{label}] sequential write", flush=True)
     r["seq write MiB/s"] = fio(d, "sw", "write", "1M", "--end_fsync=1")[0]
-    r["seq read hot MiB/s"] = fio(d, "sr", "read", "1M")[0]
+    r["seq read hot MiB/s"] = fio(d, "sr", "read", "1M", "--invalidate=0")[0]
     drop_caches()
     r["seq read cold MiB/s"] = fio(d, "sr", "read", "1M")[0]
     print(f"[{label}] random 4 KiB", flush=True)
-    fio(d, "warm", "read", "1M")
-    r["rand read 4K hot IOPS"] = fio(d, "rr", "randread", "4k", f"--runtime={RUNTIME} --time_based")[1]
+    fio(d, "warm", "read", "1M", "--invalidate=0")
+    r["rand read 4K hot IOPS"] = fio(d, "rr", "randread", "4k", f"--runtime={RUNTIME} --time_based --invalidate=0")[1]
     drop_caches()
     r["rand read 4K cold IOPS"] = fio(d, "rr", "randread", "4k", f"--runtime={RUNTIME} --time_based")[1]
     r["rand write 4K IOPS"] = fio(d, "rw", "randwrite", "4k", f"--runtime={RUNTIME} --time_based --end_fsync=1")[1]
@@ -131,7 +131,8 @@ def main():
     pid = json.loads(subprocess.run([BIN, "status", "--json"], env=env, check=True, capture_output=True, text=True).stdout)["pid"]
     mnt = os.path.join(base, "cfs")
     os.makedirs(mnt)
-    subprocess.run([BIN, "create", "bench"], env=env, check=True, capture_output=True)
+    bs = os.environ.get("BENCH_BLOCK_SIZE", "64K")
+    subprocess.run([BIN, "create", "bench", "--block-size", bs], env=env, check=True, capture_output=True)
     subprocess.run([BIN, "mount", "bench", mnt], env=env, check=True, capture_output=True)
     os.chmod(mnt, 0o777)
 

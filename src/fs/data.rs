@@ -45,6 +45,9 @@ impl Volume {
         if let Some(d) = n.dirty.get(&idx) {
             return Ok(d.clone());
         }
+        if let Some((_, d)) = n.clean.iter().find(|(i, _)| *i == idx) {
+            return Ok(d.clone());
+        }
         if let Some((_, Some(h))) = self.extent(ino, idx)? {
             if let Some(b) = self.store.get_blocks(&[h])?.pop().flatten() {
                 let mut b = b;
@@ -72,7 +75,8 @@ impl Volume {
         let mut out = vec![0u8; (end - off) as usize];
         // Stored extents of the range, fetched with one scan and one multi-get.
         let stored = self.extents_from(ino, first, last + 1)?;
-        let wanted: Vec<_> = stored.iter().filter(|(i, _, _)| !n.dirty.contains_key(i)).collect();
+        let cached = |i: &u64| n.dirty.contains_key(i) || n.clean.iter().any(|(c, _)| c == i);
+        let wanted: Vec<_> = stored.iter().filter(|(i, _, _)| !cached(i)).collect();
         let hashes: Vec<_> = wanted.iter().map(|(_, _, h)| *h).collect();
         let blocks = self.store.get_blocks(&hashes)?;
         let mut copy = |idx: u64, src: &[u8]| {
@@ -93,6 +97,9 @@ impl Volume {
                     return Err(crate::error::Error::Corrupt(format!("inode {ino} block {idx}: missing block")))
                 }
             }
+        }
+        for (idx, d) in n.clean.iter().filter(|(i, _)| (first..=last).contains(i) && !n.dirty.contains_key(i)) {
+            copy(*idx, d);
         }
         for (idx, d) in n.dirty.range(first..=last) {
             copy(*idx, d);
@@ -197,6 +204,7 @@ impl Volume {
             }
         }
         if first_full < end_full {
+            self.drop_clean(n, first_full..end_full);
             let gone: Vec<u64> = n.dirty.range(first_full..end_full).map(|(i, _)| *i).collect();
             for idx in &gone {
                 n.dirty.remove(idx);
@@ -220,6 +228,7 @@ impl Volume {
                 delta += self.zero_range(t, ino, n, size, (size / bs + 1) * bs)?;
             }
             let keep = size.div_ceil(bs);
+            self.drop_clean(n, keep..u64::MAX);
             let gone: Vec<u64> = n.dirty.range(keep..).map(|(i, _)| *i).collect();
             for idx in &gone {
                 n.dirty.remove(idx);
@@ -336,6 +345,7 @@ impl Volume {
         let src_ext = self.extents_from(src, src_idx, src_idx + count)?;
         let dnode = self.node(dst)?;
         let mut dn = lock(&dnode)?;
+        self.drop_clean(&mut dn, dst_idx..dst_idx + count);
         let mut t = self.store.txn();
         let mut delta = 0;
         let mut map = std::collections::HashMap::new();

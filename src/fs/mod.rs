@@ -47,15 +47,20 @@ pub struct DirtyBudget {
     pub file_limit: u64,
     /// Dirty data older than this is flushed by the background flusher.
     pub max_age: Duration,
+    /// Bytes of clean copies of recently flushed blocks kept to spare read-modify-write loads.
+    pub clean_bytes: AtomicU64,
+    pub clean_limit: u64,
 }
 
 impl Default for DirtyBudget {
     fn default() -> Self {
         DirtyBudget {
             bytes: AtomicU64::new(0),
-            total_limit: 256 << 20,
+            total_limit: 128 << 20,
             file_limit: 16 << 20,
             max_age: Duration::from_secs(2),
+            clean_bytes: AtomicU64::new(0),
+            clean_limit: 64 << 20,
         }
     }
 }
@@ -276,7 +281,11 @@ impl Volume {
         if !n.dirty.is_empty() {
             let bytes = n.dirty.len() as u64 * self.bs;
             self.budget.bytes.fetch_sub(bytes, Ordering::Relaxed);
-            n.dirty.clear();
+            let flushed = std::mem::take(&mut n.dirty);
+            // Keep the last few flushed blocks (an appended tail, a hot page) as clean copies.
+            for (idx, data) in flushed.into_iter().rev().take(table::CLEAN_PER_NODE) {
+                self.keep_clean(n, idx, data);
+            }
             n.dirty_since = None;
             if let Ok(mut d) = self.dirty.lock() {
                 d.remove(&ino);
@@ -365,8 +374,35 @@ impl Volume {
         Ok(())
     }
 
+    /// Remembers `data` as the stored content of block `idx`, within the clean budget.
+    fn keep_clean(&self, n: &mut Node, idx: u64, data: Vec<u8>) {
+        self.drop_clean(n, idx..idx + 1);
+        let used = self.budget.clean_bytes.load(Ordering::Relaxed);
+        if used + self.bs > self.budget.clean_limit {
+            return;
+        }
+        if n.clean.len() >= table::CLEAN_PER_NODE {
+            if n.clean.pop_front().is_some() {
+                self.budget.clean_bytes.fetch_sub(self.bs, Ordering::Relaxed);
+            }
+        }
+        self.budget.clean_bytes.fetch_add(self.bs, Ordering::Relaxed);
+        n.clean.push_back((idx, data));
+    }
+
+    /// Forgets clean copies of blocks in `range` (their stored content is changing).
+    fn drop_clean(&self, n: &mut Node, range: std::ops::Range<u64>) {
+        let before = n.clean.len();
+        n.clean.retain(|(i, _)| !range.contains(i));
+        let gone = (before - n.clean.len()) as u64;
+        if gone > 0 {
+            self.budget.clean_bytes.fetch_sub(gone * self.bs, Ordering::Relaxed);
+        }
+    }
+
     /// Drops an inode's in-memory node and its unsaved blocks after a purge.
     fn forget_node(&self, ino: u64, n: &mut Node) -> Result<()> {
+        self.drop_clean(n, 0..u64::MAX);
         if !n.dirty.is_empty() {
             self.budget.bytes.fetch_sub(n.dirty.len() as u64 * self.bs, Ordering::Relaxed);
             n.dirty.clear();
@@ -399,6 +435,9 @@ impl Volume {
         if let Ok(Some(node)) = self.table.get(ino, || Ok(None)) {
             if let Ok(mut n) = node.lock() {
                 n.lookups = n.lookups.saturating_sub(nlookup);
+                if n.lookups == 0 && n.opens == 0 {
+                    self.drop_clean(&mut n, 0..u64::MAX);
+                }
             }
             drop(node);
             let _ = self.table.evict_if_idle(ino);

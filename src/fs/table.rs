@@ -4,17 +4,21 @@
 
 use crate::error::{Error, Result};
 use crate::store::records::InodeRec;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 const SHARDS: usize = 64;
+/// Clean copies of flushed blocks a node keeps (see `Volume::keep_clean`).
+pub const CLEAN_PER_NODE: usize = 4;
 
 pub struct Node {
     pub rec: InodeRec,
     /// Whole blocks written but not yet in the store, by block index.
     pub dirty: BTreeMap<u64, Vec<u8>>,
     pub dirty_since: Option<Instant>,
+    /// Copies of recently flushed blocks, equal to what the store holds, oldest first.
+    pub clean: VecDeque<(u64, Vec<u8>)>,
     /// `rec` differs from the stored record (size, times after a write).
     pub meta_dirty: bool,
     /// Open file handles.
@@ -25,7 +29,7 @@ pub struct Node {
 
 impl Node {
     pub fn new(rec: InodeRec) -> Node {
-        Node { rec, dirty: BTreeMap::new(), dirty_since: None, meta_dirty: false, opens: 0, lookups: 0 }
+        Node { rec, dirty: BTreeMap::new(), dirty_since: None, clean: VecDeque::new(), meta_dirty: false, opens: 0, lookups: 0 }
     }
     pub fn is_clean(&self) -> bool {
         self.dirty.is_empty() && !self.meta_dirty

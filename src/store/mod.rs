@@ -9,7 +9,7 @@ use records::{Hash, RefRec};
 use rocksdb::{
     BlockBasedOptions, BottommostLevelCompaction, Cache, ColumnFamily, ColumnFamilyDescriptor,
     CompactOptions, DBCompressionType, Direction, IteratorMode, Options, ReadOptions, WriteBatch,
-    WriteOptions, DB,
+    WriteBufferManager, WriteOptions, DB,
 };
 use std::collections::HashMap;
 use std::io::Read;
@@ -117,12 +117,12 @@ fn cf_options(name: &str, cache: &Cache) -> Options {
             o.set_blob_gc_age_cutoff(0.5);
             o.set_blob_gc_force_threshold(0.5);
             o.set_blob_cache(cache);
-            o.set_write_buffer_size(64 << 20);
+            o.set_write_buffer_size(32 << 20);
             o.set_max_write_buffer_number(3);
         }
         _ => {
             o.set_compression_type(DBCompressionType::Lz4);
-            o.set_write_buffer_size(16 << 20);
+            o.set_write_buffer_size(8 << 20);
             o.set_max_write_buffer_number(3);
         }
     }
@@ -182,6 +182,9 @@ impl Store {
         opts.set_max_background_jobs(2);
         opts.set_max_total_wal_size(256 << 20);
         opts.set_keep_log_file_num(3);
+        // All memtables together stay under 128 MiB (writers stall briefly past it), so the
+        // daemon's memory is bounded whatever the write load.
+        opts.set_write_buffer_manager(&WriteBufferManager::new_write_buffer_manager(128 << 20, true));
         let cache = Cache::new_lru_cache(128 << 20);
         let cfs = cf::ALL.iter().map(|n| ColumnFamilyDescriptor::new(*n, cf_options(n, &cache)));
         let db = DB::open_cf_descriptors(&opts, db_dir(dir), cfs).map_err(|e| {
