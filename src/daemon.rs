@@ -1,13 +1,14 @@
-//! The daemon: one open store, the mount table, the flusher thread, the control socket and
-//! an orderly shutdown on SIGTERM/SIGINT (flush everything, unmount everything, exit).
+//! The daemon: one open store, the mount table, the flusher and GC threads, the control
+//! socket and an orderly shutdown on SIGTERM/SIGINT (flush, unmount everything, exit).
 
 use crate::control::{server, MountInfo, Request, StatusInfo, VolumeInfo};
 use crate::error::{Error, Result};
 use crate::fs::fuse::FuseFs;
+use crate::fs::live::Live;
 use crate::fs::{DirtyBudget, Volume};
 use crate::store::{Store, FORMAT_VERSION};
-use crate::volume::{fsck, Catalog};
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError};
+use crate::volume::{fsck, gc, parse_target, Catalog};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use fuser::{BackgroundSession, Config, MountOption, Session, SessionACL};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -18,9 +19,14 @@ use std::time::{Duration, Instant};
 /// FUSE worker threads per mount: enough that an fsync does not stall readers.
 const FUSE_THREADS: usize = 4;
 const FLUSH_TICK: Duration = Duration::from_millis(500);
+const GC_TICK: Duration = Duration::from_secs(5);
 
 struct Mounted {
-    vol: Arc<Volume>,
+    live: Arc<Live>,
+    /// Volume id and, for a read-only snapshot view, the snapshot's name.
+    volume: u64,
+    snapshot: Option<String>,
+    target: String,
     dir: PathBuf,
     session: Option<BackgroundSession>,
 }
@@ -31,6 +37,7 @@ pub struct Daemon {
     budget: Arc<DirtyBudget>,
     mounts: Mutex<Vec<Mounted>>,
     stop: AtomicBool,
+    gc_wake: Sender<()>,
 }
 
 /// Serves `store_dir` until a signal or a shutdown request.
@@ -40,20 +47,25 @@ pub fn run(store_dir: &Path) -> Result<()> {
         Error::NotFound(format!("no clonefs store at {} (create one with `clonefs init`)", store_dir.display()))
     })?;
     let store = Arc::new(Store::open(&store_dir)?);
-    Catalog::resume_destroys(&store)?;
     let listener = server::bind(&store_dir)?;
+    let (gc_tx, gc_rx) = bounded::<()>(1);
     let daemon = Arc::new(Daemon {
         store,
         catalog: Catalog::default(),
         budget: Arc::new(DirtyBudget::default()),
         mounts: Mutex::new(Vec::new()),
         stop: AtomicBool::new(false),
+        gc_wake: gc_tx,
     });
     let (close_tx, close_rx) = bounded::<()>(1);
     let flusher = {
         let d = daemon.clone();
         std::thread::Builder::new().name("clonefs-flush".into()).spawn(move || d.flush_loop(close_rx))?
     };
+    {
+        let d = daemon.clone();
+        std::thread::Builder::new().name("clonefs-gc".into()).spawn(move || d.gc_loop(gc_rx))?;
+    }
     {
         let d = daemon.clone();
         std::thread::Builder::new().name("clonefs-control".into()).spawn(move || server::serve(listener, d))?;
@@ -93,16 +105,38 @@ impl Daemon {
                 Err(RecvTimeoutError::Timeout) => {}
                 _ => return,
             }
-            let vols: Vec<Arc<Volume>> = match lock(&self.mounts) {
-                Ok(m) => m.iter().map(|m| m.vol.clone()).collect(),
+            let lives: Vec<Arc<Live>> = match lock(&self.mounts) {
+                Ok(m) => m.iter().map(|m| m.live.clone()).collect(),
                 Err(_) => return,
             };
-            for v in vols {
+            for l in lives {
+                let v = l.get();
                 if let Err(e) = v.flush_older_than(self.budget.max_age) {
-                    log::error!("volume {}: background flush failed: {e}", v.rec.name);
+                    log::error!("volume {}: background flush failed: {e}", v.name());
                 }
             }
         }
+    }
+
+    fn gc_loop(&self, wake: Receiver<()>) {
+        loop {
+            if self.stopping() {
+                return;
+            }
+            match gc::run(&self.store, &self.catalog) {
+                Ok(0) => {}
+                Ok(n) => log::info!("gc: processed {n} markers"),
+                Err(e) => log::error!("gc failed: {e}"),
+            }
+            match wake.recv_timeout(GC_TICK) {
+                Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+
+    fn wake_gc(&self) {
+        let _ = self.gc_wake.try_send(());
     }
 
     pub fn handle(&self, req: Request) -> Result<Value> {
@@ -119,35 +153,37 @@ impl Daemon {
             Request::List => Ok(serde_json::to_value(self.list()?)?),
             Request::Mount { name, dir, read_only } => self.mount(&name, &dir, read_only),
             Request::Unmount { dir } => self.unmount(&dir),
-            Request::Destroy { name } => {
-                let rec = Catalog::get(&self.store, &name)?;
-                if let Some(m) = lock(&self.mounts)?.iter().find(|m| m.vol.rec.id == rec.id) {
-                    return Err(Error::Conflict(format!(
-                        "volume {name:?} is mounted at {}; unmount it first",
-                        m.dir.display()
-                    )));
-                }
-                self.catalog.destroy(&self.store, &name)?;
-                Ok(Value::Null)
-            }
+            Request::Destroy { name } => self.destroy(&name),
             Request::Rename { old, new } => {
                 let rec = Catalog::get(&self.store, &old)?;
-                if let Some(m) = lock(&self.mounts)?.iter().find(|m| m.vol.rec.id == rec.id) {
-                    return Err(Error::Conflict(format!(
-                        "volume {old:?} is mounted at {}; unmount it first",
-                        m.dir.display()
-                    )));
+                if let Some(m) = lock(&self.mounts)?.iter().find(|m| m.volume == rec.id) {
+                    return Err(Error::Conflict(format!("volume {old:?} is mounted at {}; unmount it first", m.dir.display())));
                 }
                 self.catalog.rename(&self.store, &old, &new)?;
+                Ok(Value::Null)
+            }
+            Request::Snapshot { name } => self.snapshot(&name),
+            Request::Clone { source, name } => self.clone_volume(&source, &name),
+            Request::Rollback { name } => self.rollback(&name),
+            Request::Hold { name, tag, on } => {
+                let (vol, snap) = parse_target(&name)?;
+                let snap = snap.ok_or_else(|| Error::Invalid(format!("{name:?} is not a snapshot (VOL@SNAP)")))?;
+                self.catalog.hold(&self.store, &vol, &snap, &tag, on)?;
                 Ok(Value::Null)
             }
             Request::Status => Ok(serde_json::to_value(self.status()?)?),
             Request::Fsck => {
                 self.flush_mounted()?;
+                gc::run(&self.store, &self.catalog)?;
                 Ok(serde_json::to_value(fsck::check(&self.store)?)?)
+            }
+            Request::Gc => {
+                let n = gc::run(&self.store, &self.catalog)?;
+                Ok(json!({"processed": n}))
             }
             Request::Compact => {
                 self.flush_mounted()?;
+                gc::run(&self.store, &self.catalog)?;
                 self.store.compact()?;
                 Ok(json!({"disk_bytes": self.store.disk_bytes()}))
             }
@@ -155,10 +191,108 @@ impl Daemon {
         }
     }
 
+    /// The mounted head of volume `id`, if any.
+    fn head_of(&self, id: u64) -> Result<Option<Arc<Live>>> {
+        Ok(lock(&self.mounts)?.iter().find(|m| m.volume == id && m.snapshot.is_none()).map(|m| m.live.clone()))
+    }
+
+    fn snapshot(&self, name: &str) -> Result<Value> {
+        let (vol, snap) = parse_target(name)?;
+        let snap = snap.ok_or_else(|| Error::Invalid(format!("{name:?}: a snapshot is named VOL@SNAP")))?;
+        let v = Catalog::get(&self.store, &vol)?;
+        let started = Instant::now();
+        match self.head_of(v.id)? {
+            Some(live) => live.exclusive(|vol_ref| {
+                vol_ref.flush_all()?;
+                let cut = self.catalog.snapshot_create(&self.store, &vol, &snap)?;
+                vol_ref.advance(cut.epoch);
+                Ok(())
+            })?,
+            None => {
+                self.catalog.snapshot_create(&self.store, &vol, &snap)?;
+            }
+        }
+        Ok(json!({"snapshot": name, "micros": started.elapsed().as_micros() as u64}))
+    }
+
+    fn clone_volume(&self, source: &str, name: &str) -> Result<Value> {
+        let (vol, snap) = parse_target(source)?;
+        let v = Catalog::get(&self.store, &vol)?;
+        let started = Instant::now();
+        let head = if snap.is_none() { self.head_of(v.id)? } else { None };
+        match head {
+            Some(live) => live.exclusive(|vol_ref| {
+                vol_ref.flush_all()?;
+                let (_, cut) = self.catalog.clone_volume(&self.store, source, name)?;
+                if let Some(c) = cut {
+                    vol_ref.advance(c.epoch);
+                }
+                Ok(())
+            })?,
+            None => {
+                self.catalog.clone_volume(&self.store, source, name)?;
+            }
+        }
+        Ok(json!({"clone": name, "origin": source, "micros": started.elapsed().as_micros() as u64}))
+    }
+
+    fn destroy(&self, name: &str) -> Result<Value> {
+        let (vol, snap) = parse_target(name)?;
+        let v = Catalog::get(&self.store, &vol)?;
+        {
+            let mounts = lock(&self.mounts)?;
+            let busy = mounts.iter().find(|m| m.volume == v.id && (snap.is_none() || m.snapshot == snap));
+            if let Some(m) = busy {
+                return Err(Error::Conflict(format!("{} is mounted at {}; unmount it first", m.target, m.dir.display())));
+            }
+        }
+        match snap {
+            Some(s) => match self.head_of(v.id)? {
+                Some(live) => live.exclusive(|vol_ref| {
+                    let (l, e) = self.catalog.destroy_snapshot(&self.store, &vol, &s)?;
+                    if l == vol_ref.spec.lineage {
+                        vol_ref.unpin(e);
+                    }
+                    Ok(())
+                })?,
+                None => {
+                    self.catalog.destroy_snapshot(&self.store, &vol, &s)?;
+                }
+            },
+            None => self.catalog.destroy(&self.store, &vol)?,
+        }
+        self.wake_gc();
+        Ok(Value::Null)
+    }
+
+    fn rollback(&self, name: &str) -> Result<Value> {
+        let (vol, snap) = parse_target(name)?;
+        let snap = snap.ok_or_else(|| Error::Invalid(format!("{name:?}: roll back to a snapshot, VOL@SNAP")))?;
+        let v = Catalog::get(&self.store, &vol)?;
+        match self.head_of(v.id)? {
+            Some(live) => {
+                let stale = live.exclusive(|vol_ref| {
+                    let stale = vol_ref.cached_inos();
+                    vol_ref.discard_dirty();
+                    self.catalog.rollback(&self.store, &vol, &snap)?;
+                    let spec = Catalog::view(&self.store, &vol, None, vol_ref.read_only)?;
+                    *vol_ref = Arc::new(Volume::open(self.store.clone(), spec, self.budget.clone())?);
+                    Ok(stale)
+                })?;
+                live.invalidate(&stale);
+            }
+            None => {
+                self.catalog.rollback(&self.store, &vol, &snap)?;
+            }
+        }
+        self.wake_gc();
+        Ok(Value::Null)
+    }
+
     fn flush_mounted(&self) -> Result<()> {
-        let vols: Vec<Arc<Volume>> = lock(&self.mounts)?.iter().map(|m| m.vol.clone()).collect();
-        for v in vols {
-            v.flush_all()?;
+        let lives: Vec<Arc<Live>> = lock(&self.mounts)?.iter().map(|m| m.live.clone()).collect();
+        for l in lives {
+            l.get().flush_all()?;
         }
         Ok(())
     }
@@ -179,24 +313,42 @@ impl Daemon {
     fn list(&self) -> Result<Vec<VolumeInfo>> {
         let space = self.store.space();
         let mounts = lock(&self.mounts)?;
-        Ok(Catalog::list(&self.store)?
-            .into_iter()
-            .filter(|v| !v.destroying)
-            .map(|v| {
-                let s = space.lineages.get(&v.lineage).copied().unwrap_or_default();
-                let m = mounts.iter().find(|m| m.vol.rec.id == v.id);
-                VolumeInfo {
-                    name: v.name,
-                    logical: s.logical,
-                    referenced: s.referenced,
-                    unique: s.unique,
+        let mut out = Vec::new();
+        for v in Catalog::list(&self.store)? {
+            let s = space.lineages.get(&v.lineage).copied().unwrap_or_default();
+            let m = mounts.iter().find(|m| m.volume == v.id && m.snapshot.is_none());
+            out.push(VolumeInfo {
+                name: v.name.clone(),
+                kind: "volume".into(),
+                origin: v.origin.clone(),
+                holds: Vec::new(),
+                logical: s.logical,
+                referenced: s.referenced,
+                unique: s.unique,
+                block_size: v.block_size,
+                created: v.created,
+                mountpoint: m.map(|m| m.dir.clone()),
+                read_only: m.map(|m| m.live.get().read_only).unwrap_or(false),
+            });
+            for sn in Catalog::snapshots(&self.store, v.id)? {
+                let m = mounts.iter().find(|m| m.volume == v.id && m.snapshot.as_deref() == Some(sn.name.as_str()));
+                let freed = gc::freed_by_unpin(&self.store, sn.lineage, sn.epoch)?;
+                out.push(VolumeInfo {
+                    name: format!("{}@{}", v.name, sn.name),
+                    kind: "snapshot".into(),
+                    origin: None,
+                    holds: sn.holds.iter().cloned().collect(),
+                    logical: freed.logical,
+                    referenced: freed.referenced,
+                    unique: freed.unique,
                     block_size: v.block_size,
-                    created: v.created,
+                    created: sn.created,
                     mountpoint: m.map(|m| m.dir.clone()),
-                    read_only: m.map(|m| m.vol.read_only).unwrap_or(false),
-                }
-            })
-            .collect())
+                    read_only: true,
+                });
+            }
+        }
+        Ok(out)
     }
 
     fn status(&self) -> Result<StatusInfo> {
@@ -205,52 +357,52 @@ impl Daemon {
         let logical: u64 = space.lineages.values().map(|s| s.logical).sum();
         let mounts = lock(&self.mounts)?
             .iter()
-            .map(|m| MountInfo { volume: m.vol.rec.name.clone(), mountpoint: m.dir.clone(), read_only: m.vol.read_only })
+            .map(|m| MountInfo { volume: m.target.clone(), mountpoint: m.dir.clone(), read_only: m.live.get().read_only })
             .collect();
         Ok(StatusInfo {
             store: self.store.dir().to_path_buf(),
             format_version: FORMAT_VERSION,
             pid: std::process::id(),
-            volumes: vols.iter().filter(|v| !v.destroying).count(),
+            volumes: vols.len(),
             physical: space.physical,
             blocks: space.blocks,
             logical,
             dedup_ratio: if space.physical == 0 { 1.0 } else { logical as f64 / space.physical as f64 },
             disk_bytes: self.store.disk_bytes(),
             dirty_bytes: self.budget.bytes.load(Ordering::Relaxed),
+            pending_gc: Catalog::pending_gc(&self.store)?,
             mounts,
         })
     }
 
     fn mount(&self, name: &str, dir: &Path, read_only: bool) -> Result<Value> {
-        let rec = Catalog::get(&self.store, name)?;
+        let (vol, snap) = parse_target(name)?;
+        let spec = Catalog::view(&self.store, &vol, snap.as_deref(), read_only)?;
         if !dir.is_absolute() {
             return Err(Error::Invalid(format!("mountpoint {} must be an absolute path", dir.display())));
         }
-        let meta = std::fs::metadata(dir)
-            .map_err(|_| Error::NotFound(format!("mountpoint {} does not exist", dir.display())))?;
+        let meta = std::fs::metadata(dir).map_err(|_| Error::NotFound(format!("mountpoint {} does not exist", dir.display())))?;
         if !meta.is_dir() {
             return Err(Error::Invalid(format!("mountpoint {} is not a directory", dir.display())));
         }
         let dir = dir.canonicalize()?;
         let mut mounts = lock(&self.mounts)?;
         if let Some(m) = mounts.iter().find(|m| m.dir == dir) {
-            return Err(Error::Conflict(format!(
-                "{} is already the mountpoint of volume {:?}",
-                dir.display(),
-                m.vol.rec.name
-            )));
+            return Err(Error::Conflict(format!("{} is already the mountpoint of {:?}", dir.display(), m.target)));
         }
-        if let Some(m) = mounts.iter().find(|m| m.vol.rec.id == rec.id) {
-            return Err(Error::Conflict(format!("volume {name:?} is already mounted at {}", m.dir.display())));
+        if let Some(m) = mounts.iter().find(|m| m.volume == spec.volume && m.snapshot == snap) {
+            return Err(Error::Conflict(format!("{name:?} is already mounted at {}", m.dir.display())));
         }
-        let vol = Arc::new(Volume::open(self.store.clone(), rec, read_only, self.budget.clone())?);
+        let bs = spec.block_size as u64;
+        let ro = spec.read_only;
+        let volume = spec.volume;
+        let live = Arc::new(Live::new(Volume::open(self.store.clone(), spec, self.budget.clone())?));
         let mut config = Config::default();
         config.mount_options = vec![
             MountOption::FSName(name.to_string()),
             MountOption::Subtype("clonefs".into()),
             MountOption::DefaultPermissions,
-            if read_only { MountOption::RO } else { MountOption::RW },
+            if ro { MountOption::RO } else { MountOption::RW },
         ];
         if crate::sys::geteuid() == 0 {
             config.acl = SessionACL::All;
@@ -260,11 +412,12 @@ impl Daemon {
         config.n_threads = Some(FUSE_THREADS);
         config.clone_fd = true;
         let started = Instant::now();
-        let session = Session::new(FuseFs { vol: vol.clone() }, &dir, &config)
+        let session = Session::new(FuseFs { live: live.clone(), bs }, &dir, &config)
             .and_then(|s| s.spawn())
             .map_err(|e| Error::Invalid(format!("cannot mount {name:?} at {}: {e}", dir.display())))?;
+        live.set_notifier(session.notifier());
         log::info!("mounted {name} at {} in {:?}", dir.display(), started.elapsed());
-        mounts.push(Mounted { vol, dir: dir.clone(), session: Some(session) });
+        mounts.push(Mounted { live, volume, snapshot: snap, target: name.to_string(), dir: dir.clone(), session: Some(session) });
         Ok(json!({"mountpoint": dir}))
     }
 
@@ -275,7 +428,7 @@ impl Daemon {
             .iter()
             .position(|m| m.dir == dir)
             .ok_or_else(|| Error::NotFound(format!("{} is not a clonefs mountpoint", dir.display())))?;
-        mounts[i].vol.flush_all()?;
+        mounts[i].live.get().flush_all()?;
         crate::sys::umount(&dir, false).map_err(|e| {
             if e.raw_os_error() == Some(libc::EBUSY) {
                 Error::Conflict(format!("{} is busy: close the files and leave the directories open there", dir.display()))
@@ -286,7 +439,7 @@ impl Daemon {
         let mut m = mounts.remove(i);
         drop(mounts);
         finish_session(&mut m);
-        m.vol.flush_all()?;
+        m.live.get().flush_all()?;
         Ok(Value::Null)
     }
 
@@ -295,8 +448,8 @@ impl Daemon {
         let mut all: Vec<Mounted> = std::mem::take(&mut *lock(&self.mounts)?);
         let mut first_err = None;
         for m in &mut all {
-            if let Err(e) = m.vol.flush_all() {
-                log::error!("volume {}: flush failed: {e}", m.vol.rec.name);
+            if let Err(e) = m.live.get().flush_all() {
+                log::error!("{}: flush failed: {e}", m.target);
                 first_err.get_or_insert(e);
             }
             if crate::sys::umount(&m.dir, false).is_err() {
@@ -309,7 +462,7 @@ impl Daemon {
                 continue;
             }
             finish_session(m);
-            if let Err(e) = m.vol.flush_all() {
+            if let Err(e) = m.live.get().flush_all() {
                 first_err.get_or_insert(e);
             }
         }

@@ -44,12 +44,15 @@ enum Cmd {
         #[arg(long, default_value = "64K")]
         block_size: String,
     },
-    /// List volumes
+    /// List volumes and snapshots
     List {
+        /// Types to list: volume, snapshot, or both (comma-separated)
+        #[arg(short = 't', long = "type", default_value = "volume,snapshot")]
+        types: String,
         #[arg(long)]
         json: bool,
     },
-    /// Mount a volume at an existing directory; returns when the mount is ready
+    /// Mount a volume (VOL) or, read-only, a snapshot (VOL@SNAP) at an existing directory
     Mount {
         volume: String,
         dir: PathBuf,
@@ -58,8 +61,21 @@ enum Cmd {
     },
     /// Unmount a volume (flushes its data first)
     Unmount { dir: PathBuf },
-    /// Destroy a volume and free its space (refuses a mounted volume)
+    /// Destroy a volume (with its snapshots) or a snapshot VOL@SNAP, in any order: data that
+    /// clones still read stays; the rest is freed in the background
     Destroy { volume: String },
+    /// Take a snapshot VOL@SNAP: an atomic point-in-time cut, O(1), of a mounted busy volume too
+    Snapshot { snapshot: String },
+    /// Clone VOL@SNAP (or VOL: an implicit snapshot of the live volume) as a new writable volume
+    Clone { source: String, name: String },
+    /// Return VOL to snapshot VOL@SNAP; snapshots taken after it are kept
+    Rollback { snapshot: String },
+    /// Put hold TAG on a snapshot: it refuses destroy until released
+    Hold { snapshot: String, tag: String },
+    /// Release hold TAG of a snapshot
+    Release { snapshot: String, tag: String },
+    /// Run pending garbage collection now
+    Gc,
     /// Rename a volume
     Rename { old: String, new: String },
     /// Show the store: path, format, space, dedup ratio, mounts
@@ -74,6 +90,13 @@ enum Cmd {
     },
     /// Compact the store so that freed space leaves the disk now
     Compact,
+}
+
+fn need_snapshot(s: &str) -> Result<()> {
+    match crate::volume::parse_target(s)? {
+        (_, Some(_)) => Ok(()),
+        (_, None) => Err(Error::Invalid(format!("{s:?} is not a snapshot: write VOL@SNAP"))),
+    }
 }
 
 pub fn default_store() -> PathBuf {
@@ -131,8 +154,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             call(Request::Create { name: name.clone(), block_size, uid: crate::sys::geteuid(), gid: crate::sys::getegid() })?;
             println!("created volume {name} (block size {})", output::size(block_size as u64));
         }
-        Cmd::List { json } => {
-            let v: Vec<VolumeInfo> = serde_json::from_value(call(Request::List)?)?;
+        Cmd::List { types, json } => {
+            let mut want = Vec::new();
+            for t in types.split(',') {
+                match t.trim() {
+                    "volume" | "volumes" | "filesystem" => want.push("volume"),
+                    "snapshot" | "snapshots" | "snap" => want.push("snapshot"),
+                    "all" => want.extend(["volume", "snapshot"]),
+                    other => return Err(Error::Invalid(format!("unknown type {other:?}: use volume, snapshot or all"))),
+                }
+            }
+            let mut v: Vec<VolumeInfo> = serde_json::from_value(call(Request::List)?)?;
+            v.retain(|x| want.contains(&x.kind.as_str()));
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
@@ -140,7 +173,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Cmd::Mount { volume, dir, read_only } => {
-            crate::volume::check_name(&volume)?;
+            let (_, snap) = crate::volume::parse_target(&volume)?;
+            let read_only = read_only || snap.is_some();
             let dir = absolute(&dir)?;
             call(Request::Mount { name: volume.clone(), dir: dir.clone(), read_only })?;
             println!("mounted {volume} at {}{}", dir.display(), if read_only { " (read-only)" } else { "" });
@@ -149,9 +183,39 @@ fn run(cli: Cli) -> Result<ExitCode> {
             call(Request::Unmount { dir: absolute(&dir)? })?;
         }
         Cmd::Destroy { volume } => {
-            crate::volume::check_name(&volume)?;
+            crate::volume::parse_target(&volume)?;
             call(Request::Destroy { name: volume.clone() })?;
             println!("destroyed {volume}");
+        }
+        Cmd::Snapshot { snapshot } => {
+            need_snapshot(&snapshot)?;
+            call(Request::Snapshot { name: snapshot.clone() })?;
+            println!("snapshot {snapshot} taken");
+        }
+        Cmd::Clone { source, name } => {
+            crate::volume::parse_target(&source)?;
+            crate::volume::check_name(&name)?;
+            call(Request::Clone { source: source.clone(), name: name.clone() })?;
+            println!("cloned {source} as {name}");
+        }
+        Cmd::Rollback { snapshot } => {
+            need_snapshot(&snapshot)?;
+            call(Request::Rollback { name: snapshot.clone() })?;
+            println!("rolled back to {snapshot}");
+        }
+        Cmd::Hold { snapshot, tag } => {
+            need_snapshot(&snapshot)?;
+            call(Request::Hold { name: snapshot.clone(), tag: tag.clone(), on: true })?;
+            println!("hold {tag} on {snapshot}");
+        }
+        Cmd::Release { snapshot, tag } => {
+            need_snapshot(&snapshot)?;
+            call(Request::Hold { name: snapshot.clone(), tag: tag.clone(), on: false })?;
+            println!("released {tag} on {snapshot}");
+        }
+        Cmd::Gc => {
+            let v = call(Request::Gc)?;
+            println!("gc: processed {} markers", v["processed"].as_u64().unwrap_or(0));
         }
         Cmd::Rename { old, new } => {
             crate::volume::check_name(&old)?;
@@ -281,7 +345,8 @@ pub fn mount_helper(args: Vec<String>) -> ExitCode {
         if !client::ping(&store) {
             start_daemon(&store, 0)?;
         }
-        crate::volume::check_name(&vol)?;
+        let (_, snap) = crate::volume::parse_target(&vol)?;
+        let read_only = read_only || snap.is_some();
         client::call(&store, &Request::Mount { name: vol, dir: absolute(Path::new(&dir))?, read_only })?;
         Ok(())
     })();

@@ -20,16 +20,37 @@ pub fn size(b: u64) -> String {
     }
 }
 
+fn created(secs: i64) -> String {
+    // UTC date and time from seconds since the epoch (civil-from-days, H. Hinnant).
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + (m <= 2) as i64;
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}", rem / 3600, rem % 3600 / 60)
+}
+
 pub fn volumes(v: &[VolumeInfo]) {
-    println!("{:<24} {:>9} {:>11} {:>9} {:>6}  MOUNTPOINT", "NAME", "LOGICAL", "REFERENCED", "UNIQUE", "BLOCK");
+    println!(
+        "{:<24} {:<20} {:<16} {:>9} {:>11} {:>9} {:>6}  MOUNTPOINT",
+        "NAME", "ORIGIN", "CREATED", "LOGICAL", "REFERENCED", "UNIQUE", "BLOCK"
+    );
     for x in v {
         let mp = match &x.mountpoint {
             Some(p) => format!("{}{}", p.display(), if x.read_only { " (ro)" } else { "" }),
             None => "-".into(),
         };
         println!(
-            "{:<24} {:>9} {:>11} {:>9} {:>6}  {}",
+            "{:<24} {:<20} {:<16} {:>9} {:>11} {:>9} {:>6}  {}",
             x.name,
+            x.origin.as_deref().unwrap_or("-"),
+            created(x.created),
             size(x.logical),
             size(x.referenced),
             size(x.unique),
@@ -49,6 +70,7 @@ pub fn status(s: &StatusInfo) {
     println!("dedup ratio:    {:.2}x", s.dedup_ratio);
     println!("on disk:        {} (after compression)", size(s.disk_bytes));
     println!("unflushed:      {}", size(s.dirty_bytes));
+    println!("pending gc:     {}", s.pending_gc);
     if s.mounts.is_empty() {
         println!("mounts:         none");
     }

@@ -15,9 +15,16 @@ pub enum Request {
     Ping,
     Create { name: String, block_size: u32, uid: u32, gid: u32 },
     List,
+    /// `name` is `VOL` or `VOL@SNAP` (read-only).
     Mount { name: String, dir: PathBuf, read_only: bool },
     Unmount { dir: PathBuf },
+    /// `name` is `VOL` or `VOL@SNAP`.
     Destroy { name: String },
+    Snapshot { name: String },
+    Clone { source: String, name: String },
+    Rollback { name: String },
+    Hold { name: String, tag: String, on: bool },
+    Gc,
     Rename { old: String, new: String },
     Status,
     Fsck,
@@ -34,10 +41,18 @@ pub struct Response {
     pub data: serde_json::Value,
 }
 
-/// One row of `clonefs list`.
+/// One row of `clonefs list`: a volume or a snapshot (`VOL@SNAP`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VolumeInfo {
     pub name: String,
+    /// "volume" or "snapshot".
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// What a clone came from.
+    pub origin: Option<String>,
+    /// Holds on a snapshot.
+    #[serde(default)]
+    pub holds: Vec<String>,
     /// Bytes of all block references of the volume (what `du` would count, holes excluded).
     pub logical: u64,
     /// Bytes of the distinct stored blocks the volume reads.
@@ -72,5 +87,7 @@ pub struct StatusInfo {
     /// Bytes RocksDB holds on disk (SST and blob files, after compression).
     pub disk_bytes: u64,
     pub dirty_bytes: u64,
+    /// GC markers not yet processed (destroyed snapshots or volumes whose space is pending).
+    pub pending_gc: u64,
     pub mounts: Vec<MountInfo>,
 }

@@ -98,8 +98,8 @@ impl Volume {
     pub fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>> {
         self.node(ino)?;
         let ident = keys::xattr_key(self.lineage(), ino, name);
-        match self.store.get_version(cf::XATTRS, &ident, self.epoch())? {
-            Some((_, v)) => records::decode_xattr(&v)?.ok_or_else(|| err(libc::ENODATA)),
+        match self.find(cf::XATTRS, &ident)? {
+            Some(f) => records::decode_xattr(&f.value)?.ok_or_else(|| err(libc::ENODATA)),
             None => Err(err(libc::ENODATA)),
         }
     }
@@ -107,13 +107,13 @@ impl Volume {
     pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
         self.node(ino)?;
         let mut out = Vec::new();
-        self.store.scan_versions(cf::XATTRS, &keys::dir_prefix(self.lineage(), ino), self.epoch(), |ident, _, v| {
-            if !records::is_tombstone(v) {
-                out.extend_from_slice(keys::name_of(ident));
+        let prefix = keys::dir_prefix(self.lineage(), ino);
+        for (rest, f) in self.scan_visible(cf::XATTRS, &prefix, &prefix, None)? {
+            if !records::is_tombstone(&f.value) {
+                out.extend_from_slice(&rest[8..rest.len() - 1]);
                 out.push(0);
             }
-            Ok(true)
-        })?;
+        }
         Ok(out)
     }
 
@@ -129,8 +129,9 @@ impl Volume {
         let node = self.node(ino)?;
         let mut n = lock(&node)?;
         let ident = keys::xattr_key(self.lineage(), ino, name);
-        let found = self.store.get_version(cf::XATTRS, &ident, self.epoch())?;
-        let exists = matches!(&found, Some((_, v)) if !records::is_tombstone(v));
+        let found = self.find(cf::XATTRS, &ident)?;
+        let exists = matches!(&found, Some(f) if !records::is_tombstone(&f.value));
+        let at = found.map(|f| (f.level, f.epoch));
         let mut t = self.store.txn();
         match value {
             Some(v) => {
@@ -140,12 +141,12 @@ impl Volume {
                 if flags & libc::XATTR_REPLACE != 0 && !exists {
                     return Err(err(libc::ENODATA));
                 }
-                self.stage_put(&mut t, cf::XATTRS, ident, &records::encode_xattr(v))?;
+                self.stage_version(&mut t, cf::XATTRS, ident, at, Some(&records::encode_xattr(v)), true)?;
             }
-            None => match found {
-                Some((e, _)) if exists => self.stage_remove(&mut t, cf::XATTRS, ident, e)?,
-                _ => return Err(err(libc::ENODATA)),
-            },
+            None if exists => {
+                self.stage_version(&mut t, cf::XATTRS, ident, at, None, true)?;
+            }
+            None => return Err(err(libc::ENODATA)),
         }
         let mut rec = n.rec.clone();
         rec.ctime = Ts::now();

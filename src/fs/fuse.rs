@@ -3,6 +3,7 @@
 
 use super::attr::{SetAttr, TimeSet};
 use super::namespace::NewNode;
+use super::live::Live;
 use super::{Ctx, Entry, Volume};
 use crate::error::Error;
 use crate::store::records::{Kind, Ts};
@@ -18,13 +19,16 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Only this daemon changes a volume, and every change goes through the kernel, so cached
-/// entries and attributes stay true: long TTLs make hot stats free.
-const TTL: Duration = Duration::from_secs(3600);
+/// Only this daemon changes a volume and every change goes through the kernel, so cached
+/// attributes stay true (rollback invalidates them through the notifier). Entries get 1 s,
+/// like libfuse's passthrough, so that names a rollback changed are looked up again soon.
+const TTL: Duration = Duration::from_secs(1);
 const GEN: Generation = Generation(0);
 
 pub struct FuseFs {
-    pub vol: Arc<Volume>,
+    pub live: Arc<Live>,
+    /// Block size of the view (never changes, rollback included).
+    pub bs: u64,
 }
 
 fn errno(e: &Error) -> Errno {
@@ -70,12 +74,16 @@ fn file_type(k: Kind) -> FileType {
 }
 
 impl FuseFs {
+    fn v(&self) -> std::sync::RwLockReadGuard<'_, Arc<Volume>> {
+        self.live.get()
+    }
+
     fn attr(&self, e: &Entry) -> FileAttr {
         let r = &e.rec;
         FileAttr {
             ino: INodeNo(e.ino),
             size: r.size,
-            blocks: r.blocks * (self.vol.bs / 512),
+            blocks: r.blocks * (self.bs / 512),
             atime: to_time(r.atime),
             mtime: to_time(r.mtime),
             ctime: to_time(r.ctime),
@@ -86,7 +94,7 @@ impl FuseFs {
             uid: r.uid,
             gid: r.gid,
             rdev: r.rdev,
-            blksize: self.vol.bs as u32,
+            blksize: self.bs as u32,
             flags: 0,
         }
     }
@@ -135,21 +143,22 @@ impl Filesystem for FuseFs {
     }
 
     fn destroy(&mut self) {
-        if let Err(e) = self.vol.flush_all() {
-            log::error!("volume {}: flush at unmount failed: {e}", self.vol.rec.name);
+        let v = self.v();
+        if let Err(e) = v.flush_all() {
+            log::error!("volume {}: flush at unmount failed: {e}", v.name());
         }
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.entry(self.vol.lookup(parent.0, name.as_bytes()), reply)
+        self.entry(self.v().lookup(parent.0, name.as_bytes()), reply)
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.vol.forget(ino.0, nlookup)
+        self.v().forget(ino.0, nlookup)
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.vol.entry(ino.0) {
+        match self.v().entry(ino.0) {
             Ok(e) => reply.attr(&TTL, &self.attr(&e)),
             Err(e) => reply.error(errno(&e)),
         }
@@ -182,14 +191,14 @@ impl Filesystem for FuseFs {
             mtime: mtime.map(time_set),
             ctime: ctime.map(from_time),
         };
-        match self.vol.setattr(ino.0, a) {
+        match self.v().setattr(ino.0, a) {
             Ok(e) => reply.attr(&TTL, &self.attr(&e)),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.vol.readlink(ino.0) {
+        match self.v().readlink(ino.0) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(errno(&e)),
         }
@@ -200,25 +209,25 @@ impl Filesystem for FuseFs {
             return reply.error(Errno::EINVAL);
         };
         let new = NewNode { kind, perm: mode & !umask, rdev, target: &[] };
-        self.entry(self.vol.make(ctx(req), parent.0, name.as_bytes(), new, false), reply)
+        self.entry(self.v().make(ctx(req), parent.0, name.as_bytes(), new, false), reply)
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
         let new = NewNode { kind: Kind::Dir, perm: mode & !umask, rdev: 0, target: &[] };
-        self.entry(self.vol.make(ctx(req), parent.0, name.as_bytes(), new, false), reply)
+        self.entry(self.v().make(ctx(req), parent.0, name.as_bytes(), new, false), reply)
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.empty(self.vol.unlink(parent.0, name.as_bytes(), false), reply)
+        self.empty(self.v().unlink(parent.0, name.as_bytes(), false), reply)
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.empty(self.vol.unlink(parent.0, name.as_bytes(), true), reply)
+        self.empty(self.v().unlink(parent.0, name.as_bytes(), true), reply)
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
         let new = NewNode { kind: Kind::Symlink, perm: 0o777, rdev: 0, target: target.as_os_str().as_bytes() };
-        self.entry(self.vol.make(ctx(req), parent.0, link_name.as_bytes(), new, false), reply)
+        self.entry(self.v().make(ctx(req), parent.0, link_name.as_bytes(), new, false), reply)
     }
 
     fn rename(
@@ -231,16 +240,16 @@ impl Filesystem for FuseFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        self.empty(self.vol.rename(parent.0, name.as_bytes(), newparent.0, newname.as_bytes(), flags.bits()), reply)
+        self.empty(self.v().rename(parent.0, name.as_bytes(), newparent.0, newname.as_bytes(), flags.bits()), reply)
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
-        self.entry(self.vol.link(ino.0, newparent.0, newname.as_bytes()), reply)
+        self.entry(self.v().link(ino.0, newparent.0, newname.as_bytes()), reply)
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
-        match self.vol.open_file(ino.0, write) {
+        match self.v().open_file(ino.0, write) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(errno(&e)),
         }
@@ -257,7 +266,7 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.vol.read(ino.0, offset, size) {
+        match self.v().read(ino.0, offset, size) {
             Ok(d) => reply.data(&d),
             Err(e) => reply.error(errno(&e)),
         }
@@ -275,14 +284,14 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.vol.write(ino.0, offset, data) {
+        match self.v().write(ino.0, offset, data) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
     fn flush(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
-        self.empty(self.vol.flush_ino(ino.0, false), reply)
+        self.empty(self.v().flush_ino(ino.0, false), reply)
     }
 
     fn release(
@@ -295,22 +304,22 @@ impl Filesystem for FuseFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.empty(self.vol.release(ino.0), reply)
+        self.empty(self.v().release(ino.0), reply)
     }
 
     fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        self.empty(self.vol.fsync(ino.0), reply)
+        self.empty(self.v().fsync(ino.0), reply)
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.vol.opendir(ino.0) {
+        match self.v().opendir(ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
     fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        match self.vol.readdir(fh.0) {
+        match self.v().readdir(fh.0) {
             Ok(items) => {
                 for (i, it) in items.iter().enumerate().skip(offset as usize) {
                     if reply.add(INodeNo(it.ino), (i + 1) as u64, file_type(it.kind), OsStr::from_bytes(&it.name)) {
@@ -324,16 +333,17 @@ impl Filesystem for FuseFs {
     }
 
     fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
-        self.vol.releasedir(fh.0);
+        self.v().releasedir(fh.0);
         reply.ok()
     }
 
     fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        self.empty(self.vol.store.sync(), reply)
+        let r = self.v().store.sync();
+        self.empty(r, reply)
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        match self.vol.statfs() {
+        match self.v().statfs() {
             Ok(s) => reply.statfs(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, 255, s.bsize),
             Err(e) => reply.error(errno(&e)),
         }
@@ -349,19 +359,19 @@ impl Filesystem for FuseFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        self.empty(self.vol.setxattr(ino.0, name.as_bytes(), Some(value), flags), reply)
+        self.empty(self.v().setxattr(ino.0, name.as_bytes(), Some(value), flags), reply)
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        Self::xattr_reply(self.vol.getxattr(ino.0, name.as_bytes()), size, reply)
+        Self::xattr_reply(self.v().getxattr(ino.0, name.as_bytes()), size, reply)
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        Self::xattr_reply(self.vol.listxattr(ino.0), size, reply)
+        Self::xattr_reply(self.v().listxattr(ino.0), size, reply)
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.empty(self.vol.setxattr(ino.0, name.as_bytes(), None, 0), reply)
+        self.empty(self.v().setxattr(ino.0, name.as_bytes(), None, 0), reply)
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
@@ -371,9 +381,10 @@ impl Filesystem for FuseFs {
 
     fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, _flags: i32, reply: ReplyCreate) {
         let new = NewNode { kind: Kind::File, perm: mode & !umask, rdev: 0, target: &[] };
-        match self.vol.make(ctx(req), parent.0, name.as_bytes(), new, true) {
+        let v = self.v();
+        match v.make(ctx(req), parent.0, name.as_bytes(), new, true) {
             Ok(e) => {
-                let fh = self.vol.next_handle();
+                let fh = v.next_handle();
                 reply.created(&TTL, &self.attr(&e), GEN, FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
             }
             Err(e) => reply.error(errno(&e)),
@@ -381,14 +392,14 @@ impl Filesystem for FuseFs {
     }
 
     fn fallocate(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
-        self.empty(self.vol.fallocate(ino.0, offset, length, mode), reply)
+        self.empty(self.v().fallocate(ino.0, offset, length, mode), reply)
     }
 
     fn lseek(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
         if offset < 0 {
             return reply.error(Errno::EINVAL);
         }
-        match self.vol.lseek(ino.0, offset as u64, whence) {
+        match self.v().lseek(ino.0, offset as u64, whence) {
             Ok(o) => reply.offset(o as i64),
             Err(e) => reply.error(errno(&e)),
         }
@@ -408,7 +419,7 @@ impl Filesystem for FuseFs {
         reply: ReplyWrite,
     ) {
         let len = len.min(u32::MAX as u64 & !0xfff);
-        match self.vol.copy_range(ino_in.0, offset_in, ino_out.0, offset_out, len) {
+        match self.v().copy_range(ino_in.0, offset_in, ino_out.0, offset_out, len) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(&e)),
         }

@@ -8,15 +8,16 @@
 
 pub mod data;
 pub mod fuse;
+pub mod live;
 pub mod namespace;
 pub mod attr;
 pub mod table;
 
 use crate::error::{Error, Result};
 use crate::store::records::{self, Hash, InodeRec};
-use crate::store::{cf, keys, Store, Txn};
-use crate::volume::VolumeRec;
-use std::collections::{HashMap, HashSet};
+use crate::store::{cf, keys, Found, Store, Txn};
+use crate::volume::ViewSpec;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -56,11 +57,11 @@ impl Default for DirtyBudget {
     fn default() -> Self {
         DirtyBudget {
             bytes: AtomicU64::new(0),
-            total_limit: 128 << 20,
+            total_limit: 64 << 20,
             file_limit: 16 << 20,
             max_age: Duration::from_secs(2),
             clean_bytes: AtomicU64::new(0),
-            clean_limit: 64 << 20,
+            clean_limit: 32 << 20,
         }
     }
 }
@@ -88,9 +89,13 @@ pub enum Ext {
 
 pub struct Volume {
     pub store: Arc<Store>,
-    pub rec: VolumeRec,
+    pub spec: ViewSpec,
     pub read_only: bool,
     pub bs: u64,
+    /// Epoch this view reads (and, for a head, writes) at. Changes only under the cut.
+    epoch: AtomicU64,
+    /// Pinned epochs of this lineage: a version one of them sees is never deleted in place.
+    pins: Mutex<BTreeSet<u64>>,
     budget: Arc<DirtyBudget>,
     ns: Mutex<()>,
     table: Table,
@@ -100,15 +105,24 @@ pub struct Volume {
     dirty: Mutex<HashSet<u64>>,
 }
 
+/// Where a visible version was found: chain level (0 = own lineage) and epoch.
+pub type At = (usize, u64);
+
 impl Volume {
-    pub fn open(store: Arc<Store>, rec: VolumeRec, read_only: bool, budget: Arc<DirtyBudget>) -> Result<Volume> {
-        let last = store.last_key(cf::INODES, &keys::lineage_prefix(rec.lineage))?;
-        let max_ino = last.map(|k| keys::read_u64(&k, 8)).unwrap_or(ROOT_INO);
+    pub fn open(store: Arc<Store>, spec: ViewSpec, budget: Arc<DirtyBudget>) -> Result<Volume> {
+        let mut max_ino = ROOT_INO;
+        for l in std::iter::once(spec.lineage).chain(spec.parents.iter().map(|p| p.0)) {
+            if let Some(k) = store.last_key(cf::INODES, &keys::lineage_prefix(l))? {
+                max_ino = max_ino.max(keys::read_u64(&k, 8));
+            }
+        }
         let v = Volume {
-            bs: rec.block_size as u64,
+            bs: spec.block_size as u64,
             store,
-            rec,
-            read_only,
+            read_only: spec.read_only,
+            epoch: AtomicU64::new(spec.epoch),
+            pins: Mutex::new(spec.pins.clone()),
+            spec,
             budget,
             ns: Mutex::new(()),
             table: Table::new(),
@@ -117,18 +131,50 @@ impl Volume {
             next_fh: AtomicU64::new(1),
             dirty: Mutex::new(HashSet::new()),
         };
-        if !read_only {
+        if !v.read_only {
             v.purge_orphans()?;
         }
         Ok(v)
     }
 
-    fn lineage(&self) -> u64 {
-        self.rec.lineage
+    pub fn name(&self) -> &str {
+        &self.spec.name
     }
 
-    fn epoch(&self) -> u64 {
-        self.rec.epoch
+    fn lineage(&self) -> u64 {
+        self.spec.lineage
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// The lineages this view reads, nearest first, with the epoch read in each.
+    fn chain(&self) -> Vec<(u64, u64)> {
+        let mut c = Vec::with_capacity(1 + self.spec.parents.len());
+        c.push((self.lineage(), self.epoch()));
+        c.extend_from_slice(&self.spec.parents);
+        c
+    }
+
+    /// After a snapshot of this head at its epoch `e`: `e` is pinned and writes go to `e + 1`.
+    /// Call only while no operation runs (under the cut).
+    pub fn advance(&self, e: u64) {
+        if let Ok(mut p) = self.pins.lock() {
+            p.insert(e);
+        }
+        self.epoch.store(e + 1, Ordering::SeqCst);
+    }
+
+    /// A pin of this lineage went away. Call only while no operation runs (under the cut).
+    pub fn unpin(&self, e: u64) {
+        if let Ok(mut p) = self.pins.lock() {
+            p.remove(&e);
+        }
+    }
+
+    fn pinned_between(&self, from: u64, to: u64) -> bool {
+        from < to && self.pins.lock().map(|p| p.range(from..to).next().is_some()).unwrap_or(true)
     }
 
     fn ns(&self) -> Result<MutexGuard<'_, ()>> {
@@ -146,9 +192,19 @@ impl Volume {
         }
     }
 
+    /// The visible version of `ident` (a key of our own lineage, without epoch).
+    fn find(&self, cfname: &str, ident: &[u8]) -> Result<Option<Found>> {
+        self.store.get_chain(cfname, &ident[8..], &self.chain())
+    }
+
+    /// Visible versions of identities under `prefix` (own-lineage keys) from `start` on.
+    fn scan_visible(&self, cfname: &str, prefix: &[u8], start: &[u8], end: Option<&[u8]>) -> Result<Vec<(Vec<u8>, Found)>> {
+        self.store.scan_chain(cfname, &prefix[8..], &start[8..], end.map(|e| &e[8..]), &self.chain())
+    }
+
     fn load_rec(&self, ino: u64) -> Result<Option<InodeRec>> {
-        match self.store.get_version(cf::INODES, &keys::inode_key(self.lineage(), ino), self.epoch())? {
-            Some((_, v)) => InodeRec::decode(&v),
+        match self.find(cf::INODES, &keys::inode_key(self.lineage(), ino))? {
+            Some(f) => InodeRec::decode(&f.value),
             None => Ok(None),
         }
     }
@@ -162,74 +218,96 @@ impl Volume {
         self.next_ino.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Writes a versioned key at the current epoch.
-    fn stage_put(&self, t: &mut Txn, cfname: &str, ident: Vec<u8>, value: &[u8]) -> Result<()> {
-        t.put(&self.store, cfname, &keys::versioned(ident, self.epoch()), value)
-    }
-
-    /// Removes the visible version of `ident` found at `found_epoch`: deletes it if it was
-    /// written at the current epoch and nothing older would show through, else writes a
-    /// tombstone (an older version belongs to a snapshot and must stay).
-    fn stage_remove(&self, t: &mut Txn, cfname: &str, ident: Vec<u8>, found_epoch: u64) -> Result<()> {
-        let e = self.epoch();
-        if found_epoch == e && !self.shadows_older(cfname, &ident)? {
-            t.delete(&self.store, cfname, &keys::versioned(ident, e))
-        } else {
-            t.put(&self.store, cfname, &keys::versioned(ident, e), &records::tombstone())
+    /// True if something older than the version at `b` of `ident` would show through,
+    /// live: an older version of our own lineage, or a version in an ancestor.
+    fn older_visible(&self, cfname: &str, ident: &[u8], b: u64) -> Result<bool> {
+        if b > 0 {
+            if let Some((_, v)) = self.store.get_version(cfname, ident, b - 1)? {
+                return Ok(!records::is_tombstone(&v));
+            }
         }
+        Ok(match self.store.get_chain(cfname, &ident[8..], &self.spec.parents)? {
+            Some(f) => !records::is_tombstone(&f.value),
+            None => false,
+        })
     }
 
-    fn shadows_older(&self, cfname: &str, ident: &[u8]) -> Result<bool> {
+    /// Replaces the visible version `old` of `ident` with `new` (None removes it). The old
+    /// version is deleted if it is ours and no pin sees it (written at this epoch, or no
+    /// snapshot between); otherwise it stays for the snapshot or ancestor that sees it.
+    /// A removal writes a tombstone when something older would show through, unless `hide`
+    /// is false (the caller knows nothing can reach the key any more).
+    /// Returns true if the old version was deleted (its block reference must go).
+    fn stage_version(&self, t: &mut Txn, cfname: &str, ident: Vec<u8>, old: Option<At>, new: Option<&[u8]>, hide: bool) -> Result<bool> {
         let e = self.epoch();
-        if e <= 1 {
-            return Ok(false);
+        let tag = cf::tag(cfname);
+        let old_dies = matches!(old, Some((0, b)) if b == e || !self.pinned_between(b, e));
+        if let Some((0, b)) = old {
+            if old_dies && b != e {
+                t.delete(&self.store, cfname, &keys::versioned(ident.clone(), b))?;
+                t.delete(&self.store, cf::BIRTHS, &keys::birth(&ident, b, tag))?;
+            }
         }
-        self.store.has_older_version(cfname, ident, e)
+        let tomb;
+        let value = match new {
+            Some(v) => Some(v),
+            None => {
+                let shows = hide
+                    && match old {
+                        None => false,
+                        Some(_) if !old_dies => true,
+                        Some((_, b)) => self.older_visible(cfname, &ident, b)?,
+                    };
+                if shows {
+                    tomb = records::tombstone();
+                    Some(&tomb[..])
+                } else {
+                    None
+                }
+            }
+        };
+        match value {
+            Some(v) => {
+                t.put(&self.store, cf::BIRTHS, &keys::birth(&ident, e, tag), &[])?;
+                t.put(&self.store, cfname, &keys::versioned(ident, e), v)?;
+            }
+            None => {
+                if old == Some((0, e)) {
+                    t.delete(&self.store, cf::BIRTHS, &keys::birth(&ident, e, tag))?;
+                    t.delete(&self.store, cfname, &keys::versioned(ident, e))?;
+                }
+            }
+        }
+        Ok(old_dies)
     }
 
-    /// The visible extent of block `idx`: (epoch written, hash or hole).
-    fn extent(&self, ino: u64, idx: u64) -> Result<Option<(u64, Option<Hash>)>> {
-        match self.store.get_version(cf::EXTENTS, &keys::extent_key(self.lineage(), ino, idx), self.epoch())? {
-            Some((e, v)) => Ok(Some((e, records::decode_extent(&v)?))),
+    /// The visible extent of block `idx`: where it was found, and its hash (None: hole).
+    fn extent(&self, ino: u64, idx: u64) -> Result<Option<(At, Option<Hash>)>> {
+        match self.find(cf::EXTENTS, &keys::extent_key(self.lineage(), ino, idx))? {
+            Some(f) => Ok(Some(((f.level, f.epoch), records::decode_extent(&f.value)?))),
             None => Ok(None),
         }
     }
 
-    /// Visible extents of a file from block `from` on, holes left out: (index, epoch, hash).
-    fn extents_from(&self, ino: u64, from: u64, to: u64) -> Result<Vec<(u64, u64, Hash)>> {
-        let mut out = Vec::new();
-        let prefix = keys::extents_of(self.lineage(), ino);
-        let start = keys::extent_key(self.lineage(), ino, from);
-        let mut last = None;
-        let epoch = self.epoch();
-        self.store.scan_from(cf::EXTENTS, &prefix, &start, |k, v| {
-            let (ident, e) = keys::split_version(k);
-            let idx = keys::read_u64(ident, 16);
-            if idx >= to {
-                return Ok(false);
+    /// Visible data extents of a file in blocks [from, to): (index, where found, hash).
+    fn extents_from(&self, ino: u64, from: u64, to: u64) -> Result<Vec<(u64, At, Hash)>> {
+        let l = self.lineage();
+        let end = if to == u64::MAX { None } else { Some(keys::extent_key(l, ino, to)) };
+        let found = self.scan_visible(cf::EXTENTS, &keys::extents_of(l, ino), &keys::extent_key(l, ino, from), end.as_deref())?;
+        let mut out = Vec::with_capacity(found.len());
+        for (rest, f) in found {
+            if let Some(h) = records::decode_extent(&f.value)? {
+                out.push((keys::read_u64(&rest, 8), (f.level, f.epoch), h));
             }
-            if e > epoch || last == Some(idx) {
-                return Ok(true);
-            }
-            last = Some(idx);
-            if let Some(h) = records::decode_extent(v)? {
-                out.push((idx, e, h));
-            }
-            Ok(true)
-        })?;
+        }
         Ok(out)
     }
 
-    /// Sets block `idx` of `ino`, given what is there now (`old`). Returns the change in the
-    /// file's count of stored blocks.
-    fn stage_extent(&self, t: &mut Txn, ino: u64, idx: u64, old: Option<(u64, Option<Hash>)>, new: Ext) -> Result<i64> {
+    /// Sets block `idx` of `ino`, given what is visible there now (`old`). Returns the change
+    /// in the file's count of stored blocks.
+    fn stage_extent(&self, t: &mut Txn, ino: u64, idx: u64, old: Option<(At, Option<Hash>)>, new: Ext) -> Result<i64> {
         let l = self.lineage();
-        let e = self.epoch();
-        let ident = keys::extent_key(l, ino, idx);
-        let (old_epoch, old_hash) = match old {
-            Some((oe, h)) => (oe, h),
-            None => (0, None),
-        };
+        let old_hash = old.and_then(|o| o.1);
         let new_hash = match &new {
             Ext::Hole => None,
             Ext::Data(h, _) | Ext::Shared(h) => Some(*h),
@@ -237,23 +315,25 @@ impl Volume {
         if old_hash == new_hash {
             return Ok(0);
         }
-        // A version written at this epoch is replaced in place and loses its reference;
-        // an older one stays for the snapshot that sees it.
-        if let (Some(h), true) = (old_hash, old_epoch == e) {
+        let value = new_hash.map(|h| records::encode_extent(&h));
+        let dies = self.stage_version(t, cf::EXTENTS, keys::extent_key(l, ino, idx), old.map(|o| o.0), value.as_deref(), true)?;
+        if let (Some(h), true) = (old_hash, dies) {
             t.drop_ref(h, l);
         }
         match new {
-            Ext::Hole => self.stage_remove(t, cf::EXTENTS, ident, old_epoch)?,
-            Ext::Data(h, data) => {
-                t.put(&self.store, cf::EXTENTS, &keys::versioned(ident, e), &records::encode_extent(&h))?;
-                t.add_ref(h, l, data);
-            }
-            Ext::Shared(h) => {
-                t.put(&self.store, cf::EXTENTS, &keys::versioned(ident, e), &records::encode_extent(&h))?;
-                t.share_ref(h, l);
-            }
+            Ext::Hole => {}
+            Ext::Data(h, data) => t.add_ref(h, l, data),
+            Ext::Shared(h) => t.share_ref(h, l),
         }
         Ok(new_hash.is_some() as i64 - old_hash.is_some() as i64)
+    }
+
+    /// Writes an inode record at this epoch.
+    fn stage_inode(&self, t: &mut Txn, ino: u64, rec: &InodeRec) -> Result<()> {
+        let ident = keys::inode_key(self.lineage(), ino);
+        let old = self.find(cf::INODES, &ident)?.map(|f| (f.level, f.epoch));
+        self.stage_version(t, cf::INODES, ident, old, Some(&rec.encode()), true)?;
+        Ok(())
     }
 
     /// Stages `n`'s dirty blocks and `rec` (its new attributes) into `t`. Returns the record
@@ -270,7 +350,7 @@ impl Volume {
             delta += self.stage_extent(t, ino, idx, old, new)?;
         }
         rec.blocks = (rec.blocks as i64 + delta).max(0) as u64;
-        self.stage_put(t, cf::INODES, keys::inode_key(self.lineage(), ino), &rec.encode())?;
+        self.stage_inode(t, ino, &rec)?;
         Ok(rec)
     }
 
@@ -352,23 +432,27 @@ impl Volume {
     }
 
     /// Removes an inode with no names left and no open handles: data, xattrs, record.
+    /// Its number is never reused in this view, so only the record needs a tombstone.
     fn stage_purge(&self, t: &mut Txn, ino: u64) -> Result<()> {
         let l = self.lineage();
-        for (idx, e, h) in self.extents_from(ino, 0, u64::MAX)? {
-            self.stage_extent(t, ino, idx, Some((e, Some(h))), Ext::Hole)?;
-        }
-        let mut xs = Vec::new();
-        self.store.scan_versions(cf::XATTRS, &keys::dir_prefix(l, ino), self.epoch(), |ident, e, v| {
-            if !records::is_tombstone(v) {
-                xs.push((ident.to_vec(), e));
+        for (idx, at, h) in self.extents_from(ino, 0, u64::MAX)? {
+            if at.0 == 0 {
+                let ident = keys::extent_key(l, ino, idx);
+                if self.stage_version(t, cf::EXTENTS, ident, Some(at), None, false)? {
+                    t.drop_ref(h, l);
+                }
             }
-            Ok(true)
-        })?;
-        for (ident, e) in xs {
-            self.stage_remove(t, cf::XATTRS, ident, e)?;
         }
-        if let Some((e, _)) = self.store.get_version(cf::INODES, &keys::inode_key(l, ino), self.epoch())? {
-            self.stage_remove(t, cf::INODES, keys::inode_key(l, ino), e)?;
+        let prefix = keys::dir_prefix(l, ino);
+        for (rest, f) in self.scan_visible(cf::XATTRS, &prefix, &prefix, None)? {
+            if f.level == 0 {
+                let ident = [&l.to_be_bytes()[..], &rest].concat();
+                self.stage_version(t, cf::XATTRS, ident, Some((0, f.epoch)), None, false)?;
+            }
+        }
+        let ident = keys::inode_key(l, ino);
+        if let Some(f) = self.find(cf::INODES, &ident)? {
+            self.stage_version(t, cf::INODES, ident, Some((f.level, f.epoch)), None, true)?;
         }
         t.delete(&self.store, cf::CATALOG, &keys::catalog::orphan(l, ino))?;
         Ok(())
@@ -422,7 +506,7 @@ impl Volume {
             Ok(true)
         })?;
         for ino in inos {
-            log::info!("volume {}: removing orphan inode {ino}", self.rec.name);
+            log::info!("volume {}: removing orphan inode {ino}", self.name());
             let mut t = self.store.txn();
             self.stage_purge(&mut t, ino)?;
             self.store.commit(t, false)?;
@@ -449,8 +533,19 @@ impl Volume {
         self.next_fh.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Number of inodes in memory (tests and status).
-    pub fn cached_inodes(&self) -> usize {
-        self.table.len()
+    /// Inodes in memory: every inode the kernel may hold pages or attributes of.
+    pub fn cached_inos(&self) -> Vec<u64> {
+        self.table.inos()
+    }
+
+    /// Forgets unsaved data (the view is being rolled back).
+    pub fn discard_dirty(&self) {
+        for ino in self.cached_inos() {
+            if let Ok(Some(node)) = self.table.get(ino, || Ok(None)) {
+                if let Ok(mut n) = node.lock() {
+                    let _ = self.forget_node(ino, &mut n);
+                }
+            }
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! Each operation is one write batch (invariant 1 in docs/ARCHITECTURE.md).
 
 use super::table::{lock, Node, NodeRef};
-use super::{err, Ctx, DirItem, Entry, Volume};
+use super::{err, At, Ctx, DirItem, Entry, Volume};
 use crate::error::Result;
 use crate::store::records::{DirentRec, InodeRec, Kind, Ts};
 use crate::store::{cf, keys, Txn};
@@ -50,32 +50,44 @@ impl<'a> Locked<'a> {
 }
 
 impl Volume {
-    /// The live entry `name` of directory `dir`: (epoch of its version, entry).
-    fn dirent(&self, dir: u64, name: &[u8]) -> Result<Option<(u64, DirentRec)>> {
-        match self.store.get_version(cf::DIRENTS, &keys::dirent_key(self.lineage(), dir, name), self.epoch())? {
-            Some((e, v)) => Ok(DirentRec::decode(&v)?.map(|d| (e, d))),
+    /// The visible version of entry `name` of `dir`, whiteouts included.
+    fn dirent_raw(&self, dir: u64, name: &[u8]) -> Result<Option<(At, Option<DirentRec>)>> {
+        match self.find(cf::DIRENTS, &keys::dirent_key(self.lineage(), dir, name))? {
+            Some(f) => Ok(Some(((f.level, f.epoch), DirentRec::decode(&f.value)?))),
             None => Ok(None),
         }
     }
 
-    fn stage_dirent(&self, t: &mut Txn, dir: u64, name: &[u8], d: DirentRec) -> Result<()> {
-        self.stage_put(t, cf::DIRENTS, keys::dirent_key(self.lineage(), dir, name), &d.encode())
+    /// The live entry `name` of directory `dir`: (where its version is, entry).
+    fn dirent(&self, dir: u64, name: &[u8]) -> Result<Option<(At, DirentRec)>> {
+        Ok(self.dirent_raw(dir, name)?.and_then(|(at, d)| d.map(|d| (at, d))))
     }
 
-    fn stage_unname(&self, t: &mut Txn, dir: u64, name: &[u8], found_epoch: u64) -> Result<()> {
-        self.stage_remove(t, cf::DIRENTS, keys::dirent_key(self.lineage(), dir, name), found_epoch)
+    fn stage_dirent(&self, t: &mut Txn, dir: u64, name: &[u8], d: DirentRec) -> Result<()> {
+        let old = self.dirent_raw(dir, name)?.map(|x| x.0);
+        self.stage_version(t, cf::DIRENTS, keys::dirent_key(self.lineage(), dir, name), old, Some(&d.encode()), true)?;
+        Ok(())
+    }
+
+    fn stage_unname(&self, t: &mut Txn, dir: u64, name: &[u8], at: At) -> Result<()> {
+        self.stage_version(t, cf::DIRENTS, keys::dirent_key(self.lineage(), dir, name), Some(at), None, true)?;
+        Ok(())
+    }
+
+    /// Live entries of a directory: (name, entry).
+    fn entries(&self, dir: u64) -> Result<Vec<(Vec<u8>, DirentRec)>> {
+        let prefix = keys::dir_prefix(self.lineage(), dir);
+        let mut out = Vec::new();
+        for (rest, f) in self.scan_visible(cf::DIRENTS, &prefix, &prefix, None)? {
+            if let Some(d) = DirentRec::decode(&f.value)? {
+                out.push((rest[8..rest.len() - 1].to_vec(), d));
+            }
+        }
+        Ok(out)
     }
 
     fn dir_is_empty(&self, dir: u64) -> Result<bool> {
-        let mut empty = true;
-        self.store.scan_versions(cf::DIRENTS, &keys::dir_prefix(self.lineage(), dir), self.epoch(), |_, _, v| {
-            if DirentRec::decode(v)?.is_some() {
-                empty = false;
-                return Ok(false);
-            }
-            Ok(true)
-        })?;
-        Ok(empty)
+        Ok(self.entries(dir)?.is_empty())
     }
 
     fn live_dir<'a>(&self, n: &MutexGuard<'a, Node>) -> Result<()> {
@@ -144,7 +156,7 @@ impl Volume {
             target: new.target.to_vec(),
         };
         let mut t = self.store.txn();
-        self.stage_put(&mut t, cf::INODES, keys::inode_key(self.lineage(), ino), &rec.encode())?;
+        self.stage_inode(&mut t, ino, &rec)?;
         self.stage_dirent(&mut t, parent, name, DirentRec { kind: new.kind, ino })?;
         let mut prec = p.rec.clone();
         prec.mtime = now;
@@ -405,12 +417,9 @@ impl Volume {
             DirItem { name: b".".to_vec(), ino, kind: Kind::Dir },
             DirItem { name: b"..".to_vec(), ino: parent, kind: Kind::Dir },
         ];
-        self.store.scan_versions(cf::DIRENTS, &keys::dir_prefix(self.lineage(), ino), self.epoch(), |ident, _, v| {
-            if let Some(d) = DirentRec::decode(v)? {
-                items.push(DirItem { name: keys::name_of(ident).to_vec(), ino: d.ino, kind: d.kind });
-            }
-            Ok(true)
-        })?;
+        for (name, d) in self.entries(ino)? {
+            items.push(DirItem { name, ino: d.ino, kind: d.kind });
+        }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.dirs.lock().map_err(|_| err(libc::EIO))?.insert(fh, Arc::new(items));
         Ok(fh)

@@ -100,6 +100,16 @@ impl Table {
         Ok(())
     }
 
+    pub fn inos(&self) -> Vec<u64> {
+        let mut out = Vec::new();
+        for s in &self.shards {
+            if let Ok(g) = s.lock() {
+                out.extend(g.keys().copied());
+            }
+        }
+        out
+    }
+
     pub fn len(&self) -> usize {
         self.shards.iter().map(|s| s.lock().map(|g| g.len()).unwrap_or(0)).sum()
     }

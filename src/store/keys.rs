@@ -8,13 +8,17 @@
 //! | dirents   | lineage(8) dir(8) name NUL !epoch(8)             | DirentRec or whiteout  |
 //! | extents   | lineage(8) ino(8) index(8) !epoch(8)             | ExtentRec or hole      |
 //! | xattrs    | lineage(8) ino(8) name NUL !epoch(8)             | value or tombstone     |
-//! | catalog   | tag(1) ...                                       | see `CatalogKey`       |
+//! | catalog   | tag(1) ...                                       | see `catalog` below    |
+//! | births    | lineage(8) epoch(8) cf-tag(1) rest               | empty                  |
 //!
 //! Why the order matters:
 //! - Integers are big-endian so byte order is numeric order.
 //! - The lineage comes first, so one volume's keys form one contiguous range (prefix isolation).
 //! - The epoch comes last and inverted (`!epoch`), so the newest version of a key sorts first:
 //!   reading the live volume is one seek, and reading snapshot `e` is one seek to `!e`.
+//! - `births` lists every version by (lineage, epoch) with the epoch NOT inverted, so GC can
+//!   scan the versions a lineage wrote in an epoch range; `rest` is the version's key without
+//!   lineage and epoch.
 //! - Names end with NUL (never part of a name), so the versions of "a" sort before "ab" and a
 //!   seek for "a" never lands in "ab".
 
@@ -103,6 +107,29 @@ pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
+/// The births entry of the version of `ident` (lineage first) written at `epoch`.
+pub fn birth(ident: &[u8], epoch: u64, cf_tag: u8) -> Vec<u8> {
+    let mut k = Vec::with_capacity(ident.len() + 9);
+    k.extend_from_slice(&ident[..8]);
+    push_u64(&mut k, epoch);
+    k.push(cf_tag);
+    k.extend_from_slice(&ident[8..]);
+    k
+}
+
+/// Splits a births key into (lineage, epoch, cf tag, rest).
+pub fn split_birth(k: &[u8]) -> (u64, u64, u8, &[u8]) {
+    (read_u64(k, 0), read_u64(k, 8), k[16], &k[17..])
+}
+
+/// First births key of `lineage` at or after `epoch`.
+pub fn births_from(lineage: u64, epoch: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(16);
+    push_u64(&mut k, lineage);
+    push_u64(&mut k, epoch);
+    k
+}
+
 /// Catalog keys: a tag byte, then the parts.
 pub mod catalog {
     use super::push_u64;
@@ -119,6 +146,35 @@ pub mod catalog {
     pub const SPACE_TAG: u8 = b'S';
     /// `O` lineage ino -> orphan: an unlinked inode still open when it lost its last name.
     pub const ORPHAN_TAG: u8 = b'O';
+    /// `L` lineage -> lineage record (parent, head epoch, pins).
+    pub const LINEAGE_TAG: u8 = b'L';
+    /// `P` volume id, name -> snapshot record.
+    pub const SNAPSHOT_TAG: u8 = b'P';
+    /// `G` lineage, epoch -> pending GC work: a pin (or, at u64::MAX, the head) went away.
+    pub const GC_TAG: u8 = b'G';
+
+    pub fn lineage(id: u64) -> Vec<u8> {
+        let mut k = vec![LINEAGE_TAG];
+        push_u64(&mut k, id);
+        k
+    }
+    pub fn snapshot(volume: u64, name: &[u8]) -> Vec<u8> {
+        let mut k = vec![SNAPSHOT_TAG];
+        push_u64(&mut k, volume);
+        k.extend_from_slice(name);
+        k
+    }
+    pub fn snapshots_of(volume: u64) -> Vec<u8> {
+        let mut k = vec![SNAPSHOT_TAG];
+        push_u64(&mut k, volume);
+        k
+    }
+    pub fn gc(lineage: u64, epoch: u64) -> Vec<u8> {
+        let mut k = vec![GC_TAG];
+        push_u64(&mut k, lineage);
+        push_u64(&mut k, epoch);
+        k
+    }
 
     pub fn name(name: &[u8]) -> Vec<u8> {
         let mut k = vec![NAME_TAG];
@@ -179,6 +235,17 @@ mod tests {
         assert!(!ab.starts_with(&a));
         assert!(a_oldest < ab);
         assert_eq!(name_of(&a), b"a");
+    }
+
+    #[test]
+    fn births_sort_by_lineage_then_epoch() {
+        let ident = versioned(extent_key(2, 7, 9), 0);
+        let ident = &ident[..24];
+        let b = birth(ident, 5, 3);
+        assert_eq!(split_birth(&b), (2, 5, 3, &ident[8..]));
+        assert!(birth(ident, 4, 3) < b && b < birth(ident, 6, 1));
+        assert!(b.starts_with(&births_from(2, 5)[..16]));
+        assert!(births_from(2, 6) > b && births_from(2, 5) <= b);
     }
 
     #[test]

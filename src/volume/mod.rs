@@ -1,53 +1,99 @@
-//! Volumes in the catalog: names, lineages, epochs, block sizes; create, rename, destroy.
-//! A volume owns one lineage: every key of its files starts with that lineage id, and it
-//! writes at its current epoch (see `store::keys`).
+//! Volumes, lineages and snapshots in the catalog.
+//!
+//! A volume writes into one lineage at that lineage's head epoch. A snapshot pins
+//! (lineage, epoch) and moves the head to epoch + 1, so versions written before it stay
+//! visible to it. A clone is a new lineage whose parent is a pinned (lineage, epoch): reads
+//! that find nothing in the clone's lineage fall through to the parent at that epoch.
+//! Rollback gives the volume a new lineage whose parent is the snapshot; the old lineage loses
+//! its head but keeps its pins, so newer snapshots live on. Destroying anything removes pins
+//! or heads and leaves a GC marker; `gc` frees what no pin or head can see any more.
+
+pub mod fsck;
+pub mod gc;
 
 use crate::error::{Error, Result};
-use crate::store::records::{DirentRec, InodeRec, Kind, Ts};
-use crate::store::{cf, keys, Store};
+use crate::store::records::{InodeRec, Kind, Ts};
+use crate::store::{cf, keys, Store, Txn};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
 pub const ROOT_INO: u64 = 1;
 pub const MIN_BLOCK: u32 = 4096;
 pub const MAX_BLOCK: u32 = 1 << 20;
-/// 64 KiB: see docs/benchmarks.md for the sweep that chose it.
+/// See docs/benchmarks.md for the measurements behind the default.
 pub const DEFAULT_BLOCK: u32 = 64 << 10;
+/// GC marker epoch meaning "the lineage lost its head".
+pub const HEAD_GONE: u64 = u64::MAX;
 const RECORD_VERSION: u8 = 1;
-
-pub mod fsck;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct VolumeRec {
     pub id: u64,
     pub name: String,
+    /// The lineage the volume writes into.
     pub lineage: u64,
-    /// Epoch new versions are written at.
-    pub epoch: u64,
     pub block_size: u32,
     /// Seconds since the Unix epoch.
     pub created: i64,
-    /// Set while destroy removes the volume's keys; the name is already free then.
+    /// What it was cloned from, as `VOL@SNAP`.
     #[serde(default)]
-    pub destroying: bool,
+    pub origin: Option<String>,
 }
 
-fn encode(v: &VolumeRec) -> Result<Vec<u8>> {
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LineageRec {
+    pub id: u64,
+    /// (lineage, epoch) this lineage was cloned from.
+    pub parent: Option<(u64, u64)>,
+    /// Epoch the owning volume writes at; None once no volume writes here.
+    pub head: Option<u64>,
+    /// Pinned epochs (snapshots and clones' parents) with their counts.
+    pub pins: BTreeMap<u64, u32>,
+    pub block_size: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SnapshotRec {
+    pub volume: u64,
+    pub name: String,
+    pub lineage: u64,
+    pub epoch: u64,
+    pub created: i64,
+    #[serde(default)]
+    pub holds: BTreeSet<String>,
+}
+
+/// What a mounted view reads: its lineage at an epoch, then its ancestors.
+#[derive(Clone, Debug)]
+pub struct ViewSpec {
+    pub name: String,
+    pub volume: u64,
+    pub lineage: u64,
+    pub epoch: u64,
+    pub parents: Vec<(u64, u64)>,
+    pub pins: BTreeSet<u64>,
+    pub block_size: u32,
+    pub read_only: bool,
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>> {
     let mut out = vec![RECORD_VERSION];
     out.extend_from_slice(&serde_json::to_vec(v)?);
     Ok(out)
 }
 
-fn decode(b: &[u8]) -> Result<VolumeRec> {
+pub(crate) fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T> {
     match b.split_first() {
         Some((&RECORD_VERSION, rest)) => Ok(serde_json::from_slice(rest)?),
-        _ => Err(Error::Corrupt("unknown volume record version".into())),
+        _ => Err(Error::Corrupt("unknown catalog record version".into())),
     }
 }
 
-/// Checks a volume name: what a user may type and a directory entry may hold.
+/// Checks a volume or snapshot name: what a user may type and a directory entry may hold.
 pub fn check_name(name: &str) -> Result<()> {
-    let bad = |why: &str| Err(Error::Invalid(format!("invalid volume name {name:?}: {why}")));
+    let bad = |why: &str| Err(Error::Invalid(format!("invalid name {name:?}: {why}")));
     if name.is_empty() {
         return bad("empty");
     }
@@ -64,6 +110,24 @@ pub fn check_name(name: &str) -> Result<()> {
         return bad(&format!("contains {c:?}"));
     }
     Ok(())
+}
+
+/// Splits `VOL` or `VOL@SNAP`, checking both names.
+pub fn parse_target(s: &str) -> Result<(String, Option<String>)> {
+    match s.split_once('@') {
+        Some((v, snap)) => {
+            check_name(v)?;
+            if snap.is_empty() {
+                return Err(Error::Invalid(format!("invalid snapshot {s:?}: empty snapshot name after '@'")));
+            }
+            check_name(snap)?;
+            Ok((v.to_string(), Some(snap.to_string())))
+        }
+        None => {
+            check_name(s)?;
+            Ok((s.to_string(), None))
+        }
+    }
 }
 
 /// Parses a block size such as `4K`, `64k`, `1M` or `65536`.
@@ -83,7 +147,11 @@ pub fn parse_block_size(s: &str) -> Result<u32> {
     Ok(v as u32)
 }
 
-/// Serializes catalog changes (create, rename, destroy) against each other.
+fn now() -> i64 {
+    Ts::now().sec
+}
+
+/// Serializes catalog changes against each other and against GC decisions.
 pub struct Catalog {
     lock: Mutex<()>,
 }
@@ -94,13 +162,19 @@ impl Default for Catalog {
     }
 }
 
+/// Result of taking a snapshot or an implicit one: the pinned epoch of the head lineage.
+pub struct Cut {
+    pub lineage: u64,
+    pub epoch: u64,
+}
+
 impl Catalog {
-    fn guard(&self) -> Result<std::sync::MutexGuard<'_, ()>> {
+    pub fn guard(&self) -> Result<std::sync::MutexGuard<'_, ()>> {
         self.lock.lock().map_err(|_| Error::Corrupt("catalog lock poisoned".into()))
     }
 
     pub fn list(store: &Store) -> Result<Vec<VolumeRec>> {
-        let mut out = Vec::new();
+        let mut out: Vec<VolumeRec> = Vec::new();
         store.scan(cf::CATALOG, &[keys::catalog::VOLUME_TAG], |_, v| {
             out.push(decode(v)?);
             Ok(true)
@@ -125,6 +199,120 @@ impl Catalog {
         decode(&v)
     }
 
+    pub fn lineage(store: &Store, id: u64) -> Result<LineageRec> {
+        let v = store
+            .get(cf::CATALOG, &keys::catalog::lineage(id))?
+            .ok_or_else(|| Error::Corrupt(format!("missing lineage {id}")))?;
+        decode(&v)
+    }
+
+    pub fn lineages(store: &Store) -> Result<Vec<LineageRec>> {
+        let mut out = Vec::new();
+        store.scan(cf::CATALOG, &[keys::catalog::LINEAGE_TAG], |_, v| {
+            out.push(decode(v)?);
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    /// Ancestors of a lineage: [(parent, epoch), (grandparent, epoch), ...].
+    pub fn parents(store: &Store, lineage: u64) -> Result<Vec<(u64, u64)>> {
+        let mut out = Vec::new();
+        let mut cur = Self::lineage(store, lineage)?.parent;
+        while let Some((l, e)) = cur {
+            out.push((l, e));
+            if out.len() > 10_000 {
+                return Err(Error::Corrupt("lineage cycle".into()));
+            }
+            cur = Self::lineage(store, l)?.parent;
+        }
+        Ok(out)
+    }
+
+    pub fn snapshots(store: &Store, volume: u64) -> Result<Vec<SnapshotRec>> {
+        let mut out: Vec<SnapshotRec> = Vec::new();
+        store.scan(cf::CATALOG, &keys::catalog::snapshots_of(volume), |_, v| {
+            out.push(decode(v)?);
+            Ok(true)
+        })?;
+        out.sort_by_key(|s| (s.created, s.epoch));
+        Ok(out)
+    }
+
+    pub fn snapshot(store: &Store, volume: &VolumeRec, name: &str) -> Result<SnapshotRec> {
+        let v = store.get(cf::CATALOG, &keys::catalog::snapshot(volume.id, name.as_bytes()))?.ok_or_else(|| {
+            Error::NotFound(format!("no snapshot {}@{name}", volume.name))
+        })?;
+        decode(&v)
+    }
+
+    /// The view that mounting `VOL` (head, writable) or `VOL@SNAP` (read-only) reads.
+    pub fn view(store: &Store, vol: &str, snap: Option<&str>, read_only: bool) -> Result<ViewSpec> {
+        let v = Self::get(store, vol)?;
+        let (lineage, epoch, name) = match snap {
+            Some(s) => {
+                let sr = Self::snapshot(store, &v, s)?;
+                (sr.lineage, sr.epoch, format!("{vol}@{s}"))
+            }
+            None => {
+                let l = Self::lineage(store, v.lineage)?;
+                let head = l.head.ok_or_else(|| Error::Corrupt(format!("volume {vol} has no head")))?;
+                (v.lineage, head, vol.to_string())
+            }
+        };
+        let lrec = Self::lineage(store, lineage)?;
+        Ok(ViewSpec {
+            name,
+            volume: v.id,
+            lineage,
+            epoch,
+            parents: Self::parents(store, lineage)?,
+            pins: lrec.pins.keys().copied().collect(),
+            block_size: v.block_size,
+            read_only: read_only || snap.is_some(),
+        })
+    }
+
+    fn next_id(store: &Store, t: &mut Txn, n: u64) -> Result<u64> {
+        let id = match store.get(cf::CATALOG, keys::catalog::NEXT_VOLUME_ID)? {
+            Some(v) => u64::from_le_bytes(v.as_slice().try_into().map_err(|_| Error::Corrupt("bad id counter".into()))?),
+            None => 1,
+        };
+        t.put(store, cf::CATALOG, keys::catalog::NEXT_VOLUME_ID, &(id + n).to_le_bytes())?;
+        Ok(id)
+    }
+
+    fn name_free(store: &Store, name: &str) -> Result<()> {
+        if store.get(cf::CATALOG, &keys::catalog::name(name.as_bytes()))?.is_some() {
+            return Err(Error::Conflict(format!("volume {name:?} already exists")));
+        }
+        Ok(())
+    }
+
+    fn put_volume(store: &Store, t: &mut Txn, v: &VolumeRec) -> Result<()> {
+        t.put(store, cf::CATALOG, &keys::catalog::volume(v.id), &encode(v)?)
+    }
+
+    fn put_lineage(store: &Store, t: &mut Txn, l: &LineageRec) -> Result<()> {
+        t.put(store, cf::CATALOG, &keys::catalog::lineage(l.id), &encode(l)?)
+    }
+
+    fn put_snapshot(store: &Store, t: &mut Txn, s: &SnapshotRec) -> Result<()> {
+        t.put(store, cf::CATALOG, &keys::catalog::snapshot(s.volume, s.name.as_bytes()), &encode(s)?)
+    }
+
+    /// Drops one count of pin `epoch` on `l`; at zero, leaves GC work.
+    fn unpin(store: &Store, t: &mut Txn, l: &mut LineageRec, epoch: u64) -> Result<()> {
+        if let Some(c) = l.pins.get_mut(&epoch) {
+            *c -= 1;
+            if *c == 0 {
+                l.pins.remove(&epoch);
+                t.put(store, cf::CATALOG, &keys::catalog::gc(l.id, epoch), &[])?;
+            }
+        }
+        Ok(())
+    }
+
     /// Creates an empty volume with a root directory owned by `uid:gid`.
     pub fn create(&self, store: &Store, name: &str, block_size: u32, uid: u32, gid: u32) -> Result<VolumeRec> {
         check_name(name)?;
@@ -132,23 +320,12 @@ impl Catalog {
             return Err(Error::Invalid(format!("invalid block size {block_size}: use a power of two from 4K to 1M")));
         }
         let _g = self.guard()?;
-        if store.get(cf::CATALOG, &keys::catalog::name(name.as_bytes()))?.is_some() {
-            return Err(Error::Conflict(format!("volume {name:?} already exists")));
-        }
-        let id = match store.get(cf::CATALOG, keys::catalog::NEXT_VOLUME_ID)? {
-            Some(v) => u64::from_le_bytes(v.as_slice().try_into().map_err(|_| Error::Corrupt("bad id counter".into()))?),
-            None => 1,
-        };
-        let now = Ts::now();
-        let rec = VolumeRec {
-            id,
-            name: name.to_string(),
-            lineage: id,
-            epoch: 1,
-            block_size,
-            created: now.sec,
-            destroying: false,
-        };
+        Self::name_free(store, name)?;
+        let mut t = store.txn();
+        let id = Self::next_id(store, &mut t, 2)?;
+        let ts = Ts::now();
+        let rec = VolumeRec { id, name: name.to_string(), lineage: id + 1, block_size, created: ts.sec, origin: None };
+        let lin = LineageRec { id: id + 1, parent: None, head: Some(1), pins: BTreeMap::new(), block_size };
         let root = InodeRec {
             kind: Kind::Dir,
             perm: 0o755,
@@ -159,17 +336,18 @@ impl Catalog {
             size: 0,
             blocks: 0,
             parent: ROOT_INO,
-            atime: now,
-            mtime: now,
-            ctime: now,
-            crtime: now,
+            atime: ts,
+            mtime: ts,
+            ctime: ts,
+            crtime: ts,
             target: Vec::new(),
         };
-        let mut t = store.txn();
-        t.put(store, cf::CATALOG, keys::catalog::NEXT_VOLUME_ID, &(id + 1).to_le_bytes())?;
         t.put(store, cf::CATALOG, &keys::catalog::name(name.as_bytes()), &id.to_le_bytes())?;
-        t.put(store, cf::CATALOG, &keys::catalog::volume(id), &encode(&rec)?)?;
-        t.put(store, cf::INODES, &keys::versioned(keys::inode_key(rec.lineage, ROOT_INO), rec.epoch), &root.encode())?;
+        Self::put_volume(store, &mut t, &rec)?;
+        Self::put_lineage(store, &mut t, &lin)?;
+        let ident = keys::inode_key(lin.id, ROOT_INO);
+        t.put(store, cf::BIRTHS, &keys::birth(&ident, 1, cf::tag(cf::INODES)), &[])?;
+        t.put(store, cf::INODES, &keys::versioned(ident, 1), &root.encode())?;
         store.commit(t, true)?;
         Ok(rec)
     }
@@ -178,103 +356,208 @@ impl Catalog {
         check_name(new)?;
         let _g = self.guard()?;
         let mut rec = Self::get(store, old)?;
-        if store.get(cf::CATALOG, &keys::catalog::name(new.as_bytes()))?.is_some() {
-            return Err(Error::Conflict(format!("volume {new:?} already exists")));
-        }
+        Self::name_free(store, new)?;
         rec.name = new.to_string();
         let mut t = store.txn();
         t.delete(store, cf::CATALOG, &keys::catalog::name(old.as_bytes()))?;
         t.put(store, cf::CATALOG, &keys::catalog::name(new.as_bytes()), &rec.id.to_le_bytes())?;
-        t.put(store, cf::CATALOG, &keys::catalog::volume(rec.id), &encode(&rec)?)?;
+        Self::put_volume(store, &mut t, &rec)?;
         store.commit(t, true)?;
         Ok(rec)
     }
 
-    /// Frees the name at once (one batch), then removes the volume's keys in bounded batches.
-    /// A crash in between leaves a `destroying` record that `resume_destroys` finishes.
-    pub fn destroy(&self, store: &Store, name: &str) -> Result<()> {
-        let mut rec = {
-            let _g = self.guard()?;
-            let mut rec = Self::get(store, name)?;
-            rec.destroying = true;
-            let mut t = store.txn();
-            t.delete(store, cf::CATALOG, &keys::catalog::name(name.as_bytes()))?;
-            t.put(store, cf::CATALOG, &keys::catalog::volume(rec.id), &encode(&rec)?)?;
-            store.commit(t, true)?;
-            rec
+    /// Takes snapshot `snap` of `vol` at its head epoch. The caller has flushed the volume and
+    /// holds its writes back (the cut), and moves a mounted head to the returned epoch + 1.
+    pub fn snapshot_create(&self, store: &Store, vol: &str, snap: &str) -> Result<Cut> {
+        check_name(snap)?;
+        let _g = self.guard()?;
+        let v = Self::get(store, vol)?;
+        if store.get(cf::CATALOG, &keys::catalog::snapshot(v.id, snap.as_bytes()))?.is_some() {
+            return Err(Error::Conflict(format!("snapshot {vol}@{snap} already exists")));
+        }
+        let mut t = store.txn();
+        let cut = Self::stage_cut(store, &mut t, &v)?;
+        let s = SnapshotRec {
+            volume: v.id,
+            name: snap.to_string(),
+            lineage: cut.lineage,
+            epoch: cut.epoch,
+            created: now(),
+            holds: BTreeSet::new(),
         };
-        purge_lineage(store, &mut rec)
+        Self::put_snapshot(store, &mut t, &s)?;
+        store.commit(t, true)?;
+        Ok(cut)
     }
 
-    /// Finishes destroys a crash interrupted.
-    pub fn resume_destroys(store: &Store) -> Result<()> {
-        for mut rec in Self::list(store)? {
-            if rec.destroying {
-                log::info!("finishing the destroy of volume {}", rec.name);
-                purge_lineage(store, &mut rec)?;
+    /// Pins the head epoch of `v`'s lineage and moves the head past it.
+    fn stage_cut(store: &Store, t: &mut Txn, v: &VolumeRec) -> Result<Cut> {
+        let mut l = Self::lineage(store, v.lineage)?;
+        let e = l.head.ok_or_else(|| Error::Corrupt(format!("volume {} has no head", v.name)))?;
+        *l.pins.entry(e).or_default() += 1;
+        l.head = Some(e + 1);
+        Self::put_lineage(store, t, &l)?;
+        Ok(Cut { lineage: l.id, epoch: e })
+    }
+
+    /// Clones `src` (`VOL@SNAP`, or `VOL` for an implicit snapshot of the live volume) as
+    /// `new`. Returns the new volume and, for a live clone, the cut taken of `VOL`.
+    pub fn clone_volume(&self, store: &Store, src: &str, new: &str) -> Result<(VolumeRec, Option<Cut>)> {
+        let (vol, snap) = parse_target(src)?;
+        check_name(new)?;
+        let _g = self.guard()?;
+        let v = Self::get(store, &vol)?;
+        Self::name_free(store, new)?;
+        let mut t = store.txn();
+        let (parent, cut, origin) = match &snap {
+            Some(s) => {
+                let sr = Self::snapshot(store, &v, s)?;
+                let mut l = Self::lineage(store, sr.lineage)?;
+                *l.pins.entry(sr.epoch).or_default() += 1;
+                Self::put_lineage(store, &mut t, &l)?;
+                ((sr.lineage, sr.epoch), None, format!("{vol}@{s}"))
+            }
+            None => {
+                let cut = Self::stage_cut(store, &mut t, &v)?;
+                let origin = format!("{vol} (live, epoch {})", cut.epoch);
+                ((cut.lineage, cut.epoch), Some(cut), origin)
+            }
+        };
+        let id = Self::next_id(store, &mut t, 2)?;
+        let rec = VolumeRec {
+            id,
+            name: new.to_string(),
+            lineage: id + 1,
+            block_size: v.block_size,
+            created: now(),
+            origin: Some(origin),
+        };
+        let lin = LineageRec { id: id + 1, parent: Some(parent), head: Some(1), pins: BTreeMap::new(), block_size: v.block_size };
+        t.put(store, cf::CATALOG, &keys::catalog::name(new.as_bytes()), &id.to_le_bytes())?;
+        Self::put_volume(store, &mut t, &rec)?;
+        Self::put_lineage(store, &mut t, &lin)?;
+        store.commit(t, true)?;
+        Ok((rec, cut))
+    }
+
+    /// Gives `vol` a new lineage whose parent is snapshot `snap`; the old head lineage keeps
+    /// its pins (newer snapshots stay) and loses its head. Returns the new head view.
+    pub fn rollback(&self, store: &Store, vol: &str, snap: &str) -> Result<VolumeRec> {
+        let _g = self.guard()?;
+        let mut v = Self::get(store, vol)?;
+        let sr = Self::snapshot(store, &v, snap)?;
+        let mut t = store.txn();
+        let mut old = Self::lineage(store, v.lineage)?;
+        let id = Self::next_id(store, &mut t, 1)?;
+        let lin = LineageRec {
+            id,
+            parent: Some((sr.lineage, sr.epoch)),
+            head: Some(1),
+            pins: BTreeMap::new(),
+            block_size: v.block_size,
+        };
+        if old.id == sr.lineage {
+            *old.pins.entry(sr.epoch).or_default() += 1;
+            old.head = None;
+            Self::put_lineage(store, &mut t, &old)?;
+        } else {
+            let mut target = Self::lineage(store, sr.lineage)?;
+            *target.pins.entry(sr.epoch).or_default() += 1;
+            Self::put_lineage(store, &mut t, &target)?;
+            old.head = None;
+            Self::put_lineage(store, &mut t, &old)?;
+        }
+        t.put(store, cf::CATALOG, &keys::catalog::gc(old.id, HEAD_GONE), &[])?;
+        Self::put_lineage(store, &mut t, &lin)?;
+        v.lineage = id;
+        Self::put_volume(store, &mut t, &v)?;
+        store.commit(t, true)?;
+        Ok(v)
+    }
+
+    /// Destroys snapshot `vol@snap`; refuses a held one. Returns the unpinned (lineage, epoch).
+    pub fn destroy_snapshot(&self, store: &Store, vol: &str, snap: &str) -> Result<(u64, u64)> {
+        let _g = self.guard()?;
+        let v = Self::get(store, vol)?;
+        let sr = Self::snapshot(store, &v, snap)?;
+        if !sr.holds.is_empty() {
+            let tags: Vec<&str> = sr.holds.iter().map(String::as_str).collect();
+            return Err(Error::Conflict(format!(
+                "snapshot {vol}@{snap} is held ({}); release it first",
+                tags.join(", ")
+            )));
+        }
+        let mut t = store.txn();
+        t.delete(store, cf::CATALOG, &keys::catalog::snapshot(v.id, snap.as_bytes()))?;
+        let mut l = Self::lineage(store, sr.lineage)?;
+        Self::unpin(store, &mut t, &mut l, sr.epoch)?;
+        Self::put_lineage(store, &mut t, &l)?;
+        store.commit(t, true)?;
+        Ok((sr.lineage, sr.epoch))
+    }
+
+    /// Destroys a volume and its snapshots (refuses if one is held). Its data lives on while
+    /// clones read it; the rest is freed by GC.
+    pub fn destroy(&self, store: &Store, name: &str) -> Result<()> {
+        let _g = self.guard()?;
+        let v = Self::get(store, name)?;
+        let snaps = Self::snapshots(store, v.id)?;
+        if let Some(h) = snaps.iter().find(|s| !s.holds.is_empty()) {
+            return Err(Error::Conflict(format!("snapshot {name}@{} is held; release it first", h.name)));
+        }
+        let mut t = store.txn();
+        let mut lins: BTreeMap<u64, LineageRec> = BTreeMap::new();
+        for s in &snaps {
+            t.delete(store, cf::CATALOG, &keys::catalog::snapshot(v.id, s.name.as_bytes()))?;
+            if !lins.contains_key(&s.lineage) {
+                lins.insert(s.lineage, Self::lineage(store, s.lineage)?);
+            }
+            if let Some(l) = lins.get_mut(&s.lineage) {
+                Self::unpin(store, &mut t, l, s.epoch)?;
             }
         }
+        if !lins.contains_key(&v.lineage) {
+            lins.insert(v.lineage, Self::lineage(store, v.lineage)?);
+        }
+        if let Some(l) = lins.get_mut(&v.lineage) {
+            l.head = None;
+        }
+        t.put(store, cf::CATALOG, &keys::catalog::gc(v.lineage, HEAD_GONE), &[])?;
+        for l in lins.values() {
+            Self::put_lineage(store, &mut t, l)?;
+        }
+        t.delete(store, cf::CATALOG, &keys::catalog::name(name.as_bytes()))?;
+        t.delete(store, cf::CATALOG, &keys::catalog::volume(v.id))?;
+        store.commit(t, true)?;
         Ok(())
     }
-}
 
-const PURGE_BATCH: usize = 4096;
-
-fn purge_lineage(store: &Store, rec: &mut VolumeRec) -> Result<()> {
-    let prefix = keys::lineage_prefix(rec.lineage);
-    // Extents first, dropping their block references, in bounded batches.
-    loop {
+    pub fn hold(&self, store: &Store, vol: &str, snap: &str, tag: &str, on: bool) -> Result<()> {
+        check_name(tag)?;
+        let _g = self.guard()?;
+        let v = Self::get(store, vol)?;
+        let mut sr = Self::snapshot(store, &v, snap)?;
+        let changed = if on { sr.holds.insert(tag.to_string()) } else { sr.holds.remove(tag) };
+        if !changed {
+            return Err(if on {
+                Error::Conflict(format!("snapshot {vol}@{snap} already has hold {tag:?}"))
+            } else {
+                Error::NotFound(format!("snapshot {vol}@{snap} has no hold {tag:?}"))
+            });
+        }
         let mut t = store.txn();
-        let mut n = 0;
-        store.scan(cf::EXTENTS, &prefix, |k, v| {
-            if let Some(h) = crate::store::records::decode_extent(v)? {
-                t.drop_ref(h, rec.lineage);
-            }
-            t.delete(store, cf::EXTENTS, k)?;
-            n += 1;
-            Ok(n < PURGE_BATCH)
-        })?;
-        if n == 0 {
-            break;
-        }
-        store.commit(t, false)?;
+        Self::put_snapshot(store, &mut t, &sr)?;
+        store.commit(t, true)
     }
-    for cfname in [cf::XATTRS, cf::DIRENTS, cf::INODES] {
-        loop {
-            let mut t = store.txn();
-            let mut n = 0;
-            store.scan(cfname, &prefix, |k, _| {
-                t.delete(store, cfname, k)?;
-                n += 1;
-                Ok(n < PURGE_BATCH)
-            })?;
-            if n == 0 {
-                break;
-            }
-            store.commit(t, false)?;
-        }
-    }
-    let mut t = store.txn();
-    let mut orphans = Vec::new();
-    store.scan(cf::CATALOG, &keys::catalog::orphans_of(rec.lineage), |k, _| {
-        orphans.push(k.to_vec());
-        Ok(true)
-    })?;
-    for k in orphans {
-        t.delete(store, cf::CATALOG, &k)?;
-    }
-    t.delete(store, cf::CATALOG, &keys::catalog::space(rec.lineage))?;
-    t.delete(store, cf::CATALOG, &keys::catalog::volume(rec.id))?;
-    store.commit(t, true)?;
-    store.forget_lineage(rec.lineage);
-    Ok(())
-}
 
-/// Reads the root dirent-less check used by fsck and tests: the live entry for `name` in `dir`.
-pub fn lookup_entry(store: &Store, lineage: u64, epoch: u64, dir: u64, name: &[u8]) -> Result<Option<DirentRec>> {
-    match store.get_version(cf::DIRENTS, &keys::dirent_key(lineage, dir, name), epoch)? {
-        Some((_, v)) => DirentRec::decode(&v),
-        None => Ok(None),
+    /// Number of pending GC markers.
+    pub fn pending_gc(store: &Store) -> Result<u64> {
+        let mut n = 0;
+        store.scan(cf::CATALOG, &[keys::catalog::GC_TAG], |_, _| {
+            n += 1;
+            Ok(true)
+        })?;
+        Ok(n)
     }
 }
 
@@ -290,6 +573,10 @@ mod tests {
             assert!(matches!(check_name(bad), Err(Error::Invalid(_))), "{bad:?}");
         }
         assert!(check_name(&"x".repeat(255)).is_ok());
+        assert_eq!(parse_target("a@b").unwrap(), ("a".to_string(), Some("b".to_string())));
+        assert!(parse_target("a@").is_err());
+        assert!(parse_target("@b").is_err());
+        assert!(parse_target("a@b@c").is_err());
     }
 
     #[test]
@@ -303,11 +590,16 @@ mod tests {
         }
     }
 
-    #[test]
-    fn create_rename_destroy() {
+    fn store() -> (tempfile::TempDir, Store) {
         let d = tempfile::tempdir().unwrap();
         Store::init(&d.path().join("s")).unwrap();
         let s = Store::open(&d.path().join("s")).unwrap();
+        (d, s)
+    }
+
+    #[test]
+    fn create_rename_destroy() {
+        let (_d, s) = store();
         let c = Catalog::default();
         let v = c.create(&s, "a", 4096, 0, 0).unwrap();
         assert!(matches!(c.create(&s, "a", 4096, 0, 0), Err(Error::Conflict(_))));
@@ -317,12 +609,42 @@ mod tests {
         assert_eq!(Catalog::get(&s, "b").unwrap().id, v.id);
         c.destroy(&s, "b").unwrap();
         assert!(Catalog::list(&s).unwrap().is_empty());
+        gc::run(&s, &c).unwrap();
         let mut left = 0;
-        s.scan(cf::INODES, &[], |_, _| {
-            left += 1;
-            Ok(true)
-        })
-        .unwrap();
+        for name in [cf::INODES, cf::BIRTHS] {
+            s.scan(name, &[], |_, _| {
+                left += 1;
+                Ok(true)
+            })
+            .unwrap();
+        }
         assert_eq!(left, 0);
+        assert!(Catalog::lineages(&s).unwrap().is_empty());
+    }
+
+    #[test]
+    fn snapshots_clones_and_rollback_keep_pins() {
+        let (_d, s) = store();
+        let c = Catalog::default();
+        let v = c.create(&s, "a", 4096, 0, 0).unwrap();
+        let cut = c.snapshot_create(&s, "a", "s1").unwrap();
+        assert_eq!((cut.lineage, cut.epoch), (v.lineage, 1));
+        assert!(matches!(c.snapshot_create(&s, "a", "s1"), Err(Error::Conflict(_))));
+        c.snapshot_create(&s, "a", "s2").unwrap();
+        let (cl, live) = c.clone_volume(&s, "a@s1", "c").unwrap();
+        assert!(live.is_none());
+        assert_eq!(Catalog::parents(&s, cl.lineage).unwrap(), vec![(v.lineage, 1)]);
+        assert_eq!(Catalog::lineage(&s, v.lineage).unwrap().pins, BTreeMap::from([(1, 2), (2, 1)]));
+        let (_, live) = c.clone_volume(&s, "a", "d").unwrap();
+        assert_eq!(live.unwrap().epoch, 3);
+        c.hold(&s, "a", "s2", "keep", true).unwrap();
+        assert!(matches!(c.destroy_snapshot(&s, "a", "s2"), Err(Error::Conflict(_))));
+        let rb = c.rollback(&s, "a", "s1").unwrap();
+        assert_ne!(rb.lineage, v.lineage);
+        assert_eq!(Catalog::lineage(&s, v.lineage).unwrap().head, None);
+        assert_eq!(Catalog::snapshot(&s, &rb, "s2").unwrap().epoch, 2);
+        c.hold(&s, "a", "s2", "keep", false).unwrap();
+        c.destroy_snapshot(&s, "a", "s2").unwrap();
+        assert!(Catalog::pending_gc(&s).unwrap() >= 2);
     }
 }

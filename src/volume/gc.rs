@@ -1,0 +1,247 @@
+//! Garbage collection of versions no pin and no head can see.
+//!
+//! A version of a key born at epoch `b` and superseded at `d` (the next newer version in the
+//! same lineage, or never) is visible to pin `p` when `b <= p < d`, and to the head when it is
+//! the newest. When pin `s` goes, only versions born in (previous pin, s] can have lost their
+//! last reader, so GC scans exactly those births; when the head goes, those born after the
+//! last pin. A lineage with neither head nor pins is removed whole and unpins its parent.
+//! GC never touches a version the head can see, so it does not race with writers.
+
+use super::{Catalog, LineageRec, HEAD_GONE};
+use crate::error::Result;
+use crate::store::records::decode_extent;
+use crate::store::{cf, keys, Store};
+
+const BATCH: usize = 4096;
+
+/// Runs every pending GC marker to completion. Returns how many it processed.
+pub fn run(store: &Store, cat: &Catalog) -> Result<u64> {
+    let mut done = 0;
+    loop {
+        let mut next = None;
+        store.scan(cf::CATALOG, &[keys::catalog::GC_TAG], |k, _| {
+            next = Some((keys::read_u64(k, 1), keys::read_u64(k, 9)));
+            Ok(false)
+        })?;
+        let Some((lineage, epoch)) = next else { return Ok(done) };
+        process(store, cat, lineage, epoch)?;
+        done += 1;
+    }
+}
+
+fn process(store: &Store, cat: &Catalog, lineage: u64, epoch: u64) -> Result<()> {
+    let marker = keys::catalog::gc(lineage, epoch);
+    let lrec = {
+        let _g = cat.guard()?;
+        match store.get(cf::CATALOG, &keys::catalog::lineage(lineage))? {
+            Some(v) => super::decode::<LineageRec>(&v)?,
+            None => {
+                let mut t = store.txn();
+                t.delete(store, cf::CATALOG, &marker)?;
+                return store.commit(t, false);
+            }
+        }
+    };
+    if lrec.head.is_none() && lrec.pins.is_empty() {
+        return purge(store, cat, lineage);
+    }
+    let (lo, hi) = if epoch == HEAD_GONE {
+        (lrec.pins.keys().next_back().copied().unwrap_or(0), u64::MAX)
+    } else {
+        (lrec.pins.range(..epoch).next_back().map(|(e, _)| *e).unwrap_or(0), epoch)
+    };
+    log::info!("gc: lineage {lineage}, versions born in ({lo}, {hi}]");
+    let mut start = keys::births_from(lineage, lo.saturating_add(1));
+    loop {
+        let mut t = store.txn();
+        let mut n = 0;
+        let mut resume = None;
+        store.scan_from(cf::BIRTHS, &lineage.to_be_bytes(), &start, |k, _| {
+            let (_, b, tag, rest) = keys::split_birth(k);
+            if b > hi {
+                return Ok(false);
+            }
+            if n >= BATCH {
+                resume = Some(k.to_vec());
+                return Ok(false);
+            }
+            n += 1;
+            let Some(cfname) = cf::from_tag(tag) else { return Ok(true) };
+            let ident = [&lineage.to_be_bytes()[..], rest].concat();
+            // All versions of this key in this lineage, newest first.
+            let mut versions: Vec<(u64, Vec<u8>)> = Vec::new();
+            store.scan(cfname, &ident, |vk, vv| {
+                if vk.len() == ident.len() + keys::U64 {
+                    versions.push((keys::split_version(vk).1, vv.to_vec()));
+                }
+                Ok(true)
+            })?;
+            let Some(pos) = versions.iter().position(|(e, _)| *e == b) else {
+                t.delete(store, cf::BIRTHS, k)?;
+                return Ok(true);
+            };
+            let d = if pos == 0 { None } else { Some(versions[pos - 1].0) };
+            let seen_by_pin = match d {
+                Some(d) => lrec.pins.range(b..d).next().is_some(),
+                None => lrec.pins.range(b..).next().is_some(),
+            };
+            let seen_by_head = d.is_none() && lrec.head.is_some();
+            if !seen_by_pin && !seen_by_head {
+                if cfname == cf::EXTENTS {
+                    if let Some(h) = decode_extent(&versions[pos].1)? {
+                        t.drop_ref(h, lineage);
+                    }
+                }
+                t.delete(store, cfname, &keys::versioned(ident, b))?;
+                t.delete(store, cf::BIRTHS, k)?;
+            }
+            Ok(true)
+        })?;
+        match resume {
+            Some(r) => {
+                store.commit(t, false)?;
+                start = r;
+            }
+            None => {
+                t.delete(store, cf::CATALOG, &marker)?;
+                return store.commit(t, false);
+            }
+        }
+    }
+}
+
+/// Removes every key of a lineage nobody reads, then the lineage, and unpins its parent.
+fn purge(store: &Store, cat: &Catalog, lineage: u64) -> Result<()> {
+    log::info!("gc: removing lineage {lineage}");
+    let prefix = keys::lineage_prefix(lineage);
+    for cfname in [cf::EXTENTS, cf::XATTRS, cf::DIRENTS, cf::INODES, cf::BIRTHS] {
+        loop {
+            let mut t = store.txn();
+            let mut n = 0;
+            store.scan(cfname, &prefix, |k, v| {
+                if cfname == cf::EXTENTS {
+                    if let Some(h) = decode_extent(v)? {
+                        t.drop_ref(h, lineage);
+                    }
+                }
+                t.delete(store, cfname, k)?;
+                n += 1;
+                Ok(n < BATCH)
+            })?;
+            if n == 0 {
+                break;
+            }
+            store.commit(t, false)?;
+        }
+    }
+    let _g = cat.guard()?;
+    let mut t = store.txn();
+    let mut stale = Vec::new();
+    for tag in [keys::catalog::GC_TAG, keys::catalog::ORPHAN_TAG] {
+        let mut p = vec![tag];
+        p.extend_from_slice(&lineage.to_be_bytes());
+        store.scan(cf::CATALOG, &p, |k, _| {
+            stale.push(k.to_vec());
+            Ok(true)
+        })?;
+    }
+    for k in stale {
+        t.delete(store, cf::CATALOG, &k)?;
+    }
+    if let Some(v) = store.get(cf::CATALOG, &keys::catalog::lineage(lineage))? {
+        let lrec: LineageRec = super::decode(&v)?;
+        if let Some((p, e)) = lrec.parent {
+            let mut prec = Catalog::lineage(store, p)?;
+            Catalog::unpin(store, &mut t, &mut prec, e)?;
+            Catalog::put_lineage(store, &mut t, &prec)?;
+        }
+    }
+    t.delete(store, cf::CATALOG, &keys::catalog::lineage(lineage))?;
+    t.delete(store, cf::CATALOG, &keys::catalog::space(lineage))?;
+    store.commit(t, true)?;
+    store.forget_lineage(lineage);
+    Ok(())
+}
+
+/// What destroying the pin `epoch` of `lineage` would free, without changing anything:
+/// logical (references dropped), referenced (distinct blocks they name) and unique (blocks
+/// whose every reference goes: the bytes that leave the store). Cost is proportional to the
+/// versions born since the previous pin, not to the volume's size.
+pub fn freed_by_unpin(store: &Store, lineage: u64, epoch: u64) -> Result<crate::store::LineageSpace> {
+    use std::collections::HashMap;
+    let out = crate::store::LineageSpace::default();
+    let lrec = Catalog::lineage(store, lineage)?;
+    let mut pins = lrec.pins.clone();
+    match pins.get_mut(&epoch) {
+        Some(c) if *c > 1 => return Ok(out),
+        Some(_) => {
+            pins.remove(&epoch);
+        }
+        None => return Ok(out),
+    }
+    if lrec.head.is_none() && pins.is_empty() && lrec.parent.is_none() {
+        // The whole lineage would go; count every data version it holds.
+        let mut per_block: HashMap<[u8; 16], u64> = HashMap::new();
+        store.scan(cf::EXTENTS, &keys::lineage_prefix(lineage), |_, v| {
+            if let Some(h) = decode_extent(v)? {
+                *per_block.entry(h).or_default() += 1;
+            }
+            Ok(true)
+        })?;
+        return tally(store, per_block);
+    }
+    let lo = pins.range(..epoch).next_back().map(|(e, _)| *e).unwrap_or(0);
+    let mut per_block: HashMap<[u8; 16], u64> = HashMap::new();
+    let tag = cf::tag(cf::EXTENTS);
+    store.scan_from(cf::BIRTHS, &lineage.to_be_bytes(), &keys::births_from(lineage, lo + 1), |k, _| {
+        let (_, b, t, rest) = keys::split_birth(k);
+        if b > epoch {
+            return Ok(false);
+        }
+        if t != tag {
+            return Ok(true);
+        }
+        let ident = [&lineage.to_be_bytes()[..], rest].concat();
+        let mut versions: Vec<(u64, Vec<u8>)> = Vec::new();
+        store.scan(cf::EXTENTS, &ident, |vk, vv| {
+            if vk.len() == ident.len() + keys::U64 {
+                versions.push((keys::split_version(vk).1, vv.to_vec()));
+            }
+            Ok(true)
+        })?;
+        if let Some(pos) = versions.iter().position(|(e, _)| *e == b) {
+            let d = if pos == 0 { None } else { Some(versions[pos - 1].0) };
+            let seen_now = match d {
+                Some(d) => b <= epoch && epoch < d,
+                None => b <= epoch,
+            };
+            let seen_after = match d {
+                Some(d) => pins.range(b..d).next().is_some(),
+                None => pins.range(b..).next().is_some() || lrec.head.is_some(),
+            };
+            if seen_now && !seen_after {
+                if let Some(h) = decode_extent(&versions[pos].1)? {
+                    *per_block.entry(h).or_default() += 1;
+                }
+            }
+        }
+        Ok(true)
+    })?;
+    tally(store, per_block)
+}
+
+fn tally(store: &Store, per_block: std::collections::HashMap<[u8; 16], u64>) -> Result<crate::store::LineageSpace> {
+    let mut out = crate::store::LineageSpace::default();
+    for (h, n) in per_block {
+        if let Some(v) = store.get(cf::REFS, &h)? {
+            let r = crate::store::records::RefRec::decode(&v)?;
+            let size = r.size as u64;
+            out.logical += n * size;
+            out.referenced += size;
+            if r.total() == n {
+                out.unique += size;
+            }
+        }
+    }
+    Ok(out)
+}

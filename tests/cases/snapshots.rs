@@ -1,0 +1,364 @@
+//! Snapshots, clones, rollback, destroy in any order, holds, space accounting.
+
+use crate::util::{pattern, Daemon};
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Every file under `root` with its bytes (symlinks as their target, dirs as empty).
+fn tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                out.insert(rel + "/", Vec::new());
+                stack.push(p);
+            } else if ft.is_symlink() {
+                out.insert(rel, fs::read_link(&p).unwrap().into_os_string().into_encoded_bytes());
+            } else {
+                out.insert(rel, fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+fn populate(m: &Path, seed: u64) {
+    fs::create_dir_all(m.join("dir/sub")).unwrap();
+    fs::write(m.join("big"), pattern(seed, 300_000)).unwrap();
+    fs::write(m.join("dir/small"), pattern(seed + 1, 100)).unwrap();
+    fs::write(m.join("dir/sub/mid"), pattern(seed + 2, 70_000)).unwrap();
+    std::os::unix::fs::symlink("dir/small", m.join("link")).unwrap();
+}
+
+#[test]
+fn clones_and_snapshots_are_isolated() {
+    let mut d = Daemon::start();
+    let v = d.volume("v");
+    populate(&v, 1);
+    let before = tree(&v);
+    d.ok(&["snapshot", "v@s1"]);
+    d.ok(&["clone", "v@s1", "c1"]);
+    d.ok(&["clone", "v", "c2"]);
+    let c1 = d.mount("c1");
+    let c2 = d.mount("c2");
+    let s1 = d.mount("v@s1");
+    assert_eq!(tree(&c1), before);
+    assert_eq!(tree(&c2), before);
+    assert_eq!(tree(&s1), before);
+    // One byte in the middle of a shared block, in the clone only.
+    OpenOptions::new().write(true).open(c1.join("big")).unwrap().write_all_at(b"X", 100_000).unwrap();
+    // Directory changes in a shared directory, attributes and xattrs.
+    fs::write(c1.join("dir/new"), b"new").unwrap();
+    fs::remove_file(c1.join("dir/small")).unwrap();
+    fs::rename(c1.join("dir/sub"), c1.join("dir/moved")).unwrap();
+    fs::set_permissions(c1.join("big"), fs::Permissions::from_mode(0o600)).unwrap();
+    File::options().write(true).open(c1.join("big")).unwrap().set_len(200_000).unwrap();
+    // And in the origin after the snapshot.
+    fs::write(v.join("dir/origin-only"), b"o").unwrap();
+    OpenOptions::new().write(true).open(v.join("dir/sub/mid")).unwrap().write_all_at(b"YY", 65_535).unwrap();
+    assert_eq!(tree(&s1), before, "snapshot changed");
+    assert_eq!(tree(&c2), before, "sibling clone changed");
+    let vt = tree(&v);
+    assert_eq!(vt["big"], before["big"], "origin saw the clone's write");
+    assert!(vt.contains_key("dir/small") && vt.contains_key("dir/sub/") && !vt.contains_key("dir/new"));
+    assert_eq!(fs::metadata(v.join("big")).unwrap().permissions().mode() & 0o777, 0o644);
+    let ct = tree(&c1);
+    assert!(!ct.contains_key("dir/origin-only") && !ct.contains_key("dir/small"));
+    assert_eq!(ct["dir/moved/mid"], before["dir/sub/mid"]);
+    let mut want = before["big"][..200_000].to_vec();
+    want[100_000] = b'X';
+    assert_eq!(ct["big"], want);
+    // The snapshot is read-only.
+    assert!(fs::write(s1.join("x"), b"x").is_err());
+    // Clone of a clone, and its writes stay its own.
+    d.ok(&["snapshot", "c1@a"]);
+    d.ok(&["clone", "c1@a", "cc"]);
+    let cc = d.mount("cc");
+    assert_eq!(tree(&cc), ct);
+    fs::write(cc.join("dir/new"), b"changed in cc").unwrap();
+    assert_eq!(fs::read(c1.join("dir/new")).unwrap(), b"new");
+    let list = d.json(&["list", "--json"]);
+    let cc_row = list.as_array().unwrap().iter().find(|r| r["name"] == "cc").unwrap();
+    assert_eq!(cc_row["origin"], "c1@a");
+    d.fsck_clean();
+}
+
+#[test]
+fn snapshot_is_an_atomic_cut_of_concurrent_writes() {
+    let mut d = Daemon::start();
+    let v = d.volume("v");
+    const THREADS: usize = 4;
+    const REC: usize = 32;
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Arc<Vec<AtomicU64>> = Arc::new((0..THREADS).map(|_| AtomicU64::new(0)).collect());
+    let mut handles = Vec::new();
+    for t in 0..THREADS {
+        let (stop, acked, path) = (stop.clone(), acked.clone(), v.join(format!("f{t}")));
+        handles.push(std::thread::spawn(move || {
+            let mut f = OpenOptions::new().create(true).append(true).open(path).unwrap();
+            let mut seq = 1u64;
+            while !stop.load(Ordering::SeqCst) {
+                let rec = format!("{t:04}:{seq:020}:{:05}\n", seq % 99_999);
+                assert_eq!(rec.len(), REC);
+                f.write_all(rec.as_bytes()).unwrap();
+                acked[t].store(seq, Ordering::SeqCst);
+                seq += 1;
+            }
+        }));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let before: Vec<u64> = acked.iter().map(|a| a.load(Ordering::SeqCst)).collect();
+    d.ok(&["snapshot", "v@cut"]);
+    let after: Vec<u64> = acked.iter().map(|a| a.load(Ordering::SeqCst)).collect();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    stop.store(true, Ordering::SeqCst);
+    for h in handles {
+        h.join().unwrap();
+    }
+    let s = d.mount("v@cut");
+    for t in 0..THREADS {
+        let data = fs::read(s.join(format!("f{t}"))).unwrap();
+        assert_eq!(data.len() % REC, 0, "file {t} holds a torn record");
+        let n = (data.len() / REC) as u64;
+        for (i, rec) in data.chunks(REC).enumerate() {
+            let want = format!("{t:04}:{:020}:{:05}\n", i + 1, (i as u64 + 1) % 99_999);
+            assert_eq!(rec, want.as_bytes(), "file {t} record {i} is not the prefix");
+        }
+        assert!(n >= before[t], "file {t}: {n} records, {} were acknowledged before the snapshot", before[t]);
+        assert!(n <= after[t] + 1, "file {t}: {n} records, only {} acknowledged when it returned", after[t]);
+    }
+    d.fsck_clean();
+}
+
+#[test]
+fn rollback_keeps_newer_snapshots_and_mounted_views_see_it() {
+    let mut d = Daemon::start();
+    let v = d.volume("v");
+    let write = |name: &str, seed: u64| fs::write(v.join(name), pattern(seed, 150_000)).unwrap();
+    write("f", 1);
+    d.ok(&["snapshot", "v@s1"]);
+    write("f", 2);
+    fs::write(v.join("only-after-s1"), b"x").unwrap();
+    d.ok(&["snapshot", "v@s2"]);
+    write("f", 3);
+    d.ok(&["snapshot", "v@s3"]);
+    write("f", 4);
+    // Keep the file's pages in the kernel's cache, and a handle open, across the rollback.
+    assert_eq!(fs::read(v.join("f")).unwrap(), pattern(4, 150_000));
+    d.ok(&["rollback", "v@s1"]);
+    assert_eq!(fs::read(v.join("f")).unwrap(), pattern(1, 150_000), "stale data after rollback");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert!(!v.join("only-after-s1").exists());
+    for (snap, seed) in [("s2", 2), ("s3", 3)] {
+        let m = d.mount(&format!("v@{snap}"));
+        assert_eq!(fs::read(m.join("f")).unwrap(), pattern(seed, 150_000), "{snap} changed");
+    }
+    // Writes after the rollback change no snapshot.
+    write("f", 5);
+    d.ok(&["snapshot", "v@s4"]);
+    let m1 = d.mount("v@s1");
+    assert_eq!(fs::read(m1.join("f")).unwrap(), pattern(1, 150_000));
+    let list = d.ok(&["list", "-t", "snapshot"]);
+    for s in ["v@s1", "v@s2", "v@s3", "v@s4"] {
+        assert!(list.contains(s), "{s} missing from {list}");
+    }
+    // Roll back to a snapshot taken before an earlier rollback.
+    d.ok(&["rollback", "v@s3"]);
+    assert_eq!(fs::read(v.join("f")).unwrap(), pattern(3, 150_000));
+    d.fsck_clean();
+}
+
+/// Builds origin `o`, its snapshot `o@s`, a clone `c` of it with a snapshot `c@t` and a clone
+/// of that `cc`, each with writes of its own; returns the trees of the survivors' views.
+fn family(d: &mut Daemon, p: &str) -> BTreeMap<String, BTreeMap<String, Vec<u8>>> {
+    let (o, c, cc) = (format!("{p}o"), format!("{p}c"), format!("{p}cc"));
+    let om = d.volume(&o);
+    populate(&om, 7);
+    d.ok(&["snapshot", &format!("{o}@s")]);
+    fs::write(om.join("big"), pattern(8, 200_000)).unwrap();
+    d.ok(&["clone", &format!("{o}@s"), &c]);
+    let cm = d.mount(&c);
+    fs::write(cm.join("dir/small"), pattern(9, 50_000)).unwrap();
+    d.ok(&["snapshot", &format!("{c}@t")]);
+    fs::write(cm.join("clone-later"), pattern(10, 90_000)).unwrap();
+    d.ok(&["clone", &format!("{c}@t"), &cc]);
+    let ccm = d.mount(&cc);
+    fs::remove_file(ccm.join("big")).unwrap();
+    let mut trees = BTreeMap::new();
+    for (name, m) in [(o.clone(), om), (c.clone(), cm), (cc.clone(), ccm)] {
+        trees.insert(name, tree(&m));
+        d.unmount(&m);
+    }
+    for s in [format!("{o}@s"), format!("{c}@t")] {
+        let m = d.mount(&s);
+        trees.insert(s.clone(), tree(&m));
+        d.unmount(&m);
+    }
+    trees
+}
+
+#[test]
+fn destroy_in_any_order_keeps_survivors_and_frees_everything() {
+    let mut d = Daemon::start();
+    let names = ["o", "o@s", "c", "c@t", "cc"];
+    // Every order of destroying origin, snapshot, clone, clone's snapshot, clone of clone.
+    let mut orders = vec![vec![0usize, 1, 2, 3, 4]];
+    let mut perm = vec![0usize, 1, 2, 3, 4];
+    // Heap's algorithm over 5 elements: all 120 orders; test a spread of 12 of them.
+    let mut all = Vec::new();
+    fn heap(k: usize, a: &mut Vec<usize>, out: &mut Vec<Vec<usize>>) {
+        if k == 1 {
+            out.push(a.clone());
+            return;
+        }
+        for i in 0..k {
+            heap(k - 1, a, out);
+            let j = if k % 2 == 0 { i } else { 0 };
+            a.swap(j, k - 1);
+        }
+    }
+    heap(5, &mut perm, &mut all);
+    orders.extend(all.iter().step_by(10).cloned());
+    for (n, order) in orders.iter().enumerate() {
+        let p = format!("p{n}");
+        let trees = family(&mut d, &p);
+        let mut alive: Vec<String> = names.iter().map(|x| format!("{p}{x}")).collect();
+        for &i in order {
+            let victim = format!("{p}{}", names[i]);
+            if !alive.contains(&victim) {
+                continue; // went with its volume
+            }
+            d.ok(&["destroy", &victim]);
+            alive.retain(|a| a != &victim && !(victim.find('@').is_none() && a.starts_with(&format!("{victim}@"))));
+            d.ok(&["gc"]);
+            for a in &alive {
+                let m = d.mount(a);
+                assert!(tree(&m) == trees[a], "order {order:?}: {a} changed after destroying {victim}");
+                d.unmount(&m);
+            }
+        }
+        d.fsck_clean();
+        assert_eq!(d.physical(), 0, "order {order:?}: space left after destroying everything");
+    }
+}
+
+#[test]
+fn holds_and_bad_input_change_nothing() {
+    let mut d = Daemon::start();
+    let v = d.volume("v");
+    fs::write(v.join("f"), b"x").unwrap();
+    d.ok(&["snapshot", "v@s"]);
+    d.ok(&["hold", "v@s", "keep"]);
+    d.ok(&["create", "other"]);
+    let before = d.ok(&["list", "--json"]);
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["destroy", "v@s"], "held"),
+        (vec!["destroy", "v"], "mounted"),
+        (vec!["snapshot", "v@s"], "already exists"),
+        (vec!["snapshot", "v@"], "empty snapshot name"),
+        (vec!["snapshot", "ghost@s"], "no volume"),
+        (vec!["snapshot", "v"], "VOL@SNAP"),
+        (vec!["clone", "v@s", "other"], "already exists"),
+        (vec!["clone", "v@nope", "x"], "no snapshot"),
+        (vec!["clone", "v@s", "bad/name"], "'/'"),
+        (vec!["rollback", "v@nope"], "no snapshot"),
+        (vec!["rollback", "v"], "VOL@SNAP"),
+        (vec!["hold", "v@s", "keep"], "already has hold"),
+        (vec!["release", "v@s", "nope"], "no hold"),
+        (vec!["mount", "v@nope", "/tmp"], "no snapshot"),
+    ];
+    for (args, want) in cases {
+        let err = d.fails(&args);
+        assert!(err.contains(want), "clonefs {args:?}: {err:?} should mention {want:?}");
+        assert_eq!(d.ok(&["list", "--json"]), before, "clonefs {args:?} changed something");
+    }
+    d.ok(&["release", "v@s", "keep"]);
+    d.ok(&["destroy", "v@s"]);
+    d.fsck_clean();
+}
+
+#[test]
+fn unique_bytes_are_what_destroy_frees() {
+    let mut d = Daemon::start();
+    let v = d.volume("v");
+    fs::write(v.join("a"), pattern(1, 1 << 20)).unwrap();
+    fs::write(v.join("b"), pattern(2, 1 << 20)).unwrap();
+    d.ok(&["snapshot", "v@s1"]);
+    // Overwrite a: the old a is held only by s1. b stays shared with the head.
+    fs::write(v.join("a"), pattern(3, 1 << 20)).unwrap();
+    d.ok(&["snapshot", "v@s2"]);
+    File::open(v.join("a")).unwrap().sync_all().unwrap();
+    let list = d.json(&["list", "--json"]);
+    let row = |n: &str| list.as_array().unwrap().iter().find(|r| r["name"] == n).unwrap().clone();
+    let s1_unique = row("v@s1")["unique"].as_u64().unwrap();
+    assert_eq!(s1_unique, 1 << 20, "{list}");
+    assert_eq!(row("v@s2")["unique"].as_u64().unwrap(), 0);
+    let before = d.physical();
+    d.ok(&["destroy", "v@s1"]);
+    d.ok(&["gc"]);
+    assert_eq!(before - d.physical(), s1_unique);
+    d.fsck_clean();
+    // The volume's unique bytes are what destroying it frees, once no clone shares them.
+    d.unmount(&v);
+    let vrow = d.json(&["list", "--json"]);
+    let vu = vrow.as_array().unwrap().iter().find(|r| r["name"] == "v").unwrap()["unique"].as_u64().unwrap();
+    let before = d.physical();
+    d.ok(&["destroy", "v"]);
+    d.ok(&["gc"]);
+    assert_eq!(before - d.physical(), vu);
+    assert_eq!(d.physical(), 0);
+}
+
+#[test]
+fn kill_9_around_snapshot_clone_destroy_and_gc_leaves_a_clean_store() {
+    let mut d = Daemon::start();
+    let v = d.volume("v");
+    for i in 0..30 {
+        fs::write(v.join(format!("f{i}")), pattern(i, 100_000)).unwrap();
+    }
+    d.ok(&["snapshot", "v@a"]);
+    for i in 0..30 {
+        fs::write(v.join(format!("f{i}")), pattern(i + 100, 100_000)).unwrap();
+    }
+    d.ok(&["snapshot", "v@b"]);
+    d.ok(&["clone", "v@a", "c"]);
+    // Kill right after a destroy, before GC could finish.
+    d.ok(&["destroy", "v@a"]);
+    d.kill9();
+    d.restart();
+    d.fsck_clean();
+    let v = d.mount("v");
+    assert_eq!(fs::read(v.join("f3")).unwrap(), pattern(103, 100_000));
+    let c = d.mount("c");
+    assert_eq!(fs::read(c.join("f3")).unwrap(), pattern(3, 100_000));
+    // Kill while snapshots and clones are being taken of a busy volume.
+    let vp = v.clone();
+    let writer = std::thread::spawn(move || {
+        for i in 0..2000u64 {
+            if fs::write(vp.join(format!("w{}", i % 20)), pattern(i, 30_000)).is_err() {
+                break;
+            }
+        }
+    });
+    for i in 0..5 {
+        d.ok(&["snapshot", &format!("v@k{i}")]);
+        d.ok(&["clone", "v", &format!("k{i}")]);
+    }
+    d.kill9();
+    let _ = writer.join();
+    d.restart();
+    d.fsck_clean();
+    let mut buf = Vec::new();
+    File::open(d.mount("k4").join("f3")).unwrap().read_to_end(&mut buf).unwrap();
+    assert_eq!(buf, pattern(103, 100_000));
+}
