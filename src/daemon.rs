@@ -5,6 +5,7 @@ use crate::control::{server, MountInfo, Request, StatusInfo, VolumeInfo};
 use crate::error::{Error, Result};
 use crate::fs::fuse::FuseFs;
 use crate::fs::live::Live;
+use crate::fs::snapdir::SnapDir;
 use crate::fs::{DirtyBudget, Volume};
 use crate::store::{Store, FORMAT_VERSION};
 use crate::volume::{fsck, gc, parse_target, Catalog};
@@ -23,6 +24,8 @@ const GC_TICK: Duration = Duration::from_secs(5);
 
 struct Mounted {
     live: Arc<Live>,
+    /// `.snapshots` of a head mount.
+    snaps: Option<Arc<SnapDir>>,
     /// Volume id and, for a read-only snapshot view, the snapshot's name.
     volume: u64,
     snapshot: Option<String>,
@@ -246,20 +249,27 @@ impl Daemon {
                 return Err(Error::Conflict(format!("{} is mounted at {}; unmount it first", m.target, m.dir.display())));
             }
         }
-        match snap {
+        match &snap {
             Some(s) => match self.head_of(v.id)? {
                 Some(live) => live.exclusive(|vol_ref| {
-                    let (l, e) = self.catalog.destroy_snapshot(&self.store, &vol, &s)?;
+                    let (l, e) = self.catalog.destroy_snapshot(&self.store, &vol, s)?;
                     if l == vol_ref.spec.lineage {
                         vol_ref.unpin(e);
                     }
                     Ok(())
                 })?,
                 None => {
-                    self.catalog.destroy_snapshot(&self.store, &vol, &s)?;
+                    self.catalog.destroy_snapshot(&self.store, &vol, s)?;
                 }
             },
             None => self.catalog.destroy(&self.store, &vol)?,
+        }
+        if let Some(s) = &snap {
+            for m in lock(&self.mounts)?.iter().filter(|m| m.volume == v.id) {
+                if let Some(sd) = &m.snaps {
+                    sd.forget(s);
+                }
+            }
         }
         self.wake_gc();
         Ok(Value::Null)
@@ -412,12 +422,13 @@ impl Daemon {
         config.n_threads = Some(FUSE_THREADS);
         config.clone_fd = true;
         let started = Instant::now();
-        let session = Session::new(FuseFs { live: live.clone(), bs }, &dir, &config)
+        let snaps = if snap.is_none() { Some(Arc::new(SnapDir::new(self.store.clone(), volume, self.budget.clone()))) } else { None };
+        let session = Session::new(FuseFs::new(live.clone(), bs, snaps.clone()), &dir, &config)
             .and_then(|s| s.spawn())
             .map_err(|e| Error::Invalid(format!("cannot mount {name:?} at {}: {e}", dir.display())))?;
         live.set_notifier(session.notifier());
         log::info!("mounted {name} at {} in {:?}", dir.display(), started.elapsed());
-        mounts.push(Mounted { live, volume, snapshot: snap, target: name.to_string(), dir: dir.clone(), session: Some(session) });
+        mounts.push(Mounted { live, snaps, volume, snapshot: snap, target: name.to_string(), dir: dir.clone(), session: Some(session) });
         Ok(json!({"mountpoint": dir}))
     }
 

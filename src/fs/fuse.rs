@@ -4,6 +4,11 @@
 use super::attr::{SetAttr, TimeSet};
 use super::namespace::NewNode;
 use super::live::Live;
+use super::snapdir::{self, join, split, SnapDir, SNAPDIR, VIEW_BASE};
+use super::DirItem;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use super::{Ctx, Entry, Volume};
 use crate::error::Error;
 use crate::store::records::{Kind, Ts};
@@ -29,6 +34,33 @@ pub struct FuseFs {
     pub live: Arc<Live>,
     /// Block size of the view (never changes, rollback included).
     pub bs: u64,
+    /// The hidden `.snapshots` directory (heads only).
+    pub snaps: Option<Arc<SnapDir>>,
+    /// Listings of `.snapshots` by handle.
+    lists: Mutex<HashMap<u64, Arc<Vec<DirItem>>>>,
+    next_list: AtomicU64,
+}
+
+impl FuseFs {
+    pub fn new(live: Arc<Live>, bs: u64, snaps: Option<Arc<SnapDir>>) -> FuseFs {
+        FuseFs { live, bs, snaps, lists: Mutex::new(HashMap::new()), next_list: AtomicU64::new(1) }
+    }
+}
+
+/// Mutations never reach a snapshot view or `.snapshots` itself.
+fn head_only(inos: &[u64]) -> crate::error::Result<()> {
+    if inos.iter().any(|i| *i >= VIEW_BASE) {
+        return Err(Error::Errno(libc::EROFS));
+    }
+    Ok(())
+}
+
+/// The name `.snapshots` in a head's root is taken.
+fn free_name(snaps: bool, parent: u64, name: &OsStr) -> crate::error::Result<()> {
+    if snaps && parent == crate::fs::ROOT_INO && name.as_bytes() == snapdir::NAME {
+        return Err(Error::Errno(libc::EEXIST));
+    }
+    Ok(())
 }
 
 fn errno(e: &Error) -> Errno {
@@ -76,6 +108,60 @@ fn file_type(k: Kind) -> FileType {
 impl FuseFs {
     fn v(&self) -> std::sync::RwLockReadGuard<'_, Arc<Volume>> {
         self.live.get()
+    }
+
+    /// Runs `f` on the volume that owns `ino` (the head, or a snapshot view) with the inode
+    /// number inside it; returns the view number for translating results back.
+    fn with_vol<R>(&self, ino: u64, f: impl FnOnce(&Volume, u64) -> crate::error::Result<R>) -> crate::error::Result<(u64, R)> {
+        let (k, inner) = split(ino);
+        if k == 0 {
+            let g = self.v();
+            return f(&g, ino).map(|r| (0, r));
+        }
+        if ino == SNAPDIR {
+            return Err(Error::Errno(libc::EISDIR));
+        }
+        let snaps = self.snaps.as_ref().ok_or(Error::Errno(libc::ENOENT))?;
+        let view = snaps.view(k)?;
+        f(&view, inner).map(|r| (k, r))
+    }
+
+    fn tr(k: u64, mut e: Entry) -> Entry {
+        if k != 0 {
+            e.ino = join(k, e.ino);
+        }
+        e
+    }
+
+    fn snapdir_attr(&self) -> FileAttr {
+        let now = SystemTime::now();
+        FileAttr {
+            ino: INodeNo(SNAPDIR),
+            size: 0,
+            blocks: 0,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            crtime: now,
+            kind: FileType::Directory,
+            perm: 0o555,
+            nlink: 2,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            blksize: self.bs as u32,
+            flags: 0,
+        }
+    }
+
+    fn lookup_in(&self, parent: u64, name: &OsStr) -> crate::error::Result<Entry> {
+        if parent == SNAPDIR {
+            let snaps = self.snaps.as_ref().ok_or(Error::Errno(libc::ENOENT))?;
+            let (k, view) = snaps.open(&name.to_string_lossy())?;
+            return Ok(Self::tr(k, view.entry(crate::fs::ROOT_INO)?));
+        }
+        let (k, e) = self.with_vol(parent, |v, p| v.lookup(p, name.as_bytes()))?;
+        Ok(Self::tr(k, e))
     }
 
     fn attr(&self, e: &Entry) -> FileAttr {
@@ -150,16 +236,28 @@ impl Filesystem for FuseFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.entry(self.v().lookup(parent.0, name.as_bytes()), reply)
+        if self.snaps.is_some() && parent.0 == crate::fs::ROOT_INO && name.as_bytes() == snapdir::NAME {
+            return reply.entry(&Duration::ZERO, &self.snapdir_attr(), GEN);
+        }
+        let r = self.lookup_in(parent.0, name);
+        self.entry(r, reply)
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.v().forget(ino.0, nlookup)
+        if ino.0 != SNAPDIR {
+            let _ = self.with_vol(ino.0, |v, i| {
+                v.forget(i, nlookup);
+                Ok(())
+            });
+        }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.v().entry(ino.0) {
-            Ok(e) => reply.attr(&TTL, &self.attr(&e)),
+        if ino.0 == SNAPDIR {
+            return reply.attr(&Duration::ZERO, &self.snapdir_attr());
+        }
+        match self.with_vol(ino.0, |v, i| v.entry(i)) {
+            Ok((k, e)) => reply.attr(&TTL, &self.attr(&Self::tr(k, e))),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -191,15 +289,15 @@ impl Filesystem for FuseFs {
             mtime: mtime.map(time_set),
             ctime: ctime.map(from_time),
         };
-        match self.v().setattr(ino.0, a) {
+        match head_only(&[ino.0]).and_then(|_| self.v().setattr(ino.0, a)) {
             Ok(e) => reply.attr(&TTL, &self.attr(&e)),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.v().readlink(ino.0) {
-            Ok(t) => reply.data(&t),
+        match self.with_vol(ino.0, |v, i| v.readlink(i)) {
+            Ok((_, t)) => reply.data(&t),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -209,25 +307,36 @@ impl Filesystem for FuseFs {
             return reply.error(Errno::EINVAL);
         };
         let new = NewNode { kind, perm: mode & !umask, rdev, target: &[] };
-        self.entry(self.v().make(ctx(req), parent.0, name.as_bytes(), new, false), reply)
+        let r = head_only(&[parent.0])
+            .and_then(|_| free_name(self.snaps.is_some(), parent.0, name))
+            .and_then(|_| self.v().make(ctx(req), parent.0, name.as_bytes(), new, false));
+        self.entry(r, reply)
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
         let new = NewNode { kind: Kind::Dir, perm: mode & !umask, rdev: 0, target: &[] };
-        self.entry(self.v().make(ctx(req), parent.0, name.as_bytes(), new, false), reply)
+        let r = head_only(&[parent.0])
+            .and_then(|_| free_name(self.snaps.is_some(), parent.0, name))
+            .and_then(|_| self.v().make(ctx(req), parent.0, name.as_bytes(), new, false));
+        self.entry(r, reply)
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.empty(self.v().unlink(parent.0, name.as_bytes(), false), reply)
+        let r = head_only(&[parent.0]).and_then(|_| self.v().unlink(parent.0, name.as_bytes(), false));
+        self.empty(r, reply)
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.empty(self.v().unlink(parent.0, name.as_bytes(), true), reply)
+        let r = head_only(&[parent.0]).and_then(|_| self.v().unlink(parent.0, name.as_bytes(), true));
+        self.empty(r, reply)
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
         let new = NewNode { kind: Kind::Symlink, perm: 0o777, rdev: 0, target: target.as_os_str().as_bytes() };
-        self.entry(self.v().make(ctx(req), parent.0, link_name.as_bytes(), new, false), reply)
+        let r = head_only(&[parent.0])
+            .and_then(|_| free_name(self.snaps.is_some(), parent.0, link_name))
+            .and_then(|_| self.v().make(ctx(req), parent.0, link_name.as_bytes(), new, false));
+        self.entry(r, reply)
     }
 
     fn rename(
@@ -240,17 +349,23 @@ impl Filesystem for FuseFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        self.empty(self.v().rename(parent.0, name.as_bytes(), newparent.0, newname.as_bytes(), flags.bits()), reply)
+        let r = head_only(&[parent.0, newparent.0])
+            .and_then(|_| free_name(self.snaps.is_some(), newparent.0, newname))
+            .and_then(|_| self.v().rename(parent.0, name.as_bytes(), newparent.0, newname.as_bytes(), flags.bits()));
+        self.empty(r, reply)
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
-        self.entry(self.v().link(ino.0, newparent.0, newname.as_bytes()), reply)
+        let r = head_only(&[ino.0, newparent.0])
+            .and_then(|_| free_name(self.snaps.is_some(), newparent.0, newname))
+            .and_then(|_| self.v().link(ino.0, newparent.0, newname.as_bytes()));
+        self.entry(r, reply)
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
-        match self.v().open_file(ino.0, write) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+        match self.with_vol(ino.0, |v, i| v.open_file(i, write)) {
+            Ok((_, fh)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -266,8 +381,8 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.v().read(ino.0, offset, size) {
-            Ok(d) => reply.data(&d),
+        match self.with_vol(ino.0, |v, i| v.read(i, offset, size)) {
+            Ok((_, d)) => reply.data(&d),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -284,14 +399,15 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.v().write(ino.0, offset, data) {
+        match head_only(&[ino.0]).and_then(|_| self.v().write(ino.0, offset, data)) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
     fn flush(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
-        self.empty(self.v().flush_ino(ino.0, false), reply)
+        let r = self.with_vol(ino.0, |v, i| v.flush_ino(i, false)).map(|_| ());
+        self.empty(r, reply)
     }
 
     fn release(
@@ -304,25 +420,58 @@ impl Filesystem for FuseFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.empty(self.v().release(ino.0), reply)
+        let r = self.with_vol(ino.0, |v, i| v.release(i)).map(|_| ());
+        self.empty(r, reply)
     }
 
     fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        self.empty(self.v().fsync(ino.0), reply)
+        let r = self.with_vol(ino.0, |v, i| v.fsync(i)).map(|_| ());
+        self.empty(r, reply)
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.v().opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+        if ino.0 == SNAPDIR {
+            let Some(snaps) = &self.snaps else { return reply.error(Errno::ENOENT) };
+            let mut items = vec![
+                DirItem { name: b".".to_vec(), ino: SNAPDIR, kind: Kind::Dir },
+                DirItem { name: b"..".to_vec(), ino: crate::fs::ROOT_INO, kind: Kind::Dir },
+            ];
+            match snaps.list() {
+                Ok(l) => items.extend(l.into_iter().map(|(n, k)| DirItem {
+                    name: n.into_bytes(),
+                    ino: join(k, crate::fs::ROOT_INO),
+                    kind: Kind::Dir,
+                })),
+                Err(e) => return reply.error(errno(&e)),
+            }
+            let fh = self.next_list.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut l) = self.lists.lock() {
+                l.insert(fh, Arc::new(items));
+            }
+            return reply.opened(FileHandle(fh), FopenFlags::empty());
+        }
+        match self.with_vol(ino.0, |v, i| v.opendir(i)) {
+            Ok((_, fh)) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
-    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        match self.v().readdir(fh.0) {
-            Ok(items) => {
+    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let listing = if ino.0 == SNAPDIR {
+            self.lists.lock().ok().and_then(|l| l.get(&fh.0).cloned()).map(|l| (0, l)).ok_or(Error::Errno(libc::EBADF))
+        } else {
+            self.with_vol(ino.0, |v, _| v.readdir(fh.0))
+        };
+        let (_, inner) = split(ino.0);
+        match listing {
+            Ok((k, items)) => {
                 for (i, it) in items.iter().enumerate().skip(offset as usize) {
-                    if reply.add(INodeNo(it.ino), (i + 1) as u64, file_type(it.kind), OsStr::from_bytes(&it.name)) {
+                    let ino = match k {
+                        0 => it.ino,
+                        _ if inner == crate::fs::ROOT_INO && it.name == b".." => SNAPDIR,
+                        _ => join(k, it.ino),
+                    };
+                    if reply.add(INodeNo(ino), (i + 1) as u64, file_type(it.kind), OsStr::from_bytes(&it.name)) {
                         break;
                     }
                 }
@@ -332,8 +481,17 @@ impl Filesystem for FuseFs {
         }
     }
 
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
-        self.v().releasedir(fh.0);
+    fn releasedir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        if ino.0 == SNAPDIR {
+            if let Ok(mut l) = self.lists.lock() {
+                l.remove(&fh.0);
+            }
+        } else {
+            let _ = self.with_vol(ino.0, |v, _| {
+                v.releasedir(fh.0);
+                Ok(())
+            });
+        }
         reply.ok()
     }
 
@@ -359,19 +517,21 @@ impl Filesystem for FuseFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        self.empty(self.v().setxattr(ino.0, name.as_bytes(), Some(value), flags), reply)
+        let r = head_only(&[ino.0]).and_then(|_| self.v().setxattr(ino.0, name.as_bytes(), Some(value), flags));
+        self.empty(r, reply)
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        Self::xattr_reply(self.v().getxattr(ino.0, name.as_bytes()), size, reply)
+        Self::xattr_reply(self.with_vol(ino.0, |v, i| v.getxattr(i, name.as_bytes())).map(|x| x.1), size, reply)
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        Self::xattr_reply(self.v().listxattr(ino.0), size, reply)
+        Self::xattr_reply(self.with_vol(ino.0, |v, i| v.listxattr(i)).map(|x| x.1), size, reply)
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.empty(self.v().setxattr(ino.0, name.as_bytes(), None, 0), reply)
+        let r = head_only(&[ino.0]).and_then(|_| self.v().setxattr(ino.0, name.as_bytes(), None, 0));
+        self.empty(r, reply)
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
@@ -381,6 +541,9 @@ impl Filesystem for FuseFs {
 
     fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, _flags: i32, reply: ReplyCreate) {
         let new = NewNode { kind: Kind::File, perm: mode & !umask, rdev: 0, target: &[] };
+        if let Err(e) = head_only(&[parent.0]).and_then(|_| free_name(self.snaps.is_some(), parent.0, name)) {
+            return reply.error(errno(&e));
+        }
         let v = self.v();
         match v.make(ctx(req), parent.0, name.as_bytes(), new, true) {
             Ok(e) => {
@@ -392,15 +555,16 @@ impl Filesystem for FuseFs {
     }
 
     fn fallocate(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
-        self.empty(self.v().fallocate(ino.0, offset, length, mode), reply)
+        let r = head_only(&[ino.0]).and_then(|_| self.v().fallocate(ino.0, offset, length, mode));
+        self.empty(r, reply)
     }
 
     fn lseek(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
         if offset < 0 {
             return reply.error(Errno::EINVAL);
         }
-        match self.v().lseek(ino.0, offset as u64, whence) {
-            Ok(o) => reply.offset(o as i64),
+        match self.with_vol(ino.0, |v, i| v.lseek(i, offset as u64, whence)) {
+            Ok((_, o)) => reply.offset(o as i64),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -419,7 +583,7 @@ impl Filesystem for FuseFs {
         reply: ReplyWrite,
     ) {
         let len = len.min(u32::MAX as u64 & !0xfff);
-        match self.v().copy_range(ino_in.0, offset_in, ino_out.0, offset_out, len) {
+        match head_only(&[ino_in.0, ino_out.0]).and_then(|_| self.v().copy_range(ino_in.0, offset_in, ino_out.0, offset_out, len)) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(&e)),
         }

@@ -9,6 +9,7 @@
 pub mod data;
 pub mod fuse;
 pub mod live;
+pub mod snapdir;
 pub mod namespace;
 pub mod attr;
 pub mod table;

@@ -249,9 +249,15 @@ impl Catalog {
     /// The view that mounting `VOL` (head, writable) or `VOL@SNAP` (read-only) reads.
     pub fn view(store: &Store, vol: &str, snap: Option<&str>, read_only: bool) -> Result<ViewSpec> {
         let v = Self::get(store, vol)?;
+        Self::view_of(store, &v, snap, read_only)
+    }
+
+    /// Like `view`, for a volume record in hand.
+    pub fn view_of(store: &Store, v: &VolumeRec, snap: Option<&str>, read_only: bool) -> Result<ViewSpec> {
+        let vol = v.name.as_str();
         let (lineage, epoch, name) = match snap {
             Some(s) => {
-                let sr = Self::snapshot(store, &v, s)?;
+                let sr = Self::snapshot(store, v, s)?;
                 (sr.lineage, sr.epoch, format!("{vol}@{s}"))
             }
             None => {

@@ -80,6 +80,15 @@ fn clones_and_snapshots_are_isolated() {
     assert_eq!(ct["big"], want);
     // The snapshot is read-only.
     assert!(fs::write(s1.join("x"), b"x").is_err());
+    // Every mounted volume shows its snapshots, read-only, under the hidden .snapshots.
+    assert_eq!(tree(&v.join(".snapshots/s1")), before);
+    assert!(!tree(&v).keys().any(|k| k.starts_with(".snapshots")), "listed in readdir");
+    assert!(fs::write(v.join(".snapshots/s1/x"), b"x").is_err());
+    assert!(fs::create_dir(v.join(".snapshots")).is_err());
+    d.ok(&["snapshot", "v@s2"]);
+    let names: Vec<String> = fs::read_dir(v.join(".snapshots")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert!(names.contains(&"s1".to_string()) && names.contains(&"s2".to_string()), "{names:?}");
+    assert_eq!(tree(&v.join(".snapshots/s2")), tree(&v));
     // Clone of a clone, and its writes stay its own.
     d.ok(&["snapshot", "c1@a"]);
     d.ok(&["clone", "c1@a", "cc"]);
