@@ -530,6 +530,11 @@ impl Store {
         Ok(())
     }
 
+    /// RocksDB's sequence number: it grows by one per key written (tests count writes with it).
+    pub fn sequence(&self) -> u64 {
+        self.db.latest_sequence_number()
+    }
+
     /// Makes every write so far durable.
     pub fn sync(&self) -> Result<()> {
         Ok(self.db.flush_wal(true)?)

@@ -629,6 +629,34 @@ mod tests {
     }
 
     #[test]
+    fn snapshot_and_clone_write_the_same_few_keys_whatever_the_volume_size() {
+        let (_d, s) = store();
+        let c = Catalog::default();
+        let small = c.create(&s, "small", 4096, 0, 0).unwrap();
+        let big = c.create(&s, "big", 4096, 0, 0).unwrap();
+        // 20,000 inodes and 20,000 extents in the big volume.
+        let mut t = s.txn();
+        for ino in 2..20_002u64 {
+            t.put(&s, cf::INODES, &keys::versioned(keys::inode_key(big.lineage, ino), 1), b"x").unwrap();
+            t.put(&s, cf::EXTENTS, &keys::versioned(keys::extent_key(big.lineage, ino, 0), 1), b"y").unwrap();
+        }
+        s.commit(t, false).unwrap();
+        let cost = |f: &dyn Fn()| {
+            let before = s.sequence();
+            f();
+            s.sequence() - before
+        };
+        let snap_small = cost(&|| drop(c.snapshot_create(&s, "small", "s").unwrap()));
+        let snap_big = cost(&|| drop(c.snapshot_create(&s, "big", "s").unwrap()));
+        let clone_small = cost(&|| drop(c.clone_volume(&s, "small@s", "cs").unwrap()));
+        let clone_big = cost(&|| drop(c.clone_volume(&s, "big@s", "cb").unwrap()));
+        let live_big = cost(&|| drop(c.clone_volume(&s, "big", "cl").unwrap()));
+        assert_eq!(snap_small, snap_big);
+        assert_eq!(clone_small, clone_big);
+        assert!(snap_big <= 3 && clone_big <= 6 && live_big <= 6, "{snap_big} {clone_big} {live_big}");
+    }
+
+    #[test]
     fn snapshots_clones_and_rollback_keep_pins() {
         let (_d, s) = store();
         let c = Catalog::default();
