@@ -106,6 +106,20 @@ pub struct Volume {
     dirty: Mutex<HashSet<u64>>,
 }
 
+impl Drop for Volume {
+    /// Returns this view's cached and unsaved bytes to the daemon-wide budget.
+    fn drop(&mut self) {
+        for ino in self.table.inos() {
+            if let Ok(Some(node)) = self.table.get(ino, || Ok(None)) {
+                if let Ok(n) = node.lock() {
+                    self.budget.clean_bytes.fetch_sub(n.clean.len() as u64 * self.bs, Ordering::Relaxed);
+                    self.budget.bytes.fetch_sub(n.dirty.len() as u64 * self.bs, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
 /// Where a visible version was found: chain level (0 = own lineage) and epoch.
 pub type At = (usize, u64);
 
@@ -363,7 +377,12 @@ impl Volume {
             let bytes = n.dirty.len() as u64 * self.bs;
             self.budget.bytes.fetch_sub(bytes, Ordering::Relaxed);
             let flushed = std::mem::take(&mut n.dirty);
-            // Keep the last few flushed blocks (an appended tail, a hot page) as clean copies.
+            // Clean copies of every flushed block are stale now; keep fresh copies of the last
+            // few (an appended tail, a hot page).
+            let before = n.clean.len();
+            n.clean.retain(|(i, _)| !flushed.contains_key(i));
+            let gone = (before - n.clean.len()) as u64;
+            self.budget.clean_bytes.fetch_sub(gone * self.bs, Ordering::Relaxed);
             for (idx, data) in flushed.into_iter().rev().take(table::CLEAN_PER_NODE) {
                 self.keep_clean(n, idx, data);
             }

@@ -632,7 +632,7 @@ mod tests {
     fn snapshot_and_clone_write_the_same_few_keys_whatever_the_volume_size() {
         let (_d, s) = store();
         let c = Catalog::default();
-        let small = c.create(&s, "small", 4096, 0, 0).unwrap();
+        let _small = c.create(&s, "small", 4096, 0, 0).unwrap();
         let big = c.create(&s, "big", 4096, 0, 0).unwrap();
         // 20,000 inodes and 20,000 extents in the big volume.
         let mut t = s.txn();
