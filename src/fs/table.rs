@@ -110,11 +110,4 @@ impl Table {
         out
     }
 
-    pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().map(|g| g.len()).unwrap_or(0)).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }

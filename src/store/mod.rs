@@ -115,7 +115,6 @@ pub struct Txn {
     batch: WriteBatch,
     /// (hash, lineage, delta, block bytes when the reference is new)
     refs: Vec<(Hash, u64, i64, Option<Vec<u8>>)>,
-    ops: usize,
 }
 
 pub struct Store {
@@ -354,14 +353,6 @@ impl Store {
         Ok(merged.into_iter().collect())
     }
 
-    /// True if `ident` has a version older than `epoch`.
-    pub fn has_older_version(&self, cfname: &str, ident: &[u8], epoch: u64) -> Result<bool> {
-        if epoch == 0 {
-            return Ok(false);
-        }
-        Ok(self.get_version(cfname, ident, epoch - 1)?.is_some())
-    }
-
     /// The last key starting with `prefix`, if any.
     pub fn last_key(&self, cfname: &str, prefix: &[u8]) -> Result<Option<Vec<u8>>> {
         let mut it = self.db.raw_iterator_cf(self.cf(cfname)?);
@@ -418,26 +409,6 @@ impl Store {
         Ok(())
     }
 
-    /// Visits the newest version (at or before `epoch`) of every identity under `prefix`,
-    /// tombstones included, in key order.
-    pub fn scan_versions(
-        &self,
-        cfname: &str,
-        prefix: &[u8],
-        epoch: u64,
-        mut f: impl FnMut(&[u8], u64, &[u8]) -> Result<bool>,
-    ) -> Result<()> {
-        let mut last: Option<Vec<u8>> = None;
-        self.scan(cfname, prefix, |k, v| {
-            let (ident, e) = keys::split_version(k);
-            if e > epoch || last.as_deref() == Some(ident) {
-                return Ok(true);
-            }
-            last = Some(ident.to_vec());
-            f(ident, e, v)
-        })
-    }
-
     pub fn get_blocks(&self, hashes: &[Hash]) -> Result<Vec<Option<Vec<u8>>>> {
         let cf = self.cf(cf::BLOCKS)?;
         let mut out = Vec::with_capacity(hashes.len());
@@ -448,7 +419,7 @@ impl Store {
     }
 
     pub fn txn(&self) -> Txn {
-        Txn { batch: WriteBatch::default(), refs: Vec::new(), ops: 0 }
+        Txn { batch: WriteBatch::default(), refs: Vec::new() }
     }
 
     /// Writes `txn` atomically. Reference deltas are applied under the space lock: a block's
@@ -653,13 +624,11 @@ fn account(
 impl Txn {
     pub fn put(&mut self, store: &Store, cfname: &str, key: &[u8], value: &[u8]) -> Result<()> {
         self.batch.put_cf(store.cf(cfname)?, key, value);
-        self.ops += 1;
         Ok(())
     }
 
     pub fn delete(&mut self, store: &Store, cfname: &str, key: &[u8]) -> Result<()> {
         self.batch.delete_cf(store.cf(cfname)?, key);
-        self.ops += 1;
         Ok(())
     }
 
@@ -678,14 +647,6 @@ impl Txn {
         self.refs.push((hash, lineage, 1, None));
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.ops == 0 && self.refs.is_empty()
-    }
-
-    /// Number of keys this transaction writes besides refcounts (used by tests).
-    pub fn len(&self) -> usize {
-        self.ops
-    }
 }
 
 #[cfg(test)]
@@ -767,15 +728,17 @@ mod tests {
         assert_eq!(s.get_version(cf::INODES, &id, 5).unwrap(), Some((3, b"three".to_vec())));
         assert_eq!(s.get_version(cf::INODES, &id, 2).unwrap(), Some((1, b"one".to_vec())));
         assert_eq!(s.get_version(cf::INODES, &id, 0).unwrap(), None);
-        assert!(s.has_older_version(cf::INODES, &id, 3).unwrap());
-        assert!(!s.has_older_version(cf::INODES, &id, 1).unwrap());
-        let mut seen = vec![];
-        s.scan_versions(cf::INODES, &keys::lineage_prefix(1), 2, |i, e, v| {
-            seen.push((i.to_vec(), e, v.to_vec()));
-            Ok(true)
-        })
-        .unwrap();
-        assert_eq!(seen.len(), 2);
-        assert_eq!(seen[0], (id, 1, b"one".to_vec()));
+        // Along a chain: lineage 9 at epoch 4 falls through to lineage 1 at epoch 2.
+        let mut t = s.txn();
+        t.put(&s, cf::INODES, &keys::versioned(keys::inode_key(9, 3), 1), b"nine").unwrap();
+        s.commit(t, false).unwrap();
+        let chain = [(9, 4), (1, 2)];
+        let f = s.get_chain(cf::INODES, &id[8..], &chain).unwrap().unwrap();
+        assert_eq!((f.level, f.epoch, f.value), (1, 1, b"one".to_vec()));
+        let f = s.get_chain(cf::INODES, &keys::inode_key(1, 3)[8..], &chain).unwrap().unwrap();
+        assert_eq!((f.level, f.value), (0, b"nine".to_vec()));
+        let seen = s.scan_chain(cf::INODES, &[], &[], None, &chain).unwrap();
+        let got: Vec<(u64, usize, Vec<u8>)> = seen.into_iter().map(|(r, f)| (keys::read_u64(&r, 0), f.level, f.value)).collect();
+        assert_eq!(got, vec![(2, 1, b"one".to_vec()), (3, 0, b"nine".to_vec())]);
     }
 }
