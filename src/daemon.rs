@@ -252,9 +252,10 @@ impl Daemon {
         match &snap {
             Some(s) => match self.head_of(v.id)? {
                 Some(live) => live.exclusive(|vol_ref| {
-                    let (l, e) = self.catalog.destroy_snapshot(&self.store, &vol, s)?;
+                    let (l, _) = self.catalog.destroy_snapshot(&self.store, &vol, s)?;
+                    // Another snapshot or a clone may still pin that epoch: take the catalog's set.
                     if l == vol_ref.spec.lineage {
-                        vol_ref.unpin(e);
+                        vol_ref.set_pins(Catalog::lineage(&self.store, l)?.pins.keys().copied().collect());
                     }
                     Ok(())
                 })?,
@@ -281,15 +282,16 @@ impl Daemon {
         let v = Catalog::get(&self.store, &vol)?;
         match self.head_of(v.id)? {
             Some(live) => {
-                let stale = live.exclusive(|vol_ref| {
-                    let stale = vol_ref.cached_inos();
-                    vol_ref.discard_dirty();
+                let (names, inos) = live.exclusive(|vol_ref| {
+                    let names = vol_ref.cached_names();
+                    let inos = vol_ref.cached_inos();
                     self.catalog.rollback(&self.store, &vol, &snap)?;
+                    vol_ref.discard_dirty();
                     let spec = Catalog::view(&self.store, &vol, None, vol_ref.read_only)?;
                     *vol_ref = Arc::new(Volume::open(self.store.clone(), spec, self.budget.clone())?);
-                    Ok(stale)
+                    Ok((names, inos))
                 })?;
-                live.invalidate(&stale);
+                live.invalidate(&names, &inos);
             }
             None => {
                 self.catalog.rollback(&self.store, &vol, &snap)?;

@@ -37,10 +37,15 @@ impl Live {
         }
     }
 
-    /// Drops what the kernel caches of these inodes (attributes and pages).
-    pub fn invalidate(&self, inos: &[u64]) {
+    /// Drops what the kernel caches of these names and inodes (entries, attributes, pages).
+    /// Call without holding the view: the kernel may need to finish requests first.
+    pub fn invalidate(&self, names: &[(u64, Vec<u8>)], inos: &[u64]) {
+        use std::os::unix::ffi::OsStrExt;
         if let Ok(g) = self.notifier.lock() {
             if let Some(n) = g.as_ref() {
+                for (dir, name) in names {
+                    let _ = n.inval_entry(fuser::INodeNo(*dir), std::ffi::OsStr::from_bytes(name));
+                }
                 for ino in inos {
                     let _ = n.inval_inode(fuser::INodeNo(*ino), 0, 0);
                 }

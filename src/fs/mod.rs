@@ -181,10 +181,11 @@ impl Volume {
         self.epoch.store(e + 1, Ordering::SeqCst);
     }
 
-    /// A pin of this lineage went away. Call only while no operation runs (under the cut).
-    pub fn unpin(&self, e: u64) {
+    /// The pins of this lineage changed (a snapshot went away): take the catalog's set.
+    /// Call only while no operation runs (under the cut).
+    pub fn set_pins(&self, pins: BTreeSet<u64>) {
         if let Ok(mut p) = self.pins.lock() {
-            p.remove(&e);
+            *p = pins;
         }
     }
 
@@ -556,6 +557,23 @@ impl Volume {
     /// Inodes in memory: every inode the kernel may hold pages or attributes of.
     pub fn cached_inos(&self) -> Vec<u64> {
         self.table.inos()
+    }
+
+    /// Names the kernel may have cached: every entry of every directory in memory.
+    pub fn cached_names(&self) -> Vec<(u64, Vec<u8>)> {
+        let mut out = Vec::new();
+        for ino in self.cached_inos() {
+            let is_dir = match self.table.get(ino, || Ok(None)) {
+                Ok(Some(node)) => node.lock().map(|n| n.rec.kind == records::Kind::Dir).unwrap_or(false),
+                _ => false,
+            };
+            if is_dir {
+                if let Ok(entries) = self.entries(ino) {
+                    out.extend(entries.into_iter().map(|(name, _)| (ino, name)));
+                }
+            }
+        }
+        out
     }
 
     /// Forgets unsaved data (the view is being rolled back).

@@ -75,7 +75,7 @@ impl Volume {
     }
 
     /// Live entries of a directory: (name, entry).
-    fn entries(&self, dir: u64) -> Result<Vec<(Vec<u8>, DirentRec)>> {
+    pub(crate) fn entries(&self, dir: u64) -> Result<Vec<(Vec<u8>, DirentRec)>> {
         let prefix = keys::dir_prefix(self.lineage(), dir);
         let mut out = Vec::new();
         for (rest, f) in self.scan_visible(cf::DIRENTS, &prefix, &prefix, None)? {

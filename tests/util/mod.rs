@@ -128,8 +128,9 @@ impl Daemon {
     }
 
     pub fn fsck_clean(&self) {
-        let out = self.ok(&["fsck"]);
-        assert!(out.contains("clean"), "fsck: {out}");
+        let out = self.cli(&["fsck"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && text.contains("clean"), "fsck: {text}{}", String::from_utf8_lossy(&out.stderr));
     }
 
     /// kill -9 the daemon and drop its (now dead) mounts.
