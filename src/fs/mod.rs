@@ -59,7 +59,7 @@ impl Default for DirtyBudget {
         DirtyBudget {
             bytes: AtomicU64::new(0),
             total_limit: 64 << 20,
-            file_limit: 16 << 20,
+            file_limit: 8 << 20,
             max_age: Duration::from_secs(2),
             clean_bytes: AtomicU64::new(0),
             clean_limit: 32 << 20,
@@ -356,8 +356,25 @@ impl Volume {
     /// as written; call `applied` after the commit succeeds.
     fn stage_node(&self, t: &mut Txn, ino: u64, n: &Node, mut rec: InodeRec) -> Result<InodeRec> {
         let mut delta = 0i64;
+        // Dense dirty ranges (sequential writes) read the old extents with one scan.
+        let scanned = match (n.dirty.keys().next(), n.dirty.keys().next_back()) {
+            (Some(&first), Some(&last)) if n.dirty.len() > 4 && last - first < 8 * n.dirty.len() as u64 => {
+                let l = self.lineage();
+                let mut m = HashMap::new();
+                let prefix = keys::extents_of(l, ino);
+                let end = keys::extent_key(l, ino, last + 1);
+                for (rest, f) in self.scan_visible(cf::EXTENTS, &prefix, &keys::extent_key(l, ino, first), Some(&end))? {
+                    m.insert(keys::read_u64(&rest, 8), ((f.level, f.epoch), records::decode_extent(&f.value)?));
+                }
+                Some(m)
+            }
+            _ => None,
+        };
         for (&idx, data) in &n.dirty {
-            let old = self.extent(ino, idx)?;
+            let old = match &scanned {
+                Some(m) => m.get(&idx).copied(),
+                None => self.extent(ino, idx)?,
+            };
             let new = if data.iter().all(|b| *b == 0) {
                 Ext::Hole
             } else {

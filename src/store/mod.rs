@@ -214,10 +214,10 @@ impl Store {
         opts.set_max_background_jobs(2);
         opts.set_max_total_wal_size(256 << 20);
         opts.set_keep_log_file_num(3);
-        // All memtables together stay under 128 MiB (writers stall briefly past it), so the
+        // All memtables together stay under 96 MiB (writers stall briefly past it), so the
         // daemon's memory is bounded whatever the write load.
-        opts.set_write_buffer_manager(&WriteBufferManager::new_write_buffer_manager(128 << 20, true));
-        let cache = Cache::new_lru_cache(128 << 20);
+        opts.set_write_buffer_manager(&WriteBufferManager::new_write_buffer_manager(96 << 20, true));
+        let cache = Cache::new_lru_cache(96 << 20);
         let cfs = cf::ALL.iter().map(|n| ColumnFamilyDescriptor::new(*n, cf_options(n, &cache)));
         let db = DB::open_cf_descriptors(&opts, db_dir(dir), cfs).map_err(|e| {
             let s = e.into_string();
