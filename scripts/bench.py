@@ -211,14 +211,14 @@ def snapshot_bench():
             cli(env, "destroy", name)
         cli(env, "gc")
         cli(env, "snapshot", "tmpl@base")
-        blocks = size * 16  # 64 KiB blocks
+        blocks = size * 64  # 16 KiB blocks (the default)
         for i in range(10):
             cli(env, "clone", "tmpl@base", f"u{i}")
             m = os.path.join(base, f"u{i}")
             os.makedirs(m)
             cli(env, "mount", f"u{i}", m)
-            sh(f"fio --name=chg --filename={m}/data --rw=randwrite --bs=64k --size={size}M "
-               f"--io_size={max(1, blocks // 100) * 64}k --ioengine=psync --refill_buffers --end_fsync=1 --output-format=terse > /dev/null")
+            sh(f"fio --name=chg --filename={m}/data --rw=randwrite --bs=16k --size={size}M "
+               f"--io_size={max(1, blocks // 100) * 16}k --ioengine=psync --refill_buffers --end_fsync=1 --output-format=terse > /dev/null")
             cli(env, "unmount", m)
         cli(env, "compact")
         st = json.loads(cli(env, "status", "--json"))
@@ -242,7 +242,7 @@ def snapshot_bench():
     lines.append("")
     lines.append(f"GC: freed {freed / 2**20:.0f} MiB in {gc_s:.2f} s ({freed / 2**20 / max(gc_s, 1e-6):.0f} MiB/s, CLI included).")
     lines.append("")
-    lines.append(f"10 clones of a {vol_gib:g} GiB volume, each changing 1% of its 64 KiB blocks: physical "
+    lines.append(f"10 clones of a {vol_gib:g} GiB volume, each changing 1% of its 16 KiB blocks: physical "
                  f"{st['physical'] / 2**30:.3f} GiB, `du -sb` of the store {du / 2**30:.3f} GiB (target ≤ {1.15 * vol_gib:.2f} GiB; copies would take {11 * vol_gib:g} GiB).")
     for n in notes:
         lines.append(f"\n({n})")
@@ -283,7 +283,7 @@ def main():
     pid = json.loads(subprocess.run([BIN, "status", "--json"], env=env, check=True, capture_output=True, text=True).stdout)["pid"]
     mnt = os.path.join(base, "cfs")
     os.makedirs(mnt)
-    bs = os.environ.get("BENCH_BLOCK_SIZE", "64K")
+    bs = os.environ.get("BENCH_BLOCK_SIZE", "16K")
     subprocess.run([BIN, "create", "bench", "--block-size", bs], env=env, check=True, capture_output=True)
     subprocess.run([BIN, "mount", "bench", mnt], env=env, check=True, capture_output=True)
     os.chmod(mnt, 0o777)
@@ -358,7 +358,7 @@ def write_report(res):
         return
     mode = "quick (256 MiB files, 5 s runs, 2,000 files, pgbench scale 5 for 10 s)" if QUICK else \
         "full (1 GiB files, 15 s runs, 20,000 files, pgbench scale 20, 4 clients, 60 s)"
-    bs = os.environ.get("BENCH_BLOCK_SIZE", "64K")
+    bs = os.environ.get("BENCH_BLOCK_SIZE", "16K")
     write_section("Throughput and latency", f"Mode: {mode}; clonefs block size {bs}.\n\n{table}\n")
 
 

@@ -291,7 +291,8 @@ fn volumes_are_isolated_and_dedup_across_them() {
     assert!(st["dedup_ratio"].as_f64().unwrap() > 1.9, "{st}");
     let list = d.json(&["list", "--json"]);
     let b_info = list.as_array().unwrap().iter().find(|v| v["name"] == "b").unwrap();
-    assert_eq!(b_info["referenced"].as_u64().unwrap(), 4 << 20);
+    let referenced = b_info["referenced"].as_u64().unwrap();
+    assert!(referenced > (4 << 20) - 1024 && referenced <= 4 << 20, "{b_info}");
     assert_eq!(b_info["unique"].as_u64().unwrap(), 0, "all of b is shared with a");
     d.fsck_clean();
 }
@@ -307,7 +308,7 @@ fn space_is_reclaimed_after_delete_and_destroy() {
     d.ok(&["compact"]);
     let full = d.physical();
     let disk_full = d.json(&["status", "--json"])["disk_bytes"].as_u64().unwrap();
-    assert!(full >= 32 << 20, "physical {full}");
+    assert!(full >= (32 << 20) - 4096, "physical {full}");
     for i in 0..8 {
         fs::remove_file(m.join(format!("f{i}"))).unwrap();
     }
@@ -318,9 +319,32 @@ fn space_is_reclaimed_after_delete_and_destroy() {
     // Destroy frees what a volume held.
     fs::write(m.join("g"), pattern(99, 2 << 20)).unwrap();
     d.unmount(&m);
-    assert!(d.physical() >= 2 << 20);
+    assert!(d.physical() >= (2 << 20) - 4096);
     d.ok(&["destroy", "v"]);
     assert_eq!(d.physical(), 0);
+    d.fsck_clean();
+}
+
+#[test]
+fn small_files_store_their_bytes_not_whole_blocks() {
+    let mut d = Daemon::start();
+    d.ok(&["create", "dflt"]);
+    let m = d.mount("dflt");
+    let list = d.json(&["list", "--json"]);
+    assert_eq!(list[0]["block_size"].as_u64().unwrap(), 16 << 10, "default block size");
+    for i in 0..200u64 {
+        fs::write(m.join(format!("f{i}")), pattern(i, 100)).unwrap();
+    }
+    let physical = d.physical();
+    assert!(physical <= 200 * 100, "200 files of 100 bytes take {physical} bytes");
+    assert_eq!(fs::read(m.join("f7")).unwrap(), pattern(7, 100));
+    // Growing a file reads the zeros past its old end.
+    let f = OpenOptions::new().write(true).open(m.join("f7")).unwrap();
+    f.write_all_at(b"z", 10_000).unwrap();
+    drop(f);
+    let back = fs::read(m.join("f7")).unwrap();
+    assert_eq!(&back[..100], &pattern(7, 100)[..]);
+    assert!(back[100..10_000].iter().all(|b| *b == 0) && back[10_000] == b'z');
     d.fsck_clean();
 }
 

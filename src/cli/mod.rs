@@ -41,7 +41,7 @@ enum Cmd {
     Create {
         name: String,
         /// Block size: a power of two from 4K to 1M
-        #[arg(long, default_value = "64K")]
+        #[arg(long, default_value = "16K")]
         block_size: String,
     },
     /// List volumes and snapshots

@@ -375,10 +375,14 @@ impl Volume {
                 Some(m) => m.get(&idx).copied(),
                 None => self.extent(ino, idx)?,
             };
-            let new = if data.iter().all(|b| *b == 0) {
-                Ext::Hole
-            } else {
-                Ext::Data(self.store.hash(data), data.clone())
+            // A block is stored without its trailing zeros (a small file's tail costs its
+            // bytes, not a block); all-zero blocks are holes.
+            let new = match data.iter().rposition(|b| *b != 0) {
+                None => Ext::Hole,
+                Some(last) => {
+                    let bytes = &data[..=last];
+                    Ext::Data(self.store.hash(bytes), bytes.to_vec())
+                }
             };
             delta += self.stage_extent(t, ino, idx, old, new)?;
         }

@@ -309,7 +309,8 @@ fn unique_bytes_are_what_destroy_frees() {
     let list = d.json(&["list", "--json"]);
     let row = |n: &str| list.as_array().unwrap().iter().find(|r| r["name"] == n).unwrap().clone();
     let s1_unique = row("v@s1")["unique"].as_u64().unwrap();
-    assert_eq!(s1_unique, 1 << 20, "{list}");
+    // Stored blocks drop trailing zero bytes, so random data may store a few bytes less.
+    assert!(s1_unique > (1 << 20) - 64 && s1_unique <= 1 << 20, "{list}");
     assert_eq!(row("v@s2")["unique"].as_u64().unwrap(), 0);
     let before = d.physical();
     d.ok(&["destroy", "v@s1"]);
