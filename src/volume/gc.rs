@@ -14,6 +14,27 @@ use crate::store::{cf, keys, Store};
 
 const BATCH: usize = 4096;
 
+/// All versions of one key of a lineage (`ident` = lineage first, no epoch), newest first.
+fn versions_of(store: &Store, cfname: &str, ident: &[u8]) -> Result<Vec<(u64, Vec<u8>)>> {
+    let mut versions = Vec::new();
+    store.scan(cfname, ident, |k, v| {
+        if k.len() == ident.len() + keys::U64 {
+            versions.push((keys::split_version(k).1, v.to_vec()));
+        }
+        Ok(true)
+    })?;
+    Ok(versions)
+}
+
+/// Whether a version born at `b` and superseded at `d` (None: still the newest) is seen by
+/// one of `pins` or by the head.
+fn seen(pins: &std::collections::BTreeMap<u64, u32>, head: bool, b: u64, d: Option<u64>) -> bool {
+    match d {
+        Some(d) => pins.range(b..d).next().is_some(),
+        None => head || pins.range(b..).next().is_some(),
+    }
+}
+
 /// Runs every pending GC marker to completion. Returns how many it processed.
 pub fn run(store: &Store, cat: &Catalog) -> Result<u64> {
     let mut done = 0;
@@ -68,25 +89,13 @@ fn process(store: &Store, cat: &Catalog, lineage: u64, epoch: u64) -> Result<()>
             n += 1;
             let Some(cfname) = cf::from_tag(tag) else { return Ok(true) };
             let ident = [&lineage.to_be_bytes()[..], rest].concat();
-            // All versions of this key in this lineage, newest first.
-            let mut versions: Vec<(u64, Vec<u8>)> = Vec::new();
-            store.scan(cfname, &ident, |vk, vv| {
-                if vk.len() == ident.len() + keys::U64 {
-                    versions.push((keys::split_version(vk).1, vv.to_vec()));
-                }
-                Ok(true)
-            })?;
+            let versions = versions_of(store, cfname, &ident)?;
             let Some(pos) = versions.iter().position(|(e, _)| *e == b) else {
                 t.delete(store, cf::BIRTHS, k)?;
                 return Ok(true);
             };
             let d = if pos == 0 { None } else { Some(versions[pos - 1].0) };
-            let seen_by_pin = match d {
-                Some(d) => lrec.pins.range(b..d).next().is_some(),
-                None => lrec.pins.range(b..).next().is_some(),
-            };
-            let seen_by_head = d.is_none() && lrec.head.is_some();
-            if !seen_by_pin && !seen_by_head {
+            if !seen(&lrec.pins, lrec.head.is_some(), b, d) {
                 if cfname == cf::EXTENTS {
                     if let Some(h) = decode_extent(&versions[pos].1)? {
                         t.drop_ref(h, lineage);
@@ -202,24 +211,11 @@ pub fn freed_by_unpin(store: &Store, lineage: u64, epoch: u64) -> Result<crate::
             return Ok(true);
         }
         let ident = [&lineage.to_be_bytes()[..], rest].concat();
-        let mut versions: Vec<(u64, Vec<u8>)> = Vec::new();
-        store.scan(cf::EXTENTS, &ident, |vk, vv| {
-            if vk.len() == ident.len() + keys::U64 {
-                versions.push((keys::split_version(vk).1, vv.to_vec()));
-            }
-            Ok(true)
-        })?;
+        let versions = versions_of(store, cf::EXTENTS, &ident)?;
         if let Some(pos) = versions.iter().position(|(e, _)| *e == b) {
             let d = if pos == 0 { None } else { Some(versions[pos - 1].0) };
-            let seen_now = match d {
-                Some(d) => b <= epoch && epoch < d,
-                None => b <= epoch,
-            };
-            let seen_after = match d {
-                Some(d) => pins.range(b..d).next().is_some(),
-                None => pins.range(b..).next().is_some() || lrec.head.is_some(),
-            };
-            if seen_now && !seen_after {
+            let seen_now = b <= epoch && d.map(|d| epoch < d).unwrap_or(true);
+            if seen_now && !seen(&pins, lrec.head.is_some(), b, d) {
                 if let Some(h) = decode_extent(&versions[pos].1)? {
                     *per_block.entry(h).or_default() += 1;
                 }
