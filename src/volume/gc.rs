@@ -37,6 +37,7 @@ fn seen(pins: &std::collections::BTreeMap<u64, u32>, head: bool, b: u64, d: Opti
 
 /// Runs every pending GC marker to completion. Returns how many it processed.
 pub fn run(store: &Store, cat: &Catalog) -> Result<u64> {
+    let _one = cat.gc.lock().map_err(|_| crate::error::Error::Corrupt("gc lock poisoned".into()))?;
     let mut done = 0;
     loop {
         let mut next = None;

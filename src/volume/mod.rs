@@ -155,11 +155,13 @@ fn now() -> i64 {
 /// Serializes catalog changes against each other and against GC decisions.
 pub struct Catalog {
     lock: Mutex<()>,
+    /// One GC run at a time: two runs would free the same versions twice.
+    gc: Mutex<()>,
 }
 
 impl Default for Catalog {
     fn default() -> Self {
-        Catalog { lock: Mutex::new(()) }
+        Catalog { lock: Mutex::new(()), gc: Mutex::new(()) }
     }
 }
 
@@ -655,6 +657,35 @@ mod tests {
         assert_eq!(snap_small, snap_big);
         assert_eq!(clone_small, clone_big);
         assert!(snap_big <= 3 && clone_big <= 6 && live_big <= 6, "{snap_big} {clone_big} {live_big}");
+    }
+
+    #[test]
+    fn concurrent_gc_runs_free_each_version_once() {
+        let (_d, s) = store();
+        let c = Catalog::default();
+        for round in 0..5u64 {
+            let name = format!("v{round}");
+            let v = c.create(&s, &name, 4096, 0, 0).unwrap();
+            let mut t = s.txn();
+            for idx in 0..300u64 {
+                let data = format!("block {round} {idx}").into_bytes();
+                let h = s.hash(&data);
+                let ident = keys::extent_key(v.lineage, 2, idx);
+                t.put(&s, cf::BIRTHS, &keys::birth(&ident, 1, cf::tag(cf::EXTENTS)), &[]).unwrap();
+                t.put(&s, cf::EXTENTS, &keys::versioned(ident, 1), &crate::store::records::encode_extent(&h)).unwrap();
+                t.add_ref(h, v.lineage, data);
+            }
+            s.commit(t, false).unwrap();
+            c.destroy(&s, &name).unwrap();
+        }
+        std::thread::scope(|sc| {
+            let a = sc.spawn(|| gc::run(&s, &c));
+            let b = sc.spawn(|| gc::run(&s, &c));
+            a.join().unwrap().unwrap();
+            b.join().unwrap().unwrap();
+        });
+        assert_eq!(s.space().physical, 0);
+        assert_eq!(Catalog::pending_gc(&s).unwrap(), 0);
     }
 
     #[test]
