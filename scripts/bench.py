@@ -21,8 +21,10 @@ def drop_caches():
 
 
 def fio(d, name, rw, bs, extra=""):
+    # Fresh random data for every write: fio's default buffers repeat, which a deduplicating
+    # filesystem would not store (and would look faster than it is).
     out = sh(f"fio --name={name} --filename={d}/bench.dat --rw={rw} --bs={bs} --size={SIZE} "
-             f"--ioengine=psync --output-format=json {extra}")
+             f"--ioengine=psync --refill_buffers --randseed={abs(hash(name)) % 100000} --output-format=json {extra}")
     j = json.loads(out)["jobs"][0]
     side = j["write"] if rw in ("write", "randwrite") else j["read"]
     return side["bw_bytes"] / 2**20, side["iops"]
@@ -33,16 +35,17 @@ def small_files(d):
     5,000 so that passthrough_ll (one fd per cached inode, fd limit 20,000 here) can run it."""
     root = os.path.join(d, "small")
     os.makedirs(root, exist_ok=True)
-    data = os.urandom(4096)
     dirs = [os.path.join(root, f"d{i}") for i in range(20)]
     for x in dirs:
         os.makedirs(x, exist_ok=True)
     names = [os.path.join(dirs[i % 20], f"f{i}") for i in range(NFILES)]
+    # Distinct contents, so that deduplication does not spare clonefs any writes.
+    bufs = [os.urandom(4096) for _ in names]
     tc = ts = tu = 0.0
     for r in range(0, NFILES, 5000):
         chunk = names[r:r + 5000]
         t = time.perf_counter()
-        for n in chunk:
+        for n, data in zip(chunk, bufs[r:r + 5000]):
             with open(n, "wb") as f:
                 f.write(data)
         tc += time.perf_counter() - t
@@ -187,8 +190,9 @@ def snapshot_bench():
         print("[snapshots] gc", flush=True)
         cli(env, "snapshot", "small@gc")
         sh(f"head -c {10 << 20} /dev/urandom > {mnts['small']}/data")
+        # A different seed: fio's buffers repeat from run to run, and would dedup.
         sh(f"fio --name=over --filename={mnts['big']}/data --rw=write --bs=1M --size={int(big_gib * 1024)}M "
-           f"--ioengine=psync --refill_buffers --end_fsync=1 --output-format=terse > /dev/null")
+           f"--ioengine=psync --refill_buffers --randseed=7 --end_fsync=1 --output-format=terse > /dev/null")
         before = json.loads(cli(env, "status", "--json"))["physical"]
         for i in range(5):
             cli(env, "destroy", f"big@s{i}")
@@ -209,7 +213,7 @@ def snapshot_bench():
         os.makedirs(tm)
         cli(env, "mount", "tmpl", tm)
         size = int(vol_gib * 1024)
-        sh(f"fio --name=fill --filename={tm}/data --rw=write --bs=1M --size={size}M --ioengine=psync --refill_buffers --end_fsync=1 --output-format=terse > /dev/null")
+        sh(f"fio --name=fill --filename={tm}/data --rw=write --bs=1M --size={size}M --ioengine=psync --refill_buffers --randseed=99 --end_fsync=1 --output-format=terse > /dev/null")
         cli(env, "unmount", tm)
         for name in list(mnts):
             cli(env, "unmount", mnts[name])
@@ -222,7 +226,7 @@ def snapshot_bench():
             m = os.path.join(base, f"u{i}")
             os.makedirs(m)
             cli(env, "mount", f"u{i}", m)
-            sh(f"fio --name=chg --filename={m}/data --rw=randwrite --bs=16k --size={size}M "
+            sh(f"fio --name=chg --filename={m}/data --rw=randwrite --bs=16k --size={size}M --randseed={100 + i} "
                f"--io_size={max(1, blocks // 100) * 16}k --ioengine=psync --refill_buffers --end_fsync=1 --output-format=terse > /dev/null")
             cli(env, "unmount", m)
         cli(env, "compact")
