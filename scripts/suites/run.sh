@@ -78,9 +78,10 @@ suite_postgres() {
 suite_fio() {
   local m; m=$(mountvol fio) || return 1
   mounts+=("$m")
-  timeout 1200 fio --name=verify --directory="$m" --rw=randwrite --bs=4k --size=256M --numjobs=2 \
+  # fio writes its verify state files into the current directory: keep them in $work.
+  (cd "$work" && timeout 1200 fio --name=verify --directory="$m" --rw=randwrite --bs=4k --size=256M --numjobs=2 \
     --ioengine=psync --verify=crc32c --verify_fatal=1 --do_verify=1 --group_reporting \
-    --output-format=terse --terse-version=3 > "$work/fio.log" 2>&1 || { cat "$work/fio.log"; return 1; }
+    --output-format=terse --terse-version=3) > "$work/fio.log" 2>&1 || { cat "$work/fio.log"; return 1; }
   echo "fio: random 4 KiB writes with crc32c verify: no mismatch"
 }
 
