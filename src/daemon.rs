@@ -328,14 +328,15 @@ impl Daemon {
         let mut out = Vec::new();
         for v in Catalog::list(&self.store)? {
             let s = space.lineages.get(&v.lineage).copied().unwrap_or_default();
+            let vs = space.views.get(&v.lineage).copied().unwrap_or_default();
             let m = mounts.iter().find(|m| m.volume == v.id && m.snapshot.is_none());
             out.push(VolumeInfo {
                 name: v.name.clone(),
                 kind: "volume".into(),
                 origin: v.origin.clone(),
                 holds: Vec::new(),
-                logical: s.logical,
-                referenced: s.referenced,
+                logical: vs.logical,
+                referenced: vs.referenced,
                 unique: s.unique,
                 block_size: v.block_size,
                 created: v.created,
@@ -350,8 +351,8 @@ impl Daemon {
                     kind: "snapshot".into(),
                     origin: None,
                     holds: sn.holds.iter().cloned().collect(),
-                    logical: freed.logical,
-                    referenced: freed.referenced,
+                    logical: sn.space.logical,
+                    referenced: sn.space.referenced,
                     unique: freed.unique,
                     block_size: v.block_size,
                     created: sn.created,

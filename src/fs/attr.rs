@@ -165,7 +165,10 @@ impl Volume {
     pub fn statfs(&self) -> Result<FsStats> {
         let fs = crate::sys::statvfs(self.store.dir())?;
         let unit = fs.frsize.max(1);
-        let used = self.store.space().lineages.get(&self.lineage()).map(|s| s.referenced).unwrap_or(0);
+        let used = match self.spec.frozen {
+            Some(vs) => vs.referenced,
+            None => self.store.view_space(self.lineage()).referenced,
+        };
         let avail = fs.bavail * unit;
         let free = fs.bfree * unit;
         Ok(FsStats {

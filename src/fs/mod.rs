@@ -16,7 +16,7 @@ pub mod table;
 
 use crate::error::{Error, Result};
 use crate::store::records::{self, Hash, InodeRec};
-use crate::store::{cf, keys, Found, Store, Txn};
+use crate::store::{cf, keys, Found, Store, Txn, ViewCtx};
 use crate::volume::ViewSpec;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -189,6 +189,16 @@ impl Volume {
         }
     }
 
+    /// What this head's block counts need to know (`Txn::view_ref`).
+    fn view_ctx(&self) -> ViewCtx {
+        ViewCtx {
+            lineage: self.lineage(),
+            epoch: self.epoch(),
+            parents: self.spec.parents.clone(),
+            pins: self.pins.lock().map(|p| p.clone()).unwrap_or_default(),
+        }
+    }
+
     fn pinned_between(&self, from: u64, to: u64) -> bool {
         from < to && self.pins.lock().map(|p| p.range(from..to).next().is_some()).unwrap_or(true)
     }
@@ -336,6 +346,12 @@ impl Volume {
         if let (Some(h), true) = (old_hash, dies) {
             t.drop_ref(h, l);
         }
+        if let Some(h) = old_hash {
+            t.view_ref(|| self.view_ctx(), h, -1);
+        }
+        if let Some(h) = new_hash {
+            t.view_ref(|| self.view_ctx(), h, 1);
+        }
         match new {
             Ext::Hole => {}
             Ext::Data(h, data) => t.add_ref(h, l, data),
@@ -478,6 +494,7 @@ impl Volume {
     fn stage_purge(&self, t: &mut Txn, ino: u64) -> Result<()> {
         let l = self.lineage();
         for (idx, at, h) in self.extents_from(ino, 0, u64::MAX)? {
+            t.view_ref(|| self.view_ctx(), h, -1);
             if at.0 == 0 {
                 let ident = keys::extent_key(l, ino, idx);
                 if self.stage_version(t, cf::EXTENTS, ident, Some(at), None, false)? {

@@ -10,6 +10,7 @@
 //! | xattrs    | lineage(8) ino(8) name NUL !epoch(8)             | value or tombstone     |
 //! | catalog   | tag(1) ...                                       | see `catalog` below    |
 //! | births    | lineage(8) epoch(8) cf-tag(1) rest               | empty                  |
+//! | counts    | lineage(8) hash(16) !epoch(8)                    | count of extents a head sees |
 //!
 //! Why the order matters:
 //! - Integers are big-endian so byte order is numeric order.
@@ -51,6 +52,14 @@ pub fn extent_key(lineage: u64, ino: u64, index: u64) -> Vec<u8> {
 }
 
 /// Prefix of all extents of one file.
+/// Identity of a block's count in a lineage's views (`counts` CF).
+pub fn count_key(lineage: u64, hash: &[u8; 16]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(32);
+    push_u64(&mut k, lineage);
+    k.extend_from_slice(hash);
+    k
+}
+
 pub fn extents_of(lineage: u64, ino: u64) -> Vec<u8> {
     inode_key(lineage, ino)
 }
@@ -144,6 +153,8 @@ pub mod catalog {
     pub const VOLUME_TAG: u8 = b'V';
     /// `S` lineage -> space counters of that lineage.
     pub const SPACE_TAG: u8 = b'S';
+    /// `H` lineage -> LOGICAL and REFERENCED of the lineage's head view.
+    pub const VIEW_TAG: u8 = b'H';
     /// `O` lineage ino -> orphan: an unlinked inode still open when it lost its last name.
     pub const ORPHAN_TAG: u8 = b'O';
     /// `L` lineage -> lineage record (parent, head epoch, pins).
@@ -188,6 +199,11 @@ pub mod catalog {
     }
     pub fn space(lineage: u64) -> Vec<u8> {
         let mut k = vec![SPACE_TAG];
+        push_u64(&mut k, lineage);
+        k
+    }
+    pub fn view(lineage: u64) -> Vec<u8> {
+        let mut k = vec![VIEW_TAG];
         push_u64(&mut k, lineage);
         k
     }

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 /// The on-disk format this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 const SECRET_LEN: usize = 192;
 
 /// Column family names: the only place they are spelled.
@@ -30,7 +30,10 @@ pub mod cf {
     pub const XATTRS: &str = "xattrs";
     pub const CATALOG: &str = "catalog";
     pub const BIRTHS: &str = "births";
-    pub const ALL: [&str; 8] = [BLOCKS, REFS, INODES, DIRENTS, EXTENTS, XATTRS, CATALOG, BIRTHS];
+    pub const COUNTS: &str = "counts";
+    pub const ALL: [&str; 9] = [BLOCKS, REFS, INODES, DIRENTS, EXTENTS, XATTRS, CATALOG, BIRTHS, COUNTS];
+    /// The CFs whose keys are versioned by epoch (lineage first, `!epoch` last).
+    pub const VERSIONED: [&str; 5] = [INODES, DIRENTS, EXTENTS, XATTRS, COUNTS];
 
     /// The tag a versioned CF has in `births` keys.
     pub fn tag(name: &str) -> u8 {
@@ -39,6 +42,7 @@ pub mod cf {
             DIRENTS => 2,
             EXTENTS => 3,
             XATTRS => 4,
+            COUNTS => 5,
             _ => 0,
         }
     }
@@ -49,6 +53,7 @@ pub mod cf {
             2 => DIRENTS,
             3 => EXTENTS,
             4 => XATTRS,
+            5 => COUNTS,
             _ => return None,
         })
     }
@@ -92,6 +97,31 @@ impl LineageSpace {
     }
 }
 
+/// What one view (a head, or frozen in a snapshot record) holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ViewSpace {
+    /// Bytes of the blocks its files name, each time they name one.
+    pub logical: u64,
+    /// Bytes of the distinct blocks it can read: its own and those it inherits.
+    pub referenced: u64,
+}
+
+impl ViewSpace {
+    fn encode(&self) -> Vec<u8> {
+        let mut v = vec![records::VALUE_VERSION];
+        v.extend_from_slice(&self.logical.to_le_bytes());
+        v.extend_from_slice(&self.referenced.to_le_bytes());
+        v
+    }
+    pub fn decode(b: &[u8]) -> Result<Self> {
+        if b.len() != 17 || b[0] != records::VALUE_VERSION {
+            return Err(Error::Corrupt("bad view space record".into()));
+        }
+        let f = |i: usize| u64::from_le_bytes(b[1 + i..9 + i].try_into().unwrap_or_default());
+        Ok(ViewSpace { logical: f(0), referenced: f(8) })
+    }
+}
+
 /// Space figures of the whole store.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Space {
@@ -99,6 +129,18 @@ pub struct Space {
     pub physical: u64,
     pub blocks: u64,
     pub lineages: HashMap<u64, LineageSpace>,
+    /// Per lineage: what its head view holds.
+    pub views: HashMap<u64, ViewSpace>,
+}
+
+/// The head view a transaction changes, as its block counts need it: the lineage and epoch
+/// it writes at, its ancestors, and the pins that keep old count versions.
+#[derive(Clone, Debug, Default)]
+pub struct ViewCtx {
+    pub lineage: u64,
+    pub epoch: u64,
+    pub parents: Vec<(u64, u64)>,
+    pub pins: std::collections::BTreeSet<u64>,
 }
 
 /// A version found along a lineage chain.
@@ -115,6 +157,10 @@ pub struct Txn {
     batch: WriteBatch,
     /// (hash, lineage, delta, block bytes when the reference is new)
     refs: Vec<(Hash, u64, i64, Option<Vec<u8>>)>,
+    /// Changes in how many extents of one head view name a block.
+    view: Option<(ViewCtx, HashMap<Hash, i64>)>,
+    /// View figures set outright (a new lineage starts with those of its origin).
+    set_views: Vec<(u64, ViewSpace)>,
 }
 
 pub struct Store {
@@ -262,6 +308,10 @@ impl Store {
         self.scan(cf::CATALOG, &p, |k, v| {
             let l = keys::read_u64(k, 1);
             space.lineages.insert(l, LineageSpace::decode(v)?);
+            Ok(true)
+        })?;
+        self.scan(cf::CATALOG, &[keys::catalog::VIEW_TAG], |k, v| {
+            space.views.insert(keys::read_u64(k, 1), ViewSpace::decode(v)?);
             Ok(true)
         })?;
         *self.space.lock().map_err(|_| Error::Corrupt("poisoned".into()))? = space;
@@ -419,7 +469,7 @@ impl Store {
     }
 
     pub fn txn(&self) -> Txn {
-        Txn { batch: WriteBatch::default(), refs: Vec::new() }
+        Txn { batch: WriteBatch::default(), refs: Vec::new(), view: None, set_views: Vec::new() }
     }
 
     /// Writes `txn` atomically. Reference deltas are applied under the space lock: a block's
@@ -427,6 +477,9 @@ impl Store {
     pub fn commit(&self, mut txn: Txn, sync: bool) -> Result<()> {
         let mut space = self.space.lock().map_err(|_| Error::Corrupt("space lock poisoned".into()))?;
         let mut touched: HashMap<u64, LineageSpace> = HashMap::new();
+        let mut views: HashMap<u64, ViewSpace> = txn.set_views.drain(..).collect();
+        // Block sizes this commit learnt (new blocks are not readable from `refs` yet).
+        let mut sizes: HashMap<Hash, u64> = HashMap::new();
         let mut new_space = (space.physical, space.blocks);
         if !txn.refs.is_empty() {
             let refs_cf = self.cf(cf::REFS)?;
@@ -465,6 +518,7 @@ impl Store {
                 };
                 after.size = size;
                 let s = size as u64;
+                sizes.insert(*h, s);
                 account(&space, &mut touched, &before, &after, s);
                 if before.owners.is_empty() {
                     new_space.0 += s;
@@ -490,6 +544,16 @@ impl Store {
             stats.extend_from_slice(&new_space.1.to_le_bytes());
             txn.batch.put_cf(cat, keys::catalog::STORE_STATS, stats);
         }
+        if let Some((ctx, deltas)) = txn.view.take() {
+            let vs = self.count_view(&mut txn.batch, &space, &ctx, deltas, &sizes)?;
+            views.insert(ctx.lineage, vs);
+        }
+        if !views.is_empty() {
+            let cat = self.cf(cf::CATALOG)?;
+            for (l, vs) in &views {
+                txn.batch.put_cf(cat, keys::catalog::view(*l), vs.encode());
+            }
+        }
         let mut wo = WriteOptions::default();
         wo.set_sync(sync);
         self.db.write_opt(txn.batch, &wo)?;
@@ -498,7 +562,80 @@ impl Store {
         for (l, ls) in touched {
             space.lineages.insert(l, ls);
         }
+        space.views.extend(views);
         Ok(())
+    }
+
+    /// Applies a head view's count changes: stages the new count versions (keeping the old one
+    /// while a pin sees it, like every versioned key) and returns the view's new figures.
+    fn count_view(
+        &self,
+        batch: &mut WriteBatch,
+        space: &Space,
+        ctx: &ViewCtx,
+        deltas: HashMap<Hash, i64>,
+        sizes: &HashMap<Hash, u64>,
+    ) -> Result<ViewSpace> {
+        let mut vs = space.views.get(&ctx.lineage).copied().unwrap_or_default();
+        let counts = self.cf(cf::COUNTS)?;
+        let births = self.cf(cf::BIRTHS)?;
+        let tag = cf::tag(cf::COUNTS);
+        let (l, e) = (ctx.lineage, ctx.epoch);
+        for (h, d) in deltas {
+            if d == 0 {
+                continue;
+            }
+            let size = match sizes.get(&h) {
+                Some(s) => *s,
+                None => match self.get(cf::REFS, &h)? {
+                    Some(v) => RefRec::decode(&v)?.size as u64,
+                    None => return Err(Error::Corrupt(format!("view count of a block that is not stored ({d:+})"))),
+                },
+            };
+            let ident = keys::count_key(l, &h);
+            let own = self.get_version(cf::COUNTS, &ident, e)?;
+            let before = match &own {
+                Some((_, v)) => records::decode_count(v)?,
+                None => match self.get_chain(cf::COUNTS, &h, &ctx.parents)? {
+                    Some(f) => records::decode_count(&f.value)?,
+                    None => 0,
+                },
+            };
+            let after = before as i64 + d;
+            if after < 0 {
+                return Err(Error::Corrupt(format!("view count of a block below zero ({before}{d:+})")));
+            }
+            let after = after as u64;
+            vs.logical = (vs.logical + after * size).saturating_sub(before * size);
+            if before == 0 && after > 0 {
+                vs.referenced += size;
+            }
+            if before > 0 && after == 0 {
+                vs.referenced = vs.referenced.saturating_sub(size);
+            }
+            // The old own version goes unless a pin sees it (written before a snapshot).
+            let mut older_shows = false;
+            if let Some((b, _)) = own {
+                let dies = b == e || !ctx.pins.range(b..e).next().is_some();
+                if dies {
+                    batch.delete_cf(counts, keys::versioned(ident.clone(), b));
+                    batch.delete_cf(births, keys::birth(&ident, b, tag));
+                    older_shows = match b.checked_sub(1) {
+                        Some(p) => self.get_version(cf::COUNTS, &ident, p)?.is_some(),
+                        None => false,
+                    } || self.get_chain(cf::COUNTS, &h, &ctx.parents)?.is_some();
+                } else {
+                    older_shows = true;
+                }
+            } else if before > 0 {
+                older_shows = true;
+            }
+            if after > 0 || older_shows {
+                batch.put_cf(births, keys::birth(&ident, e, tag), []);
+                batch.put_cf(counts, keys::versioned(ident, e), records::encode_count(after));
+            }
+        }
+        Ok(vs)
     }
 
     /// RocksDB's sequence number: it grows by one per key written (tests count writes with it).
@@ -519,7 +656,13 @@ impl Store {
     pub fn forget_lineage(&self, lineage: u64) {
         if let Ok(mut s) = self.space.lock() {
             s.lineages.remove(&lineage);
+            s.views.remove(&lineage);
         }
+    }
+
+    /// What the head view of `lineage` holds (as of the last commit).
+    pub fn view_space(&self, lineage: u64) -> ViewSpace {
+        self.space.lock().ok().and_then(|s| s.views.get(&lineage).copied()).unwrap_or_default()
     }
 
     /// Bytes RocksDB holds on disk (SST and blob files).
@@ -645,6 +788,18 @@ impl Txn {
     /// Adds one reference to a block already stored (file-level clone).
     pub fn share_ref(&mut self, hash: Hash, lineage: u64) {
         self.refs.push((hash, lineage, 1, None));
+    }
+
+    /// One more (`delta` 1) or one fewer (-1) extent of the head view `ctx` names `hash`.
+    /// A transaction changes at most one head view.
+    pub fn view_ref(&mut self, ctx: impl FnOnce() -> ViewCtx, hash: Hash, delta: i64) {
+        let (_, m) = self.view.get_or_insert_with(|| (ctx(), HashMap::new()));
+        *m.entry(hash).or_default() += delta;
+    }
+
+    /// Sets the figures of `lineage`'s head view (a new head starts as its origin).
+    pub fn set_view_space(&mut self, lineage: u64, vs: ViewSpace) {
+        self.set_views.push((lineage, vs));
     }
 
 }

@@ -242,6 +242,23 @@ pub fn decode_extent(b: &[u8]) -> Result<Option<Hash>> {
     Ok(Some(h))
 }
 
+/// How many extents of a head view name one block (0 hides an inherited count).
+pub fn encode_count(n: u64) -> Vec<u8> {
+    let mut v = live_header(10);
+    v.extend_from_slice(&n.to_le_bytes());
+    v
+}
+
+pub fn decode_count(b: &[u8]) -> Result<u64> {
+    let (mut r, live) = Reader::new(b, "count")?;
+    if !live {
+        return Ok(0);
+    }
+    let mut a = [0u8; 8];
+    a.copy_from_slice(r.take(8)?);
+    Ok(u64::from_le_bytes(a))
+}
+
 pub fn encode_xattr(value: &[u8]) -> Vec<u8> {
     let mut v = live_header(2 + value.len());
     v.extend_from_slice(value);

@@ -4,8 +4,8 @@
 
 use super::{decode, LineageRec, SnapshotRec, VolumeRec, ROOT_INO};
 use crate::error::Result;
-use crate::store::records::{decode_extent, is_tombstone, DirentRec, Hash, InodeRec, Kind, RefRec};
-use crate::store::{cf, keys, LineageSpace, Store};
+use crate::store::records::{decode_count, decode_extent, is_tombstone, DirentRec, Hash, InodeRec, Kind, RefRec};
+use crate::store::{cf, keys, LineageSpace, Store, ViewSpace};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -84,6 +84,7 @@ pub fn check(store: &Store) -> Result<FsckReport> {
     let mut lineages: HashMap<u64, LineageRec> = HashMap::new();
     let mut snaps: Vec<SnapshotRec> = Vec::new();
     let mut stored_space: HashMap<u64, LineageSpace> = HashMap::new();
+    let mut stored_views: HashMap<u64, ViewSpace> = HashMap::new();
     let mut orphans: HashSet<(u64, u64)> = HashSet::new();
     let mut gc_pending: HashSet<u64> = HashSet::new();
     let mut stats = (0u64, 0u64);
@@ -108,6 +109,9 @@ pub fn check(store: &Store) -> Result<FsckReport> {
                     *f = u64::from_le_bytes(v[1 + 8 * i..9 + 8 * i].try_into().unwrap_or_default());
                 }
                 stored_space.insert(keys::read_u64(k, 1), s);
+            }
+            Some(&keys::catalog::VIEW_TAG) if k.len() == 9 => {
+                stored_views.insert(keys::read_u64(k, 1), ViewSpace::decode(v)?);
             }
             Some(&keys::catalog::ORPHAN_TAG) if k.len() == 17 => {
                 orphans.insert((keys::read_u64(k, 1), keys::read_u64(k, 9)));
@@ -190,21 +194,41 @@ pub fn check(store: &Store) -> Result<FsckReport> {
     let all_dirents = load(&view, cf::DIRENTS)?;
     let all_extents = load(&view, cf::EXTENTS)?;
     let all_xattrs = load(&view, cf::XATTRS)?;
+    let all_counts = load(&view, cf::COUNTS)?;
 
-    // Every view: the heads of volumes and every snapshot.
-    let mut views: Vec<(String, u64, u64, u64, bool)> = Vec::new();
+    // Every view: the heads of volumes and every snapshot, with the figures they report.
+    let mut views: Vec<(String, u64, u64, u64, bool, ViewSpace)> = Vec::new();
     for v in vols.values() {
         if let Some(h) = lineages.get(&v.lineage).and_then(|l| l.head) {
-            views.push((v.name.clone(), v.lineage, h, v.block_size as u64, true));
+            let vs = stored_views.get(&v.lineage).copied().unwrap_or_default();
+            views.push((v.name.clone(), v.lineage, h, v.block_size as u64, true, vs));
         }
     }
     for s in &snaps {
         let bs = vols.get(&s.volume).map(|v| v.block_size as u64).unwrap_or(4096);
         let vname = vols.get(&s.volume).map(|v| v.name.clone()).unwrap_or_default();
-        views.push((format!("{vname}@{}", s.name), s.lineage, s.epoch, bs, false));
+        views.push((format!("{vname}@{}", s.name), s.lineage, s.epoch, bs, false, s.space));
     }
-    for (vname, l, e, bs, head) in &views {
-        check_view(&mut c, &mut report, vname, *l, *bs, *head, &orphans, &chain_of(*l, *e), [&all_inodes, &all_dirents, &all_extents, &all_xattrs]);
+    let mut view_blocks = Vec::new();
+    for (vname, l, e, bs, head, vs) in &views {
+        let chain = chain_of(*l, *e);
+        let blocks = check_view(&mut c, &mut report, vname, *l, *bs, *head, &orphans, &chain, [&all_inodes, &all_dirents, &all_extents, &all_xattrs]);
+        // The per-block counts the view carries equal the extents it shows.
+        let mut counted: HashMap<Hash, u64> = HashMap::new();
+        for (rest, v) in visible(&all_counts, &chain) {
+            let n = decode_count(&v)?;
+            if n > 0 && rest.len() == 16 {
+                let mut h = [0u8; 16];
+                h.copy_from_slice(&rest);
+                counted.insert(h, n);
+            }
+        }
+        if counted != blocks {
+            let wrong = blocks.iter().filter(|(h, n)| counted.get(*h) != Some(n)).count()
+                + counted.keys().filter(|h| !blocks.contains_key(*h)).count();
+            c.err(format!("{vname}: {wrong} block counts differ from the extents the view shows"));
+        }
+        view_blocks.push((vname.clone(), *vs, blocks));
     }
 
     // Versions: each belongs to a known lineage, has a births entry, and someone can see it.
@@ -214,7 +238,13 @@ pub fn check(store: &Store) -> Result<FsckReport> {
         Ok(())
     })?;
     let mut counted: HashMap<Hash, BTreeMap<u64, u64>> = HashMap::new();
-    for (cfname, all) in [(cf::INODES, &all_inodes), (cf::DIRENTS, &all_dirents), (cf::EXTENTS, &all_extents), (cf::XATTRS, &all_xattrs)] {
+    for (cfname, all) in [
+        (cf::INODES, &all_inodes),
+        (cf::DIRENTS, &all_dirents),
+        (cf::EXTENTS, &all_extents),
+        (cf::XATTRS, &all_xattrs),
+        (cf::COUNTS, &all_counts),
+    ] {
         let tag = cf::tag(cfname);
         for (ident, versions) in all {
             let l = keys::read_u64(ident, 0);
@@ -308,6 +338,18 @@ pub fn check(store: &Store) -> Result<FsckReport> {
             }
         }
     }
+    // Each view's LOGICAL and REFERENCED equal a recount of the extents it shows.
+    for (vname, have, blocks) in &view_blocks {
+        let mut want = ViewSpace::default();
+        for (h, n) in blocks {
+            let size = refs.get(h).map(|r| r.size as u64).unwrap_or(0);
+            want.logical += n * size;
+            want.referenced += size;
+        }
+        if *have != want {
+            c.err(format!("{vname}: reports {have:?} but recount {want:?}"));
+        }
+    }
     let lineages: HashSet<u64> = recount.keys().chain(stored_space.keys()).copied().collect();
     for l in lineages {
         let want = recount.get(&l).copied().unwrap_or_default();
@@ -336,7 +378,7 @@ fn check_view(
     orphans: &HashSet<(u64, u64)>,
     chain: &[(u64, u64)],
     all: [&Versions; 4],
-) {
+) -> HashMap<Hash, u64> {
     let [all_inodes, all_dirents, all_extents, all_xattrs] = all;
     let mut inodes: HashMap<u64, InodeRec> = HashMap::new();
     for (rest, v) in visible(all_inodes, chain) {
@@ -404,6 +446,7 @@ fn check_view(
         }
     }
     let mut per_file: HashMap<u64, u64> = HashMap::new();
+    let mut blocks: HashMap<Hash, u64> = HashMap::new();
     for (rest, v) in visible(all_extents, chain) {
         let (ino, idx) = (keys::read_u64(&rest, 0), keys::read_u64(&rest, 8));
         if is_tombstone(&v) {
@@ -416,6 +459,9 @@ fn check_view(
                     c.err(format!("{vname}: inode {ino}: block {idx} lies past its size {}", r.size));
                 }
                 *per_file.entry(ino).or_default() += 1;
+                if let Ok(Some(h)) = decode_extent(&v) {
+                    *blocks.entry(h).or_default() += 1;
+                }
             }
             Some(_) => c.err(format!("{vname}: extent {ino}/{idx} belongs to a non-file")),
             None => {}
@@ -428,4 +474,5 @@ fn check_view(
         }
     }
     let _ = all_xattrs;
+    blocks
 }

@@ -124,7 +124,7 @@ fn process(store: &Store, cat: &Catalog, lineage: u64, epoch: u64) -> Result<()>
 fn purge(store: &Store, cat: &Catalog, lineage: u64) -> Result<()> {
     log::info!("gc: removing lineage {lineage}");
     let prefix = keys::lineage_prefix(lineage);
-    for cfname in [cf::EXTENTS, cf::XATTRS, cf::DIRENTS, cf::INODES, cf::BIRTHS] {
+    for cfname in [cf::EXTENTS, cf::XATTRS, cf::DIRENTS, cf::INODES, cf::COUNTS, cf::BIRTHS] {
         loop {
             let mut t = store.txn();
             let mut n = 0;
@@ -168,6 +168,7 @@ fn purge(store: &Store, cat: &Catalog, lineage: u64) -> Result<()> {
     }
     t.delete(store, cf::CATALOG, &keys::catalog::lineage(lineage))?;
     t.delete(store, cf::CATALOG, &keys::catalog::space(lineage))?;
+    t.delete(store, cf::CATALOG, &keys::catalog::view(lineage))?;
     store.commit(t, true)?;
     store.forget_lineage(lineage);
     Ok(())

@@ -13,7 +13,7 @@ pub mod gc;
 
 use crate::error::{Error, Result};
 use crate::store::records::{InodeRec, Kind, Ts};
-use crate::store::{cf, keys, Store, Txn};
+use crate::store::{cf, keys, Store, Txn, ViewSpace};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -64,6 +64,9 @@ pub struct SnapshotRec {
     pub created: i64,
     #[serde(default)]
     pub holds: BTreeSet<String>,
+    /// What the head held at the cut; a snapshot never changes.
+    #[serde(default)]
+    pub space: ViewSpace,
 }
 
 /// What a mounted view reads: its lineage at an epoch, then its ancestors.
@@ -77,6 +80,8 @@ pub struct ViewSpec {
     pub pins: BTreeSet<u64>,
     pub block_size: u32,
     pub read_only: bool,
+    /// A snapshot's figures (a head's live ones are in the store).
+    pub frozen: Option<ViewSpace>,
 }
 
 fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>> {
@@ -258,15 +263,15 @@ impl Catalog {
     /// Like `view`, for a volume record in hand.
     pub fn view_of(store: &Store, v: &VolumeRec, snap: Option<&str>, read_only: bool) -> Result<ViewSpec> {
         let vol = v.name.as_str();
-        let (lineage, epoch, name) = match snap {
+        let (lineage, epoch, name, frozen) = match snap {
             Some(s) => {
                 let sr = Self::snapshot(store, v, s)?;
-                (sr.lineage, sr.epoch, format!("{vol}@{s}"))
+                (sr.lineage, sr.epoch, format!("{vol}@{s}"), Some(sr.space))
             }
             None => {
                 let l = Self::lineage(store, v.lineage)?;
                 let head = l.head.ok_or_else(|| Error::Corrupt(format!("volume {vol} has no head")))?;
-                (v.lineage, head, vol.to_string())
+                (v.lineage, head, vol.to_string(), None)
             }
         };
         let lrec = Self::lineage(store, lineage)?;
@@ -279,6 +284,7 @@ impl Catalog {
             pins: lrec.pins.keys().copied().collect(),
             block_size: v.block_size,
             read_only: read_only || snap.is_some(),
+            frozen,
         })
     }
 
@@ -393,6 +399,7 @@ impl Catalog {
             epoch: cut.epoch,
             created: now(),
             holds: BTreeSet::new(),
+            space: store.view_space(v.lineage),
         };
         Self::put_snapshot(store, &mut t, &s)?;
         store.commit(t, true)?;
@@ -418,18 +425,18 @@ impl Catalog {
         let v = Self::get(store, &vol)?;
         Self::name_free(store, new)?;
         let mut t = store.txn();
-        let (parent, cut, origin) = match &snap {
+        let (parent, cut, origin, space) = match &snap {
             Some(s) => {
                 let sr = Self::snapshot(store, &v, s)?;
                 let mut l = Self::lineage(store, sr.lineage)?;
                 *l.pins.entry(sr.epoch).or_default() += 1;
                 Self::put_lineage(store, &mut t, &l)?;
-                ((sr.lineage, sr.epoch), None, format!("{vol}@{s}"))
+                ((sr.lineage, sr.epoch), None, format!("{vol}@{s}"), sr.space)
             }
             None => {
                 let cut = Self::stage_cut(store, &mut t, &v)?;
                 let origin = format!("{vol} (live, epoch {})", cut.epoch);
-                ((cut.lineage, cut.epoch), Some(cut), origin)
+                ((cut.lineage, cut.epoch), Some(cut), origin, store.view_space(v.lineage))
             }
         };
         let id = Self::next_id(store, &mut t, 2)?;
@@ -442,6 +449,7 @@ impl Catalog {
             origin: Some(origin),
         };
         let lin = LineageRec { id: id + 1, parent: Some(parent), head: Some(1), pins: BTreeMap::new(), block_size: v.block_size };
+        t.set_view_space(lin.id, space);
         t.put(store, cf::CATALOG, &keys::catalog::name(new.as_bytes()), &id.to_le_bytes())?;
         Self::put_volume(store, &mut t, &rec)?;
         Self::put_lineage(store, &mut t, &lin)?;
@@ -477,6 +485,7 @@ impl Catalog {
             Self::put_lineage(store, &mut t, &old)?;
         }
         t.put(store, cf::CATALOG, &keys::catalog::gc(old.id, HEAD_GONE), &[])?;
+        t.set_view_space(lin.id, sr.space);
         Self::put_lineage(store, &mut t, &lin)?;
         v.lineage = id;
         Self::put_volume(store, &mut t, &v)?;
