@@ -8,7 +8,7 @@ use crate::fs::live::Live;
 use crate::fs::snapdir::SnapDir;
 use crate::fs::{DirtyBudget, Volume};
 use crate::store::{Store, FORMAT_VERSION};
-use crate::volume::{fsck, gc, parse_target, Catalog};
+use crate::volume::{fsck, gc, parse_target, Catalog, HEAD_GONE};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use fuser::{BackgroundSession, Config, MountOption, Session, SessionACL};
 use serde_json::{json, Value};
@@ -323,13 +323,23 @@ impl Daemon {
     }
 
     fn list(&self) -> Result<Vec<VolumeInfo>> {
+        // (volume, snapshot, mountpoint, read-only) of every mount, taken before the catalog
+        // lock: snapshot and clone take the mount table first.
+        let mounts: Vec<(u64, Option<String>, PathBuf, bool)> = lock(&self.mounts)?
+            .iter()
+            .map(|m| (m.volume, m.snapshot.clone(), m.dir.clone(), m.live.get().read_only))
+            .collect();
+        // The catalog stays as it is while UNIQUE is worked out from it.
+        let _g = self.catalog.guard()?;
         let space = self.store.space();
-        let mounts = lock(&self.mounts)?;
         let mut out = Vec::new();
         for v in Catalog::list(&self.store)? {
-            let s = space.lineages.get(&v.lineage).copied().unwrap_or_default();
+            let snaps = Catalog::snapshots(&self.store, v.id)?;
+            let mut removals: Vec<(u64, u64)> = snaps.iter().map(|s| (s.lineage, s.epoch)).collect();
+            removals.push((v.lineage, HEAD_GONE));
+            let unique = gc::freed_by(&self.store, &removals)?;
             let vs = space.views.get(&v.lineage).copied().unwrap_or_default();
-            let m = mounts.iter().find(|m| m.volume == v.id && m.snapshot.is_none());
+            let m = mounts.iter().find(|m| m.0 == v.id && m.1.is_none());
             out.push(VolumeInfo {
                 name: v.name.clone(),
                 kind: "volume".into(),
@@ -337,15 +347,15 @@ impl Daemon {
                 holds: Vec::new(),
                 logical: vs.logical,
                 referenced: vs.referenced,
-                unique: s.unique,
+                unique,
                 block_size: v.block_size,
                 created: v.created,
-                mountpoint: m.map(|m| m.dir.clone()),
-                read_only: m.map(|m| m.live.get().read_only).unwrap_or(false),
+                mountpoint: m.map(|m| m.2.clone()),
+                read_only: m.map(|m| m.3).unwrap_or(false),
             });
-            for sn in Catalog::snapshots(&self.store, v.id)? {
-                let m = mounts.iter().find(|m| m.volume == v.id && m.snapshot.as_deref() == Some(sn.name.as_str()));
-                let freed = gc::freed_by_unpin(&self.store, sn.lineage, sn.epoch)?;
+            for sn in snaps {
+                let m = mounts.iter().find(|m| m.0 == v.id && m.1.as_deref() == Some(sn.name.as_str()));
+                let unique = gc::freed_by(&self.store, &[(sn.lineage, sn.epoch)])?;
                 out.push(VolumeInfo {
                     name: format!("{}@{}", v.name, sn.name),
                     kind: "snapshot".into(),
@@ -353,10 +363,10 @@ impl Daemon {
                     holds: sn.holds.iter().cloned().collect(),
                     logical: sn.space.logical,
                     referenced: sn.space.referenced,
-                    unique: freed.unique,
+                    unique,
                     block_size: v.block_size,
                     created: sn.created,
-                    mountpoint: m.map(|m| m.dir.clone()),
+                    mountpoint: m.map(|m| m.2.clone()),
                     read_only: true,
                 });
             }

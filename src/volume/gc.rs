@@ -174,72 +174,102 @@ fn purge(store: &Store, cat: &Catalog, lineage: u64) -> Result<()> {
     Ok(())
 }
 
-/// What destroying the pin `epoch` of `lineage` would free, without changing anything:
-/// logical (references dropped), referenced (distinct blocks they name) and unique (blocks
-/// whose every reference goes: the bytes that leave the store). Cost is proportional to the
-/// versions born since the previous pin, not to the volume's size.
-pub fn freed_by_unpin(store: &Store, lineage: u64, epoch: u64) -> Result<crate::store::LineageSpace> {
-    use std::collections::HashMap;
-    let out = crate::store::LineageSpace::default();
-    let lrec = Catalog::lineage(store, lineage)?;
-    let mut pins = lrec.pins.clone();
-    match pins.get_mut(&epoch) {
-        Some(c) if *c > 1 => return Ok(out),
-        Some(_) => {
-            pins.remove(&epoch);
+/// The bytes that would leave the store if one count of each pin in `removals` went away
+/// (`HEAD_GONE` as the epoch removes a lineage's head), after GC and the cascades it sets off:
+/// the blocks whose every reference is a version nobody would see any more. Nothing changes.
+///
+/// Cost: a lineage that would go whole is counted by its counters when it is the only one
+/// (blocks only it names); every other freed version is enumerated, from the births after
+/// the last pin that stays below what goes. So a snapshot costs the versions it alone keeps,
+/// a volume nothing else reads costs O(1), and a volume that clones still read costs a pass
+/// over its versions.
+pub fn freed_by(store: &Store, removals: &[(u64, u64)]) -> Result<u64> {
+    use std::collections::{BTreeMap, BTreeSet, HashMap};
+    let mut orig: BTreeMap<u64, LineageRec> = BTreeMap::new();
+    let mut now: BTreeMap<u64, LineageRec> = BTreeMap::new();
+    let load = |l: u64, orig: &mut BTreeMap<u64, LineageRec>, now: &mut BTreeMap<u64, LineageRec>| -> Result<()> {
+        if !orig.contains_key(&l) {
+            let r = Catalog::lineage(store, l)?;
+            orig.insert(l, r.clone());
+            now.insert(l, r);
         }
-        None => return Ok(out),
+        Ok(())
+    };
+    let unpin = |r: &mut LineageRec, e: u64| {
+        if let Some(c) = r.pins.get_mut(&e) {
+            *c -= 1;
+            if *c == 0 {
+                r.pins.remove(&e);
+            }
+        }
+    };
+    for (l, e) in removals {
+        load(*l, &mut orig, &mut now)?;
+        let r = now.get_mut(l).expect("loaded");
+        if *e == HEAD_GONE {
+            r.head = None;
+        } else {
+            unpin(r, *e);
+        }
     }
-    if lrec.head.is_none() && pins.is_empty() && lrec.parent.is_none() {
-        // The whole lineage would go; count every data version it holds.
-        let mut per_block: HashMap<[u8; 16], u64> = HashMap::new();
-        store.scan(cf::EXTENTS, &keys::lineage_prefix(lineage), |_, v| {
+    // Lineages left with neither head nor pins go whole and unpin their parents.
+    let mut whole: BTreeSet<u64> = BTreeSet::new();
+    loop {
+        let next = now.values().find(|r| r.head.is_none() && r.pins.is_empty() && !whole.contains(&r.id)).map(|r| (r.id, r.parent));
+        let Some((l, parent)) = next else { break };
+        whole.insert(l);
+        if let Some((p, e)) = parent {
+            load(p, &mut orig, &mut now)?;
+            unpin(now.get_mut(&p).expect("loaded"), e);
+        }
+    }
+    let space = store.space();
+    let logical = |l: &u64| space.lineages.get(l).map(|s| s.logical).unwrap_or(0);
+    let counted = whole.iter().copied().max_by_key(|l| (logical(l), *l));
+    let mut per_block: HashMap<[u8; 16], HashMap<u64, u64>> = HashMap::new();
+    for l in whole.iter().filter(|l| Some(**l) != counted) {
+        store.scan(cf::EXTENTS, &keys::lineage_prefix(*l), |_, v| {
             if let Some(h) = decode_extent(v)? {
-                *per_block.entry(h).or_default() += 1;
+                *per_block.entry(h).or_default().entry(*l).or_default() += 1;
             }
             Ok(true)
         })?;
-        return tally(store, per_block);
     }
-    let lo = pins.range(..epoch).next_back().map(|(e, _)| *e).unwrap_or(0);
-    let mut per_block: HashMap<[u8; 16], u64> = HashMap::new();
     let tag = cf::tag(cf::EXTENTS);
-    store.scan_from(cf::BIRTHS, &lineage.to_be_bytes(), &keys::births_from(lineage, lo + 1), |k, _| {
-        let (_, b, t, rest) = keys::split_birth(k);
-        if b > epoch {
-            return Ok(false);
+    for (l, after) in now.iter().filter(|(l, _)| !whole.contains(l)) {
+        let before = &orig[l];
+        let mut gone: Vec<u64> = before.pins.keys().filter(|e| !after.pins.contains_key(e)).copied().collect();
+        if before.head.is_some() && after.head.is_none() {
+            gone.push(HEAD_GONE);
         }
-        if t != tag {
-            return Ok(true);
-        }
-        let ident = [&lineage.to_be_bytes()[..], rest].concat();
-        let versions = versions_of(store, cf::EXTENTS, &ident)?;
-        if let Some(pos) = versions.iter().position(|(e, _)| *e == b) {
-            let d = if pos == 0 { None } else { Some(versions[pos - 1].0) };
-            let seen_now = b <= epoch && d.map(|d| epoch < d).unwrap_or(true);
-            if seen_now && !seen(&pins, lrec.head.is_some(), b, d) {
-                if let Some(h) = decode_extent(&versions[pos].1)? {
-                    *per_block.entry(h).or_default() += 1;
+        let Some(first) = gone.iter().min().copied() else { continue };
+        let lo = after.pins.range(..first).next_back().map(|(e, _)| *e + 1).unwrap_or(0);
+        store.scan_from(cf::BIRTHS, &l.to_be_bytes(), &keys::births_from(*l, lo), |k, _| {
+            let (_, b, t, rest) = keys::split_birth(k);
+            if t != tag {
+                return Ok(true);
+            }
+            let ident = [&l.to_be_bytes()[..], rest].concat();
+            let versions = versions_of(store, cf::EXTENTS, &ident)?;
+            if let Some(pos) = versions.iter().position(|(e, _)| *e == b) {
+                let d = if pos == 0 { None } else { Some(versions[pos - 1].0) };
+                if seen(&before.pins, before.head.is_some(), b, d) && !seen(&after.pins, after.head.is_some(), b, d) {
+                    if let Some(h) = decode_extent(&versions[pos].1)? {
+                        *per_block.entry(h).or_default().entry(*l).or_default() += 1;
+                    }
                 }
             }
-        }
-        Ok(true)
-    })?;
-    tally(store, per_block)
-}
-
-fn tally(store: &Store, per_block: std::collections::HashMap<[u8; 16], u64>) -> Result<crate::store::LineageSpace> {
-    let mut out = crate::store::LineageSpace::default();
-    for (h, n) in per_block {
+            Ok(true)
+        })?;
+    }
+    let mut unique = counted.and_then(|l| space.lineages.get(&l)).map(|s| s.unique).unwrap_or(0);
+    for (h, freed) in per_block {
         if let Some(v) = store.get(cf::REFS, &h)? {
             let r = crate::store::records::RefRec::decode(&v)?;
-            let size = r.size as u64;
-            out.logical += n * size;
-            out.referenced += size;
-            if r.total() == n {
-                out.unique += size;
+            if r.owners.iter().all(|(o, n)| Some(*o) == counted || freed.get(o) == Some(n)) {
+                unique += r.size as u64;
             }
         }
     }
-    Ok(out)
+    Ok(unique)
 }

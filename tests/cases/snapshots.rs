@@ -512,10 +512,17 @@ fn random_history(seed: u64) {
     for (_, m) in vols.clone() {
         d.unmount(&m);
     }
-    for (name, _) in vols.iter().rev() {
-        d.ok(&["destroy", name]);
+    // Volumes go in a random order, origins before their clones too; each frees its UNIQUE.
+    while !vols.is_empty() {
+        let (name, _) = vols.remove(rnd(vols.len() as u64) as usize);
+        let list = d.json(&["list", "--json"]);
+        let unique = list.as_array().unwrap().iter().find(|r| r["name"] == name.as_str()).unwrap()["unique"].as_u64().unwrap();
+        let before = d.physical();
+        eprintln!("destroy {name}");
+        d.ok(&["destroy", &name]);
+        d.ok(&["gc"]);
+        assert_eq!(before - d.physical(), unique, "destroying volume {name} freed a different amount than its UNIQUE");
     }
-    d.ok(&["gc"]);
     d.fsck_clean();
     assert_eq!(d.physical(), 0);
 }
