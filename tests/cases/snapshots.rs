@@ -414,9 +414,21 @@ fn random_histories_keep_exact_accounting() {
 
 /// LOGICAL and REFERENCED in `list` of every mounted volume and of its snapshots (read
 /// through `.snapshots`) equal a recount of what a reader sees there.
+/// And LOGICAL, REFERENCED and UNIQUE of every volume and snapshot equal fsck's brute-force
+/// recount over the whole store.
 fn check_view_figures(d: &Daemon, vols: &[(String, std::path::PathBuf)], snaps: &[String], step: u64) {
     let list = d.json(&["list", "--json"]);
     let row = |name: &str| list.as_array().unwrap().iter().find(|r| r["name"] == name).unwrap().clone();
+    let fsck = d.json(&["fsck", "--json"]);
+    assert_eq!(fsck["errors"].as_array().unwrap().len(), 0, "step {step}: {fsck}");
+    let recounted = fsck["views"].as_array().unwrap();
+    assert_eq!(recounted.len(), list.as_array().unwrap().len());
+    for v in recounted {
+        let r = row(v["name"].as_str().unwrap());
+        for f in ["logical", "referenced", "unique"] {
+            assert_eq!(r[f], v[f], "step {step}: {}: list {f} differs from fsck's recount", v["name"]);
+        }
+    }
     let mut views: Vec<(String, std::path::PathBuf)> = vols.to_vec();
     for s in snaps {
         let (v, sn) = s.split_once('@').unwrap();
@@ -525,4 +537,53 @@ fn random_history(seed: u64) {
     }
     d.fsck_clean();
     assert_eq!(d.physical(), 0);
+}
+
+#[test]
+fn clone_and_snapshot_figures_count_what_they_can_read() {
+    let mut d = Daemon::start();
+    let v = d.volume("v");
+    fs::write(v.join("a"), pattern(1, 1 << 20)).unwrap();
+    fs::write(v.join("b"), pattern(2, 1 << 20)).unwrap();
+    // A copy dedups inside the volume: LOGICAL counts it, REFERENCED does not.
+    fs::write(v.join("c"), pattern(1, 1 << 20)).unwrap();
+    d.ok(&["snapshot", "v@s"]);
+    d.ok(&["clone", "v@s", "k"]);
+    let k = d.mount("k");
+    let list = d.json(&["list", "--json"]);
+    let row = |l: &serde_json::Value, n: &str| -> (u64, u64, u64) {
+        let r = l.as_array().unwrap().iter().find(|r| r["name"] == n).unwrap();
+        (r["logical"].as_u64().unwrap(), r["referenced"].as_u64().unwrap(), r["unique"].as_u64().unwrap())
+    };
+    let (vl, vr, vu) = row(&list, "v");
+    assert!(vr > (2 << 20) - 128 && vr <= 2 << 20 && vl > (3 << 20) - 192 && vl <= 3 << 20, "{list}");
+    // The snapshot and the fresh clone read exactly what the volume reads; nothing is
+    // unique to any of them while the others still read it.
+    assert_eq!(row(&list, "v@s"), (vl, vr, 0));
+    assert_eq!(row(&list, "k"), (vl, vr, 0));
+    assert_eq!(vu, 0);
+    // The clone rewrites b: it still reads 2 MiB, 1 MiB of it its own.
+    fs::write(k.join("b"), pattern(5, 1 << 20)).unwrap();
+    File::open(k.join("b")).unwrap().sync_all().unwrap();
+    let list = d.json(&["list", "--json"]);
+    let (kl, kr, ku) = row(&list, "k");
+    assert!(ku > (1 << 20) - 64 && ku <= 1 << 20, "{list}");
+    assert!(kr > (2 << 20) - 128 && kr <= 2 << 20 && kl > (3 << 20) - 192, "{list}");
+    assert_eq!(row(&list, "v"), (vl, vr, 0));
+    // df on the clone shows what it references.
+    let df = std::process::Command::new("df").args(["-B1", "--output=used"]).arg(&k).output().unwrap();
+    let used: u64 = String::from_utf8_lossy(&df.stdout).lines().nth(1).unwrap().trim().parse().unwrap();
+    assert!(used.abs_diff(kr) < 8192, "df used {used}, referenced {kr}");
+    // Destroying the origin while the clone lives frees nothing the clone's pin keeps, which
+    // is what its UNIQUE said; the clone then frees everything.
+    d.unmount(&v);
+    let before = d.physical();
+    d.ok(&["destroy", "v"]);
+    d.ok(&["gc"]);
+    assert_eq!(before, d.physical());
+    let list = d.json(&["list", "--json"]);
+    let (_, _, ku) = row(&list, "k");
+    assert_eq!(ku, d.physical(), "{list}");
+    assert_eq!(fs::read(k.join("a")).unwrap(), pattern(1, 1 << 20));
+    d.fsck_clean();
 }
