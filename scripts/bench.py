@@ -232,6 +232,12 @@ def snapshot_bench():
         cli(env, "compact")
         st = json.loads(cli(env, "status", "--json"))
         du = int(sh(f"du -sb {store}").split()[0])
+        kinds = {}
+        for root, _, files in os.walk(store):
+            for f in files:
+                ext = f.rsplit(".", 1)[-1] if "." in f and f.split(".")[-1] in ("blob", "sst", "log") else "other"
+                kinds[ext] = kinds.get(ext, 0) + os.path.getsize(os.path.join(root, f))
+        parts = ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in sorted(kinds.items()))
     finally:
         subprocess.run([BIN, "shutdown"], env=env, capture_output=True)
         shutil.rmtree(base, ignore_errors=True)
@@ -252,7 +258,7 @@ def snapshot_bench():
     lines.append(f"GC: freed {freed / 2**20:.0f} MiB in {gc_s:.2f} s ({freed / 2**20 / max(gc_s, 1e-6):.0f} MiB/s, CLI included).")
     lines.append("")
     lines.append(f"10 clones of a {vol_gib:g} GiB volume, each changing 1% of its 16 KiB blocks: physical "
-                 f"{st['physical'] / 2**30:.3f} GiB, `du -sb` of the store {du / 2**30:.3f} GiB (target ≤ {1.15 * vol_gib:.2f} GiB; copies would take {11 * vol_gib:g} GiB).")
+                 f"{st['physical'] / 2**30:.3f} GiB, `du -sb` of the store {du / 2**30:.3f} GiB (target ≤ {1.15 * vol_gib:.2f} GiB; copies would take {11 * vol_gib:g} GiB); by file kind: {parts}.")
     for n in notes:
         lines.append(f"\n({n})")
     return "\n".join(lines)
