@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 /// FUSE worker threads per mount: enough that an fsync does not stall readers.
 const FUSE_THREADS: usize = 4;
+/// Dirty pages the kernel may hold for one writeback mount.
+const WRITEBACK_DIRTY_MAX: u64 = 512 << 20;
 const FLUSH_TICK: Duration = Duration::from_millis(500);
 const GC_TICK: Duration = Duration::from_secs(5);
 
@@ -31,6 +33,8 @@ struct Mounted {
     snapshot: Option<String>,
     target: String,
     dir: PathBuf,
+    /// Mounted with the kernel's writeback cache: dirty pages may sit in the kernel.
+    writeback: bool,
     session: Option<BackgroundSession>,
 }
 
@@ -154,7 +158,7 @@ impl Daemon {
                 Ok(json!({"name": v.name, "block_size": v.block_size}))
             }
             Request::List => Ok(serde_json::to_value(self.list()?)?),
-            Request::Mount { name, dir, read_only } => self.mount(&name, &dir, read_only),
+            Request::Mount { name, dir, read_only, writeback } => self.mount(&name, &dir, read_only, writeback),
             Request::Unmount { dir } => self.unmount(&dir),
             Request::Destroy { name } => self.destroy(&name),
             Request::Rename { old, new } => {
@@ -194,9 +198,19 @@ impl Daemon {
         }
     }
 
-    /// The mounted head of volume `id`, if any.
+    /// The mounted head of volume `id`, if any. With the writeback cache, the pages the kernel
+    /// holds for it are written back first, so the caller's cut holds every write that
+    /// returned before it was asked for.
     fn head_of(&self, id: u64) -> Result<Option<Arc<Live>>> {
-        Ok(lock(&self.mounts)?.iter().find(|m| m.volume == id && m.snapshot.is_none()).map(|m| m.live.clone()))
+        let head = lock(&self.mounts)?
+            .iter()
+            .find(|m| m.volume == id && m.snapshot.is_none())
+            .map(|m| (m.live.clone(), m.writeback.then(|| m.dir.clone())));
+        let Some((live, writeback)) = head else { return Ok(None) };
+        if let Some(dir) = writeback {
+            crate::sys::syncfs(&dir)?;
+        }
+        Ok(Some(live))
     }
 
     fn snapshot(&self, name: &str) -> Result<Value> {
@@ -302,8 +316,12 @@ impl Daemon {
     }
 
     fn flush_mounted(&self) -> Result<()> {
-        let lives: Vec<Arc<Live>> = lock(&self.mounts)?.iter().map(|m| m.live.clone()).collect();
-        for l in lives {
+        let lives: Vec<(Arc<Live>, Option<PathBuf>)> =
+            lock(&self.mounts)?.iter().map(|m| (m.live.clone(), m.writeback.then(|| m.dir.clone()))).collect();
+        for (l, writeback) in lives {
+            if let Some(dir) = writeback {
+                crate::sys::syncfs(&dir)?;
+            }
             l.get().flush_all()?;
         }
         Ok(())
@@ -398,7 +416,7 @@ impl Daemon {
         })
     }
 
-    fn mount(&self, name: &str, dir: &Path, read_only: bool) -> Result<Value> {
+    fn mount(&self, name: &str, dir: &Path, read_only: bool, writeback: bool) -> Result<Value> {
         let (vol, snap) = parse_target(name)?;
         let spec = Catalog::view(&self.store, &vol, snap.as_deref(), read_only)?;
         if !dir.is_absolute() {
@@ -418,6 +436,7 @@ impl Daemon {
         }
         let bs = spec.block_size as u64;
         let ro = spec.read_only;
+        let writeback = writeback && !ro;
         let volume = spec.volume;
         let live = Arc::new(Live::new(Volume::open(self.store.clone(), spec, self.budget.clone())?));
         let mut config = Config::default();
@@ -436,12 +455,24 @@ impl Daemon {
         config.clone_fd = true;
         let started = Instant::now();
         let snaps = if snap.is_none() { Some(Arc::new(SnapDir::new(self.store.clone(), volume, self.budget.clone()))) } else { None };
-        let session = Session::new(FuseFs::new(live.clone(), bs, snaps.clone()), &dir, &config)
+        let session = Session::new(FuseFs::new(live.clone(), bs, snaps.clone(), writeback), &dir, &config)
             .and_then(|s| s.spawn())
             .map_err(|e| Error::Invalid(format!("cannot mount {name:?} at {}: {e}", dir.display())))?;
         live.set_notifier(session.notifier());
+        if writeback {
+            tune_writeback(&dir);
+        }
         log::info!("mounted {name} at {} in {:?}", dir.display(), started.elapsed());
-        mounts.push(Mounted { live, snaps, volume, snapshot: snap, target: name.to_string(), dir: dir.clone(), session: Some(session) });
+        mounts.push(Mounted {
+            live,
+            snaps,
+            volume,
+            snapshot: snap,
+            target: name.to_string(),
+            dir: dir.clone(),
+            writeback,
+            session: Some(session),
+        });
         Ok(json!({"mountpoint": dir}))
     }
 
@@ -509,6 +540,22 @@ fn finish_session(m: &mut Mounted) {
         } else {
             log::warn!("session of {} did not end; leaving it", m.dir.display());
             std::mem::forget(s);
+        }
+    }
+}
+
+/// Lets the kernel hold more dirty pages for a writeback mount than the 1% a FUSE connection
+/// gets by default, which throttles writers long before the daemon is busy. `strict_limit`
+/// stays on, so the mount's dirty pages stay bounded by `max_bytes` (what a snapshot or fsync
+/// may have to write back first).
+fn tune_writeback(dir: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(dev) = std::fs::metadata(dir).map(|m| m.dev()) else { return };
+    let (major, minor) = (((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff), (dev & 0xff) | ((dev >> 12) & !0xff));
+    let bdi = PathBuf::from(format!("/sys/class/bdi/{major}:{minor}"));
+    for (knob, value) in [("max_bytes", WRITEBACK_DIRTY_MAX.to_string()), ("read_ahead_kb", "1024".to_string())] {
+        if let Err(e) = std::fs::write(bdi.join(knob), &value) {
+            log::warn!("{}: cannot set {knob} to {value}: {e}", bdi.display());
         }
     }
 }

@@ -97,6 +97,17 @@ pub fn raise_term() {
 }
 
 /// Unmounts `dir`; with `lazy`, detaches it even while busy.
+/// Writes back every dirty page the kernel holds for the filesystem mounted at `dir`.
+pub fn syncfs(dir: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(dir)?;
+    let r = unsafe { libc::syncfs(f.as_raw_fd()) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 pub fn umount(dir: &Path, lazy: bool) -> io::Result<()> {
     let c = CString::new(dir.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     let flags = if lazy { libc::MNT_DETACH } else { 0 };

@@ -137,6 +137,21 @@ fn attributes_times_permissions_and_xattrs() {
 fn data_truncate_sparse_punch_append_mmap_locks() {
     let mut d = Daemon::start();
     let m = d.volume("v");
+    data_ops(&m);
+    d.fsck_clean();
+}
+
+#[test]
+fn data_ops_with_the_writeback_cache() {
+    // The same operations with the kernel caching writes (`mount --writeback`).
+    let mut d = Daemon::start();
+    d.ok(&["create", "v", "--block-size", "64K"]);
+    let m = d.mount_with("v", &["--writeback"]);
+    data_ops(&m);
+    d.fsck_clean();
+}
+
+fn data_ops(m: &Path) {
     let p = m.join("f");
     // Random writes against an in-memory model, unaligned across block boundaries.
     let mut model = vec![0u8; 0];
@@ -238,6 +253,49 @@ fn data_truncate_sparse_punch_append_mmap_locks() {
     assert_eq!(back, pattern(9, 300_000));
     drop(o);
     drop((f, s, g, h, l1, l2, a1, a2));
+}
+
+#[test]
+fn writeback_mounts_keep_times_snapshots_and_fsynced_data() {
+    let mut d = Daemon::start();
+    d.ok(&["create", "v"]);
+    let m = d.mount_with("v", &["--writeback"]);
+    // Partial writes through a write-only handle: the kernel reads the rest of each page.
+    fs::write(m.join("f"), pattern(1, 100_000)).unwrap();
+    let mut want = pattern(1, 100_000);
+    let f = OpenOptions::new().write(true).open(m.join("f")).unwrap();
+    for (i, off) in [5u64, 4095, 40_000, 99_990].into_iter().enumerate() {
+        let data = pattern(10 + i as u64, 7);
+        f.write_all_at(&data, off).unwrap();
+        want[off as usize..off as usize + 7].copy_from_slice(&data);
+    }
+    // Size and mtime move with cached writes.
+    let before = fs::metadata(m.join("f")).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    f.write_all_at(b"tail", 200_000).unwrap();
+    want.resize(200_004, 0);
+    want[200_000..].copy_from_slice(b"tail");
+    let after = fs::metadata(m.join("f")).unwrap();
+    assert_eq!(after.len(), 200_004);
+    assert!(after.mtime_nsec() != before.mtime_nsec() || after.mtime() != before.mtime());
+    // A snapshot holds every write that returned before it was taken, though not fsync'd.
+    d.ok(&["snapshot", "v@s"]);
+    assert_eq!(fs::read(m.join(".snapshots/s/f")).unwrap(), want);
+    f.sync_all().unwrap();
+    drop(f);
+    // Times survive the round trip to the daemon.
+    let mtime = fs::metadata(m.join("f")).unwrap().mtime();
+    // fsync'd data survives kill -9 of the daemon.
+    let g = File::create(m.join("g")).unwrap();
+    (&g).write_all(&pattern(3, 300_000)).unwrap();
+    g.sync_all().unwrap();
+    d.kill9();
+    drop(g);
+    d.restart();
+    let m = d.mount_with("v", &["--writeback"]);
+    assert_eq!(fs::read(m.join("g")).unwrap(), pattern(3, 300_000));
+    assert_eq!(fs::read(m.join("f")).unwrap(), want);
+    assert_eq!(fs::metadata(m.join("f")).unwrap().mtime(), mtime);
     d.fsck_clean();
 }
 

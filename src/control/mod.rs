@@ -16,7 +16,14 @@ pub enum Request {
     Create { name: String, block_size: u32, uid: u32, gid: u32 },
     List,
     /// `name` is `VOL` or `VOL@SNAP` (read-only).
-    Mount { name: String, dir: PathBuf, read_only: bool },
+    Mount {
+        name: String,
+        dir: PathBuf,
+        read_only: bool,
+        /// Let the kernel cache writes (FUSE writeback cache).
+        #[serde(default)]
+        writeback: bool,
+    },
     Unmount { dir: PathBuf },
     /// `name` is `VOL` or `VOL@SNAP`.
     Destroy { name: String },

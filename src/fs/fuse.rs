@@ -39,11 +39,13 @@ pub struct FuseFs {
     /// Listings of `.snapshots` by handle.
     lists: Mutex<HashMap<u64, Arc<Vec<DirItem>>>>,
     next_list: AtomicU64,
+    /// The kernel caches writes and sends them back in pages (`mount --writeback`).
+    writeback: bool,
 }
 
 impl FuseFs {
-    pub fn new(live: Arc<Live>, bs: u64, snaps: Option<Arc<SnapDir>>) -> FuseFs {
-        FuseFs { live, bs, snaps, lists: Mutex::new(HashMap::new()), next_list: AtomicU64::new(1) }
+    pub fn new(live: Arc<Live>, bs: u64, snaps: Option<Arc<SnapDir>>, writeback: bool) -> FuseFs {
+        FuseFs { live, bs, snaps, lists: Mutex::new(HashMap::new()), next_list: AtomicU64::new(1), writeback }
     }
 }
 
@@ -225,6 +227,11 @@ impl Filesystem for FuseFs {
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        if self.writeback {
+            if let Err(missing) = config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE) {
+                log::warn!("the kernel does not offer {missing:?}; writes are not cached");
+            }
+        }
         Ok(())
     }
 

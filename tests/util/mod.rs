@@ -111,9 +111,16 @@ impl Daemon {
     }
 
     pub fn mount(&mut self, name: &str) -> PathBuf {
+        self.mount_with(name, &[])
+    }
+
+    /// Mounts with extra `clonefs mount` options (`--writeback`).
+    pub fn mount_with(&mut self, name: &str, opts: &[&str]) -> PathBuf {
         let dir = self.tmp.path().join(format!("mnt-{name}"));
         std::fs::create_dir_all(&dir).expect("mkdir");
-        self.ok(&["mount", name, dir.to_str().expect("utf8")]);
+        let mut args = vec!["mount", name, dir.to_str().expect("utf8")];
+        args.extend_from_slice(opts);
+        self.ok(&args);
         self.mounts.push(dir.clone());
         dir
     }
