@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Real suites against real mounts. Each suite gets a fresh volume on one temporary store;
 # everything started here is stopped and unmounted on exit, even on failure.
-#   scripts/suites/run.sh [fsx|pjdfstest|postgres|fio ...]
+#   scripts/suites/run.sh [fsx|pjdfstest|postgres|fio|fsx-writeback|pjdfstest-writeback ...]
+# The -writeback suites mount with `--writeback` (the kernel caches writes).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/env.sh
 here=$PWD/scripts/suites
 suites=("$@")
-((${#suites[@]})) || suites=(fsx pjdfstest postgres fio)
+((${#suites[@]})) || suites=(fsx pjdfstest postgres fio fsx-writeback pjdfstest-writeback)
+mopts=() # options of the next mountvol
 
 work=$(mktemp -d /tmp/clonefs-suites.XXXXXX)
 chmod 755 "$work"
@@ -30,13 +32,13 @@ trap cleanup EXIT
 mountvol() { # NAME -> prints the mountpoint (runs in a subshell: callers record it in mounts)
   local m=$work/mnt-$1
   mkdir -p "$m"
-  "$B" create "$1" >/dev/null && "$B" mount "$1" "$m" >/dev/null || return 1
+  "$B" create "$1" >/dev/null && "$B" mount "$1" "$m" "${mopts[@]}" >/dev/null || return 1
   chmod 777 "$m"
   echo "$m"
 }
 
 suite_fsx() {
-  local m; m=$(mountvol fsx) || return 1
+  local m; m=$(mountvol "fsx${1:-}") || return 1
   mounts+=("$m")
   for seed in 1 2 3; do
     echo "fsx: seed $seed, 100000 operations (mmap, fallocate, punch hole, copy_file_range on)"
@@ -45,7 +47,7 @@ suite_fsx() {
 }
 
 suite_pjdfstest() {
-  local m; m=$(mountvol pjd) || return 1
+  local m; m=$(mountvol "pjd${1:-}") || return 1
   mounts+=("$m")
   (cd "$m" && timeout 1800 pjdfstest -c "$here/pjdfstest.toml" -p "$m") > "$work/pjd.log" 2>&1
   local rc=$?
@@ -84,6 +86,9 @@ suite_fio() {
     --output-format=terse --terse-version=3) > "$work/fio.log" 2>&1 || { cat "$work/fio.log"; return 1; }
   echo "fio: random 4 KiB writes with crc32c verify: no mismatch"
 }
+
+suite_fsx-writeback() { mopts=(--writeback); suite_fsx -wb; local rc=$?; mopts=(); return $rc; }
+suite_pjdfstest-writeback() { mopts=(--writeback); suite_pjdfstest -wb; local rc=$?; mopts=(); return $rc; }
 
 passed=0; failed=0
 for s in "${suites[@]}"; do
