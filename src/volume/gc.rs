@@ -244,6 +244,30 @@ pub fn freed_by(store: &Store, removals: &[(u64, u64)]) -> Result<u64> {
         }
         let Some(first) = gone.iter().min().copied() else { continue };
         let lo = after.pins.range(..first).next_back().map(|(e, _)| *e + 1).unwrap_or(0);
+        let mut count = |b: u64, d: Option<u64>, v: &[u8]| -> Result<()> {
+            if seen(&before.pins, before.head.is_some(), b, d) && !seen(&after.pins, after.head.is_some(), b, d) {
+                if let Some(h) = decode_extent(v)? {
+                    *per_block.entry(h).or_default().entry(*l).or_default() += 1;
+                }
+            }
+            Ok(())
+        };
+        if lo <= 1 {
+            // From the lineage's start: one pass over its extents (newest version first, so
+            // the previous key of the same identity is the one that superseded this one).
+            let mut prev: Option<(Vec<u8>, u64)> = None;
+            store.scan(cf::EXTENTS, &keys::lineage_prefix(*l), |k, v| {
+                let (ident, b) = keys::split_version(k);
+                let d = match &prev {
+                    Some((i, e)) if i.as_slice() == ident => Some(*e),
+                    _ => None,
+                };
+                count(b, d, v)?;
+                prev = Some((ident.to_vec(), b));
+                Ok(true)
+            })?;
+            continue;
+        }
         store.scan_from(cf::BIRTHS, &l.to_be_bytes(), &keys::births_from(*l, lo), |k, _| {
             let (_, b, t, rest) = keys::split_birth(k);
             if t != tag {
@@ -253,11 +277,7 @@ pub fn freed_by(store: &Store, removals: &[(u64, u64)]) -> Result<u64> {
             let versions = versions_of(store, cf::EXTENTS, &ident)?;
             if let Some(pos) = versions.iter().position(|(e, _)| *e == b) {
                 let d = if pos == 0 { None } else { Some(versions[pos - 1].0) };
-                if seen(&before.pins, before.head.is_some(), b, d) && !seen(&after.pins, after.head.is_some(), b, d) {
-                    if let Some(h) = decode_extent(&versions[pos].1)? {
-                        *per_block.entry(h).or_default().entry(*l).or_default() += 1;
-                    }
-                }
+                count(b, d, &versions[pos].1)?;
             }
             Ok(true)
         })?;
