@@ -101,6 +101,6 @@ for s in "${suites[@]}"; do
 done
 out=$("$B" fsck 2>&1); rc=$?
 echo "$out" | tail -3
-if ((rc == 0)); then passed=$((passed+1)); echo "=== fsck of the suites' store: ok"; else failed=$((failed+1)); echo "=== fsck: FAILED"; fi
+if ((rc == 0)); then passed=$((passed+1)); echo "=== fsck of the suites' store: ok"; else failed=$((failed+1)); echo "=== fsck: FAILED"; tail -20 "$CLONEFS_STORE/clonefs.log"; fi
 echo "suites: $passed passed, $failed failed"
 ((failed == 0))

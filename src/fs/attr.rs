@@ -3,9 +3,10 @@
 use super::table::lock;
 use super::{err, Entry, Volume};
 use crate::error::Result;
-use crate::store::records::{self, Kind, Ts};
+use crate::store::records::{self, InodeRec, Kind, Ts};
 use crate::store::{cf, keys};
 
+#[derive(Clone, Copy, Debug)]
 pub enum TimeSet {
     Now,
     At(Ts),
@@ -21,6 +22,32 @@ pub struct SetAttr {
     pub atime: Option<TimeSet>,
     pub mtime: Option<TimeSet>,
     pub ctime: Option<Ts>,
+}
+
+impl SetAttr {
+    /// Sets mode, owner and times on `rec` (size is the caller's: it changes stored data).
+    fn apply_to(&self, rec: &mut InodeRec, now: Ts) {
+        if let Some(m) = self.mode {
+            rec.perm = m & 0o7777;
+        }
+        if let Some(u) = self.uid {
+            rec.uid = u;
+        }
+        if let Some(g) = self.gid {
+            rec.gid = g;
+        }
+        let pick = |t: TimeSet| match t {
+            TimeSet::Now => now,
+            TimeSet::At(ts) => ts,
+        };
+        if let Some(at) = self.atime {
+            rec.atime = pick(at);
+        }
+        if let Some(mt) = self.mtime {
+            rec.mtime = pick(mt);
+        }
+        rec.ctime = self.ctime.unwrap_or(now);
+    }
 }
 
 pub const XATTR_NAME_MAX: usize = 255;
@@ -41,8 +68,14 @@ impl Volume {
         self.check_writable()?;
         let node = self.node(ino)?;
         let mut n = lock(&node)?;
-        let mut t = self.store.txn();
         let now = Ts::now();
+        if n.purged {
+            // Gone from the store: only the kernel's copy changes (writeback of cached times).
+            a.apply_to(&mut n.rec, now);
+            n.rec.size = a.size.unwrap_or(n.rec.size);
+            return Ok(Entry { ino, rec: n.rec.clone() });
+        }
+        let mut t = self.store.txn();
         let mut delta = 0;
         if let Some(size) = a.size {
             match n.rec.kind {
@@ -60,26 +93,7 @@ impl Volume {
         }
         let mut rec = n.rec.clone();
         rec.blocks = (rec.blocks as i64 + delta).max(0) as u64;
-        if let Some(m) = a.mode {
-            rec.perm = m & 0o7777;
-        }
-        if let Some(u) = a.uid {
-            rec.uid = u;
-        }
-        if let Some(g) = a.gid {
-            rec.gid = g;
-        }
-        let pick = |t: TimeSet| match t {
-            TimeSet::Now => now,
-            TimeSet::At(ts) => ts,
-        };
-        if let Some(at) = a.atime {
-            rec.atime = pick(at);
-        }
-        if let Some(mt) = a.mtime {
-            rec.mtime = pick(mt);
-        }
-        rec.ctime = a.ctime.unwrap_or(now);
+        a.apply_to(&mut rec, now);
         let rec = self.stage_node(&mut t, ino, &n, rec)?;
         self.store.commit(t, false)?;
         self.applied(ino, &mut n, rec.clone());

@@ -408,7 +408,10 @@ impl Filesystem for FuseFs {
     ) {
         match head_only(&[ino.0]).and_then(|_| self.v().write(ino.0, offset, data)) {
             Ok(n) => reply.written(n as u32),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => {
+                log::warn!("write of {} bytes at {offset} to inode {}: {e}", data.len(), ino.0);
+                reply.error(errno(&e))
+            }
         }
     }
 

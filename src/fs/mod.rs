@@ -543,7 +543,8 @@ impl Volume {
         }
     }
 
-    /// Drops an inode's in-memory node and its unsaved blocks after a purge.
+    /// Drops an inode's unsaved blocks after a purge, and its node unless the kernel still
+    /// holds the inode (then the node stays, marked purged, until the kernel forgets it).
     fn forget_node(&self, ino: u64, n: &mut Node) -> Result<()> {
         self.drop_clean(n, 0..u64::MAX);
         if !n.dirty.is_empty() {
@@ -554,6 +555,10 @@ impl Volume {
             }
         }
         n.meta_dirty = false;
+        if n.lookups > 0 {
+            n.purged = true;
+            return Ok(());
+        }
         self.table.remove(ino)
     }
 

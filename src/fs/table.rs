@@ -25,11 +25,14 @@ pub struct Node {
     pub opens: u32,
     /// Kernel lookup count (entries it holds).
     pub lookups: u64,
+    /// Removed from the store while the kernel still holds the inode: it may still send
+    /// times or pages it had cached (writeback cache), which are accepted and dropped.
+    pub purged: bool,
 }
 
 impl Node {
     pub fn new(rec: InodeRec) -> Node {
-        Node { rec, dirty: BTreeMap::new(), dirty_since: None, clean: VecDeque::new(), meta_dirty: false, opens: 0, lookups: 0 }
+        Node { rec, dirty: BTreeMap::new(), dirty_since: None, clean: VecDeque::new(), meta_dirty: false, opens: 0, lookups: 0, purged: false }
     }
     pub fn is_clean(&self) -> bool {
         self.dirty.is_empty() && !self.meta_dirty

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Profiles the clonefs daemon with `perf record -g` while one job runs on a fresh volume, and
+# prints the job's figure and the hottest symbols. For "show what limits it" in
+# docs/benchmarks.md.
+#   tools/profile-daemon.sh seqwrite|randwrite|fsync|stat [--writeback]
+# Needs perf (apt-get install linux-perf) and fio; runs as root. The perf data stays in
+# /tmp/clonefs-profile.JOB.data for `perf report -i`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+job=${1:?usage: tools/profile-daemon.sh seqwrite|randwrite|fsync|stat [--writeback]}
+mopt=${2:-}
+command -v perf >/dev/null || { apt-get update -qq && apt-get install -y -qq linux-perf; }
+command -v fio >/dev/null || { apt-get update -qq && apt-get install -y -qq fio; }
+cargo build -q
+
+work=$(mktemp -d /var/tmp/clonefs-profile.XXXXXX)
+export CLONEFS_STORE=$work/store
+B=$CLONEFS_BIN
+m=$work/m
+mkdir -p "$m"
+cleanup() {
+  timeout 30 "$B" unmount "$m" >/dev/null 2>&1 || fusermount3 -uz "$m" 2>/dev/null || true
+  timeout 30 "$B" shutdown >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+"$B" init >/dev/null
+"$B" daemon >/dev/null
+"$B" create p >/dev/null
+"$B" mount p "$m" $mopt >/dev/null
+pid=$("$B" status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])')
+fiojob() { fio --name=p --filename="$m/f" --ioengine=psync --refill_buffers --output-format=json "$@"; }
+case $job in
+  seqwrite) run() { fiojob --rw=write --bs=1M --size=1024M --end_fsync=1; } ;;
+  randwrite) fiojob --rw=write --bs=1M --size=256M --end_fsync=1 >/dev/null
+    run() { fiojob --rw=randwrite --bs=4k --size=256M --runtime=10 --time_based --end_fsync=1; } ;;
+  fsync) fiojob --rw=write --bs=1M --size=256M --end_fsync=1 >/dev/null
+    run() { fiojob --rw=randwrite --bs=4k --size=256M --runtime=10 --time_based --fsync=1; } ;;
+  stat) python3 - "$m" <<'EOF'
+import os, sys
+for i in range(5000):
+    os.makedirs(f"{sys.argv[1]}/d{i % 20}", exist_ok=True)
+    with open(f"{sys.argv[1]}/d{i % 20}/f{i}", "wb") as f:
+        f.write(os.urandom(4096))
+EOF
+    run() { python3 - "$m" <<'EOF'
+import json, os, sys, time
+names = [f"{sys.argv[1]}/d{i % 20}/f{i}" for i in range(5000)]
+t = time.perf_counter()
+for _ in range(20):
+    for n in names:
+        os.stat(n)
+print(json.dumps({"jobs": [{"stat": {"per_s": 100000 / (time.perf_counter() - t)}}]}))
+EOF
+    } ;;
+  *) echo "unknown job $job" >&2; exit 2 ;;
+esac
+data=/tmp/clonefs-profile.$job.data
+perf record -F 999 -g -p "$pid" -o "$data" >/dev/null 2>&1 &
+perf_pid=$!
+sleep 0.5
+run > "$work/out.json"
+kill -INT $perf_pid; wait $perf_pid || true
+python3 -c "
+import json; j = json.load(open('$work/out.json'))['jobs'][0]
+for k in ('write', 'stat'):
+    if k in j:
+        print('$job$mopt:', {kk: round(v, 1) for kk, v in j[k].items() if kk in ('iops', 'bw', 'per_s')})"
+perf report -i "$data" --no-children --sort symbol --stdio -g none 2>/dev/null | grep '%' | head -25 | cut -c1-120
