@@ -545,7 +545,8 @@ impl Store {
             txn.batch.put_cf(cat, keys::catalog::STORE_STATS, stats);
         }
         if let Some((ctx, deltas)) = txn.view.take() {
-            let vs = self.count_view(&mut txn.batch, &space, &ctx, deltas, &sizes)?;
+            let base = views.get(&ctx.lineage).or(space.views.get(&ctx.lineage)).copied().unwrap_or_default();
+            let vs = self.count_view(&mut txn.batch, base, &ctx, deltas, &sizes)?;
             views.insert(ctx.lineage, vs);
         }
         if !views.is_empty() {
@@ -571,12 +572,11 @@ impl Store {
     fn count_view(
         &self,
         batch: &mut WriteBatch,
-        space: &Space,
+        mut vs: ViewSpace,
         ctx: &ViewCtx,
         deltas: HashMap<Hash, i64>,
         sizes: &HashMap<Hash, u64>,
     ) -> Result<ViewSpace> {
-        let mut vs = space.views.get(&ctx.lineage).copied().unwrap_or_default();
         let counts = self.cf(cf::COUNTS)?;
         let births = self.cf(cf::BIRTHS)?;
         let tag = cf::tag(cf::COUNTS);
@@ -869,6 +869,54 @@ mod tests {
         t.put(&s, cf::CATALOG, b"Zprobe", b"x").unwrap();
         assert!(s.commit(t, false).is_err());
         assert_eq!(s.get(cf::CATALOG, b"Zprobe").unwrap(), None);
+    }
+
+    #[test]
+    fn view_counts_are_versioned_like_extents_and_inherited_by_clones() {
+        let (_d, s) = store();
+        let data = vec![7u8; 4096];
+        let h = s.hash(&data);
+        let ctx = |l: u64, e: u64, parents: Vec<(u64, u64)>, pins: &[u64]| ViewCtx {
+            lineage: l,
+            epoch: e,
+            parents,
+            pins: pins.iter().copied().collect(),
+        };
+        // Two extents of lineage 1 name the block at epoch 1.
+        let mut t = s.txn();
+        t.add_ref(h, 1, data.clone());
+        t.add_ref(h, 1, data.clone());
+        t.view_ref(|| ctx(1, 1, vec![], &[]), h, 2);
+        s.commit(t, false).unwrap();
+        assert_eq!(s.view_space(1), ViewSpace { logical: 8192, referenced: 4096 });
+        // Epoch 1 is pinned and the head writes at 2: one extent goes, the pin still sees two.
+        let mut t = s.txn();
+        t.view_ref(|| ctx(1, 2, vec![], &[1]), h, -1);
+        s.commit(t, false).unwrap();
+        assert_eq!(s.view_space(1), ViewSpace { logical: 4096, referenced: 4096 });
+        let at = |l: u64, e: u64| {
+            s.get_chain(cf::COUNTS, &h, &[(l, e)]).unwrap().map(|f| records::decode_count(&f.value).unwrap())
+        };
+        assert_eq!((at(1, 1), at(1, 2)), (Some(2), Some(1)));
+        // A clone of (1, 1) starts with the pin's figures, reads its counts through the chain
+        // and hides them with an explicit 0 when it drops both extents.
+        let mut t = s.txn();
+        t.set_view_space(2, ViewSpace { logical: 8192, referenced: 4096 });
+        t.view_ref(|| ctx(2, 1, vec![(1, 1)], &[]), h, -2);
+        s.commit(t, false).unwrap();
+        assert_eq!(s.view_space(2), ViewSpace::default());
+        assert_eq!(at(2, 1), Some(0));
+        assert_eq!(at(1, 1), Some(2));
+        // Below zero is refused and changes nothing.
+        let mut t = s.txn();
+        t.view_ref(|| ctx(2, 1, vec![(1, 1)], &[]), h, -1);
+        assert!(s.commit(t, false).is_err());
+        assert_eq!(s.view_space(2), ViewSpace::default());
+        // The figures survive a reopen.
+        let dir = s.dir().to_path_buf();
+        drop(s);
+        let s = Store::open(&dir).unwrap();
+        assert_eq!(s.view_space(1), ViewSpace { logical: 4096, referenced: 4096 });
     }
 
     #[test]
