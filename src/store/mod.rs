@@ -775,6 +775,13 @@ impl Txn {
         Ok(())
     }
 
+    /// Deletes every key that starts with `prefix` (one range tombstone).
+    pub fn delete_prefix(&mut self, store: &Store, cfname: &str, prefix: &[u8]) -> Result<()> {
+        let end = keys::prefix_end(prefix).ok_or_else(|| Error::Invalid("cannot delete an unbounded prefix".into()))?;
+        self.batch.delete_range_cf(store.cf(cfname)?, prefix, &end[..]);
+        Ok(())
+    }
+
     /// Adds one reference from `lineage` to the block `hash`, whose bytes are `data`.
     pub fn add_ref(&mut self, hash: Hash, lineage: u64, data: Vec<u8>) {
         self.refs.push((hash, lineage, 1, Some(data)));

@@ -124,26 +124,32 @@ fn process(store: &Store, cat: &Catalog, lineage: u64, epoch: u64) -> Result<()>
 fn purge(store: &Store, cat: &Catalog, lineage: u64) -> Result<()> {
     log::info!("gc: removing lineage {lineage}");
     let prefix = keys::lineage_prefix(lineage);
-    for cfname in [cf::EXTENTS, cf::XATTRS, cf::DIRENTS, cf::INODES, cf::COUNTS, cf::BIRTHS] {
-        loop {
-            let mut t = store.txn();
-            let mut n = 0;
-            store.scan(cfname, &prefix, |k, v| {
-                if cfname == cf::EXTENTS {
-                    if let Some(h) = decode_extent(v)? {
-                        t.drop_ref(h, lineage);
-                    }
-                }
-                t.delete(store, cfname, k)?;
-                n += 1;
-                Ok(n < BATCH)
-            })?;
-            if n == 0 {
-                break;
+    // Extents one by one (each drops a block reference), then everything else of the
+    // lineage with one range deletion per column family.
+    // Each batch resumes after the last key it deleted, not over the tombstones before it.
+    let mut start = prefix.clone();
+    loop {
+        let mut t = store.txn();
+        let mut n = 0;
+        let mut last = None;
+        store.scan_from(cf::EXTENTS, &prefix, &start, |k, v| {
+            if let Some(h) = decode_extent(v)? {
+                t.drop_ref(h, lineage);
             }
-            store.commit(t, false)?;
-        }
+            t.delete(store, cf::EXTENTS, k)?;
+            n += 1;
+            last = Some([k, &[0u8][..]].concat());
+            Ok(n < BATCH)
+        })?;
+        let Some(next) = last else { break };
+        store.commit(t, false)?;
+        start = next;
     }
+    let mut t = store.txn();
+    for cfname in [cf::XATTRS, cf::DIRENTS, cf::INODES, cf::COUNTS, cf::BIRTHS] {
+        t.delete_prefix(store, cfname, &prefix)?;
+    }
+    store.commit(t, false)?;
     let _g = cat.guard()?;
     let mut t = store.txn();
     let mut stale = Vec::new();
@@ -205,7 +211,7 @@ pub fn freed_by(store: &Store, removals: &[(u64, u64)]) -> Result<u64> {
     };
     for (l, e) in removals {
         load(*l, &mut orig, &mut now)?;
-        let r = now.get_mut(l).expect("loaded");
+        let r = now.get_mut(l).ok_or_else(|| crate::error::Error::Corrupt(format!("missing lineage {l}")))?;
         if *e == HEAD_GONE {
             r.head = None;
         } else {
@@ -220,7 +226,9 @@ pub fn freed_by(store: &Store, removals: &[(u64, u64)]) -> Result<u64> {
         whole.insert(l);
         if let Some((p, e)) = parent {
             load(p, &mut orig, &mut now)?;
-            unpin(now.get_mut(&p).expect("loaded"), e);
+            if let Some(r) = now.get_mut(&p) {
+                unpin(r, e);
+            }
         }
     }
     let space = store.space();
