@@ -220,7 +220,8 @@ impl Daemon {
         let started = Instant::now();
         match self.head_of(v.id)? {
             Some(live) => live.exclusive(|vol_ref| {
-                vol_ref.flush_all()?;
+                // Unsynced: the catalog's synced commit below makes the WAL durable up to it.
+                vol_ref.flush_older_than(Duration::ZERO)?;
                 let cut = self.catalog.snapshot_create(&self.store, &vol, &snap)?;
                 vol_ref.advance(cut.epoch);
                 Ok(())
@@ -239,7 +240,7 @@ impl Daemon {
         let head = if snap.is_none() { self.head_of(v.id)? } else { None };
         match head {
             Some(live) => live.exclusive(|vol_ref| {
-                vol_ref.flush_all()?;
+                vol_ref.flush_older_than(Duration::ZERO)?;
                 let (_, cut) = self.catalog.clone_volume(&self.store, source, name)?;
                 if let Some(c) = cut {
                     vol_ref.advance(c.epoch);
