@@ -155,6 +155,10 @@ def snapshot_bench():
         native = os.path.join(base, "native")
         os.makedirs(native)
         for name, label in (("small", "10 MiB"), ("big", f"{big_gib:g} GiB"), ("files", f"{nfiles:,} files")):
+            # Let the filling's background flushes and compactions settle: their fsyncs
+            # and disk traffic, not the volume's size, are what slow a snapshot's one fsync.
+            sh("sync")
+            time.sleep(10)
             snap = timed(lambda i: cli(env, "snapshot", f"{name}@s{i}"))
             clone = timed(lambda i: cli(env, "clone", f"{name}@s{i}", f"{name}-c{i}"))
             live = timed(lambda i: cli(env, "clone", name, f"{name}-l{i}"))
