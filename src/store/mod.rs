@@ -258,7 +258,9 @@ impl Store {
         opts.create_if_missing(create);
         opts.create_missing_column_families(create);
         opts.set_max_background_jobs(2);
-        opts.set_max_total_wal_size(256 << 20);
+        // The WAL lives until every CF with data in it has flushed; past this size RocksDB
+        // flushes the CFs that hold the oldest log, so the WAL stays this size on disk.
+        opts.set_max_total_wal_size(64 << 20);
         opts.set_keep_log_file_num(3);
         // All memtables together stay under 96 MiB (writers stall briefly past it), so the
         // daemon's memory is bounded whatever the write load.
@@ -693,6 +695,10 @@ impl Store {
             self.db.compact_range_cf_opt(c, None::<&[u8]>, None::<&[u8]>, &co);
         }
         self.db.set_options_cf(blocks, &[("enable_blob_garbage_collection", "false")])?;
+        // Whatever reached a memtable meanwhile keeps the last WAL alive: flush it too.
+        for n in cf::ALL {
+            self.db.flush_cf(self.cf(n)?)?;
+        }
         Ok(())
     }
 
