@@ -412,6 +412,17 @@ fn random_histories_keep_exact_accounting() {
     }
 }
 
+/// Destroys `name` (a volume or a snapshot) and checks that GC then frees exactly the UNIQUE
+/// that `list` reported for it.
+fn destroy_frees_its_unique(d: &Daemon, name: &str) {
+    let list = d.json(&["list", "--json"]);
+    let unique = list.as_array().unwrap().iter().find(|r| r["name"] == name).unwrap()["unique"].as_u64().unwrap();
+    let before = d.physical();
+    d.ok(&["destroy", name]);
+    d.ok(&["gc"]);
+    assert_eq!(before - d.physical(), unique, "destroying {name} freed a different amount than its UNIQUE");
+}
+
 /// LOGICAL and REFERENCED in `list` of every mounted volume and of its snapshots (read
 /// through `.snapshots`) equal a recount of what a reader sees there.
 /// And LOGICAL, REFERENCED and UNIQUE of every volume and snapshot equal fsck's brute-force
@@ -501,13 +512,8 @@ fn random_history(seed: u64) {
             }
             5 if !snaps.is_empty() => {
                 let s = snaps.remove(rnd(snaps.len() as u64) as usize);
-                let list = d.json(&["list", "--json"]);
-                let unique = list.as_array().unwrap().iter().find(|r| r["name"] == s.as_str()).unwrap()["unique"].as_u64().unwrap();
-                let before = d.physical();
                 eprintln!("step {step}: destroy {s}");
-                d.ok(&["destroy", &s]);
-                d.ok(&["gc"]);
-                assert_eq!(before - d.physical(), unique, "step {step}: destroying {s} freed a different amount than its UNIQUE");
+                destroy_frees_its_unique(&d, &s);
             }
             _ => {
                 let f = format!("f{}", rnd(8));
@@ -527,13 +533,8 @@ fn random_history(seed: u64) {
     // Volumes go in a random order, origins before their clones too; each frees its UNIQUE.
     while !vols.is_empty() {
         let (name, _) = vols.remove(rnd(vols.len() as u64) as usize);
-        let list = d.json(&["list", "--json"]);
-        let unique = list.as_array().unwrap().iter().find(|r| r["name"] == name.as_str()).unwrap()["unique"].as_u64().unwrap();
-        let before = d.physical();
         eprintln!("destroy {name}");
-        d.ok(&["destroy", &name]);
-        d.ok(&["gc"]);
-        assert_eq!(before - d.physical(), unique, "destroying volume {name} freed a different amount than its UNIQUE");
+        destroy_frees_its_unique(&d, &name);
     }
     d.fsck_clean();
     assert_eq!(d.physical(), 0);
