@@ -1,14 +1,14 @@
 //! The daemon: one open store, the mount table, the flusher and GC threads, the control
 //! socket and an orderly shutdown on SIGTERM/SIGINT (flush, unmount everything, exit).
 
-use crate::control::{server, MountInfo, Request, StatusInfo, VolumeInfo};
+use crate::control::{server, Handler, MountInfo, Request, StatusInfo, VolumeInfo};
 use crate::error::{Error, Result};
 use crate::fs::fuse::FuseFs;
 use crate::fs::live::Live;
 use crate::fs::snapdir::SnapDir;
 use crate::fs::{DirtyBudget, Volume};
 use crate::store::{Store, FORMAT_VERSION};
-use crate::volume::{fsck, gc, parse_target, Catalog, HEAD_GONE};
+use crate::volume::{fsck, gc, parse_target, Catalog, SnapshotViews, HEAD_GONE};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use fuser::{BackgroundSession, Config, MountOption, Session, SessionACL};
 use serde_json::{json, Value};
@@ -35,30 +35,35 @@ struct Mounted {
     dir: PathBuf,
     /// Mounted with the kernel's writeback cache: dirty pages may sit in the kernel.
     writeback: bool,
+    /// None while mount(2) runs (the slot is reserved) and after the kernel let go.
     session: Option<BackgroundSession>,
+    /// A mount or unmount of this entry is in progress without the table lock.
+    busy: bool,
 }
 
 pub struct Daemon {
     store: Arc<Store>,
-    catalog: Catalog,
+    catalog: Arc<Catalog>,
     budget: Arc<DirtyBudget>,
     mounts: Mutex<Vec<Mounted>>,
     stop: AtomicBool,
-    gc_wake: Sender<()>,
+    /// Wakes the GC thread; a `false` asks it to stop.
+    gc_wake: Sender<bool>,
 }
 
 /// Serves `store_dir` until a signal or a shutdown request.
 pub fn run(store_dir: &Path) -> Result<()> {
     crate::sys::block_shutdown_signals()?;
+    crate::sys::set_umask(0o077);
     let store_dir = store_dir.canonicalize().map_err(|_| {
         Error::NotFound(format!("no clonefs store at {} (create one with `clonefs init`)", store_dir.display()))
     })?;
     let store = Arc::new(Store::open(&store_dir)?);
     let listener = server::bind(&store_dir)?;
-    let (gc_tx, gc_rx) = bounded::<()>(1);
+    let (gc_tx, gc_rx) = bounded::<bool>(1);
     let daemon = Arc::new(Daemon {
         store,
-        catalog: Catalog::default(),
+        catalog: Arc::new(Catalog::default()),
         budget: Arc::new(DirtyBudget::default()),
         mounts: Mutex::new(Vec::new()),
         stop: AtomicBool::new(false),
@@ -69,10 +74,10 @@ pub fn run(store_dir: &Path) -> Result<()> {
         let d = daemon.clone();
         std::thread::Builder::new().name("clonefs-flush".into()).spawn(move || d.flush_loop(close_rx))?
     };
-    {
+    let gc = {
         let d = daemon.clone();
-        std::thread::Builder::new().name("clonefs-gc".into()).spawn(move || d.gc_loop(gc_rx))?;
-    }
+        std::thread::Builder::new().name("clonefs-gc".into()).spawn(move || d.gc_loop(gc_rx))?
+    };
     {
         let d = daemon.clone();
         std::thread::Builder::new().name("clonefs-control".into()).spawn(move || server::serve(listener, d))?;
@@ -83,6 +88,9 @@ pub fn run(store_dir: &Path) -> Result<()> {
     daemon.stop.store(true, Ordering::SeqCst);
     let _ = close_tx.send(());
     let _ = flusher.join();
+    // A GC batch in progress finishes first; the rest resumes at the next start.
+    let _ = daemon.gc_wake.send(false);
+    let _ = gc.join();
     let result = daemon.unmount_all();
     let _ = std::fs::remove_file(server::socket_path(&store_dir));
     // Wake the accept loop so it sees `stop`.
@@ -96,14 +104,24 @@ fn lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>> {
     m.lock().map_err(|_| Error::Corrupt("daemon state poisoned by a panic".into()))
 }
 
-impl Daemon {
-    pub fn stopping(&self) -> bool {
-        self.stop.load(Ordering::SeqCst)
+impl Handler for Daemon {
+    fn handle(&self, req: Request) -> Result<Value> {
+        Daemon::handle(self, req)
+    }
+
+    fn stopping(&self) -> bool {
+        Daemon::stopping(self)
     }
 
     /// Asks the main thread to shut down, as SIGTERM does.
-    pub fn shutdown(&self) {
+    fn shutdown(&self) {
         crate::sys::raise_term();
+    }
+}
+
+impl Daemon {
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
     }
 
     fn flush_loop(&self, close: Receiver<()>) {
@@ -125,7 +143,7 @@ impl Daemon {
         }
     }
 
-    fn gc_loop(&self, wake: Receiver<()>) {
+    fn gc_loop(&self, wake: Receiver<bool>) {
         loop {
             if self.stopping() {
                 return;
@@ -136,14 +154,14 @@ impl Daemon {
                 Err(e) => log::error!("gc failed: {e}"),
             }
             match wake.recv_timeout(GC_TICK) {
-                Ok(()) | Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return,
+                Ok(true) | Err(RecvTimeoutError::Timeout) => {}
+                Ok(false) | Err(RecvTimeoutError::Disconnected) => return,
             }
         }
     }
 
     fn wake_gc(&self) {
-        let _ = self.gc_wake.try_send(());
+        let _ = self.gc_wake.try_send(true);
     }
 
     pub fn handle(&self, req: Request) -> Result<Value> {
@@ -163,7 +181,9 @@ impl Daemon {
             Request::Destroy { name } => self.destroy(&name),
             Request::Rename { old, new } => {
                 let rec = Catalog::get(&self.store, &old)?;
-                if let Some(m) = lock(&self.mounts)?.iter().find(|m| m.volume == rec.id) {
+                // Check and act under the mount table lock, so no mount slips in between.
+                let mounts = lock(&self.mounts)?;
+                if let Some(m) = mounts.iter().find(|m| m.volume == rec.id) {
                     return Err(Error::Conflict(format!("volume {old:?} is mounted at {}; unmount it first", m.dir.display())));
                 }
                 self.catalog.rename(&self.store, &old, &new)?;
@@ -221,9 +241,9 @@ impl Daemon {
         match self.head_of(v.id)? {
             Some(live) => live.exclusive(|vol_ref| {
                 // Unsynced: the catalog's synced commit below makes the WAL durable up to it.
+                // The view writes at the new head epoch from then on (it reads the catalog's).
                 vol_ref.flush_older_than(Duration::ZERO)?;
-                let cut = self.catalog.snapshot_create(&self.store, &vol, &snap)?;
-                vol_ref.advance(cut.epoch);
+                self.catalog.snapshot_create(&self.store, &vol, &snap)?;
                 Ok(())
             })?,
             None => {
@@ -241,10 +261,7 @@ impl Daemon {
         match head {
             Some(live) => live.exclusive(|vol_ref| {
                 vol_ref.flush_older_than(Duration::ZERO)?;
-                let (_, cut) = self.catalog.clone_volume(&self.store, source, name)?;
-                if let Some(c) = cut {
-                    vol_ref.advance(c.epoch);
-                }
+                self.catalog.clone_volume(&self.store, source, name)?;
                 Ok(())
             })?,
             None => {
@@ -258,32 +275,24 @@ impl Daemon {
         let (vol, snap) = parse_target(name)?;
         let v = Catalog::get(&self.store, &vol)?;
         {
+            // Check and act under the mount table lock: a mount in between would serve a
+            // lineage GC then removes. The catalog change is one synced batch.
             let mounts = lock(&self.mounts)?;
             let busy = mounts.iter().find(|m| m.volume == v.id && (snap.is_none() || m.snapshot == snap));
             if let Some(m) = busy {
                 return Err(Error::Conflict(format!("{} is mounted at {}; unmount it first", m.target, m.dir.display())));
             }
-        }
-        match &snap {
-            Some(s) => match self.head_of(v.id)? {
-                Some(live) => live.exclusive(|vol_ref| {
-                    let (l, _) = self.catalog.destroy_snapshot(&self.store, &vol, s)?;
-                    // Another snapshot or a clone may still pin that epoch: take the catalog's set.
-                    if l == vol_ref.spec.lineage {
-                        vol_ref.set_pins(Catalog::lineage(&self.store, l)?.pins.keys().copied().collect());
+            match &snap {
+                // A mounted head sees the pin go through its lineage state; its batches in
+                // flight finish first (`volume::lineage`).
+                Some(s) => drop(self.catalog.destroy_snapshot(&self.store, &vol, s)?),
+                None => self.catalog.destroy(&self.store, &vol)?,
+            }
+            if let Some(s) = &snap {
+                for m in mounts.iter().filter(|m| m.volume == v.id) {
+                    if let Some(sd) = &m.snaps {
+                        sd.forget(s);
                     }
-                    Ok(())
-                })?,
-                None => {
-                    self.catalog.destroy_snapshot(&self.store, &vol, s)?;
-                }
-            },
-            None => self.catalog.destroy(&self.store, &vol)?,
-        }
-        if let Some(s) = &snap {
-            for m in lock(&self.mounts)?.iter().filter(|m| m.volume == v.id) {
-                if let Some(sd) = &m.snaps {
-                    sd.forget(s);
                 }
             }
         }
@@ -302,8 +311,8 @@ impl Daemon {
                     let inos = vol_ref.cached_inos();
                     self.catalog.rollback(&self.store, &vol, &snap)?;
                     vol_ref.discard_dirty();
-                    let spec = Catalog::view(&self.store, &vol, None, vol_ref.read_only)?;
-                    *vol_ref = Arc::new(Volume::open(self.store.clone(), spec, self.budget.clone())?);
+                    let view = self.catalog.open_view(&self.store, &vol, None, vol_ref.read_only)?;
+                    *vol_ref = Arc::new(Volume::open(view, self.budget.clone())?);
                     Ok((names, inos))
                 })?;
                 live.invalidate(&names, &inos);
@@ -348,11 +357,14 @@ impl Daemon {
             .iter()
             .map(|m| (m.volume, m.snapshot.clone(), m.dir.clone(), m.live.get().read_only))
             .collect();
-        // The catalog stays as it is while UNIQUE is worked out from it.
-        let _g = self.catalog.guard()?;
-        let space = self.store.space();
         let mut out = Vec::new();
-        for v in Catalog::list(&self.store)? {
+        for listed in Catalog::list(&self.store)? {
+            // The catalog stays as it is while one volume's UNIQUE is worked out, and no
+            // longer: a snapshot waiting for the lock holds its volume's writers back.
+            let _g = self.catalog.guard()?;
+            let space = self.store.space();
+            // Read again under the lock (destroyed or rolled back since the listing).
+            let Ok(v) = Catalog::by_id(&self.store, listed.id) else { continue };
             let snaps = Catalog::snapshots(&self.store, v.id)?;
             let mut removals: Vec<(u64, u64)> = snaps.iter().map(|s| (s.lineage, s.epoch)).collect();
             removals.push((v.lineage, HEAD_GONE));
@@ -419,7 +431,6 @@ impl Daemon {
 
     fn mount(&self, name: &str, dir: &Path, read_only: bool, writeback: bool) -> Result<Value> {
         let (vol, snap) = parse_target(name)?;
-        let spec = Catalog::view(&self.store, &vol, snap.as_deref(), read_only)?;
         if !dir.is_absolute() {
             return Err(Error::Invalid(format!("mountpoint {} must be an absolute path", dir.display())));
         }
@@ -428,18 +439,43 @@ impl Daemon {
             return Err(Error::Invalid(format!("mountpoint {} is not a directory", dir.display())));
         }
         let dir = dir.canonicalize()?;
-        let mut mounts = lock(&self.mounts)?;
-        if let Some(m) = mounts.iter().find(|m| m.dir == dir) {
-            return Err(Error::Conflict(format!("{} is already the mountpoint of {:?}", dir.display(), m.target)));
-        }
-        if let Some(m) = mounts.iter().find(|m| m.volume == spec.volume && m.snapshot == snap) {
-            return Err(Error::Conflict(format!("{name:?} is already mounted at {}", m.dir.display())));
-        }
-        let bs = spec.block_size as u64;
-        let ro = spec.read_only;
-        let writeback = writeback && !ro;
-        let volume = spec.volume;
-        let live = Arc::new(Live::new(Volume::open(self.store.clone(), spec, self.budget.clone())?));
+        // Reserve the slot: the view is read, checked and opened under the table lock, so a
+        // destroy or rename cannot act in between; mount(2) then runs without the lock.
+        let (live, snaps, bs, writeback) = {
+            let mut mounts = lock(&self.mounts)?;
+            let view = self.catalog.open_view(&self.store, &vol, snap.as_deref(), read_only)?;
+            let spec = view.spec();
+            if let Some(m) = mounts.iter().find(|m| m.dir == dir) {
+                return Err(Error::Conflict(format!("{} is already the mountpoint of {:?}", dir.display(), m.target)));
+            }
+            if let Some(m) = mounts.iter().find(|m| m.volume == spec.volume && m.snapshot == snap) {
+                return Err(Error::Conflict(format!("{name:?} is already mounted at {}", m.dir.display())));
+            }
+            let bs = spec.block_size as u64;
+            let writeback = writeback && !spec.read_only;
+            let volume = spec.volume;
+            let live = Arc::new(Live::new(Volume::open(view, self.budget.clone())?));
+            let snaps = match snap {
+                None => {
+                    let views = SnapshotViews::new(self.store.clone(), self.catalog.clone(), volume);
+                    Some(Arc::new(SnapDir::new(views, self.budget.clone())))
+                }
+                Some(_) => None,
+            };
+            mounts.push(Mounted {
+                live: live.clone(),
+                snaps: snaps.clone(),
+                volume,
+                snapshot: snap.clone(),
+                target: name.to_string(),
+                dir: dir.clone(),
+                writeback,
+                session: None,
+                busy: true,
+            });
+            (live, snaps, bs, writeback)
+        };
+        let ro = live.get().read_only;
         let mut config = Config::default();
         config.mount_options = vec![
             MountOption::FSName(name.to_string()),
@@ -455,43 +491,63 @@ impl Daemon {
         config.n_threads = Some(FUSE_THREADS);
         config.clone_fd = true;
         let started = Instant::now();
-        let snaps = if snap.is_none() { Some(Arc::new(SnapDir::new(self.store.clone(), volume, self.budget.clone()))) } else { None };
-        let session = Session::new(FuseFs::new(live.clone(), bs, snaps.clone(), writeback), &dir, &config)
-            .and_then(|s| s.spawn())
-            .map_err(|e| Error::Invalid(format!("cannot mount {name:?} at {}: {e}", dir.display())))?;
+        let session = Session::new(FuseFs::new(live.clone(), bs, snaps, writeback), &dir, &config).and_then(|s| s.spawn());
+        let mut mounts = lock(&self.mounts)?;
+        let i = mounts
+            .iter()
+            .position(|m| m.dir == dir && m.busy)
+            .ok_or_else(|| Error::Corrupt(format!("mount slot of {} vanished", dir.display())))?;
+        let session = match session {
+            Ok(s) => s,
+            Err(e) => {
+                mounts.remove(i);
+                return Err(Error::Invalid(format!("cannot mount {name:?} at {}: {e}", dir.display())));
+            }
+        };
         live.set_notifier(session.notifier());
+        mounts[i].session = Some(session);
+        mounts[i].busy = false;
+        drop(mounts);
         if writeback {
             tune_writeback(&dir);
         }
         log::info!("mounted {name} at {} in {:?}", dir.display(), started.elapsed());
-        mounts.push(Mounted {
-            live,
-            snaps,
-            volume,
-            snapshot: snap,
-            target: name.to_string(),
-            dir: dir.clone(),
-            writeback,
-            session: Some(session),
-        });
         Ok(json!({"mountpoint": dir}))
     }
 
     fn unmount(&self, dir: &Path) -> Result<Value> {
         let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-        let mut mounts = lock(&self.mounts)?;
-        let i = mounts
-            .iter()
-            .position(|m| m.dir == dir)
-            .ok_or_else(|| Error::NotFound(format!("{} is not a clonefs mountpoint", dir.display())))?;
-        mounts[i].live.get().flush_all()?;
-        crate::sys::umount(&dir, false).map_err(|e| {
-            if e.raw_os_error() == Some(libc::EBUSY) {
-                Error::Conflict(format!("{} is busy: close the files and leave the directories open there", dir.display()))
-            } else {
-                Error::Io(e)
+        // Mark the entry busy and let go of the table: flush and umount(2) run without it.
+        let live = {
+            let mut mounts = lock(&self.mounts)?;
+            let m = mounts
+                .iter_mut()
+                .find(|m| m.dir == dir)
+                .ok_or_else(|| Error::NotFound(format!("{} is not a clonefs mountpoint", dir.display())))?;
+            if m.busy {
+                return Err(Error::Conflict(format!("{} is being mounted or unmounted; try again", dir.display())));
             }
-        })?;
+            m.busy = true;
+            m.live.clone()
+        };
+        let done = live.get().flush_all().map_err(Error::from).and_then(|()| {
+            crate::sys::umount(&dir, false).map_err(|e| {
+                if e.raw_os_error() == Some(libc::EBUSY) {
+                    Error::Conflict(format!("{} is busy: close the files and leave the directories open there", dir.display()))
+                } else {
+                    Error::Io(e)
+                }
+            })
+        });
+        let mut mounts = lock(&self.mounts)?;
+        let i = mounts.iter().position(|m| m.dir == dir && m.busy);
+        if let Err(e) = done {
+            if let Some(i) = i {
+                mounts[i].busy = false;
+            }
+            return Err(e);
+        }
+        let Some(i) = i else { return Ok(Value::Null) };
         let mut m = mounts.remove(i);
         drop(mounts);
         finish_session(&mut m);
@@ -506,7 +562,7 @@ impl Daemon {
         for m in &mut all {
             if let Err(e) = m.live.get().flush_all() {
                 log::error!("{}: flush failed: {e}", m.target);
-                first_err.get_or_insert(e);
+                first_err.get_or_insert(Error::from(e));
             }
             if crate::sys::umount(&m.dir, false).is_err() {
                 log::warn!("{} is busy; detaching it", m.dir.display());
@@ -519,7 +575,7 @@ impl Daemon {
             }
             finish_session(m);
             if let Err(e) = m.live.get().flush_all() {
-                first_err.get_or_insert(e);
+                first_err.get_or_insert(Error::from(e));
             }
         }
         match first_err {

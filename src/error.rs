@@ -1,5 +1,5 @@
-//! The one error type of clonefs. Filesystem operations return it; front ends turn it into an
-//! errno (`to_errno`) or a one-line message for the CLI.
+//! The error type of clonefs below the filesystem layer (store, engine, catalog, daemon, CLI).
+//! Filesystem operations wrap it in `fs::FsError`; the CLI prints it as one line.
 
 use std::fmt;
 use std::io;
@@ -7,8 +7,6 @@ use std::io;
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {
-    /// A POSIX error a filesystem operation reports to the kernel as is.
-    Errno(i32),
     /// An I/O error outside the store (socket, mountpoint, files).
     Io(io::Error),
     /// RocksDB failed; the message is RocksDB's own.
@@ -23,21 +21,21 @@ pub enum Error {
     Conflict(String),
     /// No daemon answers on the store's socket.
     NoDaemon(String),
+    /// The disk under the store is full; nothing of the failed change was written.
+    NoSpace(String),
+    /// The caller may not do this (the control socket is its owner's).
+    Denied(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub fn errno(code: i32) -> Self {
-        Error::Errno(code)
-    }
-
     /// The errno the kernel sees for this error.
     pub fn to_errno(&self) -> i32 {
         match self {
-            Error::Errno(e) => *e,
             Error::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
-            Error::Db(msg) if msg.contains("No space left") => libc::ENOSPC,
+            Error::NoSpace(_) => libc::ENOSPC,
+            Error::Denied(_) => libc::EACCES,
             Error::Db(_) | Error::Corrupt(_) => libc::EIO,
             Error::Invalid(_) => libc::EINVAL,
             Error::NotFound(_) => libc::ENOENT,
@@ -50,13 +48,61 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Errno(e) => write!(f, "{}", io::Error::from_raw_os_error(*e)),
             Error::Io(e) => write!(f, "{e}"),
             Error::Db(m) => write!(f, "store error: {m}"),
             Error::Corrupt(m) => write!(f, "store is damaged: {m}"),
-            Error::Invalid(m) | Error::NotFound(m) | Error::Conflict(m) | Error::NoDaemon(m) => {
+            Error::NoSpace(m) => write!(f, "no space left on the store's disk: {m}"),
+            Error::Invalid(m) | Error::NotFound(m) | Error::Conflict(m) | Error::NoDaemon(m) | Error::Denied(m) => {
                 write!(f, "{m}")
             }
+        }
+    }
+}
+
+impl Error {
+    /// The kind an error crosses the control socket with, so the CLI can tell them apart.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Io(_) => "io",
+            Error::Db(_) => "store",
+            Error::Corrupt(_) => "corrupt",
+            Error::Invalid(_) => "invalid",
+            Error::NotFound(_) => "not_found",
+            Error::Conflict(_) => "conflict",
+            Error::NoDaemon(_) => "no_daemon",
+            Error::NoSpace(_) => "no_space",
+            Error::Denied(_) => "denied",
+        }
+    }
+
+    /// An error the daemon reported as `kind` with message `msg` (the message is kept as is).
+    pub fn from_kind(kind: &str, msg: String) -> Error {
+        match kind {
+            "invalid" => Error::Invalid(msg),
+            "not_found" => Error::NotFound(msg),
+            "conflict" => Error::Conflict(msg),
+            "no_daemon" => Error::NoDaemon(msg),
+            "no_space" => Error::NoSpace(msg),
+            "denied" => Error::Denied(msg),
+            "corrupt" => Error::Corrupt(msg),
+            "store" => Error::Db(msg),
+            _ => Error::Io(io::Error::other(msg)),
+        }
+    }
+
+    /// The message without the prefix `Display` adds for the kind (the CLI adds it again).
+    pub fn message(&self) -> String {
+        match self {
+            Error::Db(m) | Error::Corrupt(m) | Error::NoSpace(m) => m.clone(),
+            other => other.to_string(),
+        }
+    }
+
+    /// The CLI's exit status for this error: 2 for bad input (as for a usage error), 1 else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Invalid(_) => 2,
+            _ => 1,
         }
     }
 }

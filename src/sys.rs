@@ -50,6 +50,15 @@ pub fn setsid() {
     }
 }
 
+/// Sets the process umask: every file the process creates from then on (RocksDB's, the log,
+/// the socket) gets at most the permissions `!mask` allows.
+pub fn set_umask(mask: u32) {
+    // SAFETY: umask has no preconditions and cannot fail.
+    unsafe {
+        libc::umask(mask as libc::mode_t);
+    }
+}
+
 pub fn chmod_socket(path: &Path, mode: u32) -> io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))

@@ -611,3 +611,9 @@ fn sqlite_database_passes_integrity_check() {
 
 #[path = "cases/snapshots.rs"]
 mod snapshots;
+
+#[path = "cases/lineage_state.rs"]
+mod lineage_state;
+
+#[path = "cases/big_files.rs"]
+mod big_files;

@@ -128,12 +128,15 @@ pub fn main_with(cli: Cli) -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("clonefs: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(e.exit_code())
         }
     }
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    // Whatever this process creates in the store (RocksDB's files, the log, the socket) is
+    // private to its owner.
+    crate::sys::set_umask(0o077);
     let store = absolute(&cli.store.clone().unwrap_or_else(default_store))?;
     let call = |req: Request| client::call(&store, &req);
     match cli.cmd {
@@ -286,7 +289,10 @@ pub fn start_daemon(store: &Path, verbose: u8) -> Result<()> {
         )));
     }
     let log_path = store.join("clonefs.log");
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+    let log = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&log_path)?
+    };
     let mut cmd = std::process::Command::new(std::env::current_exe()?);
     cmd.arg("daemon").arg("--foreground").arg("--store").arg(store);
     if verbose > 0 {

@@ -10,12 +10,16 @@ use std::time::Duration;
 /// Sends one request to the daemon of `store` and returns its data, or its error.
 pub fn call(store: &Path, req: &Request) -> Result<serde_json::Value> {
     let path = store.join(SOCKET_NAME);
-    let mut s = UnixStream::connect(&path).map_err(|_| {
-        Error::NoDaemon(format!(
+    let mut s = UnixStream::connect(&path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::PermissionDenied => Error::Denied(format!(
+            "permission denied on {} (the store and its socket belong to the daemon's user)",
+            path.display()
+        )),
+        _ => Error::NoDaemon(format!(
             "no clonefs daemon is running for store {} (start one with `clonefs daemon --store {}`)",
             store.display(),
             store.display()
-        ))
+        )),
     })?;
     // Long operations (fsck, destroy of a big volume) may take a while; a hung daemon may not.
     s.set_read_timeout(Some(Duration::from_secs(3600)))?;
@@ -31,7 +35,8 @@ pub fn call(store: &Path, req: &Request) -> Result<serde_json::Value> {
     if r.ok {
         Ok(r.data)
     } else {
-        Err(Error::Invalid(r.error.unwrap_or_else(|| "the daemon reported an error".into())))
+        let msg = r.error.unwrap_or_else(|| "the daemon reported an error".into());
+        Err(Error::from_kind(r.kind.as_deref().unwrap_or("io"), msg))
     }
 }
 

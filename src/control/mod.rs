@@ -8,6 +8,17 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 pub const SOCKET_NAME: &str = "clonefs.sock";
+/// The longest request line the daemon reads; requests are a few hundred bytes.
+pub const MAX_REQUEST: u64 = 64 << 10;
+
+/// What answers control requests (the daemon). The socket server knows nothing else of it.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, req: Request) -> crate::error::Result<serde_json::Value>;
+    /// True once the handler shuts down: the server stops accepting.
+    fn stopping(&self) -> bool;
+    /// Asks the handler to shut down (after a Shutdown request was answered).
+    fn shutdown(&self);
+}
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -44,6 +55,9 @@ pub struct Response {
     pub ok: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// `Error::kind` of the error, so the CLI gets the error the daemon had.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
     #[serde(default)]
     pub data: serde_json::Value,
 }

@@ -1,9 +1,8 @@
 //! The daemon side of the control socket: one thread accepts, one short-lived thread per
 //! connection answers (requests are rare and some, like fsck, are long).
 
-use super::{Request, Response, SOCKET_NAME};
-use crate::daemon::Daemon;
-use std::io::{BufRead, BufReader, Write};
+use super::{Handler, Request, Response, MAX_REQUEST, SOCKET_NAME};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -29,24 +28,32 @@ pub fn bind(store: &Path) -> std::io::Result<UnixListener> {
     Ok(l)
 }
 
-pub fn serve(listener: UnixListener, daemon: Arc<Daemon>) {
+pub fn serve(listener: UnixListener, daemon: Arc<dyn Handler>) {
     for conn in listener.incoming() {
         if daemon.stopping() {
             break;
         }
         let Ok(conn) = conn else { continue };
         let d = daemon.clone();
-        let spawned = std::thread::Builder::new().name("clonefs-ctl".into()).spawn(move || answer(conn, &d));
+        let spawned = std::thread::Builder::new().name("clonefs-ctl".into()).spawn(move || answer(conn, &*d));
         if let Err(e) = spawned {
             log::error!("control: cannot start a thread: {e}");
         }
     }
 }
 
-fn answer(conn: UnixStream, daemon: &Daemon) {
+fn fail(error: String, kind: &str) -> Response {
+    Response { ok: false, error: Some(error), kind: Some(kind.into()), data: serde_json::Value::Null }
+}
+
+fn answer(conn: UnixStream, daemon: &dyn Handler) {
     let mut line = String::new();
-    let mut reader = BufReader::new(&conn);
+    let mut reader = BufReader::new((&conn).take(MAX_REQUEST));
     if reader.read_line(&mut line).is_err() {
+        return;
+    }
+    if !line.ends_with('\n') && line.len() as u64 >= MAX_REQUEST {
+        send(&conn, &fail(format!("request longer than {MAX_REQUEST} bytes"), "invalid"));
         return;
     }
     let resp = match serde_json::from_str::<Request>(&line) {
@@ -54,8 +61,8 @@ fn answer(conn: UnixStream, daemon: &Daemon) {
             log::debug!("control: {req:?}");
             let shutdown = matches!(req, Request::Shutdown);
             let r = match daemon.handle(req) {
-                Ok(data) => Response { ok: true, error: None, data },
-                Err(e) => Response { ok: false, error: Some(e.to_string()), data: serde_json::Value::Null },
+                Ok(data) => Response { ok: true, error: None, kind: None, data },
+                Err(e) => fail(e.message(), e.kind()),
             };
             if shutdown {
                 send(&conn, &r);
@@ -64,7 +71,7 @@ fn answer(conn: UnixStream, daemon: &Daemon) {
             }
             r
         }
-        Err(e) => Response { ok: false, error: Some(format!("bad request: {e}")), data: serde_json::Value::Null },
+        Err(e) => fail(format!("bad request: {e}"), "invalid"),
     };
     send(&conn, &resp);
 }

@@ -1,10 +1,8 @@
 //! Attributes, symlink targets, xattrs, statfs and fsync.
 
 use super::table::lock;
-use super::{err, Entry, Volume};
-use crate::error::Result;
-use crate::store::records::{self, InodeRec, Kind, Ts};
-use crate::store::{cf, keys};
+use super::{err, FsResult, Entry, Volume};
+use crate::volume::{InodeRec, Kind, Ts};
 
 #[derive(Clone, Copy, Debug)]
 pub enum TimeSet {
@@ -64,7 +62,7 @@ pub struct FsStats {
 }
 
 impl Volume {
-    pub fn setattr(&self, ino: u64, a: SetAttr) -> Result<Entry> {
+    pub fn setattr(&self, ino: u64, a: SetAttr) -> FsResult<Entry> {
         self.check_writable()?;
         let node = self.node(ino)?;
         let mut n = lock(&node)?;
@@ -75,8 +73,7 @@ impl Volume {
             n.rec.size = a.size.unwrap_or(n.rec.size);
             return Ok(Entry { ino, rec: n.rec.clone() });
         }
-        let mut t = self.store.txn();
-        let mut delta = 0;
+        let mut new_size = None;
         if let Some(size) = a.size {
             match n.rec.kind {
                 Kind::File => {}
@@ -87,20 +84,29 @@ impl Volume {
                 return Err(err(libc::EFBIG));
             }
             if size != n.rec.size {
-                delta = self.stage_truncate(&mut t, ino, &mut n, size)?;
-                n.rec.mtime = now;
+                self.shrink_blocks(ino, &mut n, size)?;
+                new_size = Some(size);
             }
         }
+        let mut t = self.txn()?;
+        let delta = match new_size {
+            Some(size) => self.stage_tail(&mut t, ino, &mut n, size)?,
+            None => 0,
+        };
         let mut rec = n.rec.clone();
-        rec.blocks = (rec.blocks as i64 + delta).max(0) as u64;
+        rec.blocks = rec.blocks.saturating_add_signed(delta);
+        if let Some(size) = new_size {
+            rec.size = size;
+            rec.mtime = now;
+        }
         a.apply_to(&mut rec, now);
         let rec = self.stage_node(&mut t, ino, &n, rec)?;
-        self.store.commit(t, false)?;
+        t.commit(false)?;
         self.applied(ino, &mut n, rec.clone());
         Ok(Entry { ino, rec })
     }
 
-    pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
+    pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
         let node = self.node(ino)?;
         let n = lock(&node)?;
         if n.rec.kind != Kind::Symlink {
@@ -109,30 +115,26 @@ impl Volume {
         Ok(n.rec.target.clone())
     }
 
-    pub fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>> {
+    pub fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
         self.node(ino)?;
-        let ident = keys::xattr_key(self.lineage(), ino, name);
-        match self.find(cf::XATTRS, &ident)? {
-            Some(f) => records::decode_xattr(&f.value)?.ok_or_else(|| err(libc::ENODATA)),
-            None => Err(err(libc::ENODATA)),
+        match self.view.xattr(ino, name)? {
+            Some((_, Some(v))) => Ok(v),
+            _ => Err(err(libc::ENODATA)),
         }
     }
 
-    pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
+    pub fn listxattr(&self, ino: u64) -> FsResult<Vec<u8>> {
         self.node(ino)?;
         let mut out = Vec::new();
-        let prefix = keys::dir_prefix(self.lineage(), ino);
-        for (rest, f) in self.scan_visible(cf::XATTRS, &prefix, &prefix, None)? {
-            if !records::is_tombstone(&f.value) {
-                out.extend_from_slice(&rest[8..rest.len() - 1]);
-                out.push(0);
-            }
+        for name in self.view.xattr_names(ino)? {
+            out.extend_from_slice(&name);
+            out.push(0);
         }
         Ok(out)
     }
 
     /// Sets (`Some`) or removes (`None`) an xattr; `flags` are XATTR_CREATE / XATTR_REPLACE.
-    pub fn setxattr(&self, ino: u64, name: &[u8], value: Option<&[u8]>, flags: i32) -> Result<()> {
+    pub fn setxattr(&self, ino: u64, name: &[u8], value: Option<&[u8]>, flags: i32) -> FsResult<()> {
         self.check_writable()?;
         if name.is_empty() || name.len() > XATTR_NAME_MAX || name.contains(&0) {
             return Err(err(libc::ERANGE));
@@ -142,11 +144,10 @@ impl Volume {
         }
         let node = self.node(ino)?;
         let mut n = lock(&node)?;
-        let ident = keys::xattr_key(self.lineage(), ino, name);
-        let found = self.find(cf::XATTRS, &ident)?;
-        let exists = matches!(&found, Some(f) if !records::is_tombstone(&f.value));
-        let at = found.map(|f| (f.level, f.epoch));
-        let mut t = self.store.txn();
+        let found = self.view.xattr(ino, name)?;
+        let exists = matches!(&found, Some((_, Some(_))));
+        let at = found.map(|f| f.0);
+        let mut t = self.txn()?;
         match value {
             Some(v) => {
                 if flags & libc::XATTR_CREATE != 0 && exists {
@@ -155,34 +156,31 @@ impl Volume {
                 if flags & libc::XATTR_REPLACE != 0 && !exists {
                     return Err(err(libc::ENODATA));
                 }
-                self.stage_version(&mut t, cf::XATTRS, ident, at, Some(&records::encode_xattr(v)), true)?;
+                t.set_xattr(ino, name, at, Some(v))?;
             }
             None if exists => {
-                self.stage_version(&mut t, cf::XATTRS, ident, at, None, true)?;
+                t.set_xattr(ino, name, at, None)?;
             }
             None => return Err(err(libc::ENODATA)),
         }
         let mut rec = n.rec.clone();
         rec.ctime = Ts::now();
         let rec = self.stage_node(&mut t, ino, &n, rec)?;
-        self.store.commit(t, false)?;
+        t.commit(false)?;
         self.applied(ino, &mut n, rec);
         Ok(())
     }
 
-    pub fn fsync(&self, ino: u64) -> Result<()> {
+    pub fn fsync(&self, ino: u64) -> FsResult<()> {
         self.flush_ino(ino, true)
     }
 
     /// Space as `df` shows it: used is what this volume references, free is the free space
     /// of the filesystem that holds the store.
-    pub fn statfs(&self) -> Result<FsStats> {
-        let fs = crate::sys::statvfs(self.store.dir())?;
+    pub fn statfs(&self) -> FsResult<FsStats> {
+        let fs = crate::sys::statvfs(self.view.store_dir())?;
         let unit = fs.frsize.max(1);
-        let used = match self.spec.frozen {
-            Some(vs) => vs.referenced,
-            None => self.store.view_space(self.lineage()).referenced,
-        };
+        let used = self.view.space().referenced;
         let avail = fs.bavail * unit;
         let free = fs.bfree * unit;
         Ok(FsStats {

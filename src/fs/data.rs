@@ -1,14 +1,15 @@
 //! File data: open, read, write, truncate, fallocate, lseek, copy_file_range, release.
 
 use super::table::{lock, Node};
-use super::{err, Entry, Ext, Volume};
-use crate::error::Result;
-use crate::store::records::{Kind, Ts};
+use super::{err, Entry, FsResult, Volume, PURGE_BATCH};
+use crate::error::Error;
+use crate::volume::view::{Ext, ViewTxn};
+use crate::volume::{Kind, Ts};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 impl Volume {
-    pub fn open_file(&self, ino: u64, write: bool) -> Result<u64> {
+    pub fn open_file(&self, ino: u64, write: bool) -> FsResult<u64> {
         if write {
             self.check_writable()?;
         }
@@ -22,15 +23,13 @@ impl Volume {
     }
 
     /// Last close of a handle: flushes, and purges the inode if it has no names left.
-    pub fn release(&self, ino: u64) -> Result<()> {
+    pub fn release(&self, ino: u64) -> FsResult<()> {
         let _g = if self.read_only { None } else { Some(self.ns()?) };
         let node = self.node(ino)?;
         let mut n = lock(&node)?;
         n.opens = n.opens.saturating_sub(1);
         if n.opens == 0 && n.rec.nlink == 0 && !self.read_only {
-            let mut t = self.store.txn();
-            self.stage_purge(&mut t, ino)?;
-            self.store.commit(t, false)?;
+            self.purge(ino, n.rec.size)?;
             return self.forget_node(ino, &mut n);
         }
         if !n.is_clean() {
@@ -41,25 +40,25 @@ impl Volume {
     }
 
     /// The current bytes of block `idx`: dirty copy, stored block, or zeros.
-    fn block_bytes(&self, ino: u64, n: &Node, idx: u64) -> Result<Vec<u8>> {
+    fn block_bytes(&self, ino: u64, n: &Node, idx: u64) -> FsResult<Vec<u8>> {
         if let Some(d) = n.dirty.get(&idx) {
             return Ok(d.clone());
         }
         if let Some((_, d)) = n.clean.iter().find(|(i, _)| *i == idx) {
             return Ok(d.clone());
         }
-        if let Some((_, Some(h))) = self.extent(ino, idx)? {
-            if let Some(b) = self.store.get_blocks(&[h])?.pop().flatten() {
+        if let Some((_, Some(h))) = self.view.extent(ino, idx)? {
+            if let Some(b) = self.view.blocks(&[h])?.pop().flatten() {
                 let mut b = b;
                 b.resize(self.bs as usize, 0);
                 return Ok(b);
             }
-            return Err(crate::error::Error::Corrupt(format!("inode {ino} block {idx}: missing block")));
+            return Err(Error::Corrupt(format!("inode {ino} block {idx}: missing block")).into());
         }
         Ok(vec![0u8; self.bs as usize])
     }
 
-    pub fn read(&self, ino: u64, off: u64, size: u32) -> Result<Vec<u8>> {
+    pub fn read(&self, ino: u64, off: u64, size: u32) -> FsResult<Vec<u8>> {
         let node = self.node(ino)?;
         let n = lock(&node)?;
         if n.rec.kind == Kind::Dir {
@@ -74,11 +73,11 @@ impl Volume {
         let (first, last) = (off / bs, (end - 1) / bs);
         let mut out = vec![0u8; (end - off) as usize];
         // Stored extents of the range, fetched with one scan and one multi-get.
-        let stored = self.extents_from(ino, first, last + 1)?;
+        let stored = self.view.extents(ino, first, last + 1)?;
         let cached = |i: &u64| n.dirty.contains_key(i) || n.clean.iter().any(|(c, _)| c == i);
         let wanted: Vec<_> = stored.iter().filter(|(i, _, _)| !cached(i)).collect();
         let hashes: Vec<_> = wanted.iter().map(|(_, _, h)| *h).collect();
-        let blocks = self.store.get_blocks(&hashes)?;
+        let blocks = self.view.blocks(&hashes)?;
         let mut copy = |idx: u64, src: &[u8]| {
             let bstart = idx * bs;
             let from = off.max(bstart);
@@ -94,7 +93,7 @@ impl Volume {
             match b {
                 Some(b) => copy(*idx, &b),
                 None => {
-                    return Err(crate::error::Error::Corrupt(format!("inode {ino} block {idx}: missing block")))
+                    return Err(Error::Corrupt(format!("inode {ino} block {idx}: missing block")).into())
                 }
             }
         }
@@ -107,7 +106,7 @@ impl Volume {
         Ok(out)
     }
 
-    pub fn write(&self, ino: u64, off: u64, data: &[u8]) -> Result<usize> {
+    pub fn write(&self, ino: u64, off: u64, data: &[u8]) -> FsResult<usize> {
         self.check_writable()?;
         let end = off.checked_add(data.len() as u64).ok_or_else(|| err(libc::EFBIG))?;
         if end > i64::MAX as u64 {
@@ -172,77 +171,105 @@ impl Volume {
         }
     }
 
-    /// Zeroes bytes [from, to) of a file: whole blocks become holes, edges are patched.
-    /// Extends nothing; the caller sets the size.
-    fn zero_range(&self, t: &mut crate::store::Txn, ino: u64, n: &mut Node, from: u64, to: u64) -> Result<i64> {
+    /// Zeroes bytes [from, to) of block `idx` (a part of one block) in `t`. The node has no
+    /// dirty blocks (`settle`). Returns the change in stored blocks.
+    fn stage_zero_part(&self, t: &mut ViewTxn<'_>, ino: u64, n: &mut Node, idx: u64, from: u64, to: u64) -> FsResult<i64> {
+        let old = self.view.extent(ino, idx)?;
+        if !matches!(old, Some((_, Some(_)))) || from >= to {
+            return Ok(0);
+        }
+        let mut b = self.block_bytes(ino, n, idx)?;
+        let bstart = idx * self.bs;
+        b[(from - bstart) as usize..(to - bstart) as usize].fill(0);
+        let new = self.block_ext(&b);
+        self.drop_clean(n, idx..idx + 1);
+        Ok(t.set_extent(ino, idx, old, new)?)
+    }
+
+    /// Zeroes the parts of the first and last blocks of [from, to) that the range covers
+    /// only partly. Returns the change in stored blocks.
+    fn stage_zero_edges(&self, t: &mut ViewTxn<'_>, ino: u64, n: &mut Node, from: u64, to: u64) -> FsResult<i64> {
         let bs = self.bs;
-        let mut delta = 0;
         if from >= to {
             return Ok(0);
         }
-        let first_full = from.div_ceil(bs);
-        let end_full = to / bs;
-        // Edges: blocks only partly covered.
-        let mut edges = vec![from / bs];
-        if (to - 1) / bs != from / bs {
-            edges.push((to - 1) / bs);
-        }
-        for idx in edges {
-            let bstart = idx * bs;
-            if from <= bstart && to >= bstart + bs {
-                continue;
-            }
-            if bstart >= n.rec.size && !n.dirty.contains_key(&idx) {
-                continue;
-            }
-            let mut b = self.block_bytes(ino, n, idx)?;
-            let s = from.max(bstart) - bstart;
-            let e = to.min(bstart + bs) - bstart;
-            b[s as usize..e as usize].fill(0);
-            if n.dirty.insert(idx, b).is_none() {
-                self.mark_dirty(ino, n, 1);
-            }
-        }
-        if first_full < end_full {
-            self.drop_clean(n, first_full..end_full);
-            let gone: Vec<u64> = n.dirty.range(first_full..end_full).map(|(i, _)| *i).collect();
-            for idx in &gone {
-                n.dirty.remove(idx);
-            }
-            self.budget.bytes.fetch_sub(gone.len() as u64 * bs, Ordering::Relaxed);
-            for (idx, e, h) in self.extents_from(ino, first_full, end_full)? {
-                delta += self.stage_extent(t, ino, idx, Some((e, Some(h))), Ext::Hole)?;
-            }
-        }
-        Ok(delta)
-    }
-
-    /// Sets the size of a file, freeing what lies past a shrink. Part of setattr.
-    pub(super) fn stage_truncate(&self, t: &mut crate::store::Txn, ino: u64, n: &mut Node, size: u64) -> Result<i64> {
-        let bs = self.bs;
-        let old = n.rec.size;
+        let (fi, li) = (from / bs, (to - 1) / bs);
         let mut delta = 0;
-        if size < old {
-            // Bytes past the new end inside the last block must read as zeros if it grows again.
-            if size % bs != 0 {
-                delta += self.zero_range(t, ino, n, size, (size / bs + 1) * bs)?;
-            }
-            let keep = size.div_ceil(bs);
-            self.drop_clean(n, keep..u64::MAX);
-            let gone: Vec<u64> = n.dirty.range(keep..).map(|(i, _)| *i).collect();
-            for idx in &gone {
-                n.dirty.remove(idx);
-            }
-            self.budget.bytes.fetch_sub(gone.len() as u64 * bs, Ordering::Relaxed);
-            for (idx, e, h) in self.extents_from(ino, keep, u64::MAX)? {
-                delta += self.stage_extent(t, ino, idx, Some((e, Some(h))), Ext::Hole)?;
-            }
+        if from % bs != 0 || (fi == li && to % bs != 0) {
+            delta += self.stage_zero_part(t, ino, n, fi, from, to.min((fi + 1) * bs))?;
         }
-        n.rec.size = size;
+        if li != fi && to % bs != 0 {
+            delta += self.stage_zero_part(t, ino, n, li, li * bs, to)?;
+        }
         Ok(delta)
     }
 
-    pub fn fallocate(&self, ino: u64, off: u64, len: u64, mode: i32) -> Result<()> {
+    /// Makes the data blocks in [from, to) holes, in batches of at most `PURGE_BATCH`
+    /// extents, highest first, each committed with the node's record. With `shrink`, each
+    /// batch also lowers the size to where it stopped (never below `shrink`): the file is a
+    /// consistent prefix of itself at every commit, so a crash mid-way loses nothing that
+    /// was kept. The node has no dirty blocks (`settle`); memory changes after each commit.
+    fn clear_blocks(&self, ino: u64, n: &mut Node, from: u64, to: u64, shrink: Option<u64>) -> FsResult<()> {
+        let mut hi = to;
+        while hi > from {
+            let mut t = self.txn()?;
+            let (mut delta, mut staged, mut lo) = (0i64, 0u64, hi);
+            while lo > from && staged < PURGE_BATCH {
+                let top = match self.view.last_extent_below(ino, lo)? {
+                    Some(top) if top >= from => top,
+                    _ => {
+                        lo = from;
+                        break;
+                    }
+                };
+                let start = top.saturating_sub(PURGE_BATCH - staged - 1).max(from);
+                for (idx, at, h) in self.view.extents(ino, start, top + 1)? {
+                    delta += t.set_extent(ino, idx, Some((at, Some(h))), Ext::Hole)?;
+                    staged += 1;
+                }
+                lo = start;
+            }
+            if staged == 0 {
+                return Ok(());
+            }
+            self.drop_clean(n, lo..hi);
+            let now = Ts::now();
+            let mut rec = n.rec.clone();
+            if let Some(s) = shrink {
+                rec.size = rec.size.min(s.max(lo.saturating_mul(self.bs)));
+            }
+            rec.mtime = now;
+            rec.ctime = now;
+            rec.blocks = rec.blocks.saturating_add_signed(delta);
+            let rec = self.stage_node(&mut t, ino, n, rec)?;
+            t.commit(false)?;
+            self.applied(ino, n, rec);
+            hi = lo;
+        }
+        Ok(())
+    }
+
+    /// First step of a shrink to `size`: frees the whole blocks past it, in bounded batches
+    /// of their own. Take no batch before calling it (it commits its own).
+    pub(super) fn shrink_blocks(&self, ino: u64, n: &mut Node, size: u64) -> FsResult<()> {
+        if size >= n.rec.size {
+            return Ok(());
+        }
+        self.settle(ino, n)?;
+        self.clear_blocks(ino, n, size.div_ceil(self.bs), u64::MAX, Some(size))
+    }
+
+    /// Last step of setting the size: bytes past the new end inside its last block must
+    /// read as zeros if the file grows again. The caller records `size` after `t` commits.
+    pub(super) fn stage_tail(&self, t: &mut ViewTxn<'_>, ino: u64, n: &mut Node, size: u64) -> FsResult<i64> {
+        let bs = self.bs;
+        if size % bs == 0 || n.rec.size <= size {
+            return Ok(0);
+        }
+        self.stage_zero_part(t, ino, n, size / bs, size, (size / bs + 1) * bs)
+    }
+
+    pub fn fallocate(&self, ino: u64, off: u64, len: u64, mode: i32) -> FsResult<()> {
         self.check_writable()?;
         let end = off.checked_add(len).ok_or_else(|| err(libc::EFBIG))?;
         if len == 0 {
@@ -260,30 +287,37 @@ impl Volume {
         if mode & !known != 0 || (punch && !keep) || (punch && zero) {
             return Err(err(libc::EOPNOTSUPP));
         }
-        let mut t = self.store.txn();
         let mut delta = 0;
-        if punch || zero {
+        let mut t = if punch || zero {
             let to = end.min(n.rec.size.max(if keep { 0 } else { end }));
-            delta = self.zero_range(&mut t, ino, &mut n, off, to)?;
-        }
+            self.settle(ino, &mut n)?;
+            if off < to {
+                self.clear_blocks(ino, &mut n, off.div_ceil(self.bs), to / self.bs, None)?;
+            }
+            let mut t = self.txn()?;
+            delta = self.stage_zero_edges(&mut t, ino, &mut n, off, to)?;
+            t
+        } else {
+            self.txn()?
+        };
         let now = Ts::now();
         let mut rec = n.rec.clone();
         if !keep && end > rec.size {
             rec.size = end;
         }
-        rec.blocks = (rec.blocks as i64 + delta).max(0) as u64;
+        rec.blocks = rec.blocks.saturating_add_signed(delta);
         if punch || zero || rec.size != n.rec.size {
             rec.mtime = now;
             rec.ctime = now;
         }
         let rec = self.stage_node(&mut t, ino, &n, rec)?;
-        self.store.commit(t, false)?;
+        t.commit(false)?;
         self.applied(ino, &mut n, rec);
         Ok(())
     }
 
     /// SEEK_DATA / SEEK_HOLE.
-    pub fn lseek(&self, ino: u64, off: u64, whence: i32) -> Result<u64> {
+    pub fn lseek(&self, ino: u64, off: u64, whence: i32) -> FsResult<u64> {
         self.flush_ino(ino, false)?;
         let node = self.node(ino)?;
         let n = lock(&node)?;
@@ -292,7 +326,7 @@ impl Volume {
             return Err(err(libc::ENXIO));
         }
         let bs = self.bs;
-        let data: Vec<u64> = self.extents_from(ino, off / bs, size.div_ceil(bs))?.iter().map(|x| x.0).collect();
+        let data: Vec<u64> = self.view.extents(ino, off / bs, size.div_ceil(bs))?.iter().map(|x| x.0).collect();
         match whence {
             libc::SEEK_DATA => data.first().map(|i| (i * bs).max(off)).filter(|p| *p < size).ok_or_else(|| err(libc::ENXIO)),
             libc::SEEK_HOLE => {
@@ -311,7 +345,7 @@ impl Volume {
 
     /// Copies a range between files, sharing whole blocks instead of copying them when both
     /// sides are block-aligned.
-    pub fn copy_range(&self, ino_in: u64, off_in: u64, ino_out: u64, off_out: u64, len: u64) -> Result<u64> {
+    pub fn copy_range(&self, ino_in: u64, off_in: u64, ino_out: u64, off_out: u64, len: u64) -> FsResult<u64> {
         self.check_writable()?;
         let in_size = lock(&self.node(ino_in)?)?.rec.size;
         if off_in >= in_size || len == 0 {
@@ -340,43 +374,45 @@ impl Volume {
 }
 
 impl Volume {
-    /// Makes `count` blocks of `dst` from `dst_idx` refer to the blocks of `src` from `src_idx`.
-    fn share_blocks(&self, src: u64, src_idx: u64, dst: u64, dst_idx: u64, count: u64) -> Result<()> {
-        let src_ext = self.extents_from(src, src_idx, src_idx + count)?;
+    /// Makes `count` blocks of `dst` from `dst_idx` refer to the blocks of `src` from
+    /// `src_idx`, in batches of `PURGE_BATCH` blocks (each commit extends the file by what
+    /// it shares, so every commit leaves a consistent file).
+    fn share_blocks(&self, src: u64, src_idx: u64, dst: u64, dst_idx: u64, count: u64) -> FsResult<()> {
         let dnode = self.node(dst)?;
         let mut dn = lock(&dnode)?;
-        self.drop_clean(&mut dn, dst_idx..dst_idx + count);
-        let mut t = self.store.txn();
-        let mut delta = 0;
-        let mut map = std::collections::HashMap::new();
-        for (i, _, h) in src_ext {
-            map.insert(i - src_idx, h);
-        }
-        for k in 0..count {
-            let idx = dst_idx + k;
-            if dn.dirty.remove(&idx).is_some() {
-                self.budget.bytes.fetch_sub(self.bs, Ordering::Relaxed);
+        self.settle(dst, &mut dn)?;
+        let mut done = 0;
+        while done < count {
+            let k = (count - done).min(PURGE_BATCH);
+            let (s0, d0) = (src_idx + done, dst_idx + done);
+            let src_ext: std::collections::HashMap<u64, _> =
+                self.view.extents(src, s0, s0 + k)?.into_iter().map(|(i, _, h)| (i - s0, h)).collect();
+            let old = self.view.extent_map(dst, d0, d0 + k)?;
+            let mut t = self.txn()?;
+            let mut delta = 0;
+            for j in 0..k {
+                let new = match src_ext.get(&j) {
+                    Some(h) => Ext::Shared(*h),
+                    None => Ext::Hole,
+                };
+                delta += t.set_extent(dst, d0 + j, old.get(&(d0 + j)).copied(), new)?;
             }
-            let old = self.extent(dst, idx)?;
-            let new = match map.get(&k) {
-                Some(h) => Ext::Shared(*h),
-                None => Ext::Hole,
-            };
-            delta += self.stage_extent(&mut t, dst, idx, old, new)?;
+            self.drop_clean(&mut dn, d0..d0 + k);
+            let now = Ts::now();
+            let mut rec = dn.rec.clone();
+            rec.size = rec.size.max((d0 + k) * self.bs);
+            rec.mtime = now;
+            rec.ctime = now;
+            rec.blocks = rec.blocks.saturating_add_signed(delta);
+            let rec = self.stage_node(&mut t, dst, &dn, rec)?;
+            t.commit(false)?;
+            self.applied(dst, &mut dn, rec);
+            done += k;
         }
-        let now = Ts::now();
-        let mut rec = dn.rec.clone();
-        rec.size = rec.size.max((dst_idx + count) * self.bs);
-        rec.mtime = now;
-        rec.ctime = now;
-        rec.blocks = (rec.blocks as i64 + delta).max(0) as u64;
-        let rec = self.stage_node(&mut t, dst, &dn, rec)?;
-        self.store.commit(t, false)?;
-        self.applied(dst, &mut dn, rec);
         Ok(())
     }
 
-    pub fn entry(&self, ino: u64) -> Result<Entry> {
+    pub fn entry(&self, ino: u64) -> FsResult<Entry> {
         let node = self.node(ino)?;
         let n = lock(&node)?;
         Ok(Entry { ino, rec: n.rec.clone() })

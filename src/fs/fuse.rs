@@ -9,9 +9,8 @@ use super::DirItem;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use super::{Ctx, Entry, Volume};
-use crate::error::Error;
-use crate::store::records::{Kind, Ts};
+use super::{Ctx, Entry, FsError, FsResult, Volume};
+use crate::volume::{Kind, Ts};
 use fuser::{
     AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags,
@@ -51,26 +50,26 @@ impl FuseFs {
 }
 
 /// Mutations never reach a snapshot view or `.snapshots` itself.
-fn head_only(inos: &[u64]) -> crate::error::Result<()> {
+fn head_only(inos: &[u64]) -> FsResult<()> {
     if inos.iter().any(|i| *i >= VIEW_BASE) {
-        return Err(Error::Errno(libc::EROFS));
+        return Err(FsError::Posix(libc::EROFS));
     }
     Ok(())
 }
 
 /// The name `.snapshots` in a head's root is taken.
-fn free_name(snaps: bool, parent: u64, name: &OsStr) -> crate::error::Result<()> {
+fn free_name(snaps: bool, parent: u64, name: &OsStr) -> FsResult<()> {
     if snaps && parent == crate::fs::ROOT_INO && name.as_bytes() == snapdir::NAME {
-        return Err(Error::Errno(libc::EEXIST));
+        return Err(FsError::Posix(libc::EEXIST));
     }
     Ok(())
 }
 
-fn errno(e: &Error) -> Errno {
-    if !matches!(e, Error::Errno(_)) {
+fn errno(e: &FsError) -> Errno {
+    if let FsError::Engine(e) = e {
         log::error!("{e}");
     }
-    Errno::from_i32(e.to_errno())
+    Errno::from_i32(e.errno())
 }
 
 fn to_time(t: Ts) -> SystemTime {
@@ -115,16 +114,16 @@ impl FuseFs {
 
     /// Runs `f` on the volume that owns `ino` (the head, or a snapshot view) with the inode
     /// number inside it; returns the view number for translating results back.
-    fn with_vol<R>(&self, ino: u64, f: impl FnOnce(&Volume, u64) -> crate::error::Result<R>) -> crate::error::Result<(u64, R)> {
+    fn with_vol<R>(&self, ino: u64, f: impl FnOnce(&Volume, u64) -> FsResult<R>) -> FsResult<(u64, R)> {
         let (k, inner) = split(ino);
         if k == 0 {
             let g = self.v();
             return f(&g, ino).map(|r| (0, r));
         }
         if ino == SNAPDIR {
-            return Err(Error::Errno(libc::EISDIR));
+            return Err(FsError::Posix(libc::EISDIR));
         }
-        let snaps = self.snaps.as_ref().ok_or(Error::Errno(libc::ENOENT))?;
+        let snaps = self.snaps.as_ref().ok_or(FsError::Posix(libc::ENOENT))?;
         let view = snaps.view(k)?;
         f(&view, inner).map(|r| (k, r))
     }
@@ -157,9 +156,9 @@ impl FuseFs {
         }
     }
 
-    fn lookup_in(&self, parent: u64, name: &OsStr) -> crate::error::Result<Entry> {
+    fn lookup_in(&self, parent: u64, name: &OsStr) -> FsResult<Entry> {
         if parent == SNAPDIR {
-            let snaps = self.snaps.as_ref().ok_or(Error::Errno(libc::ENOENT))?;
+            let snaps = self.snaps.as_ref().ok_or(FsError::Posix(libc::ENOENT))?;
             let (k, view) = snaps.open(&name.to_string_lossy())?;
             return Ok(Self::tr(k, view.entry(crate::fs::ROOT_INO)?));
         }
@@ -188,21 +187,21 @@ impl FuseFs {
         }
     }
 
-    fn entry(&self, r: crate::error::Result<Entry>, reply: ReplyEntry) {
+    fn entry(&self, r: FsResult<Entry>, reply: ReplyEntry) {
         match r {
             Ok(e) => reply.entry(&TTL, &self.attr(&e), GEN),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
-    fn empty(&self, r: crate::error::Result<()>, reply: ReplyEmpty) {
+    fn empty(&self, r: FsResult<()>, reply: ReplyEmpty) {
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
-    fn xattr_reply(data: crate::error::Result<Vec<u8>>, size: u32, reply: ReplyXattr) {
+    fn xattr_reply(data: FsResult<Vec<u8>>, size: u32, reply: ReplyXattr) {
         match data {
             Ok(d) if size == 0 => reply.size(d.len() as u32),
             Ok(d) if d.len() > size as usize => reply.error(Errno::ERANGE),
@@ -485,7 +484,7 @@ impl Filesystem for FuseFs {
 
     fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let listing = if ino.0 == SNAPDIR {
-            self.lists.lock().ok().and_then(|l| l.get(&fh.0).cloned()).map(|l| (0, l)).ok_or(Error::Errno(libc::EBADF))
+            self.lists.lock().ok().and_then(|l| l.get(&fh.0).cloned()).map(|l| (0, l)).ok_or(FsError::Posix(libc::EBADF))
         } else {
             self.with_vol(ino.0, |v, _| v.readdir(fh.0))
         };
@@ -523,7 +522,7 @@ impl Filesystem for FuseFs {
     }
 
     fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        let r = self.v().store.sync();
+        let r = self.v().view.sync().map_err(FsError::from);
         self.empty(r, reply)
     }
 

@@ -14,17 +14,19 @@ pub mod namespace;
 pub mod attr;
 pub mod table;
 
-use crate::error::{Error, Result};
-use crate::store::records::{self, Hash, InodeRec};
-use crate::store::{cf, keys, Found, Store, Txn, ViewCtx};
-use crate::volume::ViewSpec;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use crate::error::Error;
+use crate::volume::view::{Ext, View, ViewTxn};
+use crate::volume::{InodeRec, Kind};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use table::{lock, Node, NodeRef, Table};
 
 pub use crate::volume::ROOT_INO;
+
+/// Extents a purge removes per batch (and the most an unlink removes in its own batch): unlinking a huge file never builds one huge batch.
+pub(crate) const PURGE_BATCH: u64 = 4096;
 
 /// Who is asking: the caller's credentials from the kernel.
 #[derive(Clone, Copy, Debug)]
@@ -72,31 +74,68 @@ impl Default for DirtyBudget {
 pub struct DirItem {
     pub name: Vec<u8>,
     pub ino: u64,
-    pub kind: records::Kind,
+    pub kind: Kind,
 }
 
-pub fn err(code: i32) -> Error {
-    Error::Errno(code)
+/// What a filesystem operation fails with: a POSIX error the caller gets as is, or a failure
+/// of the engine underneath (the kernel sees EIO, or ENOSPC when the disk is full). Only
+/// `fuse.rs` turns it into an errno.
+#[derive(Debug)]
+pub enum FsError {
+    Posix(i32),
+    Engine(Error),
 }
 
-/// What an extent becomes.
-pub enum Ext {
-    Hole,
-    /// New bytes with their hash.
-    Data(Hash, Vec<u8>),
-    /// A block already stored (shared by a file-level clone).
-    Shared(Hash),
+pub type FsResult<T> = std::result::Result<T, FsError>;
+
+impl FsError {
+    pub fn errno(&self) -> i32 {
+        match self {
+            FsError::Posix(e) => *e,
+            FsError::Engine(e) => e.to_errno(),
+        }
+    }
+}
+
+impl From<Error> for FsError {
+    fn from(e: Error) -> Self {
+        FsError::Engine(e)
+    }
+}
+
+impl From<std::io::Error> for FsError {
+    fn from(e: std::io::Error) -> Self {
+        FsError::Engine(Error::Io(e))
+    }
+}
+
+impl From<FsError> for Error {
+    fn from(e: FsError) -> Self {
+        match e {
+            FsError::Posix(code) => Error::Io(std::io::Error::from_raw_os_error(code)),
+            FsError::Engine(e) => e,
+        }
+    }
+}
+
+impl std::fmt::Display for FsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FsError::Posix(e) => write!(f, "{}", std::io::Error::from_raw_os_error(*e)),
+            FsError::Engine(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+pub fn err(code: i32) -> FsError {
+    FsError::Posix(code)
 }
 
 pub struct Volume {
-    pub store: Arc<Store>,
-    pub spec: ViewSpec,
+    /// What this mount reads and writes: the versioning engine.
+    pub view: View,
     pub read_only: bool,
     pub bs: u64,
-    /// Epoch this view reads (and, for a head, writes) at. Changes only under the cut.
-    epoch: AtomicU64,
-    /// Pinned epochs of this lineage: a version one of them sees is never deleted in place.
-    pins: Mutex<BTreeSet<u64>>,
     budget: Arc<DirtyBudget>,
     ns: Mutex<()>,
     table: Table,
@@ -120,24 +159,13 @@ impl Drop for Volume {
     }
 }
 
-/// Where a visible version was found: chain level (0 = own lineage) and epoch.
-pub type At = (usize, u64);
-
 impl Volume {
-    pub fn open(store: Arc<Store>, spec: ViewSpec, budget: Arc<DirtyBudget>) -> Result<Volume> {
-        let mut max_ino = ROOT_INO;
-        for l in std::iter::once(spec.lineage).chain(spec.parents.iter().map(|p| p.0)) {
-            if let Some(k) = store.last_key(cf::INODES, &keys::lineage_prefix(l))? {
-                max_ino = max_ino.max(keys::read_u64(&k, 8));
-            }
-        }
+    pub fn open(view: View, budget: Arc<DirtyBudget>) -> FsResult<Volume> {
+        let max_ino = view.max_ino()?.max(ROOT_INO);
         let v = Volume {
-            bs: spec.block_size as u64,
-            store,
-            read_only: spec.read_only,
-            epoch: AtomicU64::new(spec.epoch),
-            pins: Mutex::new(spec.pins.clone()),
-            spec,
+            bs: view.spec().block_size as u64,
+            read_only: view.spec().read_only,
+            view,
             budget,
             ns: Mutex::new(()),
             table: Table::new(),
@@ -153,64 +181,23 @@ impl Volume {
     }
 
     pub fn name(&self) -> &str {
-        &self.spec.name
+        &self.view.spec().name
     }
 
-    fn lineage(&self) -> u64 {
-        self.spec.lineage
+    /// A batch of changes to this view (see `ViewTxn`).
+    fn txn(&self) -> FsResult<ViewTxn<'_>> {
+        self.check_writable()?;
+        Ok(self.view.txn()?)
     }
 
-    pub fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::SeqCst)
-    }
-
-    /// The lineages this view reads, nearest first, with the epoch read in each.
-    fn chain(&self) -> Vec<(u64, u64)> {
-        let mut c = Vec::with_capacity(1 + self.spec.parents.len());
-        c.push((self.lineage(), self.epoch()));
-        c.extend_from_slice(&self.spec.parents);
-        c
-    }
-
-    /// After a snapshot of this head at its epoch `e`: `e` is pinned and writes go to `e + 1`.
-    /// Call only while no operation runs (under the cut).
-    pub fn advance(&self, e: u64) {
-        if let Ok(mut p) = self.pins.lock() {
-            p.insert(e);
-        }
-        self.epoch.store(e + 1, Ordering::SeqCst);
-    }
-
-    /// The pins of this lineage changed (a snapshot went away): take the catalog's set.
-    /// Call only while no operation runs (under the cut).
-    pub fn set_pins(&self, pins: BTreeSet<u64>) {
-        if let Ok(mut p) = self.pins.lock() {
-            *p = pins;
-        }
-    }
-
-    /// What this head's block counts need to know (`Txn::view_ref`).
-    fn view_ctx(&self) -> ViewCtx {
-        ViewCtx {
-            lineage: self.lineage(),
-            epoch: self.epoch(),
-            parents: self.spec.parents.clone(),
-            pins: self.pins.lock().map(|p| p.clone()).unwrap_or_default(),
-        }
-    }
-
-    fn pinned_between(&self, from: u64, to: u64) -> bool {
-        from < to && self.pins.lock().map(|p| p.range(from..to).next().is_some()).unwrap_or(true)
-    }
-
-    fn ns(&self) -> Result<MutexGuard<'_, ()>> {
+    fn ns(&self) -> FsResult<MutexGuard<'_, ()>> {
         if self.read_only {
             return Err(err(libc::EROFS));
         }
-        self.ns.lock().map_err(|_| Error::Corrupt("namespace lock poisoned".into()))
+        self.ns.lock().map_err(|_| FsError::Engine(Error::Corrupt("namespace lock poisoned".into())))
     }
 
-    fn check_writable(&self) -> Result<()> {
+    fn check_writable(&self) -> FsResult<()> {
         if self.read_only {
             Err(err(libc::EROFS))
         } else {
@@ -218,25 +205,12 @@ impl Volume {
         }
     }
 
-    /// The visible version of `ident` (a key of our own lineage, without epoch).
-    fn find(&self, cfname: &str, ident: &[u8]) -> Result<Option<Found>> {
-        self.store.get_chain(cfname, &ident[8..], &self.chain())
-    }
-
-    /// Visible versions of identities under `prefix` (own-lineage keys) from `start` on.
-    fn scan_visible(&self, cfname: &str, prefix: &[u8], start: &[u8], end: Option<&[u8]>) -> Result<Vec<(Vec<u8>, Found)>> {
-        self.store.scan_chain(cfname, &prefix[8..], &start[8..], end.map(|e| &e[8..]), &self.chain())
-    }
-
-    fn load_rec(&self, ino: u64) -> Result<Option<InodeRec>> {
-        match self.find(cf::INODES, &keys::inode_key(self.lineage(), ino))? {
-            Some(f) => InodeRec::decode(&f.value),
-            None => Ok(None),
-        }
+    fn load_rec(&self, ino: u64) -> crate::error::Result<Option<InodeRec>> {
+        self.view.inode(ino)
     }
 
     /// The node of a live inode, or ENOENT.
-    pub(crate) fn node(&self, ino: u64) -> Result<NodeRef> {
+    pub(crate) fn node(&self, ino: u64) -> FsResult<NodeRef> {
         self.table.get(ino, || self.load_rec(ino))?.ok_or_else(|| err(libc::ENOENT))
     }
 
@@ -244,167 +218,51 @@ impl Volume {
         self.next_ino.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// True if something older than the version at `b` of `ident` would show through,
-    /// live: an older version of our own lineage, or a version in an ancestor.
-    fn older_visible(&self, cfname: &str, ident: &[u8], b: u64) -> Result<bool> {
-        if b > 0 {
-            if let Some((_, v)) = self.store.get_version(cfname, ident, b - 1)? {
-                return Ok(!records::is_tombstone(&v));
-            }
-        }
-        Ok(match self.store.get_chain(cfname, &ident[8..], &self.spec.parents)? {
-            Some(f) => !records::is_tombstone(&f.value),
-            None => false,
-        })
-    }
-
-    /// Replaces the visible version `old` of `ident` with `new` (None removes it). The old
-    /// version is deleted if it is ours and no pin sees it (written at this epoch, or no
-    /// snapshot between); otherwise it stays for the snapshot or ancestor that sees it.
-    /// A removal writes a tombstone when something older would show through, unless `hide`
-    /// is false (the caller knows nothing can reach the key any more).
-    /// Returns true if the old version was deleted (its block reference must go).
-    fn stage_version(&self, t: &mut Txn, cfname: &str, ident: Vec<u8>, old: Option<At>, new: Option<&[u8]>, hide: bool) -> Result<bool> {
-        let e = self.epoch();
-        let tag = cf::tag(cfname);
-        let old_dies = matches!(old, Some((0, b)) if b == e || !self.pinned_between(b, e));
-        if let Some((0, b)) = old {
-            if old_dies && b != e {
-                t.delete(&self.store, cfname, &keys::versioned(ident.clone(), b))?;
-                t.delete(&self.store, cf::BIRTHS, &keys::birth(&ident, b, tag))?;
-            }
-        }
-        let tomb;
-        let value = match new {
-            Some(v) => Some(v),
-            None => {
-                let shows = hide
-                    && match old {
-                        None => false,
-                        Some(_) if !old_dies => true,
-                        Some((_, b)) => self.older_visible(cfname, &ident, b)?,
-                    };
-                if shows {
-                    tomb = records::tombstone();
-                    Some(&tomb[..])
-                } else {
-                    None
-                }
-            }
-        };
-        match value {
-            Some(v) => {
-                t.put(&self.store, cf::BIRTHS, &keys::birth(&ident, e, tag), &[])?;
-                t.put(&self.store, cfname, &keys::versioned(ident, e), v)?;
-            }
-            None => {
-                if old == Some((0, e)) {
-                    t.delete(&self.store, cf::BIRTHS, &keys::birth(&ident, e, tag))?;
-                    t.delete(&self.store, cfname, &keys::versioned(ident, e))?;
-                }
-            }
-        }
-        Ok(old_dies)
-    }
-
-    /// The visible extent of block `idx`: where it was found, and its hash (None: hole).
-    fn extent(&self, ino: u64, idx: u64) -> Result<Option<(At, Option<Hash>)>> {
-        match self.find(cf::EXTENTS, &keys::extent_key(self.lineage(), ino, idx))? {
-            Some(f) => Ok(Some(((f.level, f.epoch), records::decode_extent(&f.value)?))),
-            None => Ok(None),
-        }
-    }
-
-    /// Visible data extents of a file in blocks [from, to): (index, where found, hash).
-    fn extents_from(&self, ino: u64, from: u64, to: u64) -> Result<Vec<(u64, At, Hash)>> {
-        let l = self.lineage();
-        let end = if to == u64::MAX { None } else { Some(keys::extent_key(l, ino, to)) };
-        let found = self.scan_visible(cf::EXTENTS, &keys::extents_of(l, ino), &keys::extent_key(l, ino, from), end.as_deref())?;
-        let mut out = Vec::with_capacity(found.len());
-        for (rest, f) in found {
-            if let Some(h) = records::decode_extent(&f.value)? {
-                out.push((keys::read_u64(&rest, 8), (f.level, f.epoch), h));
-            }
-        }
-        Ok(out)
-    }
-
-    /// Sets block `idx` of `ino`, given what is visible there now (`old`). Returns the change
-    /// in the file's count of stored blocks.
-    fn stage_extent(&self, t: &mut Txn, ino: u64, idx: u64, old: Option<(At, Option<Hash>)>, new: Ext) -> Result<i64> {
-        let l = self.lineage();
-        let old_hash = old.and_then(|o| o.1);
-        let new_hash = match &new {
-            Ext::Hole => None,
-            Ext::Data(h, _) | Ext::Shared(h) => Some(*h),
-        };
-        if old_hash == new_hash {
-            return Ok(0);
-        }
-        let value = new_hash.map(|h| records::encode_extent(&h));
-        let dies = self.stage_version(t, cf::EXTENTS, keys::extent_key(l, ino, idx), old.map(|o| o.0), value.as_deref(), true)?;
-        if let (Some(h), true) = (old_hash, dies) {
-            t.drop_ref(h, l);
-        }
-        if let Some(h) = old_hash {
-            t.view_ref(|| self.view_ctx(), h, -1);
-        }
-        if let Some(h) = new_hash {
-            t.view_ref(|| self.view_ctx(), h, 1);
-        }
-        match new {
-            Ext::Hole => {}
-            Ext::Data(h, data) => t.add_ref(h, l, data),
-            Ext::Shared(h) => t.share_ref(h, l),
-        }
-        Ok(new_hash.is_some() as i64 - old_hash.is_some() as i64)
-    }
-
-    /// Writes an inode record at this epoch.
-    fn stage_inode(&self, t: &mut Txn, ino: u64, rec: &InodeRec) -> Result<()> {
-        let ident = keys::inode_key(self.lineage(), ino);
-        let old = self.find(cf::INODES, &ident)?.map(|f| (f.level, f.epoch));
-        self.stage_version(t, cf::INODES, ident, old, Some(&rec.encode()), true)?;
-        Ok(())
-    }
-
     /// Stages `n`'s dirty blocks and `rec` (its new attributes) into `t`. Returns the record
     /// as written; call `applied` after the commit succeeds.
-    fn stage_node(&self, t: &mut Txn, ino: u64, n: &Node, mut rec: InodeRec) -> Result<InodeRec> {
+    fn stage_node(&self, t: &mut ViewTxn<'_>, ino: u64, n: &Node, mut rec: InodeRec) -> FsResult<InodeRec> {
         let mut delta = 0i64;
         // Dense dirty ranges (sequential writes) read the old extents with one scan.
         let scanned = match (n.dirty.keys().next(), n.dirty.keys().next_back()) {
             (Some(&first), Some(&last)) if n.dirty.len() > 4 && last - first < 8 * n.dirty.len() as u64 => {
-                let l = self.lineage();
-                let mut m = HashMap::new();
-                let prefix = keys::extents_of(l, ino);
-                let end = keys::extent_key(l, ino, last + 1);
-                for (rest, f) in self.scan_visible(cf::EXTENTS, &prefix, &keys::extent_key(l, ino, first), Some(&end))? {
-                    m.insert(keys::read_u64(&rest, 8), ((f.level, f.epoch), records::decode_extent(&f.value)?));
-                }
-                Some(m)
+                Some(self.view.extent_map(ino, first, last + 1)?)
             }
             _ => None,
         };
         for (&idx, data) in &n.dirty {
             let old = match &scanned {
                 Some(m) => m.get(&idx).copied(),
-                None => self.extent(ino, idx)?,
+                None => self.view.extent(ino, idx)?,
             };
-            // A block is stored without its trailing zeros (a small file's tail costs its
-            // bytes, not a block); all-zero blocks are holes.
-            let new = match data.iter().rposition(|b| *b != 0) {
-                None => Ext::Hole,
-                Some(last) => {
-                    let bytes = &data[..=last];
-                    Ext::Data(self.store.hash(bytes), bytes.to_vec())
-                }
-            };
-            delta += self.stage_extent(t, ino, idx, old, new)?;
+            delta += t.set_extent(ino, idx, old, self.block_ext(data))?;
         }
-        rec.blocks = (rec.blocks as i64 + delta).max(0) as u64;
-        self.stage_inode(t, ino, &rec)?;
+        rec.blocks = rec.blocks.checked_add_signed(delta).ok_or_else(|| {
+            Error::Corrupt(format!("inode {ino}: stored block count {} would go below zero ({delta:+})", rec.blocks))
+        })?;
+        t.put_inode(ino, &rec)?;
         Ok(rec)
+    }
+
+    /// What a block's bytes become in the store: a block is stored without its trailing
+    /// zeros (a small file's tail costs its bytes, not a block); all-zero blocks are holes.
+    fn block_ext(&self, data: &[u8]) -> Ext {
+        match data.iter().rposition(|b| *b != 0) {
+            None => Ext::Hole,
+            Some(last) => {
+                let bytes = &data[..=last];
+                Ext::Data(self.view.hash(bytes), bytes.to_vec())
+            }
+        }
+    }
+
+    /// Writes out `n`'s dirty blocks, so that an operation on its stored extents (truncate,
+    /// punch, block sharing) changes memory only after its own commit succeeds.
+    fn settle(&self, ino: u64, n: &mut Node) -> FsResult<()> {
+        if n.dirty.is_empty() {
+            return Ok(());
+        }
+        let rec = n.rec.clone();
+        self.save_node(ino, n, rec, false)
     }
 
     /// Records in memory what `stage_node` wrote.
@@ -432,21 +290,21 @@ impl Volume {
     }
 
     /// Writes a node's record (and its dirty blocks) in a batch of its own.
-    fn save_node(&self, ino: u64, n: &mut Node, rec: InodeRec, sync: bool) -> Result<()> {
-        let mut t = self.store.txn();
+    fn save_node(&self, ino: u64, n: &mut Node, rec: InodeRec, sync: bool) -> FsResult<()> {
+        let mut t = self.txn()?;
         let rec = self.stage_node(&mut t, ino, n, rec)?;
-        self.store.commit(t, sync)?;
+        t.commit(sync)?;
         self.applied(ino, n, rec);
         Ok(())
     }
 
     /// Flushes one file's dirty data; with `sync`, makes it and everything before durable.
-    pub fn flush_ino(&self, ino: u64, sync: bool) -> Result<()> {
+    pub fn flush_ino(&self, ino: u64, sync: bool) -> FsResult<()> {
         let node = match self.table.get(ino, || Ok(None))? {
             Some(n) => n,
             None => {
                 if sync {
-                    self.store.sync()?;
+                    self.view.sync()?;
                 }
                 return Ok(());
             }
@@ -455,7 +313,7 @@ impl Volume {
         if n.is_clean() {
             drop(n);
             if sync {
-                self.store.sync()?;
+                self.view.sync()?;
             }
             return Ok(());
         }
@@ -464,10 +322,10 @@ impl Volume {
     }
 
     /// Flushes files whose dirty data is older than `age` (all with `age` zero).
-    pub fn flush_older_than(&self, age: Duration) -> Result<()> {
+    pub fn flush_older_than(&self, age: Duration) -> FsResult<()> {
         let inos: Vec<u64> = match self.dirty.lock() {
             Ok(d) => d.iter().copied().collect(),
-            Err(_) => return Err(Error::Corrupt("dirty set poisoned".into())),
+            Err(_) => return Err(Error::Corrupt("dirty set poisoned".into()).into()),
         };
         let now = Instant::now();
         for ino in inos {
@@ -484,37 +342,32 @@ impl Volume {
     }
 
     /// Flushes everything and syncs the WAL (unmount, snapshot, shutdown).
-    pub fn flush_all(&self) -> Result<()> {
+    pub fn flush_all(&self) -> FsResult<()> {
         self.flush_older_than(Duration::ZERO)?;
-        self.store.sync()
+        Ok(self.view.sync()?)
     }
 
-    /// Removes an inode with no names left and no open handles: data, xattrs, record.
-    /// Its number is never reused in this view, so only the record needs a tombstone.
-    fn stage_purge(&self, t: &mut Txn, ino: u64) -> Result<()> {
-        let l = self.lineage();
-        for (idx, at, h) in self.extents_from(ino, 0, u64::MAX)? {
-            t.view_ref(|| self.view_ctx(), h, -1);
-            if at.0 == 0 {
-                let ident = keys::extent_key(l, ino, idx);
-                if self.stage_version(t, cf::EXTENTS, ident, Some(at), None, false)? {
-                    t.drop_ref(h, l);
+    /// Removes an orphan (no names left, no open handles): data first, in bounded batches
+    /// (the orphan marker stays meanwhile, so a crash leaves work the next mount finishes),
+    /// then xattrs and record in one batch.
+    fn purge(&self, ino: u64, size: u64) -> FsResult<()> {
+        let blocks = size.div_ceil(self.bs);
+        let mut from = 0;
+        while from < blocks {
+            let to = from.saturating_add(PURGE_BATCH).min(blocks);
+            let found = self.view.extents(ino, from, to)?;
+            if !found.is_empty() {
+                let mut t = self.txn()?;
+                for (idx, at, h) in found {
+                    t.drop_extent(ino, idx, at, h)?;
                 }
+                t.commit(false)?;
             }
+            from = to;
         }
-        let prefix = keys::dir_prefix(l, ino);
-        for (rest, f) in self.scan_visible(cf::XATTRS, &prefix, &prefix, None)? {
-            if f.level == 0 {
-                let ident = [&l.to_be_bytes()[..], &rest].concat();
-                self.stage_version(t, cf::XATTRS, ident, Some((0, f.epoch)), None, false)?;
-            }
-        }
-        let ident = keys::inode_key(l, ino);
-        if let Some(f) = self.find(cf::INODES, &ident)? {
-            self.stage_version(t, cf::INODES, ident, Some((f.level, f.epoch)), None, true)?;
-        }
-        t.delete(&self.store, cf::CATALOG, &keys::catalog::orphan(l, ino))?;
-        Ok(())
+        let mut t = self.txn()?;
+        t.purge_inode(ino)?;
+        Ok(t.commit(false)?)
     }
 
     /// Remembers `data` as the stored content of block `idx`, within the clean budget.
@@ -545,7 +398,7 @@ impl Volume {
 
     /// Drops an inode's unsaved blocks after a purge, and its node unless the kernel still
     /// holds the inode (then the node stays, marked purged, until the kernel forgets it).
-    fn forget_node(&self, ino: u64, n: &mut Node) -> Result<()> {
+    fn forget_node(&self, ino: u64, n: &mut Node) -> FsResult<()> {
         self.drop_clean(n, 0..u64::MAX);
         if !n.dirty.is_empty() {
             self.budget.bytes.fetch_sub(n.dirty.len() as u64 * self.bs, Ordering::Relaxed);
@@ -559,21 +412,15 @@ impl Volume {
             n.purged = true;
             return Ok(());
         }
-        self.table.remove(ino)
+        Ok(self.table.remove(ino)?)
     }
 
     /// Purges inodes left unlinked-but-open by a crash.
-    fn purge_orphans(&self) -> Result<()> {
-        let mut inos = Vec::new();
-        self.store.scan(cf::CATALOG, &keys::catalog::orphans_of(self.lineage()), |k, _| {
-            inos.push(keys::read_u64(k, 9));
-            Ok(true)
-        })?;
-        for ino in inos {
+    fn purge_orphans(&self) -> FsResult<()> {
+        for ino in self.view.orphans()? {
             log::info!("volume {}: removing orphan inode {ino}", self.name());
-            let mut t = self.store.txn();
-            self.stage_purge(&mut t, ino)?;
-            self.store.commit(t, false)?;
+            let size = self.view.inode(ino)?.map(|r| r.size).unwrap_or(0);
+            self.purge(ino, size)?;
         }
         Ok(())
     }
@@ -607,7 +454,7 @@ impl Volume {
         let mut out = Vec::new();
         for ino in self.cached_inos() {
             let is_dir = match self.table.get(ino, || Ok(None)) {
-                Ok(Some(node)) => node.lock().map(|n| n.rec.kind == records::Kind::Dir).unwrap_or(false),
+                Ok(Some(node)) => node.lock().map(|n| n.rec.kind == Kind::Dir).unwrap_or(false),
                 _ => false,
             };
             if is_dir {

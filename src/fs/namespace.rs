@@ -2,10 +2,9 @@
 //! Each operation is one write batch (invariant 1 in docs/ARCHITECTURE.md).
 
 use super::table::{lock, Node, NodeRef};
-use super::{err, At, Ctx, DirItem, Entry, Volume};
-use crate::error::Result;
-use crate::store::records::{DirentRec, InodeRec, Kind, Ts};
-use crate::store::{cf, keys, Txn};
+use super::{err, FsResult, Ctx, DirItem, Entry, Volume, PURGE_BATCH};
+use crate::volume::view::{At, ViewTxn};
+use crate::volume::{DirentRec, InodeRec, Kind, Ts};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
@@ -21,7 +20,7 @@ pub struct NewNode<'a> {
     pub target: &'a [u8],
 }
 
-fn check_name(name: &[u8]) -> Result<()> {
+fn check_name(name: &[u8]) -> FsResult<()> {
     if name.len() > NAME_MAX {
         return Err(err(libc::ENAMETOOLONG));
     }
@@ -37,60 +36,34 @@ struct Locked<'a> {
 }
 
 impl<'a> Locked<'a> {
-    fn new(nodes: &'a BTreeMap<u64, NodeRef>) -> Result<Locked<'a>> {
+    fn new(nodes: &'a BTreeMap<u64, NodeRef>) -> FsResult<Locked<'a>> {
         let mut guards = BTreeMap::new();
         for (ino, n) in nodes {
             guards.insert(*ino, lock(n)?);
         }
         Ok(Locked { guards })
     }
-    fn get(&mut self, ino: u64) -> Result<&mut Node> {
+    fn get(&mut self, ino: u64) -> FsResult<&mut Node> {
         self.guards.get_mut(&ino).map(|g| &mut **g).ok_or_else(|| err(libc::EIO))
     }
 }
 
 impl Volume {
-    /// The visible version of entry `name` of `dir`, whiteouts included.
-    fn dirent_raw(&self, dir: u64, name: &[u8]) -> Result<Option<(At, Option<DirentRec>)>> {
-        match self.find(cf::DIRENTS, &keys::dirent_key(self.lineage(), dir, name))? {
-            Some(f) => Ok(Some(((f.level, f.epoch), DirentRec::decode(&f.value)?))),
-            None => Ok(None),
-        }
-    }
-
     /// The live entry `name` of directory `dir`: (where its version is, entry).
-    fn dirent(&self, dir: u64, name: &[u8]) -> Result<Option<(At, DirentRec)>> {
-        Ok(self.dirent_raw(dir, name)?.and_then(|(at, d)| d.map(|d| (at, d))))
-    }
-
-    fn stage_dirent(&self, t: &mut Txn, dir: u64, name: &[u8], d: DirentRec) -> Result<()> {
-        let old = self.dirent_raw(dir, name)?.map(|x| x.0);
-        self.stage_version(t, cf::DIRENTS, keys::dirent_key(self.lineage(), dir, name), old, Some(&d.encode()), true)?;
-        Ok(())
-    }
-
-    fn stage_unname(&self, t: &mut Txn, dir: u64, name: &[u8], at: At) -> Result<()> {
-        self.stage_version(t, cf::DIRENTS, keys::dirent_key(self.lineage(), dir, name), Some(at), None, true)?;
-        Ok(())
+    fn dirent(&self, dir: u64, name: &[u8]) -> FsResult<Option<(At, DirentRec)>> {
+        Ok(self.view.dirent(dir, name)?.and_then(|(at, d)| d.map(|d| (at, d))))
     }
 
     /// Live entries of a directory: (name, entry).
-    pub(crate) fn entries(&self, dir: u64) -> Result<Vec<(Vec<u8>, DirentRec)>> {
-        let prefix = keys::dir_prefix(self.lineage(), dir);
-        let mut out = Vec::new();
-        for (rest, f) in self.scan_visible(cf::DIRENTS, &prefix, &prefix, None)? {
-            if let Some(d) = DirentRec::decode(&f.value)? {
-                out.push((rest[8..rest.len() - 1].to_vec(), d));
-            }
-        }
-        Ok(out)
+    pub(crate) fn entries(&self, dir: u64) -> FsResult<Vec<(Vec<u8>, DirentRec)>> {
+        Ok(self.view.dirents(dir)?)
     }
 
-    fn dir_is_empty(&self, dir: u64) -> Result<bool> {
+    fn dir_is_empty(&self, dir: u64) -> FsResult<bool> {
         Ok(self.entries(dir)?.is_empty())
     }
 
-    fn live_dir<'a>(&self, n: &MutexGuard<'a, Node>) -> Result<()> {
+    fn live_dir<'a>(&self, n: &MutexGuard<'a, Node>) -> FsResult<()> {
         if n.rec.kind != Kind::Dir {
             return Err(err(libc::ENOTDIR));
         }
@@ -100,7 +73,7 @@ impl Volume {
         Ok(())
     }
 
-    pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Entry> {
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Entry> {
         if name.len() > NAME_MAX {
             return Err(err(libc::ENAMETOOLONG));
         }
@@ -119,7 +92,7 @@ impl Volume {
     }
 
     /// Creates a file, directory, symlink or special file. With `open`, also opens it.
-    pub fn make(&self, ctx: Ctx, parent: u64, name: &[u8], new: NewNode<'_>, open: bool) -> Result<Entry> {
+    pub fn make(&self, ctx: Ctx, parent: u64, name: &[u8], new: NewNode<'_>, open: bool) -> FsResult<Entry> {
         check_name(name)?;
         if new.kind == Kind::Symlink && (new.target.is_empty() || new.target.len() > 4095) {
             return Err(err(if new.target.is_empty() { libc::ENOENT } else { libc::ENAMETOOLONG }));
@@ -155,9 +128,9 @@ impl Volume {
             crtime: now,
             target: new.target.to_vec(),
         };
-        let mut t = self.store.txn();
-        self.stage_inode(&mut t, ino, &rec)?;
-        self.stage_dirent(&mut t, parent, name, DirentRec { kind: new.kind, ino })?;
+        let mut t = self.txn()?;
+        t.put_inode(ino, &rec)?;
+        t.put_dirent(parent, name, DirentRec { kind: new.kind, ino })?;
         let mut prec = p.rec.clone();
         prec.mtime = now;
         prec.ctime = now;
@@ -165,7 +138,7 @@ impl Volume {
             prec.nlink += 1;
         }
         let prec = self.stage_node(&mut t, parent, &p, prec)?;
-        self.store.commit(t, false)?;
+        t.commit(false)?;
         self.applied(parent, &mut p, prec);
         let mut node = Node::new(rec.clone());
         node.lookups = 1;
@@ -174,7 +147,7 @@ impl Volume {
         Ok(Entry { ino, rec })
     }
 
-    pub fn link(&self, ino: u64, newparent: u64, newname: &[u8]) -> Result<Entry> {
+    pub fn link(&self, ino: u64, newparent: u64, newname: &[u8]) -> FsResult<Entry> {
         check_name(newname)?;
         let _g = self.ns()?;
         if ino == newparent {
@@ -207,19 +180,19 @@ impl Volume {
             return Err(err(libc::EEXIST));
         }
         let now = Ts::now();
-        let mut t = self.store.txn();
+        let mut t = self.txn()?;
         let mut crec = c.rec.clone();
         crec.nlink += 1;
         crec.ctime = now;
         let kind = crec.kind;
         let crec = self.stage_node(&mut t, ino, c, crec)?;
-        self.stage_dirent(&mut t, newparent, newname, DirentRec { kind, ino })?;
+        t.put_dirent(newparent, newname, DirentRec { kind, ino })?;
         let p = l.get(newparent)?;
         let mut prec = p.rec.clone();
         prec.mtime = now;
         prec.ctime = now;
         let prec = self.stage_node(&mut t, newparent, p, prec)?;
-        self.store.commit(t, false)?;
+        t.commit(false)?;
         self.applied(newparent, l.get(newparent)?, prec);
         let c = l.get(ino)?;
         self.applied(ino, c, crec.clone());
@@ -230,22 +203,30 @@ impl Volume {
     /// Drops one name of `ino` inside a batch; purges the inode when that was its last name
     /// and nothing has it open, else keeps it as an orphan until the last release.
     /// Returns the record to apply, or None if the inode was purged.
-    fn stage_drop_name(&self, t: &mut Txn, ino: u64, c: &Node, now: Ts) -> Result<Option<InodeRec>> {
+    fn stage_drop_name(&self, t: &mut ViewTxn<'_>, ino: u64, c: &Node, now: Ts) -> FsResult<Option<InodeRec>> {
         let mut crec = c.rec.clone();
         crec.nlink = if crec.kind == Kind::Dir { 0 } else { crec.nlink.saturating_sub(1) };
         crec.ctime = now;
-        if crec.nlink == 0 && c.opens == 0 {
-            self.stage_purge(t, ino)?;
+        // A small file goes in this batch; a big one becomes an orphan here and is purged in
+        // bounded batches after it (`finish_drop`).
+        if crec.nlink == 0 && c.opens == 0 && crec.blocks <= PURGE_BATCH {
+            t.purge_inode(ino)?;
             return Ok(None);
         }
         if crec.nlink == 0 {
-            t.put(&self.store, cf::CATALOG, &keys::catalog::orphan(self.lineage(), ino), &[])?;
+            t.mark_orphan(ino)?;
         }
         Ok(Some(self.stage_node(t, ino, c, crec)?))
     }
 
-    fn finish_drop(&self, ino: u64, c: &mut Node, rec: Option<InodeRec>) -> Result<()> {
+    fn finish_drop(&self, ino: u64, c: &mut Node, rec: Option<InodeRec>) -> FsResult<()> {
         match rec {
+            Some(r) if r.nlink == 0 && c.opens == 0 => {
+                let size = r.size;
+                self.applied(ino, c, r);
+                self.purge(ino, size)?;
+                self.forget_node(ino, c)
+            }
             Some(r) => {
                 self.applied(ino, c, r);
                 Ok(())
@@ -257,7 +238,7 @@ impl Volume {
         }
     }
 
-    pub fn unlink(&self, parent: u64, name: &[u8], dir: bool) -> Result<()> {
+    pub fn unlink(&self, parent: u64, name: &[u8], dir: bool) -> FsResult<()> {
         if name.len() > NAME_MAX {
             return Err(err(libc::ENAMETOOLONG));
         }
@@ -277,8 +258,8 @@ impl Volume {
         nodes.insert(d.ino, self.node(d.ino)?);
         let mut l = Locked::new(&nodes)?;
         let now = Ts::now();
-        let mut t = self.store.txn();
-        self.stage_unname(&mut t, parent, name, de)?;
+        let mut t = self.txn()?;
+        t.remove_dirent(parent, name, de)?;
         let crec = self.stage_drop_name(&mut t, d.ino, l.get(d.ino)?, now)?;
         let p = l.get(parent)?;
         let mut prec = p.rec.clone();
@@ -288,12 +269,12 @@ impl Volume {
             prec.nlink = prec.nlink.saturating_sub(1);
         }
         let prec = self.stage_node(&mut t, parent, p, prec)?;
-        self.store.commit(t, false)?;
+        t.commit(false)?;
         self.applied(parent, l.get(parent)?, prec);
         self.finish_drop(d.ino, l.get(d.ino)?, crec)
     }
 
-    pub fn rename(&self, parent: u64, name: &[u8], newparent: u64, newname: &[u8], flags: u32) -> Result<()> {
+    pub fn rename(&self, parent: u64, name: &[u8], newparent: u64, newname: &[u8], flags: u32) -> FsResult<()> {
         check_name(newname)?;
         if name.len() > NAME_MAX {
             return Err(err(libc::ENAMETOOLONG));
@@ -343,7 +324,7 @@ impl Volume {
             return Err(err(libc::ENOENT));
         }
         let now = Ts::now();
-        let mut t = self.store.txn();
+        let mut t = self.txn()?;
         // New records, staged once each at the end.
         let mut recs: BTreeMap<u64, InodeRec> = BTreeMap::new();
         for (ino, _) in nodes.iter() {
@@ -353,8 +334,8 @@ impl Volume {
         let mut dropped = None;
         if exchange {
             let (_, d) = dst.ok_or_else(|| err(libc::ENOENT))?;
-            self.stage_dirent(&mut t, newparent, newname, src)?;
-            self.stage_dirent(&mut t, parent, name, d)?;
+            t.put_dirent(newparent, newname, src)?;
+            t.put_dirent(parent, name, d)?;
             if moved_dir(src.kind) {
                 rec_mut(&mut recs, parent)?.nlink -= 1;
                 rec_mut(&mut recs, newparent)?.nlink += 1;
@@ -375,8 +356,8 @@ impl Volume {
                 }
                 dropped = Some((d.ino, r));
             }
-            self.stage_dirent(&mut t, newparent, newname, src)?;
-            self.stage_unname(&mut t, parent, name, se)?;
+            t.put_dirent(newparent, newname, src)?;
+            t.remove_dirent(parent, name, se)?;
             if moved_dir(src.kind) {
                 rec_mut(&mut recs, parent)?.nlink -= 1;
                 rec_mut(&mut recs, newparent)?.nlink += 1;
@@ -393,7 +374,7 @@ impl Volume {
         for (ino, rec) in recs {
             staged.push((ino, self.stage_node(&mut t, ino, l.get(ino)?, rec)?));
         }
-        self.store.commit(t, false)?;
+        t.commit(false)?;
         for (ino, rec) in staged {
             self.applied(ino, l.get(ino)?, rec);
         }
@@ -404,7 +385,7 @@ impl Volume {
     }
 
     /// Takes a listing of a directory for one open handle (offsets index into it).
-    pub fn opendir(&self, ino: u64) -> Result<u64> {
+    pub fn opendir(&self, ino: u64) -> FsResult<u64> {
         let node = self.node(ino)?;
         let parent = {
             let n = lock(&node)?;
@@ -425,7 +406,7 @@ impl Volume {
         Ok(fh)
     }
 
-    pub fn readdir(&self, fh: u64) -> Result<Arc<Vec<DirItem>>> {
+    pub fn readdir(&self, fh: u64) -> FsResult<Arc<Vec<DirItem>>> {
         self.dirs.lock().map_err(|_| err(libc::EIO))?.get(&fh).cloned().ok_or_else(|| err(libc::EBADF))
     }
 
@@ -436,6 +417,6 @@ impl Volume {
     }
 }
 
-fn rec_mut(recs: &mut BTreeMap<u64, InodeRec>, ino: u64) -> Result<&mut InodeRec> {
+fn rec_mut(recs: &mut BTreeMap<u64, InodeRec>, ino: u64) -> FsResult<&mut InodeRec> {
     recs.get_mut(&ino).ok_or_else(|| err(libc::EIO))
 }

@@ -2,10 +2,8 @@
 //! opened on first lookup. Inode numbers of views are `k << 40 | ino` (k >= 1 per view);
 //! the directory itself is `1 << 40`. A volume's own inode numbers stay below `1 << 40`.
 
-use super::{err, DirtyBudget, Volume};
-use crate::error::Result;
-use crate::store::Store;
-use crate::volume::Catalog;
+use super::{err, FsResult, DirtyBudget, Volume};
+use crate::volume::SnapshotViews;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -30,15 +28,14 @@ struct Views {
 }
 
 pub struct SnapDir {
-    store: Arc<Store>,
-    volume: u64,
+    snapshots: SnapshotViews,
     budget: Arc<DirtyBudget>,
     views: Mutex<Views>,
 }
 
 impl SnapDir {
-    pub fn new(store: Arc<Store>, volume: u64, budget: Arc<DirtyBudget>) -> SnapDir {
-        SnapDir { store, volume, budget, views: Mutex::new(Views { next: 2, ..Default::default() }) }
+    pub fn new(snapshots: SnapshotViews, budget: Arc<DirtyBudget>) -> SnapDir {
+        SnapDir { snapshots, budget, views: Mutex::new(Views { next: 2, ..Default::default() }) }
     }
 
     fn number(v: &mut Views, name: &str) -> u64 {
@@ -52,38 +49,38 @@ impl SnapDir {
     }
 
     /// The volume's snapshots now, each with its view number.
-    pub fn list(&self) -> Result<Vec<(String, u64)>> {
-        let snaps = Catalog::snapshots(&self.store, self.volume)?;
+    pub fn list(&self) -> FsResult<Vec<(String, u64)>> {
+        let names = self.snapshots.names()?;
         let mut v = self.views.lock().map_err(|_| err(libc::EIO))?;
-        Ok(snaps.into_iter().map(|s| {
-            let k = Self::number(&mut v, &s.name);
-            (s.name, k)
+        Ok(names.into_iter().map(|name| {
+            let k = Self::number(&mut v, &name);
+            (name, k)
         }).collect())
     }
 
-    /// Opens (or finds) the view of snapshot `name`.
-    pub fn open(&self, name: &str) -> Result<(u64, Arc<Volume>)> {
-        let vol = Catalog::by_id(&self.store, self.volume)?;
+    /// Opens (or finds) the view of snapshot `name`. A name that is no snapshot gets no
+    /// number, so lookups of missing names leave nothing behind.
+    pub fn open(&self, name: &str) -> FsResult<(u64, Arc<Volume>)> {
         if crate::volume::check_name(name).is_err() {
             return Err(err(libc::ENOENT));
         }
+        {
+            let v = self.views.lock().map_err(|_| err(libc::EIO))?;
+            if let Some(view) = v.by_name.get(name).and_then(|k| v.open.get(k).map(|o| (*k, o.clone()))) {
+                return Ok(view);
+            }
+        }
+        // Catalog reads and the view's opening happen outside the table lock.
+        let Some(view) = self.snapshots.open(name)? else { return Err(err(libc::ENOENT)) };
+        let view = Arc::new(Volume::open(view, self.budget.clone())?);
         let mut v = self.views.lock().map_err(|_| err(libc::EIO))?;
         let k = Self::number(&mut v, name);
-        if let Some(view) = v.open.get(&k) {
-            return Ok((k, view.clone()));
-        }
-        let spec = match Catalog::view_of(&self.store, &vol, Some(name), true) {
-            Ok(s) => s,
-            Err(crate::error::Error::NotFound(_)) => return Err(err(libc::ENOENT)),
-            Err(e) => return Err(e),
-        };
-        let view = Arc::new(Volume::open(self.store.clone(), spec, self.budget.clone())?);
-        v.open.insert(k, view.clone());
+        let view = v.open.entry(k).or_insert(view).clone();
         Ok((k, view))
     }
 
     /// The open view number `k`, or ESTALE once its snapshot is gone.
-    pub fn view(&self, k: u64) -> Result<Arc<Volume>> {
+    pub fn view(&self, k: u64) -> FsResult<Arc<Volume>> {
         let v = self.views.lock().map_err(|_| err(libc::EIO))?;
         v.open.get(&k).cloned().ok_or_else(|| err(libc::ESTALE))
     }

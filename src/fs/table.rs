@@ -3,7 +3,7 @@
 //! dirty blocks too (so a stored size never runs ahead of stored data).
 
 use crate::error::{Error, Result};
-use crate::store::records::InodeRec;
+use crate::volume::InodeRec;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;

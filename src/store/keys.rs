@@ -99,10 +99,6 @@ pub fn split_version(key: &[u8]) -> (&[u8], u64) {
     (&key[..n], !read_u64(key, n))
 }
 
-/// Name part of a dirent or xattr identity (after lineage and dir, before NUL).
-pub fn name_of(ident: &[u8]) -> &[u8] {
-    &ident[16..ident.len() - 1]
-}
 
 /// The smallest key greater than every key starting with `prefix`, if any.
 pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
@@ -137,6 +133,115 @@ pub fn births_from(lineage: u64, epoch: u64) -> Vec<u8> {
     push_u64(&mut k, lineage);
     push_u64(&mut k, epoch);
     k
+}
+
+/// A versioned key without its epoch: the identity all its versions share. This is how the
+/// layers above name versioned keys; the bytes stay in this module.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Ident {
+    Inode { lineage: u64, ino: u64 },
+    Dirent { lineage: u64, dir: u64, name: Vec<u8> },
+    Extent { lineage: u64, ino: u64, index: u64 },
+    Xattr { lineage: u64, ino: u64, name: Vec<u8> },
+    Count { lineage: u64, hash: [u8; 16] },
+}
+
+impl Ident {
+    pub fn lineage(&self) -> u64 {
+        match self {
+            Ident::Inode { lineage, .. }
+            | Ident::Dirent { lineage, .. }
+            | Ident::Extent { lineage, .. }
+            | Ident::Xattr { lineage, .. }
+            | Ident::Count { lineage, .. } => *lineage,
+        }
+    }
+
+    /// The same identity in another lineage (an ancestor along a chain).
+    pub fn with_lineage(&self, l: u64) -> Ident {
+        let mut i = self.clone();
+        match &mut i {
+            Ident::Inode { lineage, .. }
+            | Ident::Dirent { lineage, .. }
+            | Ident::Extent { lineage, .. }
+            | Ident::Xattr { lineage, .. }
+            | Ident::Count { lineage, .. } => *lineage = l,
+        }
+        i
+    }
+
+    /// The column family its versions live in.
+    pub(crate) fn cf(&self) -> &'static str {
+        use super::cf;
+        match self {
+            Ident::Inode { .. } => cf::INODES,
+            Ident::Dirent { .. } => cf::DIRENTS,
+            Ident::Extent { .. } => cf::EXTENTS,
+            Ident::Xattr { .. } => cf::XATTRS,
+            Ident::Count { .. } => cf::COUNTS,
+        }
+    }
+
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        match self {
+            Ident::Inode { lineage, ino } => inode_key(*lineage, *ino),
+            Ident::Dirent { lineage, dir, name } => dirent_key(*lineage, *dir, name),
+            Ident::Extent { lineage, ino, index } => extent_key(*lineage, *ino, *index),
+            Ident::Xattr { lineage, ino, name } => xattr_key(*lineage, *ino, name),
+            Ident::Count { lineage, hash } => count_key(*lineage, hash),
+        }
+    }
+
+    /// Parses the identity part of a version key of column family `cfname`.
+    pub(crate) fn parse(cfname: &str, b: &[u8]) -> Option<Ident> {
+        use super::cf;
+        let u = |at: usize| (b.len() >= at + 8).then(|| read_u64(b, at));
+        let name = || (b.len() >= 17 && b[b.len() - 1] == 0).then(|| b[16..b.len() - 1].to_vec());
+        Some(match cfname {
+            cf::INODES if b.len() == 16 => Ident::Inode { lineage: u(0)?, ino: u(8)? },
+            cf::EXTENTS if b.len() == 24 => Ident::Extent { lineage: u(0)?, ino: u(8)?, index: u(16)? },
+            cf::DIRENTS => Ident::Dirent { lineage: u(0)?, dir: u(8)?, name: name()? },
+            cf::XATTRS => Ident::Xattr { lineage: u(0)?, ino: u(8)?, name: name()? },
+            cf::COUNTS if b.len() == 24 => Ident::Count { lineage: u(0)?, hash: b[8..24].try_into().ok()? },
+            _ => return None,
+        })
+    }
+}
+
+/// A range of identities of one lineage, scanned along a chain.
+#[derive(Clone, Debug)]
+pub enum Scan {
+    /// The entries of a directory.
+    Dirents { dir: u64 },
+    /// The xattrs of an inode.
+    Xattrs { ino: u64 },
+    /// Extents of a file with index in [from, to).
+    Extents { ino: u64, from: u64, to: u64 },
+}
+
+impl Scan {
+    pub(crate) fn cf(&self) -> &'static str {
+        use super::cf;
+        match self {
+            Scan::Dirents { .. } => cf::DIRENTS,
+            Scan::Xattrs { .. } => cf::XATTRS,
+            Scan::Extents { .. } => cf::EXTENTS,
+        }
+    }
+
+    /// (prefix every key shares, first key, end of the keys' rest past the lineage).
+    pub(crate) fn bounds(&self, lineage: u64) -> (Vec<u8>, Vec<u8>, Option<Vec<u8>>) {
+        match self {
+            Scan::Dirents { dir } | Scan::Xattrs { ino: dir } => {
+                let p = dir_prefix(lineage, *dir);
+                (p.clone(), p, None)
+            }
+            Scan::Extents { ino, from, to } => {
+                let end = (*to != u64::MAX).then(|| extent_key(lineage, *ino, *to)[8..].to_vec());
+                (extents_of(lineage, *ino), extent_key(lineage, *ino, *from), end)
+            }
+        }
+    }
 }
 
 /// Catalog keys: a tag byte, then the parts.
@@ -220,6 +325,116 @@ pub mod catalog {
     }
 }
 
+/// A catalog key, typed: what the layers above name; the bytes stay in `catalog` below.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum CatKey {
+    NextVolumeId,
+    /// Volume name -> volume id.
+    Name(Vec<u8>),
+    Volume(u64),
+    Lineage(u64),
+    Snapshot { volume: u64, name: Vec<u8> },
+    /// Pending GC work: a pin (or, at u64::MAX, the head) of a lineage went away.
+    Gc { lineage: u64, epoch: u64 },
+    Orphan { lineage: u64, ino: u64 },
+    /// Space counters of a lineage (store-owned, read by fsck).
+    Space(u64),
+    /// LOGICAL and REFERENCED of a lineage's head view.
+    View(u64),
+    /// Physical bytes and block count of the store.
+    Stats,
+}
+
+impl CatKey {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        match self {
+            CatKey::NextVolumeId => catalog::NEXT_VOLUME_ID.to_vec(),
+            CatKey::Name(n) => catalog::name(n),
+            CatKey::Volume(id) => catalog::volume(*id),
+            CatKey::Lineage(id) => catalog::lineage(*id),
+            CatKey::Snapshot { volume, name } => catalog::snapshot(*volume, name),
+            CatKey::Gc { lineage, epoch } => catalog::gc(*lineage, *epoch),
+            CatKey::Orphan { lineage, ino } => catalog::orphan(*lineage, *ino),
+            CatKey::Space(l) => catalog::space(*l),
+            CatKey::View(l) => catalog::view(*l),
+            CatKey::Stats => catalog::STORE_STATS.to_vec(),
+        }
+    }
+
+    /// Parses a catalog key; None for the store's own records (format, secret) and unknown keys.
+    pub(crate) fn parse(k: &[u8]) -> Option<CatKey> {
+        use catalog::*;
+        let u = |at: usize| (k.len() >= at + 8).then(|| read_u64(k, at));
+        if k == NEXT_VOLUME_ID {
+            return Some(CatKey::NextVolumeId);
+        }
+        if k == STORE_STATS {
+            return Some(CatKey::Stats);
+        }
+        let (&tag, rest) = k.split_first()?;
+        Some(match tag {
+            NAME_TAG => CatKey::Name(rest.to_vec()),
+            VOLUME_TAG if k.len() == 9 => CatKey::Volume(u(1)?),
+            LINEAGE_TAG if k.len() == 9 => CatKey::Lineage(u(1)?),
+            SPACE_TAG if k.len() == 9 => CatKey::Space(u(1)?),
+            VIEW_TAG if k.len() == 9 => CatKey::View(u(1)?),
+            SNAPSHOT_TAG if k.len() >= 9 => CatKey::Snapshot { volume: u(1)?, name: k[9..].to_vec() },
+            GC_TAG if k.len() == 17 => CatKey::Gc { lineage: u(1)?, epoch: u(9)? },
+            ORPHAN_TAG if k.len() == 17 => CatKey::Orphan { lineage: u(1)?, ino: u(9)? },
+            _ => return None,
+        })
+    }
+}
+
+/// A set of catalog keys listed together.
+#[derive(Clone, Copy, Debug)]
+pub enum CatRange {
+    Volumes,
+    Lineages,
+    SnapshotsOf(u64),
+    Gc,
+    GcOf(u64),
+    OrphansOf(u64),
+}
+
+impl CatRange {
+    pub(crate) fn prefix(&self) -> Vec<u8> {
+        use catalog::*;
+        match self {
+            CatRange::Volumes => vec![VOLUME_TAG],
+            CatRange::Lineages => vec![LINEAGE_TAG],
+            CatRange::SnapshotsOf(v) => snapshots_of(*v),
+            CatRange::Gc => vec![GC_TAG],
+            CatRange::GcOf(l) => {
+                let mut k = vec![GC_TAG];
+                push_u64(&mut k, *l);
+                k
+            }
+            CatRange::OrphansOf(l) => orphans_of(*l),
+        }
+    }
+}
+
+/// Parses a births key into (identity, epoch).
+pub(crate) fn parse_birth(k: &[u8]) -> Option<(Ident, u64)> {
+    if k.len() < 17 {
+        return None;
+    }
+    let (lineage, epoch, tag, rest) = split_birth(k);
+    let cfname = super::cf::from_tag(tag)?;
+    let ident = [&lineage.to_be_bytes()[..], rest].concat();
+    Some((Ident::parse(cfname, &ident)?, epoch))
+}
+
+/// Parses a version key of `cfname` into (identity, epoch).
+pub(crate) fn parse_version(cfname: &str, k: &[u8]) -> Option<(Ident, u64)> {
+    if k.len() < U64 {
+        return None;
+    }
+    let (ident, epoch) = split_version(k);
+    Some((Ident::parse(cfname, ident)?, epoch))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,7 +465,6 @@ mod tests {
         let a_oldest = versioned(a.clone(), 0);
         assert!(!ab.starts_with(&a));
         assert!(a_oldest < ab);
-        assert_eq!(name_of(&a), b"a");
     }
 
     #[test]
@@ -262,6 +476,42 @@ mod tests {
         assert!(birth(ident, 4, 3) < b && b < birth(ident, 6, 1));
         assert!(b.starts_with(&births_from(2, 5)[..16]));
         assert!(births_from(2, 6) > b && births_from(2, 5) <= b);
+    }
+
+    #[test]
+    fn typed_keys_round_trip() {
+        use super::super::cf;
+        let ids = [
+            Ident::Inode { lineage: 3, ino: 9 },
+            Ident::Dirent { lineage: 3, dir: 1, name: b"a\xffb".to_vec() },
+            Ident::Extent { lineage: 4, ino: 2, index: 7 },
+            Ident::Xattr { lineage: 5, ino: 2, name: b"user.x".to_vec() },
+            Ident::Count { lineage: 6, hash: [7; 16] },
+        ];
+        for id in ids {
+            let k = versioned(id.encode(), 11);
+            assert_eq!(parse_version(id.cf(), &k), Some((id.clone(), 11)));
+            let b = birth(&id.encode(), 12, cf::tag(id.cf()));
+            assert_eq!(parse_birth(&b), Some((id.clone(), 12)));
+        }
+        let cats = [
+            CatKey::NextVolumeId,
+            CatKey::Name(b"db".to_vec()),
+            CatKey::Volume(1),
+            CatKey::Lineage(2),
+            CatKey::Snapshot { volume: 3, name: b"s".to_vec() },
+            CatKey::Gc { lineage: 4, epoch: u64::MAX },
+            CatKey::Orphan { lineage: 5, ino: 6 },
+            CatKey::Space(7),
+            CatKey::View(8),
+            CatKey::Stats,
+        ];
+        for k in cats {
+            assert_eq!(CatKey::parse(&k.encode()), Some(k.clone()));
+        }
+        assert!(CatKey::encode(&CatKey::Gc { lineage: 4, epoch: 1 }).starts_with(&CatRange::GcOf(4).prefix()));
+        assert!(!CatKey::encode(&CatKey::Gc { lineage: 5, epoch: 1 }).starts_with(&CatRange::GcOf(4).prefix()));
+        assert_eq!(CatKey::parse(catalog::SECRET), None);
     }
 
     #[test]
@@ -290,8 +540,8 @@ mod tests {
             prop_assert_eq!(key.starts_with(&p), l == l2 && d == d2);
             let end = prefix_end(&p).unwrap();
             prop_assert_eq!(key >= p && key < end, l == l2 && d == d2);
-            let (ident, epoch) = split_version(&key);
-            prop_assert_eq!(name_of(ident), &name[..]);
+            let (ident, epoch) = parse_version(super::super::cf::DIRENTS, &key).unwrap();
+            prop_assert_eq!(ident, Ident::Dirent { lineage: l2, dir: d2, name: name.clone() });
             prop_assert_eq!(epoch, e);
         }
 

@@ -1,10 +1,11 @@
 //! The only module that uses RocksDB: column families, options, versioned reads, blocks and
 //! reference counts. Everything above it sees keys (`keys`), values (`records`) and `Txn`.
 
-pub mod keys;
+mod keys;
 pub mod records;
 
 use crate::error::{Error, Result};
+pub use keys::{CatKey, CatRange, Ident, Scan};
 use records::{Hash, RefRec};
 use rocksdb::{
     BlockBasedOptions, BottommostLevelCompaction, Cache, ColumnFamily, ColumnFamilyDescriptor,
@@ -21,7 +22,7 @@ pub const FORMAT_VERSION: u32 = 2;
 const SECRET_LEN: usize = 192;
 
 /// Column family names: the only place they are spelled.
-pub mod cf {
+mod cf {
     pub const BLOCKS: &str = "blocks";
     pub const REFS: &str = "refs";
     pub const INODES: &str = "inodes";
@@ -61,7 +62,13 @@ pub mod cf {
 
 impl From<rocksdb::Error> for Error {
     fn from(e: rocksdb::Error) -> Self {
-        Error::Db(e.into_string())
+        let s = e.into_string();
+        // RocksDB's C API gives a status message only; its IO errors carry strerror's text.
+        if s.contains("No space left on device") {
+            Error::NoSpace(s)
+        } else {
+            Error::Db(s)
+        }
     }
 }
 
@@ -84,7 +91,7 @@ impl LineageSpace {
         }
         v
     }
-    fn decode(b: &[u8]) -> Result<Self> {
+    pub fn decode(b: &[u8]) -> Result<Self> {
         if b.len() != 25 || b[0] != records::VALUE_VERSION {
             return Err(Error::Corrupt("bad space record".into()));
         }
@@ -133,14 +140,15 @@ pub struct Space {
     pub views: HashMap<u64, ViewSpace>,
 }
 
-/// The head view a transaction changes, as its block counts need it: the lineage and epoch
-/// it writes at, its ancestors, and the pins that keep old count versions.
-#[derive(Clone, Debug, Default)]
-pub struct ViewCtx {
-    pub lineage: u64,
-    pub epoch: u64,
-    pub parents: Vec<(u64, u64)>,
-    pub pins: std::collections::BTreeSet<u64>,
+/// A position in a scan (births, extent versions) to resume from.
+#[derive(Clone, Debug)]
+pub struct Cursor(Vec<u8>);
+
+impl Cursor {
+    /// The first births entry of `lineage` at or after `epoch`.
+    pub fn births_at(lineage: u64, epoch: u64) -> Cursor {
+        Cursor(keys::births_from(lineage, epoch))
+    }
 }
 
 /// A version found along a lineage chain.
@@ -157,9 +165,7 @@ pub struct Txn {
     batch: WriteBatch,
     /// (hash, lineage, delta, block bytes when the reference is new)
     refs: Vec<(Hash, u64, i64, Option<Vec<u8>>)>,
-    /// Changes in how many extents of one head view name a block.
-    view: Option<(ViewCtx, HashMap<Hash, i64>)>,
-    /// View figures set outright (a new lineage starts with those of its origin).
+    /// Head view figures set outright (by the volume layer, which keeps them).
     set_views: Vec<(u64, ViewSpace)>,
 }
 
@@ -173,6 +179,41 @@ pub struct Store {
 
 fn db_dir(store: &Path) -> PathBuf {
     store.join("db")
+}
+
+/// Makes a store private to its owner: the directories 0700, every file 0600 (block data of
+/// every volume sits in RocksDB's WAL and blob files, the hash secret in the catalog). A store
+/// found with looser modes (made by an older clonefs or by hand) is tightened with a log line.
+pub fn make_private(store: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fn fix(p: &Path, mode: u32) -> Result<()> {
+        let meta = std::fs::symlink_metadata(p)?;
+        if meta.file_type().is_symlink() {
+            return Ok(());
+        }
+        if meta.permissions().mode() & 0o077 != 0 {
+            log::warn!("{} was readable by others (mode {:o}); setting {mode:o}", p.display(), meta.permissions().mode() & 0o7777);
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))?;
+        }
+        Ok(())
+    }
+    for dir in [store.to_path_buf(), db_dir(store)] {
+        if !dir.is_dir() {
+            continue;
+        }
+        fix(&dir, 0o700)?;
+        for entry in std::fs::read_dir(&dir)? {
+            let p = entry?.path();
+            if p.is_dir() {
+                if p != db_dir(store) {
+                    fix(&p, 0o700)?;
+                }
+            } else {
+                fix(&p, 0o600)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn cf_options(name: &str, cache: &Cache) -> Options {
@@ -229,6 +270,7 @@ impl Store {
             }
         }
         std::fs::create_dir_all(dir)?;
+        make_private(dir)?;
         let store = Store::open_inner(dir, true)?;
         let cat = store.cf(cf::CATALOG)?;
         let mut b = WriteBatch::default();
@@ -254,6 +296,7 @@ impl Store {
     }
 
     fn open_inner(dir: &Path, create: bool) -> Result<Store> {
+        make_private(dir)?;
         let mut opts = Options::default();
         opts.create_if_missing(create);
         opts.create_missing_column_families(create);
@@ -333,12 +376,12 @@ impl Store {
         xxhash_rust::xxh3::xxh3_128_with_secret(data, &self.secret).to_be_bytes()
     }
 
-    pub fn get(&self, cfname: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+    fn get(&self, cfname: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(self.db.get_cf(self.cf(cfname)?, key)?)
     }
 
     /// The newest version of `ident` visible at `epoch`: (its epoch, its value).
-    pub fn get_version(&self, cfname: &str, ident: &[u8], epoch: u64) -> Result<Option<(u64, Vec<u8>)>> {
+    fn get_version(&self, cfname: &str, ident: &[u8], epoch: u64) -> Result<Option<(u64, Vec<u8>)>> {
         let mut ro = ReadOptions::default();
         if let Some(end) = keys::prefix_end(ident) {
             ro.set_iterate_upper_bound(end);
@@ -354,23 +397,10 @@ impl Store {
         Ok(None)
     }
 
-    /// The newest visible version of `rest` along a lineage chain (nearest first): the
-    /// first level with a version at or before its epoch wins, tombstones included.
-    pub fn get_chain(&self, cfname: &str, rest: &[u8], chain: &[(u64, u64)]) -> Result<Option<Found>> {
-        for (level, (l, e)) in chain.iter().enumerate() {
-            let mut ident = l.to_be_bytes().to_vec();
-            ident.extend_from_slice(rest);
-            if let Some((epoch, value)) = self.get_version(cfname, &ident, *e)? {
-                return Ok(Some(Found { level, epoch, value }));
-            }
-        }
-        Ok(None)
-    }
-
     /// The visible versions of every identity whose rest (key without lineage and epoch) lies
     /// in [start, end) under `prefix`, merged along a chain: nearest level wins per identity.
     /// Tombstones are included so callers can tell a deletion from absence.
-    pub fn scan_chain(
+    fn scan_chain(
         &self,
         cfname: &str,
         prefix: &[u8],
@@ -405,8 +435,149 @@ impl Store {
         Ok(merged.into_iter().collect())
     }
 
+    /// The newest version of `id` at or before `epoch`: (its epoch, its value).
+    pub fn version_at(&self, id: &Ident, epoch: u64) -> Result<Option<(u64, Vec<u8>)>> {
+        self.get_version(id.cf(), &id.encode(), epoch)
+    }
+
+    /// The visible version of `id` along a chain (nearest first, `id`'s own lineage ignored):
+    /// the first level with a version at or before its epoch wins, tombstones included.
+    pub fn visible(&self, id: &Ident, chain: &[(u64, u64)]) -> Result<Option<Found>> {
+        for (level, (l, e)) in chain.iter().enumerate() {
+            if let Some((epoch, value)) = self.version_at(&id.with_lineage(*l), *e)? {
+                return Ok(Some(Found { level, epoch, value }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The visible versions of every identity `scan` covers, merged along a chain (nearest
+    /// level wins), tombstones included; identities are named in the chain's first lineage.
+    pub fn scan_visible(&self, scan: &Scan, chain: &[(u64, u64)]) -> Result<Vec<(Ident, Found)>> {
+        let Some(&(own, _)) = chain.first() else { return Ok(Vec::new()) };
+        let (prefix, start, end) = scan.bounds(own);
+        let found = self.scan_chain(scan.cf(), &prefix[8..], &start[8..], end.as_deref(), chain)?;
+        let mut out = Vec::with_capacity(found.len());
+        for (rest, f) in found {
+            let key = [&own.to_be_bytes()[..], &rest].concat();
+            let id = Ident::parse(scan.cf(), &key).ok_or_else(|| Error::Corrupt(format!("bad {} key", scan.cf())))?;
+            out.push((id, f));
+        }
+        Ok(out)
+    }
+
+    /// The highest inode number `lineage` has a version of.
+    pub fn last_ino(&self, lineage: u64) -> Result<Option<u64>> {
+        Ok(self.last_key(cf::INODES, &keys::lineage_prefix(lineage))?.map(|k| keys::read_u64(&k, 8)))
+    }
+
+    /// The highest block index below `below` that `lineage` has any version of for `ino`.
+    pub fn last_extent_below(&self, lineage: u64, ino: u64, below: u64) -> Result<Option<u64>> {
+        let mut it = self.db.raw_iterator_cf(self.cf(cf::EXTENTS)?);
+        // Every version key of a lower index sorts before this bare prefix; none equals it.
+        let bound = keys::extent_key(lineage, ino, below);
+        it.seek_for_prev(&bound);
+        if let Some(k) = it.key() {
+            if k.starts_with(&keys::extents_of(lineage, ino)) && k < &bound[..] {
+                return Ok(Some(keys::read_u64(k, 16)));
+            }
+        }
+        it.status()?;
+        Ok(None)
+    }
+
+    /// Inodes of `lineage` marked as orphans (unlinked while open when the daemon stopped).
+    pub fn orphans(&self, lineage: u64) -> Result<Vec<u64>> {
+        let mut out = Vec::new();
+        self.scan(cf::CATALOG, &keys::catalog::orphans_of(lineage), |k, _| {
+            out.push(keys::read_u64(k, 9));
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    /// Size in bytes of a stored block (as stored: without trailing zeros).
+    pub fn block_size(&self, h: &Hash) -> Result<Option<u64>> {
+        Ok(match self.get(cf::REFS, h)? {
+            Some(v) => Some(RefRec::decode(&v)?.size as u64),
+            None => None,
+        })
+    }
+
+    /// A catalog record.
+    pub fn cat_get(&self, k: &CatKey) -> Result<Option<Vec<u8>>> {
+        self.get(cf::CATALOG, &k.encode())
+    }
+
+    /// Visits the catalog records of `range` in key order until `f` returns false.
+    pub fn cat_scan(&self, range: CatRange, mut f: impl FnMut(CatKey, &[u8]) -> Result<bool>) -> Result<()> {
+        self.scan(cf::CATALOG, &range.prefix(), |k, v| match CatKey::parse(k) {
+            Some(key) => f(key, v),
+            None => Err(Error::Corrupt(format!("unknown catalog key {k:?}"))),
+        })
+    }
+
+    /// Visits the births of `lineage` from `start` on, in (epoch, key) order, until `f`
+    /// returns false; returns where it stopped (to resume there: that entry was not taken).
+    pub fn births(
+        &self,
+        start: &Cursor,
+        mut f: impl FnMut(Ident, u64) -> Result<bool>,
+    ) -> Result<Option<Cursor>> {
+        let mut stopped = None;
+        self.scan_from(cf::BIRTHS, &start.0[..8], &start.0, |k, _| {
+            let (id, epoch) = keys::parse_birth(k).ok_or_else(|| Error::Corrupt(format!("bad births key {k:?}")))?;
+            if f(id, epoch)? {
+                return Ok(true);
+            }
+            stopped = Some(Cursor(k.to_vec()));
+            Ok(false)
+        })?;
+        Ok(stopped)
+    }
+
+    /// Every version of `id`, newest first: (epoch, value).
+    pub fn versions(&self, id: &Ident) -> Result<Vec<(u64, Vec<u8>)>> {
+        let ident = id.encode();
+        let mut out = Vec::new();
+        self.scan(id.cf(), &ident, |k, v| {
+            if k.len() == ident.len() + keys::U64 {
+                out.push((keys::split_version(k).1, v.to_vec()));
+            }
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    /// Visits every extent version of `lineage` (by identity, newest version first) from
+    /// `start` on until `f` returns false; returns where it stopped (that entry not taken).
+    pub fn extent_versions(
+        &self,
+        lineage: u64,
+        start: Option<&Cursor>,
+        mut f: impl FnMut(Ident, u64, &[u8]) -> Result<bool>,
+    ) -> Result<Option<Cursor>> {
+        let prefix = keys::lineage_prefix(lineage);
+        let from = start.map(|c| c.0.clone()).unwrap_or_else(|| prefix.clone());
+        let mut stopped = None;
+        self.scan_from(cf::EXTENTS, &prefix, &from, |k, v| {
+            let (id, epoch) = keys::parse_version(cf::EXTENTS, k).ok_or_else(|| Error::Corrupt(format!("bad extent key {k:?}")))?;
+            if f(id, epoch, v)? {
+                return Ok(true);
+            }
+            stopped = Some(Cursor(k.to_vec()));
+            Ok(false)
+        })?;
+        Ok(stopped)
+    }
+
+    /// Who references block `h`, if it is stored.
+    pub fn refs(&self, h: &Hash) -> Result<Option<RefRec>> {
+        self.get(cf::REFS, h)?.map(|v| RefRec::decode(&v)).transpose()
+    }
+
     /// The last key starting with `prefix`, if any.
-    pub fn last_key(&self, cfname: &str, prefix: &[u8]) -> Result<Option<Vec<u8>>> {
+    fn last_key(&self, cfname: &str, prefix: &[u8]) -> Result<Option<Vec<u8>>> {
         let mut it = self.db.raw_iterator_cf(self.cf(cfname)?);
         match keys::prefix_end(prefix) {
             Some(end) => it.seek_for_prev(end),
@@ -428,7 +599,7 @@ impl Store {
     }
 
     /// Visits every key starting with `prefix`, in order, until `f` returns false.
-    pub fn scan(
+    fn scan(
         &self,
         cfname: &str,
         prefix: &[u8],
@@ -438,7 +609,7 @@ impl Store {
     }
 
     /// Like `scan`, starting at `start` (which must sort at or after `prefix`).
-    pub fn scan_from(
+    fn scan_from(
         &self,
         cfname: &str,
         prefix: &[u8],
@@ -471,7 +642,7 @@ impl Store {
     }
 
     pub fn txn(&self) -> Txn {
-        Txn { batch: WriteBatch::default(), refs: Vec::new(), view: None, set_views: Vec::new() }
+        Txn { batch: WriteBatch::default(), refs: Vec::new(), set_views: Vec::new() }
     }
 
     /// Writes `txn` atomically. Reference deltas are applied under the space lock: a block's
@@ -479,9 +650,7 @@ impl Store {
     pub fn commit(&self, mut txn: Txn, sync: bool) -> Result<()> {
         let mut space = self.space.lock().map_err(|_| Error::Corrupt("space lock poisoned".into()))?;
         let mut touched: HashMap<u64, LineageSpace> = HashMap::new();
-        let mut views: HashMap<u64, ViewSpace> = txn.set_views.drain(..).collect();
-        // Block sizes this commit learnt (new blocks are not readable from `refs` yet).
-        let mut sizes: HashMap<Hash, u64> = HashMap::new();
+        let views: HashMap<u64, ViewSpace> = txn.set_views.drain(..).collect();
         let mut new_space = (space.physical, space.blocks);
         if !txn.refs.is_empty() {
             let refs_cf = self.cf(cf::REFS)?;
@@ -520,7 +689,6 @@ impl Store {
                 };
                 after.size = size;
                 let s = size as u64;
-                sizes.insert(*h, s);
                 account(&space, &mut touched, &before, &after, s);
                 if before.owners.is_empty() {
                     new_space.0 += s;
@@ -546,11 +714,6 @@ impl Store {
             stats.extend_from_slice(&new_space.1.to_le_bytes());
             txn.batch.put_cf(cat, keys::catalog::STORE_STATS, stats);
         }
-        if let Some((ctx, deltas)) = txn.view.take() {
-            let base = views.get(&ctx.lineage).or(space.views.get(&ctx.lineage)).copied().unwrap_or_default();
-            let vs = self.count_view(&mut txn.batch, base, &ctx, deltas, &sizes)?;
-            views.insert(ctx.lineage, vs);
-        }
         if !views.is_empty() {
             let cat = self.cf(cf::CATALOG)?;
             for (l, vs) in &views {
@@ -567,77 +730,6 @@ impl Store {
         }
         space.views.extend(views);
         Ok(())
-    }
-
-    /// Applies a head view's count changes: stages the new count versions (keeping the old one
-    /// while a pin sees it, like every versioned key) and returns the view's new figures.
-    fn count_view(
-        &self,
-        batch: &mut WriteBatch,
-        mut vs: ViewSpace,
-        ctx: &ViewCtx,
-        deltas: HashMap<Hash, i64>,
-        sizes: &HashMap<Hash, u64>,
-    ) -> Result<ViewSpace> {
-        let counts = self.cf(cf::COUNTS)?;
-        let births = self.cf(cf::BIRTHS)?;
-        let tag = cf::tag(cf::COUNTS);
-        let (l, e) = (ctx.lineage, ctx.epoch);
-        for (h, d) in deltas {
-            if d == 0 {
-                continue;
-            }
-            let size = match sizes.get(&h) {
-                Some(s) => *s,
-                None => match self.get(cf::REFS, &h)? {
-                    Some(v) => RefRec::decode(&v)?.size as u64,
-                    None => return Err(Error::Corrupt(format!("view count of a block that is not stored ({d:+})"))),
-                },
-            };
-            let ident = keys::count_key(l, &h);
-            let own = self.get_version(cf::COUNTS, &ident, e)?;
-            let before = match &own {
-                Some((_, v)) => records::decode_count(v)?,
-                None => match self.get_chain(cf::COUNTS, &h, &ctx.parents)? {
-                    Some(f) => records::decode_count(&f.value)?,
-                    None => 0,
-                },
-            };
-            let after = before as i64 + d;
-            if after < 0 {
-                return Err(Error::Corrupt(format!("view count of a block below zero ({before}{d:+})")));
-            }
-            let after = after as u64;
-            vs.logical = (vs.logical + after * size).saturating_sub(before * size);
-            if before == 0 && after > 0 {
-                vs.referenced += size;
-            }
-            if before > 0 && after == 0 {
-                vs.referenced = vs.referenced.saturating_sub(size);
-            }
-            // The old own version goes unless a pin sees it (written before a snapshot).
-            let mut older_shows = false;
-            if let Some((b, _)) = own {
-                let dies = b == e || !ctx.pins.range(b..e).next().is_some();
-                if dies {
-                    batch.delete_cf(counts, keys::versioned(ident.clone(), b));
-                    batch.delete_cf(births, keys::birth(&ident, b, tag));
-                    older_shows = match b.checked_sub(1) {
-                        Some(p) => self.get_version(cf::COUNTS, &ident, p)?.is_some(),
-                        None => false,
-                    } || self.get_chain(cf::COUNTS, &h, &ctx.parents)?.is_some();
-                } else {
-                    older_shows = true;
-                }
-            } else if before > 0 {
-                older_shows = true;
-            }
-            if after > 0 || older_shows {
-                batch.put_cf(births, keys::birth(&ident, e, tag), []);
-                batch.put_cf(counts, keys::versioned(ident, e), records::encode_count(after));
-            }
-        }
-        Ok(vs)
     }
 
     /// RocksDB's sequence number: it grows by one per key written (tests count writes with it).
@@ -716,7 +808,7 @@ pub struct View<'a> {
 
 impl View<'_> {
     /// Every key of a column family, in order.
-    pub fn for_each(&self, cfname: &str, mut f: impl FnMut(&[u8], &[u8]) -> Result<()>) -> Result<()> {
+    fn for_each(&self, cfname: &str, mut f: impl FnMut(&[u8], &[u8]) -> Result<()>) -> Result<()> {
         let c = self.store.cf(cfname)?;
         for item in self.snap.iterator_cf(c, IteratorMode::From(&[], Direction::Forward)) {
             let (k, v) = item?;
@@ -725,8 +817,51 @@ impl View<'_> {
         Ok(())
     }
 
-    pub fn get(&self, cfname: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.snap.get_cf(self.store.cf(cfname)?, key)?)
+    /// Every catalog record the layers above know (the store's own, format and secret, not).
+    pub fn for_each_catalog(&self, mut f: impl FnMut(CatKey, &[u8]) -> Result<()>) -> Result<()> {
+        self.for_each(cf::CATALOG, |k, v| match CatKey::parse(k) {
+            Some(key) => f(key, v),
+            None => Ok(()),
+        })
+    }
+
+    /// Every version of every versioned key: (identity, epoch, value), newest first per key.
+    pub fn for_each_version(&self, mut f: impl FnMut(Ident, u64, &[u8]) -> Result<()>) -> Result<()> {
+        for cfname in cf::VERSIONED {
+            self.for_each(cfname, |k, v| {
+                let (id, epoch) = keys::parse_version(cfname, k).ok_or_else(|| Error::Corrupt(format!("bad {cfname} key {k:?}")))?;
+                f(id, epoch, v)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Every births entry: (identity, epoch) of the version it indexes.
+    pub fn for_each_birth(&self, mut f: impl FnMut(Ident, u64) -> Result<()>) -> Result<()> {
+        self.for_each(cf::BIRTHS, |k, _| {
+            let (id, epoch) = keys::parse_birth(k).ok_or_else(|| Error::Corrupt(format!("bad births key {k:?}")))?;
+            f(id, epoch)
+        })
+    }
+
+    /// Every reference record: (block hash, owners).
+    pub fn for_each_ref(&self, mut f: impl FnMut(Hash, RefRec) -> Result<()>) -> Result<()> {
+        self.for_each(cf::REFS, |k, v| {
+            let h: Hash = k.try_into().map_err(|_| Error::Corrupt(format!("bad refs key {k:?}")))?;
+            f(h, RefRec::decode(v)?)
+        })
+    }
+
+    /// Every stored block: (hash it is kept under, bytes).
+    pub fn for_each_block(&self, mut f: impl FnMut(Hash, &[u8]) -> Result<()>) -> Result<()> {
+        self.for_each(cf::BLOCKS, |k, v| {
+            let h: Hash = k.try_into().map_err(|_| Error::Corrupt(format!("bad blocks key {k:?}")))?;
+            f(h, v)
+        })
+    }
+
+    pub fn has_block(&self, h: &Hash) -> Result<bool> {
+        Ok(self.snap.get_cf(self.store.cf(cf::BLOCKS)?, h)?.is_some())
     }
 
     pub fn hash(&self, data: &[u8]) -> Hash {
@@ -771,18 +906,8 @@ fn account(
 }
 
 impl Txn {
-    pub fn put(&mut self, store: &Store, cfname: &str, key: &[u8], value: &[u8]) -> Result<()> {
-        self.batch.put_cf(store.cf(cfname)?, key, value);
-        Ok(())
-    }
-
-    pub fn delete(&mut self, store: &Store, cfname: &str, key: &[u8]) -> Result<()> {
-        self.batch.delete_cf(store.cf(cfname)?, key);
-        Ok(())
-    }
-
     /// Deletes every key that starts with `prefix` (one range tombstone).
-    pub fn delete_prefix(&mut self, store: &Store, cfname: &str, prefix: &[u8]) -> Result<()> {
+    fn delete_prefix(&mut self, store: &Store, cfname: &str, prefix: &[u8]) -> Result<()> {
         let end = keys::prefix_end(prefix).ok_or_else(|| Error::Invalid("cannot delete an unbounded prefix".into()))?;
         self.batch.delete_range_cf(store.cf(cfname)?, prefix, &end[..]);
         Ok(())
@@ -803,11 +928,66 @@ impl Txn {
         self.refs.push((hash, lineage, 1, None));
     }
 
-    /// One more (`delta` 1) or one fewer (-1) extent of the head view `ctx` names `hash`.
-    /// A transaction changes at most one head view.
-    pub fn view_ref(&mut self, ctx: impl FnOnce() -> ViewCtx, hash: Hash, delta: i64) {
-        let (_, m) = self.view.get_or_insert_with(|| (ctx(), HashMap::new()));
-        *m.entry(hash).or_default() += delta;
+    pub fn cat_put(&mut self, store: &Store, k: &CatKey, value: &[u8]) -> Result<()> {
+        self.batch.put_cf(store.cf(cf::CATALOG)?, k.encode(), value);
+        Ok(())
+    }
+
+    pub fn cat_delete(&mut self, store: &Store, k: &CatKey) -> Result<()> {
+        self.batch.delete_cf(store.cf(cf::CATALOG)?, k.encode());
+        Ok(())
+    }
+
+    /// Deletes a births entry whose version is gone.
+    pub fn delete_birth(&mut self, store: &Store, id: &Ident, epoch: u64) -> Result<()> {
+        self.batch.delete_cf(store.cf(cf::BIRTHS)?, keys::birth(&id.encode(), epoch, cf::tag(id.cf())));
+        Ok(())
+    }
+
+    /// Deletes one extent version of a lineage being removed whole: its births entry goes
+    /// with the rest of the lineage (`delete_lineage`).
+    pub fn delete_extent_version(&mut self, store: &Store, id: &Ident, epoch: u64) -> Result<()> {
+        self.batch.delete_cf(store.cf(cf::EXTENTS)?, keys::versioned(id.encode(), epoch));
+        Ok(())
+    }
+
+    /// Deletes every versioned key and births entry of a lineage (one range deletion per
+    /// column family): the caller has dropped the block references of its extents.
+    pub fn delete_lineage(&mut self, store: &Store, lineage: u64) -> Result<()> {
+        let prefix = keys::lineage_prefix(lineage);
+        for cfname in cf::VERSIONED.iter().chain([&cf::BIRTHS]) {
+            self.delete_prefix(store, cfname, &prefix)?;
+        }
+        for k in [CatKey::Space(lineage), CatKey::View(lineage)] {
+            self.cat_delete(store, &k)?;
+        }
+        Ok(())
+    }
+
+    /// Writes version `epoch` of `id` with its births entry (invariant 9).
+    pub fn put_version(&mut self, store: &Store, id: &Ident, epoch: u64, value: &[u8]) -> Result<()> {
+        let ident = id.encode();
+        self.batch.put_cf(store.cf(cf::BIRTHS)?, keys::birth(&ident, epoch, cf::tag(id.cf())), []);
+        self.batch.put_cf(store.cf(id.cf())?, keys::versioned(ident, epoch), value);
+        Ok(())
+    }
+
+    /// Deletes version `epoch` of `id` with its births entry.
+    pub fn delete_version(&mut self, store: &Store, id: &Ident, epoch: u64) -> Result<()> {
+        let ident = id.encode();
+        self.batch.delete_cf(store.cf(cf::BIRTHS)?, keys::birth(&ident, epoch, cf::tag(id.cf())));
+        self.batch.delete_cf(store.cf(id.cf())?, keys::versioned(ident, epoch));
+        Ok(())
+    }
+
+    /// Marks (or unmarks) inode `ino` of `lineage` as an orphan: unlinked while open.
+    pub fn set_orphan(&mut self, store: &Store, lineage: u64, ino: u64, on: bool) -> Result<()> {
+        let k = keys::catalog::orphan(lineage, ino);
+        match on {
+            true => self.batch.put_cf(store.cf(cf::CATALOG)?, k, []),
+            false => self.batch.delete_cf(store.cf(cf::CATALOG)?, k),
+        }
+        Ok(())
     }
 
     /// Sets the figures of `lineage`'s head view (a new head starts as its origin).
@@ -879,82 +1059,62 @@ mod tests {
         let (_d, s) = store();
         let mut t = s.txn();
         t.drop_ref([1; 16], 1);
-        t.put(&s, cf::CATALOG, b"Zprobe", b"x").unwrap();
+        t.cat_put(&s, &CatKey::Volume(77), b"x").unwrap();
         assert!(s.commit(t, false).is_err());
-        assert_eq!(s.get(cf::CATALOG, b"Zprobe").unwrap(), None);
-    }
-
-    #[test]
-    fn view_counts_are_versioned_like_extents_and_inherited_by_clones() {
-        let (_d, s) = store();
-        let data = vec![7u8; 4096];
-        let h = s.hash(&data);
-        let ctx = |l: u64, e: u64, parents: Vec<(u64, u64)>, pins: &[u64]| ViewCtx {
-            lineage: l,
-            epoch: e,
-            parents,
-            pins: pins.iter().copied().collect(),
-        };
-        // Two extents of lineage 1 name the block at epoch 1.
-        let mut t = s.txn();
-        t.add_ref(h, 1, data.clone());
-        t.add_ref(h, 1, data.clone());
-        t.view_ref(|| ctx(1, 1, vec![], &[]), h, 2);
-        s.commit(t, false).unwrap();
-        assert_eq!(s.view_space(1), ViewSpace { logical: 8192, referenced: 4096 });
-        // Epoch 1 is pinned and the head writes at 2: one extent goes, the pin still sees two.
-        let mut t = s.txn();
-        t.view_ref(|| ctx(1, 2, vec![], &[1]), h, -1);
-        s.commit(t, false).unwrap();
-        assert_eq!(s.view_space(1), ViewSpace { logical: 4096, referenced: 4096 });
-        let at = |l: u64, e: u64| {
-            s.get_chain(cf::COUNTS, &h, &[(l, e)]).unwrap().map(|f| records::decode_count(&f.value).unwrap())
-        };
-        assert_eq!((at(1, 1), at(1, 2)), (Some(2), Some(1)));
-        // A clone of (1, 1) starts with the pin's figures, reads its counts through the chain
-        // and hides them with an explicit 0 when it drops both extents.
-        let mut t = s.txn();
-        t.set_view_space(2, ViewSpace { logical: 8192, referenced: 4096 });
-        t.view_ref(|| ctx(2, 1, vec![(1, 1)], &[]), h, -2);
-        s.commit(t, false).unwrap();
-        assert_eq!(s.view_space(2), ViewSpace::default());
-        assert_eq!(at(2, 1), Some(0));
-        assert_eq!(at(1, 1), Some(2));
-        // Below zero is refused and changes nothing.
-        let mut t = s.txn();
-        t.view_ref(|| ctx(2, 1, vec![(1, 1)], &[]), h, -1);
-        assert!(s.commit(t, false).is_err());
-        assert_eq!(s.view_space(2), ViewSpace::default());
-        // The figures survive a reopen.
-        let dir = s.dir().to_path_buf();
-        drop(s);
-        let s = Store::open(&dir).unwrap();
-        assert_eq!(s.view_space(1), ViewSpace { logical: 4096, referenced: 4096 });
+        assert_eq!(s.cat_get(&CatKey::Volume(77)).unwrap(), None);
     }
 
     #[test]
     fn versioned_reads_see_the_newest_version_at_an_epoch() {
         let (_d, s) = store();
-        let id = keys::inode_key(1, 2);
+        let id = Ident::Inode { lineage: 1, ino: 2 };
         let mut t = s.txn();
-        t.put(&s, cf::INODES, &keys::versioned(id.clone(), 1), b"one").unwrap();
-        t.put(&s, cf::INODES, &keys::versioned(id.clone(), 3), b"three").unwrap();
-        t.put(&s, cf::INODES, &keys::versioned(keys::inode_key(1, 3), 1), b"other").unwrap();
+        t.put_version(&s, &id, 1, b"one").unwrap();
+        t.put_version(&s, &id, 3, b"three").unwrap();
+        t.put_version(&s, &Ident::Inode { lineage: 1, ino: 3 }, 1, b"other").unwrap();
         s.commit(t, false).unwrap();
-        assert_eq!(s.get_version(cf::INODES, &id, 5).unwrap(), Some((3, b"three".to_vec())));
-        assert_eq!(s.get_version(cf::INODES, &id, 2).unwrap(), Some((1, b"one".to_vec())));
-        assert_eq!(s.get_version(cf::INODES, &id, 0).unwrap(), None);
+        assert_eq!(s.version_at(&id, 5).unwrap(), Some((3, b"three".to_vec())));
+        assert_eq!(s.version_at(&id, 2).unwrap(), Some((1, b"one".to_vec())));
+        assert_eq!(s.version_at(&id, 0).unwrap(), None);
+        assert_eq!(s.versions(&id).unwrap().iter().map(|v| v.0).collect::<Vec<_>>(), vec![3, 1]);
         // Along a chain: lineage 9 at epoch 4 falls through to lineage 1 at epoch 2.
         let mut t = s.txn();
-        t.put(&s, cf::INODES, &keys::versioned(keys::inode_key(9, 3), 1), b"nine").unwrap();
+        t.put_version(&s, &Ident::Inode { lineage: 9, ino: 3 }, 1, b"nine").unwrap();
+        t.put_version(&s, &Ident::Dirent { lineage: 1, dir: 2, name: b"a".to_vec() }, 1, b"a1").unwrap();
+        t.put_version(&s, &Ident::Dirent { lineage: 9, dir: 2, name: b"ab".to_vec() }, 2, b"ab9").unwrap();
+        t.put_version(&s, &Ident::Dirent { lineage: 9, dir: 2, name: b"a".to_vec() }, 5, b"too new").unwrap();
         s.commit(t, false).unwrap();
         let chain = [(9, 4), (1, 2)];
-        let f = s.get_chain(cf::INODES, &id[8..], &chain).unwrap().unwrap();
+        let f = s.visible(&id, &chain).unwrap().unwrap();
         assert_eq!((f.level, f.epoch, f.value), (1, 1, b"one".to_vec()));
-        let f = s.get_chain(cf::INODES, &keys::inode_key(1, 3)[8..], &chain).unwrap().unwrap();
+        let f = s.visible(&Ident::Inode { lineage: 0, ino: 3 }, &chain).unwrap().unwrap();
         assert_eq!((f.level, f.value), (0, b"nine".to_vec()));
-        let seen = s.scan_chain(cf::INODES, &[], &[], None, &chain).unwrap();
-        let got: Vec<(u64, usize, Vec<u8>)> = seen.into_iter().map(|(r, f)| (keys::read_u64(&r, 0), f.level, f.value)).collect();
-        assert_eq!(got, vec![(2, 1, b"one".to_vec()), (3, 0, b"nine".to_vec())]);
+        let seen = s.scan_visible(&Scan::Dirents { dir: 2 }, &chain).unwrap();
+        let got: Vec<(Ident, usize, Vec<u8>)> = seen.into_iter().map(|(i, f)| (i, f.level, f.value)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (Ident::Dirent { lineage: 9, dir: 2, name: b"a".to_vec() }, 1, b"a1".to_vec()),
+                (Ident::Dirent { lineage: 9, dir: 2, name: b"ab".to_vec() }, 0, b"ab9".to_vec()),
+            ]
+        );
+        // Every version has its births entry, and deleting the version deletes it.
+        let mut births = Vec::new();
+        s.births(&Cursor::births_at(9, 0), |i, e| {
+            births.push((i, e));
+            Ok(true)
+        })
+        .unwrap();
+        assert_eq!(births.len(), 3);
+        let mut t = s.txn();
+        t.delete_version(&s, &Ident::Inode { lineage: 9, ino: 3 }, 1).unwrap();
+        s.commit(t, false).unwrap();
+        let mut n = 0;
+        s.births(&Cursor::births_at(9, 0), |_, _| {
+            n += 1;
+            Ok(true)
+        })
+        .unwrap();
+        assert_eq!(n, 2);
     }
 }

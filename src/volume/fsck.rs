@@ -2,10 +2,11 @@
 //! docs/ARCHITECTURE.md: refcounts equal references, every block hashes to its key, space
 //! counters equal a recount, no dangling extents or directory entries, nlink matches.
 
+use super::lineage::seen;
 use super::{decode, LineageRec, SnapshotRec, VolumeRec, HEAD_GONE, ROOT_INO};
 use crate::error::Result;
 use crate::store::records::{decode_count, decode_extent, is_tombstone, DirentRec, Hash, InodeRec, Kind, RefRec};
-use crate::store::{cf, keys, LineageSpace, Store, ViewSpace};
+use crate::store::{CatKey, Ident, LineageSpace, Store, ViewSpace};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -52,33 +53,44 @@ impl Ctx {
     }
 }
 
-/// Every version of every key of one versioned CF: ident (lineage first) -> [(epoch, value)],
-/// newest first.
-type Versions = BTreeMap<Vec<u8>, Vec<(u64, Vec<u8>)>>;
+/// Every version of every key of one kind, by lineage: identity (named in lineage 0) ->
+/// [(epoch, value)], newest first.
+type Versions = HashMap<u64, BTreeMap<Ident, Vec<(u64, Vec<u8>)>>>;
 
-fn load(view: &crate::store::View<'_>, cfname: &str) -> Result<Versions> {
-    let mut out: Versions = BTreeMap::new();
-    view.for_each(cfname, |k, v| {
-        let (ident, e) = keys::split_version(k);
-        out.entry(ident.to_vec()).or_default().push((e, v.to_vec()));
-        Ok(())
-    })?;
-    Ok(out)
+/// All versioned keys of the store, by kind.
+#[derive(Default)]
+struct All {
+    inodes: Versions,
+    dirents: Versions,
+    extents: Versions,
+    xattrs: Versions,
+    counts: Versions,
 }
 
-/// The visible version of every identity in a view: rest -> value (nearest level, newest epoch).
-fn visible(all: &Versions, chain: &[(u64, u64)]) -> BTreeMap<Vec<u8>, Vec<u8>> {
+fn load(view: &crate::store::View<'_>) -> Result<All> {
+    let mut all = All::default();
+    view.for_each_version(|id, e, v| {
+        let map = match id {
+            Ident::Inode { .. } => &mut all.inodes,
+            Ident::Dirent { .. } => &mut all.dirents,
+            Ident::Extent { .. } => &mut all.extents,
+            Ident::Xattr { .. } => &mut all.xattrs,
+            Ident::Count { .. } => &mut all.counts,
+        };
+        map.entry(id.lineage()).or_default().entry(id.with_lineage(0)).or_default().push((e, v.to_vec()));
+        Ok(())
+    })?;
+    Ok(all)
+}
+
+/// The visible version of every identity in a view (nearest level, newest epoch at or before
+/// the level's epoch), identities named in lineage 0.
+fn visible(all: &Versions, chain: &[(u64, u64)]) -> BTreeMap<Ident, Vec<u8>> {
     let mut out = BTreeMap::new();
     for (l, e) in chain {
-        let lp = l.to_be_bytes().to_vec();
-        let end = keys::prefix_end(&lp);
-        let range = match &end {
-            Some(end) => all.range(lp.clone()..end.clone()),
-            None => all.range(lp.clone()..),
-        };
-        for (ident, versions) in range {
+        for (id, versions) in all.get(l).into_iter().flatten() {
             if let Some((_, v)) = versions.iter().find(|(ve, _)| ve <= e) {
-                out.entry(ident[8..].to_vec()).or_insert_with(|| v.clone());
+                out.entry(id.clone()).or_insert_with(|| v.clone());
             }
         }
     }
@@ -100,38 +112,34 @@ pub fn check(store: &Store) -> Result<FsckReport> {
     let mut orphans: HashSet<(u64, u64)> = HashSet::new();
     let mut gc_pending: HashSet<u64> = HashSet::new();
     let mut stats = (0u64, 0u64);
-    view.for_each(cf::CATALOG, |k, v| {
-        match k.first() {
-            Some(&keys::catalog::VOLUME_TAG) => {
+    view.for_each_catalog(|k, v| {
+        match k {
+            CatKey::Volume(_) => {
                 let r: VolumeRec = decode(v)?;
                 vols.insert(r.id, r);
             }
-            Some(&keys::catalog::LINEAGE_TAG) => {
+            CatKey::Lineage(_) => {
                 let r: LineageRec = decode(v)?;
                 lineages.insert(r.id, r);
             }
-            Some(&keys::catalog::SNAPSHOT_TAG) => snaps.push(decode(v)?),
-            Some(&keys::catalog::NAME_TAG) => {
+            CatKey::Snapshot { .. } => snaps.push(decode(v)?),
+            CatKey::Name(name) => {
                 let id = u64::from_le_bytes(v.try_into().unwrap_or_default());
-                names.insert(String::from_utf8_lossy(&k[1..]).into_owned(), id);
+                names.insert(String::from_utf8_lossy(&name).into_owned(), id);
             }
-            Some(&keys::catalog::SPACE_TAG) if k.len() == 9 => {
-                let mut s = LineageSpace::default();
-                for (i, f) in [&mut s.logical, &mut s.referenced, &mut s.unique].into_iter().enumerate() {
-                    *f = u64::from_le_bytes(v[1 + 8 * i..9 + 8 * i].try_into().unwrap_or_default());
-                }
-                stored_space.insert(keys::read_u64(k, 1), s);
+            CatKey::Space(l) => {
+                stored_space.insert(l, LineageSpace::decode(v)?);
             }
-            Some(&keys::catalog::VIEW_TAG) if k.len() == 9 => {
-                stored_views.insert(keys::read_u64(k, 1), ViewSpace::decode(v)?);
+            CatKey::View(l) => {
+                stored_views.insert(l, ViewSpace::decode(v)?);
             }
-            Some(&keys::catalog::ORPHAN_TAG) if k.len() == 17 => {
-                orphans.insert((keys::read_u64(k, 1), keys::read_u64(k, 9)));
+            CatKey::Orphan { lineage, ino } => {
+                orphans.insert((lineage, ino));
             }
-            Some(&keys::catalog::GC_TAG) if k.len() == 17 => {
-                gc_pending.insert(keys::read_u64(k, 1));
+            CatKey::Gc { lineage, .. } => {
+                gc_pending.insert(lineage);
             }
-            _ if k == keys::catalog::STORE_STATS && v.len() == 16 => {
+            CatKey::Stats if v.len() == 16 => {
                 stats = (
                     u64::from_le_bytes(v[..8].try_into().unwrap_or_default()),
                     u64::from_le_bytes(v[8..].try_into().unwrap_or_default()),
@@ -203,11 +211,7 @@ pub fn check(store: &Store) -> Result<FsckReport> {
         }
         chain
     };
-    let all_inodes = load(&view, cf::INODES)?;
-    let all_dirents = load(&view, cf::DIRENTS)?;
-    let all_extents = load(&view, cf::EXTENTS)?;
-    let all_xattrs = load(&view, cf::XATTRS)?;
-    let all_counts = load(&view, cf::COUNTS)?;
+    let all = load(&view)?;
 
     // Every view: the heads of volumes and every snapshot, with the figures they report.
     let mut views: Vec<(String, u64, u64, u64, bool, ViewSpace)> = Vec::new();
@@ -231,15 +235,13 @@ pub fn check(store: &Store) -> Result<FsckReport> {
     let mut view_blocks = Vec::new();
     for (vname, l, e, bs, head, vs) in &views {
         let chain = chain_of(*l, *e);
-        let blocks = check_view(&mut c, &mut report, vname, *l, *bs, *head, &orphans, &chain, [&all_inodes, &all_dirents, &all_extents, &all_xattrs]);
+        let blocks = check_view(&mut c, &mut report, vname, *l, *bs, *head, &orphans, &chain, &all);
         // The per-block counts the view carries equal the extents it shows.
         let mut counted: HashMap<Hash, u64> = HashMap::new();
-        for (rest, v) in visible(&all_counts, &chain) {
+        for (id, v) in visible(&all.counts, &chain) {
             let n = decode_count(&v)?;
-            if n > 0 && rest.len() == 16 {
-                let mut h = [0u8; 16];
-                h.copy_from_slice(&rest);
-                counted.insert(h, n);
+            if let (true, Ident::Count { hash, .. }) = (n > 0, id) {
+                counted.insert(hash, n);
             }
         }
         if counted != blocks {
@@ -251,58 +253,55 @@ pub fn check(store: &Store) -> Result<FsckReport> {
     }
 
     // Versions: each belongs to a known lineage, has a births entry, and someone can see it.
-    let mut births: HashSet<Vec<u8>> = HashSet::new();
-    view.for_each(cf::BIRTHS, |k, _| {
-        births.insert(k.to_vec());
+    let mut births: HashSet<(Ident, u64)> = HashSet::new();
+    view.for_each_birth(|id, e| {
+        births.insert((id, e));
         Ok(())
     })?;
     let mut counted: HashMap<Hash, BTreeMap<u64, u64>> = HashMap::new();
-    for (cfname, all) in [
-        (cf::INODES, &all_inodes),
-        (cf::DIRENTS, &all_dirents),
-        (cf::EXTENTS, &all_extents),
-        (cf::XATTRS, &all_xattrs),
-        (cf::COUNTS, &all_counts),
+    let mut leaked: BTreeMap<(&str, u64, u64), u64> = BTreeMap::new();
+    for (what, versions) in [
+        ("inode", &all.inodes),
+        ("dirent", &all.dirents),
+        ("extent", &all.extents),
+        ("xattr", &all.xattrs),
+        ("count", &all.counts),
     ] {
-        let tag = cf::tag(cfname);
-        for (ident, versions) in all {
-            let l = keys::read_u64(ident, 0);
+        for (&l, by_id) in versions {
             let Some(lrec) = lineages.get(&l) else {
-                c.err(format!("{cfname} key of unknown lineage {l}"));
+                c.err(format!("{what} key of unknown lineage {l}"));
                 continue;
             };
-            for (i, (b, v)) in versions.iter().enumerate() {
-                if cfname == cf::EXTENTS {
-                    if let Some(h) = decode_extent(v)? {
-                        *counted.entry(h).or_default().entry(l).or_default() += 1;
+            for (id, versions) in by_id {
+                for (i, (b, v)) in versions.iter().enumerate() {
+                    if let Ident::Extent { .. } = id {
+                        if let Some(h) = decode_extent(v)? {
+                            *counted.entry(h).or_default().entry(l).or_default() += 1;
+                        }
                     }
-                }
-                if !births.remove(&keys::birth(ident, *b, tag)) {
-                    c.err(format!("{cfname} version at epoch {b} of lineage {l} has no births entry"));
-                }
-                let d = if i == 0 { None } else { Some(versions[i - 1].0) };
-                let seen = match d {
-                    Some(d) => lrec.pins.range(*b..d).next().is_some(),
-                    None => lrec.head.is_some() || lrec.pins.range(*b..).next().is_some(),
-                };
-                if !seen && !gc_pending.contains(&l) {
-                    c.err(format!("{cfname} version at epoch {b} of lineage {l} is seen by no pin or head (leaked)"));
+                    if !births.remove(&(id.with_lineage(l), *b)) {
+                        c.err(format!("{what} version at epoch {b} of lineage {l} has no births entry"));
+                    }
+                    let d = if i == 0 { None } else { Some(versions[i - 1].0) };
+                    if !seen(&lrec.pins, lrec.head.is_some(), *b, d) && !gc_pending.contains(&l) {
+                        *leaked.entry((what, l, *b)).or_default() += 1;
+                    }
                 }
             }
         }
     }
-    for b in births {
-        c.err(format!("births entry without a version: lineage {}, epoch {}", keys::read_u64(&b, 0), keys::read_u64(&b, 8)));
+    // One line per (kind, lineage, epoch): a leak is usually thousands of versions.
+    for ((what, l, b), n) in leaked {
+        c.err(format!("{n} {what} version(s) at epoch {b} of lineage {l} seen by no pin or head (leaked)"));
+    }
+    for (id, e) in births {
+        c.err(format!("births entry without a version: lineage {}, epoch {e}", id.lineage()));
     }
 
     // Refcounts equal references; blocks exist exactly for referenced hashes and hash right.
     let mut refs: HashMap<Hash, RefRec> = HashMap::new();
-    view.for_each(cf::REFS, |k, v| {
-        let mut h = [0u8; 16];
-        if k.len() == 16 {
-            h.copy_from_slice(k);
-            refs.insert(h, RefRec::decode(v)?);
-        }
+    view.for_each_ref(|h, r| {
+        refs.insert(h, r);
         Ok(())
     })?;
     for (h, r) in &refs {
@@ -317,13 +316,9 @@ pub fn check(store: &Store) -> Result<FsckReport> {
         }
     }
     let mut physical = 0;
-    view.for_each(cf::BLOCKS, |k, v| {
+    view.for_each_block(|h, v| {
         report.blocks += 1;
         physical += v.len() as u64;
-        let mut h = [0u8; 16];
-        if k.len() == 16 {
-            h.copy_from_slice(k);
-        }
         match refs.get(&h) {
             None => c.err(format!("block {} is stored but not referenced", hex(&h))),
             Some(r) if r.size as usize != v.len() => c.err(format!("block {}: size {} but {} recorded", hex(&h), v.len(), r.size)),
@@ -335,7 +330,7 @@ pub fn check(store: &Store) -> Result<FsckReport> {
         Ok(())
     })?;
     for h in refs.keys() {
-        if view.get(cf::BLOCKS, h)?.is_none() {
+        if !view.has_block(h)? {
             c.err(format!("block {} has a refcount but is not stored", hex(h)));
         }
     }
@@ -369,7 +364,7 @@ pub fn check(store: &Store) -> Result<FsckReport> {
         if *have != want {
             c.err(format!("{vname}: reports {have:?} but recount {want:?}"));
         }
-        let unique = unique_by_brute_force(&lineages_by_id, &all_extents, &refs, gone);
+        let unique = unique_by_brute_force(&lineages_by_id, &all.extents, &refs, gone);
         report.views.push(ViewFigures { name: vname.clone(), logical: want.logical, referenced: want.referenced, unique });
     }
     report.views.sort_by(|a, b| a.name.cmp(&b.name));
@@ -391,12 +386,7 @@ pub fn check(store: &Store) -> Result<FsckReport> {
 fn unique_by_brute_force(lineages: &HashMap<u64, LineageRec>, extents: &Versions, refs: &HashMap<Hash, RefRec>, gone: &[(u64, u64)]) -> u64 {
     let mut after = lineages.clone();
     let unpin = |r: &mut LineageRec, e: u64| {
-        if let Some(c) = r.pins.get_mut(&e) {
-            *c -= 1;
-            if *c == 0 {
-                r.pins.remove(&e);
-            }
-        }
+        r.unpin(e);
     };
     for (l, e) in gone {
         if let Some(r) = after.get_mut(l) {
@@ -416,19 +406,17 @@ fn unique_by_brute_force(lineages: &HashMap<u64, LineageRec>, extents: &Versions
             }
         }
     }
-    let seen = |r: &LineageRec, b: u64, d: Option<u64>| match d {
-        Some(d) => r.pins.range(b..d).next().is_some(),
-        None => r.head.is_some() || r.pins.range(b..).next().is_some(),
-    };
+    let seen = |r: &LineageRec, b: u64, d: Option<u64>| seen(&r.pins, r.head.is_some(), b, d);
     let mut freed: HashMap<Hash, u64> = HashMap::new();
-    for (ident, versions) in extents {
-        let l = keys::read_u64(ident, 0);
+    for (&l, by_id) in extents {
         let (Some(before), Some(now)) = (lineages.get(&l), after.get(&l)) else { continue };
-        for (i, (b, v)) in versions.iter().enumerate() {
-            let d = if i == 0 { None } else { Some(versions[i - 1].0) };
-            if seen(before, *b, d) && (whole.contains(&l) || !seen(now, *b, d)) {
-                if let Ok(Some(h)) = decode_extent(v) {
-                    *freed.entry(h).or_default() += 1;
+        for versions in by_id.values() {
+            for (i, (b, v)) in versions.iter().enumerate() {
+                let d = if i == 0 { None } else { Some(versions[i - 1].0) };
+                if seen(before, *b, d) && (whole.contains(&l) || !seen(now, *b, d)) {
+                    if let Ok(Some(h)) = decode_extent(v) {
+                        *freed.entry(h).or_default() += 1;
+                    }
                 }
             }
         }
@@ -451,12 +439,11 @@ fn check_view(
     head: bool,
     orphans: &HashSet<(u64, u64)>,
     chain: &[(u64, u64)],
-    all: [&Versions; 4],
+    all: &All,
 ) -> HashMap<Hash, u64> {
-    let [all_inodes, all_dirents, all_extents, all_xattrs] = all;
     let mut inodes: HashMap<u64, InodeRec> = HashMap::new();
-    for (rest, v) in visible(all_inodes, chain) {
-        let ino = keys::read_u64(&rest, 0);
+    for (id, v) in visible(&all.inodes, chain) {
+        let Ident::Inode { ino, .. } = id else { continue };
         match InodeRec::decode(&v) {
             Ok(Some(r)) => {
                 inodes.insert(ino, r);
@@ -471,9 +458,9 @@ fn check_view(
     }
     let mut links: HashMap<u64, u32> = HashMap::new();
     let mut subdirs: HashMap<u64, u32> = HashMap::new();
-    for (rest, v) in visible(all_dirents, chain) {
-        let dir = keys::read_u64(&rest, 0);
-        let name = String::from_utf8_lossy(&rest[8..rest.len() - 1]).into_owned();
+    for (id, v) in visible(&all.dirents, chain) {
+        let Ident::Dirent { dir, name, .. } = id else { continue };
+        let name = String::from_utf8_lossy(&name).into_owned();
         let d = match DirentRec::decode(&v) {
             Ok(Some(d)) => d,
             Ok(None) => continue,
@@ -521,8 +508,8 @@ fn check_view(
     }
     let mut per_file: HashMap<u64, u64> = HashMap::new();
     let mut blocks: HashMap<Hash, u64> = HashMap::new();
-    for (rest, v) in visible(all_extents, chain) {
-        let (ino, idx) = (keys::read_u64(&rest, 0), keys::read_u64(&rest, 8));
+    for (id, v) in visible(&all.extents, chain) {
+        let Ident::Extent { ino, index: idx, .. } = id else { continue };
         if is_tombstone(&v) {
             continue;
         }
@@ -547,6 +534,5 @@ fn check_view(
             c.err(format!("{vname}: inode {ino}: records {} stored blocks, has {n}", r.blocks));
         }
     }
-    let _ = all_xattrs;
     blocks
 }

@@ -7,33 +7,13 @@
 //! last pin. A lineage with neither head nor pins is removed whole and unpins its parent.
 //! GC never touches a version the head can see, so it does not race with writers.
 
+use super::lineage::seen;
 use super::{Catalog, LineageRec, HEAD_GONE};
 use crate::error::Result;
 use crate::store::records::decode_extent;
-use crate::store::{cf, keys, Store};
+use crate::store::{CatKey, CatRange, Cursor, Ident, Store};
 
 const BATCH: usize = 4096;
-
-/// All versions of one key of a lineage (`ident` = lineage first, no epoch), newest first.
-fn versions_of(store: &Store, cfname: &str, ident: &[u8]) -> Result<Vec<(u64, Vec<u8>)>> {
-    let mut versions = Vec::new();
-    store.scan(cfname, ident, |k, v| {
-        if k.len() == ident.len() + keys::U64 {
-            versions.push((keys::split_version(k).1, v.to_vec()));
-        }
-        Ok(true)
-    })?;
-    Ok(versions)
-}
-
-/// Whether a version born at `b` and superseded at `d` (None: still the newest) is seen by
-/// one of `pins` or by the head.
-fn seen(pins: &std::collections::BTreeMap<u64, u32>, head: bool, b: u64, d: Option<u64>) -> bool {
-    match d {
-        Some(d) => pins.range(b..d).next().is_some(),
-        None => head || pins.range(b..).next().is_some(),
-    }
-}
 
 /// Runs every pending GC marker to completion. Returns how many it processed.
 pub fn run(store: &Store, cat: &Catalog) -> Result<u64> {
@@ -41,8 +21,10 @@ pub fn run(store: &Store, cat: &Catalog) -> Result<u64> {
     let mut done = 0;
     loop {
         let mut next = None;
-        store.scan(cf::CATALOG, &[keys::catalog::GC_TAG], |k, _| {
-            next = Some((keys::read_u64(k, 1), keys::read_u64(k, 9)));
+        store.cat_scan(CatRange::Gc, |k, _| {
+            if let CatKey::Gc { lineage, epoch } = k {
+                next = Some((lineage, epoch));
+            }
             Ok(false)
         })?;
         let Some((lineage, epoch)) = next else { return Ok(done) };
@@ -52,14 +34,14 @@ pub fn run(store: &Store, cat: &Catalog) -> Result<u64> {
 }
 
 fn process(store: &Store, cat: &Catalog, lineage: u64, epoch: u64) -> Result<()> {
-    let marker = keys::catalog::gc(lineage, epoch);
+    let marker = CatKey::Gc { lineage, epoch };
     let lrec = {
         let _g = cat.guard()?;
-        match store.get(cf::CATALOG, &keys::catalog::lineage(lineage))? {
+        match store.cat_get(&CatKey::Lineage(lineage))? {
             Some(v) => super::decode::<LineageRec>(&v)?,
             None => {
                 let mut t = store.txn();
-                t.delete(store, cf::CATALOG, &marker)?;
+                t.cat_delete(store, &marker)?;
                 return store.commit(t, false);
             }
         }
@@ -73,47 +55,38 @@ fn process(store: &Store, cat: &Catalog, lineage: u64, epoch: u64) -> Result<()>
         (lrec.pins.range(..epoch).next_back().map(|(e, _)| *e).unwrap_or(0), epoch)
     };
     log::info!("gc: lineage {lineage}, versions born in ({lo}, {hi}]");
-    let mut start = keys::births_from(lineage, lo.saturating_add(1));
+    let mut start = Cursor::births_at(lineage, lo.saturating_add(1));
     loop {
         let mut t = store.txn();
         let mut n = 0;
-        let mut resume = None;
-        store.scan_from(cf::BIRTHS, &lineage.to_be_bytes(), &start, |k, _| {
-            let (_, b, tag, rest) = keys::split_birth(k);
-            if b > hi {
-                return Ok(false);
-            }
-            if n >= BATCH {
-                resume = Some(k.to_vec());
+        let resume = store.births(&start, |id, b| {
+            if b > hi || n >= BATCH {
                 return Ok(false);
             }
             n += 1;
-            let Some(cfname) = cf::from_tag(tag) else { return Ok(true) };
-            let ident = [&lineage.to_be_bytes()[..], rest].concat();
-            let versions = versions_of(store, cfname, &ident)?;
+            let versions = store.versions(&id)?;
             let Some(pos) = versions.iter().position(|(e, _)| *e == b) else {
-                t.delete(store, cf::BIRTHS, k)?;
+                t.delete_birth(store, &id, b)?;
                 return Ok(true);
             };
             let d = if pos == 0 { None } else { Some(versions[pos - 1].0) };
             if !seen(&lrec.pins, lrec.head.is_some(), b, d) {
-                if cfname == cf::EXTENTS {
+                if let Ident::Extent { .. } = id {
                     if let Some(h) = decode_extent(&versions[pos].1)? {
                         t.drop_ref(h, lineage);
                     }
                 }
-                t.delete(store, cfname, &keys::versioned(ident, b))?;
-                t.delete(store, cf::BIRTHS, k)?;
+                t.delete_version(store, &id, b)?;
             }
             Ok(true)
         })?;
         match resume {
-            Some(r) => {
+            Some(r) if n >= BATCH => {
                 store.commit(t, false)?;
                 start = r;
             }
-            None => {
-                t.delete(store, cf::CATALOG, &marker)?;
+            _ => {
+                t.cat_delete(store, &marker)?;
                 return store.commit(t, false);
             }
         }
@@ -123,48 +96,44 @@ fn process(store: &Store, cat: &Catalog, lineage: u64, epoch: u64) -> Result<()>
 /// Removes every key of a lineage nobody reads, then the lineage, and unpins its parent.
 fn purge(store: &Store, cat: &Catalog, lineage: u64) -> Result<()> {
     log::info!("gc: removing lineage {lineage}");
-    let prefix = keys::lineage_prefix(lineage);
-    // Extents one by one (each drops a block reference), then everything else of the
-    // lineage with one range deletion per column family.
-    // Each batch resumes after the last key it deleted, not over the tombstones before it.
-    let mut start = prefix.clone();
+    // Extents one by one (each drops a block reference), in batches that each resume at the
+    // first key they did not take (not over the tombstones before it), then everything else
+    // of the lineage with one range deletion per column family.
+    let mut start = None;
     loop {
         let mut t = store.txn();
         let mut n = 0;
-        let mut last = None;
-        store.scan_from(cf::EXTENTS, &prefix, &start, |k, v| {
+        let resume = store.extent_versions(lineage, start.as_ref(), |id, epoch, v| {
+            if n >= BATCH {
+                return Ok(false);
+            }
             if let Some(h) = decode_extent(v)? {
                 t.drop_ref(h, lineage);
             }
-            t.delete(store, cf::EXTENTS, k)?;
+            t.delete_extent_version(store, &id, epoch)?;
             n += 1;
-            last = Some([k, &[0u8][..]].concat());
-            Ok(n < BATCH)
+            Ok(true)
         })?;
-        let Some(next) = last else { break };
         store.commit(t, false)?;
-        start = next;
+        match resume {
+            Some(r) => start = Some(r),
+            None => break,
+        }
     }
-    let mut t = store.txn();
-    for cfname in [cf::XATTRS, cf::DIRENTS, cf::INODES, cf::COUNTS, cf::BIRTHS] {
-        t.delete_prefix(store, cfname, &prefix)?;
-    }
-    store.commit(t, false)?;
     let _g = cat.guard()?;
-    let mut t = store.txn();
+    let mut t = cat.begin(store);
+    t.delete_lineage(store, lineage)?;
     let mut stale = Vec::new();
-    for tag in [keys::catalog::GC_TAG, keys::catalog::ORPHAN_TAG] {
-        let mut p = vec![tag];
-        p.extend_from_slice(&lineage.to_be_bytes());
-        store.scan(cf::CATALOG, &p, |k, _| {
-            stale.push(k.to_vec());
+    for range in [CatRange::GcOf(lineage), CatRange::OrphansOf(lineage)] {
+        store.cat_scan(range, |k, _| {
+            stale.push(k);
             Ok(true)
         })?;
     }
     for k in stale {
-        t.delete(store, cf::CATALOG, &k)?;
+        t.cat_delete(store, &k)?;
     }
-    if let Some(v) = store.get(cf::CATALOG, &keys::catalog::lineage(lineage))? {
+    if let Some(v) = store.cat_get(&CatKey::Lineage(lineage))? {
         let lrec: LineageRec = super::decode(&v)?;
         if let Some((p, e)) = lrec.parent {
             let mut prec = Catalog::lineage(store, p)?;
@@ -172,10 +141,10 @@ fn purge(store: &Store, cat: &Catalog, lineage: u64) -> Result<()> {
             Catalog::put_lineage(store, &mut t, &prec)?;
         }
     }
-    t.delete(store, cf::CATALOG, &keys::catalog::lineage(lineage))?;
-    t.delete(store, cf::CATALOG, &keys::catalog::space(lineage))?;
-    t.delete(store, cf::CATALOG, &keys::catalog::view(lineage))?;
-    store.commit(t, true)?;
+    Catalog::remove_lineage(store, &mut t, lineage)?;
+    // The parent's views see the pin go only after this commit (Catalog::commit), and GC of
+    // the versions it kept runs after that.
+    cat.commit(store, t, true)?;
     store.forget_lineage(lineage);
     Ok(())
 }
@@ -202,12 +171,7 @@ pub fn freed_by(store: &Store, removals: &[(u64, u64)]) -> Result<u64> {
         Ok(())
     };
     let unpin = |r: &mut LineageRec, e: u64| {
-        if let Some(c) = r.pins.get_mut(&e) {
-            *c -= 1;
-            if *c == 0 {
-                r.pins.remove(&e);
-            }
-        }
+        r.unpin(e);
     };
     for (l, e) in removals {
         load(*l, &mut orig, &mut now)?;
@@ -236,14 +200,13 @@ pub fn freed_by(store: &Store, removals: &[(u64, u64)]) -> Result<u64> {
     let counted = whole.iter().copied().max_by_key(|l| (logical(l), *l));
     let mut per_block: HashMap<[u8; 16], HashMap<u64, u64>> = HashMap::new();
     for l in whole.iter().filter(|l| Some(**l) != counted) {
-        store.scan(cf::EXTENTS, &keys::lineage_prefix(*l), |_, v| {
+        store.extent_versions(*l, None, |_, _, v| {
             if let Some(h) = decode_extent(v)? {
                 *per_block.entry(h).or_default().entry(*l).or_default() += 1;
             }
             Ok(true)
         })?;
     }
-    let tag = cf::tag(cf::EXTENTS);
     for (l, after) in now.iter().filter(|(l, _)| !whole.contains(l)) {
         let before = &orig[l];
         let mut gone: Vec<u64> = before.pins.keys().filter(|e| !after.pins.contains_key(e)).copied().collect();
@@ -263,26 +226,23 @@ pub fn freed_by(store: &Store, removals: &[(u64, u64)]) -> Result<u64> {
         if lo <= 1 {
             // From the lineage's start: one pass over its extents (newest version first, so
             // the previous key of the same identity is the one that superseded this one).
-            let mut prev: Option<(Vec<u8>, u64)> = None;
-            store.scan(cf::EXTENTS, &keys::lineage_prefix(*l), |k, v| {
-                let (ident, b) = keys::split_version(k);
+            let mut prev: Option<(Ident, u64)> = None;
+            store.extent_versions(*l, None, |id, b, v| {
                 let d = match &prev {
-                    Some((i, e)) if i.as_slice() == ident => Some(*e),
+                    Some((i, e)) if *i == id => Some(*e),
                     _ => None,
                 };
                 count(b, d, v)?;
-                prev = Some((ident.to_vec(), b));
+                prev = Some((id, b));
                 Ok(true)
             })?;
             continue;
         }
-        store.scan_from(cf::BIRTHS, &l.to_be_bytes(), &keys::births_from(*l, lo), |k, _| {
-            let (_, b, t, rest) = keys::split_birth(k);
-            if t != tag {
+        store.births(&Cursor::births_at(*l, lo), |id, b| {
+            if !matches!(id, Ident::Extent { .. }) {
                 return Ok(true);
             }
-            let ident = [&l.to_be_bytes()[..], rest].concat();
-            let versions = versions_of(store, cf::EXTENTS, &ident)?;
+            let versions = store.versions(&id)?;
             if let Some(pos) = versions.iter().position(|(e, _)| *e == b) {
                 let d = if pos == 0 { None } else { Some(versions[pos - 1].0) };
                 count(b, d, &versions[pos].1)?;
@@ -292,8 +252,7 @@ pub fn freed_by(store: &Store, removals: &[(u64, u64)]) -> Result<u64> {
     }
     let mut unique = counted.and_then(|l| space.lineages.get(&l)).map(|s| s.unique).unwrap_or(0);
     for (h, freed) in per_block {
-        if let Some(v) = store.get(cf::REFS, &h)? {
-            let r = crate::store::records::RefRec::decode(&v)?;
+        if let Some(r) = store.refs(&h)? {
             if r.owners.iter().all(|(o, n)| Some(*o) == counted || freed.get(o) == Some(n)) {
                 unique += r.size as u64;
             }

@@ -10,14 +10,17 @@
 
 pub mod fsck;
 pub mod gc;
+pub mod lineage;
+pub mod view;
 
 use crate::error::{Error, Result};
-use crate::store::records::{InodeRec, Kind, Ts};
-use crate::store::{cf, keys, Store, Txn, ViewSpace};
+pub use crate::store::records::{DirentRec, Hash, InodeRec, Kind, Ts};
+use crate::store::{CatKey, CatRange, Ident, Store, Txn, ViewSpace};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use lineage::{LineageState, Lineages};
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 pub const ROOT_INO: u64 = 1;
 pub const MIN_BLOCK: u32 = 4096;
@@ -77,7 +80,10 @@ pub struct ViewSpec {
     pub lineage: u64,
     pub epoch: u64,
     pub parents: Vec<(u64, u64)>,
-    pub pins: BTreeSet<u64>,
+    /// The lineage's live head epoch and pins, owned by the catalog.
+    pub state: Arc<LineageState>,
+    /// True for a volume's head (it follows the head epoch), false for a snapshot.
+    pub head: bool,
     pub block_size: u32,
     pub read_only: bool,
     /// A snapshot's figures (a head's live ones are in the store).
@@ -157,16 +163,39 @@ fn now() -> i64 {
     Ts::now().sec
 }
 
-/// Serializes catalog changes against each other and against GC decisions.
+/// Serializes catalog changes against each other and against GC decisions, and owns the
+/// in-memory state of lineages that views read.
 pub struct Catalog {
     lock: Mutex<()>,
     /// One GC run at a time: two runs would free the same versions twice.
     gc: Mutex<()>,
+    lineages: Lineages,
 }
 
 impl Default for Catalog {
     fn default() -> Self {
-        Catalog { lock: Mutex::new(()), gc: Mutex::new(()) }
+        Catalog { lock: Mutex::new(()), gc: Mutex::new(()), lineages: Lineages::default() }
+    }
+}
+
+/// A catalog change: a store transaction and the lineage records it writes, which views see
+/// once it commits (`Catalog::commit`).
+pub struct CatTxn {
+    t: Txn,
+    written: Vec<LineageRec>,
+    removed: Vec<u64>,
+}
+
+impl std::ops::Deref for CatTxn {
+    type Target = Txn;
+    fn deref(&self) -> &Txn {
+        &self.t
+    }
+}
+
+impl std::ops::DerefMut for CatTxn {
+    fn deref_mut(&mut self) -> &mut Txn {
+        &mut self.t
     }
 }
 
@@ -177,13 +206,28 @@ pub struct Cut {
 }
 
 impl Catalog {
+    pub fn begin(&self, store: &Store) -> CatTxn {
+        CatTxn { t: store.txn(), written: Vec::new(), removed: Vec::new() }
+    }
+
+    /// Commits a catalog change, then shows its lineage records to every view.
+    pub fn commit(&self, store: &Store, t: CatTxn, sync: bool) -> Result<()> {
+        store.commit(t.t, sync)?;
+        self.lineages.apply(&t.written, &t.removed)
+    }
+
+    /// The live state of lineage `id`, shared with every view of it.
+    pub fn lineage_state(&self, store: &Store, id: u64) -> Result<Arc<LineageState>> {
+        self.lineages.get(id, || Self::lineage(store, id))
+    }
+
     pub fn guard(&self) -> Result<std::sync::MutexGuard<'_, ()>> {
         self.lock.lock().map_err(|_| Error::Corrupt("catalog lock poisoned".into()))
     }
 
     pub fn list(store: &Store) -> Result<Vec<VolumeRec>> {
         let mut out: Vec<VolumeRec> = Vec::new();
-        store.scan(cf::CATALOG, &[keys::catalog::VOLUME_TAG], |_, v| {
+        store.cat_scan(CatRange::Volumes, |_, v| {
             out.push(decode(v)?);
             Ok(true)
         })?;
@@ -194,7 +238,7 @@ impl Catalog {
     pub fn get(store: &Store, name: &str) -> Result<VolumeRec> {
         check_name(name)?;
         let id = store
-            .get(cf::CATALOG, &keys::catalog::name(name.as_bytes()))?
+            .cat_get(&CatKey::Name(name.as_bytes().to_vec()))?
             .ok_or_else(|| Error::NotFound(format!("no volume named {name:?}")))?;
         let id = u64::from_le_bytes(id.as_slice().try_into().map_err(|_| Error::Corrupt("bad name record".into()))?);
         Self::by_id(store, id)
@@ -202,21 +246,21 @@ impl Catalog {
 
     pub fn by_id(store: &Store, id: u64) -> Result<VolumeRec> {
         let v = store
-            .get(cf::CATALOG, &keys::catalog::volume(id))?
+            .cat_get(&CatKey::Volume(id))?
             .ok_or_else(|| Error::Corrupt(format!("name points to missing volume {id}")))?;
         decode(&v)
     }
 
     pub fn lineage(store: &Store, id: u64) -> Result<LineageRec> {
         let v = store
-            .get(cf::CATALOG, &keys::catalog::lineage(id))?
+            .cat_get(&CatKey::Lineage(id))?
             .ok_or_else(|| Error::Corrupt(format!("missing lineage {id}")))?;
         decode(&v)
     }
 
     pub fn lineages(store: &Store) -> Result<Vec<LineageRec>> {
         let mut out = Vec::new();
-        store.scan(cf::CATALOG, &[keys::catalog::LINEAGE_TAG], |_, v| {
+        store.cat_scan(CatRange::Lineages, |_, v| {
             out.push(decode(v)?);
             Ok(true)
         })?;
@@ -239,7 +283,7 @@ impl Catalog {
 
     pub fn snapshots(store: &Store, volume: u64) -> Result<Vec<SnapshotRec>> {
         let mut out: Vec<SnapshotRec> = Vec::new();
-        store.scan(cf::CATALOG, &keys::catalog::snapshots_of(volume), |_, v| {
+        store.cat_scan(CatRange::SnapshotsOf(volume), |_, v| {
             out.push(decode(v)?);
             Ok(true)
         })?;
@@ -248,20 +292,25 @@ impl Catalog {
     }
 
     pub fn snapshot(store: &Store, volume: &VolumeRec, name: &str) -> Result<SnapshotRec> {
-        let v = store.get(cf::CATALOG, &keys::catalog::snapshot(volume.id, name.as_bytes()))?.ok_or_else(|| {
+        let v = store.cat_get(&CatKey::Snapshot { volume: volume.id, name: name.as_bytes().to_vec() })?.ok_or_else(|| {
             Error::NotFound(format!("no snapshot {}@{name}", volume.name))
         })?;
         decode(&v)
     }
 
     /// The view that mounting `VOL` (head, writable) or `VOL@SNAP` (read-only) reads.
-    pub fn view(store: &Store, vol: &str, snap: Option<&str>, read_only: bool) -> Result<ViewSpec> {
+    pub fn view(&self, store: &Store, vol: &str, snap: Option<&str>, read_only: bool) -> Result<ViewSpec> {
         let v = Self::get(store, vol)?;
-        Self::view_of(store, &v, snap, read_only)
+        self.view_of(store, &v, snap, read_only)
+    }
+
+    /// The view that mounting `VOL` or `VOL@SNAP` reads, opened.
+    pub fn open_view(&self, store: &Arc<Store>, vol: &str, snap: Option<&str>, read_only: bool) -> Result<view::View> {
+        Ok(view::View::new(store.clone(), self.view(store, vol, snap, read_only)?))
     }
 
     /// Like `view`, for a volume record in hand.
-    pub fn view_of(store: &Store, v: &VolumeRec, snap: Option<&str>, read_only: bool) -> Result<ViewSpec> {
+    pub fn view_of(&self, store: &Store, v: &VolumeRec, snap: Option<&str>, read_only: bool) -> Result<ViewSpec> {
         let vol = v.name.as_str();
         let (lineage, epoch, name, frozen) = match snap {
             Some(s) => {
@@ -274,56 +323,62 @@ impl Catalog {
                 (v.lineage, head, vol.to_string(), None)
             }
         };
-        let lrec = Self::lineage(store, lineage)?;
         Ok(ViewSpec {
             name,
             volume: v.id,
             lineage,
             epoch,
             parents: Self::parents(store, lineage)?,
-            pins: lrec.pins.keys().copied().collect(),
+            state: self.lineage_state(store, lineage)?,
+            head: frozen.is_none(),
             block_size: v.block_size,
             read_only: read_only || snap.is_some(),
             frozen,
         })
     }
 
-    fn next_id(store: &Store, t: &mut Txn, n: u64) -> Result<u64> {
-        let id = match store.get(cf::CATALOG, keys::catalog::NEXT_VOLUME_ID)? {
+    fn next_id(store: &Store, t: &mut CatTxn, n: u64) -> Result<u64> {
+        let id = match store.cat_get(&CatKey::NextVolumeId)? {
             Some(v) => u64::from_le_bytes(v.as_slice().try_into().map_err(|_| Error::Corrupt("bad id counter".into()))?),
             None => 1,
         };
-        t.put(store, cf::CATALOG, keys::catalog::NEXT_VOLUME_ID, &(id + n).to_le_bytes())?;
+        t.cat_put(store, &CatKey::NextVolumeId, &(id + n).to_le_bytes())?;
         Ok(id)
     }
 
     fn name_free(store: &Store, name: &str) -> Result<()> {
-        if store.get(cf::CATALOG, &keys::catalog::name(name.as_bytes()))?.is_some() {
+        if store.cat_get(&CatKey::Name(name.as_bytes().to_vec()))?.is_some() {
             return Err(Error::Conflict(format!("volume {name:?} already exists")));
         }
         Ok(())
     }
 
-    fn put_volume(store: &Store, t: &mut Txn, v: &VolumeRec) -> Result<()> {
-        t.put(store, cf::CATALOG, &keys::catalog::volume(v.id), &encode(v)?)
+    fn put_volume(store: &Store, t: &mut CatTxn, v: &VolumeRec) -> Result<()> {
+        t.cat_put(store, &CatKey::Volume(v.id), &encode(v)?)
     }
 
-    fn put_lineage(store: &Store, t: &mut Txn, l: &LineageRec) -> Result<()> {
-        t.put(store, cf::CATALOG, &keys::catalog::lineage(l.id), &encode(l)?)
+    /// Stages a lineage record; views see it when `t` commits. The only writer of `L` keys.
+    fn put_lineage(store: &Store, t: &mut CatTxn, l: &LineageRec) -> Result<()> {
+        t.t.cat_put(store, &CatKey::Lineage(l.id), &encode(l)?)?;
+        t.written.push(l.clone());
+        Ok(())
     }
 
-    fn put_snapshot(store: &Store, t: &mut Txn, s: &SnapshotRec) -> Result<()> {
-        t.put(store, cf::CATALOG, &keys::catalog::snapshot(s.volume, s.name.as_bytes()), &encode(s)?)
+    /// Stages the removal of a lineage record (GC removed all of its keys).
+    fn remove_lineage(store: &Store, t: &mut CatTxn, id: u64) -> Result<()> {
+        t.t.cat_delete(store, &CatKey::Lineage(id))?;
+        t.removed.push(id);
+        Ok(())
+    }
+
+    fn put_snapshot(store: &Store, t: &mut CatTxn, s: &SnapshotRec) -> Result<()> {
+        t.cat_put(store, &CatKey::Snapshot { volume: s.volume, name: s.name.as_bytes().to_vec() }, &encode(s)?)
     }
 
     /// Drops one count of pin `epoch` on `l`; at zero, leaves GC work.
-    fn unpin(store: &Store, t: &mut Txn, l: &mut LineageRec, epoch: u64) -> Result<()> {
-        if let Some(c) = l.pins.get_mut(&epoch) {
-            *c -= 1;
-            if *c == 0 {
-                l.pins.remove(&epoch);
-                t.put(store, cf::CATALOG, &keys::catalog::gc(l.id, epoch), &[])?;
-            }
+    fn unpin(store: &Store, t: &mut CatTxn, l: &mut LineageRec, epoch: u64) -> Result<()> {
+        if l.unpin(epoch) {
+            t.cat_put(store, &CatKey::Gc { lineage: l.id, epoch }, &[])?;
         }
         Ok(())
     }
@@ -336,7 +391,7 @@ impl Catalog {
         }
         let _g = self.guard()?;
         Self::name_free(store, name)?;
-        let mut t = store.txn();
+        let mut t = self.begin(store);
         let id = Self::next_id(store, &mut t, 2)?;
         let ts = Ts::now();
         let rec = VolumeRec { id, name: name.to_string(), lineage: id + 1, block_size, created: ts.sec, origin: None };
@@ -357,13 +412,11 @@ impl Catalog {
             crtime: ts,
             target: Vec::new(),
         };
-        t.put(store, cf::CATALOG, &keys::catalog::name(name.as_bytes()), &id.to_le_bytes())?;
+        t.cat_put(store, &CatKey::Name(name.as_bytes().to_vec()), &id.to_le_bytes())?;
         Self::put_volume(store, &mut t, &rec)?;
         Self::put_lineage(store, &mut t, &lin)?;
-        let ident = keys::inode_key(lin.id, ROOT_INO);
-        t.put(store, cf::BIRTHS, &keys::birth(&ident, 1, cf::tag(cf::INODES)), &[])?;
-        t.put(store, cf::INODES, &keys::versioned(ident, 1), &root.encode())?;
-        store.commit(t, true)?;
+        t.put_version(store, &Ident::Inode { lineage: lin.id, ino: ROOT_INO }, 1, &root.encode())?;
+        self.commit(store, t, true)?;
         Ok(rec)
     }
 
@@ -373,11 +426,11 @@ impl Catalog {
         let mut rec = Self::get(store, old)?;
         Self::name_free(store, new)?;
         rec.name = new.to_string();
-        let mut t = store.txn();
-        t.delete(store, cf::CATALOG, &keys::catalog::name(old.as_bytes()))?;
-        t.put(store, cf::CATALOG, &keys::catalog::name(new.as_bytes()), &rec.id.to_le_bytes())?;
+        let mut t = self.begin(store);
+        t.cat_delete(store, &CatKey::Name(old.as_bytes().to_vec()))?;
+        t.cat_put(store, &CatKey::Name(new.as_bytes().to_vec()), &rec.id.to_le_bytes())?;
         Self::put_volume(store, &mut t, &rec)?;
-        store.commit(t, true)?;
+        self.commit(store, t, true)?;
         Ok(rec)
     }
 
@@ -387,10 +440,10 @@ impl Catalog {
         check_name(snap)?;
         let _g = self.guard()?;
         let v = Self::get(store, vol)?;
-        if store.get(cf::CATALOG, &keys::catalog::snapshot(v.id, snap.as_bytes()))?.is_some() {
+        if store.cat_get(&CatKey::Snapshot { volume: v.id, name: snap.as_bytes().to_vec() })?.is_some() {
             return Err(Error::Conflict(format!("snapshot {vol}@{snap} already exists")));
         }
-        let mut t = store.txn();
+        let mut t = self.begin(store);
         let cut = Self::stage_cut(store, &mut t, &v)?;
         let s = SnapshotRec {
             volume: v.id,
@@ -402,15 +455,15 @@ impl Catalog {
             space: store.view_space(v.lineage),
         };
         Self::put_snapshot(store, &mut t, &s)?;
-        store.commit(t, true)?;
+        self.commit(store, t, true)?;
         Ok(cut)
     }
 
     /// Pins the head epoch of `v`'s lineage and moves the head past it.
-    fn stage_cut(store: &Store, t: &mut Txn, v: &VolumeRec) -> Result<Cut> {
+    fn stage_cut(store: &Store, t: &mut CatTxn, v: &VolumeRec) -> Result<Cut> {
         let mut l = Self::lineage(store, v.lineage)?;
         let e = l.head.ok_or_else(|| Error::Corrupt(format!("volume {} has no head", v.name)))?;
-        *l.pins.entry(e).or_default() += 1;
+        l.pin(e);
         l.head = Some(e + 1);
         Self::put_lineage(store, t, &l)?;
         Ok(Cut { lineage: l.id, epoch: e })
@@ -424,12 +477,12 @@ impl Catalog {
         let _g = self.guard()?;
         let v = Self::get(store, &vol)?;
         Self::name_free(store, new)?;
-        let mut t = store.txn();
+        let mut t = self.begin(store);
         let (parent, cut, origin, space) = match &snap {
             Some(s) => {
                 let sr = Self::snapshot(store, &v, s)?;
                 let mut l = Self::lineage(store, sr.lineage)?;
-                *l.pins.entry(sr.epoch).or_default() += 1;
+                l.pin(sr.epoch);
                 Self::put_lineage(store, &mut t, &l)?;
                 ((sr.lineage, sr.epoch), None, format!("{vol}@{s}"), sr.space)
             }
@@ -450,10 +503,10 @@ impl Catalog {
         };
         let lin = LineageRec { id: id + 1, parent: Some(parent), head: Some(1), pins: BTreeMap::new(), block_size: v.block_size };
         t.set_view_space(lin.id, space);
-        t.put(store, cf::CATALOG, &keys::catalog::name(new.as_bytes()), &id.to_le_bytes())?;
+        t.cat_put(store, &CatKey::Name(new.as_bytes().to_vec()), &id.to_le_bytes())?;
         Self::put_volume(store, &mut t, &rec)?;
         Self::put_lineage(store, &mut t, &lin)?;
-        store.commit(t, true)?;
+        self.commit(store, t, true)?;
         Ok((rec, cut))
     }
 
@@ -463,7 +516,7 @@ impl Catalog {
         let _g = self.guard()?;
         let mut v = Self::get(store, vol)?;
         let sr = Self::snapshot(store, &v, snap)?;
-        let mut t = store.txn();
+        let mut t = self.begin(store);
         let mut old = Self::lineage(store, v.lineage)?;
         let id = Self::next_id(store, &mut t, 1)?;
         let lin = LineageRec {
@@ -474,22 +527,22 @@ impl Catalog {
             block_size: v.block_size,
         };
         if old.id == sr.lineage {
-            *old.pins.entry(sr.epoch).or_default() += 1;
+            old.pin(sr.epoch);
             old.head = None;
             Self::put_lineage(store, &mut t, &old)?;
         } else {
             let mut target = Self::lineage(store, sr.lineage)?;
-            *target.pins.entry(sr.epoch).or_default() += 1;
+            target.pin(sr.epoch);
             Self::put_lineage(store, &mut t, &target)?;
             old.head = None;
             Self::put_lineage(store, &mut t, &old)?;
         }
-        t.put(store, cf::CATALOG, &keys::catalog::gc(old.id, HEAD_GONE), &[])?;
+        t.cat_put(store, &CatKey::Gc { lineage: old.id, epoch: HEAD_GONE }, &[])?;
         t.set_view_space(lin.id, sr.space);
         Self::put_lineage(store, &mut t, &lin)?;
         v.lineage = id;
         Self::put_volume(store, &mut t, &v)?;
-        store.commit(t, true)?;
+        self.commit(store, t, true)?;
         Ok(v)
     }
 
@@ -505,12 +558,12 @@ impl Catalog {
                 tags.join(", ")
             )));
         }
-        let mut t = store.txn();
-        t.delete(store, cf::CATALOG, &keys::catalog::snapshot(v.id, snap.as_bytes()))?;
+        let mut t = self.begin(store);
+        t.cat_delete(store, &CatKey::Snapshot { volume: v.id, name: snap.as_bytes().to_vec() })?;
         let mut l = Self::lineage(store, sr.lineage)?;
         Self::unpin(store, &mut t, &mut l, sr.epoch)?;
         Self::put_lineage(store, &mut t, &l)?;
-        store.commit(t, true)?;
+        self.commit(store, t, true)?;
         Ok((sr.lineage, sr.epoch))
     }
 
@@ -523,10 +576,10 @@ impl Catalog {
         if let Some(h) = snaps.iter().find(|s| !s.holds.is_empty()) {
             return Err(Error::Conflict(format!("snapshot {name}@{} is held; release it first", h.name)));
         }
-        let mut t = store.txn();
+        let mut t = self.begin(store);
         let mut lins: BTreeMap<u64, LineageRec> = BTreeMap::new();
         for s in &snaps {
-            t.delete(store, cf::CATALOG, &keys::catalog::snapshot(v.id, s.name.as_bytes()))?;
+            t.cat_delete(store, &CatKey::Snapshot { volume: v.id, name: s.name.as_bytes().to_vec() })?;
             if !lins.contains_key(&s.lineage) {
                 lins.insert(s.lineage, Self::lineage(store, s.lineage)?);
             }
@@ -540,13 +593,13 @@ impl Catalog {
         if let Some(l) = lins.get_mut(&v.lineage) {
             l.head = None;
         }
-        t.put(store, cf::CATALOG, &keys::catalog::gc(v.lineage, HEAD_GONE), &[])?;
+        t.cat_put(store, &CatKey::Gc { lineage: v.lineage, epoch: HEAD_GONE }, &[])?;
         for l in lins.values() {
             Self::put_lineage(store, &mut t, l)?;
         }
-        t.delete(store, cf::CATALOG, &keys::catalog::name(name.as_bytes()))?;
-        t.delete(store, cf::CATALOG, &keys::catalog::volume(v.id))?;
-        store.commit(t, true)?;
+        t.cat_delete(store, &CatKey::Name(name.as_bytes().to_vec()))?;
+        t.cat_delete(store, &CatKey::Volume(v.id))?;
+        self.commit(store, t, true)?;
         Ok(())
     }
 
@@ -563,19 +616,47 @@ impl Catalog {
                 Error::NotFound(format!("snapshot {vol}@{snap} has no hold {tag:?}"))
             });
         }
-        let mut t = store.txn();
+        let mut t = self.begin(store);
         Self::put_snapshot(store, &mut t, &sr)?;
-        store.commit(t, true)
+        self.commit(store, t, true)
     }
 
     /// Number of pending GC markers.
     pub fn pending_gc(store: &Store) -> Result<u64> {
         let mut n = 0;
-        store.scan(cf::CATALOG, &[keys::catalog::GC_TAG], |_, _| {
+        store.cat_scan(CatRange::Gc, |_, _| {
             n += 1;
             Ok(true)
         })?;
         Ok(n)
+    }
+}
+
+/// The snapshots of one volume, as the `.snapshots` directory of its mount shows them.
+pub struct SnapshotViews {
+    store: Arc<Store>,
+    catalog: Arc<Catalog>,
+    volume: u64,
+}
+
+impl SnapshotViews {
+    pub fn new(store: Arc<Store>, catalog: Arc<Catalog>, volume: u64) -> SnapshotViews {
+        SnapshotViews { store, catalog, volume }
+    }
+
+    /// The volume's snapshot names, oldest first.
+    pub fn names(&self) -> Result<Vec<String>> {
+        Ok(Catalog::snapshots(&self.store, self.volume)?.into_iter().map(|s| s.name).collect())
+    }
+
+    /// A read-only view of snapshot `name`, or None if the volume has no such snapshot.
+    pub fn open(&self, name: &str) -> Result<Option<view::View>> {
+        let vol = Catalog::by_id(&self.store, self.volume)?;
+        match self.catalog.view_of(&self.store, &vol, Some(name), true) {
+            Ok(spec) => Ok(Some(view::View::new(self.store.clone(), spec))),
+            Err(Error::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -628,15 +709,14 @@ mod tests {
         c.destroy(&s, "b").unwrap();
         assert!(Catalog::list(&s).unwrap().is_empty());
         gc::run(&s, &c).unwrap();
-        let mut left = 0;
-        for name in [cf::INODES, cf::BIRTHS] {
-            s.scan(name, &[], |_, _| {
-                left += 1;
-                Ok(true)
-            })
-            .unwrap();
-        }
-        assert_eq!(left, 0);
+        assert_eq!(s.last_ino(v.lineage).unwrap(), None);
+        let mut births = 0;
+        s.births(&crate::store::Cursor::births_at(v.lineage, 0), |_, _| {
+            births += 1;
+            Ok(true)
+        })
+        .unwrap();
+        assert_eq!(births, 0);
         assert!(Catalog::lineages(&s).unwrap().is_empty());
     }
 
@@ -649,8 +729,8 @@ mod tests {
         // 20,000 inodes and 20,000 extents in the big volume.
         let mut t = s.txn();
         for ino in 2..20_002u64 {
-            t.put(&s, cf::INODES, &keys::versioned(keys::inode_key(big.lineage, ino), 1), b"x").unwrap();
-            t.put(&s, cf::EXTENTS, &keys::versioned(keys::extent_key(big.lineage, ino, 0), 1), b"y").unwrap();
+            t.put_version(&s, &Ident::Inode { lineage: big.lineage, ino }, 1, b"x").unwrap();
+            t.put_version(&s, &Ident::Extent { lineage: big.lineage, ino, index: 0 }, 1, b"y").unwrap();
         }
         s.commit(t, false).unwrap();
         let cost = |f: &dyn Fn()| {
@@ -679,9 +759,8 @@ mod tests {
             for idx in 0..300u64 {
                 let data = format!("block {round} {idx}").into_bytes();
                 let h = s.hash(&data);
-                let ident = keys::extent_key(v.lineage, 2, idx);
-                t.put(&s, cf::BIRTHS, &keys::birth(&ident, 1, cf::tag(cf::EXTENTS)), &[]).unwrap();
-                t.put(&s, cf::EXTENTS, &keys::versioned(ident, 1), &crate::store::records::encode_extent(&h)).unwrap();
+                let id = Ident::Extent { lineage: v.lineage, ino: 2, index: idx };
+                t.put_version(&s, &id, 1, &crate::store::records::encode_extent(&h)).unwrap();
                 t.add_ref(h, v.lineage, data);
             }
             s.commit(t, false).unwrap();

@@ -1,0 +1,450 @@
+//! The versioning engine: a view reads one lineage at an epoch and falls through to its
+//! ancestors; a `ViewTxn` stages new versions at the head epoch, replacing an old version in
+//! place only when no pin sees it (invariant 8), and keeps the head's per-block counts
+//! (invariant 12). Filesystem code above sees inodes, entries, extents and xattrs, never keys.
+
+use super::lineage::{pinned_between, Pins};
+use super::ViewSpec;
+use crate::error::{Error, Result};
+use crate::store::records::{self, DirentRec, Hash, InodeRec};
+use crate::store::{Found, Ident, Scan, Store, Txn, ViewSpace};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLockReadGuard};
+
+/// Where a visible version was found: chain level (0 = own lineage) and epoch.
+pub type At = (usize, u64);
+
+/// What an extent becomes.
+pub enum Ext {
+    Hole,
+    /// New bytes with their hash.
+    Data(Hash, Vec<u8>),
+    /// A block already stored (shared by a file-level clone).
+    Shared(Hash),
+}
+
+/// One volume or snapshot as a reader or writer sees it.
+pub struct View {
+    store: Arc<Store>,
+    spec: ViewSpec,
+    /// Held across a batch's count reads and its commit: counts are read-modify-write, and
+    /// two batches of one head must not both start from the same count.
+    counts: Mutex<()>,
+}
+
+impl View {
+    pub fn new(store: Arc<Store>, spec: ViewSpec) -> View {
+        View { store, spec, counts: Mutex::new(()) }
+    }
+
+    pub fn spec(&self) -> &ViewSpec {
+        &self.spec
+    }
+
+    pub fn lineage(&self) -> u64 {
+        self.spec.lineage
+    }
+
+    /// Epoch this view reads (and, for a head, writes) at. A head's moves only under the cut.
+    pub fn epoch(&self) -> u64 {
+        match self.spec.head {
+            true => self.spec.state.head().unwrap_or(self.spec.epoch),
+            false => self.spec.epoch,
+        }
+    }
+
+    /// The lineages this view reads, nearest first, with the epoch read in each.
+    fn chain(&self) -> Vec<(u64, u64)> {
+        let mut c = Vec::with_capacity(1 + self.spec.parents.len());
+        c.push((self.lineage(), self.epoch()));
+        c.extend_from_slice(&self.spec.parents);
+        c
+    }
+
+    fn find(&self, id: &Ident) -> Result<Option<Found>> {
+        self.store.visible(id, &self.chain())
+    }
+
+    /// The highest inode number any lineage of the chain has used.
+    pub fn max_ino(&self) -> Result<u64> {
+        let mut max = 0;
+        for l in std::iter::once(self.lineage()).chain(self.spec.parents.iter().map(|p| p.0)) {
+            max = max.max(self.store.last_ino(l)?.unwrap_or(0));
+        }
+        Ok(max)
+    }
+
+    /// The live record of `ino`.
+    pub fn inode(&self, ino: u64) -> Result<Option<InodeRec>> {
+        match self.find(&Ident::Inode { lineage: self.lineage(), ino })? {
+            Some(f) => InodeRec::decode(&f.value),
+            None => Ok(None),
+        }
+    }
+
+    /// The visible version of entry `name` of `dir`: where it is, and the entry (None: a
+    /// whiteout).
+    pub fn dirent(&self, dir: u64, name: &[u8]) -> Result<Option<(At, Option<DirentRec>)>> {
+        let id = Ident::Dirent { lineage: self.lineage(), dir, name: name.to_vec() };
+        match self.find(&id)? {
+            Some(f) => Ok(Some(((f.level, f.epoch), DirentRec::decode(&f.value)?))),
+            None => Ok(None),
+        }
+    }
+
+    /// Live entries of a directory, in name order.
+    pub fn dirents(&self, dir: u64) -> Result<Vec<(Vec<u8>, DirentRec)>> {
+        let mut out = Vec::new();
+        for (id, f) in self.store.scan_visible(&Scan::Dirents { dir }, &self.chain())? {
+            if let (Ident::Dirent { name, .. }, Some(d)) = (id, DirentRec::decode(&f.value)?) {
+                out.push((name, d));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The visible version of xattr `name`: where it is, and its value (None: removed).
+    pub fn xattr(&self, ino: u64, name: &[u8]) -> Result<Option<(At, Option<Vec<u8>>)>> {
+        let id = Ident::Xattr { lineage: self.lineage(), ino, name: name.to_vec() };
+        match self.find(&id)? {
+            Some(f) => Ok(Some(((f.level, f.epoch), records::decode_xattr(&f.value)?))),
+            None => Ok(None),
+        }
+    }
+
+    /// Names of the live xattrs of `ino`.
+    pub fn xattr_names(&self, ino: u64) -> Result<Vec<Vec<u8>>> {
+        let mut out = Vec::new();
+        for (id, f) in self.store.scan_visible(&Scan::Xattrs { ino }, &self.chain())? {
+            if let (Ident::Xattr { name, .. }, false) = (id, records::is_tombstone(&f.value)) {
+                out.push(name);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The visible extent of block `index`: where it was found, and its hash (None: hole).
+    pub fn extent(&self, ino: u64, index: u64) -> Result<Option<(At, Option<Hash>)>> {
+        match self.find(&Ident::Extent { lineage: self.lineage(), ino, index })? {
+            Some(f) => Ok(Some(((f.level, f.epoch), records::decode_extent(&f.value)?))),
+            None => Ok(None),
+        }
+    }
+
+    /// Visible extents of a file in blocks [from, to), holes included: index -> (where, hash).
+    pub fn extent_map(&self, ino: u64, from: u64, to: u64) -> Result<HashMap<u64, (At, Option<Hash>)>> {
+        let mut m = HashMap::new();
+        for (id, f) in self.store.scan_visible(&Scan::Extents { ino, from, to }, &self.chain())? {
+            if let Ident::Extent { index, .. } = id {
+                m.insert(index, ((f.level, f.epoch), records::decode_extent(&f.value)?));
+            }
+        }
+        Ok(m)
+    }
+
+    /// Visible data extents of a file in blocks [from, to): (index, where found, hash).
+    pub fn extents(&self, ino: u64, from: u64, to: u64) -> Result<Vec<(u64, At, Hash)>> {
+        let found = self.store.scan_visible(&Scan::Extents { ino, from, to }, &self.chain())?;
+        let mut out = Vec::with_capacity(found.len());
+        for (id, f) in found {
+            if let (Ident::Extent { index, .. }, Some(h)) = (id, records::decode_extent(&f.value)?) {
+                out.push((index, (f.level, f.epoch), h));
+            }
+        }
+        Ok(out)
+    }
+
+    /// An upper bound of the last data block of `ino` below `below`: the highest index any
+    /// lineage of the chain has a version of (None: nothing below).
+    pub fn last_extent_below(&self, ino: u64, below: u64) -> Result<Option<u64>> {
+        let mut last = None;
+        for (l, _) in self.chain() {
+            last = last.max(self.store.last_extent_below(l, ino, below)?);
+        }
+        Ok(last)
+    }
+
+    /// Block contents by hash, in order (None: not stored).
+    pub fn blocks(&self, hashes: &[Hash]) -> Result<Vec<Option<Vec<u8>>>> {
+        self.store.get_blocks(hashes)
+    }
+
+    pub fn hash(&self, data: &[u8]) -> Hash {
+        self.store.hash(data)
+    }
+
+    /// Inodes unlinked while open when the daemon last stopped.
+    pub fn orphans(&self) -> Result<Vec<u64>> {
+        self.store.orphans(self.lineage())
+    }
+
+    /// LOGICAL and REFERENCED of this view: frozen for a snapshot, live for a head.
+    pub fn space(&self) -> ViewSpace {
+        match self.spec.frozen {
+            Some(vs) => vs,
+            None => self.store.view_space(self.lineage()),
+        }
+    }
+
+    /// The directory that holds the store (its filesystem's free space is ours).
+    pub fn store_dir(&self) -> &Path {
+        self.store.dir()
+    }
+
+    /// Makes every batch committed so far durable.
+    pub fn sync(&self) -> Result<()> {
+        self.store.sync()
+    }
+
+    /// A batch of changes at the head epoch. It holds the lineage's pins (read side) from
+    /// its first decision until it commits: a pin the catalog removes meanwhile waits for it
+    /// (see `volume::lineage`). Take one batch at a time per thread.
+    pub fn txn(&self) -> Result<ViewTxn<'_>> {
+        if self.spec.read_only || !self.spec.head {
+            return Err(Error::Invalid(format!("{} is read-only", self.spec.name)));
+        }
+        Ok(ViewTxn { view: self, t: self.store.txn(), pins: self.spec.state.pins()?, counts: HashMap::new(), sizes: HashMap::new() })
+    }
+}
+
+/// A batch of changes to a head view, committed atomically.
+pub struct ViewTxn<'a> {
+    view: &'a View,
+    t: Txn,
+    pins: RwLockReadGuard<'a, Pins>,
+    /// Net change, per block, in how many extents of the head name it.
+    counts: HashMap<Hash, i64>,
+    /// Sizes of blocks this batch may store first (not readable from the store yet).
+    sizes: HashMap<Hash, u64>,
+}
+
+impl ViewTxn<'_> {
+    fn store(&self) -> &Store {
+        &self.view.store
+    }
+
+    /// True if something older than the version at `b` of `id` would show through: an
+    /// older version of our own lineage, or a version in an ancestor.
+    fn older_visible(&self, id: &Ident, b: u64) -> Result<bool> {
+        if b > 0 {
+            if let Some((_, v)) = self.store().version_at(id, b - 1)? {
+                return Ok(!records::is_tombstone(&v));
+            }
+        }
+        Ok(match self.store().visible(id, &self.view.spec.parents)? {
+            Some(f) => !records::is_tombstone(&f.value),
+            None => false,
+        })
+    }
+
+    /// Replaces the visible version `old` of `id` with `new` (None removes it). The old
+    /// version is deleted if it is ours and no pin sees it (written at this epoch, or no
+    /// snapshot between); otherwise it stays for the snapshot or ancestor that sees it.
+    /// A removal writes a tombstone when something older would show through, unless `hide`
+    /// is false (the caller knows nothing can reach the key any more).
+    /// Returns true if the old version was deleted (its block reference must go).
+    fn stage(&mut self, id: Ident, old: Option<At>, new: Option<&[u8]>, hide: bool) -> Result<bool> {
+        let e = self.view.epoch();
+        let old_dies = matches!(old, Some((0, b)) if b == e || !pinned_between(&self.pins, b, e));
+        if let Some((0, b)) = old {
+            if old_dies && b != e {
+                self.t.delete_version(&self.view.store, &id, b)?;
+            }
+        }
+        let tomb;
+        let value = match new {
+            Some(v) => Some(v),
+            None => {
+                let shows = hide
+                    && match old {
+                        None => false,
+                        Some(_) if !old_dies => true,
+                        Some((_, b)) => self.older_visible(&id, b)?,
+                    };
+                if shows {
+                    tomb = records::tombstone();
+                    Some(&tomb[..])
+                } else {
+                    None
+                }
+            }
+        };
+        match value {
+            Some(v) => self.t.put_version(&self.view.store, &id, e, v)?,
+            None if old == Some((0, e)) => self.t.delete_version(&self.view.store, &id, e)?,
+            None => {}
+        }
+        Ok(old_dies)
+    }
+
+    /// Writes an inode record at the head epoch.
+    pub fn put_inode(&mut self, ino: u64, rec: &InodeRec) -> Result<()> {
+        let id = Ident::Inode { lineage: self.view.lineage(), ino };
+        let old = self.view.find(&id)?.map(|f| (f.level, f.epoch));
+        self.stage(id, old, Some(&rec.encode()), true)?;
+        Ok(())
+    }
+
+    /// Names `ino` as entry `name` of `dir`.
+    pub fn put_dirent(&mut self, dir: u64, name: &[u8], d: DirentRec) -> Result<()> {
+        let old = self.view.dirent(dir, name)?.map(|x| x.0);
+        let id = Ident::Dirent { lineage: self.view.lineage(), dir, name: name.to_vec() };
+        self.stage(id, old, Some(&d.encode()), true)?;
+        Ok(())
+    }
+
+    /// Removes entry `name` of `dir`, whose visible version is at `at`.
+    pub fn remove_dirent(&mut self, dir: u64, name: &[u8], at: At) -> Result<()> {
+        let id = Ident::Dirent { lineage: self.view.lineage(), dir, name: name.to_vec() };
+        self.stage(id, Some(at), None, true)?;
+        Ok(())
+    }
+
+    /// Sets (`Some`) or removes xattr `name` of `ino`, whose visible version is at `at`.
+    pub fn set_xattr(&mut self, ino: u64, name: &[u8], at: Option<At>, value: Option<&[u8]>) -> Result<()> {
+        let id = Ident::Xattr { lineage: self.view.lineage(), ino, name: name.to_vec() };
+        let v = value.map(records::encode_xattr);
+        self.stage(id, at, v.as_deref(), true)?;
+        Ok(())
+    }
+
+    /// Sets block `index` of `ino`, given what is visible there now (`old`). Returns the
+    /// change in the file's count of stored blocks.
+    pub fn set_extent(&mut self, ino: u64, index: u64, old: Option<(At, Option<Hash>)>, new: Ext) -> Result<i64> {
+        let l = self.view.lineage();
+        let old_hash = old.and_then(|o| o.1);
+        let new_hash = match &new {
+            Ext::Hole => None,
+            Ext::Data(h, _) | Ext::Shared(h) => Some(*h),
+        };
+        if old_hash == new_hash {
+            return Ok(0);
+        }
+        let value = new_hash.map(|h| records::encode_extent(&h));
+        let dies = self.stage(Ident::Extent { lineage: l, ino, index }, old.map(|o| o.0), value.as_deref(), true)?;
+        if let (Some(h), true) = (old_hash, dies) {
+            self.t.drop_ref(h, l);
+        }
+        if let Some(h) = old_hash {
+            *self.counts.entry(h).or_default() -= 1;
+        }
+        if let Some(h) = new_hash {
+            *self.counts.entry(h).or_default() += 1;
+        }
+        match new {
+            Ext::Hole => {}
+            Ext::Data(h, data) => {
+                self.sizes.insert(h, data.len() as u64);
+                self.t.add_ref(h, l, data)
+            }
+            Ext::Shared(h) => self.t.share_ref(h, l),
+        }
+        Ok(new_hash.is_some() as i64 - old_hash.is_some() as i64)
+    }
+
+    /// Marks `ino` as unlinked while open (purged at its last release, or at the next mount).
+    pub fn mark_orphan(&mut self, ino: u64) -> Result<()> {
+        self.t.set_orphan(&self.view.store, self.view.lineage(), ino, true)
+    }
+
+    /// Drops data extent `index` (at `at`, naming `h`) of an inode being purged. Its number
+    /// is never reused in this view, so nothing needs hiding: an inherited extent stays.
+    pub fn drop_extent(&mut self, ino: u64, index: u64, at: At, h: Hash) -> Result<()> {
+        let l = self.view.lineage();
+        *self.counts.entry(h).or_default() -= 1;
+        if at.0 == 0 && self.stage(Ident::Extent { lineage: l, ino, index }, Some(at), None, false)? {
+            self.t.drop_ref(h, l);
+        }
+        Ok(())
+    }
+
+    /// Removes an inode with no names left and no open handles: data, xattrs, record. The
+    /// caller bounds the batch: a big file's data goes first through `drop_extent`.
+    /// Its number is never reused in this view, so only the record needs a tombstone.
+    pub fn purge_inode(&mut self, ino: u64) -> Result<()> {
+        let l = self.view.lineage();
+        for (index, at, h) in self.view.extents(ino, 0, u64::MAX)? {
+            self.drop_extent(ino, index, at, h)?;
+        }
+        for (id, f) in self.view.store.scan_visible(&Scan::Xattrs { ino }, &self.view.chain())? {
+            if f.level == 0 {
+                self.stage(id, Some((0, f.epoch)), None, false)?;
+            }
+        }
+        let id = Ident::Inode { lineage: l, ino };
+        if let Some(f) = self.view.find(&id)? {
+            self.stage(id, Some((f.level, f.epoch)), None, true)?;
+        }
+        self.t.set_orphan(&self.view.store, l, ino, false)
+    }
+
+    /// Commits the batch; with `sync`, makes it and everything before durable.
+    pub fn commit(self, sync: bool) -> Result<()> {
+        let ViewTxn { view, mut t, pins, counts, sizes } = self;
+        // Counts are read-modify-write: one batch of this head at a time from here on.
+        let _one = view.counts.lock().map_err(|_| Error::Corrupt("view count lock poisoned by a panic".into()))?;
+        if counts.values().any(|d| *d != 0) {
+            let vs = count_changes(view, &mut t, &pins, counts, &sizes)?;
+            t.set_view_space(view.lineage(), vs);
+        }
+        let r = view.store.commit(t, sync);
+        drop(pins);
+        r
+    }
+}
+
+/// Stages the head's new count versions for the blocks whose count changed (keeping an old
+/// version while a pin sees it, like every versioned key) and returns the head's figures.
+fn count_changes(view: &View, t: &mut Txn, pins: &Pins, deltas: HashMap<Hash, i64>, sizes: &HashMap<Hash, u64>) -> Result<ViewSpace> {
+    let store = &view.store;
+    let (l, e) = (view.lineage(), view.epoch());
+    let parents = &view.spec.parents;
+    let mut vs = store.view_space(l);
+    for (h, d) in deltas {
+        if d == 0 {
+            continue;
+        }
+        let size = match sizes.get(&h) {
+            Some(s) => *s,
+            None => store
+                .block_size(&h)?
+                .ok_or_else(|| Error::Corrupt(format!("view count of a block that is not stored ({d:+})")))?,
+        };
+        let id = Ident::Count { lineage: l, hash: h };
+        let own = store.version_at(&id, e)?;
+        let before = match &own {
+            Some((_, v)) => records::decode_count(v)?,
+            None => match store.visible(&id, parents)? {
+                Some(f) => records::decode_count(&f.value)?,
+                None => 0,
+            },
+        };
+        let after = u64::try_from(before as i64 + d)
+            .map_err(|_| Error::Corrupt(format!("view count of a block below zero ({before}{d:+})")))?;
+        vs.logical = (vs.logical + after * size).saturating_sub(before * size);
+        if before == 0 && after > 0 {
+            vs.referenced += size;
+        }
+        if before > 0 && after == 0 {
+            vs.referenced = vs.referenced.saturating_sub(size);
+        }
+        // The old own version goes unless a pin sees it (written before a snapshot).
+        let older_shows = match own {
+            Some((b, _)) if b == e || !pinned_between(pins, b, e) => {
+                t.delete_version(store, &id, b)?;
+                let older = match b.checked_sub(1) {
+                    Some(p) => store.version_at(&id, p)?.is_some(),
+                    None => false,
+                };
+                older || store.visible(&id, parents)?.is_some()
+            }
+            Some(_) => true,
+            None => before > 0,
+        };
+        if after > 0 || older_shows {
+            t.put_version(store, &id, e, &records::encode_count(after))?;
+        }
+    }
+    Ok(vs)
+}

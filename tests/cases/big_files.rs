@@ -1,0 +1,71 @@
+//! Operations on files with more blocks than one batch holds (truncate, punch, shared copy):
+//! they work in bounded batches and every result reads back exactly, snapshots included.
+
+use crate::util::{pattern, Daemon};
+use std::fs::{self, File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+
+const BS: usize = 16 << 10;
+/// More blocks than one batch (4,096), so every operation below takes several.
+const BLOCKS: usize = 4096 + 700;
+
+fn copy_range(src: &File, dst: &File, len: usize) {
+    let mut copied = 0usize;
+    while copied < len {
+        let n = unsafe { libc::copy_file_range(src.as_raw_fd(), std::ptr::null_mut(), dst.as_raw_fd(), std::ptr::null_mut(), len - copied, 0) };
+        assert!(n > 0, "copy_file_range: {}", std::io::Error::last_os_error());
+        copied += n as usize;
+    }
+}
+
+#[test]
+fn truncate_punch_and_copy_of_big_files_read_back_exactly() {
+    let mut d = Daemon::start();
+    d.ok(&["create", "v", "--block-size", "16K"]);
+    let m = d.mount("v");
+    let data = pattern(7, BLOCKS * BS);
+    fs::write(m.join("f"), &data).unwrap();
+    d.ok(&["snapshot", "v@before"]);
+
+    // A shared copy of the whole file, then a hole punched across most of it.
+    let (src, dst) = (File::open(m.join("f")).unwrap(), File::create(m.join("g")).unwrap());
+    copy_range(&src, &dst, data.len());
+    drop((src, dst));
+    assert!(fs::read(m.join("g")).unwrap() == data, "shared copy differs");
+    let (from, to) = (5000usize, data.len() - BS - 3);
+    let g = OpenOptions::new().write(true).open(m.join("g")).unwrap();
+    let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    assert_eq!(unsafe { libc::fallocate(g.as_raw_fd(), mode, from as i64, (to - from) as i64) }, 0);
+    drop(g);
+    let mut want = data.clone();
+    want[from..to].fill(0);
+    assert!(fs::read(m.join("g")).unwrap() == want, "punched copy differs");
+
+    // Shrink into the middle of a block, then grow again: the cut-off bytes read as zeros.
+    let cut = 1000 * BS + 100;
+    let f = OpenOptions::new().write(true).open(m.join("f")).unwrap();
+    f.set_len(cut as u64).unwrap();
+    assert_eq!(fs::metadata(m.join("f")).unwrap().len(), cut as u64);
+    f.set_len(data.len() as u64).unwrap();
+    f.write_all_at(b"end", data.len() as u64 - 3).unwrap();
+    drop(f);
+    let mut want = data[..cut].to_vec();
+    want.resize(data.len() - 3, 0);
+    want.extend_from_slice(b"end");
+    assert!(fs::read(m.join("f")).unwrap() == want, "truncated and regrown file differs");
+
+    // The snapshot still has the whole original, and the store is consistent.
+    assert!(fs::read(m.join(".snapshots/before/f")).unwrap() == data, "snapshot changed");
+    d.fsck_clean();
+
+    // Everything goes: nothing stays stored.
+    fs::remove_file(m.join("f")).unwrap();
+    fs::remove_file(m.join("g")).unwrap();
+    d.ok(&["destroy", "v@before"]);
+    d.unmount(&m);
+    d.ok(&["destroy", "v"]);
+    d.ok(&["gc"]);
+    d.fsck_clean();
+    assert_eq!(d.physical(), 0);
+}
