@@ -362,7 +362,7 @@ impl Daemon {
             // The catalog stays as it is while one volume's UNIQUE is worked out, and no
             // longer: a snapshot waiting for the lock holds its volume's writers back.
             let _g = self.catalog.guard()?;
-            let space = self.store.space();
+            let space = self.store.space()?;
             // Read again under the lock (destroyed or rolled back since the listing).
             let Ok(v) = Catalog::by_id(&self.store, listed.id) else { continue };
             let snaps = Catalog::snapshots(&self.store, v.id)?;
@@ -406,7 +406,7 @@ impl Daemon {
     }
 
     fn status(&self) -> Result<StatusInfo> {
-        let space = self.store.space();
+        let space = self.store.space()?;
         let vols = Catalog::list(&self.store)?;
         let logical: u64 = space.lineages.values().map(|s| s.logical).sum();
         let mounts = lock(&self.mounts)?

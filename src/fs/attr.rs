@@ -180,7 +180,7 @@ impl Volume {
     pub fn statfs(&self) -> FsResult<FsStats> {
         let fs = crate::sys::statvfs(self.view.store_dir())?;
         let unit = fs.frsize.max(1);
-        let used = self.view.space().referenced;
+        let used = self.view.space()?.referenced;
         let avail = fs.bavail * unit;
         let free = fs.bfree * unit;
         Ok(FsStats {

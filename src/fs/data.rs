@@ -58,24 +58,58 @@ impl Volume {
         Ok(vec![0u8; self.bs as usize])
     }
 
+    /// Reads without holding the node across store reads, so readers of one file run in
+    /// parallel: in-memory copies of the range are taken under the lock, stored blocks read
+    /// after it. A block freed meanwhile (the file was rewritten and flushed) means the read
+    /// raced a writer; it is then redone under the lock, where the file cannot change.
     pub fn read(&self, ino: u64, off: u64, size: u32) -> FsResult<Vec<u8>> {
         let node = self.node(ino)?;
+        let (fsize, mem) = {
+            let n = lock(&node)?;
+            (n.rec.size, self.range_in_memory(&n, off, size)?)
+        };
+        if let Some(out) = self.read_range(ino, off, size, fsize, &mem)? {
+            return Ok(out);
+        }
         let n = lock(&node)?;
+        let mem = self.range_in_memory(&n, off, size)?;
+        self.read_range(ino, off, size, n.rec.size, &mem)?
+            .ok_or_else(|| Error::Corrupt(format!("inode {ino}: a block of [{off}, +{size}) is missing")).into())
+    }
+
+    /// Copies of the blocks of a read range that memory holds newer than (or instead of
+    /// reading) the store: dirty blocks, then clean copies.
+    fn range_in_memory(&self, n: &Node, off: u64, size: u32) -> FsResult<std::collections::BTreeMap<u64, Vec<u8>>> {
         if n.rec.kind == Kind::Dir {
             return Err(err(libc::EISDIR));
         }
-        let fsize = n.rec.size;
+        let mut mem = std::collections::BTreeMap::new();
+        if size == 0 || off >= n.rec.size {
+            return Ok(mem);
+        }
+        let end = n.rec.size.min(off + size as u64);
+        let (first, last) = (off / self.bs, (end - 1) / self.bs);
+        for (idx, d) in n.clean.iter().filter(|(i, _)| (first..=last).contains(i)) {
+            mem.insert(*idx, d.clone());
+        }
+        for (idx, d) in n.dirty.range(first..=last) {
+            mem.insert(*idx, d.clone());
+        }
+        Ok(mem)
+    }
+
+    /// Bytes [off, off + size) of a file of `fsize` bytes: `mem` where it has the block, else
+    /// the store (one extent scan, one multi-get). None if a stored block has gone.
+    fn read_range(&self, ino: u64, off: u64, size: u32, fsize: u64, mem: &std::collections::BTreeMap<u64, Vec<u8>>) -> FsResult<Option<Vec<u8>>> {
         if off >= fsize || size == 0 {
-            return Ok(Vec::new());
+            return Ok(Some(Vec::new()));
         }
         let end = fsize.min(off + size as u64);
         let bs = self.bs;
         let (first, last) = (off / bs, (end - 1) / bs);
         let mut out = vec![0u8; (end - off) as usize];
-        // Stored extents of the range, fetched with one scan and one multi-get.
         let stored = self.view.extents(ino, first, last + 1)?;
-        let cached = |i: &u64| n.dirty.contains_key(i) || n.clean.iter().any(|(c, _)| c == i);
-        let wanted: Vec<_> = stored.iter().filter(|(i, _, _)| !cached(i)).collect();
+        let wanted: Vec<_> = stored.iter().filter(|(i, _, _)| !mem.contains_key(i)).collect();
         let hashes: Vec<_> = wanted.iter().map(|(_, _, h)| *h).collect();
         let blocks = self.view.blocks(&hashes)?;
         let mut copy = |idx: u64, src: &[u8]| {
@@ -92,18 +126,13 @@ impl Volume {
         for ((idx, _, _), b) in wanted.iter().zip(blocks) {
             match b {
                 Some(b) => copy(*idx, &b),
-                None => {
-                    return Err(Error::Corrupt(format!("inode {ino} block {idx}: missing block")).into())
-                }
+                None => return Ok(None),
             }
         }
-        for (idx, d) in n.clean.iter().filter(|(i, _)| (first..=last).contains(i) && !n.dirty.contains_key(i)) {
+        for (idx, d) in mem {
             copy(*idx, d);
         }
-        for (idx, d) in n.dirty.range(first..=last) {
-            copy(*idx, d);
-        }
-        Ok(out)
+        Ok(Some(out))
     }
 
     pub fn write(&self, ino: u64, off: u64, data: &[u8]) -> FsResult<usize> {

@@ -359,7 +359,7 @@ impl Store {
             space.views.insert(keys::read_u64(k, 1), ViewSpace::decode(v)?);
             Ok(true)
         })?;
-        *self.space.lock().map_err(|_| Error::Corrupt("poisoned".into()))? = space;
+        *self.space_guard()? = space;
         Ok(())
     }
 
@@ -648,7 +648,7 @@ impl Store {
     /// Writes `txn` atomically. Reference deltas are applied under the space lock: a block's
     /// bytes are written when its count leaves zero and deleted when it returns to zero.
     pub fn commit(&self, mut txn: Txn, sync: bool) -> Result<()> {
-        let mut space = self.space.lock().map_err(|_| Error::Corrupt("space lock poisoned".into()))?;
+        let mut space = self.space_guard()?;
         let mut touched: HashMap<u64, LineageSpace> = HashMap::new();
         let views: HashMap<u64, ViewSpace> = txn.set_views.drain(..).collect();
         let mut new_space = (space.physical, space.blocks);
@@ -698,8 +698,10 @@ impl Store {
                     }
                 }
                 if after.owners.is_empty() {
-                    new_space.0 -= s;
-                    new_space.1 -= 1;
+                    new_space = match (new_space.0.checked_sub(s), new_space.1.checked_sub(1)) {
+                        (Some(p), Some(b)) => (p, b),
+                        _ => return Err(Error::Corrupt(format!("store space below zero freeing a block of {s} bytes"))),
+                    };
                     txn.batch.delete_cf(refs_cf, h);
                     txn.batch.delete_cf(blocks_cf, h);
                 } else {
@@ -720,15 +722,20 @@ impl Store {
                 txn.batch.put_cf(cat, keys::catalog::view(*l), vs.encode());
             }
         }
-        let mut wo = WriteOptions::default();
-        wo.set_sync(sync);
-        self.db.write_opt(txn.batch, &wo)?;
+        // Written unsynced under the space lock (refcounts are read-modify-write, and the
+        // counters must follow the order of writes); synced after it, so one fsync never
+        // stalls the commits of other volumes.
+        self.db.write_opt(txn.batch, &WriteOptions::default())?;
         space.physical = new_space.0;
         space.blocks = new_space.1;
         for (l, ls) in touched {
             space.lineages.insert(l, ls);
         }
         space.views.extend(views);
+        drop(space);
+        if sync {
+            self.sync()?;
+        }
         Ok(())
     }
 
@@ -742,8 +749,12 @@ impl Store {
         Ok(self.db.flush_wal(true)?)
     }
 
-    pub fn space(&self) -> Space {
-        self.space.lock().map(|s| s.clone()).unwrap_or_default()
+    pub fn space(&self) -> Result<Space> {
+        Ok(self.space_guard()?.clone())
+    }
+
+    fn space_guard(&self) -> Result<std::sync::MutexGuard<'_, Space>> {
+        self.space.lock().map_err(|_| Error::Corrupt("space counters poisoned by a panic: restart the daemon".into()))
     }
 
     /// Drops the counters of a lineage whose keys are all gone.
@@ -755,8 +766,8 @@ impl Store {
     }
 
     /// What the head view of `lineage` holds (as of the last commit).
-    pub fn view_space(&self, lineage: u64) -> ViewSpace {
-        self.space.lock().ok().and_then(|s| s.views.get(&lineage).copied()).unwrap_or_default()
+    pub fn view_space(&self, lineage: u64) -> Result<ViewSpace> {
+        Ok(self.space_guard()?.views.get(&lineage).copied().unwrap_or_default())
     }
 
     /// Bytes RocksDB holds on disk (SST and blob files).
@@ -1032,26 +1043,26 @@ mod tests {
         t.add_ref(h, 1, data.clone());
         t.add_ref(h, 2, data.clone());
         s.commit(t, false).unwrap();
-        let sp = s.space();
+        let sp = s.space().unwrap();
         assert_eq!((sp.physical, sp.blocks), (4096, 1));
         assert_eq!(sp.lineages[&1], LineageSpace { logical: 4096, referenced: 4096, unique: 0 });
         assert_eq!(s.get_blocks(&[h]).unwrap()[0].as_deref(), Some(&data[..]));
         let mut t = s.txn();
         t.drop_ref(h, 2);
         s.commit(t, false).unwrap();
-        assert_eq!(s.space().lineages[&1].unique, 4096);
-        assert_eq!(s.space().lineages[&2], LineageSpace::default());
+        assert_eq!(s.space().unwrap().lineages[&1].unique, 4096);
+        assert_eq!(s.space().unwrap().lineages[&2], LineageSpace::default());
         let mut t = s.txn();
         t.drop_ref(h, 1);
         s.commit(t, false).unwrap();
-        assert_eq!(s.space().physical, 0);
+        assert_eq!(s.space().unwrap().physical, 0);
         assert_eq!(s.get_blocks(&[h]).unwrap()[0], None);
         assert_eq!(s.get(cf::REFS, &h).unwrap(), None);
         // Counters survive a reopen.
         let dir = s.dir().to_path_buf();
         drop(s);
         let s = Store::open(&dir).unwrap();
-        assert_eq!(s.space().physical, 0);
+        assert_eq!(s.space().unwrap().physical, 0);
     }
 
     #[test]

@@ -195,7 +195,7 @@ pub fn freed_by(store: &Store, removals: &[(u64, u64)]) -> Result<u64> {
             }
         }
     }
-    let space = store.space();
+    let space = store.space()?;
     let logical = |l: &u64| space.lineages.get(l).map(|s| s.logical).unwrap_or(0);
     let counted = whole.iter().copied().max_by_key(|l| (logical(l), *l));
     let mut per_block: HashMap<[u8; 16], HashMap<u64, u64>> = HashMap::new();

@@ -452,7 +452,7 @@ impl Catalog {
             epoch: cut.epoch,
             created: now(),
             holds: BTreeSet::new(),
-            space: store.view_space(v.lineage),
+            space: store.view_space(v.lineage)?,
         };
         Self::put_snapshot(store, &mut t, &s)?;
         self.commit(store, t, true)?;
@@ -489,7 +489,7 @@ impl Catalog {
             None => {
                 let cut = Self::stage_cut(store, &mut t, &v)?;
                 let origin = format!("{vol} (live, epoch {})", cut.epoch);
-                ((cut.lineage, cut.epoch), Some(cut), origin, store.view_space(v.lineage))
+                ((cut.lineage, cut.epoch), Some(cut), origin, store.view_space(v.lineage)?)
             }
         };
         let id = Self::next_id(store, &mut t, 2)?;
@@ -772,7 +772,7 @@ mod tests {
             a.join().unwrap().unwrap();
             b.join().unwrap().unwrap();
         });
-        assert_eq!(s.space().physical, 0);
+        assert_eq!(s.space().unwrap().physical, 0);
         assert_eq!(Catalog::pending_gc(&s).unwrap(), 0);
     }
 

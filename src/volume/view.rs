@@ -180,9 +180,9 @@ impl View {
     }
 
     /// LOGICAL and REFERENCED of this view: frozen for a snapshot, live for a head.
-    pub fn space(&self) -> ViewSpace {
+    pub fn space(&self) -> Result<ViewSpace> {
         match self.spec.frozen {
-            Some(vs) => vs,
+            Some(vs) => Ok(vs),
             None => self.store.view_space(self.lineage()),
         }
     }
@@ -400,7 +400,7 @@ fn count_changes(view: &View, t: &mut Txn, pins: &Pins, deltas: HashMap<Hash, i6
     let store = &view.store;
     let (l, e) = (view.lineage(), view.epoch());
     let parents = &view.spec.parents;
-    let mut vs = store.view_space(l);
+    let mut vs = store.view_space(l)?;
     for (h, d) in deltas {
         if d == 0 {
             continue;
