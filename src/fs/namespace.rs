@@ -337,12 +337,12 @@ impl Volume {
             t.put_dirent(newparent, newname, src)?;
             t.put_dirent(parent, name, d)?;
             if moved_dir(src.kind) {
-                rec_mut(&mut recs, parent)?.nlink -= 1;
+                drop_link(rec_mut(&mut recs, parent)?)?;
                 rec_mut(&mut recs, newparent)?.nlink += 1;
                 rec_mut(&mut recs, src.ino)?.parent = newparent;
             }
             if moved_dir(d.kind) {
-                rec_mut(&mut recs, newparent)?.nlink -= 1;
+                drop_link(rec_mut(&mut recs, newparent)?)?;
                 rec_mut(&mut recs, parent)?.nlink += 1;
                 rec_mut(&mut recs, d.ino)?.parent = parent;
             }
@@ -352,14 +352,14 @@ impl Volume {
                 let r = self.stage_drop_name(&mut t, d.ino, l.get(d.ino)?, now)?;
                 recs.remove(&d.ino);
                 if d.kind == Kind::Dir {
-                    rec_mut(&mut recs, newparent)?.nlink -= 1;
+                    drop_link(rec_mut(&mut recs, newparent)?)?;
                 }
                 dropped = Some((d.ino, r));
             }
             t.put_dirent(newparent, newname, src)?;
             t.remove_dirent(parent, name, se)?;
             if moved_dir(src.kind) {
-                rec_mut(&mut recs, parent)?.nlink -= 1;
+                drop_link(rec_mut(&mut recs, parent)?)?;
                 rec_mut(&mut recs, newparent)?.nlink += 1;
                 rec_mut(&mut recs, src.ino)?.parent = newparent;
             }
@@ -419,4 +419,11 @@ impl Volume {
 
 fn rec_mut(recs: &mut BTreeMap<u64, InodeRec>, ino: u64) -> FsResult<&mut InodeRec> {
     recs.get_mut(&ino).ok_or_else(|| err(libc::EIO))
+}
+
+/// One link fewer; a count already at zero means the store is inconsistent (an error, not a
+/// panic under the namespace lock).
+fn drop_link(r: &mut InodeRec) -> FsResult<()> {
+    r.nlink = r.nlink.checked_sub(1).ok_or_else(|| crate::error::Error::Corrupt("a directory's link count would go below zero".into()))?;
+    Ok(())
 }

@@ -1,8 +1,10 @@
 //! The only module that uses RocksDB: column families, options, versioned reads, blocks and
-//! reference counts. Everything above it sees keys (`keys`), values (`records`) and `Txn`.
+//! reference counts, WAL syncs (grouped, `sync`). Everything above it sees typed identities
+//! (`Ident`, `Scan`, `CatKey`), values (`records`) and `Txn`, never a key's bytes.
 
 mod keys;
 pub mod records;
+mod sync;
 
 use crate::error::{Error, Result};
 pub use keys::{CatKey, CatRange, Ident, Scan};
@@ -175,6 +177,7 @@ pub struct Store {
     secret: Vec<u8>,
     /// Serializes refcount read-modify-write; holds the space counters it keeps exact.
     space: Mutex<Space>,
+    wal_sync: sync::SyncGroup,
 }
 
 fn db_dir(store: &Path) -> PathBuf {
@@ -319,7 +322,7 @@ impl Store {
             }
         })?;
         let mut store =
-            Store { db, dir: dir.to_path_buf(), secret: Vec::new(), space: Mutex::new(Space::default()) };
+            Store { db, dir: dir.to_path_buf(), secret: Vec::new(), space: Mutex::new(Space::default()), wal_sync: Default::default() };
         if !create {
             store.load_catalog()?;
         }
@@ -732,9 +735,10 @@ impl Store {
             space.lineages.insert(l, ls);
         }
         space.views.extend(views);
+        let seq = self.db.latest_sequence_number();
         drop(space);
         if sync {
-            self.sync()?;
+            self.sync_to(seq)?;
         }
         Ok(())
     }
@@ -746,7 +750,13 @@ impl Store {
 
     /// Makes every write so far durable.
     pub fn sync(&self) -> Result<()> {
-        Ok(self.db.flush_wal(true)?)
+        self.sync_to(self.db.latest_sequence_number())
+    }
+
+    /// Makes every write up to sequence number `seq` durable, sharing the WAL sync with
+    /// concurrent callers (group commit).
+    fn sync_to(&self, seq: u64) -> Result<()> {
+        self.wal_sync.sync_to(seq, || self.db.latest_sequence_number(), || Ok(self.db.flush_wal(true)?))
     }
 
     pub fn space(&self) -> Result<Space> {
