@@ -163,7 +163,8 @@ pub struct Found {
 }
 
 /// A set of changes committed as one RocksDB write batch.
-pub struct Txn {
+pub struct Txn<'s> {
+    store: &'s Store,
     batch: WriteBatch,
     /// (hash, lineage, delta, block bytes when the reference is new)
     refs: Vec<(Hash, u64, i64, Option<Vec<u8>>)>,
@@ -644,13 +645,13 @@ impl Store {
         Ok(out)
     }
 
-    pub fn txn(&self) -> Txn {
-        Txn { batch: WriteBatch::default(), refs: Vec::new(), set_views: Vec::new() }
+    pub fn txn(&self) -> Txn<'_> {
+        Txn { store: self, batch: WriteBatch::default(), refs: Vec::new(), set_views: Vec::new() }
     }
 
     /// Writes `txn` atomically. Reference deltas are applied under the space lock: a block's
     /// bytes are written when its count leaves zero and deleted when it returns to zero.
-    pub fn commit(&self, mut txn: Txn, sync: bool) -> Result<()> {
+    fn commit(&self, mut txn: Txn<'_>, sync: bool) -> Result<()> {
         let mut space = self.space_guard()?;
         let mut touched: HashMap<u64, LineageSpace> = HashMap::new();
         let views: HashMap<u64, ViewSpace> = txn.set_views.drain(..).collect();
@@ -926,11 +927,11 @@ fn account(
     }
 }
 
-impl Txn {
+impl Txn<'_> {
     /// Deletes every key that starts with `prefix` (one range tombstone).
-    fn delete_prefix(&mut self, store: &Store, cfname: &str, prefix: &[u8]) -> Result<()> {
+    fn delete_prefix(&mut self, cfname: &str, prefix: &[u8]) -> Result<()> {
         let end = keys::prefix_end(prefix).ok_or_else(|| Error::Invalid("cannot delete an unbounded prefix".into()))?;
-        self.batch.delete_range_cf(store.cf(cfname)?, prefix, &end[..]);
+        self.batch.delete_range_cf(self.store.cf(cfname)?, prefix, &end[..]);
         Ok(())
     }
 
@@ -949,66 +950,72 @@ impl Txn {
         self.refs.push((hash, lineage, 1, None));
     }
 
-    pub fn cat_put(&mut self, store: &Store, k: &CatKey, value: &[u8]) -> Result<()> {
-        self.batch.put_cf(store.cf(cf::CATALOG)?, k.encode(), value);
+    pub fn cat_put(&mut self, k: &CatKey, value: &[u8]) -> Result<()> {
+        self.batch.put_cf(self.store.cf(cf::CATALOG)?, k.encode(), value);
         Ok(())
     }
 
-    pub fn cat_delete(&mut self, store: &Store, k: &CatKey) -> Result<()> {
-        self.batch.delete_cf(store.cf(cf::CATALOG)?, k.encode());
+    pub fn cat_delete(&mut self, k: &CatKey) -> Result<()> {
+        self.batch.delete_cf(self.store.cf(cf::CATALOG)?, k.encode());
         Ok(())
     }
 
     /// Deletes a births entry whose version is gone.
-    pub fn delete_birth(&mut self, store: &Store, id: &Ident, epoch: u64) -> Result<()> {
-        self.batch.delete_cf(store.cf(cf::BIRTHS)?, keys::birth(&id.encode(), epoch, cf::tag(id.cf())));
+    pub fn delete_birth(&mut self, id: &Ident, epoch: u64) -> Result<()> {
+        self.batch.delete_cf(self.store.cf(cf::BIRTHS)?, keys::birth(&id.encode(), epoch, cf::tag(id.cf())));
         Ok(())
     }
 
     /// Deletes one extent version of a lineage being removed whole: its births entry goes
     /// with the rest of the lineage (`delete_lineage`).
-    pub fn delete_extent_version(&mut self, store: &Store, id: &Ident, epoch: u64) -> Result<()> {
-        self.batch.delete_cf(store.cf(cf::EXTENTS)?, keys::versioned(id.encode(), epoch));
+    pub fn delete_extent_version(&mut self, id: &Ident, epoch: u64) -> Result<()> {
+        self.batch.delete_cf(self.store.cf(cf::EXTENTS)?, keys::versioned(id.encode(), epoch));
         Ok(())
     }
 
     /// Deletes every versioned key and births entry of a lineage (one range deletion per
     /// column family): the caller has dropped the block references of its extents.
-    pub fn delete_lineage(&mut self, store: &Store, lineage: u64) -> Result<()> {
+    pub fn delete_lineage(&mut self, lineage: u64) -> Result<()> {
         let prefix = keys::lineage_prefix(lineage);
         for cfname in cf::VERSIONED.iter().chain([&cf::BIRTHS]) {
-            self.delete_prefix(store, cfname, &prefix)?;
+            self.delete_prefix(cfname, &prefix)?;
         }
         for k in [CatKey::Space(lineage), CatKey::View(lineage)] {
-            self.cat_delete(store, &k)?;
+            self.cat_delete(&k)?;
         }
         Ok(())
     }
 
     /// Writes version `epoch` of `id` with its births entry (invariant 9).
-    pub fn put_version(&mut self, store: &Store, id: &Ident, epoch: u64, value: &[u8]) -> Result<()> {
+    pub fn put_version(&mut self, id: &Ident, epoch: u64, value: &[u8]) -> Result<()> {
         let ident = id.encode();
-        self.batch.put_cf(store.cf(cf::BIRTHS)?, keys::birth(&ident, epoch, cf::tag(id.cf())), []);
-        self.batch.put_cf(store.cf(id.cf())?, keys::versioned(ident, epoch), value);
+        self.batch.put_cf(self.store.cf(cf::BIRTHS)?, keys::birth(&ident, epoch, cf::tag(id.cf())), []);
+        self.batch.put_cf(self.store.cf(id.cf())?, keys::versioned(ident, epoch), value);
         Ok(())
     }
 
     /// Deletes version `epoch` of `id` with its births entry.
-    pub fn delete_version(&mut self, store: &Store, id: &Ident, epoch: u64) -> Result<()> {
+    pub fn delete_version(&mut self, id: &Ident, epoch: u64) -> Result<()> {
         let ident = id.encode();
-        self.batch.delete_cf(store.cf(cf::BIRTHS)?, keys::birth(&ident, epoch, cf::tag(id.cf())));
-        self.batch.delete_cf(store.cf(id.cf())?, keys::versioned(ident, epoch));
+        self.batch.delete_cf(self.store.cf(cf::BIRTHS)?, keys::birth(&ident, epoch, cf::tag(id.cf())));
+        self.batch.delete_cf(self.store.cf(id.cf())?, keys::versioned(ident, epoch));
         Ok(())
     }
 
     /// Marks (or unmarks) inode `ino` of `lineage` as an orphan: unlinked while open.
-    pub fn set_orphan(&mut self, store: &Store, lineage: u64, ino: u64, on: bool) -> Result<()> {
+    pub fn set_orphan(&mut self, lineage: u64, ino: u64, on: bool) -> Result<()> {
         let k = keys::catalog::orphan(lineage, ino);
         match on {
-            true => self.batch.put_cf(store.cf(cf::CATALOG)?, k, []),
-            false => self.batch.delete_cf(store.cf(cf::CATALOG)?, k),
+            true => self.batch.put_cf(self.store.cf(cf::CATALOG)?, k, []),
+            false => self.batch.delete_cf(self.store.cf(cf::CATALOG)?, k),
         }
         Ok(())
+    }
+
+    /// Writes the batch atomically; with `sync`, makes it and everything before durable.
+    pub fn commit(self, sync: bool) -> Result<()> {
+        let store = self.store;
+        store.commit(self, sync)
     }
 
     /// Sets the figures of `lineage`'s head view (a new head starts as its origin).
@@ -1080,7 +1087,7 @@ mod tests {
         let (_d, s) = store();
         let mut t = s.txn();
         t.drop_ref([1; 16], 1);
-        t.cat_put(&s, &CatKey::Volume(77), b"x").unwrap();
+        t.cat_put(&CatKey::Volume(77), b"x").unwrap();
         assert!(s.commit(t, false).is_err());
         assert_eq!(s.cat_get(&CatKey::Volume(77)).unwrap(), None);
     }
@@ -1090,9 +1097,9 @@ mod tests {
         let (_d, s) = store();
         let id = Ident::Inode { lineage: 1, ino: 2 };
         let mut t = s.txn();
-        t.put_version(&s, &id, 1, b"one").unwrap();
-        t.put_version(&s, &id, 3, b"three").unwrap();
-        t.put_version(&s, &Ident::Inode { lineage: 1, ino: 3 }, 1, b"other").unwrap();
+        t.put_version(&id, 1, b"one").unwrap();
+        t.put_version(&id, 3, b"three").unwrap();
+        t.put_version(&Ident::Inode { lineage: 1, ino: 3 }, 1, b"other").unwrap();
         s.commit(t, false).unwrap();
         assert_eq!(s.version_at(&id, 5).unwrap(), Some((3, b"three".to_vec())));
         assert_eq!(s.version_at(&id, 2).unwrap(), Some((1, b"one".to_vec())));
@@ -1100,10 +1107,10 @@ mod tests {
         assert_eq!(s.versions(&id).unwrap().iter().map(|v| v.0).collect::<Vec<_>>(), vec![3, 1]);
         // Along a chain: lineage 9 at epoch 4 falls through to lineage 1 at epoch 2.
         let mut t = s.txn();
-        t.put_version(&s, &Ident::Inode { lineage: 9, ino: 3 }, 1, b"nine").unwrap();
-        t.put_version(&s, &Ident::Dirent { lineage: 1, dir: 2, name: b"a".to_vec() }, 1, b"a1").unwrap();
-        t.put_version(&s, &Ident::Dirent { lineage: 9, dir: 2, name: b"ab".to_vec() }, 2, b"ab9").unwrap();
-        t.put_version(&s, &Ident::Dirent { lineage: 9, dir: 2, name: b"a".to_vec() }, 5, b"too new").unwrap();
+        t.put_version(&Ident::Inode { lineage: 9, ino: 3 }, 1, b"nine").unwrap();
+        t.put_version(&Ident::Dirent { lineage: 1, dir: 2, name: b"a".to_vec() }, 1, b"a1").unwrap();
+        t.put_version(&Ident::Dirent { lineage: 9, dir: 2, name: b"ab".to_vec() }, 2, b"ab9").unwrap();
+        t.put_version(&Ident::Dirent { lineage: 9, dir: 2, name: b"a".to_vec() }, 5, b"too new").unwrap();
         s.commit(t, false).unwrap();
         let chain = [(9, 4), (1, 2)];
         let f = s.visible(&id, &chain).unwrap().unwrap();
@@ -1128,7 +1135,7 @@ mod tests {
         .unwrap();
         assert_eq!(births.len(), 3);
         let mut t = s.txn();
-        t.delete_version(&s, &Ident::Inode { lineage: 9, ino: 3 }, 1).unwrap();
+        t.delete_version(&Ident::Inode { lineage: 9, ino: 3 }, 1).unwrap();
         s.commit(t, false).unwrap();
         let mut n = 0;
         s.births(&Cursor::births_at(9, 0), |_, _| {

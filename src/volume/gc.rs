@@ -41,8 +41,8 @@ fn process(store: &Store, cat: &Catalog, lineage: u64, epoch: u64) -> Result<()>
             Some(v) => super::decode::<LineageRec>(&v)?,
             None => {
                 let mut t = store.txn();
-                t.cat_delete(store, &marker)?;
-                return store.commit(t, false);
+                t.cat_delete(&marker)?;
+                return t.commit(false);
             }
         }
     };
@@ -66,7 +66,7 @@ fn process(store: &Store, cat: &Catalog, lineage: u64, epoch: u64) -> Result<()>
             n += 1;
             let versions = store.versions(&id)?;
             let Some(pos) = versions.iter().position(|(e, _)| *e == b) else {
-                t.delete_birth(store, &id, b)?;
+                t.delete_birth(&id, b)?;
                 return Ok(true);
             };
             let d = if pos == 0 { None } else { Some(versions[pos - 1].0) };
@@ -76,18 +76,18 @@ fn process(store: &Store, cat: &Catalog, lineage: u64, epoch: u64) -> Result<()>
                         t.drop_ref(h, lineage);
                     }
                 }
-                t.delete_version(store, &id, b)?;
+                t.delete_version(&id, b)?;
             }
             Ok(true)
         })?;
         match resume {
             Some(r) if n >= BATCH => {
-                store.commit(t, false)?;
+                t.commit(false)?;
                 start = r;
             }
             _ => {
-                t.cat_delete(store, &marker)?;
-                return store.commit(t, false);
+                t.cat_delete(&marker)?;
+                return t.commit(false);
             }
         }
     }
@@ -110,11 +110,11 @@ fn purge(store: &Store, cat: &Catalog, lineage: u64) -> Result<()> {
             if let Some(h) = decode_extent(v)? {
                 t.drop_ref(h, lineage);
             }
-            t.delete_extent_version(store, &id, epoch)?;
+            t.delete_extent_version(&id, epoch)?;
             n += 1;
             Ok(true)
         })?;
-        store.commit(t, false)?;
+        t.commit(false)?;
         match resume {
             Some(r) => start = Some(r),
             None => break,
@@ -122,7 +122,7 @@ fn purge(store: &Store, cat: &Catalog, lineage: u64) -> Result<()> {
     }
     let _g = cat.guard()?;
     let mut t = cat.begin(store);
-    t.delete_lineage(store, lineage)?;
+    t.delete_lineage(lineage)?;
     let mut stale = Vec::new();
     for range in [CatRange::GcOf(lineage), CatRange::OrphansOf(lineage)] {
         store.cat_scan(range, |k, _| {
@@ -131,20 +131,20 @@ fn purge(store: &Store, cat: &Catalog, lineage: u64) -> Result<()> {
         })?;
     }
     for k in stale {
-        t.cat_delete(store, &k)?;
+        t.cat_delete(&k)?;
     }
     if let Some(v) = store.cat_get(&CatKey::Lineage(lineage))? {
         let lrec: LineageRec = super::decode(&v)?;
         if let Some((p, e)) = lrec.parent {
             let mut prec = Catalog::lineage(store, p)?;
-            Catalog::unpin(store, &mut t, &mut prec, e)?;
-            Catalog::put_lineage(store, &mut t, &prec)?;
+            Catalog::unpin(&mut t, &mut prec, e)?;
+            Catalog::put_lineage(&mut t, &prec)?;
         }
     }
-    Catalog::remove_lineage(store, &mut t, lineage)?;
+    Catalog::remove_lineage(&mut t, lineage)?;
     // The parent's views see the pin go only after this commit (Catalog::commit), and GC of
     // the versions it kept runs after that.
-    cat.commit(store, t, true)?;
+    cat.commit(t, true)?;
     store.forget_lineage(lineage);
     Ok(())
 }

@@ -180,21 +180,21 @@ impl Default for Catalog {
 
 /// A catalog change: a store transaction and the lineage records it writes, which views see
 /// once it commits (`Catalog::commit`).
-pub struct CatTxn {
-    t: Txn,
+pub struct CatTxn<'s> {
+    t: Txn<'s>,
     written: Vec<LineageRec>,
     removed: Vec<u64>,
 }
 
-impl std::ops::Deref for CatTxn {
-    type Target = Txn;
-    fn deref(&self) -> &Txn {
+impl<'s> std::ops::Deref for CatTxn<'s> {
+    type Target = Txn<'s>;
+    fn deref(&self) -> &Txn<'s> {
         &self.t
     }
 }
 
-impl std::ops::DerefMut for CatTxn {
-    fn deref_mut(&mut self) -> &mut Txn {
+impl std::ops::DerefMut for CatTxn<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
         &mut self.t
     }
 }
@@ -206,13 +206,13 @@ pub struct Cut {
 }
 
 impl Catalog {
-    pub fn begin(&self, store: &Store) -> CatTxn {
+    pub fn begin<'s>(&self, store: &'s Store) -> CatTxn<'s> {
         CatTxn { t: store.txn(), written: Vec::new(), removed: Vec::new() }
     }
 
     /// Commits a catalog change, then shows its lineage records to every view.
-    pub fn commit(&self, store: &Store, t: CatTxn, sync: bool) -> Result<()> {
-        store.commit(t.t, sync)?;
+    pub fn commit(&self, t: CatTxn, sync: bool) -> Result<()> {
+        t.t.commit(sync)?;
         self.lineages.apply(&t.written, &t.removed)
     }
 
@@ -342,7 +342,7 @@ impl Catalog {
             Some(v) => u64::from_le_bytes(v.as_slice().try_into().map_err(|_| Error::Corrupt("bad id counter".into()))?),
             None => 1,
         };
-        t.cat_put(store, &CatKey::NextVolumeId, &(id + n).to_le_bytes())?;
+        t.cat_put(&CatKey::NextVolumeId, &(id + n).to_le_bytes())?;
         Ok(id)
     }
 
@@ -353,32 +353,32 @@ impl Catalog {
         Ok(())
     }
 
-    fn put_volume(store: &Store, t: &mut CatTxn, v: &VolumeRec) -> Result<()> {
-        t.cat_put(store, &CatKey::Volume(v.id), &encode(v)?)
+    fn put_volume(t: &mut CatTxn, v: &VolumeRec) -> Result<()> {
+        t.cat_put(&CatKey::Volume(v.id), &encode(v)?)
     }
 
     /// Stages a lineage record; views see it when `t` commits. The only writer of `L` keys.
-    fn put_lineage(store: &Store, t: &mut CatTxn, l: &LineageRec) -> Result<()> {
-        t.t.cat_put(store, &CatKey::Lineage(l.id), &encode(l)?)?;
+    fn put_lineage(t: &mut CatTxn, l: &LineageRec) -> Result<()> {
+        t.t.cat_put(&CatKey::Lineage(l.id), &encode(l)?)?;
         t.written.push(l.clone());
         Ok(())
     }
 
     /// Stages the removal of a lineage record (GC removed all of its keys).
-    fn remove_lineage(store: &Store, t: &mut CatTxn, id: u64) -> Result<()> {
-        t.t.cat_delete(store, &CatKey::Lineage(id))?;
+    fn remove_lineage(t: &mut CatTxn, id: u64) -> Result<()> {
+        t.t.cat_delete(&CatKey::Lineage(id))?;
         t.removed.push(id);
         Ok(())
     }
 
-    fn put_snapshot(store: &Store, t: &mut CatTxn, s: &SnapshotRec) -> Result<()> {
-        t.cat_put(store, &CatKey::Snapshot { volume: s.volume, name: s.name.as_bytes().to_vec() }, &encode(s)?)
+    fn put_snapshot(t: &mut CatTxn, s: &SnapshotRec) -> Result<()> {
+        t.cat_put(&CatKey::Snapshot { volume: s.volume, name: s.name.as_bytes().to_vec() }, &encode(s)?)
     }
 
     /// Drops one count of pin `epoch` on `l`; at zero, leaves GC work.
-    fn unpin(store: &Store, t: &mut CatTxn, l: &mut LineageRec, epoch: u64) -> Result<()> {
+    fn unpin(t: &mut CatTxn, l: &mut LineageRec, epoch: u64) -> Result<()> {
         if l.unpin(epoch) {
-            t.cat_put(store, &CatKey::Gc { lineage: l.id, epoch }, &[])?;
+            t.cat_put(&CatKey::Gc { lineage: l.id, epoch }, &[])?;
         }
         Ok(())
     }
@@ -412,11 +412,11 @@ impl Catalog {
             crtime: ts,
             target: Vec::new(),
         };
-        t.cat_put(store, &CatKey::Name(name.as_bytes().to_vec()), &id.to_le_bytes())?;
-        Self::put_volume(store, &mut t, &rec)?;
-        Self::put_lineage(store, &mut t, &lin)?;
-        t.put_version(store, &Ident::Inode { lineage: lin.id, ino: ROOT_INO }, 1, &root.encode())?;
-        self.commit(store, t, true)?;
+        t.cat_put(&CatKey::Name(name.as_bytes().to_vec()), &id.to_le_bytes())?;
+        Self::put_volume(&mut t, &rec)?;
+        Self::put_lineage(&mut t, &lin)?;
+        t.put_version(&Ident::Inode { lineage: lin.id, ino: ROOT_INO }, 1, &root.encode())?;
+        self.commit(t, true)?;
         Ok(rec)
     }
 
@@ -427,10 +427,10 @@ impl Catalog {
         Self::name_free(store, new)?;
         rec.name = new.to_string();
         let mut t = self.begin(store);
-        t.cat_delete(store, &CatKey::Name(old.as_bytes().to_vec()))?;
-        t.cat_put(store, &CatKey::Name(new.as_bytes().to_vec()), &rec.id.to_le_bytes())?;
-        Self::put_volume(store, &mut t, &rec)?;
-        self.commit(store, t, true)?;
+        t.cat_delete(&CatKey::Name(old.as_bytes().to_vec()))?;
+        t.cat_put(&CatKey::Name(new.as_bytes().to_vec()), &rec.id.to_le_bytes())?;
+        Self::put_volume(&mut t, &rec)?;
+        self.commit(t, true)?;
         Ok(rec)
     }
 
@@ -454,8 +454,8 @@ impl Catalog {
             holds: BTreeSet::new(),
             space: store.view_space(v.lineage)?,
         };
-        Self::put_snapshot(store, &mut t, &s)?;
-        self.commit(store, t, true)?;
+        Self::put_snapshot(&mut t, &s)?;
+        self.commit(t, true)?;
         Ok(cut)
     }
 
@@ -465,7 +465,7 @@ impl Catalog {
         let e = l.head.ok_or_else(|| Error::Corrupt(format!("volume {} has no head", v.name)))?;
         l.pin(e);
         l.head = Some(e + 1);
-        Self::put_lineage(store, t, &l)?;
+        Self::put_lineage(t, &l)?;
         Ok(Cut { lineage: l.id, epoch: e })
     }
 
@@ -483,7 +483,7 @@ impl Catalog {
                 let sr = Self::snapshot(store, &v, s)?;
                 let mut l = Self::lineage(store, sr.lineage)?;
                 l.pin(sr.epoch);
-                Self::put_lineage(store, &mut t, &l)?;
+                Self::put_lineage(&mut t, &l)?;
                 ((sr.lineage, sr.epoch), None, format!("{vol}@{s}"), sr.space)
             }
             None => {
@@ -503,10 +503,10 @@ impl Catalog {
         };
         let lin = LineageRec { id: id + 1, parent: Some(parent), head: Some(1), pins: BTreeMap::new(), block_size: v.block_size };
         t.set_view_space(lin.id, space);
-        t.cat_put(store, &CatKey::Name(new.as_bytes().to_vec()), &id.to_le_bytes())?;
-        Self::put_volume(store, &mut t, &rec)?;
-        Self::put_lineage(store, &mut t, &lin)?;
-        self.commit(store, t, true)?;
+        t.cat_put(&CatKey::Name(new.as_bytes().to_vec()), &id.to_le_bytes())?;
+        Self::put_volume(&mut t, &rec)?;
+        Self::put_lineage(&mut t, &lin)?;
+        self.commit(t, true)?;
         Ok((rec, cut))
     }
 
@@ -529,20 +529,20 @@ impl Catalog {
         if old.id == sr.lineage {
             old.pin(sr.epoch);
             old.head = None;
-            Self::put_lineage(store, &mut t, &old)?;
+            Self::put_lineage(&mut t, &old)?;
         } else {
             let mut target = Self::lineage(store, sr.lineage)?;
             target.pin(sr.epoch);
-            Self::put_lineage(store, &mut t, &target)?;
+            Self::put_lineage(&mut t, &target)?;
             old.head = None;
-            Self::put_lineage(store, &mut t, &old)?;
+            Self::put_lineage(&mut t, &old)?;
         }
-        t.cat_put(store, &CatKey::Gc { lineage: old.id, epoch: HEAD_GONE }, &[])?;
+        t.cat_put(&CatKey::Gc { lineage: old.id, epoch: HEAD_GONE }, &[])?;
         t.set_view_space(lin.id, sr.space);
-        Self::put_lineage(store, &mut t, &lin)?;
+        Self::put_lineage(&mut t, &lin)?;
         v.lineage = id;
-        Self::put_volume(store, &mut t, &v)?;
-        self.commit(store, t, true)?;
+        Self::put_volume(&mut t, &v)?;
+        self.commit(t, true)?;
         Ok(v)
     }
 
@@ -559,11 +559,11 @@ impl Catalog {
             )));
         }
         let mut t = self.begin(store);
-        t.cat_delete(store, &CatKey::Snapshot { volume: v.id, name: snap.as_bytes().to_vec() })?;
+        t.cat_delete(&CatKey::Snapshot { volume: v.id, name: snap.as_bytes().to_vec() })?;
         let mut l = Self::lineage(store, sr.lineage)?;
-        Self::unpin(store, &mut t, &mut l, sr.epoch)?;
-        Self::put_lineage(store, &mut t, &l)?;
-        self.commit(store, t, true)?;
+        Self::unpin(&mut t, &mut l, sr.epoch)?;
+        Self::put_lineage(&mut t, &l)?;
+        self.commit(t, true)?;
         Ok((sr.lineage, sr.epoch))
     }
 
@@ -579,12 +579,12 @@ impl Catalog {
         let mut t = self.begin(store);
         let mut lins: BTreeMap<u64, LineageRec> = BTreeMap::new();
         for s in &snaps {
-            t.cat_delete(store, &CatKey::Snapshot { volume: v.id, name: s.name.as_bytes().to_vec() })?;
+            t.cat_delete(&CatKey::Snapshot { volume: v.id, name: s.name.as_bytes().to_vec() })?;
             if !lins.contains_key(&s.lineage) {
                 lins.insert(s.lineage, Self::lineage(store, s.lineage)?);
             }
             if let Some(l) = lins.get_mut(&s.lineage) {
-                Self::unpin(store, &mut t, l, s.epoch)?;
+                Self::unpin(&mut t, l, s.epoch)?;
             }
         }
         if !lins.contains_key(&v.lineage) {
@@ -593,13 +593,13 @@ impl Catalog {
         if let Some(l) = lins.get_mut(&v.lineage) {
             l.head = None;
         }
-        t.cat_put(store, &CatKey::Gc { lineage: v.lineage, epoch: HEAD_GONE }, &[])?;
+        t.cat_put(&CatKey::Gc { lineage: v.lineage, epoch: HEAD_GONE }, &[])?;
         for l in lins.values() {
-            Self::put_lineage(store, &mut t, l)?;
+            Self::put_lineage(&mut t, l)?;
         }
-        t.cat_delete(store, &CatKey::Name(name.as_bytes().to_vec()))?;
-        t.cat_delete(store, &CatKey::Volume(v.id))?;
-        self.commit(store, t, true)?;
+        t.cat_delete(&CatKey::Name(name.as_bytes().to_vec()))?;
+        t.cat_delete(&CatKey::Volume(v.id))?;
+        self.commit(t, true)?;
         Ok(())
     }
 
@@ -617,8 +617,8 @@ impl Catalog {
             });
         }
         let mut t = self.begin(store);
-        Self::put_snapshot(store, &mut t, &sr)?;
-        self.commit(store, t, true)
+        Self::put_snapshot(&mut t, &sr)?;
+        self.commit(t, true)
     }
 
     /// Number of pending GC markers.
@@ -729,10 +729,10 @@ mod tests {
         // 20,000 inodes and 20,000 extents in the big volume.
         let mut t = s.txn();
         for ino in 2..20_002u64 {
-            t.put_version(&s, &Ident::Inode { lineage: big.lineage, ino }, 1, b"x").unwrap();
-            t.put_version(&s, &Ident::Extent { lineage: big.lineage, ino, index: 0 }, 1, b"y").unwrap();
+            t.put_version(&Ident::Inode { lineage: big.lineage, ino }, 1, b"x").unwrap();
+            t.put_version(&Ident::Extent { lineage: big.lineage, ino, index: 0 }, 1, b"y").unwrap();
         }
-        s.commit(t, false).unwrap();
+        t.commit(false).unwrap();
         let cost = |f: &dyn Fn()| {
             let before = s.sequence();
             f();
@@ -760,10 +760,10 @@ mod tests {
                 let data = format!("block {round} {idx}").into_bytes();
                 let h = s.hash(&data);
                 let id = Ident::Extent { lineage: v.lineage, ino: 2, index: idx };
-                t.put_version(&s, &id, 1, &crate::store::records::encode_extent(&h)).unwrap();
+                t.put_version(&id, 1, &crate::store::records::encode_extent(&h)).unwrap();
                 t.add_ref(h, v.lineage, data);
             }
-            s.commit(t, false).unwrap();
+            t.commit(false).unwrap();
             c.destroy(&s, &name).unwrap();
         }
         std::thread::scope(|sc| {

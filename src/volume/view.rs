@@ -211,7 +211,7 @@ impl View {
 /// A batch of changes to a head view, committed atomically.
 pub struct ViewTxn<'a> {
     view: &'a View,
-    t: Txn,
+    t: Txn<'a>,
     pins: RwLockReadGuard<'a, Pins>,
     /// Net change, per block, in how many extents of the head name it.
     counts: HashMap<Hash, i64>,
@@ -249,7 +249,7 @@ impl ViewTxn<'_> {
         let old_dies = matches!(old, Some((0, b)) if b == e || !pinned_between(&self.pins, b, e));
         if let Some((0, b)) = old {
             if old_dies && b != e {
-                self.t.delete_version(&self.view.store, &id, b)?;
+                self.t.delete_version(&id, b)?;
             }
         }
         let tomb;
@@ -271,8 +271,8 @@ impl ViewTxn<'_> {
             }
         };
         match value {
-            Some(v) => self.t.put_version(&self.view.store, &id, e, v)?,
-            None if old == Some((0, e)) => self.t.delete_version(&self.view.store, &id, e)?,
+            Some(v) => self.t.put_version(&id, e, v)?,
+            None if old == Some((0, e)) => self.t.delete_version(&id, e)?,
             None => {}
         }
         Ok(old_dies)
@@ -345,7 +345,7 @@ impl ViewTxn<'_> {
 
     /// Marks `ino` as unlinked while open (purged at its last release, or at the next mount).
     pub fn mark_orphan(&mut self, ino: u64) -> Result<()> {
-        self.t.set_orphan(&self.view.store, self.view.lineage(), ino, true)
+        self.t.set_orphan(self.view.lineage(), ino, true)
     }
 
     /// Drops data extent `index` (at `at`, naming `h`) of an inode being purged. Its number
@@ -376,7 +376,7 @@ impl ViewTxn<'_> {
         if let Some(f) = self.view.find(&id)? {
             self.stage(id, Some((f.level, f.epoch)), None, true)?;
         }
-        self.t.set_orphan(&self.view.store, l, ino, false)
+        self.t.set_orphan(l, ino, false)
     }
 
     /// Commits the batch; with `sync`, makes it and everything before durable.
@@ -388,7 +388,7 @@ impl ViewTxn<'_> {
             let vs = count_changes(view, &mut t, &pins, counts, &sizes)?;
             t.set_view_space(view.lineage(), vs);
         }
-        let r = view.store.commit(t, sync);
+        let r = t.commit(sync);
         drop(pins);
         r
     }
@@ -432,7 +432,7 @@ fn count_changes(view: &View, t: &mut Txn, pins: &Pins, deltas: HashMap<Hash, i6
         // The old own version goes unless a pin sees it (written before a snapshot).
         let older_shows = match own {
             Some((b, _)) if b == e || !pinned_between(pins, b, e) => {
-                t.delete_version(store, &id, b)?;
+                t.delete_version(&id, b)?;
                 let older = match b.checked_sub(1) {
                     Some(p) => store.version_at(&id, p)?.is_some(),
                     None => false,
@@ -443,7 +443,7 @@ fn count_changes(view: &View, t: &mut Txn, pins: &Pins, deltas: HashMap<Hash, i6
             None => before > 0,
         };
         if after > 0 || older_shows {
-            t.put_version(store, &id, e, &records::encode_count(after))?;
+            t.put_version(&id, e, &records::encode_count(after))?;
         }
     }
     Ok(vs)
