@@ -1,12 +1,16 @@
 //! File data: open, read, write, truncate, fallocate, lseek, copy_file_range, release.
 
-use super::table::{lock, Node};
+use super::table::{self, lock, Node, Ranges};
 use super::{err, Entry, FsResult, Volume, PURGE_BATCH};
 use crate::error::Error;
 use crate::volume::view::{Ext, ViewTxn};
 use crate::volume::{Kind, Ts};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
+
+/// Blocks of a read range held in memory: bytes, and the written ranges if only those are
+/// current (the rest comes from the store).
+type InMemory = std::collections::BTreeMap<u64, (Vec<u8>, Option<Ranges>)>;
 
 impl Volume {
     pub fn open_file(&self, ino: u64, write: bool) -> FsResult<u64> {
@@ -39,11 +43,20 @@ impl Volume {
         Ok(())
     }
 
-    /// The current bytes of block `idx`: dirty copy, stored block, or zeros.
+    /// The current bytes of block `idx`: dirty copy (over the stored bytes if partly
+    /// written), clean copy, stored block, or zeros.
     fn block_bytes(&self, ino: u64, n: &Node, idx: u64) -> FsResult<Vec<u8>> {
         if let Some(d) = n.dirty.get(&idx) {
-            return Ok(d.clone());
+            let Some(r) = n.partial.get(&idx) else { return Ok(d.clone()) };
+            let mut b = self.stored_block(ino, n, idx)?;
+            table::overlay(&mut b, d, r);
+            return Ok(b);
         }
+        self.stored_block(ino, n, idx)
+    }
+
+    /// The stored bytes of block `idx` (a clean copy if there is one), a block long.
+    fn stored_block(&self, ino: u64, n: &Node, idx: u64) -> FsResult<Vec<u8>> {
         if let Some((_, d)) = n.clean.iter().find(|(i, _)| *i == idx) {
             return Ok(d.clone());
         }
@@ -78,29 +91,41 @@ impl Volume {
     }
 
     /// Copies of the blocks of a read range that memory holds newer than (or instead of
-    /// reading) the store: dirty blocks, then clean copies.
-    fn range_in_memory(&self, n: &Node, off: u64, size: u32) -> FsResult<std::collections::BTreeMap<u64, Vec<u8>>> {
+    /// reading) the store: dirty blocks (with their written ranges if partly written), then
+    /// clean copies.
+    fn range_in_memory(&self, n: &Node, off: u64, size: u32) -> FsResult<InMemory> {
         if n.rec.kind == Kind::Dir {
             return Err(err(libc::EISDIR));
         }
-        let mut mem = std::collections::BTreeMap::new();
+        let mut mem = InMemory::new();
         if size == 0 || off >= n.rec.size {
             return Ok(mem);
         }
         let end = n.rec.size.min(off + size as u64);
         let (first, last) = (off / self.bs, (end - 1) / self.bs);
         for (idx, d) in n.clean.iter().filter(|(i, _)| (first..=last).contains(i)) {
-            mem.insert(*idx, d.clone());
+            mem.insert(*idx, (d.clone(), None));
         }
         for (idx, d) in n.dirty.range(first..=last) {
-            mem.insert(*idx, d.clone());
+            let whole = mem.get(idx).filter(|m| m.1.is_none()).map(|m| m.0.clone());
+            let entry = match (n.partial.get(idx), whole) {
+                (None, _) => (d.clone(), None),
+                // Partly written over a clean copy: the copy completes it here.
+                (Some(r), Some(mut b)) => {
+                    table::overlay(&mut b, d, r);
+                    (b, None)
+                }
+                (Some(r), None) => (d.clone(), Some(r.clone())),
+            };
+            mem.insert(*idx, entry);
         }
         Ok(mem)
     }
 
-    /// Bytes [off, off + size) of a file of `fsize` bytes: `mem` where it has the block, else
-    /// the store (one extent scan, one multi-get). None if a stored block has gone.
-    fn read_range(&self, ino: u64, off: u64, size: u32, fsize: u64, mem: &std::collections::BTreeMap<u64, Vec<u8>>) -> FsResult<Option<Vec<u8>>> {
+    /// Bytes [off, off + size) of a file of `fsize` bytes: `mem` where it has the block
+    /// (over the stored bytes where only ranges were written), else the store (one extent
+    /// scan, one multi-get). None if a stored block has gone.
+    fn read_range(&self, ino: u64, off: u64, size: u32, fsize: u64, mem: &InMemory) -> FsResult<Option<Vec<u8>>> {
         if off >= fsize || size == 0 {
             return Ok(Some(Vec::new()));
         }
@@ -109,13 +134,18 @@ impl Volume {
         let (first, last) = (off / bs, (end - 1) / bs);
         let mut out = vec![0u8; (end - off) as usize];
         let stored = self.view.extents(ino, first, last + 1)?;
-        let wanted: Vec<_> = stored.iter().filter(|(i, _, _)| !mem.contains_key(i)).collect();
+        let whole = |i: &u64| mem.get(i).is_some_and(|m| m.1.is_none());
+        let wanted: Vec<_> = stored.iter().filter(|(i, _, _)| !whole(i)).collect();
         let hashes: Vec<_> = wanted.iter().map(|(_, _, h)| *h).collect();
         let blocks = self.view.blocks(&hashes)?;
-        let mut copy = |idx: u64, src: &[u8]| {
+        // Copies block-relative bytes [s, e) of block `idx` from `src` into `out`.
+        let mut copy = |idx: u64, src: &[u8], s: u64, e: u64| {
             let bstart = idx * bs;
-            let from = off.max(bstart);
-            let to = end.min(bstart + bs);
+            let from = off.max(bstart + s);
+            let to = end.min(bstart + e);
+            if from >= to {
+                return;
+            }
             let s = (from - bstart) as usize;
             let len = ((to - from) as usize).min(src.len().saturating_sub(s));
             let d = (from - off) as usize;
@@ -125,12 +155,19 @@ impl Volume {
         };
         for ((idx, _, _), b) in wanted.iter().zip(blocks) {
             match b {
-                Some(b) => copy(*idx, &b),
+                Some(b) => copy(*idx, &b, 0, bs),
                 None => return Ok(None),
             }
         }
-        for (idx, d) in mem {
-            copy(*idx, d);
+        for (idx, (d, ranges)) in mem {
+            match ranges {
+                None => copy(*idx, d, 0, bs),
+                Some(r) => {
+                    for &(s, e) in r {
+                        copy(*idx, d, s as u64, e as u64);
+                    }
+                }
+            }
         }
         Ok(Some(out))
     }
@@ -162,14 +199,32 @@ impl Volume {
                 if n.dirty.insert(idx, src.to_vec()).is_none() {
                     added += 1;
                 }
+                n.partial.remove(&idx);
             } else {
                 if !n.dirty.contains_key(&idx) {
-                    let b = if bstart >= n.rec.size { vec![0u8; bs as usize] } else { self.block_bytes(ino, &n, idx)? };
+                    // Past the end, or with a clean copy, the block is known; else only the
+                    // written range is, and the rest is read when it is needed.
+                    let clean = n.clean.iter().find(|(i, _)| *i == idx).map(|(_, d)| d.clone());
+                    let b = match clean {
+                        Some(d) => d,
+                        None => {
+                            if bstart < n.rec.size {
+                                n.partial.insert(idx, Ranges::new());
+                            }
+                            vec![0u8; bs as usize]
+                        }
+                    };
                     n.dirty.insert(idx, b);
                     added += 1;
                 }
                 if let Some(b) = n.dirty.get_mut(&idx) {
                     b[s..e].copy_from_slice(src);
+                }
+                if let Some(r) = n.partial.get_mut(&idx) {
+                    table::add_range(r, s as u32, e as u32);
+                    if r.first() == Some(&(0, bs as u32)) {
+                        n.partial.remove(&idx);
+                    }
                 }
             }
             pos = bstart + e as u64;

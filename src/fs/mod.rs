@@ -229,12 +229,42 @@ impl Volume {
             }
             _ => None,
         };
-        for (&idx, data) in &n.dirty {
-            let old = match &scanned {
+        let mut olds = Vec::with_capacity(n.dirty.len());
+        for &idx in n.dirty.keys() {
+            olds.push(match &scanned {
                 Some(m) => m.get(&idx).copied(),
                 None => self.view.extent(ino, idx)?,
+            });
+        }
+        // Partly written blocks are completed from their stored bytes, with one multi-get.
+        let mut bases = HashMap::new();
+        if !n.partial.is_empty() {
+            let want: Vec<(u64, crate::volume::Hash)> = n
+                .dirty
+                .keys()
+                .zip(&olds)
+                .filter_map(|(idx, old)| match (n.partial.contains_key(idx), old) {
+                    (true, Some((_, Some(h)))) => Some((*idx, *h)),
+                    _ => None,
+                })
+                .collect();
+            let hashes: Vec<_> = want.iter().map(|w| w.1).collect();
+            for ((idx, _), b) in want.iter().zip(self.view.blocks(&hashes)?) {
+                let b = b.ok_or_else(|| Error::Corrupt(format!("inode {ino} block {idx}: missing block")))?;
+                bases.insert(*idx, b);
+            }
+        }
+        for ((&idx, data), old) in n.dirty.iter().zip(olds) {
+            let new = match n.partial.get(&idx) {
+                None => self.block_ext(data),
+                Some(r) => {
+                    let mut b = bases.remove(&idx).unwrap_or_default();
+                    b.resize(self.bs as usize, 0);
+                    table::overlay(&mut b, data, r);
+                    self.block_ext(&b)
+                }
             };
-            delta += t.set_extent(ino, idx, old, self.block_ext(data))?;
+            delta += t.set_extent(ino, idx, old, new)?;
         }
         rec.blocks = rec.blocks.checked_add_signed(delta).ok_or_else(|| {
             Error::Corrupt(format!("inode {ino}: stored block count {} would go below zero ({delta:+})", rec.blocks))
@@ -272,13 +302,17 @@ impl Volume {
         if !n.dirty.is_empty() {
             let bytes = n.dirty.len() as u64 * self.bs;
             self.budget.bytes.fetch_sub(bytes, Ordering::Relaxed);
-            let flushed = std::mem::take(&mut n.dirty);
+            let mut flushed = std::mem::take(&mut n.dirty);
             // Clean copies of every flushed block are stale now; keep fresh copies of the last
             // few (an appended tail, a hot page).
             let before = n.clean.len();
             n.clean.retain(|(i, _)| !flushed.contains_key(i));
             let gone = (before - n.clean.len()) as u64;
             self.budget.clean_bytes.fetch_sub(gone * self.bs, Ordering::Relaxed);
+            // A partly written block's buffer is not its content: keep no clean copy of it.
+            for idx in std::mem::take(&mut n.partial).into_keys() {
+                flushed.remove(&idx);
+            }
             for (idx, data) in flushed.into_iter().rev().take(table::CLEAN_PER_NODE) {
                 self.keep_clean(n, idx, data);
             }
@@ -403,6 +437,7 @@ impl Volume {
         if !n.dirty.is_empty() {
             self.budget.bytes.fetch_sub(n.dirty.len() as u64 * self.bs, Ordering::Relaxed);
             n.dirty.clear();
+            n.partial.clear();
             if let Ok(mut d) = self.dirty.lock() {
                 d.remove(&ino);
             }

@@ -16,6 +16,10 @@ pub struct Node {
     pub rec: InodeRec,
     /// Whole blocks written but not yet in the store, by block index.
     pub dirty: BTreeMap<u64, Vec<u8>>,
+    /// Dirty blocks of which only these byte ranges were written (sorted, disjoint): the
+    /// rest of the block is still the stored one, read only when needed (a flush, a read),
+    /// so a small write never waits for a block read.
+    pub partial: HashMap<u64, Ranges>,
     pub dirty_since: Option<Instant>,
     /// Copies of recently flushed blocks, equal to what the store holds, oldest first.
     pub clean: VecDeque<(u64, Vec<u8>)>,
@@ -32,10 +36,35 @@ pub struct Node {
 
 impl Node {
     pub fn new(rec: InodeRec) -> Node {
-        Node { rec, dirty: BTreeMap::new(), dirty_since: None, clean: VecDeque::new(), meta_dirty: false, opens: 0, lookups: 0, purged: false }
+        Node { rec, dirty: BTreeMap::new(), partial: HashMap::new(), dirty_since: None, clean: VecDeque::new(), meta_dirty: false, opens: 0, lookups: 0, purged: false }
     }
     pub fn is_clean(&self) -> bool {
         self.dirty.is_empty() && !self.meta_dirty
+    }
+}
+
+/// Written byte ranges of a block, sorted and disjoint.
+pub type Ranges = Vec<(u32, u32)>;
+
+/// Adds [s, e) to `r`, merging what it touches.
+pub fn add_range(r: &mut Ranges, s: u32, e: u32) {
+    let (mut s, mut e) = (s, e);
+    r.retain(|&(a, b)| {
+        if b < s || a > e {
+            return true;
+        }
+        s = s.min(a);
+        e = e.max(b);
+        false
+    });
+    let at = r.partition_point(|&(a, _)| a < s);
+    r.insert(at, (s, e));
+}
+
+/// Copies the ranges `r` of `data` over `base`.
+pub fn overlay(base: &mut [u8], data: &[u8], r: &Ranges) {
+    for &(s, e) in r {
+        base[s as usize..e as usize].copy_from_slice(&data[s as usize..e as usize]);
     }
 }
 
@@ -113,4 +142,26 @@ impl Table {
         out
     }
 
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_merge_when_they_touch_or_overlap() {
+        let mut r = Ranges::new();
+        add_range(&mut r, 10, 20);
+        add_range(&mut r, 30, 40);
+        assert_eq!(r, vec![(10, 20), (30, 40)]);
+        add_range(&mut r, 20, 25);
+        assert_eq!(r, vec![(10, 25), (30, 40)]);
+        add_range(&mut r, 0, 5);
+        assert_eq!(r, vec![(0, 5), (10, 25), (30, 40)]);
+        add_range(&mut r, 4, 35);
+        assert_eq!(r, vec![(0, 40)]);
+        let mut base = vec![1u8; 8];
+        overlay(&mut base, &[9u8; 8], &vec![(2, 4), (6, 7)]);
+        assert_eq!(base, vec![1, 1, 9, 9, 1, 1, 9, 1]);
+    }
 }
