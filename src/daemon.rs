@@ -200,7 +200,7 @@ impl Daemon {
             }
             Request::Status => Ok(serde_json::to_value(self.status()?)?),
             Request::Fsck => {
-                self.flush_mounted()?;
+                self.flush_mounted_unless_full()?;
                 gc::run(&self.store, &self.catalog)?;
                 Ok(serde_json::to_value(fsck::check(&self.store)?)?)
             }
@@ -209,7 +209,7 @@ impl Daemon {
                 Ok(json!({"processed": n}))
             }
             Request::Compact => {
-                self.flush_mounted()?;
+                self.flush_mounted_unless_full()?;
                 gc::run(&self.store, &self.catalog)?;
                 self.store.compact()?;
                 Ok(json!({"disk_bytes": self.store.disk_bytes()}))
@@ -325,6 +325,18 @@ impl Daemon {
         Ok(Value::Null)
     }
 
+    /// Flushes mounted volumes before a store-wide job (fsck, compact). On a full disk the
+    /// unflushed data stays in memory and the job goes on: it is what gives space back.
+    fn flush_mounted_unless_full(&self) -> Result<()> {
+        match self.flush_mounted() {
+            Err(Error::NoSpace(m)) => {
+                log::warn!("unflushed data stays in memory while the disk is full: {m}");
+                Ok(())
+            }
+            r => r,
+        }
+    }
+
     fn flush_mounted(&self) -> Result<()> {
         let lives: Vec<(Arc<Live>, Option<PathBuf>)> =
             lock(&self.mounts)?.iter().map(|m| (m.live.clone(), m.writeback.then(|| m.dir.clone()))).collect();
@@ -407,6 +419,7 @@ impl Daemon {
 
     fn status(&self) -> Result<StatusInfo> {
         let space = self.store.space()?;
+        let (reserve, available) = self.store.reserve()?;
         let vols = Catalog::list(&self.store)?;
         let logical: u64 = space.lineages.values().map(|s| s.logical).sum();
         let mounts = lock(&self.mounts)?
@@ -424,6 +437,8 @@ impl Daemon {
             dedup_ratio: if space.physical == 0 { 1.0 } else { logical as f64 / space.physical as f64 },
             disk_bytes: self.store.disk_bytes(),
             dirty_bytes: self.budget.bytes.load(Ordering::Relaxed),
+            reserve,
+            available,
             pending_gc: Catalog::pending_gc(&self.store)?,
             mounts,
         })

@@ -617,3 +617,6 @@ mod lineage_state;
 
 #[path = "cases/big_files.rs"]
 mod big_files;
+
+#[path = "cases/full_disk.rs"]
+mod full_disk;

@@ -70,6 +70,7 @@ pub fn status(s: &StatusInfo) {
     println!("dedup ratio:    {:.2}x", s.dedup_ratio);
     println!("on disk:        {} (after compression)", size(s.disk_bytes));
     println!("unflushed:      {}", size(s.dirty_bytes));
+    println!("available:      {} (the disk's free space less a reserve of {} kept for deletes)", size(s.available), size(s.reserve));
     println!("pending gc:     {}", s.pending_gc);
     if s.mounts.is_empty() {
         println!("mounts:         none");

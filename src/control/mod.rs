@@ -108,6 +108,10 @@ pub struct StatusInfo {
     /// Bytes RocksDB holds on disk (SST and blob files, after compression).
     pub disk_bytes: u64,
     pub dirty_bytes: u64,
+    /// Bytes kept free on the store's disk for deletes and the store's own writes.
+    pub reserve: u64,
+    /// Bytes new data may still take (free space beyond the reserve).
+    pub available: u64,
     /// GC markers not yet processed (destroyed snapshots or volumes whose space is pending).
     pub pending_gc: u64,
     pub mounts: Vec<MountInfo>,

@@ -175,18 +175,17 @@ impl Volume {
         self.flush_ino(ino, true)
     }
 
-    /// Space as `df` shows it: used is what this volume references, free is the free space
-    /// of the filesystem that holds the store.
+    /// Space as `df` shows it: used is what this volume references, free is what new data
+    /// may still take (the store's disk's free space less the reserve kept for deletes).
     pub fn statfs(&self) -> FsResult<FsStats> {
         let fs = crate::sys::statvfs(self.view.store_dir())?;
         let unit = fs.frsize.max(1);
         let used = self.view.space()?.referenced;
-        let avail = fs.bavail * unit;
-        let free = fs.bfree * unit;
+        let (_, free) = self.view.reserve()?;
         Ok(FsStats {
             blocks: (used + free) / unit,
             bfree: free / unit,
-            bavail: avail / unit,
+            bavail: free / unit,
             files: fs.files.max(1 << 20),
             ffree: fs.ffree.max(1 << 20),
             bsize: unit as u32,

@@ -297,6 +297,7 @@ impl Volume {
         let mut hi = to;
         while hi > from {
             let mut t = self.txn()?;
+            t.frees();
             let (mut delta, mut staged, mut lo) = (0i64, 0u64, hi);
             while lo > from && staged < PURGE_BATCH {
                 let top = match self.view.last_extent_below(ino, lo)? {

@@ -392,6 +392,7 @@ impl Volume {
             let found = self.view.extents(ino, from, to)?;
             if !found.is_empty() {
                 let mut t = self.txn()?;
+                t.frees();
                 for (idx, at, h) in found {
                     t.drop_extent(ino, idx, at, h)?;
                 }
@@ -400,6 +401,7 @@ impl Volume {
             from = to;
         }
         let mut t = self.txn()?;
+        t.frees();
         t.purge_inode(ino)?;
         Ok(t.commit(false)?)
     }

@@ -259,6 +259,7 @@ impl Volume {
         let mut l = Locked::new(&nodes)?;
         let now = Ts::now();
         let mut t = self.txn()?;
+        t.frees();
         t.remove_dirent(parent, name, de)?;
         let crec = self.stage_drop_name(&mut t, d.ino, l.get(d.ino)?, now)?;
         let p = l.get(parent)?;

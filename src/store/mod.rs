@@ -2,6 +2,7 @@
 //! reference counts, WAL syncs (grouped, `sync`). Everything above it sees typed identities
 //! (`Ident`, `Scan`, `CatKey`), values (`records`) and `Txn`, never a key's bytes.
 
+mod disk;
 mod keys;
 pub mod records;
 mod sync;
@@ -165,6 +166,8 @@ pub struct Found {
 /// A set of changes committed as one RocksDB write batch.
 pub struct Txn<'s> {
     store: &'s Store,
+    /// Removes things: admitted on a full disk (see `disk`).
+    frees: bool,
     batch: WriteBatch,
     /// (hash, lineage, delta, block bytes when the reference is new)
     refs: Vec<(Hash, u64, i64, Option<Vec<u8>>)>,
@@ -179,6 +182,7 @@ pub struct Store {
     /// Serializes refcount read-modify-write; holds the space counters it keeps exact.
     space: Mutex<Space>,
     wal_sync: sync::SyncGroup,
+    disk: disk::Disk,
 }
 
 fn db_dir(store: &Path) -> PathBuf {
@@ -301,6 +305,8 @@ impl Store {
 
     fn open_inner(dir: &Path, create: bool) -> Result<Store> {
         make_private(dir)?;
+        // Before RocksDB: on a disk others filled, replaying its log needs the ballast's room.
+        let disk = disk::Disk::open(dir)?;
         let mut opts = Options::default();
         opts.create_if_missing(create);
         opts.create_missing_column_families(create);
@@ -311,7 +317,7 @@ impl Store {
         opts.set_keep_log_file_num(3);
         // All memtables together stay under 96 MiB (writers stall briefly past it), so the
         // daemon's memory is bounded whatever the write load.
-        opts.set_write_buffer_manager(&WriteBufferManager::new_write_buffer_manager(96 << 20, true));
+        opts.set_write_buffer_manager(&WriteBufferManager::new_write_buffer_manager(disk::MEMTABLE_BUDGET as usize, true));
         let cache = Cache::new_lru_cache(96 << 20);
         let cfs = cf::ALL.iter().map(|n| ColumnFamilyDescriptor::new(*n, cf_options(n, &cache)));
         let db = DB::open_cf_descriptors(&opts, db_dir(dir), cfs).map_err(|e| {
@@ -323,7 +329,7 @@ impl Store {
             }
         })?;
         let mut store =
-            Store { db, dir: dir.to_path_buf(), secret: Vec::new(), space: Mutex::new(Space::default()), wal_sync: Default::default() };
+            Store { db, dir: dir.to_path_buf(), secret: Vec::new(), space: Mutex::new(Space::default()), wal_sync: Default::default(), disk };
         if !create {
             store.load_catalog()?;
         }
@@ -646,12 +652,15 @@ impl Store {
     }
 
     pub fn txn(&self) -> Txn<'_> {
-        Txn { store: self, batch: WriteBatch::default(), refs: Vec::new(), set_views: Vec::new() }
+        Txn { store: self, frees: false, batch: WriteBatch::default(), refs: Vec::new(), set_views: Vec::new() }
     }
 
     /// Writes `txn` atomically. Reference deltas are applied under the space lock: a block's
     /// bytes are written when its count leaves zero and deleted when it returns to zero.
     fn commit(&self, mut txn: Txn<'_>, sync: bool) -> Result<()> {
+        // Read before the space lock: statvfs is a syscall, and a commit or two racing past
+        // the same figure stays well inside the reserve.
+        let avail = self.disk.available()?;
         let mut space = self.space_guard()?;
         let mut touched: HashMap<u64, LineageSpace> = HashMap::new();
         let views: HashMap<u64, ViewSpace> = txn.set_views.drain(..).collect();
@@ -726,6 +735,14 @@ impl Store {
                 txn.batch.put_cf(cat, keys::catalog::view(*l), vs.encode());
             }
         }
+        let growth = if txn.frees {
+            disk::Growth::Frees
+        } else if new_space.0 > space.physical {
+            disk::Growth::Data
+        } else {
+            disk::Growth::Meta
+        };
+        self.disk.admit(growth, txn.batch.size_in_bytes() as u64, avail)?;
         // Written unsynced under the space lock (refcounts are read-modify-write, and the
         // counters must follow the order of writes); synced after it, so one fsync never
         // stalls the commits of other volumes.
@@ -742,6 +759,12 @@ impl Store {
             self.sync_to(seq)?;
         }
         Ok(())
+    }
+
+    /// Bytes kept free on the store's disk (see `disk`), and what is free beyond them.
+    pub fn reserve(&self) -> Result<(u64, u64)> {
+        let r = self.disk.reserve();
+        Ok((r, self.disk.available()?.saturating_sub(r)))
     }
 
     /// RocksDB's sequence number: it grows by one per key written (tests count writes with it).
@@ -1016,6 +1039,12 @@ impl Txn<'_> {
     pub fn commit(self, sync: bool) -> Result<()> {
         let store = self.store;
         store.commit(self, sync)
+    }
+
+    /// Marks the batch as one that removes things (unlink, truncate, destroy, GC): it is
+    /// admitted whatever the free space, since it is what brings space back.
+    pub fn frees(&mut self) {
+        self.frees = true;
     }
 
     /// Sets the figures of `lineage`'s head view (a new head starts as its origin).

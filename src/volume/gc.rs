@@ -41,6 +41,7 @@ fn process(store: &Store, cat: &Catalog, lineage: u64, epoch: u64) -> Result<()>
             Some(v) => super::decode::<LineageRec>(&v)?,
             None => {
                 let mut t = store.txn();
+                t.frees();
                 t.cat_delete(&marker)?;
                 return t.commit(false);
             }
@@ -58,6 +59,7 @@ fn process(store: &Store, cat: &Catalog, lineage: u64, epoch: u64) -> Result<()>
     let mut start = Cursor::births_at(lineage, lo.saturating_add(1));
     loop {
         let mut t = store.txn();
+        t.frees();
         let mut n = 0;
         let resume = store.births(&start, |id, b| {
             if b > hi || n >= BATCH {
@@ -102,6 +104,7 @@ fn purge(store: &Store, cat: &Catalog, lineage: u64) -> Result<()> {
     let mut start = None;
     loop {
         let mut t = store.txn();
+        t.frees();
         let mut n = 0;
         let resume = store.extent_versions(lineage, start.as_ref(), |id, epoch, v| {
             if n >= BATCH {
@@ -122,6 +125,7 @@ fn purge(store: &Store, cat: &Catalog, lineage: u64) -> Result<()> {
     }
     let _g = cat.guard()?;
     let mut t = cat.begin(store);
+    t.frees();
     t.delete_lineage(lineage)?;
     let mut stale = Vec::new();
     for range in [CatRange::GcOf(lineage), CatRange::OrphansOf(lineage)] {

@@ -559,6 +559,7 @@ impl Catalog {
             )));
         }
         let mut t = self.begin(store);
+        t.frees();
         t.cat_delete(&CatKey::Snapshot { volume: v.id, name: snap.as_bytes().to_vec() })?;
         let mut l = Self::lineage(store, sr.lineage)?;
         Self::unpin(&mut t, &mut l, sr.epoch)?;
@@ -577,6 +578,7 @@ impl Catalog {
             return Err(Error::Conflict(format!("snapshot {name}@{} is held; release it first", h.name)));
         }
         let mut t = self.begin(store);
+        t.frees();
         let mut lins: BTreeMap<u64, LineageRec> = BTreeMap::new();
         for s in &snaps {
             t.cat_delete(&CatKey::Snapshot { volume: v.id, name: s.name.as_bytes().to_vec() })?;

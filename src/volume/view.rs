@@ -187,9 +187,15 @@ impl View {
         }
     }
 
-    /// The directory that holds the store (its filesystem's free space is ours).
+    /// The directory that holds the store (its filesystem's inodes are ours).
     pub fn store_dir(&self) -> &Path {
         self.store.dir()
+    }
+
+    /// Bytes kept free on the store's disk, and the free bytes beyond them (what new data
+    /// may take).
+    pub fn reserve(&self) -> Result<(u64, u64)> {
+        self.store.reserve()
     }
 
     /// Makes every batch committed so far durable.
@@ -341,6 +347,11 @@ impl ViewTxn<'_> {
             Ext::Shared(h) => self.t.share_ref(h, l),
         }
         Ok(new_hash.is_some() as i64 - old_hash.is_some() as i64)
+    }
+
+    /// Marks the batch as one that removes things (admitted on a full disk).
+    pub fn frees(&mut self) {
+        self.t.frees();
     }
 
     /// Marks `ino` as unlinked while open (purged at its last release, or at the next mount).

@@ -37,6 +37,16 @@ impl Daemon {
     pub fn start() -> Daemon {
         let tmp = tempfile::Builder::new().prefix("clonefs-test").tempdir().expect("tempdir");
         let store = tmp.path().join("store");
+        Daemon::start_with(tmp, store)
+    }
+
+    /// A daemon whose store is `store` (on a disk of the test's choosing).
+    pub fn start_at(store: PathBuf) -> Daemon {
+        let tmp = tempfile::Builder::new().prefix("clonefs-test").tempdir().expect("tempdir");
+        Daemon::start_with(tmp, store)
+    }
+
+    fn start_with(tmp: tempfile::TempDir, store: PathBuf) -> Daemon {
         let out = run_timeout(Command::new(BIN).arg("init").arg("--store").arg(&store), 60);
         assert!(out.status.success(), "init: {}", String::from_utf8_lossy(&out.stderr));
         let mut d = Daemon { tmp, store, child: None, mounts: Vec::new() };
@@ -206,4 +216,35 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
             (x >> 24) as u8
         })
         .collect()
+}
+
+/// A small ext4 filesystem on a loop device, unmounted on drop (declare it before the
+/// daemon that uses it, so the daemon stops first).
+pub struct LoopDisk {
+    _tmp: tempfile::TempDir,
+    pub dir: PathBuf,
+}
+
+impl LoopDisk {
+    pub fn new(mib: u64) -> LoopDisk {
+        let tmp = tempfile::Builder::new().prefix("clonefs-disk").tempdir().expect("tempdir");
+        let img = tmp.path().join("img");
+        let dir = tmp.path().join("fs");
+        std::fs::create_dir(&dir).expect("mkdir");
+        std::fs::File::create(&img).and_then(|f| f.set_len(mib << 20)).expect("image");
+        let out = run_timeout(Command::new("mkfs.ext4").arg("-q").arg(&img), 60);
+        assert!(out.status.success(), "mkfs.ext4: {}", String::from_utf8_lossy(&out.stderr));
+        let out = run_timeout(Command::new("mount").args(["-o", "loop"]).arg(&img).arg(&dir), 60);
+        assert!(out.status.success(), "mount -o loop: {}", String::from_utf8_lossy(&out.stderr));
+        LoopDisk { _tmp: tmp, dir }
+    }
+}
+
+impl Drop for LoopDisk {
+    fn drop(&mut self) {
+        let ok = Command::new("umount").arg(&self.dir).stderr(Stdio::null()).status().map(|s| s.success()).unwrap_or(false);
+        if !ok {
+            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        }
+    }
 }

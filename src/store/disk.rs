@@ -1,0 +1,102 @@
+//! Free space on the store's disk, and the reserve that keeps a full disk from wedging the
+//! store (invariant 16).
+//!
+//! RocksDB turns an ENOSPC in a flush into a permanent error: every later write fails, and a
+//! restart cannot replay its log. So RocksDB must never be the one to find the disk full.
+//! Every commit is admitted against the free space first:
+//! - a batch that stores new blocks needs the whole reserve left after it;
+//! - other batches that add (names, attributes, snapshots) need half of it;
+//! - batches that remove (unlink, truncate, destroy, GC) are always admitted: they are what
+//!   brings space back, and the reserve is there for them and for RocksDB's own flushes.
+//!
+//! The reserve is the memtable budget (what RocksDB may still have to write out) plus a
+//! slop of 1/32 of the disk (at least 32 MiB, at most 512 MiB), like ZFS's slop space. A
+//! ballast file of `BALLAST` bytes in the store is given up when the store is opened on a
+//! disk that others filled, so its log can still be replayed; it is made again once there
+//! is room. Space that deletes free comes back to the disk when RocksDB compacts
+//! (`clonefs compact`).
+
+use crate::error::{Error, Result};
+use std::path::{Path, PathBuf};
+
+/// What RocksDB's memtables may hold (the write buffer manager's limit): bytes accepted
+/// that a flush still has to write.
+pub const MEMTABLE_BUDGET: u64 = 96 << 20;
+/// Room for RocksDB to replay and flush its log at start (the WAL is capped at 64 MiB).
+const BALLAST: u64 = 64 << 20;
+const BALLAST_NAME: &str = "reserve";
+
+/// What a batch does to the disk, for admission.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Growth {
+    /// Stores new block bytes.
+    Data,
+    /// Adds or changes metadata only.
+    Meta,
+    /// Removes things: admitted whatever the free space.
+    Frees,
+}
+
+pub struct Disk {
+    dir: PathBuf,
+    reserve: u64,
+}
+
+impl Disk {
+    /// Sizes the reserve for the disk holding `dir`, and gives up or makes the ballast.
+    pub fn open(dir: &Path) -> Result<Disk> {
+        let fs = crate::sys::statvfs(dir)?;
+        let total = fs.blocks * fs.frsize.max(1);
+        let slop = (total / 32).clamp(32 << 20, 512 << 20);
+        let d = Disk { dir: dir.to_path_buf(), reserve: MEMTABLE_BUDGET + slop };
+        d.ballast()?;
+        Ok(d)
+    }
+
+    /// Bytes kept free for removals and RocksDB's flushes.
+    pub fn reserve(&self) -> u64 {
+        self.reserve
+    }
+
+    /// Free bytes for unprivileged writers on the disk holding the store.
+    pub fn available(&self) -> Result<u64> {
+        let fs = crate::sys::statvfs(&self.dir)?;
+        Ok(fs.bavail * fs.frsize.max(1))
+    }
+
+    /// Admits a batch of `bytes` that grows the store as `growth` says, or refuses it with
+    /// ENOSPC while the reserve is still free.
+    pub fn admit(&self, growth: Growth, bytes: u64, avail: u64) -> Result<()> {
+        let floor = match growth {
+            Growth::Frees => return Ok(()),
+            Growth::Data => self.reserve,
+            Growth::Meta => self.reserve / 2,
+        };
+        if avail < floor.saturating_add(bytes) {
+            return Err(Error::NoSpace(format!(
+                "{} MiB free on {}, and {} MiB are kept for deletes and the store's own writes",
+                avail >> 20,
+                self.dir.display(),
+                floor >> 20
+            )));
+        }
+        Ok(())
+    }
+
+    /// The ballast is given up when the disk has less free than it (others filled the disk:
+    /// the store must still start), and made when there is room for it above the reserve.
+    fn ballast(&self) -> Result<()> {
+        let path = self.dir.join(BALLAST_NAME);
+        let avail = self.available()?;
+        let exists = path.exists();
+        if exists && avail < BALLAST {
+            log::warn!("the store's disk has {} MiB free: giving up the {} MiB ballast so the store can start", avail >> 20, BALLAST >> 20);
+            std::fs::remove_file(&path)?;
+        } else if !exists && avail >= self.reserve + BALLAST {
+            let f = std::fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
+            crate::sys::fallocate(&f, BALLAST)?;
+            f.sync_all()?;
+        }
+        Ok(())
+    }
+}
