@@ -130,7 +130,43 @@ fn attributes_times_permissions_and_xattrs() {
         .unwrap();
     assert!(!out.status.success(), "nobody could write a root 0644 file");
     assert_eq!(fs::read(m.join("private")).unwrap(), b"x");
+    set_id_bits_follow_linux(&m);
     d.fsck_clean();
+}
+
+/// Writes, truncates and chowns clear set-user-ID and set-group-ID as on ext4 (the daemon
+/// does it: the mount asks the kernel for FUSE_HANDLE_KILLPRIV_V2).
+fn set_id_bits_follow_linux(m: &Path) {
+    let as_nobody = |cmd: String| {
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c"])
+            .arg(&cmd)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let mode = |n: &str| fs::metadata(m.join(n)).unwrap().permissions().mode() & 0o7777;
+    for (n, perm) in [("w", 0o6777), ("root", 0o6777), ("nogx", 0o2767), ("trunc", 0o6777), ("chown", 0o6777), ("dir", 0o3777)] {
+        if n == "dir" {
+            fs::create_dir(m.join(n)).unwrap();
+        } else {
+            fs::write(m.join(n), b"x").unwrap();
+        }
+        fs::set_permissions(m.join(n), fs::Permissions::from_mode(perm)).unwrap();
+    }
+    as_nobody(format!("echo y >> {}", m.join("w").display()));
+    assert_eq!(mode("w"), 0o777, "a write by nobody keeps set-ID bits");
+    assert_eq!(fs::read(m.join("w")).unwrap(), b"xy\n");
+    OpenOptions::new().append(true).open(m.join("root")).unwrap().write_all(b"y").unwrap();
+    assert_eq!(mode("root"), 0o6777, "root's write (CAP_FSETID) cleared set-ID bits");
+    as_nobody(format!("echo y >> {}", m.join("nogx").display()));
+    assert_eq!(mode("nogx"), 0o2767, "set-group-ID without group execute is kept");
+    as_nobody(format!("truncate -s 0 {}", m.join("trunc").display()));
+    assert_eq!(mode("trunc"), 0o777, "a truncate by nobody keeps set-ID bits");
+    std::os::unix::fs::chown(m.join("chown"), Some(65534), None).unwrap();
+    assert_eq!(mode("chown"), 0o777, "chown keeps set-ID bits");
+    std::os::unix::fs::chown(m.join("dir"), Some(65534), None).unwrap();
+    assert_eq!(mode("dir"), 0o3777, "chown of a directory cleared its set-ID bits");
 }
 
 #[test]
@@ -268,6 +304,7 @@ fn writeback_mounts_keep_times_snapshots_and_fsynced_data() {
     // Partial writes through a write-only handle: the kernel reads the rest of each page.
     fs::write(m.join("f"), pattern(1, 100_000)).unwrap();
     let mut want = pattern(1, 100_000);
+    set_id_bits_follow_linux(&m);
     let f = OpenOptions::new().write(true).open(m.join("f")).unwrap();
     for (i, off) in [5u64, 4095, 40_000, 99_990].into_iter().enumerate() {
         let data = pattern(10 + i as u64, 7);

@@ -20,11 +20,28 @@ pub struct SetAttr {
     pub atime: Option<TimeSet>,
     pub mtime: Option<TimeSet>,
     pub ctime: Option<Ts>,
+    /// Clear set-user-ID and set-group-ID as a chown, or a truncate by an unprivileged
+    /// caller, does (`drop_suidgid`).
+    pub kill_suidgid: bool,
+}
+
+/// What Linux does to a file's mode when it is written or truncated by a caller without
+/// CAP_FSETID, or chowned: set-user-ID goes, and set-group-ID if group execute is set
+/// (without it, the bit means mandatory locking, not privilege).
+pub fn drop_suidgid(perm: u32) -> u32 {
+    let mut p = perm & !libc::S_ISUID;
+    if p & libc::S_IXGRP != 0 {
+        p &= !libc::S_ISGID;
+    }
+    p
 }
 
 impl SetAttr {
     /// Sets mode, owner and times on `rec` (size is the caller's: it changes stored data).
     fn apply_to(&self, rec: &mut InodeRec, now: Ts) {
+        if self.kill_suidgid && rec.kind != Kind::Dir {
+            rec.perm = drop_suidgid(rec.perm);
+        }
         if let Some(m) = self.mode {
             rec.perm = m & 0o7777;
         }

@@ -172,7 +172,9 @@ impl Volume {
         Ok(Some(out))
     }
 
-    pub fn write(&self, ino: u64, off: u64, data: &[u8]) -> FsResult<usize> {
+    /// Writes `data` at `off`. `kill_suidgid`: the writer lacks CAP_FSETID and the file may
+    /// be set-user/group-ID (the kernel says so; see `drop_suidgid`).
+    pub fn write(&self, ino: u64, off: u64, data: &[u8], kill_suidgid: bool) -> FsResult<usize> {
         self.check_writable()?;
         let end = off.checked_add(data.len() as u64).ok_or_else(|| err(libc::EFBIG))?;
         if end > i64::MAX as u64 {
@@ -230,6 +232,9 @@ impl Volume {
             pos = bstart + e as u64;
         }
         let now = Ts::now();
+        if kill_suidgid {
+            n.rec.perm = super::attr::drop_suidgid(n.rec.perm);
+        }
         n.rec.size = n.rec.size.max(end);
         n.rec.mtime = now;
         n.rec.ctime = now;
@@ -451,7 +456,7 @@ impl Volume {
             if buf.is_empty() {
                 break;
             }
-            self.write(ino_out, off_out + done, &buf)?;
+            self.write(ino_out, off_out + done, &buf, false)?;
             done += buf.len() as u64;
         }
         Ok(done)

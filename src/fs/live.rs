@@ -37,6 +37,16 @@ impl Live {
         }
     }
 
+    /// Drops the kernel's cached attributes of `ino`, not its pages (safe inside a request
+    /// on that inode).
+    pub fn invalidate_attrs(&self, ino: u64) {
+        if let Ok(g) = self.notifier.lock() {
+            if let Some(n) = g.as_ref() {
+                let _ = n.inval_inode(fuser::INodeNo(ino), -1, 0);
+            }
+        }
+    }
+
     /// Drops what the kernel caches of these names and inodes (entries, attributes, pages).
     /// Call without holding the view: the kernel may need to finish requests first.
     pub fn invalidate(&self, names: &[(u64, Vec<u8>)], inos: &[u64]) {

@@ -47,6 +47,9 @@ impl Daemon {
     }
 
     fn start_with(tmp: tempfile::TempDir, store: PathBuf) -> Daemon {
+        // Other users reach the mounts inside (permission tests); the store keeps its own 0700.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
         let out = run_timeout(Command::new(BIN).arg("init").arg("--store").arg(&store), 60);
         assert!(out.status.success(), "init: {}", String::from_utf8_lossy(&out.stderr));
         let mut d = Daemon { tmp, store, child: None, mounts: Vec::new() };
