@@ -464,6 +464,23 @@ fn small_files_store_their_bytes_not_whole_blocks() {
 }
 
 #[test]
+fn the_memory_budget_is_settable_and_shown() {
+    let d = Daemon::start();
+    let st = d.json(&["status", "--json"]);
+    assert_eq!(st["memory_budget"].as_u64(), Some(256 << 20), "{st}");
+    let mut d = Daemon::start_args(&["--memory", "96M"]);
+    let m = d.volume("v");
+    let data = pattern(3, 40 << 20);
+    fs::write(m.join("f"), &data).unwrap();
+    assert!(fs::read(m.join("f")).unwrap() == data);
+    let st = d.json(&["status", "--json"]);
+    assert_eq!(st["memory_budget"].as_u64(), Some(96 << 20), "{st}");
+    let rss = st["resident"].as_u64().unwrap();
+    assert!(rss > 1 << 20 && rss < 512 << 20, "resident {rss}");
+    d.fsck_clean();
+}
+
+#[test]
 fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let mut d = Daemon::start();
     let m = d.volume("good");
@@ -486,6 +503,8 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
         (vec!["destroy", "good"], "mounted"),
         (vec!["rename", "good", "bad/name"], "'/'"),
         (vec!["unmount", "/tmp"], "not a clonefs mountpoint"),
+        (vec!["daemon", "--memory", "16M"], "too small"),
+        (vec!["daemon", "--memory", "lots"], "memory budget"),
     ];
     for (args, want) in cases {
         let err = d.fails(&args);

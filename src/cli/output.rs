@@ -71,6 +71,7 @@ pub fn status(s: &StatusInfo) {
     println!("on disk:        {} (after compression)", size(s.disk_bytes));
     println!("unflushed:      {}", size(s.dirty_bytes));
     println!("available:      {} (the disk's free space less a reserve of {} kept for deletes)", size(s.available), size(s.reserve));
+    println!("memory:         {} resident, budget {} (`daemon --memory`)", size(s.resident), size(s.memory_budget));
     println!("pending gc:     {}", s.pending_gc);
     if s.mounts.is_empty() {
         println!("mounts:         none");

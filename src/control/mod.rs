@@ -112,6 +112,9 @@ pub struct StatusInfo {
     pub reserve: u64,
     /// Bytes new data may still take (free space beyond the reserve).
     pub available: u64,
+    /// The daemon's memory budget (`daemon --memory`), and its resident memory now.
+    pub memory_budget: u64,
+    pub resident: u64,
     /// GC markers not yet processed (destroyed snapshots or volumes whose space is pending).
     pub pending_gc: u64,
     pub mounts: Vec<MountInfo>,

@@ -56,16 +56,24 @@ pub struct DirtyBudget {
     pub clean_limit: u64,
 }
 
-impl Default for DirtyBudget {
-    fn default() -> Self {
+impl DirtyBudget {
+    /// Dirty data within `mem.dirty` (a file flushes itself past an eighth of it, at most
+    /// 8 MiB), clean copies within `mem.clean`.
+    pub fn within(mem: &crate::memory::Budget) -> DirtyBudget {
         DirtyBudget {
             bytes: AtomicU64::new(0),
-            total_limit: 64 << 20,
-            file_limit: 8 << 20,
+            total_limit: mem.dirty,
+            file_limit: (mem.dirty / 8).min(8 << 20),
             max_age: Duration::from_secs(2),
             clean_bytes: AtomicU64::new(0),
-            clean_limit: 32 << 20,
+            clean_limit: mem.clean,
         }
+    }
+}
+
+impl Default for DirtyBudget {
+    fn default() -> Self {
+        DirtyBudget::within(&crate::memory::Budget::default())
     }
 }
 

@@ -9,7 +9,7 @@
 //! - batches that remove (unlink, truncate, destroy, GC) are always admitted: they are what
 //!   brings space back, and the reserve is there for them and for RocksDB's own flushes.
 //!
-//! The reserve is the memtable budget (what RocksDB may still have to write out) plus a
+//! The reserve is the memtables' budget (what RocksDB may still have to write out) plus a
 //! slop of 1/32 of the disk (at least 32 MiB, at most 512 MiB), like ZFS's slop space. A
 //! ballast file of `BALLAST` bytes in the store is given up when the store is opened on a
 //! disk that others filled, so its log can still be replayed; it is made again once there
@@ -19,9 +19,6 @@
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 
-/// What RocksDB's memtables may hold (the write buffer manager's limit): bytes accepted
-/// that a flush still has to write.
-pub const MEMTABLE_BUDGET: u64 = 96 << 20;
 /// Room for RocksDB to replay and flush its log at start (the WAL is capped at 64 MiB).
 const BALLAST: u64 = 64 << 20;
 const BALLAST_NAME: &str = "reserve";
@@ -44,11 +41,13 @@ pub struct Disk {
 
 impl Disk {
     /// Sizes the reserve for the disk holding `dir`, and gives up or makes the ballast.
-    pub fn open(dir: &Path) -> Result<Disk> {
+    /// `memtables`: what RocksDB's memtables may hold, bytes accepted that a flush still has
+    /// to write.
+    pub fn open(dir: &Path, memtables: u64) -> Result<Disk> {
         let fs = crate::sys::statvfs(dir)?;
         let total = fs.blocks * fs.frsize.max(1);
         let slop = (total / 32).clamp(32 << 20, 512 << 20);
-        let d = Disk { dir: dir.to_path_buf(), reserve: MEMTABLE_BUDGET + slop };
+        let d = Disk { dir: dir.to_path_buf(), reserve: memtables + slop };
         d.ballast()?;
         Ok(d)
     }

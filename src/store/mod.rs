@@ -7,6 +7,7 @@ mod keys;
 pub mod records;
 mod sync;
 
+use crate::memory::Budget;
 use crate::error::{Error, Result};
 pub use keys::{CatKey, CatRange, Ident, Scan};
 use records::{Hash, RefRec};
@@ -224,7 +225,8 @@ pub fn make_private(store: &Path) -> Result<()> {
     Ok(())
 }
 
-fn cf_options(name: &str, cache: &Cache) -> Options {
+/// `memtables`: the budget of all memtables; one CF's write buffer is a share of it.
+fn cf_options(name: &str, cache: &Cache, memtables: u64) -> Options {
     let mut o = Options::default();
     let mut t = BlockBasedOptions::default();
     t.set_block_cache(cache);
@@ -244,12 +246,12 @@ fn cf_options(name: &str, cache: &Cache) -> Options {
             o.set_blob_compression_type(DBCompressionType::None);
             o.set_enable_blob_gc(false);
             o.set_blob_cache(cache);
-            o.set_write_buffer_size(32 << 20);
+            o.set_write_buffer_size((memtables / 3).min(32 << 20) as usize);
             o.set_max_write_buffer_number(3);
         }
         _ => {
             o.set_compression_type(DBCompressionType::Lz4);
-            o.set_write_buffer_size(8 << 20);
+            o.set_write_buffer_size((memtables / 12).min(8 << 20) as usize);
             o.set_max_write_buffer_number(3);
         }
     }
@@ -279,7 +281,7 @@ impl Store {
         }
         std::fs::create_dir_all(dir)?;
         make_private(dir)?;
-        let store = Store::open_inner(dir, true)?;
+        let store = Store::open_inner(dir, true, &Budget::default())?;
         let cat = store.cf(cf::CATALOG)?;
         let mut b = WriteBatch::default();
         b.put_cf(cat, keys::catalog::FORMAT, FORMAT_VERSION.to_le_bytes());
@@ -291,8 +293,14 @@ impl Store {
         Ok(())
     }
 
-    /// Opens an existing store; refuses a directory that is not one, or of an unknown format.
+    /// Opens an existing store with the default memory budget.
     pub fn open(dir: &Path) -> Result<Store> {
+        Store::open_within(dir, &Budget::default())
+    }
+
+    /// Opens an existing store whose memtables and cache take their share of `mem`; refuses
+    /// a directory that is not one, or of an unknown format.
+    pub fn open_within(dir: &Path, mem: &Budget) -> Result<Store> {
         if !db_dir(dir).join("CURRENT").exists() {
             return Err(Error::NotFound(format!(
                 "no clonefs store at {} (create one with `clonefs init --store {}`)",
@@ -300,13 +308,13 @@ impl Store {
                 dir.display()
             )));
         }
-        Store::open_inner(dir, false)
+        Store::open_inner(dir, false, mem)
     }
 
-    fn open_inner(dir: &Path, create: bool) -> Result<Store> {
+    fn open_inner(dir: &Path, create: bool, mem: &Budget) -> Result<Store> {
         make_private(dir)?;
         // Before RocksDB: on a disk others filled, replaying its log needs the ballast's room.
-        let disk = disk::Disk::open(dir)?;
+        let disk = disk::Disk::open(dir, mem.memtables)?;
         let mut opts = Options::default();
         opts.create_if_missing(create);
         opts.create_missing_column_families(create);
@@ -315,11 +323,11 @@ impl Store {
         // flushes the CFs that hold the oldest log, so the WAL stays this size on disk.
         opts.set_max_total_wal_size(64 << 20);
         opts.set_keep_log_file_num(3);
-        // All memtables together stay under 96 MiB (writers stall briefly past it), so the
-        // daemon's memory is bounded whatever the write load.
-        opts.set_write_buffer_manager(&WriteBufferManager::new_write_buffer_manager(disk::MEMTABLE_BUDGET as usize, true));
-        let cache = Cache::new_lru_cache(96 << 20);
-        let cfs = cf::ALL.iter().map(|n| ColumnFamilyDescriptor::new(*n, cf_options(n, &cache)));
+        // All memtables together stay within the budget (writers stall briefly past it), so
+        // the daemon's memory is bounded whatever the write load.
+        opts.set_write_buffer_manager(&WriteBufferManager::new_write_buffer_manager(mem.memtables as usize, true));
+        let cache = Cache::new_lru_cache(mem.cache as usize);
+        let cfs = cf::ALL.iter().map(|n| ColumnFamilyDescriptor::new(*n, cf_options(n, &cache, mem.memtables)));
         let db = DB::open_cf_descriptors(&opts, db_dir(dir), cfs).map_err(|e| {
             let s = e.into_string();
             if s.contains("lock") {

@@ -144,19 +144,10 @@ pub fn parse_target(s: &str) -> Result<(String, Option<String>)> {
 
 /// Parses a block size such as `4K`, `64k`, `1M` or `65536`.
 pub fn parse_block_size(s: &str) -> Result<u32> {
-    let err = || Error::Invalid(format!("invalid block size {s:?}: use a power of two from 4K to 1M"));
-    let t = s.trim();
-    let (num, mult) = match t.char_indices().last() {
-        Some((i, 'k' | 'K')) => (&t[..i], 1u64 << 10),
-        Some((i, 'm' | 'M')) => (&t[..i], 1u64 << 20),
-        _ => (t, 1),
-    };
-    let n: u64 = num.parse().map_err(|_| err())?;
-    let v = n.checked_mul(mult).ok_or_else(err)?;
-    if !v.is_power_of_two() || v < MIN_BLOCK as u64 || v > MAX_BLOCK as u64 {
-        return Err(err());
+    match crate::memory::parse_size(s) {
+        Some(v) if v.is_power_of_two() && v >= MIN_BLOCK as u64 && v <= MAX_BLOCK as u64 => Ok(v as u32),
+        _ => Err(Error::Invalid(format!("invalid block size {s:?}: use a power of two from 4K to 1M"))),
     }
-    Ok(v as u32)
 }
 
 fn now() -> i64 {

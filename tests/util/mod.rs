@@ -14,6 +14,8 @@ pub struct Daemon {
     pub store: PathBuf,
     child: Option<Child>,
     pub mounts: Vec<PathBuf>,
+    /// Extra `clonefs daemon` arguments, at every (re)start.
+    args: Vec<String>,
 }
 
 /// Runs a command with a deadline; kills it when the deadline passes.
@@ -37,22 +39,29 @@ impl Daemon {
     pub fn start() -> Daemon {
         let tmp = tempfile::Builder::new().prefix("clonefs-test").tempdir().expect("tempdir");
         let store = tmp.path().join("store");
-        Daemon::start_with(tmp, store)
+        Daemon::start_with(tmp, store, Vec::new())
+    }
+
+    /// A daemon started (and restarted) with these extra `clonefs daemon` arguments.
+    pub fn start_args(args: &[&str]) -> Daemon {
+        let tmp = tempfile::Builder::new().prefix("clonefs-test").tempdir().expect("tempdir");
+        let store = tmp.path().join("store");
+        Daemon::start_with(tmp, store, args.iter().map(|a| a.to_string()).collect())
     }
 
     /// A daemon whose store is `store` (on a disk of the test's choosing).
     pub fn start_at(store: PathBuf) -> Daemon {
         let tmp = tempfile::Builder::new().prefix("clonefs-test").tempdir().expect("tempdir");
-        Daemon::start_with(tmp, store)
+        Daemon::start_with(tmp, store, Vec::new())
     }
 
-    fn start_with(tmp: tempfile::TempDir, store: PathBuf) -> Daemon {
+    fn start_with(tmp: tempfile::TempDir, store: PathBuf, args: Vec<String>) -> Daemon {
         // Other users reach the mounts inside (permission tests); the store keeps its own 0700.
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
         let out = run_timeout(Command::new(BIN).arg("init").arg("--store").arg(&store), 60);
         assert!(out.status.success(), "init: {}", String::from_utf8_lossy(&out.stderr));
-        let mut d = Daemon { tmp, store, child: None, mounts: Vec::new() };
+        let mut d = Daemon { tmp, store, child: None, mounts: Vec::new(), args };
         d.spawn();
         d
     }
@@ -66,6 +75,7 @@ impl Daemon {
         let child = Command::new(BIN)
             .args(["daemon", "--foreground", "-v", "--store"])
             .arg(&self.store)
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
