@@ -2,7 +2,7 @@
 //!
 //! | CF        | key                                              | value                  |
 //! |-----------|--------------------------------------------------|------------------------|
-//! | blocks    | hash(16)                                         | block bytes            |
+//! | blocks    | loc(8)                                           | block bytes            |
 //! | refs      | hash(16)                                         | RefRec (per lineage)   |
 //! | inodes    | lineage(8) ino(8) !epoch(8)                      | InodeRec or tombstone  |
 //! | dirents   | lineage(8) dir(8) name NUL !epoch(8)             | DirentRec or whiteout  |
@@ -14,6 +14,10 @@
 //!
 //! Why the order matters:
 //! - Integers are big-endian so byte order is numeric order.
+//! - Blocks are kept under a locator given in commit order (`RefRec::loc` maps a hash to
+//!   it), not under their hash: RocksDB writes blob files in key order, so the blocks a file
+//!   writes together lie together, and a sequential read of the file reads the blob file
+//!   sequentially. Under hash keys they were scattered over the whole file.
 //! - The lineage comes first, so one volume's keys form one contiguous range (prefix isolation).
 //! - The epoch comes last and inverted (`!epoch`), so the newest version of a key sorts first:
 //!   reading the live volume is one seek, and reading snapshot `e` is one seek to `!e`.
@@ -36,6 +40,14 @@ pub fn read_u64(b: &[u8], at: usize) -> u64 {
 }
 
 /// Identity of a versioned key without its epoch: the prefix that all its versions share.
+pub fn block_key(loc: u64) -> [u8; 8] {
+    loc.to_be_bytes()
+}
+
+pub fn parse_block_key(k: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(k.try_into().ok()?))
+}
+
 pub fn inode_key(lineage: u64, ino: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(24);
     push_u64(&mut k, lineage);

@@ -271,10 +271,12 @@ pub fn decode_xattr(b: &[u8]) -> Result<Option<Vec<u8>>> {
 }
 
 /// Who references a block: (lineage, number of extent versions) pairs, sorted by lineage.
-/// The block's refcount is the sum; it is deleted when that reaches zero.
+/// The block's refcount is the sum; it is deleted when that reaches zero. `loc` is where
+/// its bytes are kept in the blocks CF (see `keys`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RefRec {
     pub size: u32,
+    pub loc: u64,
     pub owners: Vec<(u64, u64)>,
 }
 
@@ -283,8 +285,9 @@ impl RefRec {
         self.owners.iter().map(|o| o.1).sum()
     }
     pub fn encode(&self) -> Vec<u8> {
-        let mut v = live_header(6 + 16 * self.owners.len());
+        let mut v = live_header(14 + 16 * self.owners.len());
         v.extend_from_slice(&self.size.to_le_bytes());
+        v.extend_from_slice(&self.loc.to_le_bytes());
         for (l, c) in &self.owners {
             v.extend_from_slice(&l.to_le_bytes());
             v.extend_from_slice(&c.to_le_bytes());
@@ -294,11 +297,12 @@ impl RefRec {
     pub fn decode(b: &[u8]) -> Result<RefRec> {
         let (mut r, _) = Reader::new(b, "refcount")?;
         let size = r.u32()?;
+        let loc = r.u64()?;
         let mut owners = Vec::new();
         while r.at < r.b.len() {
             owners.push((r.u64()?, r.u64()?));
         }
-        Ok(RefRec { size, owners })
+        Ok(RefRec { size, loc, owners })
     }
     /// Adds `delta` references from `lineage`; removes the owner at zero.
     pub fn add(&mut self, lineage: u64, delta: i64) -> Result<()> {
@@ -372,7 +376,7 @@ mod tests {
 
     #[test]
     fn refrec_counts_per_lineage() {
-        let mut r = RefRec { size: 4096, owners: vec![] };
+        let mut r = RefRec { size: 4096, loc: 77, owners: vec![] };
         r.add(2, 1).unwrap();
         r.add(1, 2).unwrap();
         assert_eq!(r.owners, vec![(1, 2), (2, 1)]);

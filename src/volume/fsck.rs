@@ -315,24 +315,33 @@ pub fn check(store: &Store) -> Result<FsckReport> {
             c.err(format!("block {} is referenced but has no refcount", hex(h)));
         }
     }
+    // Every refcount names a locator of its own, and the bytes there hash to it.
+    let mut by_loc: HashMap<u64, Hash> = HashMap::with_capacity(refs.len());
+    for (h, r) in &refs {
+        if let Some(other) = by_loc.insert(r.loc, *h) {
+            c.err(format!("blocks {} and {} are both kept at locator {}", hex(h), hex(&other), r.loc));
+        }
+    }
     let mut physical = 0;
-    view.for_each_block(|h, v| {
+    view.for_each_block(|loc, v| {
         report.blocks += 1;
         physical += v.len() as u64;
-        match refs.get(&h) {
-            None => c.err(format!("block {} is stored but not referenced", hex(&h))),
-            Some(r) if r.size as usize != v.len() => c.err(format!("block {}: size {} but {} recorded", hex(&h), v.len(), r.size)),
-            _ => {}
-        }
-        if view.hash(v) != h {
-            c.err(format!("block {}: content does not match its hash (damaged)", hex(&h)));
+        match by_loc.remove(&loc) {
+            None => c.err(format!("block at locator {loc} is stored but not referenced")),
+            Some(h) => {
+                let r = &refs[&h];
+                if r.size as usize != v.len() {
+                    c.err(format!("block {}: size {} but {} recorded", hex(&h), v.len(), r.size));
+                }
+                if view.hash(v) != h {
+                    c.err(format!("block {}: content does not match its hash (damaged)", hex(&h)));
+                }
+            }
         }
         Ok(())
     })?;
-    for h in refs.keys() {
-        if !view.has_block(h)? {
-            c.err(format!("block {} has a refcount but is not stored", hex(h)));
-        }
+    for h in by_loc.values() {
+        c.err(format!("block {} has a refcount but is not stored", hex(h)));
     }
     report.physical = physical;
 
