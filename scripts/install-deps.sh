@@ -7,7 +7,7 @@ build_pkgs=(fuse3 libfuse3-dev pkg-config build-essential clang libclang-dev uti
 test_pkgs=(attr fio sqlite3 git postgresql postgresql-contrib procps psmisc e2fsprogs)
 pkgs=("${build_pkgs[@]}")
 [[ $what == test || $what == bench ]] && pkgs+=("${test_pkgs[@]}")
-[[ $what == bench ]] && pkgs+=(time)
+[[ $what == bench ]] && pkgs+=(time sysbench)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
