@@ -232,6 +232,11 @@ pub fn encode_extent(hash: &Hash) -> Vec<u8> {
     v
 }
 
+/// A hash (or any bytes) as lowercase hex, for messages.
+pub fn hex(h: &[u8]) -> String {
+    h.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 pub fn decode_extent(b: &[u8]) -> Result<Option<Hash>> {
     let (mut r, live) = Reader::new(b, "extent")?;
     if !live {

@@ -5,7 +5,7 @@
 use super::lineage::seen;
 use super::{decode, LineageRec, SnapshotRec, VolumeRec, HEAD_GONE, ROOT_INO};
 use crate::error::Result;
-use crate::store::records::{decode_count, decode_extent, is_tombstone, DirentRec, Hash, InodeRec, Kind, RefRec};
+use crate::store::records::{decode_count, decode_extent, hex, is_tombstone, DirentRec, Hash, InodeRec, Kind, RefRec};
 use crate::store::{CatKey, Ident, LineageSpace, Store, ViewSpace};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -433,10 +433,6 @@ fn unique_by_brute_force(lineages: &HashMap<u64, LineageRec>, extents: &Versions
     freed.iter().filter_map(|(h, n)| refs.get(h).filter(|r| r.total() == *n).map(|r| r.size as u64)).sum()
 }
 
-fn hex(h: &[u8]) -> String {
-    h.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Namespace invariants of one view (a volume's head or a snapshot).
 #[allow(clippy::too_many_arguments)]
 fn check_view(
@@ -534,7 +530,15 @@ fn check_view(
                 }
             }
             Some(_) => c.err(format!("{vname}: extent {ino}/{idx} belongs to a non-file")),
-            None => {}
+            // An inherited extent of a file this view removed stays (the parent owns it); one
+            // of its own lineage must be gone or hidden, or GC would keep it forever.
+            None => {
+                let own = all.extents.get(&lineage).and_then(|m| m.get(&Ident::Extent { lineage: 0, ino, index: idx }));
+                let at = chain.first().map(|c| c.1).unwrap_or(0);
+                if own.and_then(|vs| vs.iter().find(|(e, _)| *e <= at)).is_some_and(|(_, v)| !is_tombstone(v)) {
+                    c.err(format!("{vname}: extent {ino}/{idx} of a removed inode is still seen (leaked)"));
+                }
+            }
         }
     }
     for (ino, r) in &inodes {

@@ -359,12 +359,14 @@ impl ViewTxn<'_> {
         self.t.set_orphan(self.view.lineage(), ino, true)
     }
 
-    /// Drops data extent `index` (at `at`, naming `h`) of an inode being purged. Its number
-    /// is never reused in this view, so nothing needs hiding: an inherited extent stays.
+    /// Drops data extent `index` (at `at`, naming `h`) of an inode being purged. An inherited
+    /// extent stays (its lineage owns it; the number is never reused here). One of this
+    /// lineage that a snapshot still sees gets a tombstone: it tells GC when the head stopped
+    /// seeing it, so the block is freed when that snapshot goes.
     pub fn drop_extent(&mut self, ino: u64, index: u64, at: At, h: Hash) -> Result<()> {
         let l = self.view.lineage();
         *self.counts.entry(h).or_default() -= 1;
-        if at.0 == 0 && self.stage(Ident::Extent { lineage: l, ino, index }, Some(at), None, false)? {
+        if at.0 == 0 && self.stage(Ident::Extent { lineage: l, ino, index }, Some(at), None, true)? {
             self.t.drop_ref(h, l);
         }
         Ok(())
@@ -372,7 +374,7 @@ impl ViewTxn<'_> {
 
     /// Removes an inode with no names left and no open handles: data, xattrs, record. The
     /// caller bounds the batch: a big file's data goes first through `drop_extent`.
-    /// Its number is never reused in this view, so only the record needs a tombstone.
+    /// Versions a snapshot still sees get tombstones, so GC frees them with the snapshot.
     pub fn purge_inode(&mut self, ino: u64) -> Result<()> {
         let l = self.view.lineage();
         for (index, at, h) in self.view.extents(ino, 0, u64::MAX)? {
@@ -380,7 +382,7 @@ impl ViewTxn<'_> {
         }
         for (id, f) in self.view.store.scan_visible(&Scan::Xattrs { ino }, &self.view.chain())? {
             if f.level == 0 {
-                self.stage(id, Some((0, f.epoch)), None, false)?;
+                self.stage(id, Some((0, f.epoch)), None, true)?;
             }
         }
         let id = Ident::Inode { lineage: l, ino };
