@@ -9,7 +9,7 @@ use crate::fs::snapdir::SnapDir;
 use crate::fs::{DirtyBudget, Volume};
 use crate::memory::Budget;
 use crate::store::{Store, FORMAT_VERSION};
-use crate::volume::{fsck, gc, parse_target, Catalog, SnapshotViews, HEAD_GONE};
+use crate::volume::{fsck, gc, parse_target, scrub, Catalog, SnapshotViews, HEAD_GONE};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use fuser::{BackgroundSession, Config, MountOption, Session, SessionACL};
 use serde_json::{json, Value};
@@ -48,6 +48,7 @@ pub struct Daemon {
     budget: Arc<DirtyBudget>,
     /// What the caches and buffers above are sized from.
     mem: Budget,
+    scrub: ScrubState,
     mounts: Mutex<Vec<Mounted>>,
     stop: AtomicBool,
     /// Wakes the GC thread; a `false` asks it to stop.
@@ -55,6 +56,13 @@ pub struct Daemon {
 }
 
 /// Serves `store_dir` until a signal or a shutdown request.
+/// One scrub at a time, and how far it is.
+#[derive(Default)]
+struct ScrubState {
+    running: AtomicBool,
+    progress: scrub::Progress,
+}
+
 /// The daemon's resident memory (VmRSS), 0 if /proc does not say.
 fn resident_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -82,6 +90,7 @@ pub fn run(store_dir: &Path, mem: Budget) -> Result<()> {
         catalog: Arc::new(Catalog::default()),
         budget: Arc::new(DirtyBudget::within(&mem)),
         mem,
+        scrub: ScrubState::default(),
         mounts: Mutex::new(Vec::new()),
         stop: AtomicBool::new(false),
         gc_wake: gc_tx,
@@ -225,6 +234,19 @@ impl Daemon {
                 let n = gc::run(&self.store, &self.catalog)?;
                 Ok(json!({"processed": n}))
             }
+            Request::Scrub => {
+                if self.scrub.running.swap(true, Ordering::SeqCst) {
+                    return Err(Error::Conflict("a scrub is already running".into()));
+                }
+                let r = scrub::run(&self.store, &self.catalog, &self.scrub.progress);
+                self.scrub.running.store(false, Ordering::SeqCst);
+                Ok(serde_json::to_value(r?)?)
+            }
+            Request::ScrubProgress => Ok(json!({
+                "done": self.scrub.progress.done.load(Ordering::Relaxed),
+                "total": self.scrub.progress.total.load(Ordering::Relaxed),
+                "running": self.scrub.running.load(Ordering::Relaxed),
+            })),
             Request::Compact => {
                 self.flush_mounted_unless_full()?;
                 gc::run(&self.store, &self.catalog)?;
@@ -457,6 +479,7 @@ impl Daemon {
             reserve,
             available,
             memory_budget: self.mem.total,
+            read_errors: self.store.read_errors(),
             resident: resident_bytes(),
             pending_gc: Catalog::pending_gc(&self.store)?,
             mounts,

@@ -676,3 +676,6 @@ mod big_files;
 
 #[path = "cases/full_disk.rs"]
 mod full_disk;
+
+#[path = "cases/scrub.rs"]
+mod scrub;

@@ -5,7 +5,7 @@ mod output;
 use crate::control::{client, Request, StatusInfo, VolumeInfo};
 use crate::error::{Error, Result};
 use crate::store::Store;
-use crate::volume::{fsck::FsckReport, parse_block_size};
+use crate::volume::{fsck::FsckReport, parse_block_size, scrub::ScrubReport};
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -95,6 +95,12 @@ enum Cmd {
     },
     /// Check the whole store for consistency (through the daemon if one runs)
     Fsck {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-read and re-hash every stored block, with a progress bar; names the volumes,
+    /// snapshots and files that use a damaged one (runs while volumes are mounted)
+    Scrub {
         #[arg(long)]
         json: bool,
     },
@@ -266,12 +272,49 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
+        Cmd::Scrub { json } => {
+            let report = if client::ping(&store) {
+                scrub_through_daemon(&store, json)?
+            } else {
+                let s = std::sync::Arc::new(Store::open(&store)?);
+                crate::volume::scrub::run(&s, &crate::volume::Catalog::default(), &Default::default())?
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                output::scrub(&report);
+            }
+            if !report.damaged.is_empty() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
         Cmd::Compact => {
             let v = call(Request::Compact)?;
             println!("compacted; {} on disk", output::size(v["disk_bytes"].as_u64().unwrap_or(0)));
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs a scrub in the daemon and draws its progress (on a terminal) until it answers.
+fn scrub_through_daemon(store: &Path, json: bool) -> Result<ScrubReport> {
+    let s = store.to_path_buf();
+    let worker = std::thread::spawn(move || client::call(&s, &Request::Scrub));
+    let bar = if json { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(0) };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("scrub {bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+            .map_err(|e| Error::Invalid(e.to_string()))?,
+    );
+    while !worker.is_finished() {
+        if let Ok(p) = client::call(store, &Request::ScrubProgress) {
+            bar.set_length(p["total"].as_u64().unwrap_or(0));
+            bar.set_position(p["done"].as_u64().unwrap_or(0));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    bar.finish_and_clear();
+    let v = worker.join().map_err(|_| Error::Corrupt("the scrub request thread panicked".into()))??;
+    Ok(serde_json::from_value(v)?)
 }
 
 pub fn init_logging(verbose: u8) {

@@ -2,6 +2,7 @@
 
 use crate::control::{StatusInfo, VolumeInfo};
 use crate::volume::fsck::FsckReport;
+use crate::volume::scrub::ScrubReport;
 
 pub fn size(b: u64) -> String {
     const U: [&str; 6] = ["B", "K", "M", "G", "T", "P"];
@@ -72,6 +73,9 @@ pub fn status(s: &StatusInfo) {
     println!("unflushed:      {}", size(s.dirty_bytes));
     println!("available:      {} (the disk's free space less a reserve of {} kept for deletes)", size(s.available), size(s.reserve));
     println!("memory:         {} resident, budget {} (`daemon --memory`)", size(s.resident), size(s.memory_budget));
+    if s.read_errors > 0 {
+        println!("read errors:    {} (damaged blocks: run `clonefs scrub`)", s.read_errors);
+    }
     println!("pending gc:     {}", s.pending_gc);
     if s.mounts.is_empty() {
         println!("mounts:         none");
@@ -79,6 +83,24 @@ pub fn status(s: &StatusInfo) {
     for m in &s.mounts {
         println!("mount:          {} at {}{}", m.volume, m.mountpoint.display(), if m.read_only { " (ro)" } else { "" });
     }
+}
+
+pub fn scrub(r: &ScrubReport) {
+    println!("checked {} blocks ({})", r.blocks, size(r.bytes));
+    if r.damaged.is_empty() {
+        println!("no damaged blocks");
+        return;
+    }
+    for d in &r.damaged {
+        println!("damaged: block {} at locator {} {}", d.hash, d.locator, d.reason);
+        if d.used_by.is_empty() {
+            println!("    used by no file (a snapshot or clone destroyed since, or unflushed)");
+        }
+        for u in &d.used_by {
+            println!("    {}:{} at offset {}", u.view, u.path, u.offset);
+        }
+    }
+    println!("{} damaged blocks", r.damaged.len());
 }
 
 pub fn fsck(r: &FsckReport) {

@@ -46,6 +46,10 @@ pub enum Request {
     Rename { old: String, new: String },
     Status,
     Fsck,
+    /// Re-read and re-hash every block; long: the reply comes at the end.
+    Scrub,
+    /// How far the running scrub is: {"done": bytes, "total": bytes, "running": bool}.
+    ScrubProgress,
     Compact,
     Shutdown,
 }
@@ -115,6 +119,9 @@ pub struct StatusInfo {
     /// The daemon's memory budget (`daemon --memory`), and its resident memory now.
     pub memory_budget: u64,
     pub resident: u64,
+    /// Block reads that failed since the daemon started (damaged data; see `scrub`).
+    #[serde(default)]
+    pub read_errors: u64,
     /// GC markers not yet processed (destroyed snapshots or volumes whose space is pending).
     pub pending_gc: u64,
     pub mounts: Vec<MountInfo>,

@@ -187,6 +187,8 @@ pub struct Store {
     disk: disk::Disk,
     /// The locator the next new block is kept under (one past the largest stored).
     next_loc: AtomicU64,
+    /// Block reads that failed since start (a damaged blob record fails its CRC).
+    read_errors: AtomicU64,
 }
 
 fn db_dir(store: &Path) -> PathBuf {
@@ -344,7 +346,7 @@ impl Store {
             }
         })?;
         let mut store =
-            Store { db, dir: dir.to_path_buf(), secret: Vec::new(), space: Mutex::new(Space::default()), wal_sync: Default::default(), disk, next_loc: AtomicU64::new(1) };
+            Store { db, dir: dir.to_path_buf(), secret: Vec::new(), space: Mutex::new(Space::default()), wal_sync: Default::default(), disk, next_loc: AtomicU64::new(1), read_errors: AtomicU64::new(0) };
         if !create {
             store.load_catalog()?;
         }
@@ -675,10 +677,25 @@ impl Store {
         locs.sort_by_key(|(_, k)| *k);
         let mut out = vec![None; hashes.len()];
         let got = self.db.batched_multi_get_cf(self.cf(cf::BLOCKS)?, locs.iter().map(|(_, k)| k), true);
-        for ((i, _), r) in locs.iter().zip(got) {
-            out[*i] = r?.map(|s| s.to_vec());
+        for ((i, k), r) in locs.iter().zip(got) {
+            match r {
+                Ok(v) => out[*i] = v.map(|s| s.to_vec()),
+                Err(e) => {
+                    // RocksDB checks each blob record's CRC: damaged bytes fail here and are
+                    // never returned. `clonefs scrub` says which files use the block.
+                    self.read_errors.fetch_add(1, Ordering::Relaxed);
+                    let loc = keys::parse_block_key(k).unwrap_or(0);
+                    log::error!("block {} at locator {loc} cannot be read: {e}", records::hex(&hashes[*i]));
+                    return Err(e.into());
+                }
+            }
         }
         Ok(out)
+    }
+
+    /// Block reads that failed since the daemon started.
+    pub fn read_errors(&self) -> u64 {
+        self.read_errors.load(Ordering::Relaxed)
     }
 
     pub fn txn(&self) -> Txn<'_> {
@@ -881,6 +898,21 @@ impl Store {
     }
 }
 
+/// What `View::check_blocks` found.
+#[derive(Debug, Default)]
+pub struct BlockCheck {
+    pub blocks: u64,
+    pub bytes: u64,
+    pub damaged: Vec<Damaged>,
+}
+
+#[derive(Debug)]
+pub struct Damaged {
+    pub hash: Hash,
+    pub loc: u64,
+    pub reason: String,
+}
+
 /// A point-in-time view of the store: later commits do not show in it.
 pub struct View<'a> {
     store: &'a Store,
@@ -931,6 +963,43 @@ impl View<'_> {
             let h: Hash = k.try_into().map_err(|_| Error::Corrupt(format!("bad refs key {k:?}")))?;
             f(h, RefRec::decode(v)?)
         })
+    }
+
+    /// Every extent version: (lineage, ino, block index, epoch, block hash or None for a hole).
+    pub fn for_each_extent(&self, mut f: impl FnMut(u64, u64, u64, u64, Option<Hash>) -> Result<()>) -> Result<()> {
+        self.for_each(cf::EXTENTS, |k, v| match keys::parse_version(cf::EXTENTS, k) {
+            Some((Ident::Extent { lineage, ino, index }, epoch)) => f(lineage, ino, index, epoch, records::decode_extent(v)?),
+            _ => Err(Error::Corrupt(format!("bad extents key {k:?}"))),
+        })
+    }
+
+    /// Reads every stored block in locator order and checks it against its hash; `progress`
+    /// gets the bytes of each block checked. A block that cannot be read (RocksDB's CRC),
+    /// is missing, or does not hash to its key is reported, and the check goes on.
+    pub fn check_blocks(&self, mut progress: impl FnMut(u64)) -> Result<BlockCheck> {
+        let mut all: Vec<(u64, Hash, u32)> = Vec::new();
+        self.for_each_ref(|h, r| {
+            all.push((r.loc, h, r.size));
+            Ok(())
+        })?;
+        all.sort_unstable_by_key(|b| b.0);
+        let blocks = self.store.cf(cf::BLOCKS)?;
+        let mut out = BlockCheck::default();
+        for (loc, hash, size) in all {
+            let problem = match self.snap.get_cf(blocks, keys::block_key(loc)) {
+                Err(e) => Some(format!("cannot be read: {e}")),
+                Ok(None) => Some("is missing".to_string()),
+                Ok(Some(v)) if self.store.hash(&v) != hash => Some("does not match its hash".to_string()),
+                Ok(Some(_)) => None,
+            };
+            out.blocks += 1;
+            out.bytes += size as u64;
+            if let Some(reason) = problem {
+                out.damaged.push(Damaged { hash, loc, reason });
+            }
+            progress(size as u64);
+        }
+        Ok(out)
     }
 
     /// Every stored block: (locator it is kept under, bytes), in locator order.

@@ -11,6 +11,7 @@
 pub mod fsck;
 pub mod gc;
 pub mod lineage;
+pub mod scrub;
 pub mod view;
 
 use crate::error::{Error, Result};
