@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 const FUSE_THREADS: usize = 4;
 /// Dirty pages the kernel may hold for one writeback mount.
 const WRITEBACK_DIRTY_MAX: u64 = 512 << 20;
+/// Readahead of every mount, in KiB: one FUSE request (max_write).
+const READAHEAD_KB: u64 = 1024;
 const FLUSH_TICK: Duration = Duration::from_millis(500);
 const GC_TICK: Duration = Duration::from_secs(5);
 
@@ -40,6 +42,8 @@ struct Mounted {
     session: Option<BackgroundSession>,
     /// A mount or unmount of this entry is in progress without the table lock.
     busy: bool,
+    /// Remounted read-only (`mount -o remount,ro`): the kernel refuses writes.
+    remounted_ro: bool,
 }
 
 pub struct Daemon {
@@ -204,6 +208,7 @@ impl Daemon {
             Request::List => Ok(serde_json::to_value(self.list()?)?),
             Request::Mount { name, dir, read_only, writeback } => self.mount(&name, &dir, read_only, writeback),
             Request::Unmount { dir } => self.unmount(&dir),
+            Request::Remount { dir, read_only } => self.remount(&dir, read_only),
             Request::Destroy { name } => self.destroy(&name),
             Request::Rename { old, new } => {
                 let rec = Catalog::get(&self.store, &old)?;
@@ -463,7 +468,7 @@ impl Daemon {
         let logical: u64 = space.lineages.values().map(|s| s.logical).sum();
         let mounts = lock(&self.mounts)?
             .iter()
-            .map(|m| MountInfo { volume: m.target.clone(), mountpoint: m.dir.clone(), read_only: m.live.get().read_only })
+            .map(|m| MountInfo { volume: m.target.clone(), mountpoint: m.dir.clone(), read_only: m.live.get().read_only || m.remounted_ro })
             .collect();
         Ok(StatusInfo {
             store: self.store.dir().to_path_buf(),
@@ -529,6 +534,7 @@ impl Daemon {
                 writeback,
                 session: None,
                 busy: true,
+                remounted_ro: false,
             });
             (live, snaps, bs, writeback)
         };
@@ -541,6 +547,10 @@ impl Daemon {
             if ro { MountOption::RO } else { MountOption::RW },
         ];
         if crate::sys::geteuid() == 0 {
+            // fuser gives the subtype only to fusermount; root mounts directly, so the kernel
+            // gets it here and the mount table says `fuse.clonefs` (mount(8) then runs our
+            // helper for `mount -o remount`, not mount.fuse).
+            config.mount_options.push(MountOption::CUSTOM("subtype=clonefs".into()));
             config.acl = SessionACL::All;
             config.mount_options.push(MountOption::Dev);
             config.mount_options.push(MountOption::Suid);
@@ -565,11 +575,52 @@ impl Daemon {
         mounts[i].session = Some(session);
         mounts[i].busy = false;
         drop(mounts);
-        if writeback {
-            tune_writeback(&dir);
-        }
+        tune_bdi(&dir, writeback);
         log::info!("mounted {name} at {} in {:?}", dir.display(), started.elapsed());
         Ok(json!({"mountpoint": dir}))
+    }
+
+    fn remount(&self, dir: &Path, read_only: bool) -> Result<Value> {
+        let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+        let live = {
+            let mut mounts = lock(&self.mounts)?;
+            let m = mounts
+                .iter_mut()
+                .find(|m| m.dir == dir)
+                .ok_or_else(|| Error::NotFound(format!("{} is not a clonefs mountpoint", dir.display())))?;
+            if m.busy {
+                return Err(Error::Conflict(format!("{} is being mounted or unmounted; try again", dir.display())));
+            }
+            if !read_only && m.live.get().read_only {
+                return Err(Error::Invalid(format!("{} is a read-only view of {:?}; it cannot be made writable", dir.display(), m.target)));
+            }
+            m.busy = true;
+            m.live.clone()
+        };
+        // Write everything back before the kernel turns read-only, as a remount of a disk
+        // filesystem does; then remount without the table lock (it waits for the kernel).
+        let done = if read_only { live.get().flush_all().map_err(Error::from) } else { Ok(()) }.and_then(|()| {
+            crate::sys::remount(&dir, read_only).map_err(|e| {
+                if e.raw_os_error() == Some(libc::EPERM) {
+                    Error::Invalid(format!("remounting {} needs root (CAP_SYS_ADMIN)", dir.display()))
+                } else if e.raw_os_error() == Some(libc::EBUSY) {
+                    Error::Conflict(format!("{} has files open for writing; close them to remount read-only", dir.display()))
+                } else {
+                    Error::Io(e)
+                }
+            })
+        });
+        let mut mounts = lock(&self.mounts)?;
+        if let Some(m) = mounts.iter_mut().find(|m| m.dir == dir && m.busy) {
+            m.busy = false;
+            if done.is_ok() {
+                m.remounted_ro = read_only;
+            }
+        }
+        drop(mounts);
+        done?;
+        log::info!("remounted {} {}", dir.display(), if read_only { "read-only" } else { "read-write" });
+        Ok(json!({"mountpoint": dir, "read_only": read_only}))
     }
 
     fn unmount(&self, dir: &Path) -> Result<Value> {
@@ -662,12 +713,18 @@ fn finish_session(m: &mut Mounted) {
 /// gets by default, which throttles writers long before the daemon is busy. `strict_limit`
 /// stays on, so the mount's dirty pages stay bounded by `max_bytes` (what a snapshot or fsync
 /// may have to write back first).
-fn tune_writeback(dir: &Path) {
+fn tune_bdi(dir: &Path, writeback: bool) {
     use std::os::unix::fs::MetadataExt;
     let Ok(dev) = std::fs::metadata(dir).map(|m| m.dev()) else { return };
     let (major, minor) = (((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff), (dev & 0xff) | ((dev >> 12) & !0xff));
     let bdi = PathBuf::from(format!("/sys/class/bdi/{major}:{minor}"));
-    for (knob, value) in [("max_bytes", WRITEBACK_DIRTY_MAX.to_string()), ("read_ahead_kb", "1024".to_string())] {
+    // FUSE_INIT caps readahead at the kernel's default (128 KiB); the BDI knob raises it to
+    // what one request carries (max_write), so a sequential read is 1 MiB requests.
+    let mut knobs = vec![("read_ahead_kb", READAHEAD_KB.to_string())];
+    if writeback {
+        knobs.push(("max_bytes", WRITEBACK_DIRTY_MAX.to_string()));
+    }
+    for (knob, value) in knobs {
         if let Err(e) = std::fs::write(bdi.join(knob), &value) {
             log::warn!("{}: cannot set {knob} to {value}: {e}", bdi.display());
         }

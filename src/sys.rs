@@ -115,7 +115,6 @@ pub fn raise_term() {
     }
 }
 
-/// Unmounts `dir`; with `lazy`, detaches it even while busy.
 /// Writes back every dirty page the kernel holds for the filesystem mounted at `dir`.
 pub fn syncfs(dir: &Path) -> io::Result<()> {
     use std::os::fd::AsRawFd;
@@ -127,11 +126,25 @@ pub fn syncfs(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Unmounts `dir`; with `lazy`, detaches it even while busy.
 pub fn umount(dir: &Path, lazy: bool) -> io::Result<()> {
     let c = CString::new(dir.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     let flags = if lazy { libc::MNT_DETACH } else { 0 };
     // SAFETY: `c` is a valid NUL-terminated path.
     let r = unsafe { libc::umount2(c.as_ptr(), flags) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Makes the filesystem mounted at `dir` read-only or writable again (MS_REMOUNT; the
+/// kernel then refuses writes with EROFS before they reach the daemon).
+pub fn remount(dir: &Path, read_only: bool) -> io::Result<()> {
+    let c = CString::new(dir.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let flags = libc::MS_REMOUNT | if read_only { libc::MS_RDONLY } else { 0 };
+    // SAFETY: `c` is a valid NUL-terminated path; the other pointers may be null for a remount.
+    let r = unsafe { libc::mount(std::ptr::null(), c.as_ptr(), std::ptr::null(), flags, std::ptr::null()) };
     if r != 0 {
         return Err(io::Error::last_os_error());
     }

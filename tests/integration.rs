@@ -146,7 +146,7 @@ fn set_id_bits_follow_linux(m: &Path) {
         assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
     };
     let mode = |n: &str| fs::metadata(m.join(n)).unwrap().permissions().mode() & 0o7777;
-    for (n, perm) in [("w", 0o6777), ("root", 0o6777), ("nogx", 0o2767), ("trunc", 0o6777), ("chown", 0o6777), ("dir", 0o3777)] {
+    for (n, perm) in [("w", 0o6777), ("root", 0o6777), ("nogx", 0o2767), ("trunc", 0o6777), ("chown", 0o6777), ("dir", 0o3777), ("falloc", 0o6777)] {
         if n == "dir" {
             fs::create_dir(m.join(n)).unwrap();
         } else {
@@ -167,6 +167,17 @@ fn set_id_bits_follow_linux(m: &Path) {
     assert_eq!(mode("chown"), 0o777, "chown keeps set-ID bits");
     std::os::unix::fs::chown(m.join("dir"), Some(65534), None).unwrap();
     assert_eq!(mode("dir"), 0o3777, "chown of a directory cleared its set-ID bits");
+    as_nobody(format!("fallocate -l 65536 {}", m.join("falloc").display()));
+    assert_eq!(mode("falloc"), 0o777, "a fallocate by nobody keeps set-ID bits");
+    // A file made with S_ISGID in a set-group-ID directory of a group its creator is not
+    // in gets the directory's group, without the bit.
+    fs::create_dir(m.join("sgid")).unwrap();
+    fs::set_permissions(m.join("sgid"), fs::Permissions::from_mode(0o2777)).unwrap();
+    let f = m.join("sgid/f");
+    as_nobody(format!("umask 0; perl -MFcntl -e 'sysopen(F, $ARGV[0], O_CREAT|O_WRONLY, 02755) or die $!' {}", f.display()));
+    assert_eq!((mode("sgid/f"), fs::metadata(&f).unwrap().gid()), (0o755, 0), "a non-member's new file in a set-group-ID directory");
+    as_nobody(format!("mkdir -m 2755 {}", m.join("sgid/d").display()));
+    assert_eq!(mode("sgid/d") & 0o2000, 0o2000, "a new directory in a set-group-ID directory inherits the bit");
 }
 
 #[test]
@@ -679,3 +690,9 @@ mod full_disk;
 
 #[path = "cases/scrub.rs"]
 mod scrub;
+
+#[path = "cases/crash.rs"]
+mod crash;
+
+#[path = "cases/posix.rs"]
+mod posix;

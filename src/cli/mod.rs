@@ -399,15 +399,28 @@ pub fn mount_helper(args: Vec<String>) -> ExitCode {
         let [vol, dir] = <[String; 2]>::try_from(pos)
             .map_err(|_| Error::Invalid("usage: mount.fuse.clonefs VOLUME DIR [-o ro,writeback,store=DIR]".into()))?;
         let mut store = std::env::var_os("CLONEFS_STORE").map(PathBuf::from).unwrap_or_else(default_store);
-        let (mut read_only, mut writeback) = (false, false);
+        let (mut read_only, mut writeback, mut remount) = (false, false, false);
         for o in opts {
-            if o == "ro" {
+            if o == "remount" {
+                remount = true;
+            } else if o == "rw" {
+                read_only = false;
+            } else if o == "ro" {
                 read_only = true;
             } else if o == "writeback" {
                 writeback = true;
             } else if let Some(s) = o.strip_prefix("store=") {
                 store = PathBuf::from(s);
             }
+        }
+        if remount {
+            // The daemon of this store flushes first and records it; a mount of another
+            // store (the mount table does not say which) is remounted directly.
+            let dir = absolute(Path::new(&dir))?;
+            return match client::call(&store, &Request::Remount { dir: dir.clone(), read_only }) {
+                Err(Error::NotFound(_)) | Err(Error::NoDaemon(_)) => crate::sys::remount(&dir, read_only).map_err(Error::from),
+                r => r.map(|_| ()),
+            };
         }
         if !client::ping(&store) {
             start_daemon(&store, 0, crate::memory::DEFAULT)?;

@@ -36,6 +36,8 @@ pub enum Request {
         writeback: bool,
     },
     Unmount { dir: PathBuf },
+    /// Makes a mounted volume read-only or writable again without unmounting it.
+    Remount { dir: PathBuf, read_only: bool },
     /// `name` is `VOL` or `VOL@SNAP`.
     Destroy { name: String },
     Snapshot { name: String },

@@ -1,5 +1,6 @@
 //! Attributes, symlink targets, xattrs, statfs and fsync.
 
+use super::acl::{self, Acl};
 use super::table::lock;
 use super::{err, FsResult, Entry, Volume};
 use crate::volume::{InodeRec, Kind, Ts};
@@ -117,6 +118,15 @@ impl Volume {
             rec.mtime = now;
         }
         a.apply_to(&mut rec, now);
+        if a.mode.is_some() && rec.kind != Kind::Symlink {
+            // chmod rewrites the access ACL, as posix_acl_chmod does on a local filesystem.
+            if let Some((at, Some(v))) = self.view.xattr(ino, acl::ACCESS)? {
+                if let Some(mut acl) = Acl::parse(&v) {
+                    acl.chmod(rec.perm);
+                    t.set_xattr(ino, acl::ACCESS, Some(at), Some(&acl.encode()))?;
+                }
+            }
+        }
         let rec = self.stage_node(&mut t, ino, &n, rec)?;
         t.commit(false)?;
         self.applied(ino, &mut n, rec.clone());
@@ -164,6 +174,26 @@ impl Volume {
         let found = self.view.xattr(ino, name)?;
         let exists = matches!(&found, Some((_, Some(_))));
         let at = found.map(|f| f.0);
+        let mut rec = n.rec.clone();
+        let mut value = value;
+        if let (Some(v), true) = (value, name == acl::ACCESS || name == acl::DEFAULT) {
+            let a = Acl::parse(v).ok_or_else(|| err(libc::EINVAL))?;
+            if name == acl::DEFAULT && rec.kind != Kind::Dir {
+                return Err(err(libc::EACCES));
+            }
+            // An access ACL sets the mode's bits; one that says no more than them is kept as
+            // the mode alone (posix_acl_update_mode).
+            if name == acl::ACCESS {
+                let (mode, extended) = a.mode();
+                rec.perm = (rec.perm & !0o777) | mode;
+                if !extended {
+                    if !exists {
+                        return self.commit_attr(ino, &mut n, rec);
+                    }
+                    value = None;
+                }
+            }
+        }
         let mut t = self.txn()?;
         match value {
             Some(v) => {
@@ -180,11 +210,20 @@ impl Volume {
             }
             None => return Err(err(libc::ENODATA)),
         }
-        let mut rec = n.rec.clone();
         rec.ctime = Ts::now();
         let rec = self.stage_node(&mut t, ino, &n, rec)?;
         t.commit(false)?;
         self.applied(ino, &mut n, rec);
+        Ok(())
+    }
+
+    /// Stores `rec` (with a new ctime) in a batch of its own.
+    fn commit_attr(&self, ino: u64, n: &mut super::table::Node, mut rec: InodeRec) -> FsResult<()> {
+        rec.ctime = Ts::now();
+        let mut t = self.txn()?;
+        let rec = self.stage_node(&mut t, ino, n, rec)?;
+        t.commit(false)?;
+        self.applied(ino, n, rec);
         Ok(())
     }
 

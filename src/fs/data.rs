@@ -377,6 +377,16 @@ impl Volume {
         if mode & !known != 0 || (punch && !keep) || (punch && zero) {
             return Err(err(libc::EOPNOTSUPP));
         }
+        if !punch && !zero {
+            // Nothing is reserved (a copy-on-write store cannot promise the blocks later
+            // overwrites need), but a range that cannot fit now is refused, as OpenZFS does.
+            let (lo, hi) = (off / self.bs, end.div_ceil(self.bs));
+            let stored = self.view.extents(ino, lo, hi)?.len() as u64;
+            let (_, free) = self.view.reserve()?;
+            if (hi - lo).saturating_sub(stored).saturating_mul(self.bs) > free {
+                return Err(err(libc::ENOSPC));
+            }
+        }
         let mut delta = 0;
         let mut t = if punch || zero {
             let to = end.min(n.rec.size.max(if keep { 0 } else { end }));

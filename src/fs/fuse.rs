@@ -28,7 +28,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// attributes stay true (rollback invalidates them through the notifier). Entries get 1 s,
 /// like libfuse's passthrough, so that names a rollback changed are looked up again soon.
 const TTL: Duration = Duration::from_secs(1);
-const GEN: Generation = Generation(0);
+
+/// An inode's generation: derived from its creation time, so a number used again (after
+/// a rollback and GC) gets another one and a stale file handle fails with ESTALE.
+fn generation(e: &Entry) -> Generation {
+    let t = e.rec.crtime;
+    Generation(((t.sec as u64).wrapping_mul(1_000_000_007) ^ t.nsec as u64) & 0xffff_ffff)
+}
 
 pub struct FuseFs {
     pub live: Arc<Live>,
@@ -41,11 +47,23 @@ pub struct FuseFs {
     next_list: AtomicU64,
     /// The kernel caches writes and sends them back in pages (`mount --writeback`).
     writeback: bool,
+    /// The kernel enforces POSIX ACLs (FUSE_POSIX_ACL); without it the ACL xattrs are
+    /// refused rather than kept and ignored.
+    acls: bool,
 }
 
 impl FuseFs {
+    /// ACL xattrs are EOPNOTSUPP where the kernel would not enforce them.
+    fn acl_name(&self, name: &OsStr) -> FsResult<()> {
+        let n = name.as_bytes();
+        if !self.acls && (n == crate::fs::acl::ACCESS || n == crate::fs::acl::DEFAULT) {
+            return Err(FsError::Posix(libc::EOPNOTSUPP));
+        }
+        Ok(())
+    }
+
     pub fn new(live: Arc<Live>, bs: u64, snaps: Option<Arc<SnapDir>>, writeback: bool) -> FuseFs {
-        FuseFs { live, bs, snaps, lists: Mutex::new(HashMap::new()), next_list: AtomicU64::new(1), writeback }
+        FuseFs { live, bs, snaps, lists: Mutex::new(HashMap::new()), next_list: AtomicU64::new(1), writeback, acls: false }
     }
 }
 
@@ -189,7 +207,7 @@ impl FuseFs {
 
     fn entry(&self, r: FsResult<Entry>, reply: ReplyEntry) {
         match r {
-            Ok(e) => reply.entry(&TTL, &self.attr(&e), GEN),
+            Ok(e) => reply.entry(&TTL, &self.attr(&e), generation(&e)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -225,12 +243,25 @@ fn time_set(t: TimeOrNow) -> TimeSet {
 impl Filesystem for FuseFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(1 << 20);
-        let _ = config.set_max_readahead(1 << 20);
+        // The kernel offers at most its default here; the daemon raises it through the BDI.
+        if let Err(max) = config.set_max_readahead(1 << 20) {
+            let _ = config.set_max_readahead(max);
+        }
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        // File handles (name_to_handle_at, NFS re-export) survive the kernel dropping the
+        // inode: it then looks the number up as "." (and a directory's parent as "..").
+        let _ = config.add_capabilities(InitFlags::FUSE_EXPORT_SUPPORT);
         // We clear set-user/group-ID on write, truncate and chown ourselves, so the kernel
         // stops asking for `security.capability` before every write (one round trip of
         // three in a 4 KiB write + fsync). Kernels before 5.12 keep asking.
         let _ = config.add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2);
+        // The kernel checks ACLs; the daemon stores them, applies the umask or a default
+        // ACL to new nodes (DONT_MASK: the kernel must not apply the umask first) and keeps
+        // mode and access ACL in step (fs/acl.rs).
+        self.acls = config.add_capabilities(InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK).is_ok();
+        if !self.acls {
+            log::warn!("the kernel does not offer FUSE_POSIX_ACL; POSIX ACLs are refused on this mount");
+        }
         if self.writeback {
             if let Err(missing) = config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE) {
                 log::warn!("the kernel does not offer {missing:?}; writes are not cached");
@@ -247,8 +278,13 @@ impl Filesystem for FuseFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        if self.snaps.is_some() && parent.0 == crate::fs::ROOT_INO && name.as_bytes() == snapdir::NAME {
-            return reply.entry(&Duration::ZERO, &self.snapdir_attr(), GEN);
+        let by_number = parent.0 == SNAPDIR && (name.as_bytes() == b"." || name.as_bytes() == b"..");
+        if by_number && name.as_bytes() == b".." {
+            let r = self.v().lookup(crate::fs::ROOT_INO, b".");
+            return self.entry(r, reply);
+        }
+        if self.snaps.is_some() && (by_number || (parent.0 == crate::fs::ROOT_INO && name.as_bytes() == snapdir::NAME)) {
+            return reply.entry(&Duration::ZERO, &self.snapdir_attr(), Generation(0));
         }
         let r = self.lookup_in(parent.0, name);
         self.entry(r, reply)
@@ -320,7 +356,7 @@ impl Filesystem for FuseFs {
         let Some(kind) = Kind::from_mode(mode) else {
             return reply.error(Errno::EINVAL);
         };
-        let new = NewNode { kind, perm: mode & !umask, rdev, target: &[] };
+        let new = NewNode { kind, perm: mode, umask, rdev, target: &[] };
         let r = head_only(&[parent.0])
             .and_then(|_| free_name(self.snaps.is_some(), parent.0, name))
             .and_then(|_| self.v().make(ctx(req), parent.0, name.as_bytes(), new, false));
@@ -328,7 +364,7 @@ impl Filesystem for FuseFs {
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
-        let new = NewNode { kind: Kind::Dir, perm: mode & !umask, rdev: 0, target: &[] };
+        let new = NewNode { kind: Kind::Dir, perm: mode, umask, rdev: 0, target: &[] };
         let r = head_only(&[parent.0])
             .and_then(|_| free_name(self.snaps.is_some(), parent.0, name))
             .and_then(|_| self.v().make(ctx(req), parent.0, name.as_bytes(), new, false));
@@ -346,7 +382,7 @@ impl Filesystem for FuseFs {
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
-        let new = NewNode { kind: Kind::Symlink, perm: 0o777, rdev: 0, target: target.as_os_str().as_bytes() };
+        let new = NewNode { kind: Kind::Symlink, perm: 0o777, umask: 0, rdev: 0, target: target.as_os_str().as_bytes() };
         let r = head_only(&[parent.0])
             .and_then(|_| free_name(self.snaps.is_some(), parent.0, link_name))
             .and_then(|_| self.v().make(ctx(req), parent.0, link_name.as_bytes(), new, false));
@@ -557,12 +593,15 @@ impl Filesystem for FuseFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let r = head_only(&[ino.0]).and_then(|_| self.v().setxattr(ino.0, name.as_bytes(), Some(value), flags));
+        let r = head_only(&[ino.0])
+            .and_then(|_| self.acl_name(name))
+            .and_then(|_| self.v().setxattr(ino.0, name.as_bytes(), Some(value), flags));
         self.empty(r, reply)
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        Self::xattr_reply(self.with_vol(ino.0, |v, i| v.getxattr(i, name.as_bytes())).map(|x| x.1), size, reply)
+        let r = self.acl_name(name).and_then(|_| self.with_vol(ino.0, |v, i| v.getxattr(i, name.as_bytes())));
+        Self::xattr_reply(r.map(|x| x.1), size, reply)
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
@@ -570,7 +609,9 @@ impl Filesystem for FuseFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let r = head_only(&[ino.0]).and_then(|_| self.v().setxattr(ino.0, name.as_bytes(), None, 0));
+        let r = head_only(&[ino.0])
+            .and_then(|_| self.acl_name(name))
+            .and_then(|_| self.v().setxattr(ino.0, name.as_bytes(), None, 0));
         self.empty(r, reply)
     }
 
@@ -580,7 +621,7 @@ impl Filesystem for FuseFs {
     }
 
     fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, _flags: i32, reply: ReplyCreate) {
-        let new = NewNode { kind: Kind::File, perm: mode & !umask, rdev: 0, target: &[] };
+        let new = NewNode { kind: Kind::File, perm: mode, umask, rdev: 0, target: &[] };
         if let Err(e) = head_only(&[parent.0]).and_then(|_| free_name(self.snaps.is_some(), parent.0, name)) {
             return reply.error(errno(&e));
         }
@@ -588,7 +629,7 @@ impl Filesystem for FuseFs {
         match v.make(ctx(req), parent.0, name.as_bytes(), new, true) {
             Ok(e) => {
                 let fh = v.next_handle();
-                reply.created(&TTL, &self.attr(&e), GEN, FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
+                reply.created(&TTL, &self.attr(&e), generation(&e), FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
             }
             Err(e) => reply.error(errno(&e)),
         }
@@ -600,6 +641,12 @@ impl Filesystem for FuseFs {
     }
 
     fn lseek(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+        // With the writeback cache the kernel holds written pages (and the size) the daemon
+        // has not seen, and does not write them back before asking: ENOSYS makes it answer
+        // from its own size (the whole file is data), which is right if less exact.
+        if self.writeback {
+            return reply.error(Errno::ENOSYS);
+        }
         if offset < 0 {
             return reply.error(Errno::EINVAL);
         }

@@ -6,6 +6,7 @@
 //! operations (read, write, flush, setattr) lock only their node. The store's space lock is
 //! innermost. So no cycle can form.
 
+pub mod acl;
 pub mod data;
 pub mod fuse;
 pub mod live;

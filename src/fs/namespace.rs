@@ -1,6 +1,7 @@
 //! Names: lookup, create, mkdir, mknod, symlink, link, unlink, rmdir, rename, readdir.
 //! Each operation is one write batch (invariant 1 in docs/ARCHITECTURE.md).
 
+use super::acl::{self, Acl};
 use super::table::{lock, Node, NodeRef};
 use super::{err, FsResult, Ctx, DirItem, Entry, Volume, PURGE_BATCH};
 use crate::volume::view::{At, ViewTxn};
@@ -15,7 +16,10 @@ const LINK_MAX: u32 = 65000;
 /// Arguments of a new inode.
 pub struct NewNode<'a> {
     pub kind: Kind,
+    /// The mode asked for, before the umask.
     pub perm: u32,
+    /// Applied unless the directory has a default ACL (which replaces it).
+    pub umask: u32,
     pub rdev: u32,
     pub target: &'a [u8],
 }
@@ -77,6 +81,28 @@ impl Volume {
         if name.len() > NAME_MAX {
             return Err(err(libc::ENAMETOOLONG));
         }
+        // The kernel asks for "." and ".." by number when it opens a file handle whose inode
+        // it no longer caches (FUSE_EXPORT_SUPPORT); path walks never send them.
+        if name == b"." || name == b".." {
+            let node = self.node(parent)?;
+            let mut n = lock(&node)?;
+            if n.rec.nlink == 0 {
+                return Err(err(libc::ENOENT));
+            }
+            if name == b"." {
+                n.lookups += 1;
+                return Ok(Entry { ino: parent, rec: n.rec.clone() });
+            }
+            if n.rec.kind != Kind::Dir {
+                return Err(err(libc::ENOTDIR));
+            }
+            let up = if parent == super::ROOT_INO { parent } else { n.rec.parent };
+            drop(n);
+            let node = self.node(up)?;
+            let mut n = lock(&node)?;
+            n.lookups += 1;
+            return Ok(Entry { ino: up, rec: n.rec.clone() });
+        }
         {
             let p = self.node(parent)?;
             let p = lock(&p)?;
@@ -106,7 +132,21 @@ impl Volume {
         }
         let now = Ts::now();
         let sgid_dir = p.rec.perm & libc::S_ISGID != 0;
-        let mut perm = new.perm & 0o7777;
+        // A directory's default ACL replaces the umask: the new node's access ACL is that
+        // ACL masked by the mode asked for; a new directory inherits it as its own default.
+        let default = match new.kind {
+            Kind::Symlink => None,
+            _ => self.view.xattr(parent, acl::DEFAULT)?.and_then(|x| x.1),
+        };
+        let mut access = None;
+        let mut perm = match default.as_deref().and_then(Acl::parse) {
+            Some(mut a) => {
+                let perm = a.create_masq(new.perm & 0o7777);
+                access = a.mode().1.then(|| a.encode());
+                perm
+            }
+            None => new.perm & 0o7777 & !new.umask,
+        };
         if new.kind == Kind::Dir && sgid_dir {
             perm |= libc::S_ISGID;
         }
@@ -130,6 +170,12 @@ impl Volume {
         };
         let mut t = self.txn()?;
         t.put_inode(ino, &rec)?;
+        if let Some(a) = &access {
+            t.set_xattr(ino, acl::ACCESS, None, Some(a))?;
+        }
+        if let (true, Some(d)) = (is_dir, &default) {
+            t.set_xattr(ino, acl::DEFAULT, None, Some(d))?;
+        }
         t.put_dirent(parent, name, DirentRec { kind: new.kind, ino })?;
         let mut prec = p.rec.clone();
         prec.mtime = now;
