@@ -359,7 +359,9 @@ impl Volume {
         self.stage_zero_part(t, ino, n, size / bs, size, (size / bs + 1) * bs)
     }
 
-    pub fn fallocate(&self, ino: u64, off: u64, len: u64, mode: i32) -> FsResult<()> {
+    /// `kill`: the caller lacks CAP_FSETID, so set-ID bits go as on a write (the kernel
+    /// leaves that to us with FUSE_HANDLE_KILLPRIV_V2).
+    pub fn fallocate(&self, ino: u64, off: u64, len: u64, mode: i32, kill: bool) -> FsResult<()> {
         self.check_writable()?;
         let end = off.checked_add(len).ok_or_else(|| err(libc::EFBIG))?;
         if len == 0 {
@@ -408,6 +410,10 @@ impl Volume {
         rec.blocks = rec.blocks.saturating_add_signed(delta);
         if punch || zero || rec.size != n.rec.size {
             rec.mtime = now;
+            rec.ctime = now;
+        }
+        if kill && rec.perm != super::attr::drop_suidgid(rec.perm) {
+            rec.perm = super::attr::drop_suidgid(rec.perm);
             rec.ctime = now;
         }
         let rec = self.stage_node(&mut t, ino, &n, rec)?;

@@ -635,8 +635,13 @@ impl Filesystem for FuseFs {
         }
     }
 
-    fn fallocate(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
-        let r = head_only(&[ino.0]).and_then(|_| self.v().fallocate(ino.0, offset, length, mode));
+    fn fallocate(&self, req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
+        // Root stands for CAP_FSETID, as for truncate (the request carries no capabilities).
+        let kill = req.uid() != 0;
+        let r = head_only(&[ino.0]).and_then(|_| self.v().fallocate(ino.0, offset, length, mode, kill));
+        if kill && r.is_ok() {
+            self.live.invalidate_attrs(ino.0);
+        }
         self.empty(r, reply)
     }
 
