@@ -223,6 +223,14 @@ impl Daemon {
             Request::Snapshot { name } => self.snapshot(&name),
             Request::Clone { source, name } => self.clone_volume(&source, &name),
             Request::Rollback { name } => self.rollback(&name),
+            Request::SetProperty { name, property, value } => {
+                self.catalog.set_property(&self.store, &name, &property, &value)?;
+                Ok(Value::Null)
+            }
+            Request::GetProperties { name } => {
+                let v = Catalog::get(&self.store, &name)?;
+                Ok(Value::Object(Catalog::properties(&v).into_iter().map(|(k, v)| (k, Value::String(v))).collect()))
+            }
             Request::Hold { name, tag, on } => {
                 let (vol, snap) = parse_target(&name)?;
                 let snap = snap.ok_or_else(|| Error::Invalid(format!("{name:?} is not a snapshot (VOL@SNAP)")))?;

@@ -23,6 +23,8 @@ pub enum Error {
     NoDaemon(String),
     /// The disk under the store is full; nothing of the failed change was written.
     NoSpace(String),
+    /// The change would take a volume past its `refquota`; nothing of it was written.
+    Quota(String),
     /// The caller may not do this (the control socket is its owner's).
     Denied(String),
 }
@@ -35,6 +37,7 @@ impl Error {
         match self {
             Error::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
             Error::NoSpace(_) => libc::ENOSPC,
+            Error::Quota(_) => libc::EDQUOT,
             Error::Denied(_) => libc::EACCES,
             Error::Db(_) | Error::Corrupt(_) => libc::EIO,
             Error::Invalid(_) => libc::EINVAL,
@@ -52,7 +55,7 @@ impl fmt::Display for Error {
             Error::Db(m) => write!(f, "store error: {m}"),
             Error::Corrupt(m) => write!(f, "store is damaged: {m}"),
             Error::NoSpace(m) => write!(f, "no space left on the store's disk: {m}"),
-            Error::Invalid(m) | Error::NotFound(m) | Error::Conflict(m) | Error::NoDaemon(m) | Error::Denied(m) => {
+            Error::Invalid(m) | Error::NotFound(m) | Error::Conflict(m) | Error::NoDaemon(m) | Error::Denied(m) | Error::Quota(m) => {
                 write!(f, "{m}")
             }
         }
@@ -71,6 +74,7 @@ impl Error {
             Error::Conflict(_) => "conflict",
             Error::NoDaemon(_) => "no_daemon",
             Error::NoSpace(_) => "no_space",
+            Error::Quota(_) => "quota",
             Error::Denied(_) => "denied",
         }
     }
@@ -83,6 +87,7 @@ impl Error {
             "conflict" => Error::Conflict(msg),
             "no_daemon" => Error::NoDaemon(msg),
             "no_space" => Error::NoSpace(msg),
+            "quota" => Error::Quota(msg),
             "denied" => Error::Denied(msg),
             "corrupt" => Error::Corrupt(msg),
             "store" => Error::Db(msg),

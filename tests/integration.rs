@@ -698,3 +698,6 @@ mod crash;
 
 #[path = "cases/posix.rs"]
 mod posix;
+
+#[path = "cases/quota.rs"]
+mod quota;

@@ -88,6 +88,19 @@ enum Cmd {
     Gc,
     /// Rename a volume
     Rename { old: String, new: String },
+    /// Set a volume property: refquota=SIZE|none (most bytes the volume may reference)
+    Set {
+        /// PROPERTY=VALUE
+        assignment: String,
+        volume: String,
+    },
+    /// Show a volume's properties: `get VOL`, or `get PROP[,PROP...] VOL`
+    Get {
+        first: String,
+        volume: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the store: path, format, space, dedup ratio, mounts
     Status {
         #[arg(long)]
@@ -241,6 +254,40 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Gc => {
             let v = call(Request::Gc)?;
             println!("gc: processed {} markers", v["processed"].as_u64().unwrap_or(0));
+        }
+        Cmd::Set { assignment, volume } => {
+            let (prop, value) = assignment
+                .split_once('=')
+                .ok_or_else(|| Error::Invalid(format!("expected PROPERTY=VALUE, got {assignment:?}")))?;
+            crate::volume::check_name(&volume)?;
+            call(Request::SetProperty { name: volume.clone(), property: prop.to_string(), value: value.to_string() })?;
+            println!("{volume}: {prop}={value}");
+        }
+        Cmd::Get { first, volume, json } => {
+            let (props, volume) = match volume {
+                Some(v) => (Some(first), v),
+                None => (None, first),
+            };
+            crate::volume::check_name(&volume)?;
+            let all = call(Request::GetProperties { name: volume.clone() })?;
+            let all = all.as_object().ok_or_else(|| Error::Corrupt("bad property list from the daemon".into()))?;
+            let wanted: Vec<String> = match props.as_deref() {
+                None | Some("all") => all.keys().cloned().collect(),
+                Some(p) => p.split(',').map(str::to_string).collect(),
+            };
+            if let Some(p) = wanted.iter().find(|p| !all.contains_key(p.as_str())) {
+                return Err(Error::Invalid(format!("no property named {p:?} (known: {})", all.keys().cloned().collect::<Vec<_>>().join(", "))));
+            }
+            if json {
+                let picked: serde_json::Map<String, serde_json::Value> =
+                    wanted.iter().map(|p| (p.clone(), all[p.as_str()].clone())).collect();
+                println!("{}", serde_json::to_string_pretty(&picked)?);
+            } else {
+                println!("{:<12} {}", "PROPERTY", "VALUE");
+                for p in &wanted {
+                    println!("{:<12} {}", p, all[p.as_str()].as_str().unwrap_or(""));
+                }
+            }
         }
         Cmd::Rename { old, new } => {
             crate::volume::check_name(&old)?;

@@ -46,6 +46,10 @@ pub enum Request {
     Hold { name: String, tag: String, on: bool },
     Gc,
     Rename { old: String, new: String },
+    /// Sets a volume property (`refquota`).
+    SetProperty { name: String, property: String, value: String },
+    /// A volume's properties, as name -> text.
+    GetProperties { name: String },
     Status,
     Fsck,
     /// Re-read and re-hash every block; long: the reply comes at the end.

@@ -233,11 +233,21 @@ impl Volume {
 
     /// Space as `df` shows it: used is what this volume references, free is what new data
     /// may still take (the store's disk's free space less the reserve kept for deletes).
+    /// What new data may still take: the store disk's free space beyond the reserve, and no
+    /// more than the head's refquota leaves (`used`: what it references now).
+    pub(super) fn writable_bytes(&self, used: u64) -> FsResult<u64> {
+        let (_, free) = self.view.reserve()?;
+        Ok(match self.view.refquota()? {
+            Some(q) => free.min(q.saturating_sub(used)),
+            None => free,
+        })
+    }
+
     pub fn statfs(&self) -> FsResult<FsStats> {
         let fs = crate::sys::statvfs(self.view.store_dir())?;
         let unit = fs.frsize.max(1);
         let used = self.view.space()?.referenced;
-        let (_, free) = self.view.reserve()?;
+        let free = self.writable_bytes(used)?;
         Ok(FsStats {
             blocks: (used + free) / unit,
             bfree: free / unit,

@@ -189,6 +189,7 @@ impl Volume {
             return Ok(data.len());
         }
         let bs = self.bs;
+        self.check_refquota(&n, off, end)?;
         let mut pos = off;
         let mut added = 0u64;
         while pos < end {
@@ -248,9 +249,25 @@ impl Volume {
         Ok(data.len())
     }
 
+    /// EDQUOT before a write is taken that could take the volume past its refquota: what it
+    /// references, plus every unsaved block, plus the blocks this write makes unsaved. It
+    /// counts an overwrite as growth, so it may refuse a little early (as ZFS does); writes
+    /// racing on other files may pass it together, and then the commit's exact check
+    /// (`ViewTxn::commit`) refuses the excess at flush or fsync.
+    fn check_refquota(&self, n: &Node, off: u64, end: u64) -> FsResult<()> {
+        let Some(q) = self.view.refquota()? else { return Ok(()) };
+        let bs = self.bs;
+        let new = (off / bs..end.div_ceil(bs)).filter(|i| !n.dirty.contains_key(i)).count() as u64 * bs;
+        let pending = self.view.space()?.referenced + self.dirty_bytes.load(Ordering::Relaxed);
+        if new > 0 && pending + new > q {
+            return Err(err(libc::EDQUOT));
+        }
+        Ok(())
+    }
+
     fn mark_dirty(&self, ino: u64, n: &mut Node, added_blocks: u64) {
         if added_blocks > 0 {
-            self.budget.bytes.fetch_add(added_blocks * self.bs, Ordering::Relaxed);
+            self.add_dirty(added_blocks as i64);
         }
         if n.dirty_since.is_none() {
             n.dirty_since = Some(Instant::now());
@@ -384,7 +401,7 @@ impl Volume {
             // overwrites need), but a range that cannot fit now is refused, as OpenZFS does.
             let (lo, hi) = (off / self.bs, end.div_ceil(self.bs));
             let stored = self.view.extents(ino, lo, hi)?.len() as u64;
-            let (_, free) = self.view.reserve()?;
+            let free = self.writable_bytes(self.view.space()?.referenced)?;
             if (hi - lo).saturating_sub(stored).saturating_mul(self.bs) > free {
                 return Err(err(libc::ENOSPC));
             }

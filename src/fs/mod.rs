@@ -152,6 +152,9 @@ pub struct Volume {
     dirs: Mutex<HashMap<u64, Arc<Vec<DirItem>>>>,
     next_fh: AtomicU64,
     dirty: Mutex<HashSet<u64>>,
+    /// Bytes of this view's unsaved blocks (its share of `budget.bytes`; both move together
+    /// in `add_dirty`). A refquota counts them before they are stored.
+    dirty_bytes: AtomicU64,
 }
 
 impl Drop for Volume {
@@ -161,7 +164,7 @@ impl Drop for Volume {
             if let Ok(Some(node)) = self.table.get(ino, || Ok(None)) {
                 if let Ok(n) = node.lock() {
                     self.budget.clean_bytes.fetch_sub(n.clean.len() as u64 * self.bs, Ordering::Relaxed);
-                    self.budget.bytes.fetch_sub(n.dirty.len() as u64 * self.bs, Ordering::Relaxed);
+                    self.add_dirty(-(n.dirty.len() as i64));
                 }
             }
         }
@@ -182,6 +185,7 @@ impl Volume {
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             dirty: Mutex::new(HashSet::new()),
+            dirty_bytes: AtomicU64::new(0),
         };
         if !v.read_only {
             v.purge_orphans()?;
@@ -221,6 +225,18 @@ impl Volume {
     /// The node of a live inode, or ENOENT.
     pub(crate) fn node(&self, ino: u64) -> FsResult<NodeRef> {
         self.table.get(ino, || self.load_rec(ino))?.ok_or_else(|| err(libc::ENOENT))
+    }
+
+    /// Counts `blocks` more (or fewer) unsaved blocks, daemon-wide and for this view.
+    fn add_dirty(&self, blocks: i64) {
+        let bytes = blocks.unsigned_abs() * self.bs;
+        if blocks >= 0 {
+            self.budget.bytes.fetch_add(bytes, Ordering::Relaxed);
+            self.dirty_bytes.fetch_add(bytes, Ordering::Relaxed);
+        } else {
+            self.budget.bytes.fetch_sub(bytes, Ordering::Relaxed);
+            self.dirty_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        }
     }
 
     fn alloc_ino(&self) -> u64 {
@@ -309,8 +325,7 @@ impl Volume {
         n.rec = rec;
         n.meta_dirty = false;
         if !n.dirty.is_empty() {
-            let bytes = n.dirty.len() as u64 * self.bs;
-            self.budget.bytes.fetch_sub(bytes, Ordering::Relaxed);
+            self.add_dirty(-(n.dirty.len() as i64));
             let mut flushed = std::mem::take(&mut n.dirty);
             // Clean copies of every flushed block are stale now; keep fresh copies of the last
             // few (an appended tail, a hot page).
@@ -446,7 +461,7 @@ impl Volume {
     fn forget_node(&self, ino: u64, n: &mut Node) -> FsResult<()> {
         self.drop_clean(n, 0..u64::MAX);
         if !n.dirty.is_empty() {
-            self.budget.bytes.fetch_sub(n.dirty.len() as u64 * self.bs, Ordering::Relaxed);
+            self.add_dirty(-(n.dirty.len() as i64));
             n.dirty.clear();
             n.partial.clear();
             if let Ok(mut d) = self.dirty.lock() {

@@ -45,6 +45,9 @@ pub struct VolumeRec {
     /// What it was cloned from, as `VOL@SNAP`.
     #[serde(default)]
     pub origin: Option<String>,
+    /// Most bytes the volume's head may reference (REFERENCED), as ZFS's `refquota`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refquota: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -386,7 +389,7 @@ impl Catalog {
         let mut t = self.begin(store);
         let id = Self::next_id(store, &mut t, 2)?;
         let ts = Ts::now();
-        let rec = VolumeRec { id, name: name.to_string(), lineage: id + 1, block_size, created: ts.sec, origin: None };
+        let rec = VolumeRec { id, name: name.to_string(), lineage: id + 1, block_size, created: ts.sec, origin: None, refquota: None };
         let lin = LineageRec { id: id + 1, parent: None, head: Some(1), pins: BTreeMap::new(), block_size };
         let root = InodeRec {
             kind: Kind::Dir,
@@ -424,6 +427,41 @@ impl Catalog {
         Self::put_volume(&mut t, &rec)?;
         self.commit(t, true)?;
         Ok(rec)
+    }
+
+    /// Sets property `prop` of `vol` from its text (`Catalog::properties` lists them).
+    pub fn set_property(&self, store: &Store, vol: &str, prop: &str, value: &str) -> Result<VolumeRec> {
+        let _g = self.guard()?;
+        let mut rec = Self::get(store, vol)?;
+        match prop {
+            "refquota" => {
+                rec.refquota = match value {
+                    "none" | "0" => None,
+                    v => Some(crate::memory::parse_size(v).filter(|q| *q > 0).ok_or_else(|| {
+                        Error::Invalid(format!("refquota must be a size such as 10G, or none: {v:?}"))
+                    })?),
+                };
+            }
+            p if Self::properties(&rec).iter().any(|(k, _)| k == p) => {
+                return Err(Error::Invalid(format!("property {p} is read-only")));
+            }
+            p => return Err(Error::Invalid(format!("no property named {p:?} (settable: refquota)"))),
+        }
+        let mut t = self.begin(store);
+        Self::put_volume(&mut t, &rec)?;
+        self.commit(t, true)?;
+        Ok(rec)
+    }
+
+    /// A volume's properties as (name, text) pairs, for `clonefs get`.
+    pub fn properties(v: &VolumeRec) -> Vec<(String, String)> {
+        vec![
+            ("name".into(), v.name.clone()),
+            ("block_size".into(), v.block_size.to_string()),
+            ("created".into(), v.created.to_string()),
+            ("origin".into(), v.origin.clone().unwrap_or_else(|| "-".into())),
+            ("refquota".into(), v.refquota.map(|q| q.to_string()).unwrap_or_else(|| "none".into())),
+        ]
     }
 
     /// Takes snapshot `snap` of `vol` at its head epoch. The caller has flushed the volume and
@@ -492,6 +530,8 @@ impl Catalog {
             block_size: v.block_size,
             created: now(),
             origin: Some(origin),
+            // Not inherited, as in ZFS: a clone starts without limits.
+            refquota: None,
         };
         let lin = LineageRec { id: id + 1, parent: Some(parent), head: Some(1), pins: BTreeMap::new(), block_size: v.block_size };
         t.set_view_space(lin.id, space);

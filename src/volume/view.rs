@@ -192,6 +192,25 @@ impl View {
         self.store.dir()
     }
 
+    /// The head's `refquota`, read from the volume record (its one owner) each time: a
+    /// `clonefs set` holds for the next batch without telling mounted views.
+    pub fn refquota(&self) -> Result<Option<u64>> {
+        if !self.spec.head {
+            return Ok(None);
+        }
+        Ok(super::Catalog::by_id(&self.store, self.spec.volume)?.refquota)
+    }
+
+    /// Refuses a batch that leaves the head referencing more than its `refquota`.
+    fn check_refquota(&self, referenced: u64) -> Result<()> {
+        match self.refquota()? {
+            Some(q) if referenced > q => {
+                Err(Error::Quota(format!("volume {} would reference {referenced} bytes, over its refquota of {q}", self.spec.name)))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Bytes kept free on the store's disk, and the free bytes beyond them (what new data
     /// may take).
     pub fn reserve(&self) -> Result<(u64, u64)> {
@@ -398,7 +417,11 @@ impl ViewTxn<'_> {
         // Counts are read-modify-write: one batch of this head at a time from here on.
         let _one = view.counts.lock().map_err(|_| Error::Corrupt("view count lock poisoned by a panic".into()))?;
         if counts.values().any(|d| *d != 0) {
+            let before = view.store.view_space(view.lineage())?.referenced;
             let vs = count_changes(view, &mut t, &pins, counts, &sizes)?;
+            if vs.referenced > before {
+                view.check_refquota(vs.referenced)?;
+            }
             t.set_view_space(view.lineage(), vs);
         }
         let r = t.commit(sync);

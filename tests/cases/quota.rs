@@ -1,0 +1,69 @@
+//! `refquota`: a volume's writes stop at the limit with EDQUOT, `df` shows it, and nothing
+//! else is disturbed.
+
+use crate::util::*;
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+
+/// Writes 1 MiB chunks with an fsync after each until something fails; the errno and the
+/// bytes acknowledged.
+fn fill(p: &Path, limit: u64) -> (Option<i32>, u64) {
+    let mut f = OpenOptions::new().create(true).write(true).open(p).unwrap();
+    let mut done = 0;
+    while done < limit {
+        if let Err(e) = f.write_all(&pattern(done, 1 << 20)).and_then(|_| f.sync_data()) {
+            return (e.raw_os_error(), done);
+        }
+        done += 1 << 20;
+    }
+    (None, done)
+}
+
+fn df_size(p: &Path) -> u64 {
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut s) }, 0);
+    s.f_blocks * s.f_frsize
+}
+
+#[test]
+fn refquota_limits_a_volume_and_nothing_else() {
+    let mut d = Daemon::start();
+    let v = d.volume("v");
+    let w = d.volume("w");
+    d.ok(&["set", "refquota=8M", "v"]);
+    assert_eq!(d.json(&["get", "refquota", "v", "--json"])["refquota"], "8388608");
+    assert_eq!(df_size(&v), 8 << 20, "df shows the refquota as the size");
+    let (err, done) = fill(&v.join("big"), 64 << 20);
+    assert_eq!(err, Some(libc::EDQUOT), "writing past the refquota");
+    assert!(done <= 8 << 20, "{done} bytes acknowledged past an 8 MiB refquota");
+    // The other volume is not limited.
+    assert_eq!(fill(&w.join("big"), 16 << 20), (None, 16 << 20));
+    // Space a snapshot alone holds does not count: remove the file and write again.
+    d.ok(&["snapshot", "v@s"]);
+    fs::remove_file(v.join("big")).unwrap();
+    assert_eq!(fill(&v.join("again"), 4 << 20), (None, 4 << 20));
+    // Bad input is refused and changes nothing.
+    let before = (d.ok(&["list", "--json"]), d.ok(&["get", "v", "--json"]));
+    for (args, want) in [
+        (vec!["set", "refquota=lots", "v"], "size"),
+        (vec!["set", "refquota=0x10", "v"], "size"),
+        (vec!["set", "quota=1G", "v"], "no property"),
+        (vec!["set", "block_size=4096", "v"], "read-only"),
+        (vec!["set", "refquota", "v"], "PROPERTY=VALUE"),
+        (vec!["set", "refquota=1G", "ghost"], "no volume"),
+        (vec!["get", "colour", "v"], "no property"),
+        (vec!["get", "ghost"], "no volume"),
+    ] {
+        let err = d.fails(&args);
+        assert!(err.contains(want), "clonefs {args:?}: {err:?} should mention {want:?}");
+    }
+    assert_eq!((d.ok(&["list", "--json"]), d.ok(&["get", "v", "--json"])), before);
+    // A clone starts without one; lifting it lets the volume grow.
+    d.ok(&["clone", "v", "c"]);
+    assert_eq!(d.json(&["get", "c", "--json"])["refquota"], "none");
+    d.ok(&["set", "refquota=none", "v"]);
+    assert_eq!(fill(&v.join("more"), 16 << 20), (None, 16 << 20));
+    d.fsck_clean();
+}
