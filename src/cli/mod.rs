@@ -11,9 +11,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+/// `--version`: the program and the store format it reads and writes (a test checks the
+/// number against `FORMAT_VERSION`).
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (store format 3)");
+
 /// clonefs: a copy-on-write FUSE filesystem with a deduplicated block store.
 #[derive(Parser, Debug)]
-#[command(name = "clonefs", version, propagate_version = true)]
+#[command(name = "clonefs", version = VERSION, propagate_version = true)]
 pub struct Cli {
     /// Store directory [default: /var/lib/clonefs as root, else ~/.local/share/clonefs]
     #[arg(long, env = "CLONEFS_STORE", global = true)]
@@ -483,5 +487,14 @@ pub fn mount_helper(args: Vec<String>) -> ExitCode {
             eprintln!("mount.fuse.clonefs: {e}");
             ExitCode::from(32)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn version_names_the_store_format() {
+        let want = format!("(store format {})", crate::store::FORMAT_VERSION);
+        assert!(super::VERSION.ends_with(&want), "{} should end with {want}", super::VERSION);
     }
 }
