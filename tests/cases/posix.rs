@@ -245,6 +245,10 @@ fn remount_read_only_and_back() {
     let mut d = Daemon::start();
     let v = d.volume("v");
     fs::write(v.join("a"), b"one").unwrap();
+    // The mount table names the volume and the type mount(8) runs our helper for.
+    let mounts = fs::read_to_string("/proc/mounts").unwrap();
+    let line: Vec<&str> = mounts.lines().find(|l| l.split(' ').nth(1) == v.to_str()).unwrap().split(' ').collect();
+    assert_eq!((line[0], line[2]), ("v", "fuse.clonefs"), "{line:?}");
     let store = d.store.clone();
     let remount = |opts: &str, dir: &Path| {
         let out = run_timeout(
