@@ -57,6 +57,15 @@ enum Cmd {
         /// Types to list: volume, snapshot, or both (comma-separated)
         #[arg(short = 't', long = "type", default_value = "volume,snapshot")]
         types: String,
+        /// Columns: name,type,origin,created,logical,referenced,unique,block,mountpoint
+        #[arg(short = 'o', default_value = output::LIST_DEFAULT)]
+        columns: String,
+        /// For scripts: no header, fields separated by one tab
+        #[arg(short = 'H')]
+        scripted: bool,
+        /// Exact numbers: sizes in bytes, times in seconds since the epoch
+        #[arg(short = 'p')]
+        exact: bool,
         #[arg(long)]
         json: bool,
     },
@@ -196,7 +205,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             call(Request::Create { name: name.clone(), block_size, uid: crate::sys::geteuid(), gid: crate::sys::getegid() })?;
             println!("created volume {name} (block size {})", output::size(block_size as u64));
         }
-        Cmd::List { types, json } => {
+        Cmd::List { types, columns, scripted, exact, json } => {
+            let cols: Vec<&str> = columns.split(',').map(str::trim).collect();
+            if let Some(c) = cols.iter().find(|c| !output::LIST_COLUMNS.iter().any(|k| k.0 == **c)) {
+                let known: Vec<&str> = output::LIST_COLUMNS.iter().map(|k| k.0).collect();
+                return Err(Error::Invalid(format!("unknown column {c:?} (known: {})", known.join(","))));
+            }
             let mut want = Vec::new();
             for t in types.split(',') {
                 match t.trim() {
@@ -211,7 +225,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                output::volumes(&v);
+                output::volumes(&v, &cols, scripted, exact);
             }
         }
         Cmd::Mount { volume, dir, read_only, writeback } => {

@@ -37,27 +37,76 @@ fn created(secs: i64) -> String {
     format!("{y:04}-{m:02}-{d:02} {:02}:{:02}", rem / 3600, rem % 3600 / 60)
 }
 
-pub fn volumes(v: &[VolumeInfo]) {
-    println!(
-        "{:<24} {:<20} {:<16} {:>9} {:>11} {:>9} {:>6}  MOUNTPOINT",
-        "NAME", "ORIGIN", "CREATED", "LOGICAL", "REFERENCED", "UNIQUE", "BLOCK"
-    );
-    for x in v {
-        let mp = match &x.mountpoint {
-            Some(p) => format!("{}{}", p.display(), if x.read_only { " (ro)" } else { "" }),
-            None => "-".into(),
-        };
-        println!(
-            "{:<24} {:<20} {:<16} {:>9} {:>11} {:>9} {:>6}  {}",
-            x.name,
-            x.origin.as_deref().unwrap_or("-"),
-            created(x.created),
-            size(x.logical),
-            size(x.referenced),
-            size(x.unique),
-            size(x.block_size as u64),
-            mp
-        );
+/// Columns `list -o` knows, with their header and alignment (true: right).
+pub const LIST_COLUMNS: [(&str, &str, bool); 9] = [
+    ("name", "NAME", false),
+    ("type", "TYPE", false),
+    ("origin", "ORIGIN", false),
+    ("created", "CREATED", false),
+    ("logical", "LOGICAL", true),
+    ("referenced", "REFERENCED", true),
+    ("unique", "UNIQUE", true),
+    ("block", "BLOCK", true),
+    ("mountpoint", "MOUNTPOINT", false),
+];
+
+/// Default columns of `list`.
+pub const LIST_DEFAULT: &str = "name,origin,created,logical,referenced,unique,block,mountpoint";
+
+/// `list` as a table of `cols` (names from `LIST_COLUMNS`, checked by the caller). With
+/// `scripted` (-H): no header, one tab between fields; with `exact` (-p): bytes and
+/// seconds since the epoch instead of rounded sizes and dates.
+pub fn volumes(v: &[VolumeInfo], cols: &[&str], scripted: bool, exact: bool) {
+    let num = |b: u64| if exact { b.to_string() } else { size(b) };
+    let rows: Vec<Vec<String>> = v
+        .iter()
+        .map(|x| {
+            cols.iter()
+                .map(|c| match *c {
+                    "name" => x.name.clone(),
+                    "type" => x.kind.clone(),
+                    "origin" => x.origin.clone().unwrap_or_else(|| "-".into()),
+                    "created" if exact => x.created.to_string(),
+                    "created" => created(x.created),
+                    "logical" => num(x.logical),
+                    "referenced" => num(x.referenced),
+                    "unique" => num(x.unique),
+                    "block" => num(x.block_size as u64),
+                    _ => match &x.mountpoint {
+                        Some(p) => format!("{}{}", p.display(), if x.read_only { " (ro)" } else { "" }),
+                        None => "-".into(),
+                    },
+                })
+                .collect()
+        })
+        .collect();
+    if scripted {
+        for r in rows {
+            println!("{}", r.join("\t"));
+        }
+        return;
+    }
+    let spec = |c: &str| LIST_COLUMNS.iter().find(|k| k.0 == c).copied().unwrap_or(("", "", false));
+    let widths: Vec<usize> = cols
+        .iter()
+        .enumerate()
+        .map(|(i, c)| rows.iter().map(|r| r[i].chars().count()).chain([spec(c).1.len()]).max().unwrap_or(0))
+        .collect();
+    let line = |fields: Vec<String>| {
+        let cells: Vec<String> = fields
+            .iter()
+            .enumerate()
+            .map(|(i, f)| match (spec(cols[i]).2, i + 1 == cols.len()) {
+                (true, _) => format!("{f:>w$}", w = widths[i]),
+                (false, true) => f.clone(),
+                (false, false) => format!("{f:<w$}", w = widths[i]),
+            })
+            .collect();
+        println!("{}", cells.join("  ").trim_end());
+    };
+    line(cols.iter().map(|c| spec(c).1.to_string()).collect());
+    for r in rows {
+        line(r);
     }
 }
 

@@ -65,5 +65,15 @@ fn refquota_limits_a_volume_and_nothing_else() {
     assert_eq!(d.json(&["get", "c", "--json"])["refquota"], "none");
     d.ok(&["set", "refquota=none", "v"]);
     assert_eq!(fill(&v.join("more"), 16 << 20), (None, 16 << 20));
+    // `list` for scripts: chosen columns, no header, tabs, exact bytes, as `--json` says.
+    let json = d.json(&["list", "--json"]);
+    let referenced = |name: &str| json.as_array().unwrap().iter().find(|r| r["name"] == name).unwrap()["referenced"].as_u64().unwrap();
+    let rows = d.ok(&["list", "-H", "-p", "-o", "name,type,referenced"]);
+    let want: Vec<String> = ["c", "v", "v@s", "w"]
+        .iter()
+        .map(|n| format!("{n}\t{}\t{}", if n.contains('@') { "snapshot" } else { "volume" }, referenced(n)))
+        .collect();
+    assert_eq!(rows.lines().collect::<Vec<_>>(), want);
+    assert!(d.fails(&["list", "-o", "name,colour"]).contains("unknown column"));
     d.fsck_clean();
 }
