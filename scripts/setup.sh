@@ -11,6 +11,9 @@ scripts/install-deps.sh build
 cargo build
 install -m 0755 "$CLONEFS_BIN" /usr/local/bin/clonefs
 ln -sf /usr/local/bin/clonefs /sbin/mount.fuse.clonefs
+clonefs man /usr/local/share/man/man1 >/dev/null
+mkdir -p /usr/share/bash-completion/completions
+clonefs completions bash > /usr/share/bash-completion/completions/clonefs
 export CLONEFS_STORE=${CLONEFS_STORE:-/var/lib/clonefs}
 [[ -e $CLONEFS_STORE/db/CURRENT ]] || clonefs init
 clonefs status >/dev/null 2>&1 || clonefs daemon

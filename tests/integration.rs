@@ -701,3 +701,19 @@ mod posix;
 
 #[path = "cases/quota.rs"]
 mod quota;
+
+#[test]
+fn completions_and_man_pages_are_generated() {
+    let out = util::run_timeout(Command::new(util::BIN).args(["completions", "bash"]), 30);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("complete") && text.contains("snapshot"), "{text}");
+    let dir = tempfile::tempdir().unwrap();
+    let out = util::run_timeout(Command::new(util::BIN).arg("man").arg(dir.path()), 30);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for page in ["clonefs.1", "clonefs-snapshot.1", "clonefs-set.1"] {
+        let text = fs::read_to_string(dir.path().join(page)).unwrap();
+        assert!(text.contains(".TH"), "{page} is not a man page");
+    }
+    let out = util::run_timeout(Command::new(util::BIN).args(["completions", "tcsh"]), 30);
+    assert_eq!(out.status.code(), Some(2), "an unknown shell is bad input");
+}

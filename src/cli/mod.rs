@@ -6,7 +6,7 @@ use crate::control::{client, Request, StatusInfo, VolumeInfo};
 use crate::error::{Error, Result};
 use crate::store::Store;
 use crate::volume::{fsck::FsckReport, parse_block_size, scrub::ScrubReport};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -99,6 +99,10 @@ enum Cmd {
     Release { snapshot: String, tag: String },
     /// Run pending garbage collection now
     Gc,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions { shell: clap_complete::Shell },
+    /// Write man pages (clonefs.1 and one per command) into DIR
+    Man { dir: PathBuf },
     /// Rename a volume
     Rename { old: String, new: String },
     /// Set a volume property: refquota=SIZE|none (most bytes the volume may reference)
@@ -268,6 +272,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             need_snapshot(&snapshot)?;
             call(Request::Hold { name: snapshot.clone(), tag: tag.clone(), on: false })?;
             println!("released {tag} on {snapshot}");
+        }
+        Cmd::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "clonefs", &mut std::io::stdout());
+        }
+        Cmd::Man { dir } => {
+            std::fs::create_dir_all(&dir)?;
+            let cmd = Cli::command();
+            clap_mangen::generate_to(cmd, &dir)?;
+            println!("man pages written to {}", dir.display());
         }
         Cmd::Gc => {
             let v = call(Request::Gc)?;
