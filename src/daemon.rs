@@ -7,6 +7,7 @@ use crate::fs::fuse::FuseFs;
 use crate::fs::live::Live;
 use crate::fs::snapdir::SnapDir;
 use crate::fs::{DirtyBudget, Volume};
+use crate::history::{self, History};
 use crate::memory::Budget;
 use crate::store::{Store, FORMAT_VERSION};
 use crate::volume::{fsck, gc, parse_target, scrub, Catalog, SnapshotViews, HEAD_GONE};
@@ -57,9 +58,9 @@ pub struct Daemon {
     stop: AtomicBool,
     /// Wakes the GC thread; a `false` asks it to stop.
     gc_wake: Sender<bool>,
+    history: History,
 }
 
-/// Serves `store_dir` until a signal or a shutdown request.
 /// One scrub at a time, and how far it is.
 #[derive(Default)]
 struct ScrubState {
@@ -77,6 +78,7 @@ fn resident_bytes() -> u64 {
         .map_or(0, |kb| kb << 10)
 }
 
+/// Serves `store_dir` until a signal or a shutdown request.
 pub fn run(store_dir: &Path, mem: Budget) -> Result<()> {
     // Before any thread starts: glibc gives each thread its own arena, and buffers freed
     // across a dozen arenas kept the daemon at 450 MiB where two arenas need 300.
@@ -90,7 +92,6 @@ pub fn run(store_dir: &Path, mem: Budget) -> Result<()> {
     let listener = server::bind(&store_dir)?;
     let (gc_tx, gc_rx) = bounded::<bool>(1);
     let daemon = Arc::new(Daemon {
-        store,
         catalog: Arc::new(Catalog::default()),
         budget: Arc::new(DirtyBudget::within(&mem)),
         mem,
@@ -98,6 +99,8 @@ pub fn run(store_dir: &Path, mem: Budget) -> Result<()> {
         mounts: Mutex::new(Vec::new()),
         stop: AtomicBool::new(false),
         gc_wake: gc_tx,
+        history: History::open(&store)?,
+        store,
     });
     let (close_tx, close_rx) = bounded::<()>(1);
     let flusher = {
@@ -130,13 +133,42 @@ pub fn run(store_dir: &Path, mem: Budget) -> Result<()> {
     result
 }
 
+/// Requests the history records: those that change the store, its volumes or mounts.
+fn changes_state(req: &Request) -> bool {
+    !matches!(
+        req,
+        Request::Ping
+            | Request::List
+            | Request::Status
+            | Request::Fsck
+            | Request::Scrub
+            | Request::ScrubProgress
+            | Request::GetProperties { .. }
+            | Request::History
+    )
+}
+
 fn lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>> {
     m.lock().map_err(|_| Error::Corrupt("daemon state poisoned by a panic".into()))
 }
 
 impl Handler for Daemon {
-    fn handle(&self, req: Request) -> Result<Value> {
-        Daemon::handle(self, req)
+    fn handle(&self, req: Request, uid: u32) -> Result<Value> {
+        let request = changes_state(&req).then(|| serde_json::to_value(&req)).transpose()?;
+        let r = Daemon::handle(self, req);
+        if let Some(request) = request {
+            let e = history::Entry {
+                time: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64),
+                uid,
+                request,
+                ok: r.is_ok(),
+                error: r.as_ref().err().map(|e| e.to_string()),
+            };
+            if let Err(err) = self.history.append(&self.store, &e) {
+                log::warn!("cannot record {} in the history: {err}", e.request);
+            }
+        }
+        r
     }
 
     fn stopping(&self) -> bool {
@@ -227,6 +259,7 @@ impl Daemon {
                 self.catalog.set_property(&self.store, &name, &property, &value)?;
                 Ok(Value::Null)
             }
+            Request::History => Ok(serde_json::to_value(history::list(&self.store)?)?),
             Request::GetProperties { name } => {
                 let v = Catalog::get(&self.store, &name)?;
                 Ok(Value::Object(Catalog::properties(&v).into_iter().map(|(k, v)| (k, Value::String(v))).collect()))

@@ -6,6 +6,7 @@ pub mod control;
 pub mod daemon;
 pub mod error;
 pub mod fs;
+pub mod history;
 pub mod memory;
 pub mod store;
 pub mod sys;

@@ -138,6 +138,21 @@ pub fn umount(dir: &Path, lazy: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// The uid of the process at the other end of a Unix socket (SO_PEERCRED).
+pub fn peer_uid(sock: &std::os::unix::net::UnixStream) -> io::Result<u32> {
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for writing and `len` is the size of `cred`.
+    let r = unsafe {
+        libc::getsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEERCRED, (&mut cred as *mut libc::ucred).cast(), &mut len)
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cred.uid)
+}
+
 /// Makes the filesystem mounted at `dir` read-only or writable again (MS_REMOUNT; the
 /// kernel then refuses writes with EROFS before they reach the daemon).
 pub fn remount(dir: &Path, read_only: bool) -> io::Result<()> {

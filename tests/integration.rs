@@ -717,3 +717,36 @@ fn completions_and_man_pages_are_generated() {
     let out = util::run_timeout(Command::new(util::BIN).args(["completions", "tcsh"]), 30);
     assert_eq!(out.status.code(), Some(2), "an unknown shell is bad input");
 }
+
+#[test]
+fn history_records_who_changed_what_and_how_it_ended() {
+    let mut d = Daemon::start();
+    d.ok(&["create", "h"]);
+    d.ok(&["snapshot", "h@one"]);
+    d.fails(&["destroy", "ghost"]);
+    d.ok(&["list"]);
+    d.ok(&["status"]);
+    d.ok(&["set", "refquota=1G", "h"]);
+    // It is kept in the store: a restart keeps it and appends after it.
+    d.stop();
+    d.restart();
+    d.ok(&["destroy", "h@one"]);
+    let h = d.json(&["history", "--json"]);
+    let got: Vec<(String, bool)> =
+        h.as_array().unwrap().iter().map(|e| (e["request"]["op"].as_str().unwrap().to_string(), e["ok"].as_bool().unwrap())).collect();
+    let want: Vec<(String, bool)> = [
+        ("create", true),
+        ("snapshot", true),
+        ("destroy", false),
+        ("set_property", true),
+        ("destroy", true),
+    ]
+    .iter()
+    .map(|(o, k)| (o.to_string(), *k))
+    .collect();
+    assert_eq!(got, want, "{h}");
+    let uid = unsafe { libc::geteuid() };
+    assert!(h.as_array().unwrap().iter().all(|e| e["uid"] == uid && e["time"].as_i64().unwrap() > 1_700_000_000));
+    assert!(h[2]["error"].as_str().unwrap().contains("ghost"));
+    assert!(d.ok(&["history"]).contains("snapshot name=h@one"));
+}

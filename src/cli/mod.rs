@@ -99,6 +99,11 @@ enum Cmd {
     Release { snapshot: String, tag: String },
     /// Run pending garbage collection now
     Gc,
+    /// Show every command that changed the store: time, caller's uid, outcome
+    History {
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions { shell: clap_complete::Shell },
     /// Write man pages (clonefs.1 and one per command) into DIR
@@ -272,6 +277,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             need_snapshot(&snapshot)?;
             call(Request::Hold { name: snapshot.clone(), tag: tag.clone(), on: false })?;
             println!("released {tag} on {snapshot}");
+        }
+        Cmd::History { json } => {
+            let v = call(Request::History)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let h: Vec<crate::history::Entry> = serde_json::from_value(v)?;
+                output::history(&h);
+            }
         }
         Cmd::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "clonefs", &mut std::io::stdout());

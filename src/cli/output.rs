@@ -110,6 +110,27 @@ pub fn volumes(v: &[VolumeInfo], cols: &[&str], scripted: bool, exact: bool) {
     }
 }
 
+/// `history`: one line per command, oldest first.
+pub fn history(h: &[crate::history::Entry]) {
+    println!("{:<19}  {:>6}  {:<6}  COMMAND", "TIME", "UID", "RESULT");
+    for e in h {
+        let mut cmd = e.request["op"].as_str().unwrap_or("?").replace('_', "-");
+        if let Some(fields) = e.request.as_object() {
+            for (k, v) in fields.iter().filter(|(k, _)| *k != "op") {
+                match v {
+                    serde_json::Value::String(s) => cmd.push_str(&format!(" {k}={s}")),
+                    serde_json::Value::Bool(false) | serde_json::Value::Null => {}
+                    other => cmd.push_str(&format!(" {k}={other}")),
+                }
+            }
+        }
+        println!("{:<19}  {:>6}  {:<6}  {}", created(e.time), e.uid, if e.ok { "ok" } else { "failed" }, cmd);
+        if let (false, Some(m)) = (e.ok, &e.error) {
+            println!("{:<19}  {:>6}  {:<6}    ({m})", "", "", "");
+        }
+    }
+}
+
 pub fn status(s: &StatusInfo) {
     println!("store:          {}", s.store.display());
     println!("format version: {}", s.format_version);

@@ -13,7 +13,8 @@ pub const MAX_REQUEST: u64 = 64 << 10;
 
 /// What answers control requests (the daemon). The socket server knows nothing else of it.
 pub trait Handler: Send + Sync + 'static {
-    fn handle(&self, req: Request) -> crate::error::Result<serde_json::Value>;
+    /// Answers `req` from the process of user `uid` (the socket's peer).
+    fn handle(&self, req: Request, uid: u32) -> crate::error::Result<serde_json::Value>;
     /// True once the handler shuts down: the server stops accepting.
     fn stopping(&self) -> bool;
     /// Asks the handler to shut down (after a Shutdown request was answered).
@@ -50,6 +51,8 @@ pub enum Request {
     SetProperty { name: String, property: String, value: String },
     /// A volume's properties, as name -> text.
     GetProperties { name: String },
+    /// The command history, oldest first.
+    History,
     Status,
     Fsck,
     /// Re-read and re-hash every block; long: the reply comes at the end.

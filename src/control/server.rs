@@ -60,7 +60,9 @@ fn answer(conn: UnixStream, daemon: &dyn Handler) {
         Ok(req) => {
             log::debug!("control: {req:?}");
             let shutdown = matches!(req, Request::Shutdown);
-            let r = match daemon.handle(req) {
+            // The socket is 0600, so the peer is the daemon's user or root; history names it.
+            let uid = crate::sys::peer_uid(&conn).unwrap_or(u32::MAX);
+            let r = match daemon.handle(req, uid) {
                 Ok(data) => Response { ok: true, error: None, kind: None, data },
                 Err(e) => fail(e.message(), e.kind()),
             };

@@ -280,6 +280,8 @@ pub mod catalog {
     pub const SNAPSHOT_TAG: u8 = b'P';
     /// `G` lineage, epoch -> pending GC work: a pin (or, at u64::MAX, the head) went away.
     pub const GC_TAG: u8 = b'G';
+    /// `Y` sequence -> one state-changing command: time, caller, request, outcome.
+    pub const HISTORY_TAG: u8 = b'Y';
 
     pub fn lineage(id: u64) -> Vec<u8> {
         let mut k = vec![LINEAGE_TAG];
@@ -330,6 +332,11 @@ pub mod catalog {
         push_u64(&mut k, ino);
         k
     }
+    pub fn history(seq: u64) -> Vec<u8> {
+        let mut k = vec![HISTORY_TAG];
+        push_u64(&mut k, seq);
+        k
+    }
     pub fn orphans_of(lineage: u64) -> Vec<u8> {
         let mut k = vec![ORPHAN_TAG];
         push_u64(&mut k, lineage);
@@ -355,6 +362,8 @@ pub enum CatKey {
     View(u64),
     /// Physical bytes and block count of the store.
     Stats,
+    /// A command in the history, by sequence number (they sort in the order they ran).
+    History(u64),
 }
 
 impl CatKey {
@@ -370,6 +379,7 @@ impl CatKey {
             CatKey::Space(l) => catalog::space(*l),
             CatKey::View(l) => catalog::view(*l),
             CatKey::Stats => catalog::STORE_STATS.to_vec(),
+            CatKey::History(n) => catalog::history(*n),
         }
     }
 
@@ -393,6 +403,7 @@ impl CatKey {
             SNAPSHOT_TAG if k.len() >= 9 => CatKey::Snapshot { volume: u(1)?, name: k[9..].to_vec() },
             GC_TAG if k.len() == 17 => CatKey::Gc { lineage: u(1)?, epoch: u(9)? },
             ORPHAN_TAG if k.len() == 17 => CatKey::Orphan { lineage: u(1)?, ino: u(9)? },
+            HISTORY_TAG if k.len() == 9 => CatKey::History(u(1)?),
             _ => return None,
         })
     }
@@ -407,6 +418,7 @@ pub enum CatRange {
     Gc,
     GcOf(u64),
     OrphansOf(u64),
+    History,
 }
 
 impl CatRange {
@@ -423,6 +435,7 @@ impl CatRange {
                 k
             }
             CatRange::OrphansOf(l) => orphans_of(*l),
+            CatRange::History => vec![HISTORY_TAG],
         }
     }
 }
@@ -517,6 +530,7 @@ mod tests {
             CatKey::Space(7),
             CatKey::View(8),
             CatKey::Stats,
+            CatKey::History(9),
         ];
         for k in cats {
             assert_eq!(CatKey::parse(&k.encode()), Some(k.clone()));
