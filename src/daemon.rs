@@ -61,6 +61,13 @@ pub struct Daemon {
     history: History,
 }
 
+impl Mounted {
+    /// Read-only as users see it: a snapshot's view, or remounted read-only.
+    fn read_only(&self) -> bool {
+        self.live.get().read_only || self.remounted_ro
+    }
+}
+
 /// One scrub at a time, and how far it is.
 #[derive(Default)]
 struct ScrubState {
@@ -452,7 +459,7 @@ impl Daemon {
         // lock: snapshot and clone take the mount table first.
         let mounts: Vec<(u64, Option<String>, PathBuf, bool)> = lock(&self.mounts)?
             .iter()
-            .map(|m| (m.volume, m.snapshot.clone(), m.dir.clone(), m.live.get().read_only))
+            .map(|m| (m.volume, m.snapshot.clone(), m.dir.clone(), m.read_only()))
             .collect();
         let mut out = Vec::new();
         for listed in Catalog::list(&self.store)? {
@@ -509,7 +516,7 @@ impl Daemon {
         let logical: u64 = space.lineages.values().map(|s| s.logical).sum();
         let mounts = lock(&self.mounts)?
             .iter()
-            .map(|m| MountInfo { volume: m.target.clone(), mountpoint: m.dir.clone(), read_only: m.live.get().read_only || m.remounted_ro })
+            .map(|m| MountInfo { volume: m.target.clone(), mountpoint: m.dir.clone(), read_only: m.read_only() })
             .collect();
         Ok(StatusInfo {
             store: self.store.dir().to_path_buf(),

@@ -231,8 +231,6 @@ impl Volume {
         self.flush_ino(ino, true)
     }
 
-    /// Space as `df` shows it: used is what this volume references, free is what new data
-    /// may still take (the store's disk's free space less the reserve kept for deletes).
     /// What new data may still take: the store disk's free space beyond the reserve, and no
     /// more than the head's refquota leaves (`used`: what it references now).
     pub(super) fn writable_bytes(&self, used: u64) -> FsResult<u64> {
@@ -243,6 +241,8 @@ impl Volume {
         })
     }
 
+    /// Space as `df` shows it: used is what this volume references, free is what new data
+    /// may still take (`writable_bytes`).
     pub fn statfs(&self) -> FsResult<FsStats> {
         let fs = crate::sys::statvfs(self.view.store_dir())?;
         let unit = fs.frsize.max(1);

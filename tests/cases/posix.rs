@@ -269,6 +269,8 @@ fn remount_read_only_and_back() {
     assert_eq!(fs::read(v.join("a")).unwrap(), b"one");
     let status = d.json(&["status", "--json"]);
     assert_eq!(status["mounts"][0]["read_only"], true, "{status}");
+    let list = d.json(&["list", "--json"]);
+    assert_eq!(list[0]["read_only"], true, "{list}");
     // Snapshots still work on a read-only mount.
     d.ok(&["snapshot", "v@s"]);
     let (ok, err) = remount("remount,rw", &v);
