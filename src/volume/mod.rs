@@ -20,7 +20,8 @@ use crate::store::{CatKey, CatRange, Ident, Store, Txn, ViewSpace};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use lineage::{LineageState, Lineages};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub const ROOT_INO: u64 = 1;
@@ -92,6 +93,8 @@ pub struct ViewSpec {
     pub read_only: bool,
     /// A snapshot's figures (a head's live ones are in the store).
     pub frozen: Option<ViewSpace>,
+    /// A head's `refquota` in bytes, 0 for none: the volume record's, kept by the catalog.
+    pub refquota: Option<Arc<AtomicU64>>,
 }
 
 fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>> {
@@ -159,17 +162,20 @@ fn now() -> i64 {
 }
 
 /// Serializes catalog changes against each other and against GC decisions, and owns the
-/// in-memory state of lineages that views read.
+/// in-memory state of lineages (and volumes' refquotas) that views read.
 pub struct Catalog {
     lock: Mutex<()>,
     /// One GC run at a time: two runs would free the same versions twice.
     gc: Mutex<()>,
     lineages: Lineages,
+    /// Volume id -> its refquota as of the last commit (0: none), shared with its views, so
+    /// a write checks it without reading the record. Written only by `set_property`.
+    refquotas: Mutex<HashMap<u64, Arc<AtomicU64>>>,
 }
 
 impl Default for Catalog {
     fn default() -> Self {
-        Catalog { lock: Mutex::new(()), gc: Mutex::new(()), lineages: Lineages::default() }
+        Catalog { lock: Mutex::new(()), gc: Mutex::new(()), lineages: Lineages::default(), refquotas: Mutex::new(HashMap::new()) }
     }
 }
 
@@ -325,6 +331,7 @@ impl Catalog {
             epoch,
             parents: Self::parents(store, lineage)?,
             state: self.lineage_state(store, lineage)?,
+            refquota: if frozen.is_none() { Some(self.refquota_cell(store, v.id)?) } else { None },
             head: frozen.is_none(),
             block_size: v.block_size,
             read_only: read_only || snap.is_some(),
@@ -450,7 +457,23 @@ impl Catalog {
         let mut t = self.begin(store);
         Self::put_volume(&mut t, &rec)?;
         self.commit(t, true)?;
+        if let Some(c) = self.refquotas.lock().map_err(|_| Error::Corrupt("refquota table poisoned".into()))?.get(&rec.id) {
+            c.store(rec.refquota.unwrap_or(0), Ordering::Relaxed);
+        }
         Ok(rec)
+    }
+
+    /// The live refquota of volume `id`, shared by its views. The table lock is held across
+    /// the read of the record, so a `set_property` committed meanwhile (it updates the cell
+    /// under the same lock after its commit) is never lost.
+    fn refquota_cell(&self, store: &Store, id: u64) -> Result<Arc<AtomicU64>> {
+        let mut cells = self.refquotas.lock().map_err(|_| Error::Corrupt("refquota table poisoned".into()))?;
+        if let Some(c) = cells.get(&id) {
+            return Ok(c.clone());
+        }
+        let c = Arc::new(AtomicU64::new(Self::by_id(store, id)?.refquota.unwrap_or(0)));
+        cells.insert(id, c.clone());
+        Ok(c)
     }
 
     /// A volume's properties as (name, text) pairs, for `clonefs get`.

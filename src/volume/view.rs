@@ -192,13 +192,10 @@ impl View {
         self.store.dir()
     }
 
-    /// The head's `refquota`, read from the volume record (its one owner) each time: a
-    /// `clonefs set` holds for the next batch without telling mounted views.
+    /// The head's `refquota`, as the catalog last committed it (a `clonefs set` holds for
+    /// the next write of a mounted volume).
     pub fn refquota(&self) -> Result<Option<u64>> {
-        if !self.spec.head {
-            return Ok(None);
-        }
-        Ok(super::Catalog::by_id(&self.store, self.spec.volume)?.refquota)
+        Ok(self.spec.refquota.as_ref().map(|c| c.load(std::sync::atomic::Ordering::Relaxed)).filter(|q| *q > 0))
     }
 
     /// Refuses a batch that leaves the head referencing more than its `refquota`.
