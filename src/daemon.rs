@@ -628,23 +628,28 @@ impl Daemon {
         Ok(json!({"mountpoint": dir}))
     }
 
-    fn remount(&self, dir: &Path, read_only: bool) -> Result<Value> {
+    /// Finds the mount at `dir`, lets `check` refuse, and marks it busy, so the caller can
+    /// work without the table lock; the caller clears `busy` when done.
+    fn claim(&self, dir: &Path, check: impl FnOnce(&Mounted) -> Result<()>) -> Result<(PathBuf, Arc<Live>)> {
         let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-        let live = {
-            let mut mounts = lock(&self.mounts)?;
-            let m = mounts
-                .iter_mut()
-                .find(|m| m.dir == dir)
-                .ok_or_else(|| Error::NotFound(format!("{} is not a clonefs mountpoint", dir.display())))?;
-            if m.busy {
-                return Err(Error::Conflict(format!("{} is being mounted or unmounted; try again", dir.display())));
-            }
-            if !read_only && m.live.get().read_only {
-                return Err(Error::Invalid(format!("{} is a read-only view of {:?}; it cannot be made writable", dir.display(), m.target)));
-            }
-            m.busy = true;
-            m.live.clone()
-        };
+        let mut mounts = lock(&self.mounts)?;
+        let m = mounts
+            .iter_mut()
+            .find(|m| m.dir == dir)
+            .ok_or_else(|| Error::NotFound(format!("{} is not a clonefs mountpoint", dir.display())))?;
+        if m.busy {
+            return Err(Error::Conflict(format!("{} is being mounted or unmounted; try again", dir.display())));
+        }
+        check(m)?;
+        m.busy = true;
+        Ok((dir, m.live.clone()))
+    }
+
+    fn remount(&self, dir: &Path, read_only: bool) -> Result<Value> {
+        let (dir, live) = self.claim(dir, |m| match !read_only && m.live.get().read_only {
+            true => Err(Error::Invalid(format!("{} is a read-only view of {:?}; it cannot be made writable", m.dir.display(), m.target))),
+            false => Ok(()),
+        })?;
         // Write everything back before the kernel turns read-only, as a remount of a disk
         // filesystem does; then remount without the table lock (it waits for the kernel).
         let done = if read_only { live.get().flush_all().map_err(Error::from) } else { Ok(()) }.and_then(|()| {
@@ -672,20 +677,8 @@ impl Daemon {
     }
 
     fn unmount(&self, dir: &Path) -> Result<Value> {
-        let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-        // Mark the entry busy and let go of the table: flush and umount(2) run without it.
-        let live = {
-            let mut mounts = lock(&self.mounts)?;
-            let m = mounts
-                .iter_mut()
-                .find(|m| m.dir == dir)
-                .ok_or_else(|| Error::NotFound(format!("{} is not a clonefs mountpoint", dir.display())))?;
-            if m.busy {
-                return Err(Error::Conflict(format!("{} is being mounted or unmounted; try again", dir.display())));
-            }
-            m.busy = true;
-            m.live.clone()
-        };
+        // Flush and umount(2) run without the table lock.
+        let (dir, live) = self.claim(dir, |_| Ok(()))?;
         let done = live.get().flush_all().map_err(Error::from).and_then(|()| {
             crate::sys::umount(&dir, false).map_err(|e| {
                 if e.raw_os_error() == Some(libc::EBUSY) {
