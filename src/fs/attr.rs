@@ -235,7 +235,7 @@ impl Volume {
     /// more than the head's refquota leaves (`used`: what it references now).
     pub(super) fn writable_bytes(&self, used: u64) -> FsResult<u64> {
         let (_, free) = self.view.reserve()?;
-        Ok(match self.view.refquota()? {
+        Ok(match self.view.refquota() {
             Some(q) => free.min(q.saturating_sub(used)),
             None => free,
         })

@@ -255,7 +255,7 @@ impl Volume {
     /// racing on other files may pass it together, and then the commit's exact check
     /// (`ViewTxn::commit`) refuses the excess at flush or fsync.
     fn check_refquota(&self, n: &Node, off: u64, end: u64) -> FsResult<()> {
-        let Some(q) = self.view.refquota()? else { return Ok(()) };
+        let Some(q) = self.view.refquota() else { return Ok(()) };
         let bs = self.bs;
         let new = (off / bs..end.div_ceil(bs)).filter(|i| !n.dirty.contains_key(i)).count() as u64 * bs;
         let pending = self.view.space()?.referenced + self.dirty_bytes.load(Ordering::Relaxed);

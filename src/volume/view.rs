@@ -194,18 +194,8 @@ impl View {
 
     /// The head's `refquota`, as the catalog last committed it (a `clonefs set` holds for
     /// the next write of a mounted volume).
-    pub fn refquota(&self) -> Result<Option<u64>> {
-        Ok(self.spec.refquota.as_ref().map(|c| c.load(std::sync::atomic::Ordering::Relaxed)).filter(|q| *q > 0))
-    }
-
-    /// Refuses a batch that leaves the head referencing more than its `refquota`.
-    fn check_refquota(&self, referenced: u64) -> Result<()> {
-        match self.refquota()? {
-            Some(q) if referenced > q => {
-                Err(Error::Quota(format!("volume {} would reference {referenced} bytes, over its refquota of {q}", self.spec.name)))
-            }
-            _ => Ok(()),
-        }
+    pub fn refquota(&self) -> Option<u64> {
+        self.spec.refquota.as_ref().map(|c| c.load(std::sync::atomic::Ordering::Relaxed)).filter(|q| *q > 0)
     }
 
     /// Bytes kept free on the store's disk, and the free bytes beyond them (what new data
@@ -414,10 +404,16 @@ impl ViewTxn<'_> {
         // Counts are read-modify-write: one batch of this head at a time from here on.
         let _one = view.counts.lock().map_err(|_| Error::Corrupt("view count lock poisoned by a panic".into()))?;
         if counts.values().any(|d| *d != 0) {
-            let before = view.store.view_space(view.lineage())?.referenced;
-            let vs = count_changes(view, &mut t, &pins, counts, &sizes)?;
-            if vs.referenced > before {
-                view.check_refquota(vs.referenced)?;
+            let (before, vs) = count_changes(view, &mut t, &pins, counts, &sizes)?;
+            // A batch that raises REFERENCED past the refquota is refused; others always pass.
+            match view.refquota() {
+                Some(q) if vs.referenced > before.referenced && vs.referenced > q => {
+                    return Err(Error::Quota(format!(
+                        "volume {} would reference {} bytes, over its refquota of {q}",
+                        view.spec.name, vs.referenced
+                    )));
+                }
+                _ => {}
             }
             t.set_view_space(view.lineage(), vs);
         }
@@ -428,12 +424,20 @@ impl ViewTxn<'_> {
 }
 
 /// Stages the head's new count versions for the blocks whose count changed (keeping an old
-/// version while a pin sees it, like every versioned key) and returns the head's figures.
-fn count_changes(view: &View, t: &mut Txn, pins: &Pins, deltas: HashMap<Hash, i64>, sizes: &HashMap<Hash, u64>) -> Result<ViewSpace> {
+/// version while a pin sees it, like every versioned key) and returns the head's figures
+/// before and after.
+fn count_changes(
+    view: &View,
+    t: &mut Txn,
+    pins: &Pins,
+    deltas: HashMap<Hash, i64>,
+    sizes: &HashMap<Hash, u64>,
+) -> Result<(ViewSpace, ViewSpace)> {
     let store = &view.store;
     let (l, e) = (view.lineage(), view.epoch());
     let parents = &view.spec.parents;
-    let mut vs = store.view_space(l)?;
+    let before = store.view_space(l)?;
+    let mut vs = before;
     for (h, d) in deltas {
         if d == 0 {
             continue;
@@ -479,5 +483,5 @@ fn count_changes(view: &View, t: &mut Txn, pins: &Pins, deltas: HashMap<Hash, i6
             t.put_version(&id, e, &records::encode_count(after))?;
         }
     }
-    Ok(vs)
+    Ok((before, vs))
 }
