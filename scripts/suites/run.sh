@@ -58,15 +58,21 @@ suite_pjdfstest() {
   return 1
 }
 
-suite_postgres() {
-  local m; m=$(mountvol pg) || return 1
+# A new volume VOL with an initdb'd data directory; sets the caller's m, bin, data, sock
+# (SOCKDIR under $work) and pg (runs a command as postgres).
+pg_init() {
+  m=$(mountvol "$1") || return 1
   mounts+=("$m")
-  local bin; bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-  local data=$m/pgdata sock=$work/pgsock
+  bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+  data=$m/pgdata sock=$work/$2 pg="runuser -u postgres --"
   mkdir -p "$sock" && chown postgres:postgres "$sock" "$m"
   echo "$bin" > "$work/pg.bin"; echo "$data" > "$work/pg.data"
-  local pg="runuser -u postgres --"
-  $pg "$bin/initdb" -k -D "$data" >/dev/null || return 1
+  $pg "$bin/initdb" -k -D "$data" >/dev/null
+}
+
+suite_postgres() {
+  local m bin data sock pg
+  pg_init pg pgsock || return 1
   $pg "$bin/pg_ctl" -D "$data" -o "-k $sock -c listen_addresses=''" -l "$sock/pg.log" -w start >/dev/null || { cat "$sock/pg.log"; return 1; }
   touch "$work/pg.pid"
   $pg "$bin/pgbench" -h "$sock" -i -s 10 -q postgres || return 1
@@ -82,16 +88,10 @@ suite_postgres() {
 # times (2 by default): PostgreSQL recovers on the restarted mount, every insert whose COMMIT
 # returned is there, and amcheck finds nothing.
 suite_crash-postgres() {
-  local m; m=$(mountvol pgcrash) || return 1
-  mounts+=("$m")
-  local bin; bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-  local data=$m/pgdata sock=$work/pgsock2
-  mkdir -p "$sock" && chown postgres:postgres "$sock" "$m"
-  echo "$bin" > "$work/pg.bin"; echo "$data" > "$work/pg.data"
-  local pg="runuser -u postgres --"
+  local m bin data sock pg
+  pg_init pgcrash pgsock2 || return 1
   pgstart() { $pg "$bin/pg_ctl" -D "$data" -o "-k $sock -c listen_addresses='' -c port=5499" -l "$sock/pg.log" -w -t 300 start >/dev/null || { tail -20 "$sock/pg.log"; return 1; }
     touch "$work/pg.pid"; head -1 "$data/postmaster.pid" > "$work/pg.postmaster"; }
-  $pg "$bin/initdb" -k -D "$data" >/dev/null || return 1
   pgstart || return 1
   $pg "$bin/pgbench" -h "$sock" -p 5499 -i -s 5 -q postgres 2>/dev/null || return 1
   $pg "$bin/psql" -h "$sock" -p 5499 -qc "CREATE TABLE acked (id bigint PRIMARY KEY); CREATE EXTENSION amcheck" postgres || return 1
