@@ -27,6 +27,10 @@ const WRITEBACK_DIRTY_MAX: u64 = 512 << 20;
 const READAHEAD_KB: u64 = 1024;
 const FLUSH_TICK: Duration = Duration::from_millis(500);
 const GC_TICK: Duration = Duration::from_secs(5);
+/// Commits older than this get a checkpoint, so a restart replays at most this much log.
+const CHECKPOINT_AGE: Duration = Duration::from_secs(10);
+/// The GC thread cleans segments whose live bytes fell to this share of a segment or less.
+const CLEAN_RATIO: f64 = 0.25;
 
 struct Mounted {
     live: Arc<Live>,
@@ -135,7 +139,7 @@ pub fn run(store_dir: &Path, mem: Budget) -> Result<()> {
     let _ = std::fs::remove_file(server::socket_path(&store_dir));
     // Wake the accept loop so it sees `stop`.
     let _ = std::os::unix::net::UnixStream::connect(server::socket_path(&store_dir));
-    daemon.store.sync()?;
+    daemon.store.checkpoint(true)?;
     log::info!("stopped");
     result
 }
@@ -209,6 +213,9 @@ impl Daemon {
                     log::error!("volume {}: background flush failed: {e}", v.name());
                 }
             }
+            if let Err(e) = self.store.checkpoint_if_older(CHECKPOINT_AGE) {
+                log::error!("checkpoint failed: {e}");
+            }
         }
     }
 
@@ -221,6 +228,12 @@ impl Daemon {
                 Ok(0) => {}
                 Ok(n) => log::info!("gc: processed {n} markers"),
                 Err(e) => log::error!("gc failed: {e}"),
+            }
+            // Segments whose blocks are mostly gone give their space back.
+            match self.store.clean(CLEAN_RATIO) {
+                Ok(r) if r.segments_deleted > 0 => log::info!("cleaner: moved {} bytes, deleted {} segments", r.moved_bytes, r.segments_deleted),
+                Ok(_) => {}
+                Err(e) => log::error!("cleaner failed: {e}"),
             }
             match wake.recv_timeout(GC_TICK) {
                 Ok(true) | Err(RecvTimeoutError::Timeout) => {}
@@ -303,8 +316,8 @@ impl Daemon {
             Request::Compact => {
                 self.flush_mounted_unless_full()?;
                 gc::run(&self.store, &self.catalog)?;
-                self.store.compact()?;
-                Ok(json!({"disk_bytes": self.store.disk_bytes()}))
+                let r = self.store.compact()?;
+                Ok(json!({"disk_bytes": self.store.disk_bytes(), "moved_bytes": r.moved_bytes, "segments_deleted": r.segments_deleted}))
             }
             Request::Shutdown => Ok(Value::Null),
         }

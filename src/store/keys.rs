@@ -2,7 +2,7 @@
 //!
 //! | CF        | key                                              | value                  |
 //! |-----------|--------------------------------------------------|------------------------|
-//! | blocks    | loc(8)                                           | block bytes            |
+//! | blocks    | loc(8): segment(3) offset(5)                     | block hash (16)        |
 //! | refs      | hash(16)                                         | RefRec (per lineage)   |
 //! | inodes    | lineage(8) ino(8) !epoch(8)                      | InodeRec or tombstone  |
 //! | dirents   | lineage(8) dir(8) name NUL !epoch(8)             | DirentRec or whiteout  |
@@ -14,10 +14,9 @@
 //!
 //! Why the order matters:
 //! - Integers are big-endian so byte order is numeric order.
-//! - Blocks are kept under a locator given in commit order (`RefRec::loc` maps a hash to
-//!   it), not under their hash: RocksDB writes blob files in key order, so the blocks a file
-//!   writes together lie together, and a sequential read of the file reads the blob file
-//!   sequentially. Under hash keys they were scattered over the whole file.
+//! - Block bytes live in the segment log at a locator (`RefRec::loc` maps a hash to it);
+//!   `blocks` maps locators back to hashes, so the cleaner finds a segment's live blocks
+//!   with one range scan.
 //! - The lineage comes first, so one volume's keys form one contiguous range (prefix isolation).
 //! - The epoch comes last and inverted (`!epoch`), so the newest version of a key sorts first:
 //!   reading the live volume is one seek, and reading snapshot `e` is one seek to `!e`.
@@ -264,6 +263,19 @@ pub mod catalog {
     pub const SECRET: &[u8] = b"Fsecret";
     pub const NEXT_VOLUME_ID: &[u8] = b"Fnext_volume";
     pub const STORE_STATS: &[u8] = b"Fstats";
+    /// The log record of the last commit RocksDB holds (`log::Mark`), written by every commit.
+    pub const LOG_MARK: &[u8] = b"Flog";
+    /// `Fseg` segment (u32) -> bytes of live blocks in it.
+    pub const SEGMENT_PREFIX: &[u8] = b"Fseg";
+
+    pub fn segment(seg: u32) -> Vec<u8> {
+        let mut k = SEGMENT_PREFIX.to_vec();
+        k.extend_from_slice(&seg.to_be_bytes());
+        k
+    }
+    pub fn parse_segment(k: &[u8]) -> Option<u32> {
+        Some(u32::from_be_bytes(k.strip_prefix(SEGMENT_PREFIX)?.try_into().ok()?))
+    }
     /// `N` name -> volume id.
     pub const NAME_TAG: u8 = b'N';
     /// `V` id -> volume record.

@@ -1,9 +1,11 @@
 //! The only module that uses RocksDB: column families, options, versioned reads, blocks and
-//! reference counts, WAL syncs (grouped, `sync`). Everything above it sees typed identities
+//! reference counts, and the segment log (`log`) that holds block bytes and makes commits
+//! durable (grouped syncs, `sync`). Everything above it sees typed identities
 //! (`Ident`, `Scan`, `CatKey`), values (`records`) and `Txn`, never a key's bytes.
 
 mod disk;
 mod keys;
+mod segment;
 pub mod records;
 mod sync;
 
@@ -13,8 +15,8 @@ pub use keys::{CatKey, CatRange, Ident, Scan};
 use records::{Hash, RefRec};
 use rocksdb::{
     BlockBasedOptions, BottommostLevelCompaction, Cache, ColumnFamily, ColumnFamilyDescriptor,
-    CompactOptions, DBCompressionType, Direction, IteratorMode, Options, ReadOptions, WriteBatch,
-    WriteBufferManager, WriteOptions, DB,
+    CompactOptions, DBCompressionType, Direction, FlushOptions, IteratorMode, Options, ReadOptions,
+    WriteBatch, WriteOptions, DB,
 };
 use std::collections::HashMap;
 use std::io::Read;
@@ -23,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 /// The on-disk format this build reads and writes.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 const SECRET_LEN: usize = 192;
 
 /// Column family names: the only place they are spelled.
@@ -143,6 +145,8 @@ pub struct Space {
     pub lineages: HashMap<u64, LineageSpace>,
     /// Per lineage: what its head view holds.
     pub views: HashMap<u64, ViewSpace>,
+    /// Per segment: bytes of the live blocks in it.
+    pub segments: std::collections::BTreeMap<u32, u64>,
 }
 
 /// A position in a scan (births, extent versions) to resume from.
@@ -173,6 +177,8 @@ pub struct Txn<'s> {
     batch: WriteBatch,
     /// (hash, lineage, delta, block bytes when the reference is new)
     refs: Vec<(Hash, u64, i64, Option<Vec<u8>>)>,
+    /// Blocks the cleaner moves: (hash, locator it was read at, bytes).
+    moves: Vec<(Hash, u64, Vec<u8>)>,
     /// Head view figures set outright (by the volume layer, which keeps them).
     set_views: Vec<(u64, ViewSpace)>,
 }
@@ -181,13 +187,16 @@ pub struct Store {
     db: DB,
     dir: PathBuf,
     secret: Vec<u8>,
-    /// Serializes refcount read-modify-write; holds the space counters it keeps exact.
+    /// The commit lock: serializes refcount read-modify-write and the order of commits;
+    /// holds the space counters it keeps exact.
     space: Mutex<Space>,
-    wal_sync: sync::SyncGroup,
+    /// The log's append end; locked only under `space` (commits and checkpoints).
+    writer: Mutex<segment::Writer>,
+    log: segment::Log,
     disk: disk::Disk,
-    /// The locator the next new block is kept under (one past the largest stored).
-    next_loc: AtomicU64,
-    /// Block reads that failed since start (a damaged blob record fails its CRC).
+    /// A checkpoint is due past this many bytes of batches (memtable growth) since the last.
+    checkpoint_bytes: u64,
+    /// Block reads that failed since start (bytes that do not hash to the block's name).
     read_errors: AtomicU64,
 }
 
@@ -230,44 +239,56 @@ pub fn make_private(store: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `memtables`: the budget of all memtables; one CF's write buffer is a share of it.
-fn cf_options(name: &str, cache: &Cache, memtables: u64) -> Options {
+/// Column family options. Memtables are never flushed by RocksDB on its own (their cap is
+/// far above what a checkpoint lets them reach, invariant 18): every flush is a checkpoint.
+fn cf_options(name: &str, cache: &Cache) -> Options {
     let mut o = Options::default();
     let mut t = BlockBasedOptions::default();
     t.set_block_cache(cache);
     t.set_bloom_filter(10.0, false);
     t.set_cache_index_and_filter_blocks(true);
-    match name {
-        cf::BLOCKS => {
-            // Block values are 4 KiB..1 MiB: keep them in blob files so compaction moves
-            // 16-byte keys, not the data. No compression: on 2 cores lz4 cost a fifth of the
-            // CPU of a sequential write and gains nothing on already-compressed data.
-            // Blob GC is off in normal operation (it relocates live blobs of the oldest files
-            // at every compaction, and hash keys make every compaction touch every file);
-            // `compact` turns it on for one full pass.
-            o.set_enable_blob_files(true);
-            o.set_min_blob_size(1024);
-            o.set_blob_file_size(256 << 20);
-            o.set_blob_compression_type(DBCompressionType::None);
-            o.set_enable_blob_gc(false);
-            o.set_blob_cache(cache);
-            o.set_write_buffer_size((memtables / 3).min(32 << 20) as usize);
-            o.set_max_write_buffer_number(3);
-        }
-        _ => {
-            o.set_compression_type(DBCompressionType::Lz4);
-            o.set_write_buffer_size((memtables / 12).min(8 << 20) as usize);
-            o.set_max_write_buffer_number(3);
-        }
-    }
+    o.set_compression_type(match name {
+        // locator -> hash: random bytes, nothing to gain.
+        cf::BLOCKS => DBCompressionType::None,
+        _ => DBCompressionType::Lz4,
+    });
+    o.set_write_buffer_size(MEMTABLE_CAP);
+    o.set_max_write_buffer_number(4);
     o.set_block_based_table_factory(&t);
     o
 }
 
-fn read_secret() -> Result<Vec<u8>> {
-    let mut s = vec![0u8; SECRET_LEN];
+/// A memtable's size cap: never reached, since a checkpoint flushes every memtable once the
+/// batches since the last one pass `Budget::memtables` / 4.
+const MEMTABLE_CAP: usize = 1 << 30;
+
+/// Random bytes from the kernel.
+pub(crate) fn random_bytes(n: usize) -> Result<Vec<u8>> {
+    let mut s = vec![0u8; n];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut s)?;
     Ok(s)
+}
+
+fn read_secret() -> Result<Vec<u8>> {
+    random_bytes(SECRET_LEN)
+}
+
+fn no_wal() -> WriteOptions {
+    let mut wo = WriteOptions::default();
+    wo.disable_wal(true);
+    wo
+}
+
+/// Refuses a store of another format with one line naming both versions.
+fn check_format(v: Option<Vec<u8>>) -> Result<()> {
+    let v = v.ok_or_else(|| Error::Corrupt("store has no format version".into()))?;
+    let v = u32::from_le_bytes(v.as_slice().try_into().map_err(|_| Error::Corrupt("bad format record".into()))?);
+    if v != FORMAT_VERSION {
+        return Err(Error::Corrupt(format!(
+            "store format version {v} is not supported by this clonefs (it knows {FORMAT_VERSION})"
+        )));
+    }
+    Ok(())
 }
 
 impl Store {
@@ -288,13 +309,12 @@ impl Store {
         make_private(dir)?;
         let store = Store::open_inner(dir, true, &Budget::default())?;
         let cat = store.cf(cf::CATALOG)?;
-        let mut b = WriteBatch::default();
-        b.put_cf(cat, keys::catalog::FORMAT, FORMAT_VERSION.to_le_bytes());
-        b.put_cf(cat, keys::catalog::SECRET, read_secret()?);
-        b.put_cf(cat, keys::catalog::NEXT_VOLUME_ID, 1u64.to_le_bytes());
-        let mut wo = WriteOptions::default();
-        wo.set_sync(true);
-        store.db.write_opt(b, &wo)?;
+        let mut t = store.txn();
+        t.batch.put_cf(cat, keys::catalog::FORMAT, FORMAT_VERSION.to_le_bytes());
+        t.batch.put_cf(cat, keys::catalog::SECRET, read_secret()?);
+        t.batch.put_cf(cat, keys::catalog::NEXT_VOLUME_ID, 1u64.to_le_bytes());
+        store.commit(t, true)?;
+        store.checkpoint(true)?;
         Ok(())
     }
 
@@ -318,25 +338,19 @@ impl Store {
 
     fn open_inner(dir: &Path, create: bool, mem: &Budget) -> Result<Store> {
         make_private(dir)?;
-        // Before RocksDB: on a disk others filled, replaying its log needs the ballast's room.
         let disk = disk::Disk::open(dir, mem.memtables)?;
         let mut opts = Options::default();
         opts.create_if_missing(create);
         opts.create_missing_column_families(create);
         opts.set_max_background_jobs(2);
-        // The WAL lives until every CF with data in it has flushed; past this size RocksDB
-        // flushes the CFs that hold the oldest log, so the WAL stays this size on disk.
-        opts.set_max_total_wal_size(64 << 20);
+        // Writes skip RocksDB's WAL (the segment log is the log); every flush persists all
+        // column families at one point of the commit order, which the log replays after.
+        opts.set_atomic_flush(true);
         opts.set_keep_log_file_num(3);
-        // The kernel's readahead stays on: blocks a file wrote together lie together in a blob
-        // file (see `keys`), and a sequential read of the file reads it forward. RocksDB's
-        // default (FADV_RANDOM) made each block of a cold sequential read a disk read.
+        // Metadata SSTs are read with the kernel's readahead where scans go forward.
         opts.set_advise_random_on_open(false);
-        // All memtables together stay within the budget (writers stall briefly past it), so
-        // the daemon's memory is bounded whatever the write load.
-        opts.set_write_buffer_manager(&WriteBufferManager::new_write_buffer_manager(mem.memtables as usize, true));
         let cache = Cache::new_lru_cache(mem.cache as usize);
-        let cfs = cf::ALL.iter().map(|n| ColumnFamilyDescriptor::new(*n, cf_options(n, &cache, mem.memtables)));
+        let cfs = cf::ALL.iter().map(|n| ColumnFamilyDescriptor::new(*n, cf_options(n, &cache)));
         let db = DB::open_cf_descriptors(&opts, db_dir(dir), cfs).map_err(|e| {
             let s = e.into_string();
             if s.contains("lock") {
@@ -345,24 +359,41 @@ impl Store {
                 Error::Db(s)
             }
         })?;
-        let mut store =
-            Store { db, dir: dir.to_path_buf(), secret: Vec::new(), space: Mutex::new(Space::default()), wal_sync: Default::default(), disk, next_loc: AtomicU64::new(1), read_errors: AtomicU64::new(0) };
+        let cat = db.cf_handle(cf::CATALOG).ok_or_else(|| Error::Corrupt("missing column family catalog".into()))?;
+        let mark = if create {
+            segment::Log::init(dir)?;
+            None
+        } else {
+            check_format(db.get_cf(cat, keys::catalog::FORMAT)?)?;
+            let m = db.get_cf(cat, keys::catalog::LOG_MARK)?.ok_or_else(|| Error::Corrupt("store has no log mark".into()))?;
+            Some(segment::Mark::decode(&m)?)
+        };
+        let mut replayed = false;
+        let (log, writer) = segment::Log::open(dir, mark, |batch| {
+            replayed = true;
+            Ok(db.write_opt(WriteBatch::from_data(batch), &no_wal())?)
+        })?;
+        let mut store = Store {
+            db,
+            dir: dir.to_path_buf(),
+            secret: Vec::new(),
+            space: Mutex::new(Space::default()),
+            writer: Mutex::new(writer),
+            log,
+            disk,
+            checkpoint_bytes: (mem.memtables / 4).max(4 << 20),
+            read_errors: AtomicU64::new(0),
+        };
         if !create {
             store.load_catalog()?;
+            if replayed {
+                store.checkpoint(true)?;
+            }
         }
         Ok(store)
     }
 
     fn load_catalog(&mut self) -> Result<()> {
-        let format = self
-            .get(cf::CATALOG, keys::catalog::FORMAT)?
-            .ok_or_else(|| Error::Corrupt("store has no format version".into()))?;
-        let v = u32::from_le_bytes(format.as_slice().try_into().map_err(|_| Error::Corrupt("bad format record".into()))?);
-        if v != FORMAT_VERSION {
-            return Err(Error::Corrupt(format!(
-                "store format version {v} is not supported by this clonefs (it knows {FORMAT_VERSION})"
-            )));
-        }
         self.secret = self
             .get(cf::CATALOG, keys::catalog::SECRET)?
             .ok_or_else(|| Error::Corrupt("store has no hash secret".into()))?;
@@ -386,13 +417,12 @@ impl Store {
             space.views.insert(keys::read_u64(k, 1), ViewSpace::decode(v)?);
             Ok(true)
         })?;
+        self.scan(cf::CATALOG, keys::catalog::SEGMENT_PREFIX, |k, v| {
+            let seg = keys::catalog::parse_segment(k).ok_or_else(|| Error::Corrupt(format!("bad segment key {k:?}")))?;
+            space.segments.insert(seg, u64::from_le_bytes(v.try_into().map_err(|_| Error::Corrupt("bad segment record".into()))?));
+            Ok(true)
+        })?;
         *self.space_guard()? = space;
-        let last = self.last_key(cf::BLOCKS, &[])?;
-        let last = match last {
-            Some(k) => keys::parse_block_key(&k).ok_or_else(|| Error::Corrupt(format!("bad blocks key {k:?}")))?,
-            None => 0,
-        };
-        self.next_loc.store(last + 1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -666,31 +696,67 @@ impl Store {
     }
 
     /// The bytes of blocks by hash (None for a block not stored): their locators from
-    /// `refs`, then the bytes, in locator order so RocksDB reads each blob file forward.
+    /// `refs`, then the bytes from the log, in locator order, adjacent blocks in one read.
+    /// Bytes that do not hash to the block's name are never returned: the read fails (EIO).
     pub fn get_blocks(&self, hashes: &[Hash]) -> Result<Vec<Option<Vec<u8>>>> {
-        let mut locs: Vec<(usize, [u8; 8])> = Vec::with_capacity(hashes.len());
-        for (i, r) in self.db.batched_multi_get_cf(self.cf(cf::REFS)?, hashes.iter(), false).into_iter().enumerate() {
-            if let Some(v) = r? {
-                locs.push((i, keys::block_key(RefRec::decode(&v)?.loc)));
-            }
-        }
-        locs.sort_by_key(|(_, k)| *k);
         let mut out = vec![None; hashes.len()];
-        let got = self.db.batched_multi_get_cf(self.cf(cf::BLOCKS)?, locs.iter().map(|(_, k)| k), true);
-        for ((i, k), r) in locs.iter().zip(got) {
-            match r {
-                Ok(v) => out[*i] = v.map(|s| s.to_vec()),
-                Err(e) => {
-                    // RocksDB checks each blob record's CRC: damaged bytes fail here and are
-                    // never returned. `clonefs scrub` says which files use the block.
-                    self.read_errors.fetch_add(1, Ordering::Relaxed);
-                    let loc = keys::parse_block_key(k).unwrap_or(0);
-                    log::error!("block {} at locator {loc} cannot be read: {e}", records::hex(&hashes[*i]));
-                    return Err(e.into());
+        let mut want: Vec<usize> = (0..hashes.len()).collect();
+        // A second round for blocks the cleaner moved between the lookup and the read.
+        for _ in 0..3 {
+            let mut locs: Vec<(usize, u64, usize)> = Vec::with_capacity(want.len());
+            let got = self.db.batched_multi_get_cf(self.cf(cf::REFS)?, want.iter().map(|i| &hashes[*i]), false);
+            for (i, r) in want.iter().zip(got) {
+                if let Some(v) = r? {
+                    let rec = RefRec::decode(&v)?;
+                    locs.push((*i, rec.loc, rec.size as usize));
                 }
             }
+            locs.sort_by_key(|l| l.1);
+            let mut moved = Vec::new();
+            let mut run = 0;
+            while run < locs.len() {
+                let mut end = run + 1;
+                let mut len = locs[run].2;
+                while end < locs.len()
+                    && locs[end].1 == locs[end - 1].1 + locs[end - 1].2 as u64
+                    && segment::split(locs[end].1).0 == segment::split(locs[run].1).0
+                    && len < (8 << 20)
+                {
+                    len += locs[end].2;
+                    end += 1;
+                }
+                match self.log.read(locs[run].1, len) {
+                    Ok(Some(bytes)) => {
+                        let mut at = 0;
+                        for &(i, loc, size) in &locs[run..end] {
+                            let b = &bytes[at..at + size];
+                            at += size;
+                            if self.hash(b) != hashes[i] {
+                                return Err(self.damaged(&hashes[i], loc, "does not match its hash"));
+                            }
+                            out[i] = Some(b.to_vec());
+                        }
+                    }
+                    Ok(None) => moved.extend(locs[run..end].iter().map(|l| l.0)),
+                    Err(e) => return Err(self.damaged(&hashes[locs[run].0], locs[run].1, &e.to_string())),
+                }
+                run = end;
+            }
+            if moved.is_empty() {
+                return Ok(out);
+            }
+            want = moved;
         }
-        Ok(out)
+        Err(self.damaged(&hashes[want[0]], 0, "its segment is gone"))
+    }
+
+    /// A block read that failed: logged, counted, and EIO to the reader. `clonefs scrub`
+    /// says which files use the block.
+    fn damaged(&self, h: &Hash, loc: u64, why: &str) -> Error {
+        self.read_errors.fetch_add(1, Ordering::Relaxed);
+        let (seg, off) = segment::split(loc);
+        log::error!("block {} (segment {seg} offset {off}) cannot be read: {why}", records::hex(h));
+        Error::Corrupt(format!("block {} cannot be read: {why}", records::hex(h)))
     }
 
     /// Block reads that failed since the daemon started.
@@ -699,24 +765,35 @@ impl Store {
     }
 
     pub fn txn(&self) -> Txn<'_> {
-        Txn { store: self, frees: false, batch: WriteBatch::default(), refs: Vec::new(), set_views: Vec::new() }
+        Txn { store: self, frees: false, batch: WriteBatch::default(), refs: Vec::new(), moves: Vec::new(), set_views: Vec::new() }
     }
 
-    /// Writes `txn` atomically. Reference deltas are applied under the space lock: a block's
-    /// bytes are written when its count leaves zero and deleted when it returns to zero.
+    /// Writes `txn` atomically. Under the commit lock, in order: reference deltas are
+    /// applied (a block's bytes are stored when its count leaves zero, and dropped when it
+    /// returns to zero), the record with the new blocks and the batch is appended to the log,
+    /// and the batch is applied to RocksDB (without its WAL). With `sync`, the log is synced
+    /// after the lock is released, shared with other committers (invariant 17).
     fn commit(&self, mut txn: Txn<'_>, sync: bool) -> Result<()> {
-        // Read before the space lock: statvfs is a syscall, and a commit or two racing past
+        // Read before the commit lock: statvfs is a syscall, and a commit or two racing past
         // the same figure stays well inside the reserve.
         let avail = self.disk.available()?;
         let mut space = self.space_guard()?;
+        let mut w = self.writer.lock().map_err(|_| Error::Corrupt("log writer poisoned by a panic: restart the daemon".into()))?;
+        if let Some(why) = &w.broken {
+            return Err(Error::Db(format!("the store stopped taking writes ({why}); restart the daemon")));
+        }
         let mut touched: HashMap<u64, LineageSpace> = HashMap::new();
         let views: HashMap<u64, ViewSpace> = txn.set_views.drain(..).collect();
         let mut new_space = (space.physical, space.blocks);
+        let mut seg_delta: HashMap<u32, i64> = HashMap::new();
+        // Blocks this record stores, in staging order (a file's blocks in file order):
+        // (hash, after, bytes, was it a move from this locator).
+        let mut stored: Vec<(Hash, RefRec, Vec<u8>, Option<u64>)> = Vec::new();
+        let refs_cf = self.cf(cf::REFS)?;
+        let blocks_cf = self.cf(cf::BLOCKS)?;
+        let cat = self.cf(cf::CATALOG)?;
         if !txn.refs.is_empty() {
-            let refs_cf = self.cf(cf::REFS)?;
-            let blocks_cf = self.cf(cf::BLOCKS)?;
-            // Group deltas by hash, keeping one copy of the bytes, in the order they were
-            // staged: new blocks get locators in file order (see `keys`).
+            // Group deltas by hash, keeping one copy of the bytes, in the order staged.
             let mut by_hash: HashMap<Hash, (Vec<(u64, i64)>, Option<Vec<u8>>)> = HashMap::new();
             let mut hashes: Vec<Hash> = Vec::new();
             for (h, l, d, data) in txn.refs.drain(..) {
@@ -743,24 +820,19 @@ impl Store {
                 if after.owners == before.owners {
                     continue;
                 }
-                let size = if before.owners.is_empty() {
-                    let data = data.as_ref().ok_or_else(|| {
-                        Error::Corrupt("reference to a block that is not stored".into())
-                    })?;
-                    data.len() as u32
+                let s = if before.owners.is_empty() {
+                    data.as_ref().ok_or_else(|| Error::Corrupt("reference to a block that is not stored".into()))?.len() as u64
                 } else {
-                    before.size
+                    before.size as u64
                 };
-                after.size = size;
-                let s = size as u64;
+                after.size = s as u32;
                 account(&space, &mut touched, &before, &after, s);
                 if before.owners.is_empty() {
                     new_space.0 += s;
                     new_space.1 += 1;
-                    // Under the space lock, so locators follow the order of commits.
-                    after.loc = self.next_loc.fetch_add(1, Ordering::Relaxed);
-                    if let Some(d) = &data {
-                        txn.batch.put_cf(blocks_cf, keys::block_key(after.loc), d);
+                    if !after.owners.is_empty() {
+                        stored.push((*h, after, data.unwrap_or_default(), None));
+                        continue;
                     }
                 }
                 if after.owners.is_empty() {
@@ -768,13 +840,15 @@ impl Store {
                         (Some(p), Some(b)) => (p, b),
                         _ => return Err(Error::Corrupt(format!("store space below zero freeing a block of {s} bytes"))),
                     };
-                    txn.batch.delete_cf(refs_cf, h);
-                    txn.batch.delete_cf(blocks_cf, keys::block_key(before.loc));
+                    if !before.owners.is_empty() {
+                        txn.batch.delete_cf(refs_cf, h);
+                        txn.batch.delete_cf(blocks_cf, keys::block_key(before.loc));
+                        *seg_delta.entry(segment::split(before.loc).0).or_default() -= s as i64;
+                    }
                 } else {
                     txn.batch.put_cf(refs_cf, h, after.encode());
                 }
             }
-            let cat = self.cf(cf::CATALOG)?;
             for (l, ls) in &touched {
                 txn.batch.put_cf(cat, keys::catalog::space(*l), ls.encode());
             }
@@ -782,12 +856,46 @@ impl Store {
             stats.extend_from_slice(&new_space.1.to_le_bytes());
             txn.batch.put_cf(cat, keys::catalog::STORE_STATS, stats);
         }
-        if !views.is_empty() {
-            let cat = self.cf(cf::CATALOG)?;
-            for (l, vs) in &views {
-                txn.batch.put_cf(cat, keys::catalog::view(*l), vs.encode());
+        if !txn.moves.is_empty() {
+            let hashes: Vec<Hash> = txn.moves.iter().map(|m| m.0).collect();
+            let current = self.db.batched_multi_get_cf(refs_cf, hashes.iter(), false);
+            for ((h, from, data), cur) in txn.moves.drain(..).zip(current) {
+                // Moved only if it is still stored where the cleaner read it.
+                if let Some(v) = cur? {
+                    let rec = RefRec::decode(&v)?;
+                    if rec.loc == from && rec.size as usize == data.len() && !stored.iter().any(|x| x.0 == h) {
+                        stored.push((h, rec, data, Some(from)));
+                    }
+                }
             }
         }
+        let data_len: u64 = stored.iter().map(|x| x.2.len() as u64).sum();
+        let plan = self.log.plan(&mut w, data_len)?;
+        let mut at = 0;
+        for (h, rec, data, from) in stored.iter_mut() {
+            if let Some(from) = from {
+                txn.batch.delete_cf(blocks_cf, keys::block_key(*from));
+                *seg_delta.entry(segment::split(*from).0).or_default() -= data.len() as i64;
+            }
+            rec.loc = plan.locator(at);
+            at += data.len() as u64;
+            *seg_delta.entry(plan.mark.seg).or_default() += data.len() as i64;
+            txn.batch.put_cf(refs_cf, &h[..], rec.encode());
+            txn.batch.put_cf(blocks_cf, keys::block_key(rec.loc), &h[..]);
+        }
+        let mut segments = Vec::with_capacity(seg_delta.len());
+        for (seg, d) in seg_delta {
+            let now = space.segments.get(&seg).copied().unwrap_or(0) as i64 + d;
+            if now < 0 {
+                return Err(Error::Corrupt(format!("segment {seg} live bytes below zero")));
+            }
+            txn.batch.put_cf(cat, keys::catalog::segment(seg), (now as u64).to_le_bytes());
+            segments.push((seg, now as u64));
+        }
+        for (l, vs) in &views {
+            txn.batch.put_cf(cat, keys::catalog::view(*l), vs.encode());
+        }
+        txn.batch.put_cf(cat, keys::catalog::LOG_MARK, plan.mark.encode());
         let growth = if txn.frees {
             disk::Growth::Frees
         } else if new_space.0 > space.physical {
@@ -795,21 +903,34 @@ impl Store {
         } else {
             disk::Growth::Meta
         };
-        self.disk.admit(growth, txn.batch.size_in_bytes() as u64, avail)?;
-        // Written unsynced under the space lock (refcounts are read-modify-write, and the
-        // counters must follow the order of writes); synced after it, so one fsync never
-        // stalls the commits of other volumes.
-        self.db.write_opt(txn.batch, &WriteOptions::default())?;
+        self.disk.admit(growth, data_len + txn.batch.size_in_bytes() as u64, avail)?;
+        let blocks: Vec<&[u8]> = stored.iter().map(|x| x.2.as_slice()).collect();
+        let seq = self.log.write(&mut w, plan, &blocks, txn.batch.data())?;
+        let meta = txn.batch.size_in_bytes() as u64;
+        if let Err(e) = self.db.write_opt(txn.batch, &no_wal()) {
+            // The record is in the log but RocksDB refused the batch: a restart replays it,
+            // and until then nothing may build on a state the store does not hold.
+            log::error!("commit {seq} is logged but RocksDB refused it ({e}); restart the daemon to replay it");
+            w.broken = Some(format!("commit {seq} logged but not applied: {e}"));
+            return Err(e.into());
+        }
         space.physical = new_space.0;
         space.blocks = new_space.1;
         for (l, ls) in touched {
             space.lineages.insert(l, ls);
         }
         space.views.extend(views);
-        let seq = self.db.latest_sequence_number();
+        for (seg, live) in segments {
+            space.segments.insert(seg, live);
+        }
+        w.meta_since_checkpoint += meta;
+        if w.meta_since_checkpoint >= self.checkpoint_bytes || w.since_checkpoint >= segment::SEGMENT_SIZE {
+            self.checkpoint_locked(&mut w, false)?;
+        }
+        drop(w);
         drop(space);
         if sync {
-            self.sync_to(seq)?;
+            self.log.sync_to(seq)?;
         }
         Ok(())
     }
@@ -825,15 +946,46 @@ impl Store {
         self.db.latest_sequence_number()
     }
 
-    /// Makes every write so far durable.
+    /// Makes every commit so far durable.
     pub fn sync(&self) -> Result<()> {
-        self.sync_to(self.db.latest_sequence_number())
+        self.log.sync_to(self.log.last())
     }
 
-    /// Makes every write up to sequence number `seq` durable, sharing the WAL sync with
-    /// concurrent callers (group commit).
-    fn sync_to(&self, seq: u64) -> Result<()> {
-        self.wal_sync.sync_to(seq, || self.db.latest_sequence_number(), || Ok(self.db.flush_wal(true)?))
+    /// Makes RocksDB hold every commit so far on its own, so start-up replays nothing
+    /// before this point: the log is synced, then every memtable is switched and flushed.
+    /// `wait`: until the flush is on disk (the log before this point may then be deleted).
+    pub fn checkpoint(&self, wait: bool) -> Result<u32> {
+        let _space = self.space_guard()?;
+        let mut w = self.writer.lock().map_err(|_| Error::Corrupt("log writer poisoned by a panic: restart the daemon".into()))?;
+        self.checkpoint_locked(&mut w, wait)
+    }
+
+    /// A checkpoint under the commit lock: it is held across the log's sync so that the
+    /// memtables switched next hold no commit whose record is not durable (invariant 18).
+    /// Returns the segment of the last record, before which the log is no longer needed.
+    fn checkpoint_locked(&self, w: &mut segment::Writer, wait: bool) -> Result<u32> {
+        self.log.sync_to(self.log.last())?;
+        let mut fo = FlushOptions::default();
+        fo.set_wait(wait);
+        let cfs: Vec<&ColumnFamily> = cf::ALL.iter().map(|n| self.cf(n)).collect::<Result<_>>()?;
+        self.db.flush_cfs_opt(&cfs, &fo)?;
+        w.since_checkpoint = 0;
+        w.meta_since_checkpoint = 0;
+        w.last_checkpoint = std::time::Instant::now();
+        Ok(segment::Log::active_segment(w))
+    }
+
+    /// A checkpoint if commits are older than `age` and none was made since (the flusher's
+    /// tick), so a restart replays little.
+    pub fn checkpoint_if_older(&self, age: std::time::Duration) -> Result<()> {
+        let due = {
+            let w = self.writer.lock().map_err(|_| Error::Corrupt("log writer poisoned by a panic: restart the daemon".into()))?;
+            w.since_checkpoint > 0 && w.last_checkpoint.elapsed() >= age
+        };
+        if due {
+            self.checkpoint(false)?;
+        }
+        Ok(())
     }
 
     pub fn space(&self) -> Result<Space> {
@@ -857,44 +1009,136 @@ impl Store {
         Ok(self.space_guard()?.views.get(&lineage).copied().unwrap_or_default())
     }
 
-    /// Bytes RocksDB holds on disk (SST and blob files).
+    /// Bytes the store holds on disk: RocksDB's SST files and the segments.
     pub fn disk_bytes(&self) -> u64 {
         let mut total = 0;
         for n in cf::ALL {
             if let Ok(c) = self.cf(n) {
-                for p in ["rocksdb.total-sst-files-size", "rocksdb.total-blob-file-size"] {
-                    total += self.db.property_int_value_cf(c, p).ok().flatten().unwrap_or(0);
-                }
+                total += self.db.property_int_value_cf(c, "rocksdb.total-sst-files-size").ok().flatten().unwrap_or(0);
             }
         }
-        total
+        total + self.log.segments().map(|s| s.iter().map(|x| x.1).sum::<u64>()).unwrap_or(0)
     }
 
-    /// Flushes memtables and compacts everything, so deleted blocks leave the disk.
-    pub fn compact(&self) -> Result<()> {
+    /// Runs the cleaner over segments whose live bytes are at most `ratio` of a segment,
+    /// then compacts RocksDB, so deleted blocks and metadata leave the disk.
+    pub fn compact(&self) -> Result<CleanReport> {
+        {
+            let _space = self.space_guard()?;
+            let mut w = self.writer.lock().map_err(|_| Error::Corrupt("log writer poisoned by a panic: restart the daemon".into()))?;
+            self.log.seal(&mut w)?;
+        }
+        let report = self.clean(0.5)?;
+        // Under the commit lock, after a sync: the compaction flushes the memtables first,
+        // and no commit whose record is not durable may be in them (invariant 18).
+        let _space = self.space_guard()?;
+        let _w = self.writer.lock().map_err(|_| Error::Corrupt("log writer poisoned by a panic: restart the daemon".into()))?;
+        self.log.sync_to(self.log.last())?;
         let mut co = CompactOptions::default();
         co.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
-        let blocks = self.cf(cf::BLOCKS)?;
-        self.db.set_options_cf(
-            blocks,
-            &[("enable_blob_garbage_collection", "true"), ("blob_garbage_collection_age_cutoff", "1.0")],
-        )?;
         for n in cf::ALL {
-            let c = self.cf(n)?;
-            self.db.flush_cf(c)?;
-            self.db.compact_range_cf_opt(c, None::<&[u8]>, None::<&[u8]>, &co);
+            self.db.compact_range_cf_opt(self.cf(n)?, None::<&[u8]>, None::<&[u8]>, &co);
         }
-        self.db.set_options_cf(blocks, &[("enable_blob_garbage_collection", "false")])?;
-        // Whatever reached a memtable meanwhile keeps the last WAL alive: flush it too.
-        for n in cf::ALL {
-            self.db.flush_cf(self.cf(n)?)?;
+        Ok(report)
+    }
+
+    /// The cleaner: moves the live blocks of every segment (but the one being written) whose
+    /// live bytes are at most `ratio` of its size on disk to the end of the log, then deletes
+    /// the segments left empty. Its cost is the live bytes it moves plus one locator scan per
+    /// segment; commits go on meanwhile (a block freed or moved under it is skipped).
+    pub fn clean(&self, ratio: f64) -> Result<CleanReport> {
+        let mut report = CleanReport::default();
+        let active = {
+            let w = self.writer.lock().map_err(|_| Error::Corrupt("log writer poisoned by a panic: restart the daemon".into()))?;
+            segment::Log::active_segment(&w)
+        };
+        let victims: Vec<u32> = {
+            let space = self.space_guard()?;
+            let live = |s: &u32| space.segments.get(s).copied().unwrap_or(0);
+            self.log.segments()?.into_iter().filter(|(s, size)| *s < active && live(s) as f64 <= *size as f64 * ratio).map(|s| s.0).collect()
+        };
+        if victims.is_empty() {
+            return Ok(report);
         }
-        Ok(())
+        let blocks_cf = self.cf(cf::BLOCKS)?;
+        for seg in &victims {
+            let (start, end) = segment::segment_range(*seg);
+            let mut from = keys::block_key(start).to_vec();
+            loop {
+                let mut batch: Vec<(u64, Hash)> = Vec::new();
+                let mut ro = ReadOptions::default();
+                ro.set_iterate_upper_bound(keys::block_key(end).to_vec());
+                let mut it = self.db.raw_iterator_cf_opt(blocks_cf, ro);
+                it.seek(&from);
+                while let (Some(k), Some(v)) = (it.key(), it.value()) {
+                    let loc = keys::parse_block_key(k).ok_or_else(|| Error::Corrupt(format!("bad blocks key {k:?}")))?;
+                    let h: Hash = v.try_into().map_err(|_| Error::Corrupt("bad blocks value".into()))?;
+                    batch.push((loc, h));
+                    if batch.len() >= 1024 {
+                        break;
+                    }
+                    it.next();
+                }
+                it.status()?;
+                let Some(&(last, _)) = batch.last() else { break };
+                from = keys::block_key(last + 1).to_vec();
+                let mut t = self.txn();
+                t.frees();
+                for (loc, h) in &batch {
+                    let Some(rec) = self.refs(h)? else { continue };
+                    if rec.loc != *loc {
+                        continue;
+                    }
+                    let Some(bytes) = self.log.read(*loc, rec.size as usize)? else { continue };
+                    if self.hash(&bytes) != *h {
+                        // Left where it is (and its segment with it): scrub reports it.
+                        report.damaged += 1;
+                        self.damaged(h, *loc, "does not match its hash");
+                        continue;
+                    }
+                    report.moved_bytes += bytes.len() as u64;
+                    t.moves.push((*h, *loc, bytes));
+                }
+                self.commit(t, false)?;
+            }
+        }
+        // The moves durable in RocksDB, and every segment before the active one replayed
+        // by no start-up: an empty one can go.
+        let before = self.checkpoint(true)?;
+        let empty: Vec<u32> = {
+            let space = self.space_guard()?;
+            victims.into_iter().filter(|s| *s < before && space.segments.get(s).copied().unwrap_or(0) == 0).collect()
+        };
+        for seg in empty {
+            // Nothing names it any more: no new block goes to a segment but the active one.
+            self.log.delete(seg)?;
+            report.segments_deleted += 1;
+        }
+        Ok(report)
     }
 
     /// A consistent read-only view of the whole store at this instant (fsck).
     pub fn view(&self) -> View<'_> {
         View { store: self, snap: self.db.snapshot() }
+    }
+}
+
+/// What a run of the cleaner did.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct CleanReport {
+    pub moved_bytes: u64,
+    pub segments_deleted: u64,
+    /// Blocks left in place because their bytes do not match their hash.
+    pub damaged: u64,
+}
+
+impl Drop for Store {
+    /// A closed store replays nothing at the next start: a last checkpoint (the log synced
+    /// first, invariant 18).
+    fn drop(&mut self) {
+        if let Err(e) = self.checkpoint(true) {
+            log::error!("the checkpoint at close failed ({e}); the next start replays the log");
+        }
     }
 }
 
@@ -974,8 +1218,8 @@ impl View<'_> {
     }
 
     /// Reads every stored block in locator order and checks it against its hash; `progress`
-    /// gets the bytes of each block checked. A block that cannot be read (RocksDB's CRC),
-    /// is missing, or does not hash to its key is reported, and the check goes on.
+    /// gets the bytes of each block checked. A block that cannot be read, is missing, or does
+    /// not hash to its name is reported, and the check goes on.
     pub fn check_blocks(&self, mut progress: impl FnMut(u64)) -> Result<BlockCheck> {
         let mut all: Vec<(u64, Hash, u32)> = Vec::new();
         self.for_each_ref(|h, r| {
@@ -983,12 +1227,18 @@ impl View<'_> {
             Ok(())
         })?;
         all.sort_unstable_by_key(|b| b.0);
-        let blocks = self.store.cf(cf::BLOCKS)?;
         let mut out = BlockCheck::default();
         for (loc, hash, size) in all {
-            let problem = match self.snap.get_cf(blocks, keys::block_key(loc)) {
+            let problem = match self.store.log.read(loc, size as usize) {
                 Err(e) => Some(format!("cannot be read: {e}")),
-                Ok(None) => Some("is missing".to_string()),
+                // Moved by the cleaner since this view was taken: it checks the new copy.
+                Ok(None) => match self.store.refs(&hash)? {
+                    Some(r) if r.loc != loc => match self.store.log.read(r.loc, size as usize)? {
+                        Some(v) if self.store.hash(&v) == hash => None,
+                        _ => Some("is missing".to_string()),
+                    },
+                    _ => Some("is missing".to_string()),
+                },
                 Ok(Some(v)) if self.store.hash(&v) != hash => Some("does not match its hash".to_string()),
                 Ok(Some(_)) => None,
             };
@@ -1002,12 +1252,35 @@ impl View<'_> {
         Ok(out)
     }
 
-    /// Every stored block: (locator it is kept under, bytes), in locator order.
-    pub fn for_each_block(&self, mut f: impl FnMut(u64, &[u8]) -> Result<()>) -> Result<()> {
+    /// Every stored block: (locator, the hash `blocks` names there, its bytes in the log),
+    /// in locator order; the bytes are None when they cannot be read.
+    pub fn for_each_block(&self, sizes: &HashMap<u64, u32>, mut f: impl FnMut(u64, Hash, Option<Vec<u8>>) -> Result<()>) -> Result<()> {
         self.for_each(cf::BLOCKS, |k, v| {
             let loc = keys::parse_block_key(k).ok_or_else(|| Error::Corrupt(format!("bad blocks key {k:?}")))?;
-            f(loc, v)
+            let h: Hash = v.try_into().map_err(|_| Error::Corrupt(format!("bad blocks value at {loc}")))?;
+            let bytes = match sizes.get(&loc) {
+                Some(n) => self.store.log.read(loc, *n as usize).ok().flatten(),
+                None => None,
+            };
+            f(loc, h, bytes)
         })
+    }
+
+    /// The live bytes recorded per segment, and the segments in the log.
+    pub fn segments(&self) -> Result<(std::collections::BTreeMap<u32, u64>, Vec<u32>)> {
+        let mut live = std::collections::BTreeMap::new();
+        self.for_each(cf::CATALOG, |k, v| {
+            if let Some(seg) = keys::catalog::parse_segment(k) {
+                live.insert(seg, u64::from_le_bytes(v.try_into().map_err(|_| Error::Corrupt("bad segment record".into()))?));
+            }
+            Ok(())
+        })?;
+        Ok((live, self.store.log.segments()?.into_iter().map(|s| s.0).collect()))
+    }
+
+    /// The segment a locator lies in.
+    pub fn segment_of(loc: u64) -> u32 {
+        segment::split(loc).0
     }
 
     pub fn hash(&self, data: &[u8]) -> Hash {

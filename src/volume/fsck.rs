@@ -323,18 +323,23 @@ pub fn check(store: &Store) -> Result<FsckReport> {
         }
     }
     let mut physical = 0;
-    view.for_each_block(|loc, v| {
+    let sizes: HashMap<u64, u32> = refs.values().map(|r| (r.loc, r.size)).collect();
+    let mut seg_live: std::collections::BTreeMap<u32, u64> = std::collections::BTreeMap::new();
+    view.for_each_block(&sizes, |loc, named, bytes| {
         report.blocks += 1;
-        physical += v.len() as u64;
         match by_loc.remove(&loc) {
             None => c.err(format!("block at locator {loc} is stored but not referenced")),
             Some(h) => {
                 let r = &refs[&h];
-                if r.size as usize != v.len() {
-                    c.err(format!("block {}: size {} but {} recorded", hex(&h), v.len(), r.size));
+                physical += r.size as u64;
+                *seg_live.entry(crate::store::View::segment_of(loc)).or_default() += r.size as u64;
+                if named != h {
+                    c.err(format!("locator {loc} names block {} but the refcount of {} points there", hex(&named), hex(&h)));
                 }
-                if view.hash(v) != h {
-                    c.err(format!("block {}: content does not match its hash (damaged)", hex(&h)));
+                match bytes {
+                    None => c.err(format!("block {}: cannot be read from its segment", hex(&h))),
+                    Some(v) if view.hash(&v) != h => c.err(format!("block {}: content does not match its hash (damaged)", hex(&h))),
+                    Some(_) => {}
                 }
             }
         }
@@ -342,6 +347,17 @@ pub fn check(store: &Store) -> Result<FsckReport> {
     })?;
     for h in by_loc.values() {
         c.err(format!("block {} has a refcount but is not stored", hex(h)));
+    }
+    // Live bytes per segment equal a recount, and every block's segment exists.
+    let (recorded, present) = view.segments()?;
+    for seg in recorded.keys().chain(seg_live.keys()) {
+        let (r, n) = (recorded.get(seg).copied().unwrap_or(0), seg_live.get(seg).copied().unwrap_or(0));
+        if r != n {
+            c.err(format!("segment {seg}: {r} live bytes recorded, recount {n}"));
+        }
+        if n > 0 && !present.contains(seg) {
+            c.err(format!("segment {seg} holds {n} bytes of live blocks but is missing"));
+        }
     }
     report.physical = physical;
 

@@ -802,7 +802,8 @@ mod tests {
         let live_big = cost(&|| drop(c.clone_volume(&s, "big", "cl").unwrap()));
         assert_eq!(snap_small, snap_big);
         assert_eq!(clone_small, clone_big);
-        assert!(snap_big <= 3 && clone_big <= 6 && live_big <= 6, "{snap_big} {clone_big} {live_big}");
+        // Each commit also writes its log mark.
+        assert!(snap_big <= 4 && clone_big <= 7 && live_big <= 7, "{snap_big} {clone_big} {live_big}");
     }
 
     #[test]

@@ -4,22 +4,25 @@
 
 use crate::util::{pattern, Daemon};
 use std::fs::{self, File};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-/// Flips one byte inside the stored copy of `needle`'s block; returns the file changed.
-fn flip_in_blob_files(store: &Path, needle: &[u8]) -> PathBuf {
-    for e in fs::read_dir(store.join("db")).unwrap() {
+/// Flips one byte inside every copy of `needle`'s block in the segments (a dead copy may
+/// lie before the live one); returns how many it changed.
+fn flip_in_segments(store: &Path, needle: &[u8]) -> usize {
+    let mut n = 0;
+    for e in fs::read_dir(store.join("seg")).unwrap() {
         let p = e.unwrap().path();
-        if p.extension().is_some_and(|x| x == "blob") {
-            let mut b = fs::read(&p).unwrap();
-            if let Some(at) = b.windows(needle.len()).position(|w| w == needle) {
-                b[at + 1000] ^= 0x10;
-                fs::write(&p, &b).unwrap();
-                return p;
-            }
+        let mut b = fs::read(&p).unwrap();
+        let mut from = 0;
+        while let Some(at) = b[from..].windows(needle.len()).position(|w| w == needle) {
+            b[from + at + 1000] ^= 0x10;
+            from += at + needle.len();
+            n += 1;
         }
+        fs::write(&p, &b).unwrap();
     }
-    panic!("block not found in any blob file");
+    assert!(n > 0, "block not found in any segment");
+    n
 }
 
 #[test]
@@ -35,11 +38,10 @@ fn a_flipped_bit_gives_eio_and_scrub_names_the_files() {
     d.ok(&["snapshot", "v@s"]);
     d.ok(&["clone", "v@s", "c"]);
     assert!(d.ok(&["scrub"]).contains("no damaged blocks"));
-    d.ok(&["compact"]); // the blocks are in blob files now
     d.unmount(&m);
     d.stop();
     // Block 3 of the victim: bytes [192 KiB, 256 KiB).
-    flip_in_blob_files(&d.store, &victim[192 << 10..(192 << 10) + 64]);
+    flip_in_segments(&d.store, &victim[192 << 10..(192 << 10) + 64]);
     d.restart();
     let m = d.mount("v");
     let e = fs::read(m.join("a/victim")).expect_err("a damaged block was read");

@@ -1,0 +1,435 @@
+//! The segment log: where block bytes live, and the intent log of every commit
+//! (invariants 17 and 18 in docs/ARCHITECTURE.md).
+//!
+//! A segment is a file `STORE/seg/NNNNNNNNNN`, preallocated to `SEGMENT_SIZE` and written
+//! only by appending records. A record is one commit: a header, the bytes of the blocks the
+//! commit stores (4 KiB aligned in the file, in the order the commit staged them, so a file
+//! written sequentially lies sequentially), then the commit's RocksDB write batch:
+//!
+//! ```text
+//! 0  magic u32 | 4 version u16 | 6 unused u16 | 8 seq u64 | 16 boot u64 | 24 prev u64
+//! 32 data_len u64 | 40 batch_len u32 | 44 data_off u32 | 48 sum u64 | 56 unused u64
+//! data_off: data (data_len bytes) | batch (batch_len bytes) | zeros to a multiple of 8
+//! ```
+//!
+//! `sum` is xxh3-64 of the header (with sum 0), data and batch: a torn or scribbled record
+//! fails it. `prev` is the id (`record_id`) of the record before; `boot` is random per open,
+//! so a stale record that happens to lie past the end of the log after a crash never chains
+//! onto a newer one. RocksDB is written without its WAL; the log is what start-up replays.
+
+use crate::error::{Error, Result};
+use crate::store::sync::SyncGroup;
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+/// Size of a segment: a record that does not fit in what is left starts a new one, and a
+/// record larger than a segment makes its segment longer.
+pub const SEGMENT_SIZE: u64 = 64 << 20;
+/// A segment is preallocated this far ahead of its end, so appends rarely change its
+/// metadata (an fdatasync then writes data only) and an idle store holds little unused.
+const PREALLOC: u64 = 4 << 20;
+const MAGIC: u32 = 0x5253_4643; // "CFSR"
+const VERSION: u16 = 1;
+pub const HEADER: u64 = 64;
+const ALIGN: u64 = 4096;
+const OFFSET_BITS: u32 = 40;
+
+/// A block's locator: its segment and byte offset in one number, ordered as the log is.
+pub fn locator(seg: u32, off: u64) -> u64 {
+    ((seg as u64) << OFFSET_BITS) | off
+}
+
+pub fn split(loc: u64) -> (u32, u64) {
+    ((loc >> OFFSET_BITS) as u32, loc & ((1u64 << OFFSET_BITS) - 1))
+}
+
+/// The locators of segment `seg` are [first, end).
+pub fn segment_range(seg: u32) -> (u64, u64) {
+    (locator(seg, 0), locator(seg + 1, 0))
+}
+
+/// Where a record starts and who it is: what each commit writes into `Flog`, and what
+/// start-up replays after.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Mark {
+    pub seq: u64,
+    pub seg: u32,
+    pub off: u64,
+}
+
+impl Mark {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(20);
+        v.extend_from_slice(&self.seq.to_le_bytes());
+        v.extend_from_slice(&self.seg.to_le_bytes());
+        v.extend_from_slice(&self.off.to_le_bytes());
+        v
+    }
+    pub fn decode(b: &[u8]) -> Result<Mark> {
+        if b.len() != 20 {
+            return Err(Error::Corrupt("bad log mark".into()));
+        }
+        let u = |r: std::ops::Range<usize>| b[r].iter().rev().fold(0u64, |a, x| (a << 8) | *x as u64);
+        Ok(Mark { seq: u(0..8), seg: u(8..12) as u32, off: u(12..20) })
+    }
+}
+
+fn record_id(seq: u64, boot: u64, seg: u32, off: u64) -> u64 {
+    let mut b = [0u8; 28];
+    b[..8].copy_from_slice(&seq.to_le_bytes());
+    b[8..16].copy_from_slice(&boot.to_le_bytes());
+    b[16..20].copy_from_slice(&seg.to_le_bytes());
+    b[20..].copy_from_slice(&off.to_le_bytes());
+    xxhash_rust::xxh3::xxh3_64(&b)
+}
+
+fn align(x: u64, a: u64) -> u64 {
+    x.div_ceil(a) * a
+}
+
+/// A record about to be written: where its blocks go.
+pub struct Plan {
+    pub mark: Mark,
+    /// Offset in the segment of the first block.
+    pub data_at: u64,
+    data_len: u64,
+}
+
+impl Plan {
+    pub fn locator(&self, within: u64) -> u64 {
+        locator(self.mark.seg, self.data_at + within)
+    }
+}
+
+/// The append end of the log. Owned by the store's commit lock: only a commit (or a
+/// checkpoint) holding it writes, so records follow the order of RocksDB writes.
+pub struct Writer {
+    seg: u32,
+    file: Arc<File>,
+    off: u64,
+    /// Bytes allocated to the file (its length).
+    size: u64,
+    seq: u64,
+    prev: u64,
+    boot: u64,
+    /// Record bytes written since the last checkpoint (its replay cost).
+    pub since_checkpoint: u64,
+    /// Batch bytes written since the last checkpoint (what the memtables grew by).
+    pub meta_since_checkpoint: u64,
+    pub last_checkpoint: std::time::Instant,
+    /// Set when a logged commit could not be applied: nothing may build on it until a
+    /// restart replays it.
+    pub broken: Option<String>,
+}
+
+struct Unsynced {
+    /// Segments left behind by a roll and not yet synced, oldest first.
+    files: Vec<Arc<File>>,
+}
+
+pub struct Log {
+    dir: PathBuf,
+    files: RwLock<BTreeMap<u32, Arc<File>>>,
+    unsynced: Mutex<Unsynced>,
+    /// Highest record seq fully written (readable by a sync).
+    written: std::sync::atomic::AtomicU64,
+    /// The file the writer appends to, for syncs that run outside the commit lock.
+    active: Mutex<Arc<File>>,
+    syncs: SyncGroup,
+}
+
+fn seg_path(dir: &Path, seg: u32) -> PathBuf {
+    dir.join(format!("{seg:010}"))
+}
+
+fn open_seg(dir: &Path, seg: u32) -> Result<File> {
+    Ok(OpenOptions::new().read(true).write(true).open(seg_path(dir, seg))?)
+}
+
+/// A record read back: its id, batch, and where the next one starts.
+struct Found {
+    seq: u64,
+    id: u64,
+    batch: Vec<u8>,
+    end: u64,
+}
+
+/// Reads and checks the record at `off` of `file`; None when there is none (zeros, torn,
+/// damaged, or not the one expected: `expect` is (seq, prev id)).
+fn read_record(file: &File, seg: u32, off: u64, expect: Option<(u64, u64)>) -> Result<Option<Found>> {
+    let len = file.metadata()?.len();
+    if off + HEADER > len {
+        return Ok(None);
+    }
+    let mut h = [0u8; HEADER as usize];
+    file.read_exact_at(&mut h, off)?;
+    let u64at = |i: usize| u64::from_le_bytes(h[i..i + 8].try_into().unwrap_or_default());
+    let u32at = |i: usize| u32::from_le_bytes(h[i..i + 4].try_into().unwrap_or_default());
+    if u32at(0) != MAGIC || u16::from_le_bytes([h[4], h[5]]) != VERSION {
+        return Ok(None);
+    }
+    let (seq, boot, prev, data_len, batch_len, data_off, sum) =
+        (u64at(8), u64at(16), u64at(24), u64at(32), u32at(40) as u64, u32at(44) as u64, u64at(48));
+    if let Some((s, p)) = expect {
+        if seq != s || prev != p {
+            return Ok(None);
+        }
+    }
+    let end = align(off + data_off + data_len + batch_len, 8);
+    if data_off < HEADER || end > len {
+        return Ok(None);
+    }
+    let mut body = vec![0u8; (data_len + batch_len) as usize];
+    file.read_exact_at(&mut body, off + data_off)?;
+    h[48..56].fill(0);
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    hasher.update(&h);
+    hasher.update(&body);
+    if hasher.digest() != sum {
+        return Ok(None);
+    }
+    let batch = body.split_off(data_len as usize);
+    Ok(Some(Found { seq, id: record_id(seq, boot, seg, off), batch, end }))
+}
+
+impl Log {
+    /// Creates the log of a new store: an empty `seg` directory.
+    pub fn init(store: &Path) -> Result<()> {
+        let dir = store.join("seg");
+        std::fs::create_dir(&dir)?;
+        Ok(())
+    }
+
+    /// Opens the log and hands every record after `mark` (the last one RocksDB holds) to
+    /// `apply`, in order, stopping at the first missing, torn or foreign record. Returns the
+    /// log and its writer, which appends after the last record replayed. `mark` None: a new
+    /// store, whose log is empty.
+    pub fn open(store: &Path, mark: Option<Mark>, mut apply: impl FnMut(&[u8]) -> Result<()>) -> Result<(Log, Writer)> {
+        let dir = store.join("seg");
+        if !dir.is_dir() {
+            return Err(Error::Corrupt(format!("{} is missing: not a store of this format", dir.display())));
+        }
+        let mut files = BTreeMap::new();
+        for e in std::fs::read_dir(&dir)? {
+            let e = e?;
+            let name = e.file_name();
+            let seg: u32 = name.to_str().and_then(|s| s.parse().ok()).ok_or_else(|| {
+                Error::Corrupt(format!("unexpected file {} in {}", name.to_string_lossy(), dir.display()))
+            })?;
+            files.insert(seg, Arc::new(open_seg(&dir, seg)?));
+        }
+        // Where the log stands: the record `mark` names, then every record chained after it.
+        let (mut seg, mut off, mut seq, mut prev) = (1u32, 0u64, 0u64, 0u64);
+        if let Some(m) = mark {
+            let f = files.get(&m.seg).ok_or_else(|| {
+                Error::Corrupt(format!("segment {} holding the last checkpointed commit is missing", m.seg))
+            })?;
+            let r = read_record(f, m.seg, m.off, None)?
+                .filter(|r| r.seq == m.seq)
+                .ok_or_else(|| Error::Corrupt(format!("the last checkpointed commit ({}) is damaged in segment {}", m.seq, m.seg)))?;
+            (seg, off, seq, prev) = (m.seg, r.end, r.seq, r.id);
+            let mut replayed = 0u64;
+            loop {
+                let here = files.get(&seg).map(|f| read_record(f, seg, off, Some((seq + 1, prev)))).transpose()?.flatten();
+                let (s, o, r) = match here {
+                    Some(r) => (seg, off, r),
+                    None => match files.get(&(seg + 1)).map(|f| read_record(f, seg + 1, 0, Some((seq + 1, prev)))).transpose()?.flatten() {
+                        Some(r) => (seg + 1, 0, r),
+                        None => break,
+                    },
+                };
+                let _ = o;
+                apply(&r.batch)?;
+                (seg, off, seq, prev) = (s, r.end, r.seq, r.id);
+                replayed += 1;
+            }
+            if replayed > 0 {
+                log::info!("replayed {replayed} commits from the log (up to {seq})");
+            }
+        }
+        // Segments past the end hold only records no commit reached (a torn tail's rest).
+        let stale: Vec<u32> = files.range(seg + 1..).map(|(s, _)| *s).collect();
+        for s in stale {
+            files.remove(&s);
+            std::fs::remove_file(seg_path(&dir, s))?;
+        }
+        let file = match files.get(&seg) {
+            Some(f) => f.clone(),
+            None => {
+                let f = Arc::new(create_seg(&dir, seg)?);
+                files.insert(seg, f.clone());
+                f
+            }
+        };
+        let size = file.metadata()?.len();
+        let boot = u64::from_le_bytes(crate::store::random_bytes(8)?.try_into().unwrap_or_default());
+        let log = Log {
+            dir,
+            files: RwLock::new(files),
+            unsynced: Mutex::new(Unsynced { files: Vec::new() }),
+            written: seq.into(),
+            active: Mutex::new(file.clone()),
+            syncs: SyncGroup::default(),
+        };
+        let w = Writer { seg, file, off, size, seq, prev, boot, since_checkpoint: 0, meta_since_checkpoint: 0, last_checkpoint: std::time::Instant::now(), broken: None };
+        Ok((log, w))
+    }
+
+    /// Plans the next record, which stores `data_len` bytes of blocks: rolls to a new
+    /// segment when this one has no room for it.
+    pub fn plan(&self, w: &mut Writer, data_len: u64) -> Result<Plan> {
+        let need = |off: u64| align(off + HEADER, ALIGN) + data_len + ALIGN;
+        if w.off > 0 && need(w.off) > SEGMENT_SIZE {
+            self.roll(w)?;
+        }
+        let data_at = if data_len > 0 { align(w.off + HEADER, ALIGN) } else { w.off + HEADER };
+        Ok(Plan { mark: Mark { seq: w.seq + 1, seg: w.seg, off: w.off }, data_at, data_len })
+    }
+
+    /// Starts segment `w.seg + 1`. Its directory entry is made durable here (under the
+    /// commit lock: rare, and the next record must not be acknowledged before it).
+    fn roll(&self, w: &mut Writer) -> Result<()> {
+        let seg = w.seg + 1;
+        let file = Arc::new(create_seg(&self.dir, seg)?);
+        self.files.write().map_err(|_| poisoned())?.insert(seg, file.clone());
+        self.unsynced.lock().map_err(|_| poisoned())?.files.push(w.file.clone());
+        *self.active.lock().map_err(|_| poisoned())? = file.clone();
+        w.seg = seg;
+        w.file = file;
+        w.off = 0;
+        w.size = 0;
+        Ok(())
+    }
+
+    /// Writes the planned record: `blocks` (in plan order, `data_len` bytes in all) and the
+    /// RocksDB batch that names them. Returns its seq.
+    pub fn write(&self, w: &mut Writer, plan: Plan, blocks: &[&[u8]], batch: &[u8]) -> Result<u64> {
+        let Plan { mark, data_at, data_len } = plan;
+        let data_off = data_at - mark.off;
+        let total = align(data_off + data_len + batch.len() as u64, 8);
+        let mut rec = vec![0u8; total as usize];
+        rec[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+        rec[4..6].copy_from_slice(&VERSION.to_le_bytes());
+        rec[8..16].copy_from_slice(&mark.seq.to_le_bytes());
+        rec[16..24].copy_from_slice(&w.boot.to_le_bytes());
+        rec[24..32].copy_from_slice(&w.prev.to_le_bytes());
+        rec[32..40].copy_from_slice(&data_len.to_le_bytes());
+        rec[40..44].copy_from_slice(&(batch.len() as u32).to_le_bytes());
+        rec[44..48].copy_from_slice(&(data_off as u32).to_le_bytes());
+        let mut at = data_off as usize;
+        for b in blocks {
+            rec[at..at + b.len()].copy_from_slice(b);
+            at += b.len();
+        }
+        if at as u64 != data_off + data_len {
+            return Err(Error::Corrupt("planned and written block bytes differ".into()));
+        }
+        rec[at..at + batch.len()].copy_from_slice(batch);
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        hasher.update(&rec[..HEADER as usize]);
+        hasher.update(&rec[data_off as usize..at + batch.len()]);
+        let sum = hasher.digest();
+        rec[48..56].copy_from_slice(&sum.to_le_bytes());
+        let end = mark.off + total;
+        if end > w.size {
+            let to = align(end, PREALLOC) + PREALLOC;
+            match crate::sys::fallocate_range(&w.file, w.size, to - w.size) {
+                Ok(()) => w.size = to,
+                // A full disk: the write below extends the file if there is room at all.
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // Page cache only: durable at the next sync. Under the commit lock, since the record
+        // must be readable before RocksDB names its blocks.
+        w.file.write_all_at(&rec, mark.off)?;
+        w.prev = record_id(mark.seq, w.boot, mark.seg, mark.off);
+        w.seq = mark.seq;
+        w.off = mark.off + total;
+        w.size = w.size.max(end);
+        w.since_checkpoint += total;
+        self.written.store(w.seq, std::sync::atomic::Ordering::Release);
+        Ok(w.seq)
+    }
+
+    /// The seq of the last record written.
+    pub fn last(&self) -> u64 {
+        self.written.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Makes every record up to `seq` durable, sharing one `fdatasync` with every caller
+    /// that arrives meanwhile (group commit).
+    pub fn sync_to(&self, seq: u64) -> Result<()> {
+        self.syncs.sync_to(seq, || self.last(), || self.sync_files())
+    }
+
+    /// fdatasync of the segments written since the last sync, oldest first, then the
+    /// active one. Called without the commit lock, except by a checkpoint.
+    fn sync_files(&self) -> Result<()> {
+        let active = self.active.lock().map_err(|_| poisoned())?.clone();
+        let older = std::mem::take(&mut self.unsynced.lock().map_err(|_| poisoned())?.files);
+        for f in older.iter().chain(std::iter::once(&active)) {
+            if let Err(e) = f.sync_data() {
+                // Not synced: keep them for the next try.
+                self.unsynced.lock().map_err(|_| poisoned())?.files.splice(0..0, older.iter().cloned());
+                return Err(e.into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads `len` bytes at `loc`; Ok(None) when its segment is gone (the cleaner moved the
+    /// block: the caller looks its locator up again).
+    pub fn read(&self, loc: u64, len: usize) -> Result<Option<Vec<u8>>> {
+        let (seg, off) = split(loc);
+        let Some(f) = self.files.read().map_err(|_| poisoned())?.get(&seg).cloned() else { return Ok(None) };
+        let mut buf = vec![0u8; len];
+        f.read_exact_at(&mut buf, off)?;
+        Ok(Some(buf))
+    }
+
+    /// The segments and their sizes on disk (allocated bytes).
+    pub fn segments(&self) -> Result<Vec<(u32, u64)>> {
+        let files = self.files.read().map_err(|_| poisoned())?;
+        let mut out = Vec::with_capacity(files.len());
+        for (s, f) in files.iter() {
+            use std::os::unix::fs::MetadataExt;
+            out.push((*s, f.metadata()?.blocks() * 512));
+        }
+        Ok(out)
+    }
+
+    /// Makes the next record start a new segment (the cleaner can then take this one).
+    pub fn seal(&self, w: &mut Writer) -> Result<()> {
+        if w.off > 0 {
+            self.roll(w)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes segment `seg`: no block lives in it and no replay starts in or before it.
+    pub fn delete(&self, seg: u32) -> Result<()> {
+        self.files.write().map_err(|_| poisoned())?.remove(&seg);
+        std::fs::remove_file(seg_path(&self.dir, seg))?;
+        Ok(())
+    }
+
+    pub fn active_segment(w: &Writer) -> u32 {
+        w.seg
+    }
+}
+
+fn poisoned() -> Error {
+    Error::Corrupt("segment log state poisoned by a panic: restart the daemon".into())
+}
+
+/// A new, empty segment; its directory entry is durable when this returns.
+fn create_seg(dir: &Path, seg: u32) -> Result<File> {
+    let f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(seg_path(dir, seg))?;
+    f.sync_all()?;
+    File::open(dir)?.sync_all()?;
+    Ok(f)
+}
