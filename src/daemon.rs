@@ -94,6 +94,7 @@ pub fn run(store_dir: &Path, mem: Budget) -> Result<()> {
     // Before any thread starts: glibc gives each thread its own arena, and buffers freed
     // across a dozen arenas kept the daemon at 450 MiB where two arenas need 300.
     crate::sys::tune_malloc();
+    crate::sys::raise_nofile();
     crate::sys::block_shutdown_signals()?;
     crate::sys::set_umask(0o077);
     let store_dir = store_dir.canonicalize().map_err(|_| {
@@ -230,7 +231,7 @@ impl Daemon {
                 Err(e) => log::error!("gc failed: {e}"),
             }
             // Segments whose blocks are mostly gone give their space back.
-            match self.store.clean(CLEAN_RATIO) {
+            match self.store.clean(CLEAN_RATIO, false) {
                 Ok(r) if r.segments_deleted > 0 => log::info!("cleaner: moved {} bytes, deleted {} segments", r.moved_bytes, r.segments_deleted),
                 Ok(_) => {}
                 Err(e) => log::error!("cleaner failed: {e}"),

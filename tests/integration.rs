@@ -702,6 +702,9 @@ mod posix;
 #[path = "cases/quota.rs"]
 mod quota;
 
+#[path = "cases/segments.rs"]
+mod segments;
+
 #[test]
 fn completions_and_man_pages_are_generated() {
     let out = util::run_timeout(Command::new(util::BIN).args(["completions", "bash"]), 30);

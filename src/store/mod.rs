@@ -198,6 +198,8 @@ pub struct Store {
     checkpoint_bytes: u64,
     /// Block reads that failed since start (bytes that do not hash to the block's name).
     read_errors: AtomicU64,
+    /// Held by the cleaner while it moves blocks, and by a `View` (fsck, scrub).
+    cleaning: Mutex<()>,
 }
 
 fn db_dir(store: &Path) -> PathBuf {
@@ -383,6 +385,7 @@ impl Store {
             disk,
             checkpoint_bytes: (mem.memtables / 4).max(4 << 20),
             read_errors: AtomicU64::new(0),
+            cleaning: Mutex::new(()),
         };
         if !create {
             store.load_catalog()?;
@@ -1028,7 +1031,7 @@ impl Store {
             let mut w = self.writer.lock().map_err(|_| Error::Corrupt("log writer poisoned by a panic: restart the daemon".into()))?;
             self.log.seal(&mut w)?;
         }
-        let report = self.clean(0.5)?;
+        let report = self.clean(0.5, true)?;
         // Under the commit lock, after a sync: the compaction flushes the memtables first,
         // and no commit whose record is not durable may be in them (invariant 18).
         let _space = self.space_guard()?;
@@ -1046,8 +1049,18 @@ impl Store {
     /// live bytes are at most `ratio` of its size on disk to the end of the log, then deletes
     /// the segments left empty. Its cost is the live bytes it moves plus one locator scan per
     /// segment; commits go on meanwhile (a block freed or moved under it is skipped).
-    pub fn clean(&self, ratio: f64) -> Result<CleanReport> {
+    /// `wait`: for a running fsck or scrub to end; else a busy cleaner skips this round.
+    pub fn clean(&self, ratio: f64, wait: bool) -> Result<CleanReport> {
         let mut report = CleanReport::default();
+        let poisoned = |_| Error::Corrupt("cleaner state poisoned by a panic".into());
+        let _cleaning = match wait {
+            true => self.cleaning.lock().map_err(poisoned)?,
+            false => match self.cleaning.try_lock() {
+                Ok(g) => g,
+                Err(std::sync::TryLockError::WouldBlock) => return Ok(report),
+                Err(std::sync::TryLockError::Poisoned(e)) => return Err(poisoned(e)),
+            },
+        };
         let active = {
             let w = self.writer.lock().map_err(|_| Error::Corrupt("log writer poisoned by a panic: restart the daemon".into()))?;
             segment::Log::active_segment(&w)
@@ -1102,6 +1115,13 @@ impl Store {
                 self.commit(t, false)?;
             }
         }
+        let emptied = {
+            let space = self.space_guard()?;
+            victims.iter().any(|s| space.segments.get(s).copied().unwrap_or(0) == 0)
+        };
+        if !emptied {
+            return Ok(report);
+        }
         // The moves durable in RocksDB, and every segment before the active one replayed
         // by no start-up: an empty one can go.
         let before = self.checkpoint(true)?;
@@ -1117,9 +1137,11 @@ impl Store {
         Ok(report)
     }
 
-    /// A consistent read-only view of the whole store at this instant (fsck).
-    pub fn view(&self) -> View<'_> {
-        View { store: self, snap: self.db.snapshot() }
+    /// A consistent read-only view of the whole store at this instant (fsck, scrub). The
+    /// cleaner waits while one exists, so the blocks it names stay where it says.
+    pub fn view(&self) -> Result<View<'_>> {
+        let cleaning = self.cleaning.lock().map_err(|_| Error::Corrupt("cleaner state poisoned by a panic".into()))?;
+        Ok(View { store: self, snap: self.db.snapshot(), _cleaning: cleaning })
     }
 }
 
@@ -1161,6 +1183,7 @@ pub struct Damaged {
 pub struct View<'a> {
     store: &'a Store,
     snap: rocksdb::Snapshot<'a>,
+    _cleaning: std::sync::MutexGuard<'a, ()>,
 }
 
 impl View<'_> {

@@ -98,7 +98,7 @@ fn visible(all: &Versions, chain: &[(u64, u64)]) -> BTreeMap<Ident, Vec<u8>> {
 }
 
 pub fn check(store: &Store) -> Result<FsckReport> {
-    let view = store.view();
+    let view = store.view()?;
     let mut c = Ctx { errors: Vec::new() };
     let mut report = FsckReport::default();
 

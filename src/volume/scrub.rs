@@ -45,7 +45,7 @@ pub struct BlockUse {
 pub fn run(store: &Arc<Store>, catalog: &Catalog, progress: &Progress) -> Result<ScrubReport> {
     progress.total.store(store.space()?.physical, Ordering::Relaxed);
     progress.done.store(0, Ordering::Relaxed);
-    let snap = store.view();
+    let snap = store.view()?;
     let check = snap.check_blocks(|n| {
         progress.done.fetch_add(n, Ordering::Relaxed);
     })?;
