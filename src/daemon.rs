@@ -346,7 +346,7 @@ impl Daemon {
         let started = Instant::now();
         match self.head_of(v.id)? {
             Some(live) => live.exclusive(|vol_ref| {
-                // Unsynced: the catalog's synced commit below makes the WAL durable up to it.
+                // Unsynced: the catalog's synced commit below makes the log durable up to it.
                 // The view writes at the new head epoch from then on (it reads the catalog's).
                 vol_ref.flush_older_than(Duration::ZERO)?;
                 self.catalog.snapshot_create(&self.store, &vol, &snap)?;

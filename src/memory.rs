@@ -9,9 +9,9 @@ pub const DEFAULT: u64 = 256 << 20;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Budget {
     pub total: u64,
-    /// All RocksDB memtables together (writers stall briefly past it).
+    /// All RocksDB memtables together: a checkpoint comes every quarter of it.
     pub memtables: u64,
-    /// RocksDB's block and blob cache (file data is also cached by the kernel's page cache).
+    /// RocksDB's cache of metadata blocks (block bytes are cached by the kernel's page cache).
     pub cache: u64,
     /// File data written but not yet flushed, all volumes together.
     pub dirty: u64,

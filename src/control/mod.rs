@@ -118,7 +118,7 @@ pub struct StatusInfo {
     /// Sum of all volumes' logical bytes.
     pub logical: u64,
     pub dedup_ratio: f64,
-    /// Bytes RocksDB holds on disk (SST and blob files, after compression).
+    /// Bytes the store holds on disk (RocksDB's SST files and the segments).
     pub disk_bytes: u64,
     pub dirty_bytes: u64,
     /// Bytes kept free on the store's disk for deletes and the store's own writes.

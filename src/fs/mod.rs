@@ -399,7 +399,7 @@ impl Volume {
         Ok(())
     }
 
-    /// Flushes everything and syncs the WAL (unmount, snapshot, shutdown).
+    /// Flushes everything and syncs the log (unmount, snapshot, shutdown).
     pub fn flush_all(&self) -> FsResult<()> {
         self.flush_older_than(Duration::ZERO)?;
         Ok(self.view.sync()?)

@@ -2,7 +2,7 @@
 //! store (invariant 16).
 //!
 //! RocksDB turns an ENOSPC in a flush into a permanent error: every later write fails, and a
-//! restart cannot replay its log. So RocksDB must never be the one to find the disk full.
+//! restart cannot recover. So RocksDB (and the log) must never be the ones to find the disk full.
 //! Every commit is admitted against the free space first:
 //! - a batch that stores new blocks needs the whole reserve left after it;
 //! - other batches that add (names, attributes, snapshots) need half of it;
@@ -12,14 +12,14 @@
 //! The reserve is the memtables' budget (what RocksDB may still have to write out) plus a
 //! slop of 1/32 of the disk (at least 32 MiB, at most 512 MiB), like ZFS's slop space. A
 //! ballast file of `BALLAST` bytes in the store is given up when the store is opened on a
-//! disk that others filled, so its log can still be replayed; it is made again once there
+//! disk that others filled, so the log can still be replayed; it is made again once there
 //! is room. Space that deletes free comes back to the disk when RocksDB compacts
 //! (`clonefs compact`).
 
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 
-/// Room for RocksDB to replay and flush its log at start (the WAL is capped at 64 MiB).
+/// Room to replay the log and checkpoint it at start.
 const BALLAST: u64 = 64 << 20;
 const BALLAST_NAME: &str = "reserve";
 

@@ -207,7 +207,7 @@ fn db_dir(store: &Path) -> PathBuf {
 }
 
 /// Makes a store private to its owner: the directories 0700, every file 0600 (block data of
-/// every volume sits in RocksDB's WAL and blob files, the hash secret in the catalog). A store
+/// every volume sits in the segments, the hash secret in the catalog). A store
 /// found with looser modes (made by an older clonefs or by hand) is tightened with a log line.
 pub fn make_private(store: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
@@ -222,7 +222,7 @@ pub fn make_private(store: &Path) -> Result<()> {
         }
         Ok(())
     }
-    for dir in [store.to_path_buf(), db_dir(store)] {
+    for dir in [store.to_path_buf(), db_dir(store), store.join("seg")] {
         if !dir.is_dir() {
             continue;
         }
@@ -230,7 +230,7 @@ pub fn make_private(store: &Path) -> Result<()> {
         for entry in std::fs::read_dir(&dir)? {
             let p = entry?.path();
             if p.is_dir() {
-                if p != db_dir(store) {
+                if p != db_dir(store) && p != store.join("seg") {
                     fix(&p, 0o700)?;
                 }
             } else {

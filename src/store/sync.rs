@@ -1,6 +1,6 @@
-//! Group commit of WAL syncs: every caller that needs the WAL durable up to some sequence
-//! number either starts one sync or waits for one that started after its write. So N
-//! concurrent fsyncs cost about two `fsync(2)`s of the WAL, not N in a row.
+//! Group commit of log syncs: every caller that needs the log durable up to some record
+//! either starts one sync or waits for one that started after its write. So N concurrent
+//! fsyncs cost about two `fdatasync(2)`s of the log, not N in a row.
 
 use crate::error::{Error, Result};
 use std::sync::{Condvar, Mutex};
@@ -21,10 +21,10 @@ pub struct SyncGroup {
 
 impl SyncGroup {
     /// Makes writes up to `seq` durable. `latest` reads the newest sequence number (taken
-    /// just before a sync starts, so the sync covers it); `sync` syncs the WAL. The state
+    /// just before a sync starts, so the sync covers it); `sync` syncs the log. The state
     /// lock is not held across `sync`.
     pub fn sync_to(&self, seq: u64, latest: impl Fn() -> u64, sync: impl Fn() -> Result<()>) -> Result<()> {
-        let poisoned = || Error::Corrupt("WAL sync state poisoned by a panic".into());
+        let poisoned = || Error::Corrupt("log sync state poisoned by a panic".into());
         let mut s = self.state.lock().map_err(|_| poisoned())?;
         loop {
             if s.durable >= seq {
