@@ -928,7 +928,11 @@ impl Store {
         }
         w.meta_since_checkpoint += meta;
         if w.meta_since_checkpoint >= self.checkpoint_bytes || w.since_checkpoint >= segment::SEGMENT_SIZE {
-            self.checkpoint_locked(&mut w, false)?;
+            // The commit is done whatever happens here: a failed checkpoint is retried by the
+            // next commit (the memtables only grow meanwhile).
+            if let Err(e) = self.checkpoint_locked(&mut w, false) {
+                log::warn!("checkpoint after commit {seq} failed: {e}");
+            }
         }
         drop(w);
         drop(space);
@@ -1023,15 +1027,16 @@ impl Store {
         total + self.log.segments().map(|s| s.iter().map(|x| x.1).sum::<u64>()).unwrap_or(0)
     }
 
-    /// Runs the cleaner over segments whose live bytes are at most `ratio` of a segment,
-    /// then compacts RocksDB, so deleted blocks and metadata leave the disk.
+    /// Seals the active segment and runs the cleaner over every segment at most
+    /// `COMPACT_RATIO` live, then compacts RocksDB, so deleted blocks and metadata leave the
+    /// disk.
     pub fn compact(&self) -> Result<CleanReport> {
         {
             let _space = self.space_guard()?;
             let mut w = self.writer.lock().map_err(|_| Error::Corrupt("log writer poisoned by a panic: restart the daemon".into()))?;
             self.log.seal(&mut w)?;
         }
-        let report = self.clean(0.5, true)?;
+        let report = self.clean(COMPACT_RATIO, true)?;
         // Under the commit lock, after a sync: the compaction flushes the memtables first,
         // and no commit whose record is not durable may be in them (invariant 18).
         let _space = self.space_guard()?;
@@ -1144,6 +1149,10 @@ impl Store {
         Ok(View { store: self, snap: self.db.snapshot(), _cleaning: cleaning })
     }
 }
+
+/// `compact` cleans every segment at most this live: the store's segments then take at most
+/// 1/0.85 = 1.18 times the bytes of the blocks they hold.
+const COMPACT_RATIO: f64 = 0.85;
 
 /// What a run of the cleaner did.
 #[derive(Debug, Default, Clone, Copy, serde::Serialize)]
