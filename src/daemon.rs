@@ -10,7 +10,7 @@ use crate::fs::{DirtyBudget, Volume};
 use crate::history::{self, History};
 use crate::memory::Budget;
 use crate::store::{Store, FORMAT_VERSION};
-use crate::volume::{fsck, gc, parse_target, scrub, Catalog, SnapshotViews, HEAD_GONE};
+use crate::volume::{autosnap, fsck, gc, parse_target, scrub, Catalog, SnapshotViews, HEAD_GONE};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use fuser::{BackgroundSession, Config, MountOption, Session, SessionACL};
 use serde_json::{json, Value};
@@ -29,6 +29,8 @@ const FLUSH_TICK: Duration = Duration::from_millis(500);
 const GC_TICK: Duration = Duration::from_secs(5);
 /// Commits older than this get a checkpoint, so a restart replays at most this much log.
 const CHECKPOINT_AGE: Duration = Duration::from_secs(10);
+/// How often the daemon looks for automatic snapshots to take or prune.
+const AUTOSNAP_TICK: Duration = Duration::from_secs(20);
 /// The GC thread cleans segments whose live bytes fell to this share of a segment or less.
 const CLEAN_RATIO: f64 = 0.25;
 
@@ -62,6 +64,8 @@ pub struct Daemon {
     stop: AtomicBool,
     /// Wakes the GC thread; a `false` asks it to stop.
     gc_wake: Sender<bool>,
+    /// Wakes the automatic snapshot thread (a policy changed); a `false` asks it to stop.
+    autosnap_wake: Sender<bool>,
     history: History,
 }
 
@@ -103,6 +107,7 @@ pub fn run(store_dir: &Path, mem: Budget) -> Result<()> {
     let store = Arc::new(Store::open_within(&store_dir, &mem)?);
     let listener = server::bind(&store_dir)?;
     let (gc_tx, gc_rx) = bounded::<bool>(1);
+    let (auto_tx, auto_rx) = bounded::<bool>(1);
     let daemon = Arc::new(Daemon {
         catalog: Arc::new(Catalog::default()),
         budget: Arc::new(DirtyBudget::within(&mem)),
@@ -111,6 +116,7 @@ pub fn run(store_dir: &Path, mem: Budget) -> Result<()> {
         mounts: Mutex::new(Vec::new()),
         stop: AtomicBool::new(false),
         gc_wake: gc_tx,
+        autosnap_wake: auto_tx,
         history: History::open(&store)?,
         store,
     });
@@ -123,6 +129,10 @@ pub fn run(store_dir: &Path, mem: Budget) -> Result<()> {
         let d = daemon.clone();
         std::thread::Builder::new().name("clonefs-gc".into()).spawn(move || d.gc_loop(gc_rx))?
     };
+    let autosnap = {
+        let d = daemon.clone();
+        std::thread::Builder::new().name("clonefs-autosnap".into()).spawn(move || d.autosnap_loop(auto_rx))?
+    };
     {
         let d = daemon.clone();
         std::thread::Builder::new().name("clonefs-control".into()).spawn(move || server::serve(listener, d))?;
@@ -131,6 +141,8 @@ pub fn run(store_dir: &Path, mem: Budget) -> Result<()> {
     let sig = crate::sys::wait_for_signal();
     log::info!("signal {sig}: shutting down");
     daemon.stop.store(true, Ordering::SeqCst);
+    let _ = daemon.autosnap_wake.send(false);
+    let _ = autosnap.join();
     let _ = close_tx.send(());
     let _ = flusher.join();
     // A GC batch in progress finishes first; the rest resumes at the next start.
@@ -243,6 +255,70 @@ impl Daemon {
         }
     }
 
+    /// Takes and prunes automatic snapshots (`volume::autosnap`) every `AUTOSNAP_TICK`.
+    fn autosnap_loop(&self, wake: Receiver<bool>) {
+        let mut reported = std::collections::HashSet::new();
+        loop {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+            if let Err(e) = self.autosnap_tick(now, &mut reported) {
+                log::error!("automatic snapshots: {e}");
+            }
+            match wake.recv_timeout(AUTOSNAP_TICK) {
+                Ok(true) | Err(RecvTimeoutError::Timeout) => {}
+                Ok(false) | Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+
+    /// One round over the volumes with a `snapshot.policy`. Snapshots are taken and
+    /// destroyed through `Handler::handle`, so the history records them (as the daemon's
+    /// uid). `reported`: kept snapshots already logged, so each is said once.
+    fn autosnap_tick(&self, now: i64, reported: &mut std::collections::HashSet<String>) -> Result<()> {
+        let vols = Catalog::list(&self.store)?;
+        let origins: std::collections::HashSet<&str> = vols.iter().filter_map(|v| v.origin.as_deref()).collect();
+        for v in &vols {
+            let Some(text) = &v.snapshot_policy else { continue };
+            let policy = autosnap::Policy::parse(text)?;
+            let existing: Vec<autosnap::Existing> = Catalog::snapshots(&self.store, v.id)?
+                .into_iter()
+                .map(|s| {
+                    let full = format!("{}@{}", v.name, s.name);
+                    let keep = if !s.holds.is_empty() {
+                        Some(format!("held ({})", s.holds.iter().cloned().collect::<Vec<_>>().join(", ")))
+                    } else if origins.contains(full.as_str()) {
+                        Some("the origin of a clone".to_string())
+                    } else {
+                        None
+                    };
+                    autosnap::Existing { name: s.name, keep }
+                })
+                .collect();
+            let plan = autosnap::plan(&policy, now, &existing);
+            let uid = crate::sys::geteuid();
+            for n in plan.take {
+                let name = format!("{}@{n}", v.name);
+                match Handler::handle(self, Request::Snapshot { name: name.clone() }, uid) {
+                    Ok(_) => log::info!("automatic snapshot {name}"),
+                    Err(e) => log::error!("automatic snapshot {name}: {e}"),
+                }
+            }
+            for n in plan.prune {
+                let name = format!("{}@{n}", v.name);
+                match Handler::handle(self, Request::Destroy { name: name.clone() }, uid) {
+                    Ok(_) => log::info!("pruned {name} (snapshot.policy {text})"),
+                    Err(e) => log::error!("pruning {name}: {e}"),
+                }
+            }
+            for (n, why) in plan.kept {
+                let name = format!("{}@{n}", v.name);
+                if reported.insert(name.clone()) {
+                    log::warn!("{name} is past its snapshot.policy count but kept: {why}");
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn wake_gc(&self) {
         let _ = self.gc_wake.try_send(true);
     }
@@ -278,6 +354,10 @@ impl Daemon {
             Request::Rollback { name } => self.rollback(&name),
             Request::SetProperty { name, property, value } => {
                 self.catalog.set_property(&self.store, &name, &property, &value)?;
+                if property == "snapshot.policy" {
+                    // A new schedule takes its first snapshots now, not at the next tick.
+                    let _ = self.autosnap_wake.try_send(true);
+                }
                 Ok(Value::Null)
             }
             Request::History => Ok(serde_json::to_value(history::list(&self.store)?)?),
@@ -501,6 +581,7 @@ impl Daemon {
                 created: v.created,
                 mountpoint: m.map(|m| m.2.clone()),
                 read_only: m.map(|m| m.3).unwrap_or(false),
+                snapshot_policy: v.snapshot_policy.clone(),
             });
             for sn in snaps {
                 let m = mounts.iter().find(|m| m.0 == v.id && m.1.as_deref() == Some(sn.name.as_str()));
@@ -517,6 +598,7 @@ impl Daemon {
                     created: sn.created,
                     mountpoint: m.map(|m| m.2.clone()),
                     read_only: true,
+                    snapshot_policy: None,
                 });
             }
         }

@@ -705,6 +705,9 @@ mod quota;
 #[path = "cases/segments.rs"]
 mod segments;
 
+#[path = "cases/autosnap.rs"]
+mod autosnap;
+
 #[test]
 fn completions_and_man_pages_are_generated() {
     let out = util::run_timeout(Command::new(util::BIN).args(["completions", "bash"]), 30);

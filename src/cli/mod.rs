@@ -57,7 +57,7 @@ enum Cmd {
         /// Types to list: volume, snapshot, or both (comma-separated)
         #[arg(short = 't', long = "type", default_value = "volume,snapshot")]
         types: String,
-        /// Columns: name,type,origin,created,logical,referenced,unique,block,mountpoint
+        /// Columns: name,type,origin,created,logical,referenced,unique,block,mountpoint,policy
         #[arg(short = 'o', default_value = output::LIST_DEFAULT)]
         columns: String,
         /// For scripts: no header, fields separated by one tab
@@ -110,7 +110,9 @@ enum Cmd {
     Man { dir: PathBuf },
     /// Rename a volume
     Rename { old: String, new: String },
-    /// Set a volume property: refquota=SIZE|none (most bytes the volume may reference)
+    /// Set a volume property: refquota=SIZE|none (most bytes the volume may reference);
+    /// snapshot.policy=PERIOD:COUNT,...|none (automatic snapshots kept per period: frequent
+    /// (15 min), hourly, daily, weekly, monthly, yearly; e.g. hourly:24,daily:7,weekly:4)
     Set {
         /// PROPERTY=VALUE
         assignment: String,

@@ -38,7 +38,7 @@ fn created(secs: i64) -> String {
 }
 
 /// Columns `list -o` knows, with their header and alignment (true: right).
-pub const LIST_COLUMNS: [(&str, &str, bool); 9] = [
+pub const LIST_COLUMNS: [(&str, &str, bool); 10] = [
     ("name", "NAME", false),
     ("type", "TYPE", false),
     ("origin", "ORIGIN", false),
@@ -48,6 +48,7 @@ pub const LIST_COLUMNS: [(&str, &str, bool); 9] = [
     ("unique", "UNIQUE", true),
     ("block", "BLOCK", true),
     ("mountpoint", "MOUNTPOINT", false),
+    ("policy", "SNAPSHOT POLICY", false),
 ];
 
 /// Default columns of `list`.
@@ -72,6 +73,7 @@ pub fn volumes(v: &[VolumeInfo], cols: &[&str], scripted: bool, exact: bool) {
                     "referenced" => num(x.referenced),
                     "unique" => num(x.unique),
                     "block" => num(x.block_size as u64),
+                    "policy" => x.snapshot_policy.clone().unwrap_or_else(|| "-".into()),
                     _ => match &x.mountpoint {
                         Some(p) => format!("{}{}", p.display(), if x.read_only { " (ro)" } else { "" }),
                         None => "-".into(),

@@ -97,6 +97,9 @@ pub struct VolumeInfo {
     pub created: i64,
     pub mountpoint: Option<PathBuf>,
     pub read_only: bool,
+    /// A volume's automatic snapshot schedule (`snapshot.policy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_policy: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

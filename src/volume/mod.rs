@@ -8,6 +8,7 @@
 //! its head but keeps its pins, so newer snapshots live on. Destroying anything removes pins
 //! or heads and leaves a GC marker; `gc` frees what no pin or head can see any more.
 
+pub mod autosnap;
 pub mod fsck;
 pub mod gc;
 pub mod lineage;
@@ -49,6 +50,9 @@ pub struct VolumeRec {
     /// Most bytes the volume's head may reference (REFERENCED), as ZFS's `refquota`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refquota: Option<u64>,
+    /// Automatic snapshots to keep per period (`autosnap::Policy`, canonical text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_policy: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -396,7 +400,7 @@ impl Catalog {
         let mut t = self.begin(store);
         let id = Self::next_id(store, &mut t, 2)?;
         let ts = Ts::now();
-        let rec = VolumeRec { id, name: name.to_string(), lineage: id + 1, block_size, created: ts.sec, origin: None, refquota: None };
+        let rec = VolumeRec { id, name: name.to_string(), lineage: id + 1, block_size, created: ts.sec, origin: None, refquota: None, snapshot_policy: None };
         let lin = LineageRec { id: id + 1, parent: None, head: Some(1), pins: BTreeMap::new(), block_size };
         let root = InodeRec {
             kind: Kind::Dir,
@@ -449,10 +453,16 @@ impl Catalog {
                     })?),
                 };
             }
+            "snapshot.policy" => {
+                rec.snapshot_policy = match value {
+                    "none" => None,
+                    v => Some(autosnap::Policy::parse(v)?.text()),
+                };
+            }
             p if Self::properties(&rec).iter().any(|(k, _)| k == p) => {
                 return Err(Error::Invalid(format!("property {p} is read-only")));
             }
-            p => return Err(Error::Invalid(format!("no property named {p:?} (settable: refquota)"))),
+            p => return Err(Error::Invalid(format!("no property named {p:?} (settable: refquota, snapshot.policy)"))),
         }
         let mut t = self.begin(store);
         Self::put_volume(&mut t, &rec)?;
@@ -484,6 +494,7 @@ impl Catalog {
             ("created".into(), v.created.to_string()),
             ("origin".into(), v.origin.clone().unwrap_or_else(|| "-".into())),
             ("refquota".into(), v.refquota.map(|q| q.to_string()).unwrap_or_else(|| "none".into())),
+            ("snapshot.policy".into(), v.snapshot_policy.clone().unwrap_or_else(|| "none".into())),
         ]
     }
 
@@ -553,8 +564,9 @@ impl Catalog {
             block_size: v.block_size,
             created: now(),
             origin: Some(origin),
-            // Not inherited, as in ZFS: a clone starts without limits.
+            // Not inherited, as in ZFS: a clone starts without limits or a snapshot schedule.
             refquota: None,
+            snapshot_policy: None,
         };
         let lin = LineageRec { id: id + 1, parent: Some(parent), head: Some(1), pins: BTreeMap::new(), block_size: v.block_size };
         t.set_view_space(lin.id, space);
