@@ -94,7 +94,7 @@ fn resident_bytes() -> u64 {
 }
 
 /// Serves `store_dir` until a signal or a shutdown request.
-pub fn run(store_dir: &Path, mem: Budget) -> Result<()> {
+pub fn run(store_dir: &Path, mem: Budget, metrics_addr: Option<std::net::SocketAddr>) -> Result<()> {
     // Before any thread starts: glibc gives each thread its own arena, and buffers freed
     // across a dozen arenas kept the daemon at 450 MiB where two arenas need 300.
     crate::sys::tune_malloc();
@@ -106,6 +106,10 @@ pub fn run(store_dir: &Path, mem: Budget) -> Result<()> {
     })?;
     let store = Arc::new(Store::open_within(&store_dir, &mem)?);
     let listener = server::bind(&store_dir)?;
+    let metrics_listener = match metrics_addr {
+        Some(a) => Some(std::net::TcpListener::bind(a).map_err(|e| Error::Invalid(format!("cannot serve metrics at {a}: {e}")))?),
+        None => None,
+    };
     let (gc_tx, gc_rx) = bounded::<bool>(1);
     let (auto_tx, auto_rx) = bounded::<bool>(1);
     let daemon = Arc::new(Daemon {
@@ -137,12 +141,26 @@ pub fn run(store_dir: &Path, mem: Budget) -> Result<()> {
         let d = daemon.clone();
         std::thread::Builder::new().name("clonefs-control".into()).spawn(move || server::serve(listener, d))?;
     }
+    let metrics_thread = match metrics_listener {
+        Some(l) => {
+            let addr = l.local_addr()?;
+            log::info!("serving metrics at http://{addr}/metrics");
+            let d = daemon.clone();
+            Some((addr, std::thread::Builder::new().name("clonefs-metrics".into()).spawn(move || d.serve_metrics(l))?))
+        }
+        None => None,
+    };
     log::info!("serving store {} (pid {})", store_dir.display(), std::process::id());
     let sig = crate::sys::wait_for_signal();
     log::info!("signal {sig}: shutting down");
     daemon.stop.store(true, Ordering::SeqCst);
     let _ = daemon.autosnap_wake.send(false);
     let _ = autosnap.join();
+    if let Some((addr, t)) = metrics_thread {
+        // Wakes its accept so it sees `stop`.
+        let _ = std::net::TcpStream::connect(addr);
+        let _ = t.join();
+    }
     let _ = close_tx.send(());
     let _ = flusher.join();
     // A GC batch in progress finishes first; the rest resumes at the next start.
@@ -169,6 +187,7 @@ fn changes_state(req: &Request) -> bool {
             | Request::ScrubProgress
             | Request::GetProperties { .. }
             | Request::History
+            | Request::Metrics
     )
 }
 
@@ -361,6 +380,7 @@ impl Daemon {
                 Ok(Value::Null)
             }
             Request::History => Ok(serde_json::to_value(history::list(&self.store)?)?),
+            Request::Metrics => Ok(json!({"text": self.metrics()?})),
             Request::GetProperties { name } => {
                 let v = Catalog::get(&self.store, &name)?;
                 Ok(Value::Object(Catalog::properties(&v).into_iter().map(|(k, v)| (k, Value::String(v))).collect()))
@@ -603,6 +623,64 @@ impl Daemon {
             }
         }
         Ok(out)
+    }
+
+    /// Serves GET /metrics, one connection at a time, until the daemon stops.
+    fn serve_metrics(&self, l: std::net::TcpListener) {
+        for conn in l.incoming() {
+            if self.stopping() {
+                return;
+            }
+            let Ok(mut c) = conn else { continue };
+            if let Err(e) = self.answer_metrics(&mut c) {
+                log::debug!("metrics request: {e}");
+            }
+        }
+    }
+
+    fn answer_metrics(&self, c: &mut std::net::TcpStream) -> Result<()> {
+        use std::io::{Read, Write};
+        c.set_read_timeout(Some(Duration::from_secs(5)))?;
+        c.set_write_timeout(Some(Duration::from_secs(5)))?;
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = c.read(&mut buf)?;
+            if n == 0 || head.len() > 16 << 10 {
+                break;
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        let line = String::from_utf8_lossy(&head).lines().next().unwrap_or_default().to_string();
+        let mut parts = line.split_whitespace();
+        let (status, body, ctype) = match (parts.next(), parts.next().map(|p| p.split('?').next().unwrap_or(p))) {
+            (Some("GET"), Some("/metrics")) => match self.metrics() {
+                Ok(t) => ("200 OK", t, "text/plain; version=0.0.4; charset=utf-8"),
+                Err(e) => ("500 Internal Server Error", format!("{e}\n"), "text/plain; charset=utf-8"),
+            },
+            (Some("GET"), _) => ("404 Not Found", "only /metrics is served here\n".to_string(), "text/plain; charset=utf-8"),
+            _ => ("405 Method Not Allowed", "GET /metrics\n".to_string(), "text/plain; charset=utf-8"),
+        };
+        write!(c, "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
+        Ok(())
+    }
+
+    /// The metrics, with the figures the store and catalog keep read now.
+    pub fn metrics(&self) -> Result<String> {
+        let m = crate::metrics::get();
+        self.store.fill_metrics(m)?;
+        m.gc_pending.set(crate::metrics::gauge(gc::pending(&self.store)?));
+        m.resident_bytes.set(crate::metrics::gauge(resident_bytes()));
+        let space = self.store.space()?;
+        m.volume_logical.clear();
+        m.volume_referenced.clear();
+        for v in Catalog::list(&self.store)? {
+            let vs = space.views.get(&v.lineage).copied().unwrap_or_default();
+            let l = crate::metrics::Vol { volume: v.name.clone() };
+            m.volume_logical.get_or_create(&l).set(crate::metrics::gauge(vs.logical));
+            m.volume_referenced.get_or_create(&l).set(crate::metrics::gauge(vs.referenced));
+        }
+        Ok(m.render())
     }
 
     fn status(&self) -> Result<StatusInfo> {

@@ -8,6 +8,7 @@ pub mod error;
 pub mod fs;
 pub mod history;
 pub mod memory;
+pub mod metrics;
 pub mod store;
 pub mod sys;
 pub mod volume;

@@ -708,6 +708,9 @@ mod segments;
 #[path = "cases/autosnap.rs"]
 mod autosnap;
 
+#[path = "cases/metrics.rs"]
+mod metrics;
+
 #[test]
 fn completions_and_man_pages_are_generated() {
     let out = util::run_timeout(Command::new(util::BIN).args(["completions", "bash"]), 30);

@@ -42,6 +42,10 @@ enum Cmd {
         /// cache, a quarter for unflushed file data, a sixteenth for clean block copies
         #[arg(long, default_value = "256M")]
         memory: String,
+        /// Serve the metrics (Prometheus text format) at http://ADDR/metrics, e.g.
+        /// 127.0.0.1:9810 (`clonefs metrics` prints them without this)
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// Stop the daemon: flush everything, unmount every volume, exit
     Shutdown,
@@ -104,6 +108,10 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Print the daemon's metrics in the Prometheus text format (FUSE operation latencies,
+    /// bytes read, written, stored and deduplicated, log syncs, GC and cleaner backlog, RocksDB
+    /// state, space per volume)
+    Metrics,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions { shell: clap_complete::Shell },
     /// Write man pages (clonefs.1 and one per command) into DIR
@@ -191,15 +199,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Store::init(&store)?;
             println!("created store {}", store.display());
         }
-        Cmd::Daemon { foreground, memory } => {
+        Cmd::Daemon { foreground, memory, metrics } => {
             let total = crate::memory::parse_size(&memory)
                 .ok_or_else(|| Error::Invalid(format!("invalid memory budget {memory:?}: use a size such as 256M or 1G")))?;
             let mem = crate::memory::Budget::new(total)?;
             if foreground {
                 init_logging(cli.verbose.max(1));
-                crate::daemon::run(&store, mem)?;
+                crate::daemon::run(&store, mem, metrics)?;
             } else {
-                start_daemon(&store, cli.verbose, mem.total)?;
+                start_daemon(&store, cli.verbose, mem.total, metrics)?;
             }
         }
         Cmd::Shutdown => {
@@ -288,6 +296,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 let h: Vec<crate::history::Entry> = serde_json::from_value(v)?;
                 output::history(&h);
             }
+        }
+        Cmd::Metrics => {
+            let v = call(Request::Metrics)?;
+            print!("{}", v["text"].as_str().unwrap_or_default());
         }
         Cmd::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "clonefs", &mut std::io::stdout());
@@ -424,7 +436,7 @@ pub fn init_logging(verbose: u8) {
 }
 
 /// Starts a detached daemon and returns once its socket answers.
-pub fn start_daemon(store: &Path, verbose: u8, memory: u64) -> Result<()> {
+pub fn start_daemon(store: &Path, verbose: u8, memory: u64, metrics: Option<std::net::SocketAddr>) -> Result<()> {
     if client::ping(store) {
         return Err(Error::Conflict(format!("a clonefs daemon already serves store {}", store.display())));
     }
@@ -442,6 +454,9 @@ pub fn start_daemon(store: &Path, verbose: u8, memory: u64) -> Result<()> {
     };
     let mut cmd = std::process::Command::new(std::env::current_exe()?);
     cmd.arg("daemon").arg("--foreground").arg("--store").arg(store).arg("--memory").arg(memory.to_string());
+    if let Some(a) = metrics {
+        cmd.arg("--metrics").arg(a.to_string());
+    }
     if verbose > 0 {
         cmd.arg(format!("-{}", "v".repeat(verbose as usize)));
     }
@@ -517,7 +532,7 @@ pub fn mount_helper(args: Vec<String>) -> ExitCode {
             };
         }
         if !client::ping(&store) {
-            start_daemon(&store, 0, crate::memory::DEFAULT)?;
+            start_daemon(&store, 0, crate::memory::DEFAULT, None)?;
         }
         let (_, snap) = crate::volume::parse_target(&vol)?;
         let read_only = read_only || snap.is_some();

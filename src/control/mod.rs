@@ -47,12 +47,14 @@ pub enum Request {
     Hold { name: String, tag: String, on: bool },
     Gc,
     Rename { old: String, new: String },
-    /// Sets a volume property (`refquota`).
+    /// Sets a volume property (`refquota`, `snapshot.policy`).
     SetProperty { name: String, property: String, value: String },
     /// A volume's properties, as name -> text.
     GetProperties { name: String },
     /// The command history, oldest first.
     History,
+    /// The metrics in the Prometheus text format: {"text": ...}.
+    Metrics,
     Status,
     Fsck,
     /// Re-read and re-hash every block; long: the reply comes at the end.

@@ -278,6 +278,7 @@ impl Filesystem for FuseFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _m = crate::metrics::op("lookup");
         let by_number = parent.0 == SNAPDIR && (name.as_bytes() == b"." || name.as_bytes() == b"..");
         if by_number && name.as_bytes() == b".." {
             let r = self.v().lookup(crate::fs::ROOT_INO, b".");
@@ -291,6 +292,7 @@ impl Filesystem for FuseFs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        let _m = crate::metrics::op("forget");
         if ino.0 != SNAPDIR {
             let _ = self.with_vol(ino.0, |v, i| {
                 v.forget(i, nlookup);
@@ -300,6 +302,7 @@ impl Filesystem for FuseFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _m = crate::metrics::op("getattr");
         if ino.0 == SNAPDIR {
             return reply.attr(&Duration::ZERO, &self.snapdir_attr());
         }
@@ -327,6 +330,7 @@ impl Filesystem for FuseFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let _m = crate::metrics::op("setattr");
         let a = SetAttr {
             mode,
             uid,
@@ -346,6 +350,7 @@ impl Filesystem for FuseFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _m = crate::metrics::op("readlink");
         match self.with_vol(ino.0, |v, i| v.readlink(i)) {
             Ok((_, t)) => reply.data(&t),
             Err(e) => reply.error(errno(&e)),
@@ -353,6 +358,7 @@ impl Filesystem for FuseFs {
     }
 
     fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
+        let _m = crate::metrics::op("mknod");
         let Some(kind) = Kind::from_mode(mode) else {
             return reply.error(Errno::EINVAL);
         };
@@ -364,6 +370,7 @@ impl Filesystem for FuseFs {
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        let _m = crate::metrics::op("mkdir");
         let new = NewNode { kind: Kind::Dir, perm: mode, umask, rdev: 0, target: &[] };
         let r = head_only(&[parent.0])
             .and_then(|_| free_name(self.snaps.is_some(), parent.0, name))
@@ -372,16 +379,19 @@ impl Filesystem for FuseFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _m = crate::metrics::op("unlink");
         let r = head_only(&[parent.0]).and_then(|_| self.v().unlink(parent.0, name.as_bytes(), false));
         self.empty(r, reply)
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _m = crate::metrics::op("rmdir");
         let r = head_only(&[parent.0]).and_then(|_| self.v().unlink(parent.0, name.as_bytes(), true));
         self.empty(r, reply)
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let _m = crate::metrics::op("symlink");
         let new = NewNode { kind: Kind::Symlink, perm: 0o777, umask: 0, rdev: 0, target: target.as_os_str().as_bytes() };
         let r = head_only(&[parent.0])
             .and_then(|_| free_name(self.snaps.is_some(), parent.0, link_name))
@@ -399,6 +409,7 @@ impl Filesystem for FuseFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let _m = crate::metrics::op("rename");
         let r = head_only(&[parent.0, newparent.0])
             .and_then(|_| free_name(self.snaps.is_some(), newparent.0, newname))
             .and_then(|_| self.v().rename(parent.0, name.as_bytes(), newparent.0, newname.as_bytes(), flags.bits()));
@@ -406,6 +417,7 @@ impl Filesystem for FuseFs {
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let _m = crate::metrics::op("link");
         let r = head_only(&[ino.0, newparent.0])
             .and_then(|_| free_name(self.snaps.is_some(), newparent.0, newname))
             .and_then(|_| self.v().link(ino.0, newparent.0, newname.as_bytes()));
@@ -413,6 +425,7 @@ impl Filesystem for FuseFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _m = crate::metrics::op("open");
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
         match self.with_vol(ino.0, |v, i| v.open_file(i, write)) {
             Ok((_, fh)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
@@ -431,8 +444,12 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let _m = crate::metrics::op("read");
         match self.with_vol(ino.0, |v, i| v.read(i, offset, size)) {
-            Ok((_, d)) => reply.data(&d),
+            Ok((_, d)) => {
+                crate::metrics::get().read_bytes.inc_by(d.len() as u64);
+                reply.data(&d)
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -449,9 +466,11 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let _m = crate::metrics::op("write");
         let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
         match head_only(&[ino.0]).and_then(|_| self.v().write(ino.0, offset, data, kill)) {
             Ok(n) => {
+                crate::metrics::get().written_bytes.inc_by(n as u64);
                 if kill {
                     // A write reply carries no attributes: the kernel still has the old mode.
                     self.live.invalidate_attrs(ino.0);
@@ -478,10 +497,12 @@ impl Filesystem for FuseFs {
         _out_size: u32,
         reply: ReplyIoctl,
     ) {
+        let _m = crate::metrics::op("ioctl");
         reply.error(Errno::ENOTTY);
     }
 
     fn flush(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        let _m = crate::metrics::op("flush");
         let r = self.with_vol(ino.0, |v, i| v.flush_ino(i, false)).map(|_| ());
         self.empty(r, reply)
     }
@@ -496,16 +517,19 @@ impl Filesystem for FuseFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _m = crate::metrics::op("release");
         let r = self.with_vol(ino.0, |v, i| v.release(i)).map(|_| ());
         self.empty(r, reply)
     }
 
     fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        let _m = crate::metrics::op("fsync");
         let r = self.with_vol(ino.0, |v, i| v.fsync(i)).map(|_| ());
         self.empty(r, reply)
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _m = crate::metrics::op("opendir");
         if ino.0 == SNAPDIR {
             let Some(snaps) = &self.snaps else { return reply.error(Errno::ENOENT) };
             let mut items = vec![
@@ -533,6 +557,7 @@ impl Filesystem for FuseFs {
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let _m = crate::metrics::op("readdir");
         let listing = if ino.0 == SNAPDIR {
             self.lists.lock().ok().and_then(|l| l.get(&fh.0).cloned()).map(|l| (0, l)).ok_or(FsError::Posix(libc::EBADF))
         } else {
@@ -558,6 +583,7 @@ impl Filesystem for FuseFs {
     }
 
     fn releasedir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        let _m = crate::metrics::op("releasedir");
         if ino.0 == SNAPDIR {
             if let Ok(mut l) = self.lists.lock() {
                 l.remove(&fh.0);
@@ -572,11 +598,13 @@ impl Filesystem for FuseFs {
     }
 
     fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        let _m = crate::metrics::op("fsyncdir");
         let r = self.v().view.sync().map_err(FsError::from);
         self.empty(r, reply)
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let _m = crate::metrics::op("statfs");
         match self.v().statfs() {
             Ok(s) => reply.statfs(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, 255, s.bsize),
             Err(e) => reply.error(errno(&e)),
@@ -593,6 +621,7 @@ impl Filesystem for FuseFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        let _m = crate::metrics::op("setxattr");
         let r = head_only(&[ino.0])
             .and_then(|_| self.acl_name(name))
             .and_then(|_| self.v().setxattr(ino.0, name.as_bytes(), Some(value), flags));
@@ -600,15 +629,18 @@ impl Filesystem for FuseFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _m = crate::metrics::op("getxattr");
         let r = self.acl_name(name).and_then(|_| self.with_vol(ino.0, |v, i| v.getxattr(i, name.as_bytes())));
         Self::xattr_reply(r.map(|x| x.1), size, reply)
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _m = crate::metrics::op("listxattr");
         Self::xattr_reply(self.with_vol(ino.0, |v, i| v.listxattr(i)).map(|x| x.1), size, reply)
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _m = crate::metrics::op("removexattr");
         let r = head_only(&[ino.0])
             .and_then(|_| self.acl_name(name))
             .and_then(|_| self.v().setxattr(ino.0, name.as_bytes(), None, 0));
@@ -616,11 +648,13 @@ impl Filesystem for FuseFs {
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        let _m = crate::metrics::op("access");
         // default_permissions: the kernel has checked already.
         reply.ok()
     }
 
     fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, _flags: i32, reply: ReplyCreate) {
+        let _m = crate::metrics::op("create");
         let new = NewNode { kind: Kind::File, perm: mode, umask, rdev: 0, target: &[] };
         if let Err(e) = head_only(&[parent.0]).and_then(|_| free_name(self.snaps.is_some(), parent.0, name)) {
             return reply.error(errno(&e));
@@ -636,6 +670,7 @@ impl Filesystem for FuseFs {
     }
 
     fn fallocate(&self, req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
+        let _m = crate::metrics::op("fallocate");
         // Root stands for CAP_FSETID, as for truncate (the request carries no capabilities).
         let kill = req.uid() != 0;
         let r = head_only(&[ino.0]).and_then(|_| self.v().fallocate(ino.0, offset, length, mode, kill));
@@ -646,6 +681,7 @@ impl Filesystem for FuseFs {
     }
 
     fn lseek(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+        let _m = crate::metrics::op("lseek");
         // With the writeback cache the kernel holds written pages (and the size) the daemon
         // has not seen, and does not write them back before asking: ENOSYS makes it answer
         // from its own size (the whole file is data), which is right if less exact.
@@ -674,6 +710,7 @@ impl Filesystem for FuseFs {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
+        let _m = crate::metrics::op("copy_file_range");
         let len = len.min(u32::MAX as u64 & !0xfff);
         match head_only(&[ino_in.0, ino_out.0]).and_then(|_| self.v().copy_range(ino_in.0, offset_in, ino_out.0, offset_out, len)) {
             Ok(n) => reply.written(n as u32),

@@ -789,6 +789,7 @@ impl Store {
         let views: HashMap<u64, ViewSpace> = txn.set_views.drain(..).collect();
         let mut new_space = (space.physical, space.blocks);
         let mut seg_delta: HashMap<u32, i64> = HashMap::new();
+        let mut dedup = 0u64;
         // Blocks this record stores, in staging order (a file's blocks in file order):
         // (hash, after, bytes, was it a move from this locator).
         let mut stored: Vec<(Hash, RefRec, Vec<u8>, Option<u64>)> = Vec::new();
@@ -822,6 +823,9 @@ impl Store {
                 }
                 if after.owners == before.owners {
                     continue;
+                }
+                if let (false, Some(d)) = (before.owners.is_empty(), &data) {
+                    dedup += d.len() as u64;
                 }
                 let s = if before.owners.is_empty() {
                     data.as_ref().ok_or_else(|| Error::Corrupt("reference to a block that is not stored".into()))?.len() as u64
@@ -927,6 +931,10 @@ impl Store {
             space.segments.insert(seg, live);
         }
         w.meta_since_checkpoint += meta;
+        let m = crate::metrics::get();
+        m.commits.inc();
+        m.stored_bytes.inc_by(data_len);
+        m.dedup_bytes.inc_by(dedup);
         if w.meta_since_checkpoint >= self.checkpoint_bytes || w.since_checkpoint >= segment::SEGMENT_SIZE {
             // The commit is done whatever happens here: a failed checkpoint is retried by the
             // next commit (the memtables only grow meanwhile).
@@ -976,6 +984,7 @@ impl Store {
         fo.set_wait(wait);
         let cfs: Vec<&ColumnFamily> = cf::ALL.iter().map(|n| self.cf(n)).collect::<Result<_>>()?;
         self.db.flush_cfs_opt(&cfs, &fo)?;
+        crate::metrics::get().checkpoints.inc();
         w.since_checkpoint = 0;
         w.meta_since_checkpoint = 0;
         w.last_checkpoint = std::time::Instant::now();
@@ -1014,6 +1023,28 @@ impl Store {
     /// What the head view of `lineage` holds (as of the last commit).
     pub fn view_space(&self, lineage: u64) -> Result<ViewSpace> {
         Ok(self.space_guard()?.views.get(&lineage).copied().unwrap_or_default())
+    }
+
+    /// Sets the metrics the store keeps figures of (read at render time).
+    pub fn fill_metrics(&self, m: &crate::metrics::Metrics) -> Result<()> {
+        use crate::metrics::gauge;
+        let (physical, blocks, live) = {
+            let s = self.space_guard()?;
+            (s.physical, s.blocks, s.segments.values().sum::<u64>())
+        };
+        m.physical_bytes.set(gauge(physical));
+        m.blocks.set(gauge(blocks));
+        m.segment_live_bytes.set(gauge(live));
+        m.segment_bytes.set(gauge(self.log.segments()?.iter().map(|x| x.1).sum()));
+        m.read_errors.set(gauge(self.read_errors()));
+        let prop = |name: &str| self.db.property_int_value(name).ok().flatten().unwrap_or(0);
+        let sum = |name: &str| cf::ALL.iter().filter_map(|n| self.cf(n).ok()).map(|c| self.db.property_int_value_cf(c, name).ok().flatten().unwrap_or(0)).sum::<u64>();
+        m.rocksdb_pending_compaction_bytes.set(gauge(sum("rocksdb.estimate-pending-compaction-bytes")));
+        m.rocksdb_write_stopped.set(gauge(prop("rocksdb.is-write-stopped")));
+        m.rocksdb_delayed_write_rate.set(gauge(prop("rocksdb.actual-delayed-write-rate")));
+        m.rocksdb_cache_bytes.set(gauge(prop("rocksdb.block-cache-usage")));
+        m.memtable_bytes.set(gauge(sum("rocksdb.cur-size-all-mem-tables")));
+        Ok(())
     }
 
     /// Bytes the store holds on disk: RocksDB's SST files and the segments.
@@ -1139,6 +1170,9 @@ impl Store {
             self.log.delete(seg)?;
             report.segments_deleted += 1;
         }
+        let m = crate::metrics::get();
+        m.cleaner_moved_bytes.inc_by(report.moved_bytes);
+        m.cleaner_segments_deleted.inc_by(report.segments_deleted);
         Ok(report)
     }
 

@@ -369,6 +369,7 @@ impl Log {
     /// fdatasync of the segments written since the last sync, oldest first, then the
     /// active one. Called without the commit lock, except by a checkpoint.
     fn sync_files(&self) -> Result<()> {
+        let started = std::time::Instant::now();
         let active = self.active.lock().map_err(|_| poisoned())?.clone();
         let older = std::mem::take(&mut self.unsynced.lock().map_err(|_| poisoned())?.files);
         for f in older.iter().chain(std::iter::once(&active)) {
@@ -378,6 +379,7 @@ impl Log {
                 return Err(e.into());
             }
         }
+        crate::metrics::get().log_syncs.observe(started.elapsed().as_secs_f64());
         Ok(())
     }
 
