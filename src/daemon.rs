@@ -94,7 +94,18 @@ fn resident_bytes() -> u64 {
 }
 
 /// Serves `store_dir` until a signal or a shutdown request.
-pub fn run(store_dir: &Path, mem: Budget, metrics_addr: Option<std::net::SocketAddr>) -> Result<()> {
+/// What `clonefs daemon` was asked to serve besides the control socket.
+#[derive(Default)]
+pub struct Serve {
+    /// Prometheus metrics at http://ADDR/metrics.
+    pub metrics: Option<std::net::SocketAddr>,
+    /// The control API over HTTP, and the file holding its bearer token.
+    pub http: Option<crate::control::http::Addr>,
+    pub http_token_file: Option<PathBuf>,
+}
+
+pub fn run(store_dir: &Path, mem: Budget, serve: Serve) -> Result<()> {
+    let metrics_addr = serve.metrics;
     // Before any thread starts: glibc gives each thread its own arena, and buffers freed
     // across a dozen arenas kept the daemon at 450 MiB where two arenas need 300.
     crate::sys::tune_malloc();
@@ -106,6 +117,13 @@ pub fn run(store_dir: &Path, mem: Budget, metrics_addr: Option<std::net::SocketA
     })?;
     let store = Arc::new(Store::open_within(&store_dir, &mem)?);
     let listener = server::bind(&store_dir)?;
+    let http_listener = match &serve.http {
+        Some(a) => {
+            let token = serve.http_token_file.as_deref().map(crate::control::http::read_token).transpose()?;
+            Some((crate::control::http::Listener::bind(a, token.as_deref())?, token))
+        }
+        None => None,
+    };
     let metrics_listener = match metrics_addr {
         Some(a) => Some(std::net::TcpListener::bind(a).map_err(|e| Error::Invalid(format!("cannot serve metrics at {a}: {e}")))?),
         None => None,
@@ -141,6 +159,15 @@ pub fn run(store_dir: &Path, mem: Budget, metrics_addr: Option<std::net::SocketA
         let d = daemon.clone();
         std::thread::Builder::new().name("clonefs-control".into()).spawn(move || server::serve(listener, d))?;
     }
+    let http_thread = match http_listener {
+        Some((l, token)) => {
+            let l = Arc::new(l);
+            let (d, l2): (Arc<dyn Handler>, _) = (daemon.clone(), l.clone());
+            let t = std::thread::Builder::new().name("clonefs-http-accept".into()).spawn(move || crate::control::http::serve(&l2, token, d))?;
+            Some((l, t))
+        }
+        None => None,
+    };
     let metrics_thread = match metrics_listener {
         Some(l) => {
             let addr = l.local_addr()?;
@@ -156,6 +183,10 @@ pub fn run(store_dir: &Path, mem: Budget, metrics_addr: Option<std::net::SocketA
     daemon.stop.store(true, Ordering::SeqCst);
     let _ = daemon.autosnap_wake.send(false);
     let _ = autosnap.join();
+    if let Some((l, t)) = http_thread {
+        l.wake();
+        let _ = t.join();
+    }
     if let Some((addr, t)) = metrics_thread {
         // Wakes its accept so it sees `stop`.
         let _ = std::net::TcpStream::connect(addr);
@@ -639,29 +670,19 @@ impl Daemon {
     }
 
     fn answer_metrics(&self, c: &mut std::net::TcpStream) -> Result<()> {
-        use std::io::{Read, Write};
+        use crate::control::http::{read_request, respond, Refused};
         c.set_read_timeout(Some(Duration::from_secs(5)))?;
         c.set_write_timeout(Some(Duration::from_secs(5)))?;
-        let mut head = Vec::new();
-        let mut buf = [0u8; 1024];
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = c.read(&mut buf)?;
-            if n == 0 || head.len() > 16 << 10 {
-                break;
-            }
-            head.extend_from_slice(&buf[..n]);
-        }
-        let line = String::from_utf8_lossy(&head).lines().next().unwrap_or_default().to_string();
-        let mut parts = line.split_whitespace();
-        let (status, body, ctype) = match (parts.next(), parts.next().map(|p| p.split('?').next().unwrap_or(p))) {
-            (Some("GET"), Some("/metrics")) => match self.metrics() {
-                Ok(t) => ("200 OK", t, "text/plain; version=0.0.4; charset=utf-8"),
-                Err(e) => ("500 Internal Server Error", format!("{e}\n"), "text/plain; charset=utf-8"),
+        let text = "text/plain; charset=utf-8";
+        match read_request(c) {
+            Err(Refused(status, msg)) => respond(c, status, text, "", msg.as_bytes()),
+            Ok(r) if r.method != "GET" => respond(c, 405, text, "", b"GET /metrics\n"),
+            Ok(r) if r.path.split('?').next() != Some("/metrics") => respond(c, 404, text, "", b"only /metrics is served here\n"),
+            Ok(_) => match self.metrics() {
+                Ok(t) => respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", "", t.as_bytes()),
+                Err(e) => respond(c, 500, text, "", format!("{e}\n").as_bytes()),
             },
-            (Some("GET"), _) => ("404 Not Found", "only /metrics is served here\n".to_string(), "text/plain; charset=utf-8"),
-            _ => ("405 Method Not Allowed", "GET /metrics\n".to_string(), "text/plain; charset=utf-8"),
-        };
-        write!(c, "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
+        }
         Ok(())
     }
 

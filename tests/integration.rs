@@ -711,6 +711,9 @@ mod autosnap;
 #[path = "cases/metrics.rs"]
 mod metrics;
 
+#[path = "cases/http.rs"]
+mod http;
+
 #[test]
 fn completions_and_man_pages_are_generated() {
     let out = util::run_timeout(Command::new(util::BIN).args(["completions", "bash"]), 30);

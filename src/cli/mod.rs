@@ -46,6 +46,14 @@ enum Cmd {
         /// 127.0.0.1:9810 (`clonefs metrics` prints them without this)
         #[arg(long, value_name = "ADDR")]
         metrics: Option<std::net::SocketAddr>,
+        /// Serve the control operations as JSON over HTTP at ADDR (HOST:PORT, which needs
+        /// --http-token-file, or unix:/path, a 0600 socket): POST /v1/request takes the
+        /// socket's JSON requests; GET /v1/volumes, GET /v1/status
+        #[arg(long, value_name = "ADDR")]
+        http: Option<crate::control::http::Addr>,
+        /// A file whose first line is the API's bearer token (at least 16 characters)
+        #[arg(long, value_name = "FILE")]
+        http_token_file: Option<PathBuf>,
     },
     /// Stop the daemon: flush everything, unmount every volume, exit
     Shutdown,
@@ -199,15 +207,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Store::init(&store)?;
             println!("created store {}", store.display());
         }
-        Cmd::Daemon { foreground, memory, metrics } => {
+        Cmd::Daemon { foreground, memory, metrics, http, http_token_file } => {
             let total = crate::memory::parse_size(&memory)
                 .ok_or_else(|| Error::Invalid(format!("invalid memory budget {memory:?}: use a size such as 256M or 1G")))?;
             let mem = crate::memory::Budget::new(total)?;
             if foreground {
                 init_logging(cli.verbose.max(1));
-                crate::daemon::run(&store, mem, metrics)?;
+                crate::daemon::run(&store, mem, crate::daemon::Serve { metrics, http, http_token_file })?;
             } else {
-                start_daemon(&store, cli.verbose, mem.total, metrics)?;
+                start_daemon(&store, cli.verbose, mem.total, crate::daemon::Serve { metrics, http, http_token_file })?;
             }
         }
         Cmd::Shutdown => {
@@ -436,7 +444,7 @@ pub fn init_logging(verbose: u8) {
 }
 
 /// Starts a detached daemon and returns once its socket answers.
-pub fn start_daemon(store: &Path, verbose: u8, memory: u64, metrics: Option<std::net::SocketAddr>) -> Result<()> {
+pub fn start_daemon(store: &Path, verbose: u8, memory: u64, serve: crate::daemon::Serve) -> Result<()> {
     if client::ping(store) {
         return Err(Error::Conflict(format!("a clonefs daemon already serves store {}", store.display())));
     }
@@ -454,8 +462,18 @@ pub fn start_daemon(store: &Path, verbose: u8, memory: u64, metrics: Option<std:
     };
     let mut cmd = std::process::Command::new(std::env::current_exe()?);
     cmd.arg("daemon").arg("--foreground").arg("--store").arg(store).arg("--memory").arg(memory.to_string());
-    if let Some(a) = metrics {
+    if let Some(a) = serve.metrics {
         cmd.arg("--metrics").arg(a.to_string());
+    }
+    if let Some(a) = &serve.http {
+        cmd.arg("--http").arg(match a {
+            crate::control::http::Addr::Tcp(t) => t.to_string(),
+            crate::control::http::Addr::Unix(p) => format!("unix:{}", p.display()),
+        });
+    }
+    if let Some(f) = &serve.http_token_file {
+        // The child runs elsewhere (cwd /): an absolute path.
+        cmd.arg("--http-token-file").arg(std::path::absolute(f)?);
     }
     if verbose > 0 {
         cmd.arg(format!("-{}", "v".repeat(verbose as usize)));
@@ -532,7 +550,7 @@ pub fn mount_helper(args: Vec<String>) -> ExitCode {
             };
         }
         if !client::ping(&store) {
-            start_daemon(&store, 0, crate::memory::DEFAULT, None)?;
+            start_daemon(&store, 0, crate::memory::DEFAULT, Default::default())?;
         }
         let (_, snap) = crate::volume::parse_target(&vol)?;
         let read_only = read_only || snap.is_some();

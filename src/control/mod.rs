@@ -2,6 +2,7 @@
 //! over the Unix socket STORE/clonefs.sock (mode 0600).
 
 pub mod client;
+pub mod http;
 pub mod server;
 
 use serde::{Deserialize, Serialize};
@@ -22,7 +23,7 @@ pub trait Handler: Send + Sync + 'static {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     Ping,
     Create { name: String, block_size: u32, uid: u32, gid: u32 },
