@@ -269,7 +269,10 @@ def snapshot_bench():
         kinds = {}
         for root, _, files in os.walk(store):
             for f in files:
-                ext = f.rsplit(".", 1)[-1] if "." in f and f.split(".")[-1] in ("blob", "sst", "log") else "other"
+                if os.path.basename(root) == "seg":
+                    ext = "segments"
+                else:
+                    ext = f.rsplit(".", 1)[-1] if "." in f and f.split(".")[-1] in ("sst", "log") else "other"
                 kinds[ext] = kinds.get(ext, 0) + os.path.getsize(os.path.join(root, f))
         parts = ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in sorted(kinds.items()))
     finally:
