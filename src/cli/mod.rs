@@ -319,7 +319,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("man pages written to {}", dir.display());
         }
         Cmd::Gc => {
-            let v = call(Request::Gc)?;
+            let v = call_with_spinner(&store, "gc", Request::Gc, false)?;
             println!("gc: processed {} markers", v["processed"].as_u64().unwrap_or(0));
         }
         Cmd::Set { assignment, volume } => {
@@ -372,7 +372,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Fsck { json } => {
             let report: FsckReport = if client::ping(&store) {
-                serde_json::from_value(call(Request::Fsck)?)?
+                serde_json::from_value(call_with_spinner(&store, "fsck", Request::Fsck, json)?)?
             } else {
                 let s = Store::open(&store)?;
                 crate::volume::fsck::check(&s)?
@@ -403,11 +403,32 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Cmd::Compact => {
-            let v = call(Request::Compact)?;
-            println!("compacted; {} on disk", output::size(v["disk_bytes"].as_u64().unwrap_or(0)));
+            let v = call_with_spinner(&store, "compact", Request::Compact, false)?;
+            println!(
+                "compacted: moved {} out of {} segments; {} on disk",
+                output::size(v["moved_bytes"].as_u64().unwrap_or(0)),
+                v["segments_deleted"].as_u64().unwrap_or(0),
+                output::size(v["disk_bytes"].as_u64().unwrap_or(0))
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs a long request in the daemon with a spinner and the time so far (on a terminal;
+/// indicatif draws nothing when stderr is not one) until it answers.
+fn call_with_spinner(store: &Path, what: &str, req: Request, quiet: bool) -> Result<serde_json::Value> {
+    let s = store.to_path_buf();
+    let worker = std::thread::spawn(move || client::call(&s, &req));
+    let sp = if quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new_spinner() };
+    sp.set_style(indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}").map_err(|e| Error::Invalid(e.to_string()))?);
+    sp.set_message(what.to_string());
+    while !worker.is_finished() {
+        sp.tick();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    sp.finish_and_clear();
+    worker.join().map_err(|_| Error::Corrupt(format!("the {what} request thread panicked")))?
 }
 
 /// Runs a scrub in the daemon and draws its progress (on a terminal) until it answers.
