@@ -10,7 +10,7 @@ use crate::fs::{DirtyBudget, Volume};
 use crate::history::{self, History};
 use crate::memory::Budget;
 use crate::store::{Store, FORMAT_VERSION};
-use crate::volume::{autosnap, fsck, gc, parse_target, scrub, Catalog, SnapshotViews, HEAD_GONE};
+use crate::volume::{autosnap, fsck, gc, idmap, parse_target, scrub, Catalog, SnapshotViews, HEAD_GONE};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use fuser::{BackgroundSession, Config, MountOption, Session, SessionACL};
 use serde_json::{json, Value};
@@ -400,7 +400,7 @@ impl Daemon {
                 Ok(Value::Null)
             }
             Request::Snapshot { name } => self.snapshot(&name),
-            Request::Clone { source, name } => self.clone_volume(&source, &name),
+            Request::Clone { source, name, uid_map, gid_map, owner } => self.clone_volume(&source, &name, &uid_map, &gid_map, owner),
             Request::Rollback { name } => self.rollback(&name),
             Request::SetProperty { name, property, value } => {
                 self.catalog.set_property(&self.store, &name, &property, &value)?;
@@ -490,19 +490,36 @@ impl Daemon {
         Ok(json!({"snapshot": name, "micros": started.elapsed().as_micros() as u64}))
     }
 
-    fn clone_volume(&self, source: &str, name: &str) -> Result<Value> {
+    fn clone_volume(&self, source: &str, name: &str, uid_map: &[String], gid_map: &[String], owner: Option<(u32, u32)>) -> Result<Value> {
         let (vol, snap) = parse_target(source)?;
         let v = Catalog::get(&self.store, &vol)?;
         let started = Instant::now();
+        let mut layer = idmap::Layer {
+            uid: uid_map.iter().map(|r| idmap::Range::parse(r)).collect::<Result<_>>()?,
+            gid: gid_map.iter().map(|r| idmap::Range::parse(r)).collect::<Result<_>>()?,
+        };
+        if let Some((uid, gid)) = owner {
+            // Whoever owns the origin's root, as the origin shows it, becomes the new owner.
+            let view = self.catalog.open_view(&self.store, &vol, snap.as_deref(), true)?;
+            let root = view.inode(crate::volume::ROOT_INO)?.ok_or_else(|| Error::Corrupt(format!("{source} has no root directory")))?;
+            let (from_uid, from_gid) = (v.idmap.show_uid(root.uid), v.idmap.show_gid(root.gid));
+            if from_uid != uid {
+                layer.uid.push(idmap::Range { from: from_uid, to: uid, count: 1 });
+            }
+            if from_gid != gid {
+                layer.gid.push(idmap::Range { from: from_gid, to: gid, count: 1 });
+            }
+        }
+        layer.check()?;
         let head = if snap.is_none() { self.head_of(v.id)? } else { None };
         match head {
             Some(live) => live.exclusive(|vol_ref| {
                 vol_ref.flush_older_than(Duration::ZERO)?;
-                self.catalog.clone_volume(&self.store, source, name)?;
+                self.catalog.clone_volume(&self.store, source, name, layer.clone())?;
                 Ok(())
             })?,
             None => {
-                self.catalog.clone_volume(&self.store, source, name)?;
+                self.catalog.clone_volume(&self.store, source, name, layer)?;
             }
         }
         Ok(json!({"clone": name, "origin": source, "micros": started.elapsed().as_micros() as u64}))
@@ -801,7 +818,8 @@ impl Daemon {
         config.n_threads = Some(FUSE_THREADS);
         config.clone_fd = true;
         let started = Instant::now();
-        let session = Session::new(FuseFs::new(live.clone(), bs, snaps, writeback), &dir, &config).and_then(|s| s.spawn());
+        let idmap = live.get().idmap();
+        let session = Session::new(FuseFs::new(live.clone(), bs, snaps, writeback, idmap), &dir, &config).and_then(|s| s.spawn());
         let mut mounts = lock(&self.mounts)?;
         let i = mounts
             .iter()

@@ -55,6 +55,33 @@ pub fn raise_nofile() {
     }
 }
 
+/// (uid, primary gid) of the user named `name` in the host's user database.
+pub fn user_by_name(name: &str) -> Option<(u32, u32)> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: `c` is NUL-terminated; the returned record is read at once, before any other
+    // call could reuse its static storage (the CLI is single-threaded here).
+    unsafe {
+        let p = libc::getpwnam(c.as_ptr());
+        if p.is_null() {
+            return None;
+        }
+        Some(((*p).pw_uid, (*p).pw_gid))
+    }
+}
+
+/// The gid of the group named `name`.
+pub fn group_by_name(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: as in `user_by_name`.
+    unsafe {
+        let p = libc::getgrnam(c.as_ptr());
+        if p.is_null() {
+            return None;
+        }
+        Some((*p).gr_gid)
+    }
+}
+
 pub fn geteuid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() }

@@ -714,6 +714,9 @@ mod metrics;
 #[path = "cases/http.rs"]
 mod http;
 
+#[path = "cases/idmap.rs"]
+mod idmap;
+
 #[test]
 fn completions_and_man_pages_are_generated() {
     let out = util::run_timeout(Command::new(util::BIN).args(["completions", "bash"]), 30);

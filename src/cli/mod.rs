@@ -102,7 +102,20 @@ enum Cmd {
     /// Take a snapshot VOL@SNAP: an atomic point-in-time cut, O(1), of a mounted busy volume too
     Snapshot { snapshot: String },
     /// Clone VOL@SNAP (or VOL: an implicit snapshot of the live volume) as a new writable volume
-    Clone { source: String, name: String },
+    Clone {
+        source: String,
+        name: String,
+        /// The clone's files owned by the origin's root owner show as USER (and GROUP, else
+        /// USER's primary group), names or numbers; O(1), nothing is rewritten
+        #[arg(long, value_name = "USER[:GROUP]")]
+        owner: Option<String>,
+        /// Stored uid FROM+i shows as TO+i (repeatable; the semantics of an idmapped mount)
+        #[arg(long = "uid-map", value_name = "FROM:TO[:COUNT]")]
+        uid_map: Vec<String>,
+        /// Stored gid FROM+i shows as TO+i (repeatable)
+        #[arg(long = "gid-map", value_name = "FROM:TO[:COUNT]")]
+        gid_map: Vec<String>,
+    },
     /// Return VOL to snapshot VOL@SNAP; snapshots taken after it are kept
     Rollback { snapshot: String },
     /// Put hold TAG on a snapshot: it refuses destroy until released
@@ -275,10 +288,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             call(Request::Snapshot { name: snapshot.clone() })?;
             println!("snapshot {snapshot} taken");
         }
-        Cmd::Clone { source, name } => {
+        Cmd::Clone { source, name, owner, uid_map, gid_map } => {
             crate::volume::parse_target(&source)?;
             crate::volume::check_name(&name)?;
-            call(Request::Clone { source: source.clone(), name: name.clone() })?;
+            for r in uid_map.iter().chain(&gid_map) {
+                crate::volume::idmap::Range::parse(r)?;
+            }
+            let owner = owner.as_deref().map(resolve_owner).transpose()?;
+            call(Request::Clone { source: source.clone(), name: name.clone(), uid_map, gid_map, owner })?;
             println!("cloned {source} as {name}");
         }
         Cmd::Rollback { snapshot } => {
@@ -413,6 +430,29 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `USER[:GROUP]` (names or numbers) as (uid, gid); GROUP defaults to USER's primary group.
+fn resolve_owner(s: &str) -> Result<(u32, u32)> {
+    let (u, g) = match s.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (s, None),
+    };
+    let (uid, primary) = match u.parse::<u32>() {
+        Ok(n) => (n, None),
+        Err(_) => {
+            let (uid, gid) = crate::sys::user_by_name(u).ok_or_else(|| Error::Invalid(format!("no user named {u:?}")))?;
+            (uid, Some(gid))
+        }
+    };
+    let gid = match g {
+        Some(g) => match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => crate::sys::group_by_name(g).ok_or_else(|| Error::Invalid(format!("no group named {g:?}")))?,
+        },
+        None => primary.ok_or_else(|| Error::Invalid(format!("--owner {s}: give the group too (UID:GID) for a numeric user")))?,
+    };
+    Ok((uid, gid))
 }
 
 /// Runs a long request in the daemon with a spinner and the time so far (on a terminal;

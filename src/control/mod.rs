@@ -43,7 +43,18 @@ pub enum Request {
     /// `name` is `VOL` or `VOL@SNAP`.
     Destroy { name: String },
     Snapshot { name: String },
-    Clone { source: String, name: String },
+    Clone {
+        source: String,
+        name: String,
+        /// `FROM:TO[:COUNT]` ranges: how the clone shows the origin's owners.
+        #[serde(default)]
+        uid_map: Vec<String>,
+        #[serde(default)]
+        gid_map: Vec<String>,
+        /// The owner of the origin's root shows as this (uid, gid).
+        #[serde(default)]
+        owner: Option<(u32, u32)>,
+    },
     Rollback { name: String },
     Hold { name: String, tag: String, on: bool },
     Gc,

@@ -1,6 +1,7 @@
 //! The FUSE front end: converts kernel requests to `Volume` calls and results to replies.
 //! No filesystem logic lives here.
 
+use crate::volume::idmap::IdMap;
 use super::attr::{SetAttr, TimeSet};
 use super::namespace::NewNode;
 use super::live::Live;
@@ -50,6 +51,9 @@ pub struct FuseFs {
     /// The kernel enforces POSIX ACLs (FUSE_POSIX_ACL); without it the ACL xattrs are
     /// refused rather than kept and ignored.
     acls: bool,
+    /// How owners show (a remapped clone): attributes out through it, owners in through
+    /// its inverse. The volume's, fixed for the mount.
+    idmap: Arc<IdMap>,
 }
 
 impl FuseFs {
@@ -62,8 +66,8 @@ impl FuseFs {
         Ok(())
     }
 
-    pub fn new(live: Arc<Live>, bs: u64, snaps: Option<Arc<SnapDir>>, writeback: bool) -> FuseFs {
-        FuseFs { live, bs, snaps, lists: Mutex::new(HashMap::new()), next_list: AtomicU64::new(1), writeback, acls: false }
+    pub fn new(live: Arc<Live>, bs: u64, snaps: Option<Arc<SnapDir>>, writeback: bool, idmap: Arc<IdMap>) -> FuseFs {
+        FuseFs { live, bs, snaps, lists: Mutex::new(HashMap::new()), next_list: AtomicU64::new(1), writeback, acls: false, idmap }
     }
 }
 
@@ -197,8 +201,8 @@ impl FuseFs {
             kind: file_type(r.kind),
             perm: r.perm as u16,
             nlink: r.nlink,
-            uid: r.uid,
-            gid: r.gid,
+            uid: self.idmap.show_uid(r.uid),
+            gid: self.idmap.show_gid(r.gid),
             rdev: r.rdev,
             blksize: self.bs as u32,
             flags: 0,
@@ -229,8 +233,15 @@ impl FuseFs {
     }
 }
 
-fn ctx(req: &Request) -> Ctx {
-    Ctx { uid: req.uid(), gid: req.gid() }
+impl FuseFs {
+    /// The caller's ids as stored (through the volume's id map); EOVERFLOW when the map
+    /// cannot store them, as on an idmapped mount.
+    fn ctx(&self, req: &Request) -> FsResult<Ctx> {
+        match (self.idmap.store_uid(req.uid()), self.idmap.store_gid(req.gid())) {
+            (Some(uid), Some(gid)) => Ok(Ctx { uid, gid }),
+            _ => Err(FsError::Posix(libc::EOVERFLOW)),
+        }
+    }
 }
 
 fn time_set(t: TimeOrNow) -> TimeSet {
@@ -331,6 +342,14 @@ impl Filesystem for FuseFs {
         reply: ReplyAttr,
     ) {
         let _m = crate::metrics::op("setattr");
+        let uid = match uid.map(|u| self.idmap.store_uid(u).ok_or(u)).transpose() {
+            Ok(u) => u,
+            Err(_) => return reply.error(Errno::from_i32(libc::EOVERFLOW)),
+        };
+        let gid = match gid.map(|g| self.idmap.store_gid(g).ok_or(g)).transpose() {
+            Ok(g) => g,
+            Err(_) => return reply.error(Errno::from_i32(libc::EOVERFLOW)),
+        };
         let a = SetAttr {
             mode,
             uid,
@@ -365,7 +384,7 @@ impl Filesystem for FuseFs {
         let new = NewNode { kind, perm: mode, umask, rdev, target: &[] };
         let r = head_only(&[parent.0])
             .and_then(|_| free_name(self.snaps.is_some(), parent.0, name))
-            .and_then(|_| self.v().make(ctx(req), parent.0, name.as_bytes(), new, false));
+            .and_then(|_| self.ctx(req).and_then(|c| self.v().make(c, parent.0, name.as_bytes(), new, false)));
         self.entry(r, reply)
     }
 
@@ -374,7 +393,7 @@ impl Filesystem for FuseFs {
         let new = NewNode { kind: Kind::Dir, perm: mode, umask, rdev: 0, target: &[] };
         let r = head_only(&[parent.0])
             .and_then(|_| free_name(self.snaps.is_some(), parent.0, name))
-            .and_then(|_| self.v().make(ctx(req), parent.0, name.as_bytes(), new, false));
+            .and_then(|_| self.ctx(req).and_then(|c| self.v().make(c, parent.0, name.as_bytes(), new, false)));
         self.entry(r, reply)
     }
 
@@ -395,7 +414,7 @@ impl Filesystem for FuseFs {
         let new = NewNode { kind: Kind::Symlink, perm: 0o777, umask: 0, rdev: 0, target: target.as_os_str().as_bytes() };
         let r = head_only(&[parent.0])
             .and_then(|_| free_name(self.snaps.is_some(), parent.0, link_name))
-            .and_then(|_| self.v().make(ctx(req), parent.0, link_name.as_bytes(), new, false));
+            .and_then(|_| self.ctx(req).and_then(|c| self.v().make(c, parent.0, link_name.as_bytes(), new, false)));
         self.entry(r, reply)
     }
 
@@ -660,7 +679,7 @@ impl Filesystem for FuseFs {
             return reply.error(errno(&e));
         }
         let v = self.v();
-        match v.make(ctx(req), parent.0, name.as_bytes(), new, true) {
+        match self.ctx(req).and_then(|c| v.make(c, parent.0, name.as_bytes(), new, true)) {
             Ok(e) => {
                 let fh = v.next_handle();
                 reply.created(&TTL, &self.attr(&e), generation(&e), FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)

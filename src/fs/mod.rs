@@ -197,6 +197,11 @@ impl Volume {
         &self.view.spec().name
     }
 
+    /// How this volume's mounts show owners.
+    pub fn idmap(&self) -> Arc<crate::volume::idmap::IdMap> {
+        self.view.spec().idmap.clone()
+    }
+
     /// A batch of changes to this view (see `ViewTxn`).
     fn txn(&self) -> FsResult<ViewTxn<'_>> {
         self.check_writable()?;

@@ -11,6 +11,7 @@
 pub mod autosnap;
 pub mod fsck;
 pub mod gc;
+pub mod idmap;
 pub mod lineage;
 pub mod scrub;
 pub mod view;
@@ -53,6 +54,9 @@ pub struct VolumeRec {
     /// Automatic snapshots to keep per period (`autosnap::Policy`, canonical text).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_policy: Option<String>,
+    /// How its mounts show stored owners (a remapped clone, `idmap`).
+    #[serde(default, skip_serializing_if = "idmap::IdMap::is_empty")]
+    pub idmap: idmap::IdMap,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -99,6 +103,8 @@ pub struct ViewSpec {
     pub frozen: Option<ViewSpace>,
     /// A head's `refquota` in bytes, 0 for none: the volume record's, kept by the catalog.
     pub refquota: Option<Arc<AtomicU64>>,
+    /// How owners show (the volume's, for its head and its snapshots alike).
+    pub idmap: Arc<idmap::IdMap>,
 }
 
 fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>> {
@@ -340,6 +346,7 @@ impl Catalog {
             block_size: v.block_size,
             read_only: read_only || snap.is_some(),
             frozen,
+            idmap: Arc::new(v.idmap.clone()),
         })
     }
 
@@ -400,7 +407,7 @@ impl Catalog {
         let mut t = self.begin(store);
         let id = Self::next_id(store, &mut t, 2)?;
         let ts = Ts::now();
-        let rec = VolumeRec { id, name: name.to_string(), lineage: id + 1, block_size, created: ts.sec, origin: None, refquota: None, snapshot_policy: None };
+        let rec = VolumeRec { id, name: name.to_string(), lineage: id + 1, block_size, created: ts.sec, origin: None, refquota: None, snapshot_policy: None, idmap: Default::default() };
         let lin = LineageRec { id: id + 1, parent: None, head: Some(1), pins: BTreeMap::new(), block_size };
         let root = InodeRec {
             kind: Kind::Dir,
@@ -495,6 +502,7 @@ impl Catalog {
             ("origin".into(), v.origin.clone().unwrap_or_else(|| "-".into())),
             ("refquota".into(), v.refquota.map(|q| q.to_string()).unwrap_or_else(|| "none".into())),
             ("snapshot.policy".into(), v.snapshot_policy.clone().unwrap_or_else(|| "none".into())),
+            ("idmap".into(), v.idmap.text()),
         ]
     }
 
@@ -535,9 +543,11 @@ impl Catalog {
 
     /// Clones `src` (`VOL@SNAP`, or `VOL` for an implicit snapshot of the live volume) as
     /// `new`. Returns the new volume and, for a live clone, the cut taken of `VOL`.
-    pub fn clone_volume(&self, store: &Store, src: &str, new: &str) -> Result<(VolumeRec, Option<Cut>)> {
+    /// `layer`: how the clone shows owners on top of its origin's map (empty: as the origin).
+    pub fn clone_volume(&self, store: &Store, src: &str, new: &str, layer: idmap::Layer) -> Result<(VolumeRec, Option<Cut>)> {
         let (vol, snap) = parse_target(src)?;
         check_name(new)?;
+        layer.check()?;
         let _g = self.guard()?;
         let v = Self::get(store, &vol)?;
         Self::name_free(store, new)?;
@@ -567,6 +577,7 @@ impl Catalog {
             // Not inherited, as in ZFS: a clone starts without limits or a snapshot schedule.
             refquota: None,
             snapshot_policy: None,
+            idmap: v.idmap.with(layer),
         };
         let lin = LineageRec { id: id + 1, parent: Some(parent), head: Some(1), pins: BTreeMap::new(), block_size: v.block_size };
         t.set_view_space(lin.id, space);
@@ -809,9 +820,9 @@ mod tests {
         };
         let snap_small = cost(&|| drop(c.snapshot_create(&s, "small", "s").unwrap()));
         let snap_big = cost(&|| drop(c.snapshot_create(&s, "big", "s").unwrap()));
-        let clone_small = cost(&|| drop(c.clone_volume(&s, "small@s", "cs").unwrap()));
-        let clone_big = cost(&|| drop(c.clone_volume(&s, "big@s", "cb").unwrap()));
-        let live_big = cost(&|| drop(c.clone_volume(&s, "big", "cl").unwrap()));
+        let clone_small = cost(&|| drop(c.clone_volume(&s, "small@s", "cs", Default::default()).unwrap()));
+        let clone_big = cost(&|| drop(c.clone_volume(&s, "big@s", "cb", Default::default()).unwrap()));
+        let live_big = cost(&|| drop(c.clone_volume(&s, "big", "cl", Default::default()).unwrap()));
         assert_eq!(snap_small, snap_big);
         assert_eq!(clone_small, clone_big);
         // Each commit also writes its log mark.
@@ -855,11 +866,11 @@ mod tests {
         assert_eq!((cut.lineage, cut.epoch), (v.lineage, 1));
         assert!(matches!(c.snapshot_create(&s, "a", "s1"), Err(Error::Conflict(_))));
         c.snapshot_create(&s, "a", "s2").unwrap();
-        let (cl, live) = c.clone_volume(&s, "a@s1", "c").unwrap();
+        let (cl, live) = c.clone_volume(&s, "a@s1", "c", Default::default()).unwrap();
         assert!(live.is_none());
         assert_eq!(Catalog::parents(&s, cl.lineage).unwrap(), vec![(v.lineage, 1)]);
         assert_eq!(Catalog::lineage(&s, v.lineage).unwrap().pins, BTreeMap::from([(1, 2), (2, 1)]));
-        let (_, live) = c.clone_volume(&s, "a", "d").unwrap();
+        let (_, live) = c.clone_volume(&s, "a", "d", Default::default()).unwrap();
         assert_eq!(live.unwrap().epoch, 3);
         c.hold(&s, "a", "s2", "keep", true).unwrap();
         assert!(matches!(c.destroy_snapshot(&s, "a", "s2"), Err(Error::Conflict(_))));
