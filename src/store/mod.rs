@@ -977,7 +977,8 @@ impl Store {
 
     /// A checkpoint under the commit lock: it is held across the log's sync so that the
     /// memtables switched next hold no commit whose record is not durable (invariant 18).
-    /// Returns the segment of the last record, before which the log is no longer needed.
+    /// Returns the segment of the last record (the one `Flog` names): the segments before it
+    /// are no longer needed by a replay.
     fn checkpoint_locked(&self, w: &mut segment::Writer, wait: bool) -> Result<u32> {
         self.log.sync_to(self.log.last())?;
         let mut fo = FlushOptions::default();
@@ -988,7 +989,7 @@ impl Store {
         w.since_checkpoint = 0;
         w.meta_since_checkpoint = 0;
         w.last_checkpoint = std::time::Instant::now();
-        Ok(segment::Log::active_segment(w))
+        Ok(segment::Log::last_record_segment(w))
     }
 
     /// A checkpoint if commits are older than `age` and none was made since (the flusher's
@@ -1158,8 +1159,10 @@ impl Store {
         if !emptied {
             return Ok(report);
         }
-        // The moves durable in RocksDB, and every segment before the active one replayed
-        // by no start-up: an empty one can go.
+        // A record in the active segment (a sealed victim may hold the last one, which the
+        // checkpoint's `Flog` would name), then the moves durable in RocksDB: every segment
+        // before the one `Flog` names is replayed by no start-up, and an empty one can go.
+        self.commit(self.txn(), false)?;
         let before = self.checkpoint(true)?;
         let empty: Vec<u32> = {
             let space = self.space_guard()?;

@@ -123,6 +123,9 @@ pub struct Writer {
     /// Set when a logged commit could not be applied: nothing may build on it until a
     /// restart replays it.
     pub broken: Option<String>,
+    /// The segment of the last record written (after a roll, the one before `seg` until a
+    /// record goes into `seg`).
+    last_seg: u32,
 }
 
 struct Unsynced {
@@ -274,7 +277,7 @@ impl Log {
             active: Mutex::new(file.clone()),
             syncs: SyncGroup::default(),
         };
-        let w = Writer { seg, file, off, size, seq, prev, boot, since_checkpoint: 0, meta_since_checkpoint: 0, last_checkpoint: std::time::Instant::now(), broken: None };
+        let w = Writer { seg, file, off, size, seq, prev, boot, since_checkpoint: 0, meta_since_checkpoint: 0, last_checkpoint: std::time::Instant::now(), broken: None, last_seg: seg };
         Ok((log, w))
     }
 
@@ -347,6 +350,7 @@ impl Log {
         // must be readable before RocksDB names its blocks.
         w.file.write_all_at(&rec, mark.off)?;
         w.prev = record_id(mark.seq, w.boot, mark.seg, mark.off);
+        w.last_seg = mark.seg;
         w.seq = mark.seq;
         w.off = mark.off + total;
         w.size = w.size.max(end);
@@ -421,6 +425,12 @@ impl Log {
 
     pub fn active_segment(w: &Writer) -> u32 {
         w.seg
+    }
+
+    /// The segment holding the last record: a checkpoint's `Flog` names it, so it and every
+    /// later segment stay.
+    pub fn last_record_segment(w: &Writer) -> u32 {
+        w.last_seg
     }
 }
 
