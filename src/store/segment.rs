@@ -181,7 +181,11 @@ fn read_record(file: &File, seg: u32, off: u64, expect: Option<(u64, u64)>) -> R
             return Ok(None);
         }
     }
-    let end = align(off + data_off + data_len + batch_len, 8);
+    // Checked: a scribbled header can hold any lengths.
+    let end = match off.checked_add(data_off).and_then(|x| x.checked_add(data_len)).and_then(|x| x.checked_add(batch_len)) {
+        Some(e) if e <= len => align(e, 8),
+        _ => return Ok(None),
+    };
     if data_off < HEADER || end > len {
         return Ok(None);
     }
@@ -237,14 +241,14 @@ impl Log {
             let mut replayed = 0u64;
             loop {
                 let here = files.get(&seg).map(|f| read_record(f, seg, off, Some((seq + 1, prev)))).transpose()?.flatten();
-                let (s, o, r) = match here {
-                    Some(r) => (seg, off, r),
+                let (s, r) = match here {
+                    Some(r) => (seg, r),
+                    // The writer rolled to the next segment for this record.
                     None => match files.get(&(seg + 1)).map(|f| read_record(f, seg + 1, 0, Some((seq + 1, prev)))).transpose()?.flatten() {
-                        Some(r) => (seg + 1, 0, r),
+                        Some(r) => (seg + 1, r),
                         None => break,
                     },
                 };
-                let _ = o;
                 apply(&r.batch)?;
                 (seg, off, seq, prev) = (s, r.end, r.seq, r.id);
                 replayed += 1;
