@@ -276,7 +276,7 @@ impl Daemon {
                     log::error!("volume {}: background flush failed: {e}", v.name());
                 }
             }
-            if let Err(e) = self.store.checkpoint_if_older(CHECKPOINT_AGE) {
+            if let Err(e) = self.store.checkpoint_if_due(CHECKPOINT_AGE) {
                 log::error!("checkpoint failed: {e}");
             }
         }

@@ -935,10 +935,11 @@ impl Store {
         m.commits.inc();
         m.stored_bytes.inc_by(data_len);
         m.dedup_bytes.inc_by(dedup);
-        if w.meta_since_checkpoint >= self.checkpoint_bytes || w.since_checkpoint >= segment::SEGMENT_SIZE {
-            // The commit is done whatever happens here: a failed checkpoint is retried by the
-            // next commit (the memtables only grow meanwhile).
-            if let Err(e) = self.checkpoint_locked(&mut w, false) {
+        // The flusher checkpoints past one `checkpoint_bytes` (with most of the log synced
+        // before it takes the lock); this is the backstop if it falls behind.
+        if w.meta_since_checkpoint >= 4 * self.checkpoint_bytes || w.since_checkpoint >= 4 * CHECKPOINT_LOG {
+            // The commit is done whatever happens here: a failed checkpoint is retried.
+            if let Err(e) = self.checkpoint_locked(&mut w) {
                 log::warn!("checkpoint after commit {seq} failed: {e}");
             }
         }
@@ -969,20 +970,29 @@ impl Store {
     /// Makes RocksDB hold every commit so far on its own, so start-up replays nothing
     /// before this point: the log is synced, then every memtable is switched and flushed.
     /// `wait`: until the flush is on disk (the log before this point may then be deleted).
+    /// Returns the segment `Flog` names now: a replay needs no segment before it.
     pub fn checkpoint(&self, wait: bool) -> Result<u32> {
-        let _space = self.space_guard()?;
-        let mut w = self.writer.lock().map_err(|_| Error::Corrupt("log writer poisoned by a panic: restart the daemon".into()))?;
-        self.checkpoint_locked(&mut w, wait)
+        // Most of the log is synced before the commit lock is taken.
+        self.log.sync_to(self.log.last())?;
+        let seg = {
+            let _space = self.space_guard()?;
+            let mut w = self.writer.lock().map_err(|_| Error::Corrupt("log writer poisoned by a panic: restart the daemon".into()))?;
+            self.checkpoint_locked(&mut w)?
+        };
+        if wait {
+            self.wait_flushed()?;
+        }
+        Ok(seg)
     }
 
     /// A checkpoint under the commit lock: it is held across the log's sync so that the
     /// memtables switched next hold no commit whose record is not durable (invariant 18).
-    /// Returns the segment of the last record (the one `Flog` names): the segments before it
-    /// are no longer needed by a replay.
-    fn checkpoint_locked(&self, w: &mut segment::Writer, wait: bool) -> Result<u32> {
+    /// The flush itself runs in RocksDB's background. Returns the segment of the last record
+    /// (the one `Flog` names).
+    fn checkpoint_locked(&self, w: &mut segment::Writer) -> Result<u32> {
         self.log.sync_to(self.log.last())?;
         let mut fo = FlushOptions::default();
-        fo.set_wait(wait);
+        fo.set_wait(false);
         let cfs: Vec<&ColumnFamily> = cf::ALL.iter().map(|n| self.cf(n)).collect::<Result<_>>()?;
         self.db.flush_cfs_opt(&cfs, &fo)?;
         crate::metrics::get().checkpoints.inc();
@@ -992,12 +1002,34 @@ impl Store {
         Ok(segment::Log::last_record_segment(w))
     }
 
-    /// A checkpoint if commits are older than `age` and none was made since (the flusher's
-    /// tick), so a restart replays little.
-    pub fn checkpoint_if_older(&self, age: std::time::Duration) -> Result<()> {
+    /// Waits, without the commit lock, until no switched memtable is left unflushed. (A
+    /// flush with `wait` would switch the memtables again, taking in unsynced commits.)
+    fn wait_flushed(&self) -> Result<()> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+        loop {
+            let mut pending = 0;
+            for n in cf::ALL {
+                pending += self.db.property_int_value_cf(self.cf(n)?, "rocksdb.num-immutable-mem-table")?.unwrap_or(0);
+            }
+            if pending == 0 {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(Error::Db(format!("{pending} memtables still unflushed after 10 minutes")));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    /// A checkpoint if one is due (the flusher's tick): past `checkpoint_bytes` of batches
+    /// or `CHECKPOINT_LOG` of log since the last, or commits older than `age` (so a restart
+    /// replays little).
+    pub fn checkpoint_if_due(&self, age: std::time::Duration) -> Result<()> {
         let due = {
             let w = self.writer.lock().map_err(|_| Error::Corrupt("log writer poisoned by a panic: restart the daemon".into()))?;
-            w.since_checkpoint > 0 && w.last_checkpoint.elapsed() >= age
+            w.meta_since_checkpoint >= self.checkpoint_bytes
+                || w.since_checkpoint >= CHECKPOINT_LOG
+                || (w.since_checkpoint > 0 && w.last_checkpoint.elapsed() >= age)
         };
         if due {
             self.checkpoint(false)?;
@@ -1186,6 +1218,9 @@ impl Store {
         Ok(View { store: self, snap: self.db.snapshot(), _cleaning: cleaning })
     }
 }
+
+/// A checkpoint is due past this much log since the last (what a restart would replay).
+const CHECKPOINT_LOG: u64 = 256 << 20;
 
 /// `compact` cleans every segment at most this live: the store's segments then take at most
 /// 1/0.85 = 1.18 times the bytes of the blocks they hold.
