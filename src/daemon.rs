@@ -402,6 +402,7 @@ impl Daemon {
             Request::Snapshot { name } => self.snapshot(&name),
             Request::Clone { source, name, uid_map, gid_map, owner } => self.clone_volume(&source, &name, &uid_map, &gid_map, owner),
             Request::Rollback { name } => self.rollback(&name),
+            Request::Restore { snapshot, paths, to, force } => self.restore(&snapshot, &paths, to.as_deref(), force),
             Request::SetProperty { name, property, value } => {
                 self.catalog.set_property(&self.store, &name, &property, &value)?;
                 if property == "snapshot.policy" {
@@ -523,6 +524,71 @@ impl Daemon {
             }
         }
         Ok(json!({"clone": name, "origin": source, "micros": started.elapsed().as_micros() as u64}))
+    }
+
+    fn restore(&self, snapshot: &str, paths: &[String], to: Option<&str>, force: bool) -> Result<Value> {
+        use crate::fs::restore::{self, Restored};
+        let (vol, snap) = parse_target(snapshot)?;
+        let snap = snap.ok_or_else(|| Error::Invalid(format!("{snapshot:?}: restore takes a snapshot, VOL@SNAP")))?;
+        if paths.is_empty() {
+            return Err(Error::Invalid("name at least one path to restore".into()));
+        }
+        let v = Catalog::get(&self.store, &vol)?;
+        let src = Volume::open(self.catalog.open_view(&self.store, &vol, Some(&snap), true)?, self.budget.clone())?;
+        let base = |p: &str| p.trim_end_matches('/').rsplit('/').next().unwrap_or("").to_string();
+        let targets: Vec<(String, String)> = match to {
+            None => paths.iter().map(|p| (p.clone(), p.clone())).collect(),
+            Some(d) if paths.len() == 1 => vec![(paths[0].clone(), d.to_string())],
+            Some(d) => paths.iter().map(|p| (p.clone(), format!("{}/{}", d.trim_end_matches('/'), base(p)))).collect(),
+        };
+        let explain = |e: crate::fs::FsError, s: &str, d: &str| -> Error {
+            match e.errno() {
+                libc::EEXIST => Error::Conflict(format!("{d} exists in {vol}; --force replaces it")),
+                libc::ENOENT => Error::NotFound(format!("{s} is not in {snapshot}, or the directory of {d} is not in {vol}")),
+                libc::EINVAL => Error::Invalid(format!("cannot restore {s} to {d}: give paths inside the volume")),
+                _ => Error::from(e),
+            }
+        };
+        let run = |dst: &Volume| -> Result<Restored> {
+            // Every target is checked first: a refused restore changes nothing.
+            for (s, d) in &targets {
+                restore::check(&src, dst, s.as_bytes(), d.as_bytes(), force).map_err(|e| explain(e, s, d))?;
+            }
+            let mut all = Restored::default();
+            for (s, d) in &targets {
+                let r = restore::restore(&src, dst, s.as_bytes(), d.as_bytes(), force).map_err(|e| explain(e, s, d))?;
+                all.files += r.files;
+                all.dirs += r.dirs;
+                all.bytes += r.bytes;
+                all.names.extend(r.names);
+            }
+            Ok(all)
+        };
+        let started = Instant::now();
+        let r = match self.head_of(v.id)? {
+            Some(live) => {
+                let dst = live.get().clone();
+                let r = run(&dst)?;
+                // The kernel may hold the old entries: it looks them up again.
+                live.invalidate(&r.names, &[]);
+                r
+            }
+            None => {
+                // Held across the restore (metadata only, short): no mount of the volume may
+                // start on the head while a second view of it writes.
+                let mounts = lock(&self.mounts)?;
+                if mounts.iter().any(|m| m.volume == v.id && m.snapshot.is_none()) {
+                    return Err(Error::Conflict(format!("{vol} was mounted meanwhile; run restore again")));
+                }
+                let dst = Volume::open(self.catalog.open_view(&self.store, &vol, None, false)?, self.budget.clone())?;
+                let r = run(&dst)?;
+                dst.flush_all()?;
+                drop(mounts);
+                r
+            }
+        };
+        self.store.sync()?;
+        Ok(json!({"files": r.files, "dirs": r.dirs, "bytes": r.bytes, "micros": started.elapsed().as_micros() as u64}))
     }
 
     fn destroy(&self, name: &str) -> Result<Value> {

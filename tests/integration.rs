@@ -717,6 +717,9 @@ mod http;
 #[path = "cases/idmap.rs"]
 mod idmap;
 
+#[path = "cases/restore.rs"]
+mod restore;
+
 #[test]
 fn completions_and_man_pages_are_generated() {
     let out = util::run_timeout(Command::new(util::BIN).args(["completions", "bash"]), 30);

@@ -501,6 +501,25 @@ impl Volume {
     /// `src_idx`, in batches of `PURGE_BATCH` blocks (each commit extends the file by what
     /// it shares, so every commit leaves a consistent file).
     fn share_blocks(&self, src: u64, src_idx: u64, dst: u64, dst_idx: u64, count: u64) -> FsResult<()> {
+        self.share_from(&self.view, src, src_idx, dst, dst_idx, count, None)
+    }
+
+    /// Makes `dst` (a file just made) a copy of `src_ino` of the read-only view `src` (a
+    /// snapshot of this volume) by sharing its blocks: no bytes are copied. Returns its size.
+    pub fn fill_from(&self, dst: u64, src: &Volume, src_ino: u64) -> FsResult<u64> {
+        self.check_writable()?;
+        if !src.read_only || src.bs != self.bs {
+            return Err(err(libc::EINVAL));
+        }
+        let size = src.entry(src_ino)?.rec.size;
+        self.share_from(&src.view, src_ino, 0, dst, 0, size.div_ceil(self.bs), Some(size))?;
+        Ok(size)
+    }
+
+    /// `share_blocks` reading the source's extents in `view`; `size`: the file's size when
+    /// done (else whole blocks).
+    #[allow(clippy::too_many_arguments)]
+    fn share_from(&self, view: &crate::volume::view::View, src: u64, src_idx: u64, dst: u64, dst_idx: u64, count: u64, size: Option<u64>) -> FsResult<()> {
         let dnode = self.node(dst)?;
         let mut dn = lock(&dnode)?;
         self.settle(dst, &mut dn)?;
@@ -509,7 +528,7 @@ impl Volume {
             let k = (count - done).min(PURGE_BATCH);
             let (s0, d0) = (src_idx + done, dst_idx + done);
             let src_ext: std::collections::HashMap<u64, _> =
-                self.view.extents(src, s0, s0 + k)?.into_iter().map(|(i, _, h)| (i - s0, h)).collect();
+                view.extents(src, s0, s0 + k)?.into_iter().map(|(i, _, h)| (i - s0, h)).collect();
             let old = self.view.extent_map(dst, d0, d0 + k)?;
             let mut t = self.txn()?;
             let mut delta = 0;
@@ -523,7 +542,10 @@ impl Volume {
             self.drop_clean(&mut dn, d0..d0 + k);
             let now = Ts::now();
             let mut rec = dn.rec.clone();
-            rec.size = rec.size.max((d0 + k) * self.bs);
+            rec.size = rec.size.max(match size {
+                Some(s) => ((d0 + k) * self.bs).min(s),
+                None => (d0 + k) * self.bs,
+            });
             rec.mtime = now;
             rec.ctime = now;
             rec.blocks = rec.blocks.saturating_add_signed(delta);

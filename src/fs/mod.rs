@@ -10,6 +10,7 @@ pub mod acl;
 pub mod data;
 pub mod fuse;
 pub mod live;
+pub mod restore;
 pub mod snapdir;
 pub mod namespace;
 pub mod attr;
