@@ -773,7 +773,7 @@ impl Daemon {
     pub fn metrics(&self) -> Result<String> {
         let m = crate::metrics::get();
         self.store.fill_metrics(m)?;
-        m.gc_pending.set(crate::metrics::gauge(gc::pending(&self.store)?));
+        m.gc_pending.set(crate::metrics::gauge(Catalog::pending_gc(&self.store)?));
         m.resident_bytes.set(crate::metrics::gauge(resident_bytes()));
         let space = self.store.space()?;
         m.volume_logical.clear();

@@ -33,16 +33,6 @@ pub fn run(store: &Store, cat: &Catalog) -> Result<u64> {
     }
 }
 
-/// GC markers not yet processed (the backlog).
-pub fn pending(store: &Store) -> Result<u64> {
-    let mut n = 0;
-    store.cat_scan(CatRange::Gc, |_, _| {
-        n += 1;
-        Ok(true)
-    })?;
-    Ok(n)
-}
-
 fn process(store: &Store, cat: &Catalog, lineage: u64, epoch: u64) -> Result<()> {
     let marker = CatKey::Gc { lineage, epoch };
     let lrec = {
