@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Same-run A/B of two clonefs binaries on one job, alternating A and B so that the machine's
+# drift hits both: each run gets a fresh store, daemon and volume, and prints the job's figure.
+#   scripts/ab.sh BIN_A BIN_B JOB [ROUNDS]
+# JOB: sw (1 GiB sequential 1 MiB writes + fsync, MiB/s), rwf (4 KiB random write + fsync
+# each, IOPS, 5 s), pg (pgbench TPC-B scale 5, 4 clients, 10 s, TPS), sm (2,000 small
+# files: create, stat, unlink per second). An old binary: build a worktree of its commit
+# with this CARGO_TARGET_DIR and copy target/debug/clonefs aside (then touch src/main.rs
+# here and build again, or the target dir keeps the old binary).
+set -euo pipefail
+[[ $# -ge 3 ]] || { sed -n 2,9p "$0"; exit 2; }
+a=$1 b=$2 job=$3 rounds=${4:-2}
+command -v fio >/dev/null || { apt-get update -qq && apt-get install -y -qq fio; }
+
+one() { # BIN -> prints the figure
+  local B=$1 w
+  w=$(mktemp -d /var/tmp/clonefs-ab.XXXXXX)
+  chmod 755 "$w"
+  export CLONEFS_STORE=$w/store
+  local m=$w/m pgs=""
+  mkdir "$m"
+  cleanup_one() {
+    [[ -n $pgs ]] && runuser -u postgres -- "$pgb/pg_ctl" -D "$m/pg/d" -m immediate stop >/dev/null 2>&1 || true
+    timeout 30 "$B" unmount "$m" >/dev/null 2>&1 || fusermount3 -uz "$m" 2>/dev/null || true
+    timeout 60 "$B" shutdown >/dev/null 2>&1 || true
+    rm -rf "$w" ${pgs:+"$pgs"}
+  }
+  trap cleanup_one RETURN
+  "$B" init >/dev/null && "$B" daemon >/dev/null && "$B" create v >/dev/null && "$B" mount v "$m" >/dev/null
+  chmod 777 "$m"
+  case $job in
+    sw) fio --name=sw --filename="$m/f" --rw=write --bs=1M --size=1G --ioengine=psync --refill_buffers --end_fsync=1 --output-format=json |
+          python3 -c "import json,sys; j=json.load(sys.stdin)['jobs'][0]; print('seq write MiB/s', round(j['write']['bw_bytes']/2**20))" ;;
+    rwf) fio --name=rwf --filename="$m/f" --rw=randwrite --bs=4k --size=256M --runtime=5 --time_based --fsync=1 --ioengine=psync --refill_buffers --output-format=json |
+          python3 -c "import json,sys; j=json.load(sys.stdin)['jobs'][0]; print('4K write+fsync IOPS', round(j['write']['iops']))" ;;
+    pg) pgb=$(ls -d /usr/lib/postgresql/*/bin | tail -1)
+        pgs=$(mktemp -d /tmp/clonefs-ab-pg.XXXXXX)
+        chown postgres "$pgs"; mkdir "$m/pg"; chown postgres "$m/pg"
+        runuser -u postgres -- "$pgb/initdb" -D "$m/pg/d" >/dev/null 2>&1
+        runuser -u postgres -- "$pgb/pg_ctl" -D "$m/pg/d" -o "-k $pgs -c listen_addresses=''" -l "$pgs/log" -w start >/dev/null
+        runuser -u postgres -- "$pgb/pgbench" -h "$pgs" -i -s 5 -q postgres >/dev/null 2>&1
+        runuser -u postgres -- "$pgb/pgbench" -h "$pgs" -c 4 -j 2 -T 10 postgres 2>/dev/null | grep '^tps' ;;
+    sm) python3 - "$m" <<'PY'
+import os, sys, time
+d = sys.argv[1] + "/s"; os.makedirs(d)
+names = [f"{d}/f{i}" for i in range(2000)]
+t = time.time()
+for n in names:
+    with open(n, "wb") as f: f.write(os.urandom(4096))
+tc = time.time() - t; t = time.time()
+for n in names: os.stat(n)
+ts = time.time() - t; t = time.time()
+for n in names: os.unlink(n)
+tu = time.time() - t
+print("create/s", round(2000 / tc), "stat/s", round(2000 / ts), "unlink/s", round(2000 / tu))
+PY
+    ;;
+    *) echo "unknown job $job" >&2; exit 2 ;;
+  esac
+}
+
+for r in $(seq "$rounds"); do
+  echo "A ($a): $(one "$a")"
+  echo "B ($b): $(one "$b")"
+done
