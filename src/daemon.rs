@@ -796,6 +796,7 @@ impl Daemon {
             .iter()
             .map(|m| MountInfo { volume: m.target.clone(), mountpoint: m.dir.clone(), read_only: m.read_only() })
             .collect();
+        let (segments, segment_bytes, segment_live_bytes) = self.store.segment_figures()?;
         Ok(StatusInfo {
             store: self.store.dir().to_path_buf(),
             format_version: FORMAT_VERSION,
@@ -813,6 +814,9 @@ impl Daemon {
             read_errors: self.store.read_errors(),
             resident: resident_bytes(),
             pending_gc: Catalog::pending_gc(&self.store)?,
+            segments,
+            segment_bytes,
+            segment_live_bytes,
             mounts,
         })
     }

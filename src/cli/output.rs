@@ -142,6 +142,12 @@ pub fn status(s: &StatusInfo) {
     println!("physical:       {} ({} bytes in {} blocks)", size(s.physical), s.physical, s.blocks);
     println!("dedup ratio:    {:.2}x", s.dedup_ratio);
     println!("on disk:        {} (after compression)", size(s.disk_bytes));
+    println!(
+        "segment log:    {} segments, {} on disk, {} of live blocks (`clonefs compact` gives the rest back)",
+        s.segments,
+        size(s.segment_bytes),
+        size(s.segment_live_bytes)
+    );
     println!("unflushed:      {}", size(s.dirty_bytes));
     println!("available:      {} (the disk's free space less a reserve of {} kept for deletes)", size(s.available), size(s.reserve));
     println!("memory:         {} resident, budget {} (`daemon --memory`)", size(s.resident), size(s.memory_budget));

@@ -153,5 +153,13 @@ pub struct StatusInfo {
     pub read_errors: u64,
     /// GC markers not yet processed (destroyed snapshots or volumes whose space is pending).
     pub pending_gc: u64,
+    /// The segment log: how many segments, their bytes on disk, and the bytes of live
+    /// blocks in them (the rest is what the cleaner can give back).
+    #[serde(default)]
+    pub segments: u64,
+    #[serde(default)]
+    pub segment_bytes: u64,
+    #[serde(default)]
+    pub segment_live_bytes: u64,
     pub mounts: Vec<MountInfo>,
 }

@@ -1058,17 +1058,25 @@ impl Store {
         Ok(self.space_guard()?.views.get(&lineage).copied().unwrap_or_default())
     }
 
+    /// The segment log: (segments, their bytes on disk, bytes of live blocks in them).
+    pub fn segment_figures(&self) -> Result<(u64, u64, u64)> {
+        let live = self.space_guard()?.segments.values().sum::<u64>();
+        let segs = self.log.segments()?;
+        Ok((segs.len() as u64, segs.iter().map(|x| x.1).sum(), live))
+    }
+
     /// Sets the metrics the store keeps figures of (read at render time).
     pub fn fill_metrics(&self, m: &crate::metrics::Metrics) -> Result<()> {
         use crate::metrics::gauge;
-        let (physical, blocks, live) = {
+        let (physical, blocks) = {
             let s = self.space_guard()?;
-            (s.physical, s.blocks, s.segments.values().sum::<u64>())
+            (s.physical, s.blocks)
         };
+        let (_, seg_bytes, live) = self.segment_figures()?;
         m.physical_bytes.set(gauge(physical));
         m.blocks.set(gauge(blocks));
         m.segment_live_bytes.set(gauge(live));
-        m.segment_bytes.set(gauge(self.log.segments()?.iter().map(|x| x.1).sum()));
+        m.segment_bytes.set(gauge(seg_bytes));
         m.read_errors.set(gauge(self.read_errors()));
         let prop = |name: &str| self.db.property_int_value(name).ok().flatten().unwrap_or(0);
         let sum = |name: &str| cf::ALL.iter().filter_map(|n| self.cf(n).ok()).map(|c| self.db.property_int_value_cf(c, name).ok().flatten().unwrap_or(0)).sum::<u64>();

@@ -102,6 +102,9 @@ fn the_cleaner_under_load_keeps_counts_exact_and_gives_space_back() {
     let n = writer.join().unwrap();
     assert!(n >= 6, "the writer wrote {n} files");
     d.fsck_clean();
+    let st = d.json(&["status", "--json"]);
+    assert_eq!(st["segment_live_bytes"], st["physical"], "live bytes in segments are the stored blocks: {st}");
+    assert!(st["segment_bytes"].as_u64().unwrap() >= st["segment_live_bytes"].as_u64().unwrap());
     for i in 0..6 {
         let want = (0..n).rev().find(|j| j % 6 == i).unwrap();
         assert!(fs::read(m.join(format!("f{i}"))).unwrap() == pattern(want, 4 << 20), "f{i} is not its last write");
