@@ -402,6 +402,7 @@ impl Daemon {
             Request::Snapshot { name } => self.snapshot(&name),
             Request::Clone { source, name, uid_map, gid_map, owner } => self.clone_volume(&source, &name, &uid_map, &gid_map, owner),
             Request::Rollback { name } => self.rollback(&name),
+            Request::Diff { from, to } => self.diff(&from, &to),
             Request::Restore { snapshot, paths, to, force } => self.restore(&snapshot, &paths, to.as_deref(), force),
             Request::SetProperty { name, property, value } => {
                 self.catalog.set_property(&self.store, &name, &property, &value)?;
@@ -524,6 +525,25 @@ impl Daemon {
             }
         }
         Ok(json!({"clone": name, "origin": source, "micros": started.elapsed().as_micros() as u64}))
+    }
+
+    fn diff(&self, from: &str, to: &str) -> Result<Value> {
+        let (va, sa) = parse_target(from)?;
+        let (vb, sb) = parse_target(to)?;
+        let sa = sa.ok_or_else(|| Error::Invalid(format!("{from:?}: diff starts from a snapshot, VOL@SNAP")))?;
+        if va != vb {
+            return Err(Error::Invalid(format!("{from} and {to} are not of one volume")));
+        }
+        let v = Catalog::get(&self.store, &va)?;
+        if sb.is_none() {
+            // The live volume as its writers see it: what they wrote is flushed first.
+            if let Some(live) = self.head_of(v.id)? {
+                live.get().flush_older_than(Duration::ZERO)?;
+            }
+        }
+        let a = Catalog::chain_of(&self.catalog.view_of(&self.store, &v, Some(&sa), true)?);
+        let b = Catalog::chain_of(&self.catalog.view_of(&self.store, &v, sb.as_deref(), true)?);
+        Ok(serde_json::to_value(crate::volume::diff::diff(&self.store, a, b)?)?)
     }
 
     fn restore(&self, snapshot: &str, paths: &[String], to: Option<&str>, force: bool) -> Result<Value> {

@@ -720,6 +720,9 @@ mod idmap;
 #[path = "cases/restore.rs"]
 mod restore;
 
+#[path = "cases/diff.rs"]
+mod diff;
+
 #[test]
 fn completions_and_man_pages_are_generated() {
     let out = util::run_timeout(Command::new(util::BIN).args(["completions", "bash"]), 30);

@@ -118,6 +118,14 @@ enum Cmd {
     },
     /// Return VOL to snapshot VOL@SNAP; snapshots taken after it are kept
     Rollback { snapshot: String },
+    /// What changed from snapshot VOL@A to VOL@B (or to the live VOL): + added, - removed,
+    /// R renamed (old -> new), M modified (data, or metadata only: mode, owner, times, xattrs)
+    Diff {
+        from: String,
+        to: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Bring files or directory trees back from snapshot VOL@SNAP into the live volume by
     /// sharing blocks (no data is copied): each file replaced atomically; PATHs are inside
     /// the volume (e.g. data/t.db)
@@ -311,6 +319,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let owner = owner.as_deref().map(resolve_owner).transpose()?;
             call(Request::Clone { source: source.clone(), name: name.clone(), uid_map, gid_map, owner })?;
             println!("cloned {source} as {name}");
+        }
+        Cmd::Diff { from, to, json } => {
+            need_snapshot(&from)?;
+            crate::volume::parse_target(&to)?;
+            let v = call(Request::Diff { from, to })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let changes: Vec<crate::volume::diff::Change> = serde_json::from_value(v)?;
+                output::diff(&changes);
+            }
         }
         Cmd::Restore { snapshot, paths, to, force } => {
             need_snapshot(&snapshot)?;

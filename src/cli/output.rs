@@ -133,6 +133,24 @@ pub fn history(h: &[crate::history::Entry]) {
     }
 }
 
+/// `diff`: one line per change, `zfs diff` style, with what an `M` changed.
+pub fn diff(changes: &[crate::volume::diff::Change]) {
+    for c in changes {
+        match (c.kind.as_str(), &c.to) {
+            ("R", Some(to)) => println!("R\t{}\t{} -> {}", c.ftype, c.path, to),
+            ("M", _) => {
+                let what = match (c.data, c.meta) {
+                    (true, true) => "data+metadata",
+                    (true, false) => "data",
+                    _ => "metadata",
+                };
+                println!("M\t{}\t{} ({what})", c.ftype, c.path)
+            }
+            (k, _) => println!("{k}\t{}\t{}", c.ftype, c.path),
+        }
+    }
+}
+
 pub fn status(s: &StatusInfo) {
     println!("store:          {}", s.store.display());
     println!("format version: {}", s.format_version);

@@ -9,6 +9,7 @@
 //! or heads and leaves a GC marker; `gc` frees what no pin or head can see any more.
 
 pub mod autosnap;
+pub mod diff;
 pub mod fsck;
 pub mod gc;
 pub mod idmap;
@@ -318,6 +319,15 @@ impl Catalog {
     /// The view that mounting `VOL` or `VOL@SNAP` reads, opened.
     pub fn open_view(&self, store: &Arc<Store>, vol: &str, snap: Option<&str>, read_only: bool) -> Result<view::View> {
         Ok(view::View::new(store.clone(), self.view(store, vol, snap, read_only)?))
+    }
+
+    /// The lineages view `spec` reads, nearest first, with the epoch read in each (a head at
+    /// its current head epoch).
+    pub fn chain_of(spec: &ViewSpec) -> Vec<(u64, u64)> {
+        let epoch = if spec.head { spec.state.head().unwrap_or(spec.epoch) } else { spec.epoch };
+        let mut c = vec![(spec.lineage, epoch)];
+        c.extend_from_slice(&spec.parents);
+        c
     }
 
     /// Like `view`, for a volume record in hand.
