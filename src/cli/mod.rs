@@ -254,9 +254,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Cmd::Shutdown => {
+            let pid = call(Request::Status).ok().and_then(|v| v["pid"].as_u64());
             call(Request::Shutdown)?;
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while client::ping(&store) && Instant::now() < deadline {
+            // Until the process is gone, not just its socket: it still checkpoints and closes
+            // the store after answering (a script may delete or reopen the store next).
+            let deadline = Instant::now() + Duration::from_secs(120);
+            let running = || match pid {
+                Some(p) => crate::sys::process_running(p as u32),
+                None => client::ping(&store),
+            };
+            while running() {
+                if Instant::now() > deadline {
+                    return Err(Error::Conflict("the daemon did not stop within 2 minutes".into()));
+                }
                 std::thread::sleep(Duration::from_millis(50));
             }
             println!("daemon stopped");
