@@ -31,8 +31,6 @@ const GC_TICK: Duration = Duration::from_secs(5);
 const CHECKPOINT_AGE: Duration = Duration::from_secs(10);
 /// How often the daemon looks for automatic snapshots to take or prune.
 const AUTOSNAP_TICK: Duration = Duration::from_secs(20);
-/// The GC thread cleans segments whose live bytes fell to this share of a segment or less.
-const CLEAN_RATIO: f64 = 0.25;
 
 struct Mounted {
     live: Arc<Live>,
@@ -293,7 +291,7 @@ impl Daemon {
                 Err(e) => log::error!("gc failed: {e}"),
             }
             // Segments whose blocks are mostly gone give their space back.
-            match self.store.clean(CLEAN_RATIO, false) {
+            match self.store.clean_background() {
                 Ok(r) if r.segments_deleted > 0 => log::info!("cleaner: moved {} bytes, deleted {} segments", r.moved_bytes, r.segments_deleted),
                 Ok(_) => {}
                 Err(e) => log::error!("cleaner failed: {e}"),

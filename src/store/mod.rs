@@ -1128,6 +1128,31 @@ impl Store {
     /// segment; commits go on meanwhile (a block freed or moved under it is skipped).
     /// `wait`: for a running fsck or scrub to end; else a busy cleaner skips this round.
     pub fn clean(&self, ratio: f64, wait: bool) -> Result<CleanReport> {
+        self.clean_where(wait, |segs| segs.iter().filter(|(_, size, live)| *live as f64 <= *size as f64 * ratio).map(|x| x.0).collect())
+    }
+
+    /// The GC thread's cleaning, which must not compete with the workload for long: segments
+    /// with no live block go at once (no moves); live blocks are moved only while the dead
+    /// bytes are over a quarter of the segments and over 256 MiB, two segments at most per
+    /// round, the emptiest first (at most a quarter live).
+    pub fn clean_background(&self) -> Result<CleanReport> {
+        self.clean_where(false, |segs| {
+            let total: u64 = segs.iter().map(|x| x.1).sum();
+            let live: u64 = segs.iter().map(|x| x.2).sum();
+            let dead = total.saturating_sub(live);
+            let mut v: Vec<u32> = segs.iter().filter(|x| x.2 == 0).map(|x| x.0).collect();
+            if dead > total / 4 && dead > 256 << 20 {
+                let mut movable: Vec<&(u32, u64, u64)> = segs.iter().filter(|x| x.2 > 0 && x.2 <= x.1 / 4).collect();
+                movable.sort_by_key(|x| x.2);
+                v.extend(movable.iter().take(2).map(|x| x.0));
+            }
+            v
+        })
+    }
+
+    /// Cleans the segments `pick` chooses from (segment, bytes on disk, live bytes) of every
+    /// segment but the active one.
+    fn clean_where(&self, wait: bool, pick: impl FnOnce(&[(u32, u64, u64)]) -> Vec<u32>) -> Result<CleanReport> {
         let mut report = CleanReport::default();
         let poisoned = |_| Error::Corrupt("cleaner state poisoned by a panic".into());
         let _cleaning = match wait {
@@ -1142,11 +1167,12 @@ impl Store {
             let w = self.writer.lock().map_err(|_| Error::Corrupt("log writer poisoned by a panic: restart the daemon".into()))?;
             segment::Log::active_segment(&w)
         };
-        let victims: Vec<u32> = {
+        let segs: Vec<(u32, u64, u64)> = {
             let space = self.space_guard()?;
-            let live = |s: &u32| space.segments.get(s).copied().unwrap_or(0);
-            self.log.segments()?.into_iter().filter(|(s, size)| *s < active && live(s) as f64 <= *size as f64 * ratio).map(|s| s.0).collect()
+            let on_disk = self.log.segments()?;
+            on_disk.into_iter().filter(|(s, _)| *s < active).map(|(s, size)| (s, size, space.segments.get(&s).copied().unwrap_or(0))).collect()
         };
+        let victims = pick(&segs);
         if victims.is_empty() {
             return Ok(report);
         }
