@@ -36,6 +36,10 @@ pub struct Metrics {
     /// Bytes of blocks written by files that were already stored (not written again).
     pub dedup_bytes: Counter,
     pub commits: Counter,
+    /// Blocks of FUSE reads found whole in the daemon's memory (unsaved or clean copies),
+    /// and those read from the log (through the kernel's page cache).
+    pub read_cache_hits: Counter,
+    pub read_cache_misses: Counter,
     /// `fdatasync`s of the log and their latency.
     pub log_syncs: Histogram,
     pub checkpoints: Counter,
@@ -83,6 +87,8 @@ impl Metrics {
         let stored_bytes = c(&mut r, "stored_bytes", "Block bytes written to the segment log");
         let dedup_bytes = c(&mut r, "dedup_bytes", "Bytes of written blocks already stored (deduplicated)");
         let commits = c(&mut r, "commits", "Commits (one log record each)");
+        let read_cache_hits = c(&mut r, "read_cache_hits", "Blocks of reads found whole in the daemon's memory");
+        let read_cache_misses = c(&mut r, "read_cache_misses", "Blocks of reads read from the segment log");
         let log_syncs = latency();
         r.register("log_sync_seconds", "fdatasync of the log (one serves every fsync waiting)", log_syncs.clone());
         let checkpoints = c(&mut r, "checkpoints", "Checkpoints (log synced, memtables flushed)");
@@ -112,6 +118,8 @@ impl Metrics {
             stored_bytes,
             dedup_bytes,
             commits,
+            read_cache_hits,
+            read_cache_misses,
             log_syncs,
             checkpoints,
             cleaner_moved_bytes,

@@ -81,6 +81,14 @@ impl Volume {
             let n = lock(&node)?;
             (n.rec.size, self.range_in_memory(&n, off, size)?)
         };
+        if size > 0 && off < fsize {
+            let end = fsize.min(off + size as u64);
+            let blocks = (end - 1) / self.bs - off / self.bs + 1;
+            let hits = mem.values().filter(|m| m.1.is_none()).count() as u64;
+            let m = crate::metrics::get();
+            m.read_cache_hits.inc_by(hits);
+            m.read_cache_misses.inc_by(blocks.saturating_sub(hits));
+        }
         if let Some(out) = self.read_range(ino, off, size, fsize, &mem)? {
             return Ok(out);
         }

@@ -82,6 +82,9 @@ fn metrics_parse_and_follow_known_work() {
     let delta = |k: &str| after.get(k).copied().unwrap_or(0.0) - before.get(k).copied().unwrap_or(0.0);
     assert_eq!(delta("clonefs_written_bytes_total"), 2.0 * n as f64);
     assert!(delta("clonefs_read_bytes_total") >= n as f64);
+    // The read after dropping the kernel's pages found the blocks in the log or in memory.
+    let blocks = delta("clonefs_read_cache_hits_total") + delta("clonefs_read_cache_misses_total");
+    assert!(blocks >= (n / (64 << 10)) as f64, "{blocks} blocks read");
     // (Counted as stored: a block's trailing zeros are not kept.)
     let dedup = delta("clonefs_dedup_bytes_total");
     assert!(dedup > 0.99 * n as f64 && dedup <= n as f64, "the second copy is deduplicated: {dedup}");
