@@ -2,13 +2,13 @@
 # Profiles the clonefs daemon with `perf record -g` while one job runs on a fresh volume, and
 # prints the job's figure and the hottest symbols. For "show what limits it" in
 # docs/benchmarks.md.
-#   tools/profile-daemon.sh seqwrite|randwrite|fsync|stat [--writeback]
+#   tools/profile-daemon.sh seqwrite|randwrite|fsync|randread|stat [--writeback]
 # Needs perf (apt-get install linux-perf) and fio; runs as root. The perf data stays in
 # /tmp/clonefs-profile.JOB.data for `perf report -i`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
-job=${1:?usage: tools/profile-daemon.sh seqwrite|randwrite|fsync|stat [--writeback]}
+job=${1:?usage: tools/profile-daemon.sh seqwrite|randwrite|fsync|randread|stat [--writeback]}
 mopt=${2:-}
 command -v perf >/dev/null || { apt-get update -qq && apt-get install -y -qq linux-perf; }
 command -v fio >/dev/null || { apt-get update -qq && apt-get install -y -qq fio; }
@@ -38,6 +38,8 @@ case $job in
     run() { fiojob --rw=randwrite --bs=4k --size=256M --runtime=10 --time_based --end_fsync=1; } ;;
   fsync) fiojob --rw=write --bs=1M --size=256M --end_fsync=1 >/dev/null
     run() { fiojob --rw=randwrite --bs=4k --size=256M --runtime=10 --time_based --fsync=1; } ;;
+  randread) fiojob --rw=write --bs=1M --size=256M --end_fsync=1 >/dev/null
+    run() { sync; echo 3 > /proc/sys/vm/drop_caches; fiojob --rw=randread --bs=4k --size=256M --runtime=10 --time_based; } ;;
   stat) python3 - "$m" <<'EOF'
 import os, sys
 for i in range(5000):
@@ -65,7 +67,7 @@ run > "$work/out.json"
 kill -INT $perf_pid; wait $perf_pid || true
 python3 -c "
 import json; j = json.load(open('$work/out.json'))['jobs'][0]
-for k in ('write', 'stat'):
+for k in ('write', 'read', 'stat'):
     if k in j:
         print('$job$mopt:', {kk: round(v, 1) for kk, v in j[k].items() if kk in ('iops', 'bw', 'per_s')})"
 perf report -i "$data" --no-children --sort symbol --stdio -g none 2>/dev/null | grep '%' | head -25 | cut -c1-120
