@@ -539,8 +539,8 @@ impl Daemon {
                 live.get().flush_older_than(Duration::ZERO)?;
             }
         }
-        let a = Catalog::chain_of(&self.catalog.view_of(&self.store, &v, Some(&sa), true)?);
-        let b = Catalog::chain_of(&self.catalog.view_of(&self.store, &v, sb.as_deref(), true)?);
+        let a = self.catalog.open_view(&self.store, &va, Some(&sa), true)?.chain();
+        let b = self.catalog.open_view(&self.store, &vb, sb.as_deref(), true)?.chain();
         Ok(serde_json::to_value(crate::volume::diff::diff(&self.store, a, b)?)?)
     }
 

@@ -321,15 +321,6 @@ impl Catalog {
         Ok(view::View::new(store.clone(), self.view(store, vol, snap, read_only)?))
     }
 
-    /// The lineages view `spec` reads, nearest first, with the epoch read in each (a head at
-    /// its current head epoch).
-    pub fn chain_of(spec: &ViewSpec) -> Vec<(u64, u64)> {
-        let epoch = if spec.head { spec.state.head().unwrap_or(spec.epoch) } else { spec.epoch };
-        let mut c = vec![(spec.lineage, epoch)];
-        c.extend_from_slice(&spec.parents);
-        c
-    }
-
     /// Like `view`, for a volume record in hand.
     pub fn view_of(&self, store: &Store, v: &VolumeRec, snap: Option<&str>, read_only: bool) -> Result<ViewSpec> {
         let vol = v.name.as_str();

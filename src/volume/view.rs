@@ -55,7 +55,7 @@ impl View {
     }
 
     /// The lineages this view reads, nearest first, with the epoch read in each.
-    fn chain(&self) -> Vec<(u64, u64)> {
+    pub fn chain(&self) -> Vec<(u64, u64)> {
         let mut c = Vec::with_capacity(1 + self.spec.parents.len());
         c.push((self.lineage(), self.epoch()));
         c.extend_from_slice(&self.spec.parents);
