@@ -19,7 +19,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod streams;
+
 /// FUSE worker threads per mount: enough that an fsync does not stall readers.
+
 const FUSE_THREADS: usize = 4;
 /// Dirty pages the kernel may hold for one writeback mount.
 const WRITEBACK_DIRTY_MAX: u64 = 512 << 20;
@@ -140,6 +143,7 @@ pub fn run(store_dir: &Path, mem: Budget, serve: Serve) -> Result<()> {
         history: History::open(&store)?,
         store,
     });
+    daemon.drop_interrupted_receives()?;
     let (close_tx, close_rx) = bounded::<()>(1);
     let flusher = {
         let d = daemon.clone();
@@ -229,18 +233,13 @@ impl Handler for Daemon {
         let request = changes_state(&req).then(|| serde_json::to_value(&req)).transpose()?;
         let r = Daemon::handle(self, req);
         if let Some(request) = request {
-            let e = history::Entry {
-                time: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64),
-                uid,
-                request,
-                ok: r.is_ok(),
-                error: r.as_ref().err().map(|e| e.to_string()),
-            };
-            if let Err(err) = self.history.append(&self.store, &e) {
-                log::warn!("cannot record {} in the history: {err}", e.request);
-            }
+            self.record(uid, request, &r);
         }
         r
+    }
+
+    fn stream(&self, req: Request, uid: u32, input: Box<dyn std::io::Read + Send>, conn: std::os::unix::net::UnixStream) {
+        Daemon::stream(self, req, uid, input, conn)
     }
 
     fn stopping(&self) -> bool {
@@ -254,6 +253,20 @@ impl Handler for Daemon {
 }
 
 impl Daemon {
+    /// Appends a state-changing request and its outcome to the history.
+    fn record(&self, uid: u32, request: Value, r: &Result<Value>) {
+        let e = history::Entry {
+            time: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64),
+            uid,
+            request,
+            ok: r.is_ok(),
+            error: r.as_ref().err().map(|e| e.to_string()),
+        };
+        if let Err(err) = self.history.append(&self.store, &e) {
+            log::warn!("cannot record {} in the history: {err}", e.request);
+        }
+    }
+
     pub fn stopping(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
     }
@@ -413,8 +426,23 @@ impl Daemon {
             Request::History => Ok(serde_json::to_value(history::list(&self.store)?)?),
             Request::Metrics => Ok(json!({"text": self.metrics()?})),
             Request::GetProperties { name } => {
-                let v = Catalog::get(&self.store, &name)?;
-                Ok(Value::Object(Catalog::properties(&v).into_iter().map(|(k, v)| (k, Value::String(v))).collect()))
+                let recv = self.receive_properties(&name)?;
+                let mut props = match Catalog::get(&self.store, &name) {
+                    Ok(v) => Catalog::properties(&v),
+                    // A volume still being received has only its resume token.
+                    Err(Error::NotFound(_)) if !recv.is_empty() => Vec::new(),
+                    Err(e) => return Err(e),
+                };
+                props.extend(recv);
+                Ok(Value::Object(props.into_iter().map(|(k, v)| (k, Value::String(v))).collect()))
+            }
+            Request::ReceiveAbort { name } => {
+                self.catalog.receive_abort(&self.store, &name)?;
+                self.wake_gc();
+                Ok(Value::Null)
+            }
+            Request::Send { .. } | Request::Receive { .. } => {
+                Err(Error::Invalid("send and receive stream over the control socket (use the clonefs CLI)".into()))
             }
             Request::Hold { name, tag, on } => {
                 let (vol, snap) = parse_target(&name)?;
@@ -708,7 +736,7 @@ impl Daemon {
             .map(|m| (m.volume, m.snapshot.clone(), m.dir.clone(), m.read_only()))
             .collect();
         let mut out = Vec::new();
-        for listed in Catalog::list(&self.store)? {
+        for listed in Catalog::list(&self.store)?.into_iter().filter(|v| v.receiving.is_none()) {
             // The catalog stays as it is while one volume's UNIQUE is worked out, and no
             // longer: a snapshot waiting for the lock holds its volume's writers back.
             let _g = self.catalog.guard()?;

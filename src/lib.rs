@@ -11,4 +11,5 @@ pub mod memory;
 pub mod metrics;
 pub mod store;
 pub mod sys;
+pub mod transfer;
 pub mod volume;

@@ -1,6 +1,7 @@
 //! Command line: clap definitions (their doc comments are the --help text) and `run`.
 
 mod output;
+mod transfer;
 
 use crate::control::{client, Request, StatusInfo, VolumeInfo};
 use crate::error::{Error, Result};
@@ -139,6 +140,50 @@ enum Cmd {
         /// Replace targets that exist (refused otherwise)
         #[arg(long)]
         force: bool,
+    },
+    /// Write snapshot VOL@SNAP as a stream (to stdout, -o FILE, or --to COMMAND): the whole
+    /// volume, or with --from the changes since an older snapshot. Progress shows on a
+    /// terminal (-v: always)
+    Send {
+        /// VOL@SNAP (not needed with --resume)
+        #[arg(required_unless_present = "resume")]
+        snapshot: Option<String>,
+        /// Send only the changes since this snapshot (VOL@BASE), which the receiver holds
+        #[arg(long, short = 'i', value_name = "VOL@BASE")]
+        from: Option<String>,
+        /// Write the stream to FILE instead of stdout
+        #[arg(short = 'o', value_name = "FILE", conflicts_with = "to")]
+        output: Option<PathBuf>,
+        /// Two-way: run COMMAND (e.g. "ssh host clonefs receive VOL --serve") and send only
+        /// the blocks its store lacks
+        #[arg(long, value_name = "COMMAND")]
+        to: Option<String>,
+        /// Send the rest of an interrupted resumable receive (its receive_resume_token)
+        #[arg(long, value_name = "TOKEN", conflicts_with_all = ["snapshot", "from"])]
+        resume: Option<String>,
+    },
+    /// Make volume VOL from a stream (stdin or -i FILE): a full stream creates it, an
+    /// incremental one adds its snapshot to VOL, whose newest snapshot must be the base
+    Receive {
+        volume: String,
+        /// Read the stream from FILE instead of stdin
+        #[arg(short = 'i', value_name = "FILE")]
+        input: Option<PathBuf>,
+        /// Keep what came if the stream stops half-way; `clonefs get VOL
+        /// receive_resume_token` then names what `send --resume` must send
+        #[arg(long, short = 's')]
+        resumable: bool,
+        /// An incremental stream discards changes VOL had since its base snapshot
+        #[arg(long, short = 'F')]
+        force: bool,
+        /// The far end of `send --to`: replies go to stdout, messages to stderr
+        #[arg(long)]
+        serve: bool,
+        /// Drop an interrupted resumable receive into VOL
+        #[arg(long, short = 'A', conflicts_with_all = ["input", "resumable", "force", "serve"])]
+        abort: bool,
+        #[arg(long)]
+        json: bool,
     },
     /// Put hold TAG on a snapshot: it refuses destroy until released
     Hold { snapshot: String, tag: String },
@@ -351,6 +396,53 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 output::size(v["bytes"].as_u64().unwrap_or(0)),
                 v["micros"].as_u64().unwrap_or(0) as f64 / 1000.0
             );
+        }
+        Cmd::Send { snapshot, from, output, to, resume } => {
+            if let Some(s) = &snapshot {
+                need_snapshot(s)?;
+            }
+            if let Some(f) = &from {
+                need_snapshot(f)?;
+            }
+            let progress = cli.verbose > 0 || std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let what = snapshot.clone().unwrap_or_else(|| "the rest of the stream".into());
+            let started = Instant::now();
+            let args = transfer::SendArgs { snapshot: snapshot.unwrap_or_default(), from, output, to, resume, progress };
+            if let Some(r) = transfer::send(&store, args)? {
+                eprintln!(
+                    "sent {what} to {}: {} blocks ({}) travelled in {:.1} s",
+                    r["blocks"].as_u64().unwrap_or(0),
+                    output::size(r["block_bytes"].as_u64().unwrap_or(0)),
+                    r["snapshot"].as_str().unwrap_or("?"),
+                    started.elapsed().as_secs_f64()
+                );
+            }
+        }
+        Cmd::Receive { volume, input, resumable, force, serve, abort, json } => {
+            if abort {
+                call(Request::ReceiveAbort { name: volume.clone() })?;
+                println!("dropped the receive into {volume}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let progress = !serve && (cli.verbose > 0 || std::io::IsTerminal::is_terminal(&std::io::stderr()));
+            let started = Instant::now();
+            let r = transfer::receive(&store, transfer::ReceiveArgs { name: volume, input, resumable, force, serve, progress })?;
+            if json && !serve {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                let line = format!(
+                    "received {}: {} records, {} new blocks ({}) in {:.1} s",
+                    r["snapshot"].as_str().unwrap_or("?"),
+                    r["records"].as_u64().unwrap_or(0),
+                    r["blocks"].as_u64().unwrap_or(0),
+                    output::size(r["block_bytes"].as_u64().unwrap_or(0)),
+                    started.elapsed().as_secs_f64()
+                );
+                match serve {
+                    true => eprintln!("{line}"),
+                    false => println!("{line}"),
+                }
+            }
         }
         Cmd::Rollback { snapshot } => {
             need_snapshot(&snapshot)?;

@@ -7,10 +7,10 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-/// Sends one request to the daemon of `store` and returns its data, or its error.
-pub fn call(store: &Path, req: &Request) -> Result<serde_json::Value> {
+/// Connects to the daemon of `store`.
+pub fn connect(store: &Path) -> Result<UnixStream> {
     let path = store.join(SOCKET_NAME);
-    let mut s = UnixStream::connect(&path).map_err(|e| match e.kind() {
+    UnixStream::connect(&path).map_err(|e| match e.kind() {
         std::io::ErrorKind::PermissionDenied => Error::Denied(format!(
             "permission denied on {} (the store and its socket belong to the daemon's user)",
             path.display()
@@ -20,7 +20,27 @@ pub fn call(store: &Path, req: &Request) -> Result<serde_json::Value> {
             store.display(),
             store.display()
         )),
-    })?;
+    })
+}
+
+/// The error a failed reply carries.
+pub fn error_of(r: Response) -> Error {
+    let msg = r.error.unwrap_or_else(|| "the daemon reported an error".into());
+    Error::from_kind(r.kind.as_deref().unwrap_or("io"), msg)
+}
+
+/// Opens a streaming request (`Request::streams`): the connection, request line sent.
+pub fn open_stream(store: &Path, req: &Request) -> Result<UnixStream> {
+    let mut s = connect(store)?;
+    let mut line = serde_json::to_vec(req).map_err(|e| Error::Invalid(e.to_string()))?;
+    line.push(b'\n');
+    s.write_all(&line)?;
+    Ok(s)
+}
+
+/// Sends one request to the daemon of `store` and returns its data, or its error.
+pub fn call(store: &Path, req: &Request) -> Result<serde_json::Value> {
+    let mut s = connect(store)?;
     // Long operations (fsck, destroy of a big volume) may take a while; a hung daemon may not.
     s.set_read_timeout(Some(Duration::from_secs(3600)))?;
     let mut line = serde_json::to_vec(req).map_err(|e| Error::Invalid(e.to_string()))?;
@@ -35,8 +55,7 @@ pub fn call(store: &Path, req: &Request) -> Result<serde_json::Value> {
     if r.ok {
         Ok(r.data)
     } else {
-        let msg = r.error.unwrap_or_else(|| "the daemon reported an error".into());
-        Err(Error::from_kind(r.kind.as_deref().unwrap_or("io"), msg))
+        Err(error_of(r))
     }
 }
 

@@ -20,6 +20,9 @@ pub trait Handler: Send + Sync + 'static {
     fn stopping(&self) -> bool;
     /// Asks the handler to shut down (after a Shutdown request was answered).
     fn shutdown(&self);
+    /// Answers a request that streams (`Request::streams`): `input` is the rest of what the
+    /// peer sends, `conn` the connection to answer on (the protocol is the request's own).
+    fn stream(&self, req: Request, uid: u32, input: Box<dyn std::io::Read + Send>, conn: std::os::unix::net::UnixStream);
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -80,6 +83,38 @@ pub enum Request {
     ScrubProgress,
     Compact,
     Shutdown,
+    /// Streams snapshot `snapshot` (VOL@SNAP) after a reply line: the changes since `from`
+    /// (a snapshot) if given. `two_way`: the receiver's replies come back on the connection.
+    /// `resume`: a receive's resume token, naming snapshot, base and position itself.
+    Send {
+        #[serde(default)]
+        snapshot: String,
+        #[serde(default)]
+        from: Option<String>,
+        #[serde(default)]
+        two_way: bool,
+        #[serde(default)]
+        resume: Option<String>,
+    },
+    /// Reads a stream from the connection into volume `name`; the daemon answers with frames
+    /// (`transfer::kind::WANTS` for a two-way sender, then `RESULT`). `force`: an incremental
+    /// receive discards changes made to the volume since its base snapshot.
+    Receive {
+        name: String,
+        #[serde(default)]
+        resumable: bool,
+        #[serde(default)]
+        force: bool,
+    },
+    /// Drops the interrupted resumable receive into volume `name`.
+    ReceiveAbort { name: String },
+}
+
+impl Request {
+    /// Requests whose data is a byte stream on the connection, not one reply line.
+    pub fn streams(&self) -> bool {
+        matches!(self, Request::Send { .. } | Request::Receive { .. })
+    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]

@@ -42,7 +42,7 @@ pub fn serve(listener: UnixListener, daemon: Arc<dyn Handler>) {
     }
 }
 
-fn fail(error: String, kind: &str) -> Response {
+pub fn fail(error: String, kind: &str) -> Response {
     Response { ok: false, error: Some(error), kind: Some(kind.into()), data: serde_json::Value::Null }
 }
 
@@ -53,7 +53,7 @@ fn answer(conn: UnixStream, daemon: &dyn Handler) {
         return;
     }
     if !line.ends_with('\n') && line.len() as u64 >= MAX_REQUEST {
-        send(&conn, &fail(format!("request longer than {MAX_REQUEST} bytes"), "invalid"));
+        respond(&conn, &fail(format!("request longer than {MAX_REQUEST} bytes"), "invalid"));
         return;
     }
     let resp = match serde_json::from_str::<Request>(&line) {
@@ -62,12 +62,21 @@ fn answer(conn: UnixStream, daemon: &dyn Handler) {
             let shutdown = matches!(req, Request::Shutdown);
             // The socket is 0600, so the peer is the daemon's user or root; history names it.
             let uid = crate::sys::peer_uid(&conn).unwrap_or(u32::MAX);
+            if req.streams() {
+                // What the peer sent past the request line is the start of its stream.
+                let early = std::io::Cursor::new(reader.buffer().to_vec());
+                match conn.try_clone() {
+                    Ok(rest) => daemon.stream(req, uid, Box::new(early.chain(rest)), conn),
+                    Err(e) => respond(&conn, &fail(e.to_string(), "io")),
+                }
+                return;
+            }
             let r = match daemon.handle(req, uid) {
                 Ok(data) => Response { ok: true, error: None, kind: None, data },
                 Err(e) => fail(e.message(), e.kind()),
             };
             if shutdown {
-                send(&conn, &r);
+                respond(&conn, &r);
                 daemon.shutdown();
                 return;
             }
@@ -75,10 +84,11 @@ fn answer(conn: UnixStream, daemon: &dyn Handler) {
         }
         Err(e) => fail(format!("bad request: {e}"), "invalid"),
     };
-    send(&conn, &resp);
+    respond(&conn, &resp);
 }
 
-fn send(mut conn: &UnixStream, r: &Response) {
+/// Writes one reply line.
+pub fn respond(mut conn: &UnixStream, r: &Response) {
     if let Ok(mut v) = serde_json::to_vec(r) {
         v.push(b'\n');
         let _ = conn.write_all(&v);

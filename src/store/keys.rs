@@ -268,6 +268,19 @@ pub mod catalog {
     /// `Fseg` segment (u32) -> bytes of live blocks in it.
     pub const SEGMENT_PREFIX: &[u8] = b"Fseg";
 
+    /// `Fpw` BLAKE3 name (32) -> block hash: blocks that travelled in a send stream, so a
+    /// two-way receive knows what it holds. `Fpx` hash -> BLAKE3 name: what a sender hashed.
+    /// Either may outlive its block; readers check the block is still stored.
+    pub const PORTABLE_TO_LOCAL: &[u8] = b"Fpw";
+    pub const LOCAL_TO_PORTABLE: &[u8] = b"Fpx";
+
+    pub fn portable_to_local(p: &[u8; 32]) -> Vec<u8> {
+        [PORTABLE_TO_LOCAL, &p[..]].concat()
+    }
+    pub fn local_to_portable(h: &[u8; 16]) -> Vec<u8> {
+        [LOCAL_TO_PORTABLE, &h[..]].concat()
+    }
+
     pub fn segment(seg: u32) -> Vec<u8> {
         let mut k = SEGMENT_PREFIX.to_vec();
         k.extend_from_slice(&seg.to_be_bytes());

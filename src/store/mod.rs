@@ -637,6 +637,52 @@ impl Store {
         Ok(stopped)
     }
 
+    /// The BLAKE3 names recorded for blocks (`keys::catalog::LOCAL_TO_PORTABLE`).
+    pub fn portables(&self, hashes: &[Hash]) -> Result<Vec<Option<[u8; 32]>>> {
+        let keys: Vec<Vec<u8>> = hashes.iter().map(keys::catalog::local_to_portable).collect();
+        let got = self.db.batched_multi_get_cf(self.cf(cf::CATALOG)?, keys.iter(), false);
+        got.into_iter().map(|r| Ok(r?.and_then(|v| <[u8; 32]>::try_from(&v[..]).ok()))).collect()
+    }
+
+    /// The stored blocks named by BLAKE3 names, as far as this store recorded them: (hash,
+    /// size) of each block still stored.
+    pub fn locals(&self, names: &[[u8; 32]]) -> Result<Vec<Option<(Hash, u64)>>> {
+        let keys: Vec<Vec<u8>> = names.iter().map(keys::catalog::portable_to_local).collect();
+        let got = self.db.batched_multi_get_cf(self.cf(cf::CATALOG)?, keys.iter(), false);
+        let mut out = Vec::with_capacity(names.len());
+        for r in got {
+            out.push(match r?.and_then(|v| <Hash>::try_from(&v[..]).ok()) {
+                Some(h) => self.refs(&h)?.filter(|r| !r.owners.is_empty()).map(|r| (h, r.size as u64)),
+                None => None,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Drops BLAKE3 name records of blocks no longer stored. Returns how many went.
+    pub fn prune_portables(&self) -> Result<u64> {
+        let mut dead: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        self.scan(cf::CATALOG, keys::catalog::PORTABLE_TO_LOCAL, |k, v| {
+            if let Ok(h) = <Hash>::try_from(v) {
+                if self.refs(&h)?.is_none() {
+                    dead.push((k.to_vec(), keys::catalog::local_to_portable(&h)));
+                }
+            }
+            Ok(true)
+        })?;
+        let n = dead.len() as u64;
+        for chunk in dead.chunks(4096) {
+            let mut t = self.txn();
+            t.frees();
+            for (a, b) in chunk {
+                t.batch.delete_cf(self.cf(cf::CATALOG)?, a);
+                t.batch.delete_cf(self.cf(cf::CATALOG)?, b);
+            }
+            t.commit(false)?;
+        }
+        Ok(n)
+    }
+
     /// Who references block `h`, if it is stored.
     pub fn refs(&self, h: &Hash) -> Result<Option<RefRec>> {
         self.get(cf::REFS, h)?.map(|v| RefRec::decode(&v)).transpose()
@@ -1111,6 +1157,7 @@ impl Store {
     /// `COMPACT_RATIO` live, then compacts RocksDB, so deleted blocks and metadata leave the
     /// disk.
     pub fn compact(&self) -> Result<CleanReport> {
+        self.prune_portables()?;
         {
             let _space = self.space_guard()?;
             let mut w = self.writer.lock().map_err(|_| Error::Corrupt("log writer poisoned by a panic: restart the daemon".into()))?;
@@ -1491,6 +1538,14 @@ impl Txn<'_> {
     /// Adds one reference to a block already stored (file-level clone).
     pub fn share_ref(&mut self, hash: Hash, lineage: u64) {
         self.refs.push((hash, lineage, 1, None));
+    }
+
+    /// Records that block `hash` has BLAKE3 name `name` (both directions).
+    pub fn note_portable(&mut self, hash: &Hash, name: &[u8; 32]) -> Result<()> {
+        let cat = self.store.cf(cf::CATALOG)?;
+        self.batch.put_cf(cat, keys::catalog::portable_to_local(name), hash);
+        self.batch.put_cf(cat, keys::catalog::local_to_portable(hash), name);
+        Ok(())
     }
 
     pub fn cat_put(&mut self, k: &CatKey, value: &[u8]) -> Result<()> {

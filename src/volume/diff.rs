@@ -126,8 +126,30 @@ fn join(dir: &str, name: &[u8]) -> String {
     }
 }
 
+/// The value of `id` in the view along `chain`, normalized: None for absent or removed.
+pub(crate) fn value(store: &Store, id: &Ident, chain: &Chain) -> Result<Option<Vec<u8>>> {
+    let Some(f) = store.visible(id, chain)? else { return Ok(None) };
+    Ok(match id {
+        Ident::Inode { .. } => InodeRec::decode(&f.value)?.map(|r| r.encode()),
+        Ident::Dirent { .. } => DirentRec::decode(&f.value)?.map(|d| d.encode()),
+        Ident::Xattr { .. } => decode_xattr(&f.value)?,
+        Ident::Extent { .. } => decode_extent(&f.value)?.map(|h| h.to_vec()),
+        Ident::Count { .. } => None,
+    })
+}
+
+/// True if anything differs between the views along chains `a` and `b` (cost: the changes).
+pub fn differs(store: &Store, a: &Chain, b: &Chain) -> Result<bool> {
+    for id in candidates(store, a, b)? {
+        if value(store, &id, a)? != value(store, &id, b)? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// The identities whose visible version may differ between chains `a` and `b`.
-fn candidates(store: &Store, a: &Chain, b: &Chain) -> Result<BTreeSet<Ident>> {
+pub(crate) fn candidates(store: &Store, a: &Chain, b: &Chain) -> Result<BTreeSet<Ident>> {
     let mut out = BTreeSet::new();
     let mut lineages: Vec<u64> = a.iter().chain(b.iter()).map(|x| x.0).collect();
     lineages.sort_unstable();
@@ -231,8 +253,12 @@ pub fn diff(store: &Store, a: Chain, b: Chain) -> Result<Vec<Change>> {
                 let new = sb.path(ndir)?.map(|p| join(&p, &nname)).unwrap_or_else(|| String::from_utf8_lossy(&nname).into());
                 out.push(Change { kind: "R".into(), path: old, to: Some(new), ftype: ftype(d.kind).into(), data: data.contains(&d.ino), meta: meta.contains(&d.ino) });
             }
-            None => out.push(Change { kind: "-".into(), path: old, to: None, ftype: ftype(d.kind).into(), data: false, meta: false }),
+            None => {
+                out.push(Change { kind: "-".into(), path: old, to: None, ftype: ftype(d.kind).into(), data: false, meta: false });
+                continue;
+            }
         }
+        // A rename carries the inode's changes; a name removed does not (another may remain).
         named.insert(d.ino);
     }
     for (ino, rest) in adds {
@@ -240,7 +266,6 @@ pub fn diff(store: &Store, a: Chain, b: Chain) -> Result<Vec<Change>> {
             let kind = sb.dirent(dir, &name)?.map(|d| d.kind).unwrap_or(Kind::File);
             let p = sb.path(dir)?.map(|p| join(&p, &name)).unwrap_or_else(|| String::from_utf8_lossy(&name).into());
             out.push(Change { kind: "+".into(), path: p, to: None, ftype: ftype(kind).into(), data: false, meta: false });
-            named.insert(ino);
         }
     }
     for ino in data.union(&meta).copied().collect::<BTreeSet<u64>>() {

@@ -14,6 +14,7 @@ pub mod fsck;
 pub mod gc;
 pub mod idmap;
 pub mod lineage;
+pub mod receiving;
 pub mod scrub;
 pub mod view;
 
@@ -58,6 +59,9 @@ pub struct VolumeRec {
     /// How its mounts show stored owners (a remapped clone, `idmap`).
     #[serde(default, skip_serializing_if = "idmap::IdMap::is_empty")]
     pub idmap: idmap::IdMap,
+    /// Set on the hidden volume a receive writes into (`receiving`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receiving: Option<receiving::Receiving>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -84,6 +88,26 @@ pub struct SnapshotRec {
     /// What the head held at the cut; a snapshot never changes.
     #[serde(default)]
     pub space: ViewSpace,
+    /// Its id, random at creation and kept by received copies: an incremental stream names
+    /// its base by it. 0 in records older than ids (see `SnapshotRec::id`).
+    #[serde(default)]
+    pub guid: u64,
+}
+
+impl SnapshotRec {
+    /// The snapshot's id; one made before ids existed gets a fixed one from what never
+    /// changes about it.
+    pub fn id(&self) -> u64 {
+        if self.guid != 0 {
+            return self.guid;
+        }
+        let mut b = Vec::new();
+        for x in [self.volume, self.lineage, self.epoch, self.created as u64] {
+            b.extend_from_slice(&x.to_le_bytes());
+        }
+        b.extend_from_slice(self.name.as_bytes());
+        xxhash_rust::xxh3::xxh3_64(&b) | 1
+    }
 }
 
 /// What a mounted view reads: its lineage at an epoch, then its ancestors.
@@ -136,7 +160,8 @@ pub fn check_name(name: &str) -> Result<()> {
     if name.starts_with('-') {
         return bad("must not start with '-'");
     }
-    if let Some(c) = name.chars().find(|c| *c == '/' || *c == '\0' || *c == '@' || c.is_control()) {
+    // '%' is kept for receives in progress (`VOL%recv`).
+    if let Some(c) = name.chars().find(|c| *c == '/' || *c == '\0' || *c == '@' || *c == '%' || c.is_control()) {
         return bad(&format!("contains {c:?}"));
     }
     Ok(())
@@ -161,11 +186,25 @@ pub fn parse_target(s: &str) -> Result<(String, Option<String>)> {
 }
 
 /// Parses a block size such as `4K`, `64k`, `1M` or `65536`.
+/// A block size a volume may have: a power of two from `MIN_BLOCK` to `MAX_BLOCK`.
+pub fn check_block_size(block_size: u32) -> Result<()> {
+    if !block_size.is_power_of_two() || !(MIN_BLOCK..=MAX_BLOCK).contains(&block_size) {
+        return Err(Error::Invalid(format!("invalid block size {block_size}: use a power of two from 4K to 1M")));
+    }
+    Ok(())
+}
+
 pub fn parse_block_size(s: &str) -> Result<u32> {
     match crate::memory::parse_size(s) {
         Some(v) if v.is_power_of_two() && v >= MIN_BLOCK as u64 && v <= MAX_BLOCK as u64 => Ok(v as u32),
         _ => Err(Error::Invalid(format!("invalid block size {s:?}: use a power of two from 4K to 1M"))),
     }
+}
+
+/// A random snapshot id (never 0).
+pub(crate) fn new_guid() -> Result<u64> {
+    let b = crate::store::random_bytes(8)?;
+    Ok(u64::from_le_bytes(b.try_into().map_err(|_| Error::Corrupt("short random read".into()))?) | 1)
 }
 
 fn now() -> i64 {
@@ -249,6 +288,11 @@ impl Catalog {
 
     pub fn get(store: &Store, name: &str) -> Result<VolumeRec> {
         check_name(name)?;
+        Self::lookup(store, name)
+    }
+
+    /// Like `get`, for any name the catalog holds (a receive's hidden volume too).
+    fn lookup(store: &Store, name: &str) -> Result<VolumeRec> {
         let id = store
             .cat_get(&CatKey::Name(name.as_bytes().to_vec()))?
             .ok_or_else(|| Error::NotFound(format!("no volume named {name:?}")))?;
@@ -400,15 +444,20 @@ impl Catalog {
     /// Creates an empty volume with a root directory owned by `uid:gid`.
     pub fn create(&self, store: &Store, name: &str, block_size: u32, uid: u32, gid: u32) -> Result<VolumeRec> {
         check_name(name)?;
-        if !block_size.is_power_of_two() || !(MIN_BLOCK..=MAX_BLOCK).contains(&block_size) {
-            return Err(Error::Invalid(format!("invalid block size {block_size}: use a power of two from 4K to 1M")));
-        }
+        check_block_size(block_size)?;
         let _g = self.guard()?;
         Self::name_free(store, name)?;
         let mut t = self.begin(store);
-        let id = Self::next_id(store, &mut t, 2)?;
+        let rec = Self::stage_create(store, &mut t, name, block_size, uid, gid)?;
+        self.commit(t, true)?;
+        Ok(rec)
+    }
+
+    /// Stages a new volume `name` (free, checked by the caller) with an empty root.
+    fn stage_create(store: &Store, t: &mut CatTxn, name: &str, block_size: u32, uid: u32, gid: u32) -> Result<VolumeRec> {
+        let id = Self::next_id(store, t, 2)?;
         let ts = Ts::now();
-        let rec = VolumeRec { id, name: name.to_string(), lineage: id + 1, block_size, created: ts.sec, origin: None, refquota: None, snapshot_policy: None, idmap: Default::default() };
+        let rec = VolumeRec { id, name: name.to_string(), lineage: id + 1, block_size, created: ts.sec, origin: None, refquota: None, snapshot_policy: None, idmap: Default::default(), receiving: None };
         let lin = LineageRec { id: id + 1, parent: None, head: Some(1), pins: BTreeMap::new(), block_size };
         let root = InodeRec {
             kind: Kind::Dir,
@@ -427,10 +476,9 @@ impl Catalog {
             target: Vec::new(),
         };
         t.cat_put(&CatKey::Name(name.as_bytes().to_vec()), &id.to_le_bytes())?;
-        Self::put_volume(&mut t, &rec)?;
-        Self::put_lineage(&mut t, &lin)?;
+        Self::put_volume(t, &rec)?;
+        Self::put_lineage(t, &lin)?;
         t.put_version(&Ident::Inode { lineage: lin.id, ino: ROOT_INO }, 1, &root.encode())?;
-        self.commit(t, true)?;
         Ok(rec)
     }
 
@@ -526,6 +574,7 @@ impl Catalog {
             created: now(),
             holds: BTreeSet::new(),
             space: store.view_space(v.lineage)?,
+            guid: new_guid()?,
         };
         Self::put_snapshot(&mut t, &s)?;
         self.commit(t, true)?;
@@ -579,6 +628,7 @@ impl Catalog {
             refquota: None,
             snapshot_policy: None,
             idmap: v.idmap.with(layer),
+            receiving: None,
         };
         let lin = LineageRec { id: id + 1, parent: Some(parent), head: Some(1), pins: BTreeMap::new(), block_size: v.block_size };
         t.set_view_space(lin.id, space);
@@ -650,8 +700,14 @@ impl Catalog {
     /// Destroys a volume and its snapshots (refuses if one is held). Its data lives on while
     /// clones read it; the rest is freed by GC.
     pub fn destroy(&self, store: &Store, name: &str) -> Result<()> {
+        check_name(name)?;
+        self.destroy_volume(store, name)
+    }
+
+    /// `destroy` of any volume the catalog holds (a receive's hidden one too).
+    fn destroy_volume(&self, store: &Store, name: &str) -> Result<()> {
         let _g = self.guard()?;
-        let v = Self::get(store, name)?;
+        let v = Self::lookup(store, name)?;
         let snaps = Self::snapshots(store, v.id)?;
         if let Some(h) = snaps.iter().find(|s| !s.holds.is_empty()) {
             return Err(Error::Conflict(format!("snapshot {name}@{} is held; release it first", h.name)));

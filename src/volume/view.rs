@@ -170,6 +170,11 @@ impl View {
         self.store.get_blocks(hashes)
     }
 
+    /// Blocks this store holds by their BLAKE3 names (send streams): (hash, size).
+    pub fn locals(&self, names: &[[u8; 32]]) -> Result<Vec<Option<(Hash, u64)>>> {
+        self.store.locals(names)
+    }
+
     pub fn hash(&self, data: &[u8]) -> Hash {
         self.store.hash(data)
     }
@@ -353,6 +358,11 @@ impl ViewTxn<'_> {
             Ext::Shared(h) => self.t.share_ref(h, l),
         }
         Ok(new_hash.is_some() as i64 - old_hash.is_some() as i64)
+    }
+
+    /// Records the BLAKE3 name of block `h` (it came in a send stream).
+    pub fn note_portable(&mut self, h: &Hash, name: &[u8; 32]) -> Result<()> {
+        self.t.note_portable(h, name)
     }
 
     /// Marks the batch as one that removes things (admitted on a full disk).

@@ -1,0 +1,242 @@
+//! Receives in progress. A receive writes into a hidden volume `VOL%recv` (users cannot
+//! name '%'): a new volume for a full stream, a clone of the base snapshot for an
+//! incremental one. Only at the end does one catalog change make it visible: the hidden
+//! volume is renamed to VOL (full), or VOL takes its lineage as a rollback would (the old
+//! head goes to GC, older snapshots stay) and the new snapshot is cut. A failed receive
+//! destroys the hidden volume (GC frees its blocks), unless it is resumable: then it stays,
+//! with the position applied so far, until the rest comes or `receive --abort`.
+
+use super::*;
+use crate::transfer::{Header, ResumeToken};
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Receiving {
+    /// The volume it becomes.
+    pub target: String,
+    pub snapshot: String,
+    pub guid: u64,
+    pub created: i64,
+    /// The base snapshot's id, for an incremental stream.
+    pub base: Option<u64>,
+    pub resumable: bool,
+    /// The last identity applied (`transfer::position_text`).
+    pub after: Option<String>,
+}
+
+impl Receiving {
+    pub fn token(&self) -> ResumeToken {
+        ResumeToken { guid: self.guid, base: self.base, after: self.after.clone() }
+    }
+}
+
+pub fn hidden_name(target: &str) -> String {
+    format!("{target}%recv")
+}
+
+impl Catalog {
+    /// The newest snapshot of volume `v`, if any.
+    pub fn newest_snapshot(store: &Store, v: &VolumeRec) -> Result<Option<SnapshotRec>> {
+        Ok(Self::snapshots(store, v.id)?.pop())
+    }
+
+    /// A snapshot of any volume by its id: (volume, snapshot).
+    pub fn snapshot_by_id(store: &Store, guid: u64) -> Result<(VolumeRec, SnapshotRec)> {
+        for v in Self::list(store)?.into_iter().filter(|v| v.receiving.is_none()) {
+            if let Some(s) = Self::snapshots(store, v.id)?.into_iter().find(|s| s.id() == guid) {
+                return Ok((v, s));
+            }
+        }
+        Err(Error::NotFound(format!("no snapshot has id {guid:016x}")))
+    }
+
+    /// The receive in progress into `target`, if any (its hidden volume).
+    pub fn pending_receive(store: &Store, target: &str) -> Result<Option<VolumeRec>> {
+        check_name(target)?;
+        match Self::lookup(store, &hidden_name(target)) {
+            Ok(v) if v.receiving.is_some() => Ok(Some(v)),
+            Ok(_) => Err(Error::Corrupt(format!("{} is not a receive", hidden_name(target)))),
+            Err(Error::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Checks that the incremental stream `h` applies to `v`: its newest snapshot is the base,
+    /// the new snapshot's name is free, the block sizes agree.
+    fn check_base(store: &Store, v: &VolumeRec, h: &Header) -> Result<SnapshotRec> {
+        let base = h.base.ok_or_else(|| Error::Corrupt("not an incremental stream".into()))?;
+        let newest = Self::newest_snapshot(store, v)?;
+        let newest = newest.filter(|s| s.id() == base).ok_or_else(|| {
+            Error::Conflict(format!(
+                "the stream applies to snapshot id {base:016x} ({}@... on the sender), which is not the newest snapshot of {}",
+                h.volume, v.name
+            ))
+        })?;
+        if v.block_size != h.block_size {
+            return Err(Error::Conflict(format!("{} has {}-byte blocks, the stream {}", v.name, v.block_size, h.block_size)));
+        }
+        if store.cat_get(&CatKey::Snapshot { volume: v.id, name: h.snapshot.as_bytes().to_vec() })?.is_some() {
+            return Err(Error::Conflict(format!("snapshot {}@{} already exists", v.name, h.snapshot)));
+        }
+        Ok(newest)
+    }
+
+    /// Starts (or, for a resumed stream, continues) a receive into `target`. Returns the
+    /// hidden volume and, for an incremental stream, the base snapshot.
+    pub fn receive_begin(&self, store: &Store, target: &str, h: &Header, resumable: bool) -> Result<(VolumeRec, Option<SnapshotRec>)> {
+        check_name(target)?;
+        check_name(&h.snapshot)?;
+        check_block_size(h.block_size)?;
+        let _g = self.guard()?;
+        let pending = Self::pending_receive(store, target)?;
+        let base = match h.base {
+            Some(_) => Some(Self::check_base(store, &Self::get(store, target)?, h)?),
+            None => {
+                if store.cat_get(&CatKey::Name(target.as_bytes().to_vec()))?.is_some() {
+                    return Err(Error::Conflict(format!(
+                        "volume {target:?} already exists (a full stream makes a new volume; send an incremental one with --from)"
+                    )));
+                }
+                None
+            }
+        };
+        if let Some(p) = pending {
+            let r = p.receiving.clone().ok_or_else(|| Error::Corrupt("a receive without its state".into()))?;
+            return match &h.after {
+                Some(_) if r.token() == (ResumeToken { guid: h.guid, base: h.base, after: h.after.clone() }) => Ok((p, base)),
+                Some(_) => Err(Error::Conflict(format!(
+                    "the stream resumes another position or snapshot than the receive into {target} stopped at (its token: {})",
+                    r.token().text()
+                ))),
+                None => Err(Error::Conflict(format!(
+                    "a resumable receive into {target} is pending: send the rest with `clonefs send --resume {}`, or drop it with `clonefs receive {target} --abort`",
+                    r.token().text()
+                ))),
+            };
+        }
+        if h.after.is_some() {
+            return Err(Error::NotFound(format!("no interrupted receive into {target} to resume")));
+        }
+        let name = hidden_name(target);
+        let state = Receiving {
+            target: target.to_string(),
+            snapshot: h.snapshot.clone(),
+            guid: h.guid,
+            created: h.created,
+            base: h.base,
+            resumable,
+            after: None,
+        };
+        let mut t = self.begin(store);
+        let rec = match &base {
+            None => {
+                let mut rec = Self::stage_create(store, &mut t, &name, h.block_size, 0, 0)?;
+                rec.receiving = Some(state);
+                Self::put_volume(&mut t, &rec)?;
+                rec
+            }
+            Some(sr) => {
+                let v = Self::get(store, target)?;
+                let mut l = Self::lineage(store, sr.lineage)?;
+                l.pin(sr.epoch);
+                Self::put_lineage(&mut t, &l)?;
+                let id = Self::next_id(store, &mut t, 2)?;
+                let rec = VolumeRec {
+                    id,
+                    name: name.clone(),
+                    lineage: id + 1,
+                    block_size: v.block_size,
+                    created: now(),
+                    origin: None,
+                    refquota: None,
+                    snapshot_policy: None,
+                    idmap: Default::default(),
+                    receiving: Some(state),
+                };
+                let lin = LineageRec { id: id + 1, parent: Some((sr.lineage, sr.epoch)), head: Some(1), pins: BTreeMap::new(), block_size: v.block_size };
+                t.set_view_space(lin.id, sr.space);
+                t.cat_put(&CatKey::Name(name.as_bytes().to_vec()), &id.to_le_bytes())?;
+                Self::put_volume(&mut t, &rec)?;
+                Self::put_lineage(&mut t, &lin)?;
+                rec
+            }
+        };
+        self.commit(t, true)?;
+        Ok((rec, base))
+    }
+
+    /// Records how far a resumable receive has come (after the batches it names committed).
+    pub fn receive_progress(&self, store: &Store, hidden: u64, after: &str) -> Result<()> {
+        let _g = self.guard()?;
+        let mut rec = Self::by_id(store, hidden)?;
+        let Some(r) = rec.receiving.as_mut() else { return Err(Error::Corrupt("not a receive".into())) };
+        r.after = Some(after.to_string());
+        let mut t = self.begin(store);
+        Self::put_volume(&mut t, &rec)?;
+        self.commit(t, false)
+    }
+
+    /// Makes the received volume visible with its snapshot (see the module comment). For an
+    /// incremental receive into a mounted volume the caller holds the mount exclusively.
+    pub fn receive_finish(&self, store: &Store, hidden: u64) -> Result<VolumeRec> {
+        let _g = self.guard()?;
+        let mut rec = Self::by_id(store, hidden)?;
+        let r = rec.receiving.take().ok_or_else(|| Error::Corrupt("not a receive".into()))?;
+        let mut t = self.begin(store);
+        let mut v = match r.base {
+            None => {
+                Self::name_free(store, &r.target)?;
+                t.cat_delete(&CatKey::Name(rec.name.as_bytes().to_vec()))?;
+                t.cat_put(&CatKey::Name(r.target.as_bytes().to_vec()), &rec.id.to_le_bytes())?;
+                rec.name = r.target.clone();
+                rec
+            }
+            Some(_) => {
+                let mut v = Self::get(store, &r.target)?;
+                let h = Header {
+                    version: crate::transfer::VERSION,
+                    nonce: 0,
+                    volume: String::new(),
+                    snapshot: r.snapshot.clone(),
+                    guid: r.guid,
+                    created: r.created,
+                    base: r.base,
+                    block_size: v.block_size,
+                    two_way: false,
+                    after: None,
+                    bytes: 0,
+                };
+                Self::check_base(store, &v, &h)?;
+                let mut old = Self::lineage(store, v.lineage)?;
+                old.head = None;
+                Self::put_lineage(&mut t, &old)?;
+                t.cat_put(&CatKey::Gc { lineage: old.id, epoch: HEAD_GONE }, &[])?;
+                t.cat_delete(&CatKey::Name(rec.name.as_bytes().to_vec()))?;
+                t.cat_delete(&CatKey::Volume(rec.id))?;
+                v.lineage = rec.lineage;
+                v
+            }
+        };
+        let cut = Self::stage_cut(store, &mut t, &v)?;
+        let s = SnapshotRec {
+            volume: v.id,
+            name: r.snapshot.clone(),
+            lineage: cut.lineage,
+            epoch: cut.epoch,
+            created: r.created,
+            holds: BTreeSet::new(),
+            space: store.view_space(v.lineage)?,
+            guid: r.guid,
+        };
+        Self::put_snapshot(&mut t, &s)?;
+        v.receiving = None;
+        Self::put_volume(&mut t, &v)?;
+        self.commit(t, true)?;
+        Ok(v)
+    }
+
+    /// Drops the receive into `target` in progress (its hidden volume; GC frees the rest).
+    pub fn receive_abort(&self, store: &Store, target: &str) -> Result<()> {
+        let p = Self::pending_receive(store, target)?.ok_or_else(|| Error::NotFound(format!("no receive into {target} is in progress")))?;
+        self.destroy_volume(store, &p.name)
+    }
+}
