@@ -717,6 +717,9 @@ mod http;
 #[path = "cases/idmap.rs"]
 mod idmap;
 
+#[path = "cases/send.rs"]
+mod send;
+
 #[path = "cases/restore.rs"]
 mod restore;
 

@@ -411,9 +411,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if let Some(r) = transfer::send(&store, args)? {
                 eprintln!(
                     "sent {what} to {}: {} blocks ({}) travelled in {:.1} s",
+                    r["snapshot"].as_str().unwrap_or("?"),
                     r["blocks"].as_u64().unwrap_or(0),
                     output::size(r["block_bytes"].as_u64().unwrap_or(0)),
-                    r["snapshot"].as_str().unwrap_or("?"),
                     started.elapsed().as_secs_f64()
                 );
             }

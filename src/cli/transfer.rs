@@ -135,13 +135,30 @@ pub fn send(store: &Path, a: SendArgs) -> Result<Option<serde_json::Value>> {
     // The receiver's replies: WANTS go back to the daemon, RESULT ends the exchange.
     let mut back = conn.try_clone()?;
     let replies = std::thread::spawn(move || -> Result<Option<Vec<u8>>> {
-        while let Some((k, payload, raw)) = read_frame(&mut from_child)? {
-            match k {
-                kind::RESULT => return Ok(Some(payload)),
-                _ => back.write_all(&raw)?,
+        let mut outcome = Ok(None);
+        loop {
+            match read_frame(&mut from_child) {
+                Ok(Some((kind::RESULT, payload, _))) => {
+                    outcome = Ok(Some(payload));
+                    break;
+                }
+                Ok(Some((_, _, raw))) => {
+                    if let Err(e) = back.write_all(&raw) {
+                        outcome = Err(e.into());
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
             }
         }
-        Ok(None)
+        // The receiver is done (or gone): a daemon still waiting for its answer stops, and
+        // so does the relay waiting on the daemon.
+        let _ = back.shutdown(std::net::Shutdown::Both);
+        outcome
     });
     let sent = relay(&mut rd, &mut BufWriter::with_capacity(1 << 20, &mut to_child), &progress);
     drop(to_child);

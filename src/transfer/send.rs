@@ -30,14 +30,30 @@ enum Op {
 /// Ops per round of block reads: a round's blocks are read in one coalesced batch.
 const ROUND: usize = 512;
 
-/// The changes to send, in order, with the identity each comes from.
-fn plan(store: &Store, src: &Source) -> Result<Vec<(Ident, Op)>> {
+/// The changes to send, in order, with the identity each comes from; and, for a resumed
+/// stream, the blocks the receiver already holds (named by extents up to its position:
+/// everything up to there was committed with its blocks).
+fn plan(store: &Store, src: &Source) -> Result<(Vec<(Ident, Op)>, Vec<Hash>)> {
     let empty = Vec::new();
     let base = src.base.as_ref().unwrap_or(&empty);
     let ids = crate::volume::diff::candidates(store, base, &src.snap)?;
     let after = src.header.after.as_deref().map(super::parse_position).transpose()?;
     let mut alive: HashMap<u64, bool> = HashMap::new();
     let mut out = Vec::new();
+    let mut held = Vec::new();
+    if let Some(a) = &after {
+        for id in ids.range(..=a.clone()) {
+            if let Ident::Extent { ino, .. } = id {
+                if let Some(v) = value(store, id, &src.snap)? {
+                    if let Some(f) = store.visible(&Ident::Inode { lineage: 0, ino: *ino }, &src.snap)? {
+                        if InodeRec::decode(&f.value)?.is_some_and(|r| r.nlink > 0) {
+                            held.push(<Hash>::try_from(&v[..]).map_err(|_| Error::Corrupt("bad extent value".into()))?);
+                        }
+                    }
+                }
+            }
+        }
+    }
     let range = match &after {
         Some(a) => ids.range((std::ops::Bound::Excluded(a.clone()), std::ops::Bound::Unbounded)),
         None => ids.range(..),
@@ -82,7 +98,7 @@ fn plan(store: &Store, src: &Source) -> Result<Vec<(Ident, Op)>> {
         };
         out.push((id.clone(), op));
     }
-    Ok(out)
+    Ok((out, held))
 }
 
 /// The BLAKE3 names of `hashes`: recorded ones from the store, the rest read and hashed
@@ -117,9 +133,10 @@ fn names_of(store: &Store, hashes: &[Hash], names: &mut HashMap<Hash, Portable>)
 /// direction. On a failure after the header an `ABORT` frame tells the receiver why.
 /// `progress` is told the bytes written so far.
 pub fn send<W: Write, R: Read>(store: &Store, src: &Source, out: W, wants: Option<R>) -> Result<Totals> {
-    let ops = plan(store, src)?;
+    let (ops, held) = plan(store, src)?;
     let mut hashes: Vec<Hash> = Vec::new();
     let mut seen: HashSet<Hash> = HashSet::new();
+    let held: HashSet<Hash> = held.into_iter().collect();
     for (_, op) in &ops {
         if let Op::Extent(_, _, Some(h)) = op {
             if seen.insert(*h) {
@@ -132,10 +149,13 @@ pub fn send<W: Write, R: Read>(store: &Store, src: &Source, out: W, wants: Optio
     let mut names: HashMap<Hash, Portable> = HashMap::new();
     if header.two_way {
         names_of(store, &hashes, &mut names)?;
+    } else {
+        let resent: Vec<Hash> = hashes.iter().filter(|h| held.contains(*h)).copied().collect();
+        names_of(store, &resent, &mut names)?;
     }
     let mut w = FrameWriter::start(out, header.nonce)?;
     w.frame(kind::HEADER, &serde_json::to_vec(&header)?)?;
-    let r = body(store, &header, &ops, &hashes, names, &mut w, wants);
+    let r = body(store, &header, &ops, &hashes, names, held, &mut w, wants);
     if let Err(e) = &r {
         let _ = w.frame(kind::ABORT, e.to_string().as_bytes());
     }
@@ -149,6 +169,7 @@ fn body<W: Write, R: Read>(
     ops: &[(Ident, Op)],
     hashes: &[Hash],
     mut names: HashMap<Hash, Portable>,
+    held: HashSet<Hash>,
     w: &mut FrameWriter<W>,
     wants: Option<R>,
 ) -> Result<Totals> {
@@ -183,7 +204,8 @@ fn body<W: Write, R: Read>(
             Some(set)
         }
     };
-    let mut sent: HashSet<Hash> = HashSet::new();
+    // Blocks the receiver holds already: sent earlier in this stream, or before a resume.
+    let mut sent: HashSet<Hash> = held;
     let mut totals = Totals::default();
     for round in ops.chunks(ROUND) {
         let mut need: Vec<Hash> = Vec::new();

@@ -261,7 +261,7 @@ pub fn diff(store: &Store, a: Chain, b: Chain) -> Result<Vec<Change>> {
         // A rename carries the inode's changes; a name removed does not (another may remain).
         named.insert(d.ino);
     }
-    for (ino, rest) in adds {
+    for rest in adds.into_values() {
         for (dir, name) in rest {
             let kind = sb.dirent(dir, &name)?.map(|d| d.kind).unwrap_or(Kind::File);
             let p = sb.path(dir)?.map(|p| join(&p, &name)).unwrap_or_else(|| String::from_utf8_lossy(&name).into());
