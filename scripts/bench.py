@@ -303,9 +303,17 @@ def snapshot_bench():
     return "\n".join(lines)
 
 
+def send_bench():
+    import bench_send
+    return bench_send.run(BIN, QUICK)
+
+
 def main():
     if "--snapshots-only" in sys.argv:
         write_section("Snapshots and clones", snapshot_bench())
+        return
+    if "--send-only" in sys.argv:
+        write_section("Send and receive", send_bench())
         return
     base = tempfile.mkdtemp(prefix="clonefs-bench", dir="/var/tmp")
     os.chmod(base, 0o755)
@@ -362,6 +370,8 @@ def main():
     write_report(results)
     if "--no-snapshots" not in sys.argv:
         write_section("Snapshots and clones", snapshot_bench())
+    if "--no-send" not in sys.argv:
+        write_section("Send and receive", send_bench())
 
 
 def write_section(title, body):
@@ -370,7 +380,8 @@ def write_section(title, body):
     marker = f"<!-- {title} -->"
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     flag = " --quick" if QUICK else ""
-    section = f"{marker}\n## {title}: {stamp}\n\nCommand: `scripts/bench.sh{flag}` (or `--snapshots-only`)\n\n{body}\n{marker}-end\n"
+    only = {"Snapshots and clones": " (or `--snapshots-only`)", "Send and receive": " (or `--send-only`)"}.get(title, "")
+    section = f"{marker}\n## {title}: {stamp}\n\nCommand: `scripts/bench.sh{flag}`{only}\n\n{body}\n{marker}-end\n"
     if marker in text:
         pre = text.split(marker)[0]
         post = text.split(f"{marker}-end\n")[-1] if f"{marker}-end" in text else ""

@@ -161,6 +161,9 @@ enum Cmd {
         /// Send the rest of an interrupted resumable receive (its receive_resume_token)
         #[arg(long, value_name = "TOKEN", conflicts_with_all = ["snapshot", "from"])]
         resume: Option<String>,
+        /// With --to: print the receiver's report as JSON
+        #[arg(long, requires = "to")]
+        json: bool,
     },
     /// Make volume VOL from a stream (stdin or -i FILE): a full stream creates it, an
     /// incremental one adds its snapshot to VOL, whose newest snapshot must be the base
@@ -397,7 +400,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 v["micros"].as_u64().unwrap_or(0) as f64 / 1000.0
             );
         }
-        Cmd::Send { snapshot, from, output, to, resume } => {
+        Cmd::Send { snapshot, from, output, to, resume, json } => {
             if let Some(s) = &snapshot {
                 need_snapshot(s)?;
             }
@@ -409,6 +412,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let started = Instant::now();
             let args = transfer::SendArgs { snapshot: snapshot.unwrap_or_default(), from, output, to, resume, progress };
             if let Some(r) = transfer::send(&store, args)? {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&r)?);
+                    return Ok(ExitCode::SUCCESS);
+                }
                 eprintln!(
                     "sent {what} to {}: {} blocks ({}) travelled in {:.1} s",
                     r["snapshot"].as_str().unwrap_or("?"),

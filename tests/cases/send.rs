@@ -346,3 +346,61 @@ fn two_way_send_moves_only_the_blocks_the_receiver_lacks() {
     assert!(!out.status.success() && err.contains("the receiver: volume \"x\" already exists"), "{err}");
     b.fsck_clean();
 }
+
+#[test]
+fn a_receive_cut_by_kill_9_leaves_nothing_or_resumes() {
+    let mut a = Daemon::start();
+    let mut b = Daemon::start();
+    let m = a.volume("v");
+    for i in 0..4 {
+        fs::write(m.join(format!("f{i}")), pattern(50 + i, 4 << 20)).unwrap();
+    }
+    a.ok(&["snapshot", "v@s1"]);
+    let path = a.tmp.path().join("s.stream");
+    a.ok(&["send", "v@s1", "-o", path.to_str().unwrap()]);
+    let len = fs::metadata(&path).unwrap().len();
+    let before = b.physical();
+    for resumable in [false, true] {
+        // Three quarters of the stream (past the first 8 MiB batch), then the writer stalls.
+        let flag = if resumable { "-s" } else { "" };
+        let mut recv = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "(head -c {} {}; sleep 5) | {BIN} --store {} receive k {flag}",
+                len * 3 / 4,
+                path.display(),
+                b.store.display()
+            ))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        // The receive has begun once its hidden volume's blocks are stored.
+        while b.physical() < before + (4 << 20) {
+            assert!(std::time::Instant::now() < deadline, "the receive did not start");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        b.kill9();
+        let _ = recv.wait();
+        b.restart();
+        assert!(!b.ok(&["list", "-H", "-o", "name"]).lines().any(|l| l.starts_with('k')));
+        if resumable {
+            let token = b.json(&["get", "receive_resume_token", "k", "--json"])["receive_resume_token"].as_str().unwrap().to_string();
+            let out = sh(&format!(
+                "{BIN} --store {} send --resume {token} | {BIN} --store {} receive k",
+                a.store.display(),
+                b.store.display()
+            ));
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            let k = b.mount("k@s1");
+            let v1 = a.mount("v@s1");
+            assert_same(&v1, &k);
+        } else {
+            b.fails(&["get", "receive_resume_token", "k"]);
+            b.ok(&["gc"]);
+            assert_eq!(b.physical(), before, "an interrupted receive kept its blocks");
+        }
+        b.fsck_clean();
+    }
+}
