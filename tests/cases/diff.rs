@@ -2,7 +2,7 @@
 //! volume), telling data changes from metadata-only ones, also across a rollback.
 
 use crate::util::{pattern, Daemon};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
@@ -80,5 +80,163 @@ fn diff_tells_added_removed_renamed_and_data_from_metadata() {
     for bad in [vec!["diff", "v@nope", "v"], vec!["diff", "v", "v@s1"], vec!["diff", "v@s1", "w"]] {
         d.fails(&bad);
     }
+    d.fsck_clean();
+}
+
+/// What a user sees of one path: inode, kind, data, and metadata that `diff` reports.
+#[derive(Clone, PartialEq, Debug)]
+struct Seen {
+    ino: u64,
+    dir: bool,
+    data: Vec<u8>,
+    meta: (u32, u32, u32, Vec<(String, Vec<u8>)>),
+    mtime: (i64, i64),
+}
+
+fn walk(root: &std::path::Path) -> BTreeMap<String, Seen> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            let rel = format!("/{}", p.strip_prefix(root).unwrap().to_string_lossy());
+            if rel == "/.snapshots" {
+                continue;
+            }
+            let md = fs::symlink_metadata(&p).unwrap();
+            let data = if md.file_type().is_symlink() {
+                fs::read_link(&p).unwrap().into_os_string().into_encoded_bytes()
+            } else if md.is_dir() {
+                stack.push(p.clone());
+                Vec::new()
+            } else {
+                fs::read(&p).unwrap()
+            };
+            let x = xattr::list(&p).map(|n| (n.clone(), xattr::get(&p, &n))).collect();
+            out.insert(rel, Seen { ino: md.ino(), dir: md.is_dir(), data, meta: (md.mode(), md.uid(), md.gid(), x), mtime: (md.mtime(), md.mtime_nsec()) });
+        }
+    }
+    out
+}
+
+mod xattr {
+    use std::ffi::CString;
+    pub fn list(p: &std::path::Path) -> impl Iterator<Item = String> {
+        let c = CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = unsafe { libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        buf.truncate(n.max(0) as usize);
+        let mut names: Vec<String> = buf.split(|b| *b == 0).filter(|n| !n.is_empty()).map(|n| String::from_utf8_lossy(n).into_owned()).collect();
+        names.sort();
+        names.into_iter()
+    }
+    pub fn get(p: &std::path::Path, n: &str) -> Vec<u8> {
+        let c = CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+        let cn = CString::new(n).unwrap();
+        let mut v = vec![0u8; 4096];
+        let r = unsafe { libc::lgetxattr(c.as_ptr(), cn.as_ptr(), v.as_mut_ptr().cast(), v.len()) };
+        v.truncate(r.max(0) as usize);
+        v
+    }
+    pub fn set(p: &std::path::Path, n: &str, v: &[u8]) {
+        let c = CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+        let cn = CString::new(n).unwrap();
+        unsafe { libc::lsetxattr(c.as_ptr(), cn.as_ptr(), v.as_ptr().cast(), v.len(), 0) };
+    }
+}
+
+/// `diff` between snapshots of random histories against a brute-force comparison of the
+/// two snapshots mounted read-only (directories are never renamed here: diff names a
+/// renamed directory once, a walk would see all its paths move).
+#[test]
+fn diff_matches_a_brute_force_comparison_on_random_histories() {
+    use std::os::unix::fs::{chown, symlink};
+    let mut d = Daemon::start();
+    let m = d.volume("v");
+    let mut seed = 0x2545F4914F6CDD1Du64;
+    let mut rnd = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n.max(1)
+    };
+    let dirs = ["", "d1", "d2", "d1/e"];
+    for x in &dirs[1..] {
+        fs::create_dir_all(m.join(x)).unwrap();
+    }
+    let rounds = 4;
+    for round in 0..rounds {
+        for _ in 0..60 {
+            let files: Vec<String> = walk(&m).into_iter().filter(|(_, s)| !s.dir).map(|(p, _)| p[1..].to_string()).collect();
+            let pick = |r: u64| files.get(r as usize % files.len().max(1)).cloned();
+            let newname = format!("{}/f{}", dirs[rnd(4) as usize], rnd(1000));
+            let newp = m.join(newname.trim_start_matches('/'));
+            let f = pick(rnd(1 << 20)).map(|p| m.join(p));
+            let is_file = f.as_ref().is_some_and(|p| fs::symlink_metadata(p).map(|x| x.is_file()).unwrap_or(false));
+            match rnd(11) {
+                0 | 1 if !newp.exists() => fs::write(&newp, pattern(rnd(1 << 30), rnd(200_000) as usize)).unwrap(),
+                2 if is_file => {
+                    let f = f.unwrap();
+                    let h = fs::OpenOptions::new().write(true).open(&f).unwrap();
+                    std::os::unix::fs::FileExt::write_at(&h, &pattern(rnd(99), 5000), rnd(150_000)).unwrap();
+                }
+                3 if is_file => fs::OpenOptions::new().write(true).open(f.unwrap()).unwrap().set_len(rnd(100_000)).unwrap(),
+                4 if f.is_some() => fs::set_permissions(f.unwrap(), fs::Permissions::from_mode(0o600 + rnd(0o177) as u32)).unwrap_or(()),
+                5 if is_file => chown(f.unwrap(), Some(1000 + rnd(3) as u32), None).unwrap(),
+                6 if f.is_some() && !newp.exists() => fs::rename(f.unwrap(), &newp).unwrap(),
+                7 if f.is_some() => fs::remove_file(f.unwrap()).unwrap(),
+                8 if is_file && !newp.exists() => fs::hard_link(f.unwrap(), &newp).unwrap(),
+                9 if !newp.exists() => symlink(format!("t{}", rnd(9)), &newp).unwrap(),
+                10 if is_file => xattr::set(&f.unwrap(), &format!("user.k{}", rnd(3)), &pattern(rnd(9), 10)),
+                _ => {}
+            }
+        }
+        d.ok(&["snapshot", &format!("v@s{round}")]);
+    }
+    let mut pairs: Vec<(usize, usize)> = (0..rounds - 1).map(|i| (i, i + 1)).collect();
+    pairs.push((0, rounds - 1));
+    let mut seen = (0, 0, 0);
+    for (i, j) in pairs {
+        let (a, b) = (d.mount(&format!("v@s{i}")), d.mount(&format!("v@s{j}")));
+        let (wa, wb) = (walk(&a), walk(&b));
+        let gone: BTreeSet<String> = wa.iter().filter(|(p, s)| wb.get(*p).map(|t| t.ino) != Some(s.ino)).map(|(p, _)| p.clone()).collect();
+        let came: BTreeSet<String> = wb.iter().filter(|(p, s)| wa.get(*p).map(|t| t.ino) != Some(s.ino)).map(|(p, _)| p.clone()).collect();
+        let v = d.json(&["diff", &format!("v@s{i}"), &format!("v@s{j}"), "--json"]);
+        let list = v.as_array().unwrap();
+        let by = |k: &'static str| list.iter().filter(move |c| c["kind"] == k);
+        let dgone: BTreeSet<String> = by("-").chain(by("R")).map(|c| c["path"].as_str().unwrap().to_string()).collect();
+        let dcame: BTreeSet<String> = by("+").map(|c| c["path"].as_str().unwrap().to_string()).chain(by("R").map(|c| c["to"].as_str().unwrap().to_string())).collect();
+        assert_eq!(dgone, gone, "s{i} -> s{j}: removed names");
+        assert_eq!(dcame, came, "s{i} -> s{j}: added names");
+        // Changed files, by inode: data and metadata as a user sees them.
+        let ino_a: BTreeMap<u64, &Seen> = wa.values().filter(|s| !s.dir).map(|s| (s.ino, s)).collect();
+        let mut want: BTreeMap<u64, (bool, bool)> = BTreeMap::new();
+        for s in wb.values().filter(|s| !s.dir) {
+            if let Some(o) = ino_a.get(&s.ino) {
+                let data = o.data != s.data;
+                let meta = o.meta != s.meta || (!data && o.mtime != s.mtime);
+                if data || meta {
+                    want.insert(s.ino, (data, meta));
+                }
+            }
+        }
+        let mut got: BTreeMap<u64, (bool, bool)> = BTreeMap::new();
+        for c in list.iter().filter(|c| c["ftype"] != "dir" && (c["kind"] == "M" || c["kind"] == "R")) {
+            let p = if c["kind"] == "R" { c["to"].as_str().unwrap() } else { c["path"].as_str().unwrap() };
+            let ino = wb[p].ino;
+            let (dd, mm) = (c["data"] == true, c["meta"] == true);
+            if dd || mm {
+                got.insert(ino, (dd, mm));
+            }
+        }
+        assert_eq!(got, want, "s{i} -> s{j}: modified files (inode -> data, metadata)\n{v:#}");
+        seen.0 += gone.len();
+        seen.1 += came.len();
+        seen.2 += want.len();
+        d.unmount(&a);
+        d.unmount(&b);
+    }
+    assert!(seen.0 > 10 && seen.1 > 10 && seen.2 > 10, "the histories changed too little: {seen:?} (names gone, came, files changed)");
     d.fsck_clean();
 }
