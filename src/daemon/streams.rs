@@ -124,16 +124,16 @@ impl Daemon {
         if self.stopping() {
             return Err(Error::NoDaemon("the daemon is shutting down".into()));
         }
-        let (mut frames, header) = FrameReader::start(std::io::BufReader::with_capacity(1 << 20, input))?;
+        let (frames, header) = FrameReader::start(std::io::BufReader::with_capacity(1 << 20, input))?;
         *nonce = header.nonce;
         let (hidden, base) = self.catalog.receive_begin(&self.store, name, &header, resumable)?;
-        let applied = (|| -> Result<transfer::Totals> {
+        let applied = (|| -> Result<(transfer::Totals, u64)> {
             if let (Some(b), false) = (&base, force) {
                 self.check_unchanged(name, &b.name)?;
             }
             let view = View::new(self.store.clone(), self.catalog.view_of(&self.store, &hidden, None, false)?);
             let mut reply = FrameWriter::reply(BufWriter::new(conn), header.nonce);
-            let totals = receive::apply(&view, &header, &mut frames, Some(&mut reply), |id| {
+            let totals = receive::apply(&view, &header, frames, Some(&mut reply), |id| {
                 match resumable {
                     true => self.catalog.receive_progress(&self.store, hidden.id, &transfer::position_text(id)),
                     false => Ok(()),
@@ -142,7 +142,7 @@ impl Daemon {
             view.sync()?;
             Ok(totals)
         })();
-        let totals = match applied {
+        let (totals, stream_bytes) = match applied {
             Ok(t) => t,
             Err(e) if resumable => {
                 let _ = self.store.sync();
@@ -184,7 +184,7 @@ impl Daemon {
             "records": totals.records,
             "blocks": totals.blocks,
             "block_bytes": totals.block_bytes,
-            "stream_bytes": frames.bytes,
+            "stream_bytes": stream_bytes,
         }))
     }
 

@@ -11,6 +11,50 @@ use crate::volume::view::{Ext, View};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 
+/// A frame as the reader hands it over: kind, payload, and for a block its hash in this
+/// store (for `END`: the stream's bytes so far, in the first 8 bytes).
+type Frame = (u8, Vec<u8>, Option<Hash>);
+
+/// Frames read, checked and (blocks) hashed on a thread of their own, so hashing and
+/// reading overlap with applying. It stops after `END`, at the first error, or when the
+/// applier is gone.
+fn reader<R: Read + Send + 'static>(
+    mut frames: FrameReader<R>,
+    hash: impl Fn(&[u8]) -> Hash + Send + 'static,
+    block_max: usize,
+) -> crossbeam_channel::Receiver<Result<Frame>> {
+    let (tx, rx) = crossbeam_channel::bounded(64);
+    let run = move || loop {
+        let f = frames.next().and_then(|(k, payload)| match k {
+            kind::BLOCK => {
+                let data = payload.get(32..).unwrap_or_default();
+                if data.is_empty() || data.len() > block_max {
+                    return Err(rejected(format!("a block of {} bytes in a volume of {block_max}-byte blocks", data.len())));
+                }
+                if portable(data)[..] != payload[..32] {
+                    return Err(rejected("a block does not match its name"));
+                }
+                let h = hash(data);
+                Ok((k, payload, Some(h)))
+            }
+            kind::END => {
+                let mut b = [0u8; 16];
+                b[..8].copy_from_slice(&frames.bytes.to_le_bytes());
+                Ok((k, payload, Some(b)))
+            }
+            _ => Ok((k, payload, None)),
+        });
+        let last = !matches!(&f, Ok((k, _, _)) if *k != kind::END);
+        if tx.send(f).is_err() || last {
+            return;
+        }
+    };
+    if let Err(e) = std::thread::Builder::new().name("clonefs-recv".into()).spawn(run) {
+        log::error!("cannot start the stream reader: {e}");
+    }
+    rx
+}
+
 /// A batch commits past this many records or bytes of new blocks.
 const BATCH_RECORDS: usize = 4096;
 const BATCH_BYTES: usize = 8 << 20;
@@ -22,14 +66,14 @@ fn rejected(why: impl std::fmt::Display) -> Error {
 /// Applies the frames after the header to `view`. `reply`: the way back to a two-way
 /// sender. `committed` is called with the last identity of every batch made durable-in-order
 /// (the resume position). Returns what the `END` frame said, checked against what came.
-pub fn apply<R: Read, W: Write>(
+pub fn apply<R: Read + Send + 'static, W: Write>(
     view: &View,
     header: &Header,
-    frames: &mut FrameReader<R>,
+    frames: FrameReader<R>,
     mut reply: Option<&mut FrameWriter<W>>,
     mut committed: impl FnMut(&Ident) -> Result<()>,
-) -> Result<Totals> {
-    let block_max = header.block_size as usize;
+) -> Result<(Totals, u64)> {
+    let frames = reader(frames, view.hasher(), header.block_size as usize);
     // Blocks by name: those this stream stored or the store already holds (hash, size).
     let mut known: HashMap<Portable, Hash> = HashMap::new();
     // Blocks that came but whose first extent has not been staged yet.
@@ -40,7 +84,7 @@ pub fn apply<R: Read, W: Write>(
     let (mut n, mut bytes) = (0usize, 0usize);
     let mut last: Option<Ident> = None;
     loop {
-        let (k, payload) = match frames.next() {
+        let (k, payload, local) = match frames.recv().unwrap_or_else(|_| Err(rejected("cut short (the reader stopped)"))) {
             Ok(f) => f,
             Err(e) => {
                 // Every record staged so far is whole and checked: keep them, so a
@@ -88,17 +132,14 @@ pub fn apply<R: Read, W: Write>(
             }
             kind::TOTAL => continue,
             kind::BLOCK => {
+                // Checked by the reader, which named it with this store's hash.
                 let name = c.portable()?;
-                let data = c.rest();
-                if data.is_empty() || data.len() > block_max {
-                    return Err(rejected(format!("a block of {} bytes in a volume of {block_max}-byte blocks", data.len())));
-                }
-                if portable(data) != name {
-                    return Err(rejected("a block does not match its name"));
-                }
+                let h = local.ok_or_else(|| rejected("a block without its hash"))?;
+                let mut data = payload;
+                data.drain(..32);
                 got.blocks += 1;
                 got.block_bytes += data.len() as u64;
-                pending.insert(name, (view.hash(data), data.to_vec()));
+                pending.insert(name, (h, data));
                 continue;
             }
             kind::INODE => {
@@ -180,7 +221,8 @@ pub fn apply<R: Read, W: Write>(
                 if let Some(l) = &last {
                     committed(l)?;
                 }
-                return Ok(got);
+                let bytes = local.map_or(0, |h| u64::from_le_bytes(h[..8].try_into().unwrap_or_default()));
+                return Ok((got, bytes));
             }
             other => return Err(rejected(format!("unknown record kind {other:#04x}"))),
         };

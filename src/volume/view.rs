@@ -179,6 +179,12 @@ impl View {
         self.store.hash(data)
     }
 
+    /// `hash`, for another thread.
+    pub fn hasher(&self) -> impl Fn(&[u8]) -> Hash + Send + 'static {
+        let store = self.store.clone();
+        move |data| store.hash(data)
+    }
+
     /// Inodes unlinked while open when the daemon last stopped.
     pub fn orphans(&self) -> Result<Vec<u64>> {
         self.store.orphans(self.lineage())
