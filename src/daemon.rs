@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod db;
 mod streams;
 
 /// FUSE worker threads per mount: enough that an fsync does not stall readers.
@@ -68,6 +69,8 @@ pub struct Daemon {
     /// Wakes the automatic snapshot thread (a policy changed); a `false` asks it to stop.
     autosnap_wake: Sender<bool>,
     history: History,
+    /// Database volumes' servers (`clonefs db`).
+    db: db::DbState,
 }
 
 impl Mounted {
@@ -141,6 +144,7 @@ pub fn run(store_dir: &Path, mem: Budget, serve: Serve) -> Result<()> {
         gc_wake: gc_tx,
         autosnap_wake: auto_tx,
         history: History::open(&store)?,
+        db: db::DbState::new(&store_dir),
         store,
     });
     daemon.drop_interrupted_receives()?;
@@ -156,6 +160,11 @@ pub fn run(store_dir: &Path, mem: Budget, serve: Serve) -> Result<()> {
     let autosnap = {
         let d = daemon.clone();
         std::thread::Builder::new().name("clonefs-autosnap".into()).spawn(move || d.autosnap_loop(auto_rx))?
+    };
+    let (db_tx, db_rx) = bounded::<()>(1);
+    let supervisor = {
+        let d = daemon.clone();
+        std::thread::Builder::new().name("clonefs-db".into()).spawn(move || d.db_loop(db_rx))?
     };
     {
         let d = daemon.clone();
@@ -194,6 +203,10 @@ pub fn run(store_dir: &Path, mem: Budget, serve: Serve) -> Result<()> {
         let _ = std::net::TcpStream::connect(addr);
         let _ = t.join();
     }
+    // Database servers stop before their volumes unmount.
+    let _ = db_tx.send(());
+    let _ = supervisor.join();
+    daemon.stop_servers();
     let _ = close_tx.send(());
     let _ = flusher.join();
     // A GC batch in progress finishes first; the rest resumes at the next start.
@@ -221,6 +234,8 @@ fn changes_state(req: &Request) -> bool {
             | Request::GetProperties { .. }
             | Request::History
             | Request::Metrics
+            | Request::DbList
+            | Request::DbVerify { .. }
     )
 }
 
@@ -230,7 +245,13 @@ fn lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>> {
 
 impl Handler for Daemon {
     fn handle(&self, req: Request, uid: u32) -> Result<Value> {
-        let request = changes_state(&req).then(|| serde_json::to_value(&req)).transpose()?;
+        let mut request = changes_state(&req).then(|| serde_json::to_value(&req)).transpose()?;
+        // A clone's password stays out of the history.
+        if let Some(Value::Object(o)) = request.as_mut() {
+            if o.get("password").is_some_and(|p| !p.is_null()) {
+                o.insert("password".into(), Value::String("(hidden)".into()));
+            }
+        }
         let r = Daemon::handle(self, req);
         if let Some(request) = request {
             self.record(uid, request, &r);
@@ -312,6 +333,22 @@ impl Daemon {
             match wake.recv_timeout(GC_TICK) {
                 Ok(true) | Err(RecvTimeoutError::Timeout) => {}
                 Ok(false) | Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+
+    /// Supervises database servers every `db::TICK` until told to stop.
+    fn db_loop(&self, stop: Receiver<()>) {
+        loop {
+            match stop.recv_timeout(db::TICK) {
+                Err(RecvTimeoutError::Timeout) => {}
+                _ => return,
+            }
+            if self.stopping() {
+                return;
+            }
+            if let Err(e) = self.db_tick() {
+                log::error!("db supervision: {e}");
             }
         }
     }
@@ -441,6 +478,16 @@ impl Daemon {
                 self.wake_gc();
                 Ok(Value::Null)
             }
+            Request::DbInit { name, engine, import } => self.db_init(&name, &engine, import.as_deref()),
+            Request::DbStart { name, port } => self.db_start(&name, port),
+            Request::DbStop { name } => self.db_stop(&name),
+            Request::DbClone { source, name, port, user, password, idle, protect, quota, listen } => {
+                self.db_clone(&source, &name, port, user, password, idle.as_deref(), protect, quota.as_deref(), listen)
+            }
+            Request::DbList => self.db_list(),
+            Request::DbReset { name, to } => self.db_reset(&name, to.as_deref()),
+            Request::DbDestroy { name } => self.db_destroy(&name),
+            Request::DbVerify { names } => self.db_verify(&names),
             Request::Send { .. } | Request::Receive { .. } => {
                 Err(Error::Invalid("send and receive stream over the control socket (use the clonefs CLI)".into()))
             }

@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod control;
 pub mod daemon;
+pub mod db;
 pub mod error;
 pub mod fs;
 pub mod history;

@@ -31,6 +31,78 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+enum DbCmd {
+    /// A volume holding a new data directory, or a copy of a stopped one (--import)
+    Init {
+        volume: String,
+        /// postgres or sqlite
+        #[arg(long)]
+        engine: String,
+        /// A stopped PostgreSQL data directory, or an SQLite database file, to copy in
+        #[arg(long, value_name = "PATH")]
+        import: Option<PathBuf>,
+    },
+    /// Run the server of a database volume (a port from the pool unless --port)
+    Start {
+        volume: String,
+        #[arg(long)]
+        port: Option<u16>,
+    },
+    /// Stop the server of a database volume
+    Stop { volume: String },
+    /// Clone SRC (live: crash-consistent, the server recovers) or SRC@SNAP, start its
+    /// server on its own port with its own login, and print the connection string
+    Clone {
+        source: String,
+        name: String,
+        /// The port (default: the first free one of 6000-6099)
+        #[arg(long)]
+        port: Option<u16>,
+        /// The clone's login (default: its name)
+        #[arg(long)]
+        user: Option<String>,
+        /// The login's password (default: generated and shown once)
+        #[arg(long)]
+        password: Option<String>,
+        /// Destroy the clone after this long without connections or writes (30m, 2h, 1d)
+        #[arg(long)]
+        idle: Option<String>,
+        /// Never destroy it for being idle
+        #[arg(long)]
+        protect: bool,
+        /// Most bytes the clone may reference (its refquota): writes past it fail
+        #[arg(long)]
+        quota: Option<String>,
+        /// Listen on this address instead of 127.0.0.1 (* for all)
+        #[arg(long)]
+        listen: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Database volumes: engine, origin, port, status, activity, expiry, unique space
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Back to the clone's origin (or --to another snapshot of its source); same port and login
+    Reset {
+        name: String,
+        #[arg(long, value_name = "SNAP")]
+        to: Option<String>,
+    },
+    /// Stop, unmount and destroy a database volume, freeing its port
+    Destroy { name: String },
+    /// Integrity check of each clone, a marker written in each that no other shows, and each
+    /// clone's login refused by the others; exits non-zero on any failure
+    Verify {
+        #[arg(required = true)]
+        names: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum Cmd {
     /// Create a new store (refuses a non-empty directory)
     Init,
@@ -187,6 +259,11 @@ enum Cmd {
         abort: bool,
         #[arg(long)]
         json: bool,
+    },
+    /// Database servers on volumes and their clones (PostgreSQL; SQLite files)
+    Db {
+        #[command(subcommand)]
+        cmd: DbCmd,
     },
     /// Put hold TAG on a snapshot: it refuses destroy until released
     Hold { snapshot: String, tag: String },
@@ -451,6 +528,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
         }
+        Cmd::Db { cmd } => return db_command(&store, cmd),
         Cmd::Rollback { snapshot } => {
             need_snapshot(&snapshot)?;
             call(Request::Rollback { name: snapshot.clone() })?;
@@ -606,6 +684,71 @@ fn resolve_owner(s: &str) -> Result<(u32, u32)> {
         None => primary.ok_or_else(|| Error::Invalid(format!("--owner {s}: give the group too (UID:GID) for a numeric user")))?,
     };
     Ok((uid, gid))
+}
+
+fn db_command(store: &Path, cmd: DbCmd) -> Result<ExitCode> {
+    let call = |req: Request| client::call(store, &req);
+    match cmd {
+        DbCmd::Init { volume, engine, import } => {
+            let import = import.map(|p| absolute(&p)).transpose()?;
+            let v = call(Request::DbInit { name: volume.clone(), engine, import })?;
+            println!("created database volume {volume} ({}) at {}", v["engine"].as_str().unwrap_or("?"), v["mountpoint"].as_str().unwrap_or("?"));
+        }
+        DbCmd::Start { volume, port } => {
+            let v = call(Request::DbStart { name: volume.clone(), port })?;
+            println!("started {volume} on port {}", v["port"]);
+        }
+        DbCmd::Stop { volume } => {
+            call(Request::DbStop { name: volume.clone() })?;
+            println!("stopped {volume}");
+        }
+        DbCmd::Clone { source, name, port, user, password, idle, protect, quota, listen, json } => {
+            let v = call(Request::DbClone { source: source.clone(), name: name.clone(), port, user, password, idle, protect, quota, listen })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("cloned {} as {name} in {} ms", v["origin"].as_str().unwrap_or(&source), v["millis"]);
+                match v["dsn"].as_str() {
+                    Some(d) => println!("{d}"),
+                    None => println!("{}", v["path"].as_str().unwrap_or("?")),
+                }
+                if v.get("password").is_some() {
+                    eprintln!("(the password is shown only now)");
+                }
+            }
+        }
+        DbCmd::List { json } => {
+            let v = call(Request::DbList)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                output::db_list(v.as_array().map(|a| a.as_slice()).unwrap_or_default());
+            }
+        }
+        DbCmd::Reset { name, to } => {
+            call(Request::DbReset { name: name.clone(), to })?;
+            println!("reset {name}");
+        }
+        DbCmd::Destroy { name } => {
+            call(Request::DbDestroy { name: name.clone() })?;
+            println!("destroyed {name}");
+        }
+        DbCmd::Verify { names, json } => {
+            let v = call(Request::DbVerify { names })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                for c in v["checks"].as_array().map(|a| a.as_slice()).unwrap_or_default() {
+                    let ok = if c["ok"] == true { "ok  " } else { "FAIL" };
+                    println!("{ok}\t{}\t{}\t{}", c["clone"].as_str().unwrap_or(""), c["check"].as_str().unwrap_or(""), c["detail"].as_str().unwrap_or("").trim());
+                }
+            }
+            if v["ok"] != true {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Runs a long request in the daemon with a spinner and the time so far (on a terminal;

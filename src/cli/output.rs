@@ -218,3 +218,32 @@ pub fn fsck(r: &FsckReport) {
         println!("{} errors", r.errors.len());
     }
 }
+
+/// `db list`: one row per database volume.
+pub fn db_list(rows: &[serde_json::Value]) {
+    let t = |v: &serde_json::Value| v.as_i64().map(created).unwrap_or_else(|| "-".into());
+    let s = |v: &serde_json::Value| v.as_str().map(str::to_string).unwrap_or_else(|| "-".into());
+    let mut lines = vec![["NAME", "ENGINE", "ORIGIN", "PORT", "STATUS", "CREATED", "LAST ACTIVE", "EXPIRES", "UNIQUE"].map(String::from).to_vec()];
+    for r in rows {
+        lines.push(vec![
+            s(&r["name"]),
+            s(&r["engine"]),
+            s(&r["origin"]),
+            r["port"].as_u64().map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            {
+                // A failure's log lines are in `db list --json`; the table keeps its start.
+                let st = s(&r["status"]);
+                if st.chars().count() > 60 { format!("{}...", st.chars().take(57).collect::<String>()) } else { st }
+            },
+            t(&r["created"]),
+            t(&r["last_active"]),
+            if r["protect"] == true { "protected".into() } else { t(&r["expires"]) },
+            size(r["unique"].as_u64().unwrap_or(0)),
+        ]);
+    }
+    let widths: Vec<usize> = (0..lines[0].len()).map(|i| lines.iter().map(|l| l[i].chars().count()).max().unwrap_or(0)).collect();
+    for l in &lines {
+        let cells: Vec<String> = l.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", cells.join("  ").trim_end());
+    }
+}

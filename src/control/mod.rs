@@ -108,6 +108,35 @@ pub enum Request {
     },
     /// Drops the interrupted resumable receive into volume `name`.
     ReceiveAbort { name: String },
+    /// A database volume: a new data directory of `engine`, or a copy of `import`.
+    DbInit { name: String, engine: String, #[serde(default)] import: Option<PathBuf> },
+    DbStart { name: String, #[serde(default)] port: Option<u16> },
+    DbStop { name: String },
+    /// A clone of database volume `source` (`VOL` live, or `VOL@SNAP`) with its own server,
+    /// port and login. `idle`: a duration (`2h`); `quota`: a size (`10G`).
+    DbClone {
+        source: String,
+        name: String,
+        #[serde(default)]
+        port: Option<u16>,
+        #[serde(default)]
+        user: Option<String>,
+        #[serde(default)]
+        password: Option<String>,
+        #[serde(default)]
+        idle: Option<String>,
+        #[serde(default)]
+        protect: bool,
+        #[serde(default)]
+        quota: Option<String>,
+        #[serde(default)]
+        listen: Option<String>,
+    },
+    DbList,
+    /// Back to the clone's origin, or (`to`) another snapshot of its source.
+    DbReset { name: String, #[serde(default)] to: Option<String> },
+    DbDestroy { name: String },
+    DbVerify { names: Vec<String> },
 }
 
 impl Request {

@@ -59,6 +59,9 @@ pub struct VolumeRec {
     /// How its mounts show stored owners (a remapped clone, `idmap`).
     #[serde(default, skip_serializing_if = "idmap::IdMap::is_empty")]
     pub idmap: idmap::IdMap,
+    /// A database volume's engine, port, login and desired state (`clonefs db`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db: Option<crate::db::DbConf>,
     /// Set on the hidden volume a receive writes into (`receiving`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub receiving: Option<receiving::Receiving>,
@@ -457,7 +460,7 @@ impl Catalog {
     fn stage_create(store: &Store, t: &mut CatTxn, name: &str, block_size: u32, uid: u32, gid: u32) -> Result<VolumeRec> {
         let id = Self::next_id(store, t, 2)?;
         let ts = Ts::now();
-        let rec = VolumeRec { id, name: name.to_string(), lineage: id + 1, block_size, created: ts.sec, origin: None, refquota: None, snapshot_policy: None, idmap: Default::default(), receiving: None };
+        let rec = VolumeRec { id, name: name.to_string(), lineage: id + 1, block_size, created: ts.sec, origin: None, refquota: None, snapshot_policy: None, idmap: Default::default(), receiving: None, db: None };
         let lin = LineageRec { id: id + 1, parent: None, head: Some(1), pins: BTreeMap::new(), block_size };
         let root = InodeRec {
             kind: Kind::Dir,
@@ -526,6 +529,17 @@ impl Catalog {
         if let Some(c) = self.refquotas.lock().map_err(|_| Error::Corrupt("refquota table poisoned".into()))?.get(&rec.id) {
             c.store(rec.refquota.unwrap_or(0), Ordering::Relaxed);
         }
+        Ok(rec)
+    }
+
+    /// Sets (or clears) a volume's database settings.
+    pub fn set_db(&self, store: &Store, vol: &str, db: Option<crate::db::DbConf>) -> Result<VolumeRec> {
+        let _g = self.guard()?;
+        let mut rec = Self::get(store, vol)?;
+        rec.db = db;
+        let mut t = self.begin(store);
+        Self::put_volume(&mut t, &rec)?;
+        self.commit(t, true)?;
         Ok(rec)
     }
 
@@ -629,6 +643,7 @@ impl Catalog {
             snapshot_policy: None,
             idmap: v.idmap.with(layer),
             receiving: None,
+            db: None,
         };
         let lin = LineageRec { id: id + 1, parent: Some(parent), head: Some(1), pins: BTreeMap::new(), block_size: v.block_size };
         t.set_view_space(lin.id, space);

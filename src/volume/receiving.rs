@@ -151,6 +151,7 @@ impl Catalog {
                     snapshot_policy: None,
                     idmap: Default::default(),
                     receiving: Some(state),
+                    db: None,
                 };
                 let lin = LineageRec { id: id + 1, parent: Some((sr.lineage, sr.epoch)), head: Some(1), pins: BTreeMap::new(), block_size: v.block_size };
                 t.set_view_space(lin.id, sr.space);

@@ -1,0 +1,629 @@
+//! `clonefs db`: database volumes, their servers and their clones. The catalog keeps each
+//! database volume's `DbConf` (engine, port, login, desired state); the daemon runs the
+//! servers as children, mounted under `STORE.db/NAME`, and a supervisor thread starts the
+//! ones that should run (after a restart too), marks dead ones failed with their log's last
+//! lines, and destroys clones idle past their limit.
+
+use super::{lock, Daemon};
+use crate::db::{self, postgres::Pg, Check, DbConf, Engine};
+use crate::error::{Error, Result};
+use crate::volume::{parse_target, Catalog, VolumeRec};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How long a server may take to accept connections.
+const READY_WITHIN: Duration = Duration::from_secs(120);
+/// How long a fast shutdown may take before the server is killed.
+const STOP_WITHIN: Duration = Duration::from_secs(60);
+pub(super) const TICK: Duration = Duration::from_secs(2);
+
+#[derive(Clone, Debug)]
+enum Status {
+    Starting,
+    Running,
+    Failed(String),
+}
+
+struct Server {
+    child: Option<Child>,
+    status: Status,
+    /// Seconds since the epoch of the last connection or write seen.
+    last_active: i64,
+    writes: u64,
+}
+
+/// The daemon's database state: where volumes mount, and the servers it runs by volume id.
+pub(super) struct DbState {
+    root: PathBuf,
+    servers: Mutex<HashMap<u64, Server>>,
+    /// One db operation at a time (port choice, start, stop, destroy): they are rare and
+    /// slow, and held across the servers' start and stop, which is what they order.
+    ops: Mutex<()>,
+}
+
+impl DbState {
+    pub(super) fn new(store_dir: &Path) -> DbState {
+        DbState { root: store_dir.with_extension("db"), servers: Mutex::new(HashMap::new()), ops: Mutex::new(()) }
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+fn conf_of(v: &VolumeRec) -> Result<DbConf> {
+    v.db.clone().ok_or_else(|| Error::Invalid(format!("{} is not a database volume (make one with `clonefs db init`)", v.name)))
+}
+
+/// Asks a server to stop (fast shutdown: SIGINT), then kills it past `STOP_WITHIN`.
+fn stop_child(c: &mut Child) {
+    // SAFETY: kill(2) on the pid of our own child, which we have not reaped yet.
+    unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
+    let deadline = Instant::now() + STOP_WITHIN;
+    while c.try_wait().ok().flatten().is_none() {
+        if Instant::now() > deadline {
+            let _ = c.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = c.wait();
+}
+
+impl Daemon {
+    fn db_guard(&self) -> Result<std::sync::MutexGuard<'_, ()>> {
+        lock(&self.db.ops)
+    }
+
+    /// Where volume `name`'s head is mounted, mounting it under `STORE.db/` if it is not.
+    fn db_mount(&self, v: &VolumeRec) -> Result<PathBuf> {
+        if let Some(m) = lock(&self.mounts)?.iter().find(|m| m.volume == v.id && m.snapshot.is_none()) {
+            return Ok(m.dir.clone());
+        }
+        let dir = self.db.root.join(&v.name);
+        std::fs::create_dir_all(&dir)?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&self.db.root, std::fs::Permissions::from_mode(0o755))?;
+        self.mount(&v.name, &dir, false, false)?;
+        Ok(dir)
+    }
+
+    fn db_unmount(&self, v: &VolumeRec) {
+        let dir = lock(&self.mounts).ok().and_then(|m| m.iter().find(|m| m.volume == v.id && m.snapshot.is_none()).map(|m| m.dir.clone()));
+        if let Some(d) = dir {
+            if let Err(e) = self.unmount(&d) {
+                log::warn!("db: cannot unmount {}: {e}", d.display());
+            }
+        }
+    }
+
+    fn set_conf(&self, name: &str, conf: Option<DbConf>) -> Result<()> {
+        self.catalog.set_db(&self.store, name, conf).map(drop)
+    }
+
+    /// A free port: `want` if free, else the first of the pool no database volume holds and
+    /// nothing listens on.
+    fn pick_port(&self, want: Option<u16>, except: Option<u64>) -> Result<u16> {
+        let held: Vec<(u16, String)> = Catalog::list(&self.store)?
+            .into_iter()
+            .filter(|v| Some(v.id) != except)
+            .filter_map(|v| Some((v.db.as_ref()?.port?, v.name.clone())))
+            .collect();
+        if let Some(p) = want {
+            if let Some((_, n)) = held.iter().find(|h| h.0 == p) {
+                return Err(Error::Conflict(format!("port {p} belongs to database volume {n}")));
+            }
+            if !db::port_free(p) {
+                return Err(Error::Conflict(format!("port {p} is in use by another program")));
+            }
+            return Ok(p);
+        }
+        (db::PORTS.0..=db::PORTS.1)
+            .find(|p| !held.iter().any(|h| h.0 == *p) && db::port_free(*p))
+            .ok_or_else(|| Error::Conflict(format!("no free port left in the pool {}-{}", db::PORTS.0, db::PORTS.1)))
+    }
+
+    /// Starts the server of volume `v` (mounted at `dir`) and waits until it accepts
+    /// connections; a server that exits first is reported with its log's last lines.
+    fn start_server(&self, v: &VolumeRec, dir: &Path, port: u16) -> Result<()> {
+        let pg = Pg::find()?;
+        let child = pg.server(dir)?.spawn().map_err(|e| Error::Invalid(format!("cannot start postgres: {e}")))?;
+        lock(&self.db.servers)?.insert(v.id, Server { child: Some(child), status: Status::Starting, last_active: now(), writes: 0 });
+        let deadline = Instant::now() + READY_WITHIN;
+        loop {
+            {
+                let mut servers = lock(&self.db.servers)?;
+                let s = servers.get_mut(&v.id).ok_or_else(|| Error::Conflict(format!("the server of {} went away", v.name)))?;
+                if let Some(c) = s.child.as_mut() {
+                    if let Ok(Some(st)) = c.try_wait() {
+                        s.child = None;
+                        let why = format!("the server exited ({st}): {}", db::log_tail(&Pg::log(dir), 5));
+                        s.status = Status::Failed(why.clone());
+                        return Err(Error::Invalid(why));
+                    }
+                }
+            }
+            if pg.ready(dir, port) {
+                if let Some(s) = lock(&self.db.servers)?.get_mut(&v.id) {
+                    s.status = Status::Running;
+                }
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                self.stop_server(v.id);
+                return Err(Error::Invalid(format!("the server of {} did not accept connections within {READY_WITHIN:?}", v.name)));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn stop_server(&self, id: u64) {
+        let s = lock(&self.db.servers).ok().and_then(|mut m| m.remove(&id));
+        if let Some(mut c) = s.and_then(|s| s.child) {
+            stop_child(&mut c);
+        }
+    }
+
+    /// Stops every server (daemon shutdown: before the unmounts).
+    pub(super) fn stop_servers(&self) {
+        let all: Vec<Server> = match lock(&self.db.servers) {
+            Ok(mut m) => m.drain().map(|(_, s)| s).collect(),
+            Err(_) => return,
+        };
+        for mut s in all {
+            if let Some(c) = s.child.as_mut() {
+                stop_child(c);
+            }
+        }
+    }
+
+    pub(super) fn db_init(&self, name: &str, engine: &str, import: Option<&Path>) -> Result<Value> {
+        let engine = Engine::parse(engine)?;
+        let _g = self.db_guard()?;
+        let v = self.catalog.create(&self.store, name, crate::volume::DEFAULT_BLOCK, 0, 0)?;
+        let made = (|| -> Result<PathBuf> {
+            let dir = self.db_mount(&v)?;
+            match engine {
+                Engine::Postgres => Pg::find()?.init(&dir, import)?,
+                Engine::Sqlite => db::sqlite::init(&dir, import)?,
+            }
+            let conf = DbConf { engine, running: false, port: None, listen: "127.0.0.1".into(), user: None, password: None, origin: None, idle: None, protect: false, created: now() };
+            self.set_conf(name, Some(conf))?;
+            Ok(dir)
+        })();
+        match made {
+            Ok(dir) => Ok(json!({"name": name, "engine": engine.name(), "mountpoint": dir})),
+            Err(e) => {
+                self.db_unmount(&v);
+                let _ = self.catalog.destroy(&self.store, name);
+                Err(e)
+            }
+        }
+    }
+
+    pub(super) fn db_start(&self, name: &str, port: Option<u16>) -> Result<Value> {
+        let _g = self.db_guard()?;
+        let v = Catalog::get(&self.store, name)?;
+        let mut conf = conf_of(&v)?;
+        if !conf.engine.serves() {
+            return Err(Error::Invalid(format!("{name} is an SQLite database: it has no server (its file is {})", db::sqlite::path(&self.db_mount(&v)?).display())));
+        }
+        if lock(&self.db.servers)?.get(&v.id).is_some_and(|s| s.child.is_some()) {
+            return Err(Error::Conflict(format!("the server of {name} is already running")));
+        }
+        let port = match (port, conf.port) {
+            (Some(p), _) => self.pick_port(Some(p), Some(v.id))?,
+            (None, Some(p)) => p,
+            (None, None) => self.pick_port(None, Some(v.id))?,
+        };
+        let dir = self.db_mount(&v)?;
+        Pg::find()?.configure(&dir, port, &conf.listen)?;
+        conf.port = Some(port);
+        conf.running = true;
+        self.set_conf(name, Some(conf))?;
+        if let Err(e) = self.start_server(&v, &dir, port) {
+            if let Some(mut c) = Catalog::get(&self.store, name)?.db {
+                c.running = false;
+                self.set_conf(name, Some(c))?;
+            }
+            return Err(e);
+        }
+        Ok(json!({"name": name, "port": port, "mountpoint": dir}))
+    }
+
+    pub(super) fn db_stop(&self, name: &str) -> Result<Value> {
+        let _g = self.db_guard()?;
+        let v = Catalog::get(&self.store, name)?;
+        let mut conf = conf_of(&v)?;
+        self.stop_server(v.id);
+        conf.running = false;
+        self.set_conf(name, Some(conf))?;
+        Ok(Value::Null)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn db_clone(
+        &self,
+        source: &str,
+        name: &str,
+        port: Option<u16>,
+        user: Option<String>,
+        password: Option<String>,
+        idle: Option<&str>,
+        protect: bool,
+        quota: Option<&str>,
+        listen: Option<String>,
+    ) -> Result<Value> {
+        crate::volume::check_name(name)?;
+        let (src, snap) = parse_target(source)?;
+        let _g = self.db_guard()?;
+        let sv = Catalog::get(&self.store, &src)?;
+        let sconf = conf_of(&sv)?;
+        if Catalog::get(&self.store, name).is_ok() {
+            return Err(Error::Conflict(format!("volume {name:?} already exists")));
+        }
+        let engine = sconf.engine;
+        let user = user.unwrap_or_else(|| db::default_login(name));
+        db::check_login(&user)?;
+        let generated = password.is_none();
+        let password = match password {
+            Some(p) if p.len() < 8 => return Err(Error::Invalid("a password needs at least 8 characters".into())),
+            Some(p) => p,
+            None => db::password()?,
+        };
+        let idle = idle.map(db::parse_duration).transpose()?;
+        let quota = quota.map(|q| crate::memory::parse_size(q).filter(|n| *n > 0).ok_or_else(|| Error::Invalid(format!("invalid quota {q:?}: use a size such as 10G")))).transpose()?;
+        let listen = listen.unwrap_or_else(|| "127.0.0.1".into());
+        if listen.parse::<std::net::IpAddr>().is_err() && listen != "*" {
+            return Err(Error::Invalid(format!("--listen takes an IP address or *, not {listen:?}")));
+        }
+        let port = if engine.serves() { Some(self.pick_port(port, None)?) } else { None };
+        // A running source is cloned live through a snapshot of its own: crash-consistent,
+        // the server recovers on the clone; `db reset --to` and destroy know it by name.
+        let (origin, took) = match &snap {
+            Some(s) => {
+                Catalog::snapshot(&self.store, &sv, s)?;
+                (format!("{src}@{s}"), None)
+            }
+            None => {
+                let o = format!("{src}@dbclone-{name}");
+                self.snapshot(&o)?;
+                (o.clone(), Some(o))
+            }
+        };
+        let started = Instant::now();
+        let mut made_volume = false;
+        let made = (|| -> Result<(VolumeRec, PathBuf)> {
+            self.clone_volume(&origin, name, &[], &[], None)?;
+            made_volume = true;
+            let v = Catalog::get(&self.store, name)?;
+            let dir = self.db_mount(&v)?;
+            if let Some(p) = port {
+                Pg::find()?.configure(&dir, p, &listen)?;
+            }
+            self.snapshot(&format!("{name}@{}", db::ORIGIN_SNAPSHOT))?;
+            if let Some(q) = quota {
+                self.catalog.set_property(&self.store, name, "refquota", &q.to_string())?;
+            }
+            let conf = DbConf {
+                engine,
+                running: true,
+                port,
+                listen: listen.clone(),
+                user: port.map(|_| user.clone()),
+                password: port.map(|_| password.clone()),
+                origin: Some(origin.clone()),
+                idle,
+                protect,
+                created: now(),
+            };
+            self.set_conf(name, Some(conf))?;
+            if let Some(p) = port {
+                self.start_server(&v, &dir, p)?;
+                Pg::find()?.create_login(&dir, p, &user, &password)?;
+            }
+            Ok((v, dir))
+        })();
+        let (v, dir) = match made {
+            Ok(x) => x,
+            Err(e) => {
+                if let Ok(v) = Catalog::get(&self.store, name) {
+                    self.stop_server(v.id);
+                    self.db_unmount(&v);
+                }
+                if made_volume {
+                    let _ = self.destroy(name);
+                }
+                if let Some(o) = took {
+                    let _ = self.destroy(&o);
+                }
+                return Err(e);
+            }
+        };
+        let mut out = json!({
+            "name": name,
+            "engine": engine.name(),
+            "origin": origin,
+            "mountpoint": dir,
+            "millis": started.elapsed().as_millis() as u64,
+        });
+        match port {
+            Some(p) => {
+                out["port"] = json!(p);
+                out["user"] = json!(user);
+                out["dsn"] = json!(db::postgres::dsn(&user, Some(&password), p));
+                if generated {
+                    out["password"] = json!(password);
+                }
+            }
+            None => out["path"] = json!(db::sqlite::path(&dir)),
+        }
+        log::info!("db: cloned {origin} as {name} in {} ms", started.elapsed().as_millis());
+        drop(v);
+        Ok(out)
+    }
+
+    pub(super) fn db_list(&self) -> Result<Value> {
+        let unique: HashMap<String, u64> = self.list()?.into_iter().map(|i| (i.name, i.unique)).collect();
+        let servers = lock(&self.db.servers)?;
+        let mut out = Vec::new();
+        for v in Catalog::list(&self.store)? {
+            let Some(c) = &v.db else { continue };
+            let s = servers.get(&v.id);
+            let status = match (c.engine.serves(), c.running, s.map(|s| &s.status)) {
+                (false, _, _) => "ready".to_string(),
+                (true, _, Some(Status::Failed(why))) => format!("failed: {why}"),
+                (true, true, Some(Status::Running)) => "running".into(),
+                (true, true, _) => "starting".into(),
+                (true, false, _) => "stopped".into(),
+            };
+            let last_active = s.map(|s| s.last_active);
+            let expires = match (c.idle, c.protect, last_active) {
+                (Some(i), false, Some(a)) => Some(a + i as i64),
+                _ => None,
+            };
+            let mountpoint = lock(&self.mounts)?.iter().find(|m| m.volume == v.id && m.snapshot.is_none()).map(|m| m.dir.clone());
+            out.push(json!({
+                "name": v.name,
+                "engine": c.engine.name(),
+                "origin": c.origin,
+                "port": c.port,
+                "user": c.user,
+                "dsn": match (c.port, &c.user) { (Some(p), Some(u)) => Some(db::postgres::dsn(u, None, p)), _ => None },
+                "status": status,
+                "created": c.created,
+                "last_active": last_active,
+                "expires": expires,
+                "idle": c.idle,
+                "protect": c.protect,
+                "unique": unique.get(&v.name).copied().unwrap_or(0),
+                "mountpoint": mountpoint,
+            }));
+        }
+        Ok(Value::Array(out))
+    }
+
+    /// Back to the clone's first state (`--to`: to another snapshot of its source), same
+    /// port and login. A reset to its own origin is a rollback: the clone's snapshots stay.
+    pub(super) fn db_reset(&self, name: &str, to: Option<&str>) -> Result<Value> {
+        let _g = self.db_guard()?;
+        let v = Catalog::get(&self.store, name)?;
+        let conf = conf_of(&v)?;
+        let origin = conf.origin.clone().ok_or_else(|| Error::Invalid(format!("{name} is a source, not a clone: it has nothing to reset to")))?;
+        self.stop_server(v.id);
+        match to {
+            None => {
+                self.rollback(&format!("{name}@{}", db::ORIGIN_SNAPSHOT))?;
+            }
+            Some(snap) => {
+                let (src, _) = parse_target(&origin)?;
+                let target = if snap.contains('@') { snap.to_string() } else { format!("{src}@{snap}") };
+                Catalog::snapshot(&self.store, &Catalog::get(&self.store, &parse_target(&target)?.0)?, &parse_target(&target)?.1.unwrap_or_default())?;
+                self.db_unmount(&v);
+                self.destroy(name)?;
+                self.clone_volume(&target, name, &[], &[], None)?;
+                let nv = Catalog::get(&self.store, name)?;
+                let dir = self.db_mount(&nv)?;
+                if let Some(p) = conf.port {
+                    Pg::find()?.configure(&dir, p, &conf.listen)?;
+                }
+                self.snapshot(&format!("{name}@{}", db::ORIGIN_SNAPSHOT))?;
+                let mut c = conf.clone();
+                c.origin = Some(target);
+                self.set_conf(name, Some(c))?;
+            }
+        }
+        let v = Catalog::get(&self.store, name)?;
+        let dir = self.db_mount(&v)?;
+        if let (Some(p), true) = (conf.port, conf.running) {
+            self.start_server(&v, &dir, p)?;
+            if let (Some(u), Some(pw)) = (&conf.user, &conf.password) {
+                Pg::find()?.create_login(&dir, p, u, pw)?;
+            }
+        }
+        Ok(json!({"name": name, "port": conf.port}))
+    }
+
+    pub(super) fn db_destroy(&self, name: &str) -> Result<Value> {
+        let _g = self.db_guard()?;
+        let v = Catalog::get(&self.store, name)?;
+        let conf = conf_of(&v)?;
+        self.db_destroy_locked(&v, &conf)
+    }
+
+    fn db_destroy_locked(&self, v: &VolumeRec, conf: &DbConf) -> Result<Value> {
+        self.stop_server(v.id);
+        self.db_unmount(v);
+        self.destroy(&v.name)?;
+        // The snapshot a live clone was made through goes with it.
+        if let Some(o) = &conf.origin {
+            if o.ends_with(&format!("@dbclone-{}", v.name)) {
+                if let Err(e) = self.destroy(o) {
+                    log::warn!("db: keeping {o}: {e}");
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(self.db.root.join(&v.name));
+        Ok(json!({"name": v.name}))
+    }
+
+    /// The isolation and integrity report of `names` (see `db::Check`).
+    pub(super) fn db_verify(&self, names: &[String]) -> Result<Value> {
+        let _g = self.db_guard()?;
+        let all: Vec<(VolumeRec, DbConf)> = Catalog::list(&self.store)?.into_iter().filter_map(|v| Some((v.clone(), v.db?))).collect();
+        let mut checks = Vec::new();
+        let mut check = |clone: &str, what: &str, r: Result<String>| {
+            let (ok, detail) = match r {
+                Ok(d) => (true, d),
+                Err(e) => (false, e.message()),
+            };
+            checks.push(Check { clone: clone.into(), check: what.into(), ok, detail });
+        };
+        let mount_of = |v: &VolumeRec| self.db_mount(v);
+        let pg = Pg::find();
+        for name in names {
+            let Some((v, c)) = all.iter().find(|(v, _)| &v.name == name) else {
+                return Err(Error::NotFound(format!("no database volume named {name:?}")));
+            };
+            let dir = mount_of(v)?;
+            let marker = format!("clonefs-verify-{}-{}", name, db::password()?);
+            match c.engine {
+                Engine::Sqlite => {
+                    let path = db::sqlite::path(&dir);
+                    check(name, "integrity_check", db::sqlite::sql(&path, "PRAGMA integrity_check").and_then(|o| match o.trim() {
+                        "ok" => Ok("ok".into()),
+                        other => Err(Error::Corrupt(other.to_string())),
+                    }));
+                    check(
+                        name,
+                        "marker written",
+                        db::sqlite::sql(&path, &format!("CREATE TABLE IF NOT EXISTS clonefs_verify(marker TEXT); INSERT INTO clonefs_verify VALUES ('{marker}');"))
+                            .map(|_| format!("clonefs_verify: {marker}")),
+                    );
+                    for (ov, _) in all.iter().filter(|(ov, oc)| ov.id != v.id && oc.engine == Engine::Sqlite) {
+                        let p = db::sqlite::path(&mount_of(ov)?);
+                        let seen = db::sqlite::sql(&p, &format!("SELECT count(*) FROM clonefs_verify WHERE marker = '{marker}'")).unwrap_or_else(|_| "0".into());
+                        check(name, &format!("marker absent from {}", ov.name), match seen.trim() {
+                            "0" => Ok("absent".into()),
+                            n => Err(Error::Conflict(format!("found {n} times"))),
+                        });
+                    }
+                }
+                Engine::Postgres => {
+                    let pg = pg.as_ref().map_err(|e| Error::Invalid(e.message()))?;
+                    let (Some(port), Some(user), Some(pw)) = (c.port, c.user.as_deref(), c.password.as_deref()) else {
+                        check(name, "is a clone with a login", Err(Error::Invalid("a source has no clone login; verify its clones".into())));
+                        continue;
+                    };
+                    check(name, "pg_amcheck --heapallindexed", pg.amcheck(&dir, port).map(|_| "no corruption".into()));
+                    check(name, "login connects", pg.as_login(port, user, pw, "SELECT current_user").map(|o| o.trim().to_string()));
+                    check(
+                        name,
+                        "marker written with the login",
+                        pg.as_login(port, user, pw, &format!("CREATE TABLE IF NOT EXISTS clonefs_verify(marker text); INSERT INTO clonefs_verify VALUES ('{marker}')"))
+                            .map(|_| format!("clonefs_verify: {marker}")),
+                    );
+                    let running = lock(&self.db.servers)?.iter().filter(|(_, s)| matches!(s.status, Status::Running)).map(|(id, _)| *id).collect::<Vec<u64>>();
+                    for (ov, oc) in all.iter().filter(|(ov, oc)| ov.id != v.id && oc.engine == Engine::Postgres && running.contains(&ov.id)) {
+                        let Some(op) = oc.port else { continue };
+                        let od = mount_of(ov)?;
+                        let seen = pg
+                            .sql(&od, op, "postgres", &format!("SELECT count(*) FROM pg_tables WHERE tablename = 'clonefs_verify'"))
+                            .and_then(|n| match n.trim() {
+                                "0" => Ok("0".to_string()),
+                                _ => pg.sql(&od, op, "postgres", &format!("SELECT count(*) FROM clonefs_verify WHERE marker = '{marker}'")),
+                            });
+                        check(name, &format!("marker absent from {}", ov.name), seen.and_then(|n| match n.trim() {
+                            "0" => Ok("absent".into()),
+                            n => Err(Error::Conflict(format!("found {n} times"))),
+                        }));
+                        check(name, &format!("login refused by {}", ov.name), match pg.as_login(op, user, pw, "SELECT 1") {
+                            Ok(_) => Err(Error::Conflict(format!("{user} logged in to {} (port {op})", ov.name))),
+                            Err(_) => Ok("refused".into()),
+                        });
+                    }
+                }
+            }
+        }
+        let ok = checks.iter().all(|c| c.ok);
+        Ok(json!({"ok": ok, "checks": checks}))
+    }
+
+    /// One round of supervision (`TICK`): start what should run, mark what died, expire
+    /// idle clones. Skipped while a db operation runs.
+    pub(super) fn db_tick(&self) -> Result<()> {
+        let Ok(_g) = self.db.ops.try_lock() else { return Ok(()) };
+        for v in Catalog::list(&self.store)? {
+            let Some(c) = v.db.clone() else { continue };
+            if !c.running {
+                continue;
+            }
+            let state = lock(&self.db.servers)?.get(&v.id).map(|s| (s.child.is_some(), s.status.clone()));
+            match (c.engine, c.port, state) {
+                (Engine::Sqlite, _, _) => {
+                    self.db_mount(&v)?;
+                }
+                (Engine::Postgres, Some(port), None) => {
+                    // Not started since the daemon started: start it (a restart brings it back).
+                    let r = self.db_mount(&v).and_then(|dir| {
+                        Pg::find()?.configure(&dir, port, &c.listen)?;
+                        self.start_server(&v, &dir, port)
+                    });
+                    match r {
+                        Ok(()) => log::info!("db: started the server of {} on port {port}", v.name),
+                        Err(e) => log::error!("db: the server of {} did not start: {e}", v.name),
+                    }
+                }
+                (Engine::Postgres, Some(port), Some((true, _))) => {
+                    let dir = self.db_mount(&v)?;
+                    let exited = {
+                        let mut servers = lock(&self.db.servers)?;
+                        let s = servers.get_mut(&v.id).ok_or_else(|| Error::Corrupt("server entry vanished".into()))?;
+                        match s.child.as_mut().map(|c| c.try_wait()) {
+                            Some(Ok(Some(st))) => {
+                                s.child = None;
+                                let why = format!("the server exited ({st}): {}", db::log_tail(&Pg::log(&dir), 5));
+                                log::error!("db: {}: {why}", v.name);
+                                s.status = Status::Failed(why);
+                                true
+                            }
+                            _ => false,
+                        }
+                    };
+                    if exited {
+                        continue;
+                    }
+                    let Some(limit) = c.idle.filter(|_| !c.protect) else { continue };
+                    let (conns, writes) = match Pg::find()?.activity(&dir, port) {
+                        Ok(a) => a,
+                        Err(e) => {
+                            log::warn!("db: cannot read the activity of {}: {e}", v.name);
+                            continue;
+                        }
+                    };
+                    let expired = {
+                        let mut servers = lock(&self.db.servers)?;
+                        let Some(s) = servers.get_mut(&v.id) else { continue };
+                        if conns > 0 || writes != s.writes {
+                            s.last_active = now();
+                            s.writes = writes;
+                        }
+                        now() - s.last_active > limit as i64
+                    };
+                    if expired {
+                        log::info!("db: {} was idle for {limit} s: destroying it", v.name);
+                        if let Err(e) = self.db_destroy_locked(&v, &c) {
+                            log::error!("db: cannot destroy idle {}: {e}", v.name);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}

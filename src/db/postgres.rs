@@ -1,0 +1,190 @@
+//! PostgreSQL on a volume. The volume's root holds `data/` (the data directory, the
+//! `postgres` user's, 0700), `run/` (the server's socket) and `server.log`. A clone's server
+//! gets its port, listen address and socket directory in `postgresql.auto.conf` and a
+//! `pg_hba.conf` of its own: the `postgres` user by peer over the socket (the daemon's
+//! way in), everyone else by scram-sha-256 password over TCP.
+
+use super::{chown_tree, run_as};
+use crate::error::{Error, Result};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+pub struct Pg {
+    bin: PathBuf,
+    ids: (u32, u32),
+}
+
+/// Settings clonefs owns in `postgresql.auto.conf`.
+const OWNED: &[&str] = &["port", "listen_addresses", "unix_socket_directories", "password_encryption"];
+
+impl Pg {
+    /// The newest installed server and the `postgres` user.
+    pub fn find() -> Result<Pg> {
+        let missing = || Error::Invalid("PostgreSQL is not installed (scripts/install-deps.sh db installs it)".into());
+        let mut bins: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+            .map_err(|_| missing())?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
+            .filter(|(_, b)| b.join("postgres").exists())
+            .collect();
+        bins.sort();
+        let bin = bins.pop().ok_or_else(missing)?.1;
+        let ids = crate::sys::user_by_name("postgres").ok_or_else(missing)?;
+        Ok(Pg { bin, ids })
+    }
+
+    fn cmd(&self, name: &str) -> Command {
+        Command::new(self.bin.join(name))
+    }
+
+    pub fn data(root: &Path) -> PathBuf {
+        root.join("data")
+    }
+
+    pub fn log(root: &Path) -> PathBuf {
+        root.join("server.log")
+    }
+
+    fn sockdir(root: &Path) -> PathBuf {
+        root.join("run")
+    }
+
+    /// A new data directory in `root`, or a copy of the stopped one at `import`.
+    pub fn init(&self, root: &Path, import: Option<&Path>) -> Result<()> {
+        let data = Self::data(root);
+        std::fs::create_dir_all(&data)?;
+        std::fs::create_dir_all(Self::sockdir(root))?;
+        match import {
+            Some(src) => {
+                if !src.join("PG_VERSION").exists() {
+                    return Err(Error::Invalid(format!("{} is not a PostgreSQL data directory (no PG_VERSION)", src.display())));
+                }
+                if src.join("postmaster.pid").exists() {
+                    return Err(Error::Conflict(format!("{} has a postmaster.pid: stop its server first", src.display())));
+                }
+                let st = Command::new("cp").arg("-a").arg(format!("{}/.", src.display())).arg(&data).status()?;
+                if !st.success() {
+                    return Err(Error::Invalid(format!("cannot copy {}", src.display())));
+                }
+                chown_tree(root, self.ids)?;
+            }
+            None => {
+                chown_tree(root, self.ids)?;
+                let mut c = self.cmd("initdb");
+                c.arg("-D").arg(&data).args(["-U", "postgres", "--auth-local=peer", "--auth-host=scram-sha-256", "-k", "-E", "UTF8"]);
+                run_as(&mut c, self.ids, "initdb")?;
+            }
+        }
+        set_mode(&data, 0o700)
+    }
+
+    /// Port, listen address, socket and authentication for a server on `root`; a stale
+    /// `postmaster.pid` (a clone of a running server has one) goes.
+    pub fn configure(&self, root: &Path, port: u16, listen: &str) -> Result<()> {
+        let data = Self::data(root);
+        for f in ["postmaster.pid", "postmaster.opts"] {
+            let _ = std::fs::remove_file(data.join(f));
+        }
+        std::fs::create_dir_all(Self::sockdir(root))?;
+        let auto = data.join("postgresql.auto.conf");
+        let old = std::fs::read_to_string(&auto).unwrap_or_default();
+        let mut text: String = old
+            .lines()
+            .filter(|l| !OWNED.iter().any(|k| l.trim_start().starts_with(k)))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        text += &format!(
+            "port = {port}\nlisten_addresses = '{listen}'\nunix_socket_directories = '{}'\npassword_encryption = 'scram-sha-256'\n",
+            Self::sockdir(root).display()
+        );
+        std::fs::write(&auto, text)?;
+        let remote = if listen == "127.0.0.1" || listen == "localhost" { "" } else { "host all all 0.0.0.0/0 scram-sha-256\nhost all all ::/0 scram-sha-256\n" };
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            format!("# written by clonefs\nlocal all postgres peer\nhost all all 127.0.0.1/32 scram-sha-256\nhost all all ::1/128 scram-sha-256\n{remote}"),
+        )?;
+        chown_tree(root, self.ids)?;
+        for f in ["postgresql.auto.conf", "pg_hba.conf"] {
+            set_mode(&data.join(f), 0o600)?;
+        }
+        Ok(())
+    }
+
+    /// The server in the foreground, as `postgres`, logging to `server.log`.
+    pub fn server(&self, root: &Path) -> Result<Command> {
+        use std::os::unix::process::CommandExt;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(Self::log(root))?;
+        let mut c = self.cmd("postgres");
+        c.arg("-D").arg(Self::data(root));
+        c.uid(self.ids.0).gid(self.ids.1).env("HOME", "/tmp").current_dir("/");
+        c.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        Ok(c)
+    }
+
+    pub fn ready(&self, root: &Path, port: u16) -> bool {
+        let mut c = self.cmd("pg_isready");
+        c.arg("-q").arg("-h").arg(Self::sockdir(root)).arg("-p").arg(port.to_string());
+        run_as(&mut c, self.ids, "pg_isready").is_ok()
+    }
+
+    /// Runs `sql` as `postgres` over the socket; returns the rows, unaligned.
+    pub fn sql(&self, root: &Path, port: u16, db: &str, sql: &str) -> Result<String> {
+        let mut c = Command::new("psql");
+        c.arg("-X").arg("-At").arg("-v").arg("ON_ERROR_STOP=1").arg("-h").arg(Self::sockdir(root)).arg("-p").arg(port.to_string());
+        c.args(["-U", "postgres", "-d", db, "-c", sql]);
+        run_as(&mut c, self.ids, "psql")
+    }
+
+    /// Makes login `user` with `password` (a superuser of this clone only).
+    pub fn create_login(&self, root: &Path, port: u16, user: &str, password: &str) -> Result<()> {
+        super::check_login(user)?;
+        let exists = self.sql(root, port, "postgres", &format!("SELECT 1 FROM pg_roles WHERE rolname = '{user}'"))?;
+        let verb = if exists.trim() == "1" { "ALTER" } else { "CREATE" };
+        let pw = password.replace('\'', "''");
+        self.sql(root, port, "postgres", &format!("{verb} ROLE {user} LOGIN SUPERUSER PASSWORD '{pw}'"))?;
+        Ok(())
+    }
+
+    /// (client connections now, rows written since the server started): what tells an
+    /// idle clone from a busy one.
+    pub fn activity(&self, root: &Path, port: u16) -> Result<(u64, u64)> {
+        let out = self.sql(
+            root,
+            port,
+            "postgres",
+            "SELECT (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()), \
+             (SELECT coalesce(sum(tup_inserted + tup_updated + tup_deleted), 0) FROM pg_stat_database)",
+        )?;
+        let mut it = out.trim().split('|').map(|x| x.trim().parse::<u64>().unwrap_or(0));
+        Ok((it.next().unwrap_or(0), it.next().unwrap_or(0)))
+    }
+
+    /// pg_amcheck of every database, heap and indexes.
+    pub fn amcheck(&self, root: &Path, port: u16) -> Result<String> {
+        let mut c = self.cmd("pg_amcheck");
+        c.arg("-h").arg(Self::sockdir(root)).arg("-p").arg(port.to_string());
+        c.args(["-U", "postgres", "--all", "--install-missing", "--heapallindexed"]);
+        run_as(&mut c, self.ids, "pg_amcheck")
+    }
+
+    /// Runs `sql` over TCP as `user` with `password` (how a user of the clone connects).
+    pub fn as_login(&self, port: u16, user: &str, password: &str, sql: &str) -> Result<String> {
+        let mut c = Command::new("psql");
+        c.arg("-X").arg("-At").arg("-v").arg("ON_ERROR_STOP=1").args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", user, "-d", "postgres", "-c", sql]);
+        c.env("PGPASSWORD", password).env("PGCONNECT_TIMEOUT", "5");
+        run_as(&mut c, self.ids, "psql")
+    }
+}
+
+fn set_mode(p: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    Ok(std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))?)
+}
+
+/// The connection string of a clone.
+pub fn dsn(user: &str, password: Option<&str>, port: u16) -> String {
+    match password {
+        Some(p) => format!("postgresql://{user}:{p}@127.0.0.1:{port}/postgres"),
+        None => format!("postgresql://{user}@127.0.0.1:{port}/postgres"),
+    }
+}
