@@ -717,6 +717,9 @@ mod http;
 #[path = "cases/idmap.rs"]
 mod idmap;
 
+#[path = "cases/db.rs"]
+mod db;
+
 #[path = "cases/send.rs"]
 mod send;
 

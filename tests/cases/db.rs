@@ -1,0 +1,158 @@
+//! `clonefs db` with the real PostgreSQL and sqlite3 from Debian: clones of a source under
+//! pgbench, each with its own port and login, verified, reset, expired when idle (unless
+//! protected), brought back after a daemon restart, held to a quota, and destroyed in any
+//! order; failures half-way leave nothing behind.
+
+use crate::util::{run_timeout, Daemon};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn psql(dsn: &str, sql: &str) -> Result<String, String> {
+    let out = run_timeout(Command::new("psql").args(["-X", "-At", "-v", "ON_ERROR_STOP=1", dsn, "-c", sql]).env("PGCONNECT_TIMEOUT", "5"), 120);
+    match out.status.success() {
+        true => Ok(String::from_utf8_lossy(&out.stdout).trim().to_string()),
+        false => Err(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+    }
+}
+
+fn status(d: &Daemon, name: &str) -> Option<String> {
+    let v = d.json(&["db", "list", "--json"]);
+    v.as_array().unwrap().iter().find(|x| x["name"] == name).map(|x| x["status"].as_str().unwrap_or("").to_string())
+}
+
+fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Runs a command as the postgres user against the source's socket.
+fn as_postgres(d: &Daemon, args: &[&str]) -> std::process::Output {
+    let sock = PathBuf::from(format!("{}.db/src/run", d.store.display()));
+    let mut c = Command::new("runuser");
+    c.args(["-u", "postgres", "--"]).args(args).arg("-h").arg(&sock).args(["-p", "6150"]);
+    run_timeout(&mut c, 300)
+}
+
+#[test]
+fn postgres_clones_of_a_running_source() {
+    let mut d = Daemon::start();
+    d.ok(&["db", "init", "src", "--engine", "postgres"]);
+    d.ok(&["db", "start", "src", "--port", "6150"]);
+    let out = as_postgres(&d, &["pgbench", "-i", "-s", "3", "postgres"]);
+    assert!(out.status.success(), "pgbench -i: {}", String::from_utf8_lossy(&out.stderr));
+    // Three clones while pgbench writes to the source.
+    let sock = format!("{}.db/src/run", d.store.display());
+    let mut load = Command::new("runuser")
+        .args(["-u", "postgres", "--", "pgbench", "-c", "2", "-T", "20", "-h", &sock, "-p", "6150", "postgres"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let c1 = d.json(&["db", "clone", "src", "qa1", "--port", "6151", "--json"]);
+    let c2 = d.json(&["db", "clone", "src", "qa2", "--port", "6152", "--idle", "15s", "--json"]);
+    let c3 = d.json(&["db", "clone", "src", "qa3", "--port", "6153", "--idle", "3s", "--protect", "--user", "alice", "--password", "s3cret-pass", "--json"]);
+    let _ = load.wait();
+    for c in [&c1, &c2, &c3] {
+        for k in ["name", "engine", "port", "user", "dsn", "mountpoint"] {
+            assert!(!c[k].is_null(), "db clone --json lacks {k}: {c}");
+        }
+    }
+    assert!(c1["password"].as_str().is_some_and(|p| p.len() >= 16), "a generated password is shown: {c1}");
+    assert!(c3.get("password").is_none(), "a given password is not echoed: {c3}");
+    assert_eq!(c3["dsn"], "postgresql://alice:s3cret-pass@127.0.0.1:6153/postgres");
+    let (dsn1, dsn3) = (c1["dsn"].as_str().unwrap().to_string(), c3["dsn"].as_str().unwrap().to_string());
+    // Each clone recovered and has the data.
+    let n: u64 = psql(&dsn1, "SELECT count(*) FROM pgbench_accounts").unwrap().parse().unwrap();
+    assert_eq!(n, 300_000);
+    // Writes stay in their clone; logins do not work elsewhere; integrity holds.
+    psql(&dsn1, "CREATE TABLE mine AS SELECT 1 AS x").unwrap();
+    assert_eq!(psql(&dsn3, "SELECT count(*) FROM pg_tables WHERE tablename = 'mine'").unwrap(), "0");
+    assert!(psql(&dsn1.replace(":6151/", ":6153/"), "SELECT 1").is_err(), "qa1's login works on qa3");
+    let v = d.json(&["db", "verify", "qa1", "qa2", "qa3", "--json"]);
+    assert_eq!(v["ok"], true, "{v:#}");
+    assert!(v["checks"].as_array().unwrap().len() >= 12, "{v:#}");
+    // The history does not keep the password.
+    assert!(!d.ok(&["history"]).contains("s3cret-pass"));
+
+    // Reset: back to the origin, same port and login, the clone's snapshots kept.
+    d.ok(&["snapshot", "qa1@mine"]);
+    d.ok(&["db", "reset", "qa1"]);
+    assert_eq!(psql(&dsn1, "SELECT count(*) FROM pg_tables WHERE tablename = 'mine'").unwrap(), "0");
+    assert!(d.ok(&["list", "-t", "snapshot", "-H", "-o", "name"]).contains("qa1@mine"));
+
+    // Idle: qa2 goes, qa3 (protected) stays.
+    wait_for("qa2 to expire", 60, || status(&d, "qa2").is_none());
+    assert_eq!(status(&d, "qa3").as_deref(), Some("running"));
+    let list = d.ok(&["db", "list"]);
+    assert!(list.contains("protected") && list.contains("PORT"), "{list}");
+
+    // A daemon restart brings the running servers back.
+    d.stop();
+    d.restart();
+    wait_for("qa1 to run again", 120, || status(&d, "qa1").as_deref() == Some("running"));
+    wait_for("src to run again", 120, || status(&d, "src").as_deref() == Some("running"));
+    assert_eq!(psql(&dsn1, "SELECT count(*) FROM pgbench_branches").unwrap(), "3");
+
+    // A quota: the clone that fills it fails, the others go on.
+    let c4 = d.json(&["db", "clone", "src", "qa4", "--port", "6154", "--quota", "120M", "--json"]);
+    let dsn4 = c4["dsn"].as_str().unwrap();
+    let err = psql(dsn4, "CREATE TABLE fill AS SELECT repeat(md5(g::text), 30) AS x FROM generate_series(1, 2000000) g").unwrap_err();
+    assert!(err.contains("quota") || err.contains("space") || err.contains("could not"), "{err}");
+    assert_eq!(psql(&dsn1, "SELECT 1").unwrap(), "1");
+    assert!(as_postgres(&d, &["psql", "-At", "-c", "SELECT count(*) FROM pgbench_tellers", "postgres"]).status.success());
+
+    // Destroy in any order: the source first; its clones keep working.
+    d.ok(&["db", "destroy", "src"]);
+    assert_eq!(psql(&dsn1, "SELECT count(*) FROM pgbench_tellers").unwrap(), "30");
+    for n in ["qa4", "qa1", "qa3"] {
+        d.ok(&["db", "destroy", n]);
+    }
+    assert_eq!(d.json(&["db", "list", "--json"]), serde_json::json!([]));
+    assert!(psql(&dsn1, "SELECT 1").is_err(), "a destroyed clone still answers");
+    d.fsck_clean();
+}
+
+#[test]
+fn sqlite_clones_and_failures_that_leave_nothing() {
+    let d = Daemon::start();
+    let file = d.tmp.path().join("app.db");
+    let out = run_timeout(Command::new("sqlite3").arg(&file).arg("CREATE TABLE t(x); INSERT INTO t VALUES (1), (2), (3);"), 60);
+    assert!(out.status.success());
+    d.ok(&["db", "init", "lite", "--engine", "sqlite", "--import", file.to_str().unwrap()]);
+    let c = d.json(&["db", "clone", "lite", "l1", "--json"]);
+    let path = c["path"].as_str().unwrap().to_string();
+    let q = |p: &str, sql: &str| String::from_utf8_lossy(&run_timeout(Command::new("sqlite3").arg(p).arg(sql), 60).stdout).trim().to_string();
+    assert_eq!(q(&path, "SELECT count(*) FROM t"), "3");
+    q(&path, "INSERT INTO t VALUES (4)");
+    let src = format!("{}.db/lite/data/db.sqlite", d.store.display());
+    assert_eq!(q(&src, "SELECT count(*) FROM t"), "3", "a clone's write shows in its source");
+    let v = d.json(&["db", "verify", "l1", "--json"]);
+    assert_eq!(v["ok"], true, "{v:#}");
+
+    // Failures half-way leave no volume, snapshot, mount or port.
+    let before = d.ok(&["list", "-t", "all", "-H", "-o", "name"]);
+    d.ok(&["create", "plain"]);
+    let before_plain = d.ok(&["list", "-t", "all", "-H", "-o", "name"]);
+    assert!(d.fails(&["db", "clone", "plain", "x1"]).contains("not a database volume"));
+    assert!(d.fails(&["db", "init", "m", "--engine", "mongodb"]).contains("Debian 12"));
+    assert!(d.fails(&["db", "init", "p", "--engine", "postgres", "--import", "/nonexistent"]).contains("PG_VERSION"));
+    assert!(d.fails(&["db", "init", "s", "--engine", "sqlite", "--import", "/etc/hostname"]).contains("not an SQLite database"));
+    d.ok(&["db", "init", "pg", "--engine", "postgres"]);
+    let busy = std::net::TcpListener::bind("0.0.0.0:6170").unwrap();
+    assert!(d.fails(&["db", "start", "pg", "--port", "6170"]).contains("in use"));
+    d.ok(&["db", "start", "pg", "--port", "6171"]);
+    assert!(d.fails(&["db", "clone", "pg", "pgc", "--port", "6170"]).contains("in use"));
+    assert!(d.fails(&["db", "clone", "pg", "pgc", "--port", "6171"]).contains("belongs to"));
+    assert!(d.fails(&["db", "clone", "pg", "pgc", "--port", "6172", "--user", "bad;name"]).contains("invalid login"));
+    drop(busy);
+    d.ok(&["db", "destroy", "pg"]);
+    let after = d.ok(&["list", "-t", "all", "-H", "-o", "name"]);
+    assert_eq!(after, before_plain, "a failed db command left something");
+    assert!(before_plain.contains("plain") && !before.contains("plain"));
+    d.fsck_clean();
+}
