@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what clonefs needs on Debian 12: `build` (fuse3, the C++ toolchain for RocksDB,
-# libclang for bindgen) or `test` (build + the real programs and suites the tests run).
+# libclang for bindgen), `db` (build + the database servers `clonefs db` runs), or `test`
+# (build + the real programs and suites the tests run).
 set -euo pipefail
 what=${1:-build}
 build_pkgs=(fuse3 libfuse3-dev pkg-config build-essential clang libclang-dev util-linux)
@@ -8,6 +9,7 @@ test_pkgs=(attr acl fio sqlite3 git postgresql postgresql-contrib procps psmisc 
 pkgs=("${build_pkgs[@]}")
 [[ $what == test || $what == bench ]] && pkgs+=("${test_pkgs[@]}")
 [[ $what == bench ]] && pkgs+=(time sysbench)
+[[ $what == db ]] && pkgs+=(postgresql postgresql-contrib sqlite3)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
