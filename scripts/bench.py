@@ -308,7 +308,15 @@ def send_bench():
     return bench_send.run(BIN, QUICK)
 
 
+def db_bench():
+    import bench_db
+    return bench_db.run(BIN, QUICK)
+
+
 def main():
+    if "--db-only" in sys.argv:
+        write_section("Database clones", db_bench())
+        return
     if "--snapshots-only" in sys.argv:
         write_section("Snapshots and clones", snapshot_bench())
         return
@@ -372,6 +380,8 @@ def main():
         write_section("Snapshots and clones", snapshot_bench())
     if "--no-send" not in sys.argv:
         write_section("Send and receive", send_bench())
+    if "--no-db" not in sys.argv:
+        write_section("Database clones", db_bench())
 
 
 def write_section(title, body):
@@ -380,7 +390,8 @@ def write_section(title, body):
     marker = f"<!-- {title} -->"
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     flag = " --quick" if QUICK else ""
-    only = {"Snapshots and clones": " (or `--snapshots-only`)", "Send and receive": " (or `--send-only`)"}.get(title, "")
+    only = {"Snapshots and clones": " (or `--snapshots-only`)", "Send and receive": " (or `--send-only`)",
+            "Database clones": " (or `--db-only`)"}.get(title, "")
     section = f"{marker}\n## {title}: {stamp}\n\nCommand: `scripts/bench.sh{flag}`{only}\n\n{body}\n{marker}-end\n"
     if marker in text:
         pre = text.split(marker)[0]

@@ -16,7 +16,15 @@ mkdir -p /usr/share/bash-completion/completions
 clonefs completions bash > /usr/share/bash-completion/completions/clonefs
 export CLONEFS_STORE=${CLONEFS_STORE:-/var/lib/clonefs}
 [[ -e $CLONEFS_STORE/db/CURRENT ]] || clonefs init
-clonefs status >/dev/null 2>&1 || clonefs daemon
+if [[ -d /run/systemd/system ]]; then
+  # Under systemd the daemon is a service: it starts at boot, before the fstab mounts.
+  sed "s|@STORE@|$CLONEFS_STORE|" scripts/clonefs.service > /etc/systemd/system/clonefs.service
+  systemctl daemon-reload
+  systemctl enable clonefs.service
+  clonefs status >/dev/null 2>&1 || systemctl start clonefs.service
+else
+  clonefs status >/dev/null 2>&1 || clonefs daemon
+fi
 clonefs list --json | grep -q "\"name\": \"$vol\"" || clonefs create "$vol"
 mkdir -p "$mnt"
 grep -q " $mnt fuse" /proc/mounts || clonefs mount "$vol" "$mnt"
@@ -26,5 +34,5 @@ cat <<MSG
 Volume '$vol' is mounted at $mnt (store $CLONEFS_STORE).
   unmount it:       clonefs unmount $mnt
   stop the daemon:  clonefs shutdown      (flushes, unmounts everything, exits)
-  fstab line:       $vol $mnt fuse.clonefs defaults,store=$CLONEFS_STORE 0 0
+  fstab line:       $vol $mnt fuse.clonefs defaults,store=$CLONEFS_STORE,x-systemd.requires=clonefs.service 0 0
 MSG

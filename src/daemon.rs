@@ -189,8 +189,10 @@ pub fn run(store_dir: &Path, mem: Budget, serve: Serve) -> Result<()> {
         None => None,
     };
     log::info!("serving store {} (pid {})", store_dir.display(), std::process::id());
+    crate::sys::notify_service(&format!("READY=1\nMAINPID={}", std::process::id()));
     let sig = crate::sys::wait_for_signal();
     log::info!("signal {sig}: shutting down");
+    crate::sys::notify_service("STOPPING=1");
     daemon.stop.store(true, Ordering::SeqCst);
     let _ = daemon.autosnap_wake.send(false);
     let _ = autosnap.join();

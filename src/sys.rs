@@ -237,3 +237,27 @@ pub fn fallocate(f: &std::fs::File, len: u64) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Tells the service manager our state (`READY=1`, `STOPPING=1`) over `$NOTIFY_SOCKET`, as
+/// sd_notify(3) does; nothing when the variable is unset (not started by systemd).
+pub fn notify_service(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let sent = (|| -> io::Result<()> {
+        let sock = std::os::unix::net::UnixDatagram::unbound()?;
+        let bytes = path.as_encoded_bytes();
+        match bytes.strip_prefix(b"@") {
+            Some(name) => {
+                use std::os::linux::net::SocketAddrExt;
+                let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+                sock.send_to_addr(state.as_bytes(), &addr)?;
+            }
+            None => {
+                sock.send_to(state.as_bytes(), &path)?;
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = sent {
+        log::warn!("cannot notify the service manager ({state}): {e}");
+    }
+}

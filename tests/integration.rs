@@ -717,6 +717,9 @@ mod http;
 #[path = "cases/idmap.rs"]
 mod idmap;
 
+#[path = "cases/service.rs"]
+mod service;
+
 #[path = "cases/db.rs"]
 mod db;
 

@@ -101,9 +101,14 @@ impl Pg {
         let remote = if listen == "127.0.0.1" || listen == "localhost" { "" } else { "host all all 0.0.0.0/0 scram-sha-256\nhost all all ::/0 scram-sha-256\n" };
         std::fs::write(
             data.join("pg_hba.conf"),
-            format!("# written by clonefs\nlocal all postgres peer\nhost all all 127.0.0.1/32 scram-sha-256\nhost all all ::1/128 scram-sha-256\n{remote}"),
+            format!("# written by clonefs\nlocal all postgres peer\nlocal replication postgres peer\nhost all all 127.0.0.1/32 scram-sha-256\nhost all all ::1/128 scram-sha-256\n{remote}"),
         )?;
-        chown_tree(root, self.ids)?;
+        // Only what was written here: the rest already belongs to `postgres`, and a walk
+        // of the whole data directory would make a clone's cost grow with its file count.
+        for p in [data.join("postgresql.auto.conf"), data.join("pg_hba.conf"), Self::sockdir(root)] {
+            std::os::unix::fs::chown(&p, Some(self.ids.0), Some(self.ids.1))?;
+        }
+        set_mode(&Self::sockdir(root), 0o700)?;
         for f in ["postgresql.auto.conf", "pg_hba.conf"] {
             set_mode(&data.join(f), 0o600)?;
         }
