@@ -70,7 +70,7 @@ enum DbCmd {
         /// Never destroy it for being idle
         #[arg(long)]
         protect: bool,
-        /// Most bytes the clone may reference (its refquota): writes past it fail
+        /// Most bytes the clone may write on top of its origin (its quota): writes past it fail
         #[arg(long)]
         quota: Option<String>,
         /// Listen on this address instead of 127.0.0.1 (* for all)

@@ -290,6 +290,15 @@ impl Daemon {
                 (format!("{src}@{s}"), None)
             }
             None => {
+                // A checkpoint first: the clone's recovery then replays only the WAL written
+                // since, so its start does not grow with what the source wrote before.
+                let running = lock(&self.db.servers)?.get(&sv.id).is_some_and(|s| matches!(s.status, Status::Running));
+                if let (Engine::Postgres, Some(sp), true) = (engine, sconf.port, running) {
+                    let sdir = self.db_mount(&sv)?;
+                    if let Err(e) = Pg::find()?.sql(&sdir, sp, "postgres", "CHECKPOINT") {
+                        log::warn!("db: CHECKPOINT on {src} before cloning it failed ({e}); the clone recovers from further back");
+                    }
+                }
                 let o = format!("{src}@dbclone-{name}");
                 self.snapshot(&o)?;
                 (o.clone(), Some(o))
@@ -307,7 +316,7 @@ impl Daemon {
             }
             self.snapshot(&format!("{name}@{}", db::ORIGIN_SNAPSHOT))?;
             if let Some(q) = quota {
-                self.catalog.set_property(&self.store, name, "refquota", &q.to_string())?;
+                self.catalog.set_property(&self.store, name, "quota", &q.to_string())?;
             }
             let conf = DbConf {
                 engine,

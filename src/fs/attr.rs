@@ -232,11 +232,15 @@ impl Volume {
     }
 
     /// What new data may still take: the store disk's free space beyond the reserve, and no
-    /// more than the head's refquota leaves (`used`: what it references now).
+    /// more than the head's refquota and quota leave (`used`: what it references now).
     pub(super) fn writable_bytes(&self, used: u64) -> FsResult<u64> {
         let (_, free) = self.view.reserve()?;
-        Ok(match self.view.refquota() {
+        let free = match self.view.refquota() {
             Some(q) => free.min(q.saturating_sub(used)),
+            None => free,
+        };
+        Ok(match self.view.quota() {
+            Some(q) => free.min(q.saturating_sub(self.view.own_bytes()?)),
             None => free,
         })
     }

@@ -262,12 +262,22 @@ impl Volume {
     /// counts an overwrite as growth, so it may refuse a little early (as ZFS does); writes
     /// racing on other files may pass it together, and then the commit's exact check
     /// (`ViewTxn::commit`) refuses the excess at flush or fsync.
+    /// The same for `quota`, on the bytes the volume's own lineage holds.
     fn check_refquota(&self, n: &Node, off: u64, end: u64) -> FsResult<()> {
-        let Some(q) = self.view.refquota() else { return Ok(()) };
+        let (rq, q) = (self.view.refquota(), self.view.quota());
+        if rq.is_none() && q.is_none() {
+            return Ok(());
+        }
         let bs = self.bs;
         let new = (off / bs..end.div_ceil(bs)).filter(|i| !n.dirty.contains_key(i)).count() as u64 * bs;
-        let pending = self.view.space()?.referenced + self.dirty_bytes.load(Ordering::Relaxed);
-        if new > 0 && pending + new > q {
+        if new == 0 {
+            return Ok(());
+        }
+        let dirty = self.dirty_bytes.load(Ordering::Relaxed);
+        if rq.is_some_and(|rq| self.view.space().map_or(0, |s| s.referenced) + dirty + new > rq) {
+            return Err(err(libc::EDQUOT));
+        }
+        if q.is_some_and(|q| self.view.own_bytes().unwrap_or(0) + dirty + new > q) {
             return Err(err(libc::EDQUOT));
         }
         Ok(())

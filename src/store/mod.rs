@@ -174,6 +174,9 @@ pub struct Txn<'s> {
     store: &'s Store,
     /// Removes things: admitted on a full disk (see `disk`).
     frees: bool,
+    /// (lineage, bytes, volume name): the commit is refused if it raises the lineage's
+    /// referenced bytes past this (a volume's `quota`).
+    limit: Option<(u64, u64, String)>,
     batch: WriteBatch,
     /// (hash, lineage, delta, block bytes when the reference is new)
     refs: Vec<(Hash, u64, i64, Option<Vec<u8>>)>,
@@ -822,7 +825,7 @@ impl Store {
     }
 
     pub fn txn(&self) -> Txn<'_> {
-        Txn { store: self, frees: false, batch: WriteBatch::default(), refs: Vec::new(), moves: Vec::new(), set_views: Vec::new() }
+        Txn { store: self, frees: false, limit: None, batch: WriteBatch::default(), refs: Vec::new(), moves: Vec::new(), set_views: Vec::new() }
     }
 
     /// Writes `txn` atomically. Under the commit lock, in order: reference deltas are
@@ -908,6 +911,13 @@ impl Store {
                     }
                 } else {
                     txn.batch.put_cf(refs_cf, h, after.encode());
+                }
+            }
+            if let Some((l, q, vol)) = &txn.limit {
+                let before = space.lineages.get(l).map_or(0, |s| s.referenced);
+                if let Some(after) = touched.get(l).map(|s| s.referenced).filter(|a| *a > before && *a > *q) {
+                    // Nothing is written yet: the whole batch is refused.
+                    return Err(Error::Quota(format!("volume {vol} would hold {after} bytes of its own, over its quota of {q}")));
                 }
             }
             for (l, ls) in &touched {
@@ -1108,6 +1118,11 @@ impl Store {
     }
 
     /// What the head view of `lineage` holds (as of the last commit).
+    /// The space figures of one lineage.
+    pub fn lineage_space(&self, lineage: u64) -> Result<LineageSpace> {
+        Ok(self.space_guard()?.lineages.get(&lineage).copied().unwrap_or_default())
+    }
+
     pub fn view_space(&self, lineage: u64) -> Result<ViewSpace> {
         Ok(self.space_guard()?.views.get(&lineage).copied().unwrap_or_default())
     }
@@ -1620,6 +1635,11 @@ impl Txn<'_> {
     /// admitted whatever the free space, since it is what brings space back.
     pub fn frees(&mut self) {
         self.frees = true;
+    }
+
+    /// Refuses the commit if it takes `lineage`'s referenced bytes up and past `bytes`.
+    pub fn limit(&mut self, lineage: u64, bytes: u64, volume: &str) {
+        self.limit = Some((lineage, bytes, volume.to_string()));
     }
 
     /// Sets the figures of `lineage`'s head view (a new head starts as its origin).

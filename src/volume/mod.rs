@@ -53,6 +53,10 @@ pub struct VolumeRec {
     /// Most bytes the volume's head may reference (REFERENCED), as ZFS's `refquota`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refquota: Option<u64>,
+    /// Most bytes of blocks the volume itself may hold: what it wrote since it was made
+    /// (a clone: on top of its origin), its snapshots' too; its lineage's referenced bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<u64>,
     /// Automatic snapshots to keep per period (`autosnap::Policy`, canonical text).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_policy: Option<String>,
@@ -129,8 +133,8 @@ pub struct ViewSpec {
     pub read_only: bool,
     /// A snapshot's figures (a head's live ones are in the store).
     pub frozen: Option<ViewSpace>,
-    /// A head's `refquota` in bytes, 0 for none: the volume record's, kept by the catalog.
-    pub refquota: Option<Arc<AtomicU64>>,
+    /// A head's `refquota` and `quota`: the volume record's, kept by the catalog.
+    pub limits: Option<Arc<Limits>>,
     /// How owners show (the volume's, for its head and its snapshots alike).
     pub idmap: Arc<idmap::IdMap>,
 }
@@ -214,21 +218,35 @@ fn now() -> i64 {
     Ts::now().sec
 }
 
+/// A volume's space limits in bytes (0: none), shared by the catalog and its head's views.
+#[derive(Debug, Default)]
+pub struct Limits {
+    pub refquota: AtomicU64,
+    pub quota: AtomicU64,
+}
+
+impl Limits {
+    fn set(&self, v: &VolumeRec) {
+        self.refquota.store(v.refquota.unwrap_or(0), Ordering::Relaxed);
+        self.quota.store(v.quota.unwrap_or(0), Ordering::Relaxed);
+    }
+}
+
 /// Serializes catalog changes against each other and against GC decisions, and owns the
-/// in-memory state of lineages (and volumes' refquotas) that views read.
+/// in-memory state of lineages (and volumes' space limits) that views read.
 pub struct Catalog {
     lock: Mutex<()>,
     /// One GC run at a time: two runs would free the same versions twice.
     gc: Mutex<()>,
     lineages: Lineages,
-    /// Volume id -> its refquota as of the last commit (0: none), shared with its views, so
+    /// Volume id -> its limits as of the last commit, shared with its views, so
     /// a write checks it without reading the record. Written only by `set_property`.
-    refquotas: Mutex<HashMap<u64, Arc<AtomicU64>>>,
+    limits: Mutex<HashMap<u64, Arc<Limits>>>,
 }
 
 impl Default for Catalog {
     fn default() -> Self {
-        Catalog { lock: Mutex::new(()), gc: Mutex::new(()), lineages: Lineages::default(), refquotas: Mutex::new(HashMap::new()) }
+        Catalog { lock: Mutex::new(()), gc: Mutex::new(()), lineages: Lineages::default(), limits: Mutex::new(HashMap::new()) }
     }
 }
 
@@ -389,7 +407,7 @@ impl Catalog {
             epoch,
             parents: Self::parents(store, lineage)?,
             state: self.lineage_state(store, lineage)?,
-            refquota: if frozen.is_none() { Some(self.refquota_cell(store, v.id)?) } else { None },
+            limits: if frozen.is_none() { Some(self.limits_cell(store, v.id)?) } else { None },
             head: frozen.is_none(),
             block_size: v.block_size,
             read_only: read_only || snap.is_some(),
@@ -460,7 +478,7 @@ impl Catalog {
     fn stage_create(store: &Store, t: &mut CatTxn, name: &str, block_size: u32, uid: u32, gid: u32) -> Result<VolumeRec> {
         let id = Self::next_id(store, t, 2)?;
         let ts = Ts::now();
-        let rec = VolumeRec { id, name: name.to_string(), lineage: id + 1, block_size, created: ts.sec, origin: None, refquota: None, snapshot_policy: None, idmap: Default::default(), receiving: None, db: None };
+        let rec = VolumeRec { id, name: name.to_string(), lineage: id + 1, block_size, created: ts.sec, origin: None, refquota: None, quota: None, snapshot_policy: None, idmap: Default::default(), receiving: None, db: None };
         let lin = LineageRec { id: id + 1, parent: None, head: Some(1), pins: BTreeMap::new(), block_size };
         let root = InodeRec {
             kind: Kind::Dir,
@@ -504,13 +522,17 @@ impl Catalog {
         let _g = self.guard()?;
         let mut rec = Self::get(store, vol)?;
         match prop {
-            "refquota" => {
-                rec.refquota = match value {
+            "refquota" | "quota" => {
+                let q = match value {
                     "none" | "0" => None,
                     v => Some(crate::memory::parse_size(v).filter(|q| *q > 0).ok_or_else(|| {
-                        Error::Invalid(format!("refquota must be a size such as 10G, or none: {v:?}"))
+                        Error::Invalid(format!("{prop} must be a size such as 10G, or none: {v:?}"))
                     })?),
                 };
+                match prop {
+                    "quota" => rec.quota = q,
+                    _ => rec.refquota = q,
+                }
             }
             "snapshot.policy" => {
                 rec.snapshot_policy = match value {
@@ -521,13 +543,13 @@ impl Catalog {
             p if Self::properties(&rec).iter().any(|(k, _)| k == p) => {
                 return Err(Error::Invalid(format!("property {p} is read-only")));
             }
-            p => return Err(Error::Invalid(format!("no property named {p:?} (settable: refquota, snapshot.policy)"))),
+            p => return Err(Error::Invalid(format!("no property named {p:?} (settable: quota, refquota, snapshot.policy)"))),
         }
         let mut t = self.begin(store);
         Self::put_volume(&mut t, &rec)?;
         self.commit(t, true)?;
-        if let Some(c) = self.refquotas.lock().map_err(|_| Error::Corrupt("refquota table poisoned".into()))?.get(&rec.id) {
-            c.store(rec.refquota.unwrap_or(0), Ordering::Relaxed);
+        if let Some(c) = self.limits.lock().map_err(|_| Error::Corrupt("limits table poisoned".into()))?.get(&rec.id) {
+            c.set(&rec);
         }
         Ok(rec)
     }
@@ -543,15 +565,16 @@ impl Catalog {
         Ok(rec)
     }
 
-    /// The live refquota of volume `id`, shared by its views. The table lock is held across
+    /// The live limits of volume `id`, shared by its views. The table lock is held across
     /// the read of the record, so a `set_property` committed meanwhile (it updates the cell
     /// under the same lock after its commit) is never lost.
-    fn refquota_cell(&self, store: &Store, id: u64) -> Result<Arc<AtomicU64>> {
-        let mut cells = self.refquotas.lock().map_err(|_| Error::Corrupt("refquota table poisoned".into()))?;
+    fn limits_cell(&self, store: &Store, id: u64) -> Result<Arc<Limits>> {
+        let mut cells = self.limits.lock().map_err(|_| Error::Corrupt("limits table poisoned".into()))?;
         if let Some(c) = cells.get(&id) {
             return Ok(c.clone());
         }
-        let c = Arc::new(AtomicU64::new(Self::by_id(store, id)?.refquota.unwrap_or(0)));
+        let c = Arc::new(Limits::default());
+        c.set(&Self::by_id(store, id)?);
         cells.insert(id, c.clone());
         Ok(c)
     }
@@ -564,6 +587,7 @@ impl Catalog {
             ("created".into(), v.created.to_string()),
             ("origin".into(), v.origin.clone().unwrap_or_else(|| "-".into())),
             ("refquota".into(), v.refquota.map(|q| q.to_string()).unwrap_or_else(|| "none".into())),
+            ("quota".into(), v.quota.map(|q| q.to_string()).unwrap_or_else(|| "none".into())),
             ("snapshot.policy".into(), v.snapshot_policy.clone().unwrap_or_else(|| "none".into())),
             ("idmap".into(), v.idmap.text()),
         ]
@@ -640,6 +664,7 @@ impl Catalog {
             origin: Some(origin),
             // Not inherited, as in ZFS: a clone starts without limits or a snapshot schedule.
             refquota: None,
+            quota: None,
             snapshot_policy: None,
             idmap: v.idmap.with(layer),
             receiving: None,

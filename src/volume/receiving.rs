@@ -148,6 +148,7 @@ impl Catalog {
                     created: now(),
                     origin: None,
                     refquota: None,
+                    quota: None,
                     snapshot_policy: None,
                     idmap: Default::default(),
                     receiving: Some(state),

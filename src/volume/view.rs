@@ -206,7 +206,17 @@ impl View {
     /// The head's `refquota`, as the catalog last committed it (a `clonefs set` holds for
     /// the next write of a mounted volume).
     pub fn refquota(&self) -> Option<u64> {
-        self.spec.refquota.as_ref().map(|c| c.load(std::sync::atomic::Ordering::Relaxed)).filter(|q| *q > 0)
+        self.spec.limits.as_ref().map(|c| c.refquota.load(std::sync::atomic::Ordering::Relaxed)).filter(|q| *q > 0)
+    }
+
+    /// The head's `quota` (on the bytes its own lineage holds), likewise.
+    pub fn quota(&self) -> Option<u64> {
+        self.spec.limits.as_ref().map(|c| c.quota.load(std::sync::atomic::Ordering::Relaxed)).filter(|q| *q > 0)
+    }
+
+    /// Bytes of the distinct blocks this view's own lineage references (what `quota` caps).
+    pub fn own_bytes(&self) -> Result<u64> {
+        Ok(self.store.lineage_space(self.lineage())?.referenced)
     }
 
     /// Bytes kept free on the store's disk, and the free bytes beyond them (what new data
@@ -432,6 +442,9 @@ impl ViewTxn<'_> {
                 _ => {}
             }
             t.set_view_space(view.lineage(), vs);
+        }
+        if let Some(q) = view.quota() {
+            t.limit(view.lineage(), q, &view.spec.name);
         }
         let r = t.commit(sync);
         drop(pins);

@@ -1,5 +1,5 @@
-//! `refquota`: a volume's writes stop at the limit with EDQUOT, `df` shows it, and nothing
-//! else is disturbed.
+//! `refquota` and `quota`: a volume's writes stop at the limit with EDQUOT, `df` shows it,
+//! and nothing else is disturbed.
 
 use crate::util::*;
 use std::fs::{self, OpenOptions};
@@ -49,7 +49,8 @@ fn refquota_limits_a_volume_and_nothing_else() {
     for (args, want) in [
         (vec!["set", "refquota=lots", "v"], "size"),
         (vec!["set", "refquota=0x10", "v"], "size"),
-        (vec!["set", "quota=1G", "v"], "no property"),
+        (vec!["set", "quota=many", "v"], "size"),
+        (vec!["set", "colour=red", "v"], "no property"),
         (vec!["set", "block_size=4096", "v"], "read-only"),
         (vec!["set", "refquota", "v"], "PROPERTY=VALUE"),
         (vec!["set", "refquota=1G", "ghost"], "no volume"),
@@ -76,4 +77,35 @@ fn refquota_limits_a_volume_and_nothing_else() {
     assert_eq!(rows.lines().collect::<Vec<_>>(), want);
     assert!(d.fails(&["list", "-o", "name,colour"]).contains("unknown column"));
     d.fsck_clean();
+}
+
+/// `quota` counts what a volume holds of its own: a clone of a big volume may write that much
+/// on top of what it shares with its origin (a refquota that small would refuse it at once).
+#[test]
+fn quota_limits_what_a_clone_adds() {
+    let mut d = Daemon::start();
+    let v = d.volume("v");
+    assert_eq!(fill(&v.join("base"), 24 << 20), (None, 24 << 20));
+    d.ok(&["snapshot", "v@s"]);
+    d.ok(&["clone", "v@s", "c"]);
+    d.ok(&["set", "quota=8M", "c"]);
+    assert_eq!(d.json(&["get", "quota", "c", "--json"])["quota"], "8388608");
+    let c = d.mount("c");
+    assert_eq!(df_size(&c) - df_used(&c), 8 << 20, "df shows what the quota leaves");
+    let (err, done) = fill(&c.join("new"), 64 << 20);
+    assert_eq!(err, Some(libc::EDQUOT), "writing past the quota");
+    assert!((4 << 20..=8 << 20).contains(&done), "{done} bytes acknowledged under an 8 MiB quota");
+    // The origin's data still reads, the origin still writes.
+    assert_eq!(fs::read(c.join("base")).unwrap().len(), 24 << 20);
+    assert_eq!(fill(&v.join("more"), 16 << 20), (None, 16 << 20));
+    d.ok(&["set", "quota=none", "c"]);
+    assert_eq!(fill(&c.join("after"), 16 << 20), (None, 16 << 20));
+    d.fsck_clean();
+}
+
+fn df_used(p: &Path) -> u64 {
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut s) }, 0);
+    (s.f_blocks - s.f_bfree) * s.f_frsize
 }
