@@ -5,11 +5,11 @@
 set -euo pipefail
 what=${1:-build}
 build_pkgs=(fuse3 libfuse3-dev pkg-config build-essential clang libclang-dev util-linux)
-test_pkgs=(attr acl fio sqlite3 git postgresql postgresql-contrib procps psmisc e2fsprogs)
+test_pkgs=(attr acl fio sqlite3 git postgresql postgresql-contrib mariadb-server mariadb-client procps psmisc e2fsprogs)
 pkgs=("${build_pkgs[@]}")
 [[ $what == test || $what == bench ]] && pkgs+=("${test_pkgs[@]}")
 [[ $what == bench ]] && pkgs+=(time sysbench)
-[[ $what == db ]] && pkgs+=(postgresql postgresql-contrib sqlite3)
+[[ $what == db ]] && pkgs+=(postgresql postgresql-contrib mariadb-server mariadb-client sqlite3)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -5,7 +5,7 @@
 //! lines, and destroys clones idle past their limit.
 
 use super::{lock, Daemon};
-use crate::db::{self, postgres::Pg, Check, DbConf, Engine};
+use crate::db::{self, Check, DbConf, Engine};
 use crate::error::{Error, Result};
 use crate::volume::{parse_target, Catalog, VolumeRec};
 use serde_json::{json, Value};
@@ -28,8 +28,10 @@ enum Status {
     Failed(String),
 }
 
-struct Server {
+struct Proc {
     child: Option<Child>,
+    /// What stops it cleanly (`db::Server::stop_signal`).
+    signal: i32,
     status: Status,
     /// Seconds since the epoch of the last connection or write seen.
     last_active: i64,
@@ -39,7 +41,7 @@ struct Server {
 /// The daemon's database state: where volumes mount, and the servers it runs by volume id.
 pub(super) struct DbState {
     root: PathBuf,
-    servers: Mutex<HashMap<u64, Server>>,
+    servers: Mutex<HashMap<u64, Proc>>,
     /// One db operation at a time (port choice, start, stop, destroy): they are rare and
     /// slow, and held across the servers' start and stop, which is what they order.
     ops: Mutex<()>,
@@ -59,18 +61,22 @@ fn conf_of(v: &VolumeRec) -> Result<DbConf> {
     v.db.clone().ok_or_else(|| Error::Invalid(format!("{} is not a database volume (make one with `clonefs db init`)", v.name)))
 }
 
-/// Asks a server to stop (fast shutdown: SIGINT), then kills it past `STOP_WITHIN`.
-fn stop_child(c: &mut Child) {
+/// Asks a server to stop with its engine's signal, then kills its whole process group (it
+/// leads one: `start_server`) past `STOP_WITHIN`, so no worker of it keeps files open.
+fn stop_child(c: &mut Child, signal: i32) {
+    let pid = c.id() as i32;
     // SAFETY: kill(2) on the pid of our own child, which we have not reaped yet.
-    unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
+    unsafe { libc::kill(pid, signal) };
     let deadline = Instant::now() + STOP_WITHIN;
     while c.try_wait().ok().flatten().is_none() {
         if Instant::now() > deadline {
-            let _ = c.kill();
+            log::warn!("db: server {pid} did not stop within {STOP_WITHIN:?}: killing it");
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    // SAFETY: the group the server led; anything of it still alive goes too.
+    unsafe { libc::kill(-pid, libc::SIGKILL) };
     let _ = c.wait();
 }
 
@@ -92,11 +98,18 @@ impl Daemon {
         Ok(dir)
     }
 
-    fn db_unmount(&self, v: &VolumeRec) {
-        let dir = lock(&self.mounts).ok().and_then(|m| m.iter().find(|m| m.volume == v.id && m.snapshot.is_none()).map(|m| m.dir.clone()));
-        if let Some(d) = dir {
-            if let Err(e) = self.unmount(&d) {
-                log::warn!("db: cannot unmount {}: {e}", d.display());
+    /// Unmounts `v`'s head, waiting a little for the last files of a stopped server to close.
+    fn db_unmount(&self, v: &VolumeRec) -> Result<()> {
+        let dir = lock(&self.mounts)?.iter().find(|m| m.volume == v.id && m.snapshot.is_none()).map(|m| m.dir.clone());
+        let Some(d) = dir else { return Ok(()) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.unmount(&d) {
+                Err(Error::Conflict(m)) if Instant::now() < deadline => {
+                    log::debug!("db: {m}; trying again");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                r => return r.map(drop),
             }
         }
     }
@@ -129,10 +142,18 @@ impl Daemon {
 
     /// Starts the server of volume `v` (mounted at `dir`) and waits until it accepts
     /// connections; a server that exits first is reported with its log's last lines.
-    fn start_server(&self, v: &VolumeRec, dir: &Path, port: u16) -> Result<()> {
-        let pg = Pg::find()?;
-        let child = pg.server(dir)?.spawn().map_err(|e| Error::Invalid(format!("cannot start postgres: {e}")))?;
-        lock(&self.db.servers)?.insert(v.id, Server { child: Some(child), status: Status::Starting, last_active: now(), writes: 0 });
+    fn start_server(&self, srv: &dyn db::Server, v: &VolumeRec, dir: &Path, port: u16) -> Result<()> {
+        use std::os::unix::process::CommandExt;
+        if db::kill_strays(dir) > 0 {
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let child = srv
+            .command(dir)?
+            .process_group(0)
+            .spawn()
+            .map_err(|e| Error::Invalid(format!("cannot start the server of {}: {e}", v.name)))?;
+        let p = Proc { child: Some(child), signal: srv.stop_signal(), status: Status::Starting, last_active: now(), writes: 0 };
+        lock(&self.db.servers)?.insert(v.id, p);
         let deadline = Instant::now() + READY_WITHIN;
         loop {
             {
@@ -141,13 +162,13 @@ impl Daemon {
                 if let Some(c) = s.child.as_mut() {
                     if let Ok(Some(st)) = c.try_wait() {
                         s.child = None;
-                        let why = format!("the server exited ({st}): {}", db::log_tail(&Pg::log(dir), 5));
+                        let why = format!("the server exited ({st}): {}", db::log_tail(&srv.log(dir), 5));
                         s.status = Status::Failed(why.clone());
                         return Err(Error::Invalid(why));
                     }
                 }
             }
-            if pg.ready(dir, port) {
+            if srv.ready(dir, port) {
                 if let Some(s) = lock(&self.db.servers)?.get_mut(&v.id) {
                     s.status = Status::Running;
                 }
@@ -163,22 +184,28 @@ impl Daemon {
 
     fn stop_server(&self, id: u64) {
         let s = lock(&self.db.servers).ok().and_then(|mut m| m.remove(&id));
-        if let Some(mut c) = s.and_then(|s| s.child) {
-            stop_child(&mut c);
+        if let Some(mut s) = s {
+            if let Some(c) = s.child.as_mut() {
+                stop_child(c, s.signal);
+            }
         }
     }
 
-    /// Stops every server (daemon shutdown: before the unmounts).
+    /// Stops every server, all at once (daemon shutdown: before the unmounts).
     pub(super) fn stop_servers(&self) {
-        let all: Vec<Server> = match lock(&self.db.servers) {
+        let all: Vec<Proc> = match lock(&self.db.servers) {
             Ok(mut m) => m.drain().map(|(_, s)| s).collect(),
             Err(_) => return,
         };
-        for mut s in all {
-            if let Some(c) = s.child.as_mut() {
-                stop_child(c);
+        std::thread::scope(|sc| {
+            for mut s in all {
+                sc.spawn(move || {
+                    if let Some(c) = s.child.as_mut() {
+                        stop_child(c, s.signal);
+                    }
+                });
             }
-        }
+        });
     }
 
     pub(super) fn db_init(&self, name: &str, engine: &str, import: Option<&Path>) -> Result<Value> {
@@ -188,8 +215,8 @@ impl Daemon {
         let made = (|| -> Result<PathBuf> {
             let dir = self.db_mount(&v)?;
             match engine {
-                Engine::Postgres => Pg::find()?.init(&dir, import)?,
                 Engine::Sqlite => db::sqlite::init(&dir, import)?,
+                e => e.server()?.init(&dir, import)?,
             }
             let conf = DbConf { engine, running: false, port: None, listen: "127.0.0.1".into(), user: None, password: None, origin: None, idle: None, protect: false, created: now() };
             self.set_conf(name, Some(conf))?;
@@ -198,7 +225,7 @@ impl Daemon {
         match made {
             Ok(dir) => Ok(json!({"name": name, "engine": engine.name(), "mountpoint": dir})),
             Err(e) => {
-                self.db_unmount(&v);
+                let _ = self.db_unmount(&v);
                 let _ = self.catalog.destroy(&self.store, name);
                 Err(e)
             }
@@ -221,11 +248,12 @@ impl Daemon {
             (None, None) => self.pick_port(None, Some(v.id))?,
         };
         let dir = self.db_mount(&v)?;
-        Pg::find()?.configure(&dir, port, &conf.listen)?;
+        let srv = conf.engine.server()?;
+        srv.configure(&dir, name, port, &conf.listen)?;
         conf.port = Some(port);
         conf.running = true;
         self.set_conf(name, Some(conf))?;
-        if let Err(e) = self.start_server(&v, &dir, port) {
+        if let Err(e) = self.start_server(&*srv, &v, &dir, port) {
             if let Some(mut c) = Catalog::get(&self.store, name)?.db {
                 c.running = false;
                 self.set_conf(name, Some(c))?;
@@ -293,10 +321,10 @@ impl Daemon {
                 // A checkpoint first: the clone's recovery then replays only the WAL written
                 // since, so its start does not grow with what the source wrote before.
                 let running = lock(&self.db.servers)?.get(&sv.id).is_some_and(|s| matches!(s.status, Status::Running));
-                if let (Engine::Postgres, Some(sp), true) = (engine, sconf.port, running) {
+                if let (true, Some(sp), true) = (engine.serves(), sconf.port, running) {
                     let sdir = self.db_mount(&sv)?;
-                    if let Err(e) = Pg::find()?.sql(&sdir, sp, "postgres", "CHECKPOINT") {
-                        log::warn!("db: CHECKPOINT on {src} before cloning it failed ({e}); the clone recovers from further back");
+                    if let Err(e) = engine.server()?.checkpoint(&sdir, sp) {
+                        log::warn!("db: a checkpoint of {src} before cloning it failed ({e}); the clone recovers from further back");
                     }
                 }
                 let o = format!("{src}@dbclone-{name}");
@@ -312,7 +340,7 @@ impl Daemon {
             let v = Catalog::get(&self.store, name)?;
             let dir = self.db_mount(&v)?;
             if let Some(p) = port {
-                Pg::find()?.configure(&dir, p, &listen)?;
+                engine.server()?.configure(&dir, name, p, &listen)?;
             }
             self.snapshot(&format!("{name}@{}", db::ORIGIN_SNAPSHOT))?;
             if let Some(q) = quota {
@@ -332,8 +360,9 @@ impl Daemon {
             };
             self.set_conf(name, Some(conf))?;
             if let Some(p) = port {
-                self.start_server(&v, &dir, p)?;
-                Pg::find()?.create_login(&dir, p, &user, &password)?;
+                let srv = engine.server()?;
+                self.start_server(&*srv, &v, &dir, p)?;
+                srv.create_login(&dir, p, &user, &password)?;
             }
             Ok((v, dir))
         })();
@@ -342,7 +371,7 @@ impl Daemon {
             Err(e) => {
                 if let Ok(v) = Catalog::get(&self.store, name) {
                     self.stop_server(v.id);
-                    self.db_unmount(&v);
+                    let _ = self.db_unmount(&v);
                 }
                 if made_volume {
                     let _ = self.destroy(name);
@@ -364,7 +393,7 @@ impl Daemon {
             Some(p) => {
                 out["port"] = json!(p);
                 out["user"] = json!(user);
-                out["dsn"] = json!(db::postgres::dsn(&user, Some(&password), p));
+                out["dsn"] = json!(engine.server()?.dsn(&user, Some(&password), p));
                 if generated {
                     out["password"] = json!(password);
                 }
@@ -402,7 +431,7 @@ impl Daemon {
                 "origin": c.origin,
                 "port": c.port,
                 "user": c.user,
-                "dsn": match (c.port, &c.user) { (Some(p), Some(u)) => Some(db::postgres::dsn(u, None, p)), _ => None },
+                "dsn": match (c.port, &c.user, c.engine.server()) { (Some(p), Some(u), Ok(srv)) => Some(srv.dsn(u, None, p)), _ => None },
                 "status": status,
                 "created": c.created,
                 "last_active": last_active,
@@ -432,13 +461,13 @@ impl Daemon {
                 let (src, _) = parse_target(&origin)?;
                 let target = if snap.contains('@') { snap.to_string() } else { format!("{src}@{snap}") };
                 Catalog::snapshot(&self.store, &Catalog::get(&self.store, &parse_target(&target)?.0)?, &parse_target(&target)?.1.unwrap_or_default())?;
-                self.db_unmount(&v);
+                self.db_unmount(&v)?;
                 self.destroy(name)?;
                 self.clone_volume(&target, name, &[], &[], None)?;
                 let nv = Catalog::get(&self.store, name)?;
                 let dir = self.db_mount(&nv)?;
                 if let Some(p) = conf.port {
-                    Pg::find()?.configure(&dir, p, &conf.listen)?;
+                    conf.engine.server()?.configure(&dir, name, p, &conf.listen)?;
                 }
                 self.snapshot(&format!("{name}@{}", db::ORIGIN_SNAPSHOT))?;
                 let mut c = conf.clone();
@@ -449,9 +478,10 @@ impl Daemon {
         let v = Catalog::get(&self.store, name)?;
         let dir = self.db_mount(&v)?;
         if let (Some(p), true) = (conf.port, conf.running) {
-            self.start_server(&v, &dir, p)?;
+            let srv = conf.engine.server()?;
+            self.start_server(&*srv, &v, &dir, p)?;
             if let (Some(u), Some(pw)) = (&conf.user, &conf.password) {
-                Pg::find()?.create_login(&dir, p, u, pw)?;
+                srv.create_login(&dir, p, u, pw)?;
             }
         }
         Ok(json!({"name": name, "port": conf.port}))
@@ -466,7 +496,7 @@ impl Daemon {
 
     fn db_destroy_locked(&self, v: &VolumeRec, conf: &DbConf) -> Result<Value> {
         self.stop_server(v.id);
-        self.db_unmount(v);
+        self.db_unmount(v)?;
         self.destroy(&v.name)?;
         // The snapshot a live clone was made through goes with it.
         if let Some(o) = &conf.origin {
@@ -493,7 +523,6 @@ impl Daemon {
             checks.push(Check { clone: clone.into(), check: what.into(), ok, detail });
         };
         let mount_of = |v: &VolumeRec| self.db_mount(v);
-        let pg = Pg::find();
         for name in names {
             let Some((v, c)) = all.iter().find(|(v, _)| &v.name == name) else {
                 return Err(Error::NotFound(format!("no database volume named {name:?}")));
@@ -522,35 +551,27 @@ impl Daemon {
                         });
                     }
                 }
-                Engine::Postgres => {
-                    let pg = pg.as_ref().map_err(|e| Error::Invalid(e.message()))?;
+                engine => {
+                    let srv = engine.server()?;
                     let (Some(port), Some(user), Some(pw)) = (c.port, c.user.as_deref(), c.password.as_deref()) else {
                         check(name, "is a clone with a login", Err(Error::Invalid("a source has no clone login; verify its clones".into())));
                         continue;
                     };
-                    check(name, "pg_amcheck --heapallindexed", pg.amcheck(&dir, port).map(|_| "no corruption".into()));
-                    check(name, "login connects", pg.as_login(port, user, pw, "SELECT current_user").map(|o| o.trim().to_string()));
-                    check(
-                        name,
-                        "marker written with the login",
-                        pg.as_login(port, user, pw, &format!("CREATE TABLE IF NOT EXISTS clonefs_verify(marker text); INSERT INTO clonefs_verify VALUES ('{marker}')"))
-                            .map(|_| format!("clonefs_verify: {marker}")),
-                    );
+                    check(name, "integrity", srv.integrity(&dir, port));
+                    check(name, "login connects", srv.as_login(port, user, pw, "SELECT current_user").map(|o| o.trim().to_string()));
+                    check(name, "marker written with the login", srv.write_marker(port, user, pw, &marker).map(|_| format!("clonefs verify table: {marker}")));
                     let running = lock(&self.db.servers)?.iter().filter(|(_, s)| matches!(s.status, Status::Running)).map(|(id, _)| *id).collect::<Vec<u64>>();
-                    for (ov, oc) in all.iter().filter(|(ov, oc)| ov.id != v.id && oc.engine == Engine::Postgres && running.contains(&ov.id)) {
+                    for (ov, oc) in all.iter().filter(|(ov, oc)| ov.id != v.id && oc.engine.serves() && running.contains(&ov.id)) {
                         let Some(op) = oc.port else { continue };
                         let od = mount_of(ov)?;
-                        let seen = pg
-                            .sql(&od, op, "postgres", &format!("SELECT count(*) FROM pg_tables WHERE tablename = 'clonefs_verify'"))
-                            .and_then(|n| match n.trim() {
-                                "0" => Ok("0".to_string()),
-                                _ => pg.sql(&od, op, "postgres", &format!("SELECT count(*) FROM clonefs_verify WHERE marker = '{marker}'")),
-                            });
-                        check(name, &format!("marker absent from {}", ov.name), seen.and_then(|n| match n.trim() {
-                            "0" => Ok("absent".into()),
-                            n => Err(Error::Conflict(format!("found {n} times"))),
-                        }));
-                        check(name, &format!("login refused by {}", ov.name), match pg.as_login(op, user, pw, "SELECT 1") {
+                        if oc.engine == engine {
+                            check(name, &format!("marker absent from {}", ov.name), srv.count_marker(&od, op, &marker).and_then(|n| match n {
+                                0 => Ok("absent".into()),
+                                n => Err(Error::Conflict(format!("found {n} times"))),
+                            }));
+                        }
+                        let other = oc.engine.server()?;
+                        check(name, &format!("login refused by {}", ov.name), match other.as_login(op, user, pw, "SELECT 1") {
                             Ok(_) => Err(Error::Conflict(format!("{user} logged in to {} (port {op})", ov.name))),
                             Err(_) => Ok("refused".into()),
                         });
@@ -576,18 +597,20 @@ impl Daemon {
                 (Engine::Sqlite, _, _) => {
                     self.db_mount(&v)?;
                 }
-                (Engine::Postgres, Some(port), None) => {
+                (engine, Some(port), None) => {
                     // Not started since the daemon started: start it (a restart brings it back).
                     let r = self.db_mount(&v).and_then(|dir| {
-                        Pg::find()?.configure(&dir, port, &c.listen)?;
-                        self.start_server(&v, &dir, port)
+                        let srv = engine.server()?;
+                        srv.configure(&dir, &v.name, port, &c.listen)?;
+                        self.start_server(&*srv, &v, &dir, port)
                     });
                     match r {
                         Ok(()) => log::info!("db: started the server of {} on port {port}", v.name),
                         Err(e) => log::error!("db: the server of {} did not start: {e}", v.name),
                     }
                 }
-                (Engine::Postgres, Some(port), Some((true, _))) => {
+                (engine, Some(port), Some((true, _))) => {
+                    let srv = engine.server()?;
                     let dir = self.db_mount(&v)?;
                     let exited = {
                         let mut servers = lock(&self.db.servers)?;
@@ -595,7 +618,7 @@ impl Daemon {
                         match s.child.as_mut().map(|c| c.try_wait()) {
                             Some(Ok(Some(st))) => {
                                 s.child = None;
-                                let why = format!("the server exited ({st}): {}", db::log_tail(&Pg::log(&dir), 5));
+                                let why = format!("the server exited ({st}): {}", db::log_tail(&srv.log(&dir), 5));
                                 log::error!("db: {}: {why}", v.name);
                                 s.status = Status::Failed(why);
                                 true
@@ -607,7 +630,7 @@ impl Daemon {
                         continue;
                     }
                     let Some(limit) = c.idle.filter(|_| !c.protect) else { continue };
-                    let (conns, writes) = match Pg::find()?.activity(&dir, port) {
+                    let (conns, writes) = match srv.activity(&dir, port) {
                         Ok(a) => a,
                         Err(e) => {
                             log::warn!("db: cannot read the activity of {}: {e}", v.name);

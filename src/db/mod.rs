@@ -3,6 +3,7 @@
 //! The daemon (`daemon/db.rs`) owns the processes and the desired state; nothing here
 //! knows the daemon. Servers run as the engine's own user, never as root.
 
+pub mod mariadb;
 pub mod postgres;
 pub mod sqlite;
 
@@ -15,6 +16,7 @@ use std::process::Command;
 #[serde(rename_all = "lowercase")]
 pub enum Engine {
     Postgres,
+    Mariadb,
     Sqlite,
 }
 
@@ -23,7 +25,7 @@ impl Engine {
         match s {
             "postgres" | "postgresql" | "pg" => Ok(Engine::Postgres),
             "sqlite" | "sqlite3" => Ok(Engine::Sqlite),
-            "mariadb" | "mysql" => Err(Error::Invalid("MariaDB/MySQL clones are not built yet (PostgreSQL and SQLite are)".into())),
+            "mariadb" | "mysql" => Ok(Engine::Mariadb),
             "mongodb" | "mongo" => Err(Error::Invalid("MongoDB is not packaged for Debian 12, so clonefs does not run it".into())),
             other => Err(Error::Invalid(format!("unknown engine {other:?}: use postgres or sqlite"))),
         }
@@ -32,14 +34,54 @@ impl Engine {
     pub fn name(self) -> &'static str {
         match self {
             Engine::Postgres => "postgres",
+            Engine::Mariadb => "mariadb",
             Engine::Sqlite => "sqlite",
         }
     }
 
     /// Whether it runs a server (with a port and a login).
     pub fn serves(self) -> bool {
-        self == Engine::Postgres
+        self != Engine::Sqlite
     }
+
+    /// Its server, for an engine that has one.
+    pub fn server(self) -> Result<Box<dyn Server>> {
+        match self {
+            Engine::Postgres => Ok(Box::new(postgres::Pg::find()?)),
+            Engine::Mariadb => Ok(Box::new(mariadb::Maria::find()?)),
+            Engine::Sqlite => Err(Error::Invalid("SQLite has no server: a clone is its file".into())),
+        }
+    }
+}
+
+/// A database server the daemon runs on a volume mounted at `root`: everything the daemon
+/// needs of an engine, so it knows none by name.
+pub trait Server {
+    /// A new data directory in `root`, or a copy of the stopped one at `import`.
+    fn init(&self, root: &Path, import: Option<&Path>) -> Result<()>;
+    /// Port, listen address, socket, authentication and identity (`name`) for a server on
+    /// `root`; clears what a copy of a running server left (pid file, socket).
+    fn configure(&self, root: &Path, name: &str, port: u16, listen: &str) -> Result<()>;
+    /// The server in the foreground, as the engine's user.
+    fn command(&self, root: &Path) -> Result<Command>;
+    /// The signal that makes it shut down cleanly and quickly.
+    fn stop_signal(&self) -> i32;
+    fn log(&self, root: &Path) -> std::path::PathBuf;
+    fn ready(&self, root: &Path, port: u16) -> bool;
+    /// Before a live clone: makes the clone's crash recovery short.
+    fn checkpoint(&self, root: &Path, port: u16) -> Result<()>;
+    /// Makes (or resets) login `user` with `password`, with every right on this server.
+    fn create_login(&self, root: &Path, port: u16, user: &str, password: &str) -> Result<()>;
+    /// (client connections now, rows written since the server started).
+    fn activity(&self, root: &Path, port: u16) -> Result<(u64, u64)>;
+    /// The engine's own integrity check of every database.
+    fn integrity(&self, root: &Path, port: u16) -> Result<String>;
+    /// Runs `sql` over TCP as `user` (how a user of the clone connects).
+    fn as_login(&self, port: u16, user: &str, password: &str, sql: &str) -> Result<String>;
+    /// Writes `marker` with the login (`verify`), and counts it as the administrator.
+    fn write_marker(&self, port: u16, user: &str, password: &str, marker: &str) -> Result<()>;
+    fn count_marker(&self, root: &Path, port: u16, marker: &str) -> Result<u64>;
+    fn dsn(&self, user: &str, password: Option<&str>, port: u16) -> String;
 }
 
 /// What the catalog keeps of a database volume (`VolumeRec::db`): its engine and, for a
@@ -137,6 +179,33 @@ pub(crate) fn chown_tree(path: &Path, ids: (u32, u32)) -> Result<()> {
         true => Ok(()),
         false => Err(Error::Invalid(format!("cannot give {} to uid {}", path.display(), ids.0))),
     }
+}
+
+/// Kills what is left of a server on `root` from before (the daemon was killed and its
+/// servers lived on): any process whose command line names `root`, with its group. Returns
+/// how many.
+pub fn kill_strays(root: &Path) -> usize {
+    // With the slash: the volume `qa1` must not match `qa10`.
+    let needle = format!("{}/", root.display()).into_bytes();
+    let me = std::process::id();
+    let mut n = 0;
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        if pid as u32 == me {
+            continue;
+        }
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else { continue };
+        if cmd.windows(needle.len()).any(|w| w == needle.as_slice()) {
+            log::warn!("db: killing stray process {pid} of {}", root.display());
+            // SAFETY: kill(2) of a process (and the group it leads) that runs on our volume.
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
+                libc::kill(pid, libc::SIGKILL);
+            }
+            n += 1;
+        }
+    }
+    n
 }
 
 /// The last `n` lines of a log file.

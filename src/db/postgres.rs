@@ -4,7 +4,7 @@
 //! `pg_hba.conf` of its own: the `postgres` user by peer over the socket (the daemon's
 //! way in), everyone else by scram-sha-256 password over TCP.
 
-use super::{chown_tree, run_as};
+use super::{chown_tree, run_as, Server};
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -37,20 +37,25 @@ impl Pg {
         Command::new(self.bin.join(name))
     }
 
-    pub fn data(root: &Path) -> PathBuf {
+    fn data(root: &Path) -> PathBuf {
         root.join("data")
-    }
-
-    pub fn log(root: &Path) -> PathBuf {
-        root.join("server.log")
     }
 
     fn sockdir(root: &Path) -> PathBuf {
         root.join("run")
     }
 
-    /// A new data directory in `root`, or a copy of the stopped one at `import`.
-    pub fn init(&self, root: &Path, import: Option<&Path>) -> Result<()> {
+    /// Runs `sql` as `postgres` over the socket; returns the rows, unaligned.
+    pub fn sql(&self, root: &Path, port: u16, db: &str, sql: &str) -> Result<String> {
+        let mut c = Command::new("psql");
+        c.arg("-X").arg("-At").arg("-v").arg("ON_ERROR_STOP=1").arg("-h").arg(Self::sockdir(root)).arg("-p").arg(port.to_string());
+        c.args(["-U", "postgres", "-d", db, "-c", sql]);
+        run_as(&mut c, self.ids, "psql")
+    }
+}
+
+impl Server for Pg {
+    fn init(&self, root: &Path, import: Option<&Path>) -> Result<()> {
         let data = Self::data(root);
         std::fs::create_dir_all(&data)?;
         std::fs::create_dir_all(Self::sockdir(root))?;
@@ -78,9 +83,7 @@ impl Pg {
         set_mode(&data, 0o700)
     }
 
-    /// Port, listen address, socket and authentication for a server on `root`; a stale
-    /// `postmaster.pid` (a clone of a running server has one) goes.
-    pub fn configure(&self, root: &Path, port: u16, listen: &str) -> Result<()> {
+    fn configure(&self, root: &Path, _name: &str, port: u16, listen: &str) -> Result<()> {
         let data = Self::data(root);
         for f in ["postmaster.pid", "postmaster.opts"] {
             let _ = std::fs::remove_file(data.join(f));
@@ -115,10 +118,9 @@ impl Pg {
         Ok(())
     }
 
-    /// The server in the foreground, as `postgres`, logging to `server.log`.
-    pub fn server(&self, root: &Path) -> Result<Command> {
+    fn command(&self, root: &Path) -> Result<Command> {
         use std::os::unix::process::CommandExt;
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(Self::log(root))?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log(root))?;
         let mut c = self.cmd("postgres");
         c.arg("-D").arg(Self::data(root));
         c.uid(self.ids.0).gid(self.ids.1).env("HOME", "/tmp").current_dir("/");
@@ -126,22 +128,27 @@ impl Pg {
         Ok(c)
     }
 
-    pub fn ready(&self, root: &Path, port: u16) -> bool {
+    /// Fast shutdown: clients are disconnected, the server checkpoints and exits.
+    fn stop_signal(&self) -> i32 {
+        libc::SIGINT
+    }
+
+    fn log(&self, root: &Path) -> PathBuf {
+        root.join("server.log")
+    }
+
+    fn ready(&self, root: &Path, port: u16) -> bool {
         let mut c = self.cmd("pg_isready");
         c.arg("-q").arg("-h").arg(Self::sockdir(root)).arg("-p").arg(port.to_string());
         run_as(&mut c, self.ids, "pg_isready").is_ok()
     }
 
-    /// Runs `sql` as `postgres` over the socket; returns the rows, unaligned.
-    pub fn sql(&self, root: &Path, port: u16, db: &str, sql: &str) -> Result<String> {
-        let mut c = Command::new("psql");
-        c.arg("-X").arg("-At").arg("-v").arg("ON_ERROR_STOP=1").arg("-h").arg(Self::sockdir(root)).arg("-p").arg(port.to_string());
-        c.args(["-U", "postgres", "-d", db, "-c", sql]);
-        run_as(&mut c, self.ids, "psql")
+    fn checkpoint(&self, root: &Path, port: u16) -> Result<()> {
+        self.sql(root, port, "postgres", "CHECKPOINT").map(drop)
     }
 
-    /// Makes login `user` with `password` (a superuser of this clone only).
-    pub fn create_login(&self, root: &Path, port: u16, user: &str, password: &str) -> Result<()> {
+    /// A superuser of this clone only.
+    fn create_login(&self, root: &Path, port: u16, user: &str, password: &str) -> Result<()> {
         super::check_login(user)?;
         let exists = self.sql(root, port, "postgres", &format!("SELECT 1 FROM pg_roles WHERE rolname = '{user}'"))?;
         let verb = if exists.trim() == "1" { "ALTER" } else { "CREATE" };
@@ -150,9 +157,7 @@ impl Pg {
         Ok(())
     }
 
-    /// (client connections now, rows written since the server started): what tells an
-    /// idle clone from a busy one.
-    pub fn activity(&self, root: &Path, port: u16) -> Result<(u64, u64)> {
+    fn activity(&self, root: &Path, port: u16) -> Result<(u64, u64)> {
         let out = self.sql(
             root,
             port,
@@ -165,31 +170,41 @@ impl Pg {
     }
 
     /// pg_amcheck of every database, heap and indexes.
-    pub fn amcheck(&self, root: &Path, port: u16) -> Result<String> {
+    fn integrity(&self, root: &Path, port: u16) -> Result<String> {
         let mut c = self.cmd("pg_amcheck");
         c.arg("-h").arg(Self::sockdir(root)).arg("-p").arg(port.to_string());
         c.args(["-U", "postgres", "--all", "--install-missing", "--heapallindexed"]);
-        run_as(&mut c, self.ids, "pg_amcheck")
+        run_as(&mut c, self.ids, "pg_amcheck").map(|_| "no corruption (pg_amcheck --heapallindexed)".into())
     }
 
-    /// Runs `sql` over TCP as `user` with `password` (how a user of the clone connects).
-    pub fn as_login(&self, port: u16, user: &str, password: &str, sql: &str) -> Result<String> {
+    fn as_login(&self, port: u16, user: &str, password: &str, sql: &str) -> Result<String> {
         let mut c = Command::new("psql");
         c.arg("-X").arg("-At").arg("-v").arg("ON_ERROR_STOP=1").args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", user, "-d", "postgres", "-c", sql]);
         c.env("PGPASSWORD", password).env("PGCONNECT_TIMEOUT", "5");
         run_as(&mut c, self.ids, "psql")
+    }
+
+    fn write_marker(&self, port: u16, user: &str, password: &str, marker: &str) -> Result<()> {
+        self.as_login(port, user, password, &format!("CREATE TABLE IF NOT EXISTS clonefs_verify(marker text); INSERT INTO clonefs_verify VALUES ('{marker}')")).map(drop)
+    }
+
+    fn count_marker(&self, root: &Path, port: u16, marker: &str) -> Result<u64> {
+        let t = self.sql(root, port, "postgres", "SELECT count(*) FROM pg_tables WHERE tablename = 'clonefs_verify'")?;
+        if t.trim() == "0" {
+            return Ok(0);
+        }
+        Ok(self.sql(root, port, "postgres", &format!("SELECT count(*) FROM clonefs_verify WHERE marker = '{marker}'"))?.trim().parse().unwrap_or(0))
+    }
+
+    fn dsn(&self, user: &str, password: Option<&str>, port: u16) -> String {
+        match password {
+            Some(p) => format!("postgresql://{user}:{p}@127.0.0.1:{port}/postgres"),
+            None => format!("postgresql://{user}@127.0.0.1:{port}/postgres"),
+        }
     }
 }
 
 fn set_mode(p: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     Ok(std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))?)
-}
-
-/// The connection string of a clone.
-pub fn dsn(user: &str, password: Option<&str>, port: u16) -> String {
-    match password {
-        Some(p) => format!("postgresql://{user}:{p}@127.0.0.1:{port}/postgres"),
-        None => format!("postgresql://{user}@127.0.0.1:{port}/postgres"),
-    }
 }

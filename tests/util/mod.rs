@@ -215,6 +215,8 @@ pub fn lazy_unmount(dir: &Path) {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.stop();
+        // Database servers of a daemon that had to be killed: nothing of a test outlives it.
+        let _ = Command::new("pkill").arg("-KILL").arg("-f").arg(format!("{}.db/", self.store.display())).status();
     }
 }
 
