@@ -41,6 +41,8 @@ struct Proc {
 /// The daemon's database state: where volumes mount, and the servers it runs by volume id.
 pub(super) struct DbState {
     root: PathBuf,
+    /// The servers' logs, `NAME.log`, in the store (its owner's only).
+    logs: PathBuf,
     servers: Mutex<HashMap<u64, Proc>>,
     /// One db operation at a time (port choice, start, stop, destroy): they are rare and
     /// slow, and held across the servers' start and stop, which is what they order.
@@ -49,7 +51,7 @@ pub(super) struct DbState {
 
 impl DbState {
     pub(super) fn new(store_dir: &Path) -> DbState {
-        DbState { root: store_dir.with_extension("db"), servers: Mutex::new(HashMap::new()), ops: Mutex::new(()) }
+        DbState { root: store_dir.with_extension("db"), logs: store_dir.join("db-logs"), servers: Mutex::new(HashMap::new()), ops: Mutex::new(()) }
     }
 }
 
@@ -142,13 +144,19 @@ impl Daemon {
 
     /// Starts the server of volume `v` (mounted at `dir`) and waits until it accepts
     /// connections; a server that exits first is reported with its log's last lines.
+    fn log_path(&self, name: &str) -> PathBuf {
+        self.db.logs.join(format!("{name}.log"))
+    }
+
     fn start_server(&self, srv: &dyn db::Server, v: &VolumeRec, dir: &Path, port: u16) -> Result<()> {
+        std::fs::create_dir_all(&self.db.logs)?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path(&v.name))?;
         use std::os::unix::process::CommandExt;
         if db::kill_strays(dir) > 0 {
             std::thread::sleep(Duration::from_millis(500));
         }
         let child = srv
-            .command(dir)?
+            .command(dir, log)?
             .process_group(0)
             .spawn()
             .map_err(|e| Error::Invalid(format!("cannot start the server of {}: {e}", v.name)))?;
@@ -162,7 +170,7 @@ impl Daemon {
                 if let Some(c) = s.child.as_mut() {
                     if let Ok(Some(st)) = c.try_wait() {
                         s.child = None;
-                        let why = format!("the server exited ({st}): {}", db::log_tail(&srv.log(dir), 5));
+                        let why = format!("the server exited ({st}): {}", db::log_tail(&self.log_path(&v.name), 5));
                         s.status = Status::Failed(why.clone());
                         return Err(Error::Invalid(why));
                     }
@@ -507,6 +515,7 @@ impl Daemon {
             }
         }
         let _ = std::fs::remove_dir(self.db.root.join(&v.name));
+        let _ = std::fs::remove_file(self.log_path(&v.name));
         Ok(json!({"name": v.name}))
     }
 
@@ -618,7 +627,7 @@ impl Daemon {
                         match s.child.as_mut().map(|c| c.try_wait()) {
                             Some(Ok(Some(st))) => {
                                 s.child = None;
-                                let why = format!("the server exited ({st}): {}", db::log_tail(&srv.log(&dir), 5));
+                                let why = format!("the server exited ({st}): {}", db::log_tail(&self.log_path(&v.name), 5));
                                 log::error!("db: {}: {why}", v.name);
                                 s.status = Status::Failed(why);
                                 true

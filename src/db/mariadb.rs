@@ -1,6 +1,6 @@
 //! MariaDB (and MySQL's data directories) on a volume. The volume's root holds `data/`
-//! (the data directory, the `mysql` user's), `run/` (socket and pid file), `my.cnf` (written
-//! per server: port, bind address, socket, server id) and `server.log`. The daemon reaches
+//! (the data directory, the `mysql` user's), `run/` (socket and pid file) and `my.cnf`
+//! (written per server: port, bind address, socket, server id). The daemon reaches
 //! the server as `root` over the socket (unix_socket authentication); users connect with
 //! their own login and password over TCP.
 
@@ -86,38 +86,30 @@ impl Server for Maria {
         std::fs::write(
             Self::cnf(root),
             format!(
-                "# written by clonefs\n[mysqld]\ndatadir={}\nsocket={}\npid-file={}/run/mysqld.pid\nport={port}\nbind-address={bind}\nserver-id={id}\nlog-error={}\nskip-name-resolve\n",
+                "# written by clonefs\n[mysqld]\ndatadir={}\nsocket={}\npid-file={}/run/mysqld.pid\nport={port}\nbind-address={bind}\nserver-id={id}\nskip-name-resolve\n",
                 Self::data(root).display(),
                 Self::socket(root).display(),
                 root.display(),
-                self.log(root).display()
             ),
         )?;
         for p in [Self::cnf(root), root.join("run")] {
             std::os::unix::fs::chown(&p, Some(self.ids.0), Some(self.ids.1))?;
         }
-        if let Ok(f) = std::fs::OpenOptions::new().create(true).append(true).open(self.log(root)) {
-            drop(f);
-            std::os::unix::fs::chown(self.log(root), Some(self.ids.0), Some(self.ids.1))?;
-        }
         Ok(())
     }
 
-    fn command(&self, root: &Path) -> Result<Command> {
+    fn command(&self, root: &Path, log: std::fs::File) -> Result<Command> {
         use std::os::unix::process::CommandExt;
         let mut c = Command::new("/usr/sbin/mariadbd");
+        // Without `log-error`, the error log is stderr: the daemon's file.
         c.arg(format!("--defaults-file={}", Self::cnf(root).display()));
         c.uid(self.ids.0).gid(self.ids.1).env("HOME", "/tmp").current_dir("/");
-        c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        c.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
         Ok(c)
     }
 
     fn stop_signal(&self) -> i32 {
         libc::SIGTERM
-    }
-
-    fn log(&self, root: &Path) -> PathBuf {
-        root.join("server.log")
     }
 
     fn ready(&self, root: &Path, _port: u16) -> bool {

@@ -62,11 +62,12 @@ pub trait Server {
     /// Port, listen address, socket, authentication and identity (`name`) for a server on
     /// `root`; clears what a copy of a running server left (pid file, socket).
     fn configure(&self, root: &Path, name: &str, port: u16, listen: &str) -> Result<()>;
-    /// The server in the foreground, as the engine's user.
-    fn command(&self, root: &Path) -> Result<Command>;
+    /// The server in the foreground, as the engine's user, logging to `log` (a file the
+    /// daemon keeps in the store, outside the volume: a clone does not inherit its source's
+    /// log, and a full quota does not silence it).
+    fn command(&self, root: &Path, log: std::fs::File) -> Result<Command>;
     /// The signal that makes it shut down cleanly and quickly.
     fn stop_signal(&self) -> i32;
-    fn log(&self, root: &Path) -> std::path::PathBuf;
     fn ready(&self, root: &Path, port: u16) -> bool;
     /// Before a live clone: makes the clone's crash recovery short.
     fn checkpoint(&self, root: &Path, port: u16) -> Result<()>;

@@ -1,5 +1,5 @@
 //! PostgreSQL on a volume. The volume's root holds `data/` (the data directory, the
-//! `postgres` user's, 0700), `run/` (the server's socket) and `server.log`. A clone's server
+//! `postgres` user's, 0700) and `run/` (the server's socket). A clone's server
 //! gets its port, listen address and socket directory in `postgresql.auto.conf` and a
 //! `pg_hba.conf` of its own: the `postgres` user by peer over the socket (the daemon's
 //! way in), everyone else by scram-sha-256 password over TCP.
@@ -118,9 +118,8 @@ impl Server for Pg {
         Ok(())
     }
 
-    fn command(&self, root: &Path) -> Result<Command> {
+    fn command(&self, root: &Path, log: std::fs::File) -> Result<Command> {
         use std::os::unix::process::CommandExt;
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log(root))?;
         let mut c = self.cmd("postgres");
         c.arg("-D").arg(Self::data(root));
         c.uid(self.ids.0).gid(self.ids.1).env("HOME", "/tmp").current_dir("/");
@@ -131,10 +130,6 @@ impl Server for Pg {
     /// Fast shutdown: clients are disconnected, the server checkpoints and exits.
     fn stop_signal(&self) -> i32 {
         libc::SIGINT
-    }
-
-    fn log(&self, root: &Path) -> PathBuf {
-        root.join("server.log")
     }
 
     fn ready(&self, root: &Path, port: u16) -> bool {

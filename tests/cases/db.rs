@@ -104,7 +104,7 @@ fn postgres_clones_of_a_running_source() {
     // The write fails (a data file cannot grow, or WAL cannot be written and the server
     // restarts itself); its log names the quota.
     psql(dsn4, "CREATE TABLE fill AS SELECT repeat(md5(g::text), 30) AS x FROM generate_series(1, 2000000) g").unwrap_err();
-    let log = std::fs::read_to_string(format!("{}.db/qa4/server.log", d.store.display())).unwrap();
+    let log = std::fs::read_to_string(d.store.join("db-logs/qa4.log")).unwrap();
     assert!(log.contains("Disk quota exceeded"), "{log}");
     assert_eq!(psql(&dsn1, "SELECT 1").unwrap(), "1");
     assert!(as_postgres(&d, &["psql", "-At", "-c", "SELECT count(*) FROM pgbench_tellers", "postgres"]).status.success());

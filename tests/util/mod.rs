@@ -20,19 +20,33 @@ pub struct Daemon {
 
 /// Runs a command with a deadline; kills it when the deadline passes.
 pub fn run_timeout(cmd: &mut Command, secs: u64) -> Output {
+    use std::io::Read;
     let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    // Read both pipes while it runs: a child with more output than a pipe holds would
+    // otherwise block on its write and never exit.
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = r.read_to_end(&mut v);
+            v
+        })
+    };
+    let out_t = drain(Box::new(child.stdout.take().expect("stdout")));
+    let err_t = drain(Box::new(child.stderr.take().expect("stderr")));
     let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if child.try_wait().expect("wait").is_some() {
-            return child.wait_with_output().expect("output");
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            let out = child.wait_with_output().expect("output");
-            panic!("command {cmd:?} timed out after {secs}s: {}", String::from_utf8_lossy(&out.stderr));
+            let _ = child.wait();
+            let err = err_t.join().unwrap_or_default();
+            panic!("command {cmd:?} timed out after {secs}s: {}", String::from_utf8_lossy(&err));
         }
         std::thread::sleep(Duration::from_millis(5));
-    }
+    };
+    Output { status, stdout: out_t.join().unwrap_or_default(), stderr: err_t.join().unwrap_or_default() }
 }
 
 impl Daemon {
