@@ -717,6 +717,9 @@ mod http;
 #[path = "cases/idmap.rs"]
 mod idmap;
 
+#[path = "cases/flexclone.rs"]
+mod flexclone;
+
 #[path = "cases/service.rs"]
 mod service;
 

@@ -169,6 +169,15 @@ enum Cmd {
     },
     /// Unmount a volume (flushes its data first)
     Unmount { dir: PathBuf },
+    /// Make a mounted volume read-only (--read-only) or writable again, without unmounting
+    /// it (what `mount -o remount,ro DIR` does)
+    Remount {
+        dir: PathBuf,
+        #[arg(long, conflicts_with = "read_write", required_unless_present = "read_write")]
+        read_only: bool,
+        #[arg(long)]
+        read_write: bool,
+    },
     /// Destroy a volume (with its snapshots) or a snapshot VOL@SNAP, in any order: data that
     /// clones still read stays; the rest is freed in the background
     Destroy { volume: String },
@@ -434,6 +443,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Unmount { dir } => {
             call(Request::Unmount { dir: absolute(&dir)? })?;
+        }
+        Cmd::Remount { dir, read_only, .. } => {
+            call(Request::Remount { dir: absolute(&dir)?, read_only })?;
+            println!("{} is {}", dir.display(), if read_only { "read-only" } else { "writable" });
         }
         Cmd::Destroy { volume } => {
             crate::volume::parse_target(&volume)?;

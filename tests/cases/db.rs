@@ -189,7 +189,7 @@ fn mariadb_clones_of_a_running_source() {
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
     let c1 = d.json(&["db", "clone", "msrc", "mc1", "--port", "6161", "--json"]);
-    let c2 = d.json(&["db", "clone", "msrc", "mc2", "--port", "6162", "--user", "bob", "--password", "bobs-password", "--json"]);
+    d.json(&["db", "clone", "msrc", "mc2", "--port", "6162", "--user", "bob", "--password", "bobs-password", "--json"]);
     let _ = load.wait();
     assert!(c1["dsn"].as_str().unwrap().starts_with("mysql://mc1:"), "{c1}");
     let pw1 = c1["password"].as_str().unwrap();
