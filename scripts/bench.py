@@ -313,7 +313,15 @@ def db_bench():
     return bench_db.run(BIN, QUICK)
 
 
+def farm_bench():
+    import bench_farm
+    return bench_farm.run(BIN, QUICK)
+
+
 def main():
+    if "--farm-only" in sys.argv:
+        write_section("Build farm", farm_bench())
+        return
     if "--db-only" in sys.argv:
         write_section("Database clones", db_bench())
         return
@@ -382,6 +390,8 @@ def main():
         write_section("Send and receive", send_bench())
     if "--no-db" not in sys.argv:
         write_section("Database clones", db_bench())
+    if "--no-farm" not in sys.argv:
+        write_section("Build farm", farm_bench())
 
 
 def write_section(title, body):
@@ -391,7 +401,7 @@ def write_section(title, body):
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     flag = " --quick" if QUICK else ""
     only = {"Snapshots and clones": " (or `--snapshots-only`)", "Send and receive": " (or `--send-only`)",
-            "Database clones": " (or `--db-only`)"}.get(title, "")
+            "Database clones": " (or `--db-only`)", "Build farm": " (or `--farm-only`)"}.get(title, "")
     section = f"{marker}\n## {title}: {stamp}\n\nCommand: `scripts/bench.sh{flag}`{only}\n\n{body}\n{marker}-end\n"
     if marker in text:
         pre = text.split(marker)[0]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks clonefs against the native filesystem and libfuse's passthrough_ll in one run and
 # writes docs/benchmarks.md.  Usage: scripts/bench.sh [--quick] [--no-snapshots] [--no-send] [--no-db]
-# [--snapshots-only | --send-only | --db-only]
+# [--no-farm] [--snapshots-only | --send-only | --db-only | --farm-only]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh

@@ -8,7 +8,7 @@ build_pkgs=(fuse3 libfuse3-dev pkg-config build-essential clang libclang-dev uti
 test_pkgs=(attr acl fio sqlite3 git postgresql postgresql-contrib mariadb-server mariadb-client procps psmisc e2fsprogs)
 pkgs=("${build_pkgs[@]}")
 [[ $what == test || $what == bench ]] && pkgs+=("${test_pkgs[@]}")
-[[ $what == bench ]] && pkgs+=(time sysbench)
+[[ $what == bench ]] && pkgs+=(time sysbench rsync)
 [[ $what == db ]] && pkgs+=(postgresql postgresql-contrib mariadb-server mariadb-client sqlite3)
 missing=()
 for p in "${pkgs[@]}"; do

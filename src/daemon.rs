@@ -23,7 +23,6 @@ mod db;
 mod streams;
 
 /// FUSE worker threads per mount: enough that an fsync does not stall readers.
-
 const FUSE_THREADS: usize = 4;
 /// Dirty pages the kernel may hold for one writeback mount.
 const WRITEBACK_DIRTY_MAX: u64 = 512 << 20;

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// One frame as it travels: kind, payload, and all of its bytes.
-fn read_frame(r: &mut impl Read) -> Result<Option<(u8, Vec<u8>, Vec<u8>)>> {
+type RawFrame = (u8, Vec<u8>, Vec<u8>);
+
+fn read_frame(r: &mut impl Read) -> Result<Option<RawFrame>> {
     let mut raw = vec![0u8; 5];
     match r.read_exact(&mut raw) {
         Ok(()) => {}

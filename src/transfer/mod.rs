@@ -106,7 +106,7 @@ pub fn parse_position(s: &str) -> Result<Ident> {
     let (a, b) = rest.split_once('.').unwrap_or((rest, ""));
     let n = |t: &str| t.parse::<u64>().map_err(|_| bad());
     let unhex = |t: &str| -> Result<Vec<u8>> {
-        if t.len() % 2 != 0 {
+        if !t.len().is_multiple_of(2) {
             return Err(bad());
         }
         (0..t.len()).step_by(2).map(|i| u8::from_str_radix(&t[i..i + 2], 16).map_err(|_| bad())).collect()
@@ -262,7 +262,7 @@ impl<R: Read> FrameReader<R> {
     }
 
     /// The next frame, checked: (kind, payload). An `ABORT` frame is the sender's error.
-    pub fn next(&mut self) -> Result<(u8, Vec<u8>)> {
+    pub fn read(&mut self) -> Result<(u8, Vec<u8>)> {
         let (kind, payload, s) = self.raw()?;
         if s != sum(kind, &payload, self.nonce, self.seq) {
             return Err(rejected(format!("record {} is damaged, out of order or from another stream", self.seq)));
@@ -357,7 +357,7 @@ mod tests {
         let good = w.into_inner();
         let read_all = |b: &[u8]| -> Result<Vec<Vec<u8>>> {
             let (mut r, _) = FrameReader::start(b)?;
-            Ok(vec![r.next()?.1, r.next()?.1])
+            Ok(vec![r.read()?.1, r.read()?.1])
         };
         assert_eq!(read_all(&good).unwrap(), vec![b"one".to_vec(), b"two".to_vec()]);
         let mut flipped = good.clone();

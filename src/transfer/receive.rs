@@ -25,7 +25,7 @@ fn reader<R: Read + Send + 'static>(
 ) -> crossbeam_channel::Receiver<Result<Frame>> {
     let (tx, rx) = crossbeam_channel::bounded(64);
     let run = move || loop {
-        let f = frames.next().and_then(|(k, payload)| match k {
+        let f = frames.read().and_then(|(k, payload)| match k {
             kind::BLOCK => {
                 let data = payload.get(32..).unwrap_or_default();
                 if data.is_empty() || data.len() > block_max {

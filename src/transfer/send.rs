@@ -27,13 +27,16 @@ enum Op {
     Extent(u64, u64, Option<Hash>),
 }
 
+/// The changes in order, and the blocks a resumed receiver holds already.
+type Plan = (Vec<(Ident, Op)>, Vec<Hash>);
+
 /// Ops per round of block reads: a round's blocks are read in one coalesced batch.
 const ROUND: usize = 512;
 
 /// The changes to send, in order, with the identity each comes from; and, for a resumed
 /// stream, the blocks the receiver already holds (named by extents up to its position:
 /// everything up to there was committed with its blocks).
-fn plan(store: &Store, src: &Source) -> Result<(Vec<(Ident, Op)>, Vec<Hash>)> {
+fn plan(store: &Store, src: &Source) -> Result<Plan> {
     let empty = Vec::new();
     let base = src.base.as_ref().unwrap_or(&empty);
     let ids = crate::volume::diff::candidates(store, base, &src.snap)?;
@@ -155,7 +158,7 @@ pub fn send<W: Write, R: Read>(store: &Store, src: &Source, out: W, wants: Optio
     }
     let mut w = FrameWriter::start(out, header.nonce)?;
     w.frame(kind::HEADER, &serde_json::to_vec(&header)?)?;
-    let r = body(store, &header, &ops, &hashes, names, held, &mut w, wants);
+    let r = body(store, &header, &ops, &hashes, (names, held), &mut w, wants);
     if let Err(e) = &r {
         let _ = w.frame(kind::ABORT, e.to_string().as_bytes());
     }
@@ -168,8 +171,7 @@ fn body<W: Write, R: Read>(
     header: &Header,
     ops: &[(Ident, Op)],
     hashes: &[Hash],
-    mut names: HashMap<Hash, Portable>,
-    held: HashSet<Hash>,
+    (mut names, held): (HashMap<Hash, Portable>, HashSet<Hash>),
     w: &mut FrameWriter<W>,
     wants: Option<R>,
 ) -> Result<Totals> {
@@ -188,7 +190,7 @@ fn body<W: Write, R: Read>(
             w.frame(kind::NAMES_END, &[])?;
             w.flush()?;
             let mut reply = FrameReader::reply(input, header.nonce);
-            let (k, bits) = reply.next()?;
+            let (k, bits) = reply.read()?;
             if k == kind::RESULT {
                 return Err(Error::Invalid(format!("the receiver refused the stream: {}", super::result_message(&bits))));
             }

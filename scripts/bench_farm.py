@@ -1,0 +1,90 @@
+"""The build farm flow (tools/p4-flexclone with the stand-in p4 of tests/p4): 20 ready
+workspaces (clone + owner remap + mount + have-list) against `cp -a` and `rsync -a` of the
+built template; store growth per workspace; clean, no-op and incremental `make` in a
+workspace against the same on ext4. Called by bench.py."""
+import json, os, shutil, subprocess, tempfile, time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+
+
+def run(BIN, quick):
+    nfiles = 5000 if quick else 50000
+    nws = 20
+    base = tempfile.mkdtemp(prefix="clonefs-farmbench", dir="/var/tmp")
+    os.chmod(base, 0o755)
+    store = os.path.join(base, "store")
+    env = dict(os.environ, CLONEFS_STORE=store, P4STANDIN_ROOT=os.path.join(base, "p4"),
+               FLEXCLONE_ROOT=os.path.join(base, "farm"),
+               PATH=f"{REPO}/tests/p4:{os.path.dirname(BIN)}:{os.environ['PATH']}")
+    tool = os.path.join(REPO, "tools", "p4-flexclone")
+
+    def sh(cmd, cwd=None):
+        t = time.perf_counter()
+        subprocess.run(cmd, shell=True, check=True, capture_output=True, text=True, env=env, cwd=cwd)
+        return time.perf_counter() - t
+
+    def physical():
+        return json.loads(subprocess.run([BIN, "status", "--json"], env=env, check=True, capture_output=True, text=True).stdout)["physical"]
+
+    def drop():
+        subprocess.run("sync; echo 3 > /proc/sys/vm/drop_caches", shell=True, check=True)
+
+    staging = os.path.join(base, "staging")
+    dirs = max(1, nfiles // 100)
+    for d in range(dirs):
+        os.makedirs(f"{staging}/src/d{d}")
+        for i in range(nfiles // dirs):
+            with open(f"{staging}/src/d{d}/f{i}.c", "w") as f:
+                f.write(f"int f_{d}_{i}(int x) {{ return x * {i} + {d}; }}\n")
+    with open(f"{staging}/Makefile", "w") as f:
+        f.write("SRCS := $(wildcard src/*/*.c)\nOBJS := $(SRCS:.c=.o)\nall: lib.a\nlib.a: $(OBJS)\n\tar rcs lib.a $(OBJS)\n"
+                "%.o: %.c\n\tcc -O0 -c -o $@ $<\n")
+    rows = []
+    subprocess.run([BIN, "init"], env=env, check=True, capture_output=True)
+    subprocess.run([BIN, "daemon"], env=env, check=True, capture_output=True)
+    try:
+        sh(f"p4 x-submit {staging}")
+        print(f"[farm] template of {nfiles} files: sync and build", flush=True)
+        t_tpl = sh(f"{tool} template create app --build 'make -s -j2'")
+        tpl = os.path.join(base, "farm", "templates", "app")
+        # The same clean build on ext4.
+        native = os.path.join(base, "native")
+        shutil.copytree(staging, native)
+        drop()
+        t_clean_native = sh("make -s -j2", cwd=native)
+        before = physical()
+        t0 = time.perf_counter()
+        for i in range(nws):
+            sh(f"{tool} workspace create ws{i} --template app --owner {4000 + i}:{4000 + i}")
+        t_ws = time.perf_counter() - t0
+        growth = (physical() - before) / nws
+        drop()
+        t_cp = sh(f"cp -a {tpl} {base}/copy1")
+        drop()
+        t_rsync = sh(f"rsync -a {tpl}/ {base}/copy2/")
+        rows.append(f"| {nws} ready workspaces of {nfiles} files (clone + remap + mount + have-list) | {t_ws:.1f} s ({t_ws / nws * 1000:.0f} ms each) "
+                    f"| `cp -a` of the template {t_cp:.1f} s each ({t_cp * nws:.0f} s for {nws}); `rsync -a` {t_rsync:.1f} s each "
+                    f"| {t_ws / (t_cp * nws):.3f} of cp -a |")
+        rows.append(f"| store growth per workspace | {growth / 1024:.0f} KiB | a copy: {int(subprocess.run(['du', '-sb', base + '/copy1'], capture_output=True, text=True).stdout.split()[0]) / 2**20:.0f} MiB | |")
+        ws = os.path.join(base, "farm", "workspaces", "ws0")
+        user = "setpriv --reuid=4000 --regid=4000 --clear-groups"
+        drop()
+        t_noop = sh(f"{user} make -s", cwd=ws)
+        drop()
+        t_noop_native = sh("make -s", cwd=native)
+        rows.append(f"| no-op `make`, cold cache | {t_noop:.2f} s | ext4 {t_noop_native:.2f} s | {t_noop / t_noop_native:.2f} (target ≤ 1.1) |")
+        sh(f"{user} touch src/d0/f0.c", cwd=ws)
+        sh("touch src/d0/f0.c", cwd=native)
+        t_inc = sh(f"{user} make -s", cwd=ws)
+        t_inc_native = sh("make -s", cwd=native)
+        rows.append(f"| incremental `make` (one file touched) | {t_inc:.2f} s | ext4 {t_inc_native:.2f} s | {t_inc / t_inc_native:.2f} (target ≤ 1.1) |")
+        rows.append(f"| clean `make -j2` of the template (with its p4 sync) | {t_tpl:.1f} s | ext4 (build only) {t_clean_native:.1f} s | {t_tpl / t_clean_native:.2f} (target ≤ 1.05 for the build) |")
+    finally:
+        for i in range(nws):
+            subprocess.run([tool, "workspace", "delete", f"ws{i}"], env=env, capture_output=True)
+        subprocess.run([tool, "template", "delete", "app"], env=env, capture_output=True)
+        subprocess.run([BIN, "shutdown"], env=env, capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+    head = "| job | clonefs | baseline (same run) | ratio |\n|---|---|---|---|\n"
+    return head + "\n".join(rows) + "\n"
