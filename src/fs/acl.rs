@@ -48,6 +48,20 @@ impl Acl {
         Some(Acl(entries))
     }
 
+    /// The same ACL with its named users' and groups' ids mapped (a remapped clone shows and
+    /// stores them as it does owners); None if one has no image.
+    pub fn map_ids(&self, uid: impl Fn(u32) -> Option<u32>, gid: impl Fn(u32) -> Option<u32>) -> Option<Acl> {
+        let mut out = self.clone();
+        for e in &mut out.0 {
+            e.id = match e.tag {
+                USER => uid(e.id)?,
+                GROUP => gid(e.id)?,
+                _ => e.id,
+            };
+        }
+        Some(out)
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let mut v = VERSION.to_le_bytes().to_vec();
         for e in &self.0 {

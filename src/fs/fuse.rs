@@ -58,6 +58,21 @@ pub struct FuseFs {
 
 impl FuseFs {
     /// ACL xattrs are EOPNOTSUPP where the kernel would not enforce them.
+    /// An ACL xattr's named ids as a remapped clone shows them (`store`: as it stores
+    /// them, EINVAL for an id it cannot store); other values as they are.
+    fn acl_ids(&self, name: &OsStr, value: &[u8], store: bool) -> FsResult<Vec<u8>> {
+        let n = name.as_bytes();
+        if self.idmap.is_empty() || (n != crate::fs::acl::ACCESS && n != crate::fs::acl::DEFAULT) {
+            return Ok(value.to_vec());
+        }
+        let Some(acl) = crate::fs::acl::Acl::parse(value) else { return Ok(value.to_vec()) };
+        let mapped = match store {
+            true => acl.map_ids(|u| self.idmap.store_uid(u), |g| self.idmap.store_gid(g)),
+            false => acl.map_ids(|u| Some(self.idmap.show_uid(u)), |g| Some(self.idmap.show_gid(g))),
+        };
+        mapped.map(|a| a.encode()).ok_or(FsError::Posix(libc::EINVAL))
+    }
+
     fn acl_name(&self, name: &OsStr) -> FsResult<()> {
         let n = name.as_bytes();
         if !self.acls && (n == crate::fs::acl::ACCESS || n == crate::fs::acl::DEFAULT) {
@@ -643,14 +658,16 @@ impl Filesystem for FuseFs {
         let _m = crate::metrics::op("setxattr");
         let r = head_only(&[ino.0])
             .and_then(|_| self.acl_name(name))
-            .and_then(|_| self.v().setxattr(ino.0, name.as_bytes(), Some(value), flags));
+            .and_then(|_| self.acl_ids(name, value, true))
+            .and_then(|value| self.v().setxattr(ino.0, name.as_bytes(), Some(&value), flags));
         self.empty(r, reply)
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let _m = crate::metrics::op("getxattr");
         let r = self.acl_name(name).and_then(|_| self.with_vol(ino.0, |v, i| v.getxattr(i, name.as_bytes())));
-        Self::xattr_reply(r.map(|x| x.1), size, reply)
+        let r = r.and_then(|x| self.acl_ids(name, &x.1, false));
+        Self::xattr_reply(r, size, reply)
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {

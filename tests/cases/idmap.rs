@@ -34,6 +34,10 @@ fn a_clone_shows_the_template_as_its_users_and_stores_through_the_inverse() {
         chown(&p, Some(1000), Some(1000)).unwrap();
     }
     chown(t.join("theirs"), Some(2000), Some(2000)).unwrap();
+    // A named-user ACL entry: the clone shows (and stores) its id through the map too.
+    let acl = |args: &[&str]| run_timeout(Command::new(args[0]).args(&args[1..]), 60);
+    let out = acl(&["setfacl", "-m", "u:1000:rw", t.join("src/main.c").to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     d.ok(&["snapshot", "tmpl@built"]);
 
     // Bad maps are refused and create nothing.
@@ -57,6 +61,14 @@ fn a_clone_shows_the_template_as_its_users_and_stores_through_the_inverse() {
     assert_eq!(owner(&w.join("theirs")), (65534, 65534), "a stored 2000 would show as the owner's twin");
     // The origin is untouched.
     assert_eq!(owner(&t.join("src/main.c")), (1000, 1000));
+    let getfacl = |p: &Path| String::from_utf8_lossy(&acl(&["getfacl", "-n", "-p", p.to_str().unwrap()]).stdout).into_owned();
+    assert!(getfacl(&w.join("src/main.c")).contains("user:2000:rw-"), "{}", getfacl(&w.join("src/main.c")));
+    assert!(getfacl(&t.join("src/main.c")).contains("user:1000:rw-"));
+    let out = acl(&["setfacl", "-m", "u:2000:r", w.join("src/main.c").to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(getfacl(&w.join("src/main.c")).contains("user:2000:r--"));
+    // 1000 has no stored id in this clone (it shows as 2000): refused, as chown is.
+    assert!(!acl(&["setfacl", "-m", "u:1000:r", w.join("src/main.c").to_str().unwrap()]).status.success());
 
     // The user works in the clone as its owner; new files are theirs.
     let (ok, err) = as_user(2000, &format!("echo hi > {0}/src/new.c && mkdir {0}/build && chmod 600 {0}/src/main.c", w.display()));
