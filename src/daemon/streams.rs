@@ -163,12 +163,8 @@ impl Daemon {
                 return Err(e);
             }
         };
-        let finish = || -> Result<()> {
-            if base.is_some() && !force {
-                self.check_unchanged(name, &base.as_ref().map(|b| b.name.clone()).unwrap_or_default())?;
-            }
-            self.finish_receive(name, hidden.id)
-        };
+        let unchanged_since = base.as_ref().filter(|_| !force).map(|b| b.name.as_str());
+        let finish = || self.finish_receive(name, hidden.id, unchanged_since);
         if let Err(e) = finish() {
             if !resumable {
                 let _ = self.catalog.receive_abort(&self.store, name);
@@ -194,6 +190,11 @@ impl Daemon {
         if let Some(live) = self.head_of(v.id)? {
             live.get().flush_older_than(std::time::Duration::ZERO)?;
         }
+        self.unchanged(vol, base)
+    }
+
+    /// `check_unchanged` for a volume whose writes are flushed (and held back).
+    fn unchanged(&self, vol: &str, base: &str) -> Result<()> {
         let a = self.catalog.open_view(&self.store, vol, Some(base), true)?.chain();
         let b = self.catalog.open_view(&self.store, vol, None, true)?.chain();
         if crate::volume::diff::differs(&self.store, &a, &b)? {
@@ -205,7 +206,9 @@ impl Daemon {
     }
 
     /// Makes the received volume visible; a mounted target switches to it as after a rollback.
-    fn finish_receive(&self, name: &str, hidden: u64) -> Result<()> {
+    /// `unchanged_since`: refuse if the target changed since that snapshot, checked with its
+    /// writers held back, so no write lands between the check and the switch.
+    fn finish_receive(&self, name: &str, hidden: u64, unchanged_since: Option<&str>) -> Result<()> {
         let target = Catalog::get(&self.store, name).ok();
         let live = match &target {
             Some(v) => self.head_of(v.id)?,
@@ -214,6 +217,10 @@ impl Daemon {
         match live {
             Some(live) => {
                 let (names, inos) = live.exclusive(|vol_ref| {
+                    if let Some(base) = unchanged_since {
+                        vol_ref.flush_older_than(std::time::Duration::ZERO)?;
+                        self.unchanged(name, base)?;
+                    }
                     let names = vol_ref.cached_names();
                     let inos = vol_ref.cached_inos();
                     self.catalog.receive_finish(&self.store, hidden)?;
@@ -225,6 +232,9 @@ impl Daemon {
                 live.invalidate(&names, &inos);
             }
             None => {
+                if let Some(base) = unchanged_since {
+                    self.unchanged(name, base)?;
+                }
                 self.catalog.receive_finish(&self.store, hidden)?;
             }
         }
