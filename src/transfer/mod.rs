@@ -156,10 +156,18 @@ pub fn result_message(payload: &[u8]) -> String {
 }
 
 fn sum(kind: u8, payload: &[u8], nonce: u64, seq: u64) -> u64 {
+    sum_parts(kind, &[payload], nonce, seq)
+}
+
+/// `sum` of a payload given in parts (written without joining them).
+fn sum_parts(kind: u8, parts: &[&[u8]], nonce: u64, seq: u64) -> u64 {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
     let mut h = xxhash_rust::xxh3::Xxh3::with_seed(nonce.wrapping_add(seq));
     h.update(&[kind]);
-    h.update(&(payload.len() as u32).to_le_bytes());
-    h.update(payload);
+    h.update(&(len as u32).to_le_bytes());
+    for p in parts {
+        h.update(p);
+    }
     h.digest()
 }
 
@@ -184,15 +192,23 @@ impl<W: Write> FrameWriter<W> {
     }
 
     pub fn frame(&mut self, kind: u8, payload: &[u8]) -> Result<()> {
-        debug_assert!(payload.len() <= MAX_FRAME);
+        self.frame_parts(kind, &[payload])
+    }
+
+    /// A frame whose payload is `parts` one after the other (a block's name and bytes).
+    pub fn frame_parts(&mut self, kind: u8, parts: &[&[u8]]) -> Result<()> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        debug_assert!(len <= MAX_FRAME);
         let mut head = [0u8; 5];
         head[0] = kind;
-        head[1..].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        head[1..].copy_from_slice(&(len as u32).to_le_bytes());
         self.out.write_all(&head)?;
-        self.out.write_all(payload)?;
-        self.out.write_all(&sum(kind, payload, self.nonce, self.seq).to_le_bytes())?;
+        for p in parts {
+            self.out.write_all(p)?;
+        }
+        self.out.write_all(&sum_parts(kind, parts, self.nonce, self.seq).to_le_bytes())?;
         self.seq += 1;
-        self.bytes += 13 + payload.len() as u64;
+        self.bytes += 13 + len as u64;
         Ok(())
     }
 

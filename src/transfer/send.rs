@@ -271,10 +271,7 @@ fn body<W: Write, R: Read>(
                                     n
                                 }
                             };
-                            let mut bp = Vec::with_capacity(32 + b.len());
-                            bp.extend_from_slice(&name);
-                            bp.extend_from_slice(&b);
-                            w.frame(kind::BLOCK, &bp)?;
+                            w.frame_parts(kind::BLOCK, &[&name, &b])?;
                             sent.insert(*h);
                             totals.blocks += 1;
                             totals.block_bytes += b.len() as u64;
