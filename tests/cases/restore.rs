@@ -47,6 +47,18 @@ fn restore_brings_files_and_trees_back_by_sharing_blocks() {
     d.ok(&["restore", "v@good", "db", "--to", "db-yesterday"]);
     assert!(fs::read(m.join("db-yesterday/base/t1")).unwrap() == big);
     assert!(fs::read(m.join("db-yesterday/base/t2")).unwrap() == pattern(2, 100_000));
+    // A hard-linked set: each name comes back with the bytes, sharing the blocks.
+    fs::write(m.join("linked"), pattern(7, 3 << 20)).unwrap();
+    fs::hard_link(m.join("linked"), m.join("linked2")).unwrap();
+    d.ok(&["snapshot", "v@links"]);
+    fs::remove_file(m.join("linked")).unwrap();
+    fs::remove_file(m.join("linked2")).unwrap();
+    let physical = d.physical();
+    d.ok(&["restore", "v@links", "linked", "linked2"]);
+    for n in ["linked", "linked2"] {
+        assert!(fs::read(m.join(n)).unwrap() == pattern(7, 3 << 20), "{n}");
+    }
+    assert!(d.physical() < physical + (1 << 20), "physical {} -> {}", physical, d.physical());
     // Into an unmounted volume as well.
     d.unmount(&m);
     d.ok(&["restore", "v@good", "db/base/t2", "--to", "t2-again"]);
