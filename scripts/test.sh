@@ -4,7 +4,8 @@
 #   scripts/test.sh           the default run (CI)
 #   scripts/test.sh --long    the soaks only: 100 cycles of kill -9 of the daemon under a
 #                             fsync'd write load with snapshots and clones, then 100 under
-#                             PostgreSQL (about an hour)
+#                             PostgreSQL, and pjdfstest on a clone with remapped owners
+#                             (about an hour)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -17,7 +18,7 @@ case "${1:-}" in
     ;;
   --long)
     CLONEFS_KILL_CYCLES=${CLONEFS_KILL_CYCLES:-100} cargo test --test integration crash:: -- --nocapture
-    CLONEFS_CRASH_CYCLES=${CLONEFS_CRASH_CYCLES:-100} scripts/suites/run.sh crash-postgres
+    CLONEFS_CRASH_CYCLES=${CLONEFS_CRASH_CYCLES:-100} scripts/suites/run.sh crash-postgres pjdfstest-remapped
     ;;
   *)
     echo "usage: scripts/test.sh [--long]" >&2
