@@ -11,40 +11,43 @@ use crate::volume::view::{Ext, View};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 
-/// A frame as the reader hands it over: kind, payload, and for a block its hash in this
-/// store (for `END`: the stream's bytes so far, in the first 8 bytes).
-type Frame = (u8, Vec<u8>, Option<Hash>);
+/// A frame as the reader hands it over.
+struct Frame {
+    kind: u8,
+    payload: Vec<u8>,
+    /// A block's hash in this store.
+    hash: Option<Hash>,
+    /// The stream's bytes up to here.
+    bytes: u64,
+}
 
 /// Frames read, checked and (blocks) hashed on a thread of their own, so hashing and
 /// reading overlap with applying. It stops after `END`, at the first error, or when the
 /// applier is gone.
 fn reader<R: Read + Send + 'static>(
     mut frames: FrameReader<R>,
-    hash: impl Fn(&[u8]) -> Hash + Send + 'static,
+    hasher: impl Fn(&[u8]) -> Hash + Send + 'static,
     block_max: usize,
 ) -> crossbeam_channel::Receiver<Result<Frame>> {
     let (tx, rx) = crossbeam_channel::bounded(64);
     let run = move || loop {
-        let f = frames.read().and_then(|(k, payload)| match k {
-            kind::BLOCK => {
-                let data = payload.get(32..).unwrap_or_default();
-                if data.is_empty() || data.len() > block_max {
-                    return Err(rejected(format!("a block of {} bytes in a volume of {block_max}-byte blocks", data.len())));
+        let f = frames.read().and_then(|(kind, payload)| {
+            let hash = match kind {
+                kind::BLOCK => {
+                    let data = payload.get(32..).unwrap_or_default();
+                    if data.is_empty() || data.len() > block_max {
+                        return Err(rejected(format!("a block of {} bytes in a volume of {block_max}-byte blocks", data.len())));
+                    }
+                    if portable(data)[..] != payload[..32] {
+                        return Err(rejected("a block does not match its name"));
+                    }
+                    Some(hasher(data))
                 }
-                if portable(data)[..] != payload[..32] {
-                    return Err(rejected("a block does not match its name"));
-                }
-                let h = hash(data);
-                Ok((k, payload, Some(h)))
-            }
-            kind::END => {
-                let mut b = [0u8; 16];
-                b[..8].copy_from_slice(&frames.bytes.to_le_bytes());
-                Ok((k, payload, Some(b)))
-            }
-            _ => Ok((k, payload, None)),
+                _ => None,
+            };
+            Ok(Frame { kind, payload, hash, bytes: frames.bytes })
         });
-        let last = !matches!(&f, Ok((k, _, _)) if *k != kind::END);
+        let last = !matches!(&f, Ok(fr) if fr.kind != kind::END);
         if tx.send(f).is_err() || last {
             return;
         }
@@ -84,7 +87,7 @@ pub fn apply<R: Read + Send + 'static, W: Write>(
     let (mut n, mut bytes) = (0usize, 0usize);
     let mut last: Option<Ident> = None;
     loop {
-        let (k, payload, local) = match frames.recv().unwrap_or_else(|_| Err(rejected("cut short (the reader stopped)"))) {
+        let Frame { kind: k, payload, hash: local, bytes: stream_bytes } = match frames.recv().unwrap_or_else(|_| Err(rejected("cut short (the reader stopped)"))) {
             Ok(f) => f,
             Err(e) => {
                 // Every record staged so far is whole and checked: keep them, so a
@@ -221,8 +224,7 @@ pub fn apply<R: Read + Send + 'static, W: Write>(
                 if let Some(l) = &last {
                     committed(l)?;
                 }
-                let bytes = local.map_or(0, |h| u64::from_le_bytes(h[..8].try_into().unwrap_or_default()));
-                return Ok((got, bytes));
+                return Ok((got, stream_bytes));
             }
             other => return Err(rejected(format!("unknown record kind {other:#04x}"))),
         };
