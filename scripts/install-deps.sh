@@ -5,7 +5,7 @@
 set -euo pipefail
 what=${1:-build}
 build_pkgs=(fuse3 libfuse3-dev pkg-config build-essential clang libclang-dev util-linux)
-test_pkgs=(attr acl fio sqlite3 git postgresql postgresql-contrib mariadb-server mariadb-client procps psmisc e2fsprogs)
+test_pkgs=(attr acl fio sqlite3 git postgresql postgresql-contrib mariadb-server mariadb-client python3 procps psmisc e2fsprogs)
 pkgs=("${build_pkgs[@]}")
 [[ $what == test || $what == bench ]] && pkgs+=("${test_pkgs[@]}")
 [[ $what == bench ]] && pkgs+=(time sysbench rsync)
