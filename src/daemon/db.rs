@@ -164,17 +164,8 @@ impl Daemon {
         lock(&self.db.servers)?.insert(v.id, p);
         let deadline = Instant::now() + READY_WITHIN;
         loop {
-            {
-                let mut servers = lock(&self.db.servers)?;
-                let s = servers.get_mut(&v.id).ok_or_else(|| Error::Conflict(format!("the server of {} went away", v.name)))?;
-                if let Some(c) = s.child.as_mut() {
-                    if let Ok(Some(st)) = c.try_wait() {
-                        s.child = None;
-                        let why = format!("the server exited ({st}): {}", db::log_tail(&self.log_path(&v.name), 5));
-                        s.status = Status::Failed(why.clone());
-                        return Err(Error::Invalid(why));
-                    }
-                }
+            if let Some(st) = self.reap_server(v.id)? {
+                return Err(Error::Invalid(self.mark_failed(v, st)?));
             }
             if srv.ready(dir, port) {
                 if let Some(s) = lock(&self.db.servers)?.get_mut(&v.id) {
@@ -188,6 +179,27 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The exit status of volume `id`'s server if it has exited (waitpid without waiting).
+    fn reap_server(&self, id: u64) -> Result<Option<std::process::ExitStatus>> {
+        let mut servers = lock(&self.db.servers)?;
+        let Some(s) = servers.get_mut(&id) else { return Err(Error::Conflict("the server went away".into())) };
+        let st = s.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+        if st.is_some() {
+            s.child = None;
+        }
+        Ok(st)
+    }
+
+    /// Marks `v`'s server failed with its exit and the last lines of its log (read without
+    /// the lock); returns the reason.
+    fn mark_failed(&self, v: &VolumeRec, st: std::process::ExitStatus) -> Result<String> {
+        let why = format!("the server exited ({st}): {}", db::log_tail(&self.log_path(&v.name), 5));
+        if let Some(s) = lock(&self.db.servers)?.get_mut(&v.id) {
+            s.status = Status::Failed(why.clone());
+        }
+        Ok(why)
     }
 
     fn stop_server(&self, id: u64) {
@@ -415,19 +427,20 @@ impl Daemon {
 
     pub(super) fn db_list(&self) -> Result<Value> {
         let unique: HashMap<String, u64> = self.list()?.into_iter().map(|i| (i.name, i.unique)).collect();
-        let servers = lock(&self.db.servers)?;
+        // (status, last active) by volume, copied out: the rest runs without the lock.
+        let servers: HashMap<u64, (Status, i64)> = lock(&self.db.servers)?.iter().map(|(id, s)| (*id, (s.status.clone(), s.last_active))).collect();
         let mut out = Vec::new();
         for v in Catalog::list(&self.store)? {
             let Some(c) = &v.db else { continue };
             let s = servers.get(&v.id);
-            let status = match (c.engine.serves(), c.running, s.map(|s| &s.status)) {
+            let status = match (c.engine.serves(), c.running, s.map(|s| &s.0)) {
                 (false, _, _) => "ready".to_string(),
                 (true, _, Some(Status::Failed(why))) => format!("failed: {why}"),
                 (true, true, Some(Status::Running)) => "running".into(),
                 (true, true, _) => "starting".into(),
                 (true, false, _) => "stopped".into(),
             };
-            let last_active = s.map(|s| s.last_active);
+            let last_active = s.map(|s| s.1);
             let expires = match (c.idle, c.protect, last_active) {
                 (Some(i), false, Some(a)) => Some(a + i as i64),
                 _ => None,
@@ -621,21 +634,9 @@ impl Daemon {
                 (engine, Some(port), Some((true, _))) => {
                     let srv = engine.server()?;
                     let dir = self.db_mount(&v)?;
-                    let exited = {
-                        let mut servers = lock(&self.db.servers)?;
-                        let s = servers.get_mut(&v.id).ok_or_else(|| Error::Corrupt("server entry vanished".into()))?;
-                        match s.child.as_mut().map(|c| c.try_wait()) {
-                            Some(Ok(Some(st))) => {
-                                s.child = None;
-                                let why = format!("the server exited ({st}): {}", db::log_tail(&self.log_path(&v.name), 5));
-                                log::error!("db: {}: {why}", v.name);
-                                s.status = Status::Failed(why);
-                                true
-                            }
-                            _ => false,
-                        }
-                    };
-                    if exited {
+                    if let Some(st) = self.reap_server(v.id)? {
+                        let why = self.mark_failed(&v, st)?;
+                        log::error!("db: {}: {why}", v.name);
                         continue;
                     }
                     let Some(limit) = c.idle.filter(|_| !c.protect) else { continue };
