@@ -58,11 +58,7 @@ impl Server for Maria {
                 if !src.join("mysql").is_dir() {
                     return Err(Error::Invalid(format!("{} is not a MariaDB/MySQL data directory (no mysql/)", src.display())));
                 }
-                let st = Command::new("cp").arg("-a").arg(format!("{}/.", src.display())).arg(&data).status()?;
-                if !st.success() {
-                    return Err(Error::Invalid(format!("cannot copy {}", src.display())));
-                }
-                chown_tree(root, self.ids)?;
+                super::import_dir(src, &data, root, self.ids)?;
             }
             None => {
                 chown_tree(root, self.ids)?;

@@ -209,6 +209,16 @@ pub fn kill_strays(root: &Path) -> usize {
     n
 }
 
+/// Copies the stopped data directory `src` into `data` and gives everything under `root`
+/// to (uid, gid).
+pub(crate) fn import_dir(src: &Path, data: &Path, root: &Path, ids: (u32, u32)) -> Result<()> {
+    let st = Command::new("cp").arg("-a").arg(format!("{}/.", src.display())).arg(data).status()?;
+    if !st.success() {
+        return Err(Error::Invalid(format!("cannot copy {}", src.display())));
+    }
+    chown_tree(root, ids)
+}
+
 /// The last `n` lines of a log file.
 pub fn log_tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();

@@ -67,11 +67,7 @@ impl Server for Pg {
                 if src.join("postmaster.pid").exists() {
                     return Err(Error::Conflict(format!("{} has a postmaster.pid: stop its server first", src.display())));
                 }
-                let st = Command::new("cp").arg("-a").arg(format!("{}/.", src.display())).arg(&data).status()?;
-                if !st.success() {
-                    return Err(Error::Invalid(format!("cannot copy {}", src.display())));
-                }
-                chown_tree(root, self.ids)?;
+                super::import_dir(src, &data, root, self.ids)?;
             }
             None => {
                 chown_tree(root, self.ids)?;

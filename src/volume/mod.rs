@@ -654,29 +654,46 @@ impl Catalog {
                 ((cut.lineage, cut.epoch), Some(cut), origin, store.view_space(v.lineage)?)
             }
         };
-        let id = Self::next_id(store, &mut t, 2)?;
+        // Not inherited, as in ZFS: a clone starts without limits or a snapshot schedule.
+        let rec = Self::stage_clone(store, &mut t, new, parent, space, v.block_size, Some(origin), v.idmap.with(layer))?;
+        self.commit(t, true)?;
+        Ok((rec, cut))
+    }
+
+    /// Stages volume `name` (free, checked by the caller) writing into a new lineage whose
+    /// parent is the pinned (lineage, epoch) `parent`, starting with that view's figures.
+    #[allow(clippy::too_many_arguments)]
+    fn stage_clone(
+        store: &Store,
+        t: &mut CatTxn,
+        name: &str,
+        parent: (u64, u64),
+        space: ViewSpace,
+        block_size: u32,
+        origin: Option<String>,
+        idmap: idmap::IdMap,
+    ) -> Result<VolumeRec> {
+        let id = Self::next_id(store, t, 2)?;
         let rec = VolumeRec {
             id,
-            name: new.to_string(),
+            name: name.to_string(),
             lineage: id + 1,
-            block_size: v.block_size,
+            block_size,
             created: now(),
-            origin: Some(origin),
-            // Not inherited, as in ZFS: a clone starts without limits or a snapshot schedule.
+            origin,
             refquota: None,
             quota: None,
             snapshot_policy: None,
-            idmap: v.idmap.with(layer),
+            idmap,
             receiving: None,
             db: None,
         };
-        let lin = LineageRec { id: id + 1, parent: Some(parent), head: Some(1), pins: BTreeMap::new(), block_size: v.block_size };
+        let lin = LineageRec { id: id + 1, parent: Some(parent), head: Some(1), pins: BTreeMap::new(), block_size };
         t.set_view_space(lin.id, space);
-        t.cat_put(&CatKey::Name(new.as_bytes().to_vec()), &id.to_le_bytes())?;
-        Self::put_volume(&mut t, &rec)?;
-        Self::put_lineage(&mut t, &lin)?;
-        self.commit(t, true)?;
-        Ok((rec, cut))
+        t.cat_put(&CatKey::Name(name.as_bytes().to_vec()), &id.to_le_bytes())?;
+        Self::put_volume(t, &rec)?;
+        Self::put_lineage(t, &lin)?;
+        Ok(rec)
     }
 
     /// Gives `vol` a new lineage whose parent is snapshot `snap`; the old head lineage keeps

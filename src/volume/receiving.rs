@@ -139,26 +139,9 @@ impl Catalog {
                 let mut l = Self::lineage(store, sr.lineage)?;
                 l.pin(sr.epoch);
                 Self::put_lineage(&mut t, &l)?;
-                let id = Self::next_id(store, &mut t, 2)?;
-                let rec = VolumeRec {
-                    id,
-                    name: name.clone(),
-                    lineage: id + 1,
-                    block_size: v.block_size,
-                    created: now(),
-                    origin: None,
-                    refquota: None,
-                    quota: None,
-                    snapshot_policy: None,
-                    idmap: Default::default(),
-                    receiving: Some(state),
-                    db: None,
-                };
-                let lin = LineageRec { id: id + 1, parent: Some((sr.lineage, sr.epoch)), head: Some(1), pins: BTreeMap::new(), block_size: v.block_size };
-                t.set_view_space(lin.id, sr.space);
-                t.cat_put(&CatKey::Name(name.as_bytes().to_vec()), &id.to_le_bytes())?;
+                let mut rec = Self::stage_clone(store, &mut t, &name, (sr.lineage, sr.epoch), sr.space, v.block_size, None, Default::default())?;
+                rec.receiving = Some(state);
                 Self::put_volume(&mut t, &rec)?;
-                Self::put_lineage(&mut t, &lin)?;
                 rec
             }
         };
