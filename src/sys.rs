@@ -215,18 +215,6 @@ pub fn remount(dir: &Path, read_only: bool) -> io::Result<()> {
     Ok(())
 }
 
-/// Allocates `len` bytes of disk for `f` from `off` on, extending it (writes inside then
-/// cannot fail with ENOSPC).
-pub fn fallocate_range(f: &std::fs::File, off: u64, len: u64) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: the fd is open for writing for the duration of the call.
-    let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, off as libc::off_t, len as libc::off_t) };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 /// Allocates `len` bytes of disk for `f` (so later writes inside cannot fail with ENOSPC).
 pub fn fallocate(f: &std::fs::File, len: u64) -> io::Result<()> {
     use std::os::fd::AsRawFd;

@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex, RwLock};
 /// Size of a segment: a record that does not fit in what is left starts a new one, and a
 /// record larger than a segment makes its segment longer.
 pub const SEGMENT_SIZE: u64 = 64 << 20;
-/// Small records (fsync'd writes) go into space preallocated this far ahead, so an
+/// Small records (fsync'd writes) go into space zero-filled this far ahead, so an
 /// fdatasync need not commit a size change too. Large records are appended without: ext4
 /// writes into preallocated (unwritten) space at a seventh of the speed of an append.
 const PREALLOC: u64 = 4 << 20;
@@ -352,7 +352,7 @@ impl Log {
         let end = mark.off + total;
         if end > w.size && total < SMALL_RECORD {
             let to = align(end, PREALLOC) + PREALLOC;
-            match crate::sys::fallocate_range(&w.file, w.size, to - w.size) {
+            match zero_fill(&w.file, w.size, to) {
                 Ok(()) => w.size = to,
                 // A full disk: the write below extends the file if there is room at all.
                 Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {}
@@ -449,6 +449,21 @@ impl Log {
     pub fn last_record_segment(w: &Writer) -> u32 {
         w.last_seg
     }
+}
+
+/// Writes zeros over [from, to) of `f`. Zeros, not `fallocate`: the next syncs write into
+/// blocks that are already written, so an `fdatasync` flushes the record's pages without
+/// an extent conversion and journal commit (about twice the fsync rate on ext4); the zeros
+/// reach the disk with the first sync after them, once per `PREALLOC`.
+fn zero_fill(f: &File, from: u64, to: u64) -> std::io::Result<()> {
+    static ZEROS: [u8; 1 << 20] = [0u8; 1 << 20];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(ZEROS.len() as u64) as usize;
+        f.write_all_at(&ZEROS[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
 }
 
 fn poisoned() -> Error {
