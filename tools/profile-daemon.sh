@@ -2,13 +2,13 @@
 # Profiles the clonefs daemon with `perf record -g` while one job runs on a fresh volume, and
 # prints the job's figure and the hottest symbols. For "show what limits it" in
 # docs/benchmarks.md.
-#   tools/profile-daemon.sh seqwrite|randwrite|fsync|randread|stat [--writeback]
+#   tools/profile-daemon.sh seqwrite|randwrite|fsync|randread|stat|create|unlink [--writeback]
 # Needs perf (apt-get install linux-perf) and fio; runs as root. The perf data stays in
 # /tmp/clonefs-profile.JOB.data for `perf report -i`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
-job=${1:?usage: tools/profile-daemon.sh seqwrite|randwrite|fsync|randread|stat [--writeback]}
+job=${1:?usage: tools/profile-daemon.sh seqwrite|randwrite|fsync|randread|stat|create|unlink [--writeback]}
 mopt=${2:-}
 command -v perf >/dev/null || { apt-get update -qq && apt-get install -y -qq linux-perf; }
 command -v fio >/dev/null || { apt-get update -qq && apt-get install -y -qq fio; }
@@ -57,6 +57,32 @@ for _ in range(20):
 print(json.dumps({"jobs": [{"stat": {"per_s": 100000 / (time.perf_counter() - t)}}]}))
 EOF
     } ;;
+  create) run() { python3 - "$m" <<'EOF'
+import json, os, sys, time
+for d in range(20):
+    os.makedirs(f"{sys.argv[1]}/d{d}", exist_ok=True)
+t = time.perf_counter()
+for i in range(5000):
+    with open(f"{sys.argv[1]}/d{i % 20}/f{i}", "wb") as f:
+        f.write(os.urandom(4096))
+print(json.dumps({"jobs": [{"create": {"per_s": 5000 / (time.perf_counter() - t)}}]}))
+EOF
+    } ;;
+  unlink) python3 - "$m" <<'EOF'
+import os, sys
+for i in range(5000):
+    os.makedirs(f"{sys.argv[1]}/d{i % 20}", exist_ok=True)
+    with open(f"{sys.argv[1]}/d{i % 20}/f{i}", "wb") as f:
+        f.write(os.urandom(4096))
+EOF
+    run() { python3 - "$m" <<'EOF'
+import json, os, sys, time
+t = time.perf_counter()
+for i in range(5000):
+    os.unlink(f"{sys.argv[1]}/d{i % 20}/f{i}")
+print(json.dumps({"jobs": [{"unlink": {"per_s": 5000 / (time.perf_counter() - t)}}]}))
+EOF
+    } ;;
   *) echo "unknown job $job" >&2; exit 2 ;;
 esac
 data=/tmp/clonefs-profile.$job.data
@@ -67,7 +93,7 @@ run > "$work/out.json"
 kill -INT $perf_pid; wait $perf_pid || true
 python3 -c "
 import json; j = json.load(open('$work/out.json'))['jobs'][0]
-for k in ('write', 'read', 'stat'):
+for k in ('write', 'read', 'stat', 'create', 'unlink'):
     if k in j:
         print('$job$mopt:', {kk: round(v, 1) for kk, v in j[k].items() if kk in ('iops', 'bw', 'per_s')})"
 perf report -i "$data" --no-children --sort symbol --stdio -g none 2>/dev/null | grep '%' | head -25 | cut -c1-120

@@ -15,7 +15,7 @@ use crate::volume::{Kind, Ts};
 use fuser::{
     AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags,
-    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
     ReplyIoctl, ReplyLseek, ReplyOpen,
     ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
@@ -26,9 +26,15 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Only this daemon changes a volume and every change goes through the kernel, so cached
-/// attributes stay true (rollback invalidates them through the notifier). Entries get 1 s,
-/// like libfuse's passthrough, so that names a rollback changed are looked up again soon.
-const TTL: Duration = Duration::from_secs(1);
+/// entries and attributes stay true; what changes a mounted volume behind the kernel
+/// (rollback, receive, restore) invalidates them through the notifier. So the kernel may
+/// keep them long: a `stat` or path walk of a cached name costs no round trip (builds).
+const TTL: Duration = Duration::from_secs(60);
+/// A writeback mount: cached writes do not refresh `st_blocks`, which the daemon learns
+/// only when the pages arrive, so attributes are asked for again after 1 s.
+const WRITEBACK_TTL: Duration = Duration::from_secs(1);
+/// Snapshots under `.snapshots`: a destroyed one must vanish from the kernel's cache soon.
+const SNAP_ROOT_TTL: Duration = Duration::from_secs(1);
 
 /// An inode's generation: derived from its creation time, so a number used again (after
 /// a rollback and GC) gets another one and a stale file handle fails with ESTALE.
@@ -172,6 +178,42 @@ impl FuseFs {
         e
     }
 
+    fn ttl(&self) -> Duration {
+        if self.writeback {
+            WRITEBACK_TTL
+        } else {
+            TTL
+        }
+    }
+
+    /// Drops `n` of the kernel's lookups of `ino`.
+    fn forget_ino(&self, ino: u64, n: u64) {
+        if ino != SNAPDIR {
+            let _ = self.with_vol(ino, |v, i| {
+                v.forget(i, n);
+                Ok(())
+            });
+        }
+    }
+
+    /// The listing an opendir of `ino` took, and the view it belongs to.
+    fn listing(&self, ino: u64, fh: FileHandle) -> FsResult<(u64, Arc<Vec<DirItem>>)> {
+        if ino == SNAPDIR {
+            return self.lists.lock().ok().and_then(|l| l.get(&fh.0).cloned()).map(|l| (0, l)).ok_or(FsError::Posix(libc::EBADF));
+        }
+        self.with_vol(ino, |v, _| v.readdir(fh.0))
+    }
+
+    /// The inode number the kernel sees for an item of directory `dir` in view `k`.
+    fn item_ino(k: u64, dir: u64, it: &DirItem) -> u64 {
+        let (_, inner) = split(dir);
+        match k {
+            0 => it.ino,
+            _ if inner == crate::fs::ROOT_INO && it.name == b".." => SNAPDIR,
+            _ => join(k, it.ino),
+        }
+    }
+
     fn snapdir_attr(&self) -> FileAttr {
         let now = SystemTime::now();
         FileAttr {
@@ -226,7 +268,7 @@ impl FuseFs {
 
     fn entry(&self, r: FsResult<Entry>, reply: ReplyEntry) {
         match r {
-            Ok(e) => reply.entry(&TTL, &self.attr(&e), generation(&e)),
+            Ok(e) => reply.entry(&self.ttl(), &self.attr(&e), generation(&e)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -274,6 +316,8 @@ impl Filesystem for FuseFs {
             let _ = config.set_max_readahead(max);
         }
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        // The kernel asks for attributes with the listing when lookups of its names follow.
+        let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
         // File handles (name_to_handle_at, NFS re-export) survive the kernel dropping the
         // inode: it then looks the number up as "." (and a directory's parent as "..").
         let _ = config.add_capabilities(InitFlags::FUSE_EXPORT_SUPPORT);
@@ -314,17 +358,18 @@ impl Filesystem for FuseFs {
             return reply.entry(&Duration::ZERO, &self.snapdir_attr(), Generation(0));
         }
         let r = self.lookup_in(parent.0, name);
+        if parent.0 == SNAPDIR {
+            return match r {
+                Ok(e) => reply.entry(&SNAP_ROOT_TTL, &self.attr(&e), generation(&e)),
+                Err(e) => reply.error(errno(&e)),
+            };
+        }
         self.entry(r, reply)
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         let _m = crate::metrics::op("forget");
-        if ino.0 != SNAPDIR {
-            let _ = self.with_vol(ino.0, |v, i| {
-                v.forget(i, nlookup);
-                Ok(())
-            });
-        }
+        self.forget_ino(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -333,7 +378,7 @@ impl Filesystem for FuseFs {
             return reply.attr(&Duration::ZERO, &self.snapdir_attr());
         }
         match self.with_vol(ino.0, |v, i| v.entry(i)) {
-            Ok((k, e)) => reply.attr(&TTL, &self.attr(&Self::tr(k, e))),
+            Ok((k, e)) => reply.attr(&self.ttl(), &self.attr(&Self::tr(k, e))),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -378,7 +423,7 @@ impl Filesystem for FuseFs {
             kill_suidgid: uid.is_some() || gid.is_some() || (size.is_some() && req.uid() != 0),
         };
         match head_only(&[ino.0]).and_then(|_| self.v().setattr(ino.0, a)) {
-            Ok(e) => reply.attr(&TTL, &self.attr(&e)),
+            Ok(e) => reply.attr(&self.ttl(), &self.attr(&e)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -461,8 +506,11 @@ impl Filesystem for FuseFs {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _m = crate::metrics::op("open");
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
+        // A read-only handle has nothing to flush at close: the kernel then skips the FLUSH
+        // round trip (byte-range locks are the kernel's own: this daemon has no setlk).
+        let flags = if write { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH };
         match self.with_vol(ino.0, |v, i| v.open_file(i, write)) {
-            Ok((_, fh)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok((_, fh)) => reply.opened(FileHandle(fh), flags),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -592,21 +640,10 @@ impl Filesystem for FuseFs {
 
     fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let _m = crate::metrics::op("readdir");
-        let listing = if ino.0 == SNAPDIR {
-            self.lists.lock().ok().and_then(|l| l.get(&fh.0).cloned()).map(|l| (0, l)).ok_or(FsError::Posix(libc::EBADF))
-        } else {
-            self.with_vol(ino.0, |v, _| v.readdir(fh.0))
-        };
-        let (_, inner) = split(ino.0);
-        match listing {
+        match self.listing(ino.0, fh) {
             Ok((k, items)) => {
                 for (i, it) in items.iter().enumerate().skip(offset as usize) {
-                    let ino = match k {
-                        0 => it.ino,
-                        _ if inner == crate::fs::ROOT_INO && it.name == b".." => SNAPDIR,
-                        _ => join(k, it.ino),
-                    };
-                    if reply.add(INodeNo(ino), (i + 1) as u64, file_type(it.kind), OsStr::from_bytes(&it.name)) {
+                    if reply.add(INodeNo(Self::item_ino(k, ino.0, it)), (i + 1) as u64, file_type(it.kind), OsStr::from_bytes(&it.name)) {
                         break;
                     }
                 }
@@ -614,6 +651,46 @@ impl Filesystem for FuseFs {
             }
             Err(e) => reply.error(errno(&e)),
         }
+    }
+
+    /// Entries with their attributes, so `ls -l`, `make` and `find -newer` need no lookup per
+    /// name. Every entry but "." and ".." is a lookup reply: the kernel holds it and forgets
+    /// it like one, so it is counted like one (and uncounted if it did not fit).
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let _m = crate::metrics::op("readdirplus");
+        let (k, items) = match self.listing(ino.0, fh) {
+            Ok(l) => l,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let mut added = 0;
+        for (i, it) in items.iter().enumerate().skip(offset as usize) {
+            let (next, name) = ((i + 1) as u64, OsStr::from_bytes(&it.name));
+            let full = if it.name == b"." || it.name == b".." {
+                // The kernel takes only the number and type of these.
+                let attr = FileAttr { ino: INodeNo(Self::item_ino(k, ino.0, it)), ..self.snapdir_attr() };
+                reply.add(attr.ino, next, name, &Duration::ZERO, &attr, Generation(0))
+            } else {
+                match self.lookup_in(ino.0, name) {
+                    Ok(e) => {
+                        let ttl = if ino.0 == SNAPDIR { SNAP_ROOT_TTL } else { self.ttl() };
+                        let full = reply.add(INodeNo(e.ino), next, name, &ttl, &self.attr(&e), generation(&e));
+                        if full {
+                            self.forget_ino(e.ino, 1);
+                        }
+                        full
+                    }
+                    // Removed since the opendir.
+                    Err(FsError::Posix(libc::ENOENT)) => continue,
+                    Err(e) if added == 0 => return reply.error(errno(&e)),
+                    Err(_) => break,
+                }
+            };
+            if full {
+                break;
+            }
+            added += 1;
+        }
+        reply.ok()
     }
 
     fn releasedir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
@@ -665,6 +742,9 @@ impl Filesystem for FuseFs {
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let _m = crate::metrics::op("getxattr");
+        if ino.0 == SNAPDIR {
+            return reply.error(Errno::from_i32(libc::ENODATA));
+        }
         let r = self.acl_name(name).and_then(|_| self.with_vol(ino.0, |v, i| v.getxattr(i, name.as_bytes())));
         let r = r.and_then(|x| self.acl_ids(name, &x.1, false));
         Self::xattr_reply(r, size, reply)
@@ -672,6 +752,9 @@ impl Filesystem for FuseFs {
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let _m = crate::metrics::op("listxattr");
+        if ino.0 == SNAPDIR {
+            return Self::xattr_reply(Ok(Vec::new()), size, reply);
+        }
         Self::xattr_reply(self.with_vol(ino.0, |v, i| v.listxattr(i)).map(|x| x.1), size, reply)
     }
 
@@ -699,7 +782,7 @@ impl Filesystem for FuseFs {
         match self.ctx(req).and_then(|c| v.make(c, parent.0, name.as_bytes(), new, true)) {
             Ok(e) => {
                 let fh = v.next_handle();
-                reply.created(&TTL, &self.attr(&e), generation(&e), FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
+                reply.created(&self.ttl(), &self.attr(&e), generation(&e), FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
             }
             Err(e) => reply.error(errno(&e)),
         }

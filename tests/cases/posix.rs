@@ -360,3 +360,70 @@ fn file_handles_survive_cache_drops_hard_links_and_a_restart() {
     assert_eq!(read(open_handle(&v, &mut g, libc::O_RDONLY)), "linked");
     d.fsck_clean();
 }
+
+/// Listings carry attributes (readdirplus) and the kernel keeps names and attributes long:
+/// what `ls -l` and `stat` show must still follow every change, also the ones a rollback or
+/// a restore makes behind the kernel's back.
+#[test]
+fn listings_and_cached_attributes_follow_every_change() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mut d = Daemon::start();
+    let m = d.volume("v");
+    let dir = m.join("d");
+    fs::create_dir(&dir).unwrap();
+    // More entries than one listing reply holds, of sizes and modes that tell them apart.
+    let n = 3000u64;
+    for i in 0..n {
+        let p = dir.join(format!("f{i}"));
+        fs::write(&p, vec![b'x'; (i % 97) as usize]).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o600 | (i % 2) as u32 * 0o044)).unwrap();
+    }
+    std::os::unix::fs::symlink("f1", dir.join("link")).unwrap();
+    fs::create_dir(dir.join("sub")).unwrap();
+    let check = |removed: &dyn Fn(u64) -> bool, size_of: &dyn Fn(u64) -> u64| {
+        drop_caches();
+        let mut seen = 0;
+        for e in fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            let name = e.file_name().into_string().unwrap();
+            let md = e.metadata().unwrap();
+            assert_eq!(md.ino(), fs::symlink_metadata(e.path()).unwrap().ino());
+            match name.as_str() {
+                "link" => assert!(md.file_type().is_symlink()),
+                "sub" => assert!(md.is_dir()),
+                f => {
+                    let i: u64 = f[1..].parse().unwrap();
+                    assert!(!removed(i), "{f} is listed after its removal");
+                    assert_eq!(md.len(), size_of(i), "size of {f}");
+                    assert_eq!(md.permissions().mode() & 0o777, 0o600 | (i % 2) as u32 * 0o044, "mode of {f}");
+                    seen += 1;
+                }
+            }
+        }
+        assert_eq!(seen, (0..n).filter(|i| !removed(*i)).count());
+    };
+    check(&|_| false, &|i| i % 97);
+    d.ok(&["snapshot", "v@before"]);
+    // Changes through the mount: removals, a rewrite, new sizes.
+    for i in (0..n).step_by(3) {
+        fs::remove_file(dir.join(format!("f{i}"))).unwrap();
+    }
+    for i in (1..n).step_by(3) {
+        fs::write(dir.join(format!("f{i}")), vec![b'y'; 200]).unwrap();
+    }
+    check(&|i| i % 3 == 0, &|i| if i % 3 == 1 { 200 } else { i % 97 });
+    // The names and attributes the kernel holds now are stale after a rollback: it must
+    // see the snapshot's, at once.
+    fs::metadata(dir.join("f1")).unwrap();
+    d.ok(&["rollback", "v@before"]);
+    assert_eq!(fs::metadata(dir.join("f1")).unwrap().len(), 1, "stat after rollback shows the old size");
+    assert_eq!(fs::read(dir.join("f1")).unwrap(), b"x", "read after rollback shows the old data");
+    assert!(dir.join("f0").exists(), "a name removed before the rollback is back");
+    check(&|_| false, &|i| i % 97);
+    // A restore into the mounted volume: the changed names are looked up again.
+    fs::remove_file(dir.join("f5")).unwrap();
+    assert!(!dir.join("f5").exists());
+    d.ok(&["restore", "v@before", "d/f5"]);
+    assert_eq!(fs::metadata(dir.join("f5")).unwrap().len(), 5);
+    d.fsck_clean();
+}
