@@ -88,7 +88,11 @@ fn copy(src: &Volume, sino: u64, dst: &Volume, dir: u64, name: &[u8], done: &mut
     let existing = child(dst, dir, name)?;
     let ino = if rec.kind == Kind::Dir {
         let ino = match existing {
-            Some((ino, Kind::Dir)) => ino,
+            Some((ino, Kind::Dir)) => {
+                // Its attributes change below, behind the kernel: the name is looked up again.
+                done.names.push((dir, name.to_vec()));
+                ino
+            }
             Some(_) => return Err(err(libc::ENOTDIR)),
             None => {
                 let e = dst.make(ctx, dir, name, NewNode { kind: Kind::Dir, perm: rec.perm, umask: 0, rdev: 0, target: &[] }, false)?;

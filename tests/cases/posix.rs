@@ -425,5 +425,12 @@ fn listings_and_cached_attributes_follow_every_change() {
     assert!(!dir.join("f5").exists());
     d.ok(&["restore", "v@before", "d/f5"]);
     assert_eq!(fs::metadata(dir.join("f5")).unwrap().len(), 5);
+    // A directory restored over an existing one keeps its inode and gets the snapshot's mode.
+    let sub = dir.join("sub");
+    let old_mode = fs::metadata(&sub).unwrap().permissions().mode() & 0o7777;
+    fs::set_permissions(&sub, fs::Permissions::from_mode(0o700)).unwrap();
+    assert_eq!(fs::metadata(&sub).unwrap().permissions().mode() & 0o7777, 0o700);
+    d.ok(&["restore", "v@before", "d/sub", "--force"]);
+    assert_eq!(fs::metadata(&sub).unwrap().permissions().mode() & 0o7777, old_mode, "stat after restoring a directory in place");
     d.fsck_clean();
 }
