@@ -215,6 +215,50 @@ pub fn remount(dir: &Path, read_only: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// Writes `parts` one after another at `off` of `f`, all of them (`pwritev`, at most
+/// `IOV_MAX` parts per call, again after a short write).
+pub fn pwritev_all(f: &std::fs::File, parts: &[&[u8]], mut off: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    const IOV_MAX: usize = 1024;
+    let (mut i, mut skip) = (0usize, 0usize);
+    while i < parts.len() {
+        if parts[i].len() == skip {
+            (i, skip) = (i + 1, 0);
+            continue;
+        }
+        let iov: Vec<io::IoSlice<'_>> = std::iter::once(&parts[i][skip..])
+            .chain(parts[i + 1..].iter().copied())
+            .take(IOV_MAX)
+            .map(io::IoSlice::new)
+            .collect();
+        // SAFETY: IoSlice has the layout of iovec; the slices outlive the call.
+        let n = unsafe { libc::pwritev(f.as_raw_fd(), iov.as_ptr().cast(), iov.len() as libc::c_int, off as libc::off_t) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "pwritev wrote nothing"));
+        }
+        off += n as u64;
+        let mut n = n as usize;
+        while n > 0 {
+            let left = parts[i].len() - skip;
+            if n < left {
+                skip += n;
+                n = 0;
+            } else {
+                n -= left;
+                (i, skip) = (i + 1, 0);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Allocates `len` bytes of disk for `f` (so later writes inside cannot fail with ENOSPC).
 pub fn fallocate(f: &std::fs::File, len: u64) -> io::Result<()> {
     use std::os::fd::AsRawFd;
@@ -247,5 +291,25 @@ pub fn notify_service(state: &str) {
     })();
     if let Err(e) = sent {
         log::warn!("cannot notify the service manager ({state}): {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+
+    #[test]
+    fn pwritev_all_writes_every_part_in_order() {
+        let f = tempfile::tempfile().unwrap();
+        // More parts than one pwritev takes, empty ones among them.
+        let parts: Vec<Vec<u8>> = (0..3000u32).map(|i| vec![(i % 251) as u8; (i % 7) as usize * 100]).collect();
+        let refs: Vec<&[u8]> = parts.iter().map(|p| p.as_slice()).collect();
+        pwritev_all(&f, &refs, 4096).unwrap();
+        let want: Vec<u8> = parts.concat();
+        let mut got = vec![0u8; want.len()];
+        f.read_exact_at(&mut got, 4096).unwrap();
+        assert!(got == want, "bytes differ");
+        assert_eq!(f.metadata().unwrap().len(), 4096 + want.len() as u64);
     }
 }

@@ -33,9 +33,6 @@ pub const SEGMENT_SIZE: u64 = 64 << 20;
 /// writes into preallocated (unwritten) space at a seventh of the speed of an append.
 const PREALLOC: u64 = 4 << 20;
 const SMALL_RECORD: u64 = 1 << 20;
-/// The record buffer is kept between commits up to this size (a fresh 8 MiB buffer per
-/// commit cost more in page faults than the copy).
-const KEEP_BUFFER: usize = 16 << 20;
 const MAGIC: u32 = 0x5253_4643; // "CFSR"
 const VERSION: u16 = 1;
 pub const HEADER: u64 = 64;
@@ -131,8 +128,6 @@ pub struct Writer {
     /// The segment of the last record written (after a roll, the one before `seg` until a
     /// record goes into `seg`).
     last_seg: u32,
-    /// Where records are assembled.
-    buf: Vec<u8>,
 }
 
 struct Unsynced {
@@ -288,7 +283,7 @@ impl Log {
             active: Mutex::new(file.clone()),
             syncs: SyncGroup::default(),
         };
-        let w = Writer { seg, file, off, size, seq, prev, boot, since_checkpoint: 0, meta_since_checkpoint: 0, last_checkpoint: std::time::Instant::now(), broken: None, last_seg: seg, buf: Vec::new() };
+        let w = Writer { seg, file, off, size, seq, prev, boot, since_checkpoint: 0, meta_since_checkpoint: 0, last_checkpoint: std::time::Instant::now(), broken: None, last_seg: seg };
         Ok((log, w))
     }
 
@@ -324,31 +319,36 @@ impl Log {
         let Plan { mark, data_at, data_len } = plan;
         let data_off = data_at - mark.off;
         let total = align(data_off + data_len + batch.len() as u64, 8);
-        let mut rec = std::mem::take(&mut w.buf);
-        rec.clear();
-        rec.resize(total as usize, 0);
-        rec[0..4].copy_from_slice(&MAGIC.to_le_bytes());
-        rec[4..6].copy_from_slice(&VERSION.to_le_bytes());
-        rec[8..16].copy_from_slice(&mark.seq.to_le_bytes());
-        rec[16..24].copy_from_slice(&w.boot.to_le_bytes());
-        rec[24..32].copy_from_slice(&w.prev.to_le_bytes());
-        rec[32..40].copy_from_slice(&data_len.to_le_bytes());
-        rec[40..44].copy_from_slice(&(batch.len() as u32).to_le_bytes());
-        rec[44..48].copy_from_slice(&(data_off as u32).to_le_bytes());
-        let mut at = data_off as usize;
-        for b in blocks {
-            rec[at..at + b.len()].copy_from_slice(b);
-            at += b.len();
-        }
-        if at as u64 != data_off + data_len {
+        if blocks.iter().map(|b| b.len() as u64).sum::<u64>() != data_len {
             return Err(Error::Corrupt("planned and written block bytes differ".into()));
         }
-        rec[at..at + batch.len()].copy_from_slice(batch);
+        // The header and the zeros up to the first block; the blocks and the batch are
+        // written from where they are (no copy of the record).
+        let mut head = [0u8; (HEADER + ALIGN) as usize];
+        let head = &mut head[..data_off as usize];
+        head[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+        head[4..6].copy_from_slice(&VERSION.to_le_bytes());
+        head[8..16].copy_from_slice(&mark.seq.to_le_bytes());
+        head[16..24].copy_from_slice(&w.boot.to_le_bytes());
+        head[24..32].copy_from_slice(&w.prev.to_le_bytes());
+        head[32..40].copy_from_slice(&data_len.to_le_bytes());
+        head[40..44].copy_from_slice(&(batch.len() as u32).to_le_bytes());
+        head[44..48].copy_from_slice(&(data_off as u32).to_le_bytes());
         let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-        hasher.update(&rec[..HEADER as usize]);
-        hasher.update(&rec[data_off as usize..at + batch.len()]);
+        hasher.update(&head[..HEADER as usize]);
+        for b in blocks {
+            hasher.update(b);
+        }
+        hasher.update(batch);
         let sum = hasher.digest();
-        rec[48..56].copy_from_slice(&sum.to_le_bytes());
+        head[48..56].copy_from_slice(&sum.to_le_bytes());
+        let pad = [0u8; 8];
+        let tail = (total - data_off - data_len - batch.len() as u64) as usize;
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(blocks.len() + 3);
+        parts.push(head);
+        parts.extend_from_slice(blocks);
+        parts.push(batch);
+        parts.push(&pad[..tail]);
         let end = mark.off + total;
         if end > w.size && total < SMALL_RECORD {
             let to = align(end, PREALLOC) + PREALLOC;
@@ -361,11 +361,7 @@ impl Log {
         }
         // Page cache only: durable at the next sync. Under the commit lock, since the record
         // must be readable before RocksDB names its blocks.
-        let written = w.file.write_all_at(&rec, mark.off);
-        if rec.capacity() <= KEEP_BUFFER {
-            w.buf = rec;
-        }
-        written?;
+        crate::sys::pwritev_all(&w.file, &parts, mark.off)?;
         w.prev = record_id(mark.seq, w.boot, mark.seg, mark.off);
         w.last_seg = mark.seg;
         w.seq = mark.seq;
