@@ -376,7 +376,7 @@ fn listings_and_cached_attributes_follow_every_change() {
     for i in 0..n {
         let p = dir.join(format!("f{i}"));
         fs::write(&p, vec![b'x'; (i % 97) as usize]).unwrap();
-        fs::set_permissions(&p, fs::Permissions::from_mode(0o600 | (i % 2) as u32 * 0o044)).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o600 | ((i % 2) as u32 * 0o044))).unwrap();
     }
     std::os::unix::fs::symlink("f1", dir.join("link")).unwrap();
     fs::create_dir(dir.join("sub")).unwrap();
@@ -395,7 +395,7 @@ fn listings_and_cached_attributes_follow_every_change() {
                     let i: u64 = f[1..].parse().unwrap();
                     assert!(!removed(i), "{f} is listed after its removal");
                     assert_eq!(md.len(), size_of(i), "size of {f}");
-                    assert_eq!(md.permissions().mode() & 0o777, 0o600 | (i % 2) as u32 * 0o044, "mode of {f}");
+                    assert_eq!(md.permissions().mode() & 0o777, 0o600 | ((i % 2) as u32 * 0o044), "mode of {f}");
                     seen += 1;
                 }
             }
