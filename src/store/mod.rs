@@ -1152,7 +1152,10 @@ impl Store {
         m.rocksdb_pending_compaction_bytes.set(gauge(sum("rocksdb.estimate-pending-compaction-bytes")));
         m.rocksdb_write_stopped.set(gauge(prop("rocksdb.is-write-stopped")));
         m.rocksdb_delayed_write_rate.set(gauge(prop("rocksdb.actual-delayed-write-rate")));
-        m.rocksdb_cache_bytes.set(gauge(prop("rocksdb.block-cache-usage")));
+        // Every column family shares one cache; the DB-wide property reads the default
+        // family's own (unused) one.
+        let cache = self.cf(cf::REFS).ok().and_then(|c| self.db.property_int_value_cf(c, "rocksdb.block-cache-usage").ok().flatten()).unwrap_or(0);
+        m.rocksdb_cache_bytes.set(gauge(cache));
         m.memtable_bytes.set(gauge(sum("rocksdb.cur-size-all-mem-tables")));
         Ok(())
     }
