@@ -32,6 +32,16 @@ trap cleanup EXIT
 "$B" mount p "$m" $mopt >/dev/null
 pid=$("$B" status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])')
 fiojob() { fio --name=p --filename="$m/f" --ioengine=psync --refill_buffers --output-format=json "$@"; }
+# 5,000 files of 4 KiB in 20 directories.
+populate() {
+  python3 - "$m" <<'EOF'
+import os, sys
+for i in range(5000):
+    os.makedirs(f"{sys.argv[1]}/d{i % 20}", exist_ok=True)
+    with open(f"{sys.argv[1]}/d{i % 20}/f{i}", "wb") as f:
+        f.write(os.urandom(4096))
+EOF
+}
 case $job in
   seqwrite) run() { fiojob --rw=write --bs=1M --size=1024M --end_fsync=1; } ;;
   randwrite) fiojob --rw=write --bs=1M --size=256M --end_fsync=1 >/dev/null
@@ -40,13 +50,7 @@ case $job in
     run() { fiojob --rw=randwrite --bs=4k --size=256M --runtime=10 --time_based --fsync=1; } ;;
   randread) fiojob --rw=write --bs=1M --size=256M --end_fsync=1 >/dev/null
     run() { sync; echo 3 > /proc/sys/vm/drop_caches; fiojob --rw=randread --bs=4k --size=256M --runtime=10 --time_based; } ;;
-  stat) python3 - "$m" <<'EOF'
-import os, sys
-for i in range(5000):
-    os.makedirs(f"{sys.argv[1]}/d{i % 20}", exist_ok=True)
-    with open(f"{sys.argv[1]}/d{i % 20}/f{i}", "wb") as f:
-        f.write(os.urandom(4096))
-EOF
+  stat) populate
     run() { python3 - "$m" <<'EOF'
 import json, os, sys, time
 names = [f"{sys.argv[1]}/d{i % 20}/f{i}" for i in range(5000)]
@@ -68,13 +72,7 @@ for i in range(5000):
 print(json.dumps({"jobs": [{"create": {"per_s": 5000 / (time.perf_counter() - t)}}]}))
 EOF
     } ;;
-  unlink) python3 - "$m" <<'EOF'
-import os, sys
-for i in range(5000):
-    os.makedirs(f"{sys.argv[1]}/d{i % 20}", exist_ok=True)
-    with open(f"{sys.argv[1]}/d{i % 20}/f{i}", "wb") as f:
-        f.write(os.urandom(4096))
-EOF
+  unlink) populate
     run() { python3 - "$m" <<'EOF'
 import json, os, sys, time
 t = time.perf_counter()

@@ -186,6 +186,15 @@ impl FuseFs {
         }
     }
 
+    /// The TTL of a name looked up in directory `parent`.
+    fn ttl_in(&self, parent: u64) -> Duration {
+        if parent == SNAPDIR {
+            SNAP_ROOT_TTL
+        } else {
+            self.ttl()
+        }
+    }
+
     /// Drops `n` of the kernel's lookups of `ino`.
     fn forget_ino(&self, ino: u64, n: u64) {
         if ino != SNAPDIR {
@@ -357,14 +366,10 @@ impl Filesystem for FuseFs {
         if self.snaps.is_some() && (by_number || (parent.0 == crate::fs::ROOT_INO && name.as_bytes() == snapdir::NAME)) {
             return reply.entry(&Duration::ZERO, &self.snapdir_attr(), Generation(0));
         }
-        let r = self.lookup_in(parent.0, name);
-        if parent.0 == SNAPDIR {
-            return match r {
-                Ok(e) => reply.entry(&SNAP_ROOT_TTL, &self.attr(&e), generation(&e)),
-                Err(e) => reply.error(errno(&e)),
-            };
+        match self.lookup_in(parent.0, name) {
+            Ok(e) => reply.entry(&self.ttl_in(parent.0), &self.attr(&e), generation(&e)),
+            Err(e) => reply.error(errno(&e)),
         }
-        self.entry(r, reply)
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -672,8 +677,7 @@ impl Filesystem for FuseFs {
             } else {
                 match self.lookup_in(ino.0, name) {
                     Ok(e) => {
-                        let ttl = if ino.0 == SNAPDIR { SNAP_ROOT_TTL } else { self.ttl() };
-                        let full = reply.add(INodeNo(e.ino), next, name, &ttl, &self.attr(&e), generation(&e));
+                        let full = reply.add(INodeNo(e.ino), next, name, &self.ttl_in(ino.0), &self.attr(&e), generation(&e));
                         if full {
                             self.forget_ino(e.ino, 1);
                         }
