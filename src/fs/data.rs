@@ -1,7 +1,7 @@
 //! File data: open, read, write, truncate, fallocate, lseek, copy_file_range, release.
 
-use super::table::{self, lock, Node, Ranges};
-use super::{err, Entry, FsResult, Volume, PURGE_BATCH};
+use super::table::{self, lock, lock_busy, Node, Ranges};
+use super::{err, Entry, Flush, FsResult, Volume, PURGE_BATCH};
 use crate::error::Error;
 use crate::volume::view::{Ext, ViewTxn};
 use crate::volume::{Kind, Ts};
@@ -78,7 +78,7 @@ impl Volume {
     pub fn read(&self, ino: u64, off: u64, size: u32) -> FsResult<Vec<u8>> {
         let node = self.node(ino)?;
         let (fsize, mem) = {
-            let n = lock(&node)?;
+            let n = lock_busy(&node)?;
             (n.rec.size, self.range_in_memory(&n, off, size)?)
         };
         if size > 0 && off < fsize {
@@ -99,8 +99,8 @@ impl Volume {
     }
 
     /// Copies of the blocks of a read range that memory holds newer than (or instead of
-    /// reading) the store: dirty blocks (with their written ranges if partly written), then
-    /// clean copies.
+    /// reading) the store: dirty blocks (with their written ranges if partly written), over
+    /// blocks being flushed, over clean copies.
     fn range_in_memory(&self, n: &Node, off: u64, size: u32) -> FsResult<InMemory> {
         if n.rec.kind == Kind::Dir {
             return Err(err(libc::EISDIR));
@@ -112,6 +112,9 @@ impl Volume {
         let end = n.rec.size.min(off + size as u64);
         let (first, last) = (off / self.bs, (end - 1) / self.bs);
         for (idx, d) in n.clean.iter().filter(|(i, _)| (first..=last).contains(i)) {
+            mem.insert(*idx, (d.clone(), None));
+        }
+        for (idx, d) in n.flushing.iter().flat_map(|f| f.range(first..=last)) {
             mem.insert(*idx, (d.clone(), None));
         }
         for (idx, d) in n.dirty.range(first..=last) {
@@ -183,18 +186,28 @@ impl Volume {
     /// Writes `data` at `off`. `kill_suidgid`: the writer lacks CAP_FSETID and the file may
     /// be set-user/group-ID (the kernel says so; see `drop_suidgid`).
     pub fn write(&self, ino: u64, off: u64, data: &[u8], kill_suidgid: bool) -> FsResult<usize> {
+        let (n, flush) = self.write_then(ino, off, data, kill_suidgid)?;
+        if let Some(f) = flush {
+            self.finish_flush(f)?;
+        }
+        Ok(n)
+    }
+
+    /// `write`, leaving to the caller the flush it started, if any (`finish_flush`): the
+    /// FUSE layer answers the write first, so the writer's next request overlaps the commit.
+    pub fn write_then(&self, ino: u64, off: u64, data: &[u8], kill_suidgid: bool) -> FsResult<(usize, Option<Flush>)> {
         self.check_writable()?;
         let end = off.checked_add(data.len() as u64).ok_or_else(|| err(libc::EFBIG))?;
         if end > i64::MAX as u64 {
             return Err(err(libc::EFBIG));
         }
         let node = self.node(ino)?;
-        let mut n = lock(&node)?;
+        let mut n = lock_busy(&node)?;
         if n.rec.kind != Kind::File {
             return Err(err(libc::EINVAL));
         }
         if data.is_empty() || n.purged {
-            return Ok(data.len());
+            return Ok((data.len(), None));
         }
         let bs = self.bs;
         self.check_refquota(&n, off, end)?;
@@ -213,9 +226,10 @@ impl Volume {
                 n.partial.remove(&idx);
             } else {
                 if !n.dirty.contains_key(&idx) {
-                    // Past the end, or with a clean copy, the block is known; else only the
-                    // written range is, and the rest is read when it is needed.
-                    let clean = n.clean.iter().find(|(i, _)| *i == idx).map(|(_, d)| d.clone());
+                    // Past the end, being flushed, or with a clean copy, the block is known;
+                    // else only the written range is, and the rest is read when it is needed.
+                    let flushing = n.flushing.as_ref().and_then(|f| f.get(&idx).cloned());
+                    let clean = flushing.or_else(|| n.clean.iter().find(|(i, _)| *i == idx).map(|(_, d)| d.clone()));
                     let b = match clean {
                         Some(d) => d,
                         None => {
@@ -251,10 +265,9 @@ impl Volume {
         self.mark_dirty(ino, &mut n, added);
         let total = self.budget.bytes.load(Ordering::Relaxed);
         if n.dirty.len() as u64 * bs >= self.budget.file_limit || total >= self.budget.total_limit {
-            let rec = n.rec.clone();
-            self.save_node(ino, &mut n, rec, false)?;
+            return Ok((data.len(), self.begin_flush(ino, &node, n)?));
         }
-        Ok(data.len())
+        Ok((data.len(), None))
     }
 
     /// EDQUOT before a write is taken that could take the volume past its refquota: what it
@@ -575,9 +588,10 @@ impl Volume {
         Ok(())
     }
 
+    /// The inode's attributes (as memory has them: a flush in flight does not delay them).
     pub fn entry(&self, ino: u64) -> FsResult<Entry> {
         let node = self.node(ino)?;
-        let n = lock(&node)?;
+        let n = lock_busy(&node)?;
         Ok(Entry { ino, rec: n.rec.clone() })
     }
 }

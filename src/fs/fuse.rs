@@ -555,14 +555,22 @@ impl Filesystem for FuseFs {
     ) {
         let _m = crate::metrics::op("write");
         let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
-        match head_only(&[ino.0]).and_then(|_| self.v().write(ino.0, offset, data, kill)) {
-            Ok(n) => {
+        let v = self.v();
+        match head_only(&[ino.0]).and_then(|_| v.write_then(ino.0, offset, data, kill)) {
+            Ok((n, flush)) => {
                 crate::metrics::get().written_bytes.inc_by(n as u64);
                 if kill {
                     // A write reply carries no attributes: the kernel still has the old mode.
                     self.live.invalidate_attrs(ino.0);
                 }
-                reply.written(n as u32)
+                reply.written(n as u32);
+                // After the reply: the writer's next request runs meanwhile. A failure keeps
+                // the blocks dirty; the next flush, fsync or close reports it.
+                if let Some(f) = flush {
+                    if let Err(e) = v.finish_flush(f) {
+                        log::warn!("flush of inode {} after a write: {e}", ino.0);
+                    }
+                }
             }
             Err(e) => {
                 log::warn!("write of {} bytes at {offset} to inode {}: {e}", data.len(), ino.0);

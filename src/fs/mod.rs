@@ -19,7 +19,7 @@ pub mod table;
 use crate::error::Error;
 use crate::volume::view::{Ext, View, ViewTxn};
 use crate::volume::{InodeRec, Kind};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -77,6 +77,20 @@ impl Default for DirtyBudget {
     fn default() -> Self {
         DirtyBudget::within(&crate::memory::Budget::default())
     }
+}
+
+/// The blocks `stage_blocks` writes.
+struct Staged<'a> {
+    dirty: &'a BTreeMap<u64, Vec<u8>>,
+    partial: &'a HashMap<u64, table::Ranges>,
+}
+
+/// A flush committing a file's blocks without its node's lock (see `Volume::begin_flush`).
+pub struct Flush {
+    ino: u64,
+    node: NodeRef,
+    blocks: Arc<BTreeMap<u64, Vec<u8>>>,
+    rec: InodeRec,
 }
 
 /// One directory entry of a listing taken at opendir.
@@ -163,9 +177,9 @@ impl Drop for Volume {
     fn drop(&mut self) {
         for ino in self.table.inos() {
             if let Ok(Some(node)) = self.table.get(ino, || Ok(None)) {
-                if let Ok(n) = node.lock() {
+                if let Ok(n) = table::lock_busy(&node) {
                     self.budget.clean_bytes.fetch_sub(n.clean.len() as u64 * self.bs, Ordering::Relaxed);
-                    self.add_dirty(-(n.dirty.len() as i64));
+                    self.add_dirty(-(n.dirty.len() as i64 + n.flushing.as_ref().map_or(0, |f| f.len() as i64)));
                 }
             }
         }
@@ -251,7 +265,17 @@ impl Volume {
 
     /// Stages `n`'s dirty blocks and `rec` (its new attributes) into `t`. Returns the record
     /// as written; call `applied` after the commit succeeds.
-    fn stage_node(&self, t: &mut ViewTxn<'_>, ino: u64, n: &Node, mut rec: InodeRec) -> FsResult<InodeRec> {
+    fn stage_node(&self, t: &mut ViewTxn<'_>, ino: u64, n: &Node, rec: InodeRec) -> FsResult<InodeRec> {
+        if n.flushing.is_some() {
+            // `lock` waits for the flush; a record staged now would be overwritten by it.
+            return Err(Error::Corrupt(format!("inode {ino}: record staged while a flush is in flight")).into());
+        }
+        self.stage_blocks(t, ino, &n.dirty, &n.partial, rec)
+    }
+
+    /// Stages blocks `dirty` (of which only `partial`'s ranges were written) and `rec`.
+    fn stage_blocks(&self, t: &mut ViewTxn<'_>, ino: u64, dirty: &BTreeMap<u64, Vec<u8>>, partial: &HashMap<u64, table::Ranges>, mut rec: InodeRec) -> FsResult<InodeRec> {
+        let n = Staged { dirty, partial };
         let mut delta = 0i64;
         // Dense dirty ranges (sequential writes) read the old extents with one scan.
         let scanned = match (n.dirty.keys().next(), n.dirty.keys().next_back()) {
@@ -360,6 +384,81 @@ impl Volume {
         t.commit(sync)?;
         self.applied(ino, n, rec);
         Ok(())
+    }
+
+    /// Starts flushing `n`'s dirty blocks. When all are whole blocks and nobody waits for the
+    /// node, they move to `flushing` and the commit is left to `finish_flush`, which runs
+    /// without the lock: the writer goes on filling the next blocks meanwhile. Otherwise (or
+    /// with nothing to flush) the node is saved here, under the lock.
+    fn begin_flush<'a>(&self, ino: u64, node: &'a NodeRef, n: MutexGuard<'a, Node>) -> FsResult<Option<Flush>> {
+        let mut n = table::settled(node, n)?;
+        if n.is_clean() {
+            return Ok(None);
+        }
+        if !n.partial.is_empty() || n.waiters > 0 || n.dirty.is_empty() {
+            let rec = n.rec.clone();
+            self.save_node(ino, &mut n, rec, false)?;
+            return Ok(None);
+        }
+        let blocks = Arc::new(std::mem::take(&mut n.dirty));
+        n.flushing = Some(blocks.clone());
+        n.meta_dirty = false;
+        Ok(Some(Flush { ino, node: node.clone(), blocks, rec: n.rec.clone() }))
+    }
+
+    /// Commits a flush `begin_flush` started, then records it in the node (or, if the commit
+    /// failed, gives its blocks back to the node's dirty ones, to be retried and reported by
+    /// the next flush, fsync or close).
+    pub fn finish_flush(&self, f: Flush) -> FsResult<()> {
+        let Flush { ino, node, blocks, rec } = f;
+        let none = HashMap::new();
+        let r = self.txn().and_then(|mut t| {
+            let rec = self.stage_blocks(&mut t, ino, &blocks, &none, rec)?;
+            t.commit(false)?;
+            Ok(rec)
+        });
+        let mut n = table::lock_busy(&node)?;
+        n.flushing = None;
+        let mut freed = 0i64;
+        match &r {
+            Ok(rec) => {
+                freed = blocks.len() as i64;
+                // Only commits wait for the flush, so nothing else changed the block count.
+                n.rec.blocks = rec.blocks;
+                let kept = n.lookups > 0 || n.opens > 0;
+                let before = n.clean.len();
+                n.clean.retain(|(i, _)| !blocks.contains_key(i));
+                self.budget.clean_bytes.fetch_sub((before - n.clean.len()) as u64 * self.bs, Ordering::Relaxed);
+                if kept {
+                    for (idx, data) in blocks.iter().rev().take(table::CLEAN_PER_NODE) {
+                        if !n.dirty.contains_key(idx) {
+                            self.keep_clean(&mut n, *idx, data.clone());
+                        }
+                    }
+                }
+                if n.is_clean() {
+                    n.dirty_since = None;
+                    if let Ok(mut d) = self.dirty.lock() {
+                        d.remove(&ino);
+                    }
+                }
+            }
+            Err(_) => {
+                let blocks = Arc::try_unwrap(blocks).unwrap_or_else(|b| (*b).clone());
+                for (idx, data) in blocks {
+                    if n.dirty.contains_key(&idx) {
+                        freed += 1;
+                    } else {
+                        n.dirty.insert(idx, data);
+                    }
+                }
+                n.meta_dirty = true;
+            }
+        }
+        drop(n);
+        table::wake(&node);
+        self.add_dirty(-freed);
+        r.map(|_| ())
     }
 
     /// Flushes one file's dirty data; with `sync`, makes it and everything before durable.
@@ -495,7 +594,7 @@ impl Volume {
     /// The kernel dropped `n` lookups of `ino`.
     pub fn forget(&self, ino: u64, nlookup: u64) {
         if let Ok(Some(node)) = self.table.get(ino, || Ok(None)) {
-            if let Ok(mut n) = node.lock() {
+            if let Ok(mut n) = table::lock_busy(&node) {
                 n.lookups = n.lookups.saturating_sub(nlookup);
                 if n.lookups == 0 && n.opens == 0 {
                     self.drop_clean(&mut n, 0..u64::MAX);
@@ -521,7 +620,7 @@ impl Volume {
         let mut out = Vec::new();
         for ino in self.cached_inos() {
             let is_dir = match self.table.get(ino, || Ok(None)) {
-                Ok(Some(node)) => node.lock().map(|n| n.rec.kind == Kind::Dir).unwrap_or(false),
+                Ok(Some(node)) => table::lock_busy(&node).map(|n| n.rec.kind == Kind::Dir).unwrap_or(false),
                 _ => false,
             };
             if is_dir {
@@ -537,7 +636,7 @@ impl Volume {
     pub fn discard_dirty(&self) {
         for ino in self.cached_inos() {
             if let Ok(Some(node)) = self.table.get(ino, || Ok(None)) {
-                if let Ok(mut n) = node.lock() {
+                if let Ok(mut n) = lock(&node) {
                     let _ = self.forget_node(ino, &mut n);
                 }
             }

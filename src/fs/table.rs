@@ -1,11 +1,16 @@
 //! In-memory inodes. While a `Node` is in the table it is the authoritative copy of its inode:
 //! every change goes through its lock, and every write of its record to the store carries its
 //! dirty blocks too (so a stored size never runs ahead of stored data).
+//!
+//! A flush of a file's blocks may commit without the node's lock (`Volume::begin_flush`):
+//! the blocks move to `flushing` and stay readable there. `lock` waits until no flush is in
+//! flight, so whoever stages the node's record or touches its stored extents sees them
+//! committed; only reads and writes use `lock_busy`, which does not wait.
 
 use crate::error::{Error, Result};
 use crate::volume::InodeRec;
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
 const SHARDS: usize = 64;
@@ -21,6 +26,12 @@ pub struct Node {
     /// so a small write never waits for a block read.
     pub partial: HashMap<u64, Ranges>,
     pub dirty_since: Option<Instant>,
+    /// Whole blocks a flush is committing without the node's lock, by block index: newer
+    /// than the store, older than `dirty`. At most one flush of a node is in flight.
+    pub flushing: Option<Arc<BTreeMap<u64, Vec<u8>>>>,
+    /// Threads waiting in `lock` for the flush in flight: the next flush then commits
+    /// under the lock, so a busy writer cannot keep them waiting.
+    pub waiters: u32,
     /// Copies of recently flushed blocks, equal to what the store holds, oldest first.
     pub clean: VecDeque<(u64, Vec<u8>)>,
     /// `rec` differs from the stored record (size, times after a write).
@@ -36,10 +47,10 @@ pub struct Node {
 
 impl Node {
     pub fn new(rec: InodeRec) -> Node {
-        Node { rec, dirty: BTreeMap::new(), partial: HashMap::new(), dirty_since: None, clean: VecDeque::new(), meta_dirty: false, opens: 0, lookups: 0, purged: false }
+        Node { rec, dirty: BTreeMap::new(), partial: HashMap::new(), dirty_since: None, flushing: None, waiters: 0, clean: VecDeque::new(), meta_dirty: false, opens: 0, lookups: 0, purged: false }
     }
     pub fn is_clean(&self) -> bool {
-        self.dirty.is_empty() && !self.meta_dirty
+        self.dirty.is_empty() && !self.meta_dirty && self.flushing.is_none()
     }
 }
 
@@ -68,10 +79,46 @@ pub fn overlay(base: &mut [u8], data: &[u8], r: &Ranges) {
     }
 }
 
-pub type NodeRef = Arc<Mutex<Node>>;
+/// A node and the signal that its flush in flight is done.
+pub struct Cell {
+    node: Mutex<Node>,
+    flushed: Condvar,
+}
 
+pub type NodeRef = Arc<Cell>;
+
+fn poisoned<T>(_: T) -> Error {
+    Error::Corrupt("inode lock poisoned by a panic".into())
+}
+
+/// The node, once no flush of it is in flight.
 pub fn lock(n: &NodeRef) -> Result<MutexGuard<'_, Node>> {
-    n.lock().map_err(|_| Error::Corrupt("inode lock poisoned by a panic".into()))
+    settled(n, lock_busy(n)?)
+}
+
+/// The node, with a flush possibly in flight (for reads and writes, which see `flushing`).
+pub fn lock_busy(n: &NodeRef) -> Result<MutexGuard<'_, Node>> {
+    n.node.lock().map_err(poisoned)
+}
+
+/// Waits, with `g` released, until no flush of the node is in flight.
+pub fn settled<'a>(n: &'a NodeRef, mut g: MutexGuard<'a, Node>) -> Result<MutexGuard<'a, Node>> {
+    if g.flushing.is_none() {
+        return Ok(g);
+    }
+    g.waiters += 1;
+    let mut g = n.flushed.wait_while(g, |g| g.flushing.is_some()).map_err(poisoned)?;
+    g.waiters -= 1;
+    Ok(g)
+}
+
+/// Wakes the threads `settled` put to sleep (call after clearing `flushing`).
+pub fn wake(n: &NodeRef) {
+    n.flushed.notify_all();
+}
+
+fn cell(node: Node) -> NodeRef {
+    Arc::new(Cell { node: Mutex::new(node), flushed: Condvar::new() })
 }
 
 #[derive(Default)]
@@ -99,7 +146,7 @@ impl Table {
         }
         match load()? {
             Some(rec) => {
-                let n = Arc::new(Mutex::new(Node::new(rec)));
+                let n = cell(Node::new(rec));
                 s.insert(ino, n.clone());
                 Ok(Some(n))
             }
@@ -108,7 +155,7 @@ impl Table {
     }
 
     pub fn insert(&self, ino: u64, node: Node) -> Result<NodeRef> {
-        let n = Arc::new(Mutex::new(node));
+        let n = cell(node);
         self.shard(ino)?.insert(ino, n.clone());
         Ok(n)
     }
@@ -123,7 +170,7 @@ impl Table {
         let mut s = self.shard(ino)?;
         if let Some(n) = s.get(&ino) {
             if Arc::strong_count(n) == 1 {
-                let idle = n.try_lock().map(|g| g.is_clean() && g.opens == 0 && g.lookups == 0).unwrap_or(false);
+                let idle = n.node.try_lock().map(|g| g.is_clean() && g.opens == 0 && g.lookups == 0).unwrap_or(false);
                 if idle {
                     s.remove(&ino);
                 }

@@ -122,3 +122,85 @@ fn small_unaligned_writes_over_stored_blocks_read_back_exactly() {
     assert!(fs::read(m.join("f")).unwrap() == model, "after remount the file differs");
     d.fsck_clean();
 }
+
+/// A byte of generation `gen` at offset `p`: never zero, and never the same in two
+/// generations, so a read can tell which write it sees (or that it sees neither).
+fn gen_byte(gen: u64, p: u64) -> u8 {
+    let x = (p / 8 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56;
+    ((x as u8) & 0x7e | 1).wrapping_add((gen as u8) << 7)
+}
+
+/// A file written past the flush size (so flushes commit while the next writes arrive),
+/// then overwritten by writes that start and end inside blocks being flushed, while another
+/// thread reads it through the daemon: every byte read is one that was written, and the
+/// file reads back exactly after the writes, after fsync and after a remount.
+#[test]
+fn reads_during_flushes_see_every_write() {
+    const MIB: u64 = 1 << 20;
+    const SIZE: u64 = 40 * MIB;
+    // The second pass is shifted so that each write's first and last blocks are shared with
+    // the write before and after it.
+    const SHIFT: u64 = 3 * 1024 + 5;
+    let mut d = Daemon::start();
+    d.ok(&["create", "v", "--block-size", "16K"]);
+    let m = d.mount("v");
+    let path = m.join("f");
+    let f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let reader = {
+        let (path, done) = (path.clone(), done.clone());
+        std::thread::spawn(move || {
+            let f = File::open(&path).unwrap();
+            let mut x = 99u64;
+            let mut reads = 0;
+            while done.load(std::sync::atomic::Ordering::Acquire) < 2 * SIZE {
+                let written = done.load(std::sync::atomic::Ordering::Acquire).min(SIZE);
+                if written < MIB {
+                    std::thread::yield_now();
+                    continue;
+                }
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let off = x % (written - 64 * 1024);
+                let mut got = vec![0u8; 64 * 1024];
+                drop_pages(&f);
+                f.read_exact_at(&mut got, off).unwrap();
+                for (i, b) in got.iter().enumerate() {
+                    let p = off + i as u64;
+                    assert!(*b == gen_byte(0, p) || *b == gen_byte(1, p), "byte {p} read as {b}: neither write");
+                }
+                reads += 1;
+            }
+            reads
+        })
+    };
+    let chunk = |gen: u64, from: u64, len: u64| (from..from + len).map(|p| gen_byte(gen, p)).collect::<Vec<u8>>();
+    for k in 0..SIZE / MIB {
+        f.write_all_at(&chunk(0, k * MIB, MIB), k * MIB).unwrap();
+        done.store((k + 1) * MIB, std::sync::atomic::Ordering::Release);
+    }
+    for k in 0..SIZE / MIB {
+        let from = k * MIB + SHIFT;
+        let len = MIB.min(SIZE - from);
+        f.write_all_at(&chunk(1, from, len), from).unwrap();
+        done.store(SIZE + (k + 1) * MIB, std::sync::atomic::Ordering::Release);
+    }
+    let reads = reader.join().unwrap();
+    assert!(reads > 0, "the reader never read");
+    let mut want = chunk(0, 0, SHIFT);
+    want.extend(chunk(1, SHIFT, SIZE - SHIFT));
+    let mut got = vec![0u8; SIZE as usize];
+    drop_pages(&f);
+    f.read_exact_at(&mut got, 0).unwrap();
+    assert!(got == want, "the file differs after the writes");
+    f.sync_all().unwrap();
+    drop_pages(&f);
+    f.read_exact_at(&mut got, 0).unwrap();
+    assert!(got == want, "the file differs after fsync");
+    drop(f);
+    d.unmount(&m);
+    let m = d.mount("v");
+    assert!(fs::read(m.join("f")).unwrap() == want, "after remount the file differs");
+    d.fsck_clean();
+}
