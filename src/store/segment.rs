@@ -7,10 +7,17 @@
 //! written sequentially lies sequentially), then the commit's RocksDB write batch:
 //!
 //! ```text
-//! 0  magic u32 | 4 version u16 | 6 unused u16 | 8 seq u64 | 16 boot u64 | 24 prev u64
-//! 32 data_len u64 | 40 batch_len u32 | 44 data_off u32 | 48 sum u64 | 56 unused u64
+//! 0  magic u32 | 4 version u16 | 6 flags u8 | 7 unused u8 | 8 seq u64 | 16 boot u64
+//! 24 prev u64 | 32 data_len u64 | 40 batch_len u32 | 44 data_off u32 | 48 sum u64
+//! 56 unused u64
 //! data_off: data (data_len bytes) | batch (batch_len bytes) | zeros to a multiple of 8
+//!           (of 4 KiB, with flag DIRECT)
 //! ```
+//!
+//! A large record's data and batch are written with O_DIRECT from one reused aligned buffer
+//! (flag DIRECT: the record then ends on a 4 KiB boundary): writing them through the page
+//! cache cost more than everything else in a sequential write (allocating and filling new
+//! cache pages ran at 0.6-0.8 GB/s here, against 5 GB/s for a copy into a reused buffer).
 //!
 //! `sum` is xxh3-64 of the header (with sum 0), data and batch: a torn or scribbled record
 //! fails it. `prev` is the id (`record_id`) of the record before; `boot` is random per open,
@@ -37,6 +44,11 @@ const MAGIC: u32 = 0x5253_4643; // "CFSR"
 const VERSION: u16 = 1;
 pub const HEADER: u64 = 64;
 const ALIGN: u64 = 4096;
+/// Header flag: the record's data and batch were written with O_DIRECT and it ends on an
+/// `ALIGN` boundary.
+const DIRECT: u8 = 1;
+/// Largest record body written with O_DIRECT (the buffer the writer keeps for it).
+const DIRECT_MAX: u64 = 16 << 20;
 const OFFSET_BITS: u32 = 40;
 
 /// A block's locator: its segment and byte offset in one number, ordered as the log is.
@@ -128,6 +140,10 @@ pub struct Writer {
     /// The segment of the last record written (after a roll, the one before `seg` until a
     /// record goes into `seg`).
     last_seg: u32,
+    /// `file` opened with O_DIRECT, for large records (None where the filesystem refuses it).
+    direct: Option<File>,
+    /// The aligned buffer a large record is assembled in (allocated on first use).
+    buf: Vec<u8>,
 }
 
 struct Unsynced {
@@ -185,7 +201,7 @@ fn read_record(file: &File, seg: u32, off: u64, expect: Option<(u64, u64)>) -> R
     }
     // Checked: a scribbled header can hold any lengths.
     let end = match off.checked_add(data_off).and_then(|x| x.checked_add(data_len)).and_then(|x| x.checked_add(batch_len)) {
-        Some(e) if e <= len => align(e, 8),
+        Some(e) if e <= len => align(e, if h[6] & DIRECT != 0 { ALIGN } else { 8 }),
         _ => return Ok(None),
     };
     if data_off < HEADER || end > len {
@@ -275,6 +291,7 @@ impl Log {
         };
         let size = file.metadata()?.len();
         let boot = u64::from_le_bytes(crate::store::random_bytes(8)?.try_into().unwrap_or_default());
+        let direct = open_direct(&dir, seg);
         let log = Log {
             dir,
             files: RwLock::new(files),
@@ -283,7 +300,7 @@ impl Log {
             active: Mutex::new(file.clone()),
             syncs: SyncGroup::default(),
         };
-        let w = Writer { seg, file, off, size, seq, prev, boot, since_checkpoint: 0, meta_since_checkpoint: 0, last_checkpoint: std::time::Instant::now(), broken: None, last_seg: seg };
+        let w = Writer { seg, file, off, size, seq, prev, boot, since_checkpoint: 0, meta_since_checkpoint: 0, last_checkpoint: std::time::Instant::now(), broken: None, last_seg: seg, direct, buf: Vec::new() };
         Ok((log, w))
     }
 
@@ -308,6 +325,7 @@ impl Log {
         *self.active.lock().map_err(|_| poisoned())? = file.clone();
         w.seg = seg;
         w.file = file;
+        w.direct = open_direct(&self.dir, seg);
         w.off = 0;
         w.size = 0;
         Ok(())
@@ -318,7 +336,10 @@ impl Log {
     pub fn write(&self, w: &mut Writer, plan: Plan, blocks: &[&[u8]], batch: &[u8]) -> Result<u64> {
         let Plan { mark, data_at, data_len } = plan;
         let data_off = data_at - mark.off;
-        let total = align(data_off + data_len + batch.len() as u64, 8);
+        let body = data_len + batch.len() as u64;
+        // Large records with blocks (their data starts aligned) go around the page cache.
+        let direct = w.direct.is_some() && data_len > 0 && data_off + body >= SMALL_RECORD && body <= DIRECT_MAX;
+        let total = if direct { data_off + align(body, ALIGN) } else { align(data_off + body, 8) };
         if blocks.iter().map(|b| b.len() as u64).sum::<u64>() != data_len {
             return Err(Error::Corrupt("planned and written block bytes differ".into()));
         }
@@ -328,6 +349,7 @@ impl Log {
         let head = &mut head[..data_off as usize];
         head[0..4].copy_from_slice(&MAGIC.to_le_bytes());
         head[4..6].copy_from_slice(&VERSION.to_le_bytes());
+        head[6] = if direct { DIRECT } else { 0 };
         head[8..16].copy_from_slice(&mark.seq.to_le_bytes());
         head[16..24].copy_from_slice(&w.boot.to_le_bytes());
         head[24..32].copy_from_slice(&w.prev.to_le_bytes());
@@ -342,8 +364,8 @@ impl Log {
         hasher.update(batch);
         let sum = hasher.digest();
         head[48..56].copy_from_slice(&sum.to_le_bytes());
-        let pad = [0u8; 8];
-        let tail = (total - data_off - data_len - batch.len() as u64) as usize;
+        let pad = [0u8; ALIGN as usize];
+        let tail = (total - data_off - body) as usize;
         let mut parts: Vec<&[u8]> = Vec::with_capacity(blocks.len() + 3);
         parts.push(head);
         parts.extend_from_slice(blocks);
@@ -359,9 +381,14 @@ impl Log {
                 Err(e) => return Err(e.into()),
             }
         }
-        // Page cache only: durable at the next sync. Under the commit lock, since the record
-        // must be readable before RocksDB names its blocks.
-        crate::sys::pwritev_all(&w.file, &parts, mark.off)?;
+        // Durable at the next sync (the page cache, or the device's cache for O_DIRECT).
+        // Under the commit lock, since the record must be readable before RocksDB names its
+        // blocks.
+        if direct && self.write_direct(w, &parts[1..], data_at).is_ok() {
+            w.file.write_all_at(head, mark.off)?;
+        } else {
+            crate::sys::pwritev_all(&w.file, &parts, mark.off)?;
+        }
         w.prev = record_id(mark.seq, w.boot, mark.seg, mark.off);
         w.last_seg = mark.seg;
         w.seq = mark.seq;
@@ -370,6 +397,30 @@ impl Log {
         w.since_checkpoint += total;
         self.written.store(w.seq, std::sync::atomic::Ordering::Release);
         Ok(w.seq)
+    }
+
+    /// Writes `parts` (whole `ALIGN` units in all) at `at` (aligned) with O_DIRECT, through
+    /// the writer's aligned buffer. A failure turns O_DIRECT off for this segment (the
+    /// caller then writes the record through the page cache).
+    fn write_direct(&self, w: &mut Writer, parts: &[&[u8]], at: u64) -> std::io::Result<()> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if w.buf.len() < len + ALIGN as usize {
+            w.buf = vec![0u8; len + ALIGN as usize];
+        }
+        let start = w.buf.as_ptr().align_offset(ALIGN as usize);
+        let buf = &mut w.buf[start..start + len];
+        let mut i = 0;
+        for p in parts {
+            buf[i..i + p.len()].copy_from_slice(p);
+            i += p.len();
+        }
+        let Some(f) = &w.direct else { return Err(std::io::ErrorKind::Unsupported.into()) };
+        let r = f.write_all_at(buf, at);
+        if let Err(e) = &r {
+            log::warn!("O_DIRECT write to segment {} failed ({e}); writing through the page cache instead", w.seg);
+            w.direct = None;
+        }
+        r
     }
 
     /// The seq of the last record written.
@@ -461,6 +512,12 @@ fn zero_fill(f: &File, from: u64, to: u64) -> std::io::Result<()> {
         at += n as u64;
     }
     Ok(())
+}
+
+/// Segment `seg` opened for O_DIRECT writes, if the filesystem allows it (tmpfs does not).
+fn open_direct(dir: &Path, seg: u32) -> Option<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(seg_path(dir, seg)).ok()
 }
 
 fn poisoned() -> Error {

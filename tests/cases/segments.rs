@@ -17,7 +17,9 @@ fn log_end(store: &Path) -> (PathBuf, u64) {
     let mut off = 0usize;
     while off + 64 <= b.len() && u(off, 4) == 0x5253_4643 {
         let (data_len, batch_len, data_off) = (u(off + 32, 8), u(off + 40, 4), u(off + 44, 4));
-        off = ((off as u64 + data_off + data_len + batch_len).div_ceil(8) * 8) as usize;
+        // Flag DIRECT: the record ends on a 4 KiB boundary.
+        let align = if b[off + 6] & 1 != 0 { 4096 } else { 8 };
+        off = ((off as u64 + data_off + data_len + batch_len).div_ceil(align) * align) as usize;
     }
     (p, off as u64)
 }
