@@ -2,13 +2,14 @@
 # Same-run A/B of two clonefs binaries on one job, alternating A and B so that the machine's
 # drift hits both: each run gets a fresh store, daemon and volume, and prints the job's figure.
 #   scripts/ab.sh BIN_A BIN_B JOB [ROUNDS]
-# JOB: sw (1 GiB sequential 1 MiB writes + fsync, MiB/s), rwf (4 KiB random write + fsync
+# JOB: sw (1 GiB sequential 1 MiB writes + fsync, MiB/s), rw (4 KiB random writes over a
+# 256 MiB file for 5 s, then fsync, IOPS), rwf (4 KiB random write + fsync
 # each, IOPS, 5 s), pg (pgbench TPC-B scale 5, 4 clients, 10 s, TPS), sm (2,000 small
 # files: create, stat, unlink per second). An old binary: build a worktree of its commit
 # with this CARGO_TARGET_DIR and copy target/debug/clonefs aside (then touch src/main.rs
 # here and build again, or the target dir keeps the old binary).
 set -euo pipefail
-[[ $# -ge 3 ]] || { sed -n 2,9p "$0"; exit 2; }
+[[ $# -ge 3 ]] || { sed -n 2,11p "$0"; exit 2; }
 a=$1 b=$2 job=$3 rounds=${4:-2}
 command -v fio >/dev/null || { apt-get update -qq && apt-get install -y -qq fio; }
 
@@ -31,6 +32,8 @@ one() { # BIN -> prints the figure
   case $job in
     sw) fio --name=sw --filename="$m/f" --rw=write --bs=1M --size=1G --ioengine=psync --refill_buffers --end_fsync=1 --output-format=json |
           python3 -c "import json,sys; j=json.load(sys.stdin)['jobs'][0]; print('seq write MiB/s', round(j['write']['bw_bytes']/2**20))" ;;
+    rw) fio --name=rw --filename="$m/f" --rw=randwrite --bs=4k --size=256M --runtime=5 --time_based --end_fsync=1 --ioengine=psync --refill_buffers --output-format=json |
+          python3 -c "import json,sys; j=json.load(sys.stdin)['jobs'][0]; print('4K rand write IOPS', round(j['write']['iops']))" ;;
     rwf) fio --name=rwf --filename="$m/f" --rw=randwrite --bs=4k --size=256M --runtime=5 --time_based --fsync=1 --ioengine=psync --refill_buffers --output-format=json |
           python3 -c "import json,sys; j=json.load(sys.stdin)['jobs'][0]; print('4K write+fsync IOPS', round(j['write']['iops']))" ;;
     pg) pgb=$(ls -d /usr/lib/postgresql/*/bin | tail -1)

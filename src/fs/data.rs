@@ -112,23 +112,15 @@ impl Volume {
         let end = n.rec.size.min(off + size as u64);
         let (first, last) = (off / self.bs, (end - 1) / self.bs);
         for (idx, d) in n.clean.iter().filter(|(i, _)| (first..=last).contains(i)) {
-            mem.insert(*idx, (d.clone(), None));
+            layer(&mut mem, *idx, d, None);
         }
-        for (idx, d) in n.flushing.iter().flat_map(|f| f.range(first..=last)) {
-            mem.insert(*idx, (d.clone(), None));
+        if let Some(f) = &n.flushing {
+            for (idx, d) in f.blocks.range(first..=last) {
+                layer(&mut mem, *idx, d, f.partial.get(idx));
+            }
         }
         for (idx, d) in n.dirty.range(first..=last) {
-            let whole = mem.get(idx).filter(|m| m.1.is_none()).map(|m| m.0.clone());
-            let entry = match (n.partial.get(idx), whole) {
-                (None, _) => (d.clone(), None),
-                // Partly written over a clean copy: the copy completes it here.
-                (Some(r), Some(mut b)) => {
-                    table::overlay(&mut b, d, r);
-                    (b, None)
-                }
-                (Some(r), None) => (d.clone(), Some(r.clone())),
-            };
-            mem.insert(*idx, entry);
+            layer(&mut mem, *idx, d, n.partial.get(idx));
         }
         Ok(mem)
     }
@@ -226,11 +218,15 @@ impl Volume {
                 n.partial.remove(&idx);
             } else {
                 if !n.dirty.contains_key(&idx) {
-                    // Past the end, being flushed, or with a clean copy, the block is known;
-                    // else only the written range is, and the rest is read when it is needed.
-                    let flushing = n.flushing.as_ref().and_then(|f| f.get(&idx).cloned());
-                    let clean = flushing.or_else(|| n.clean.iter().find(|(i, _)| *i == idx).map(|(_, d)| d.clone()));
-                    let b = match clean {
+                    // Past the end, being flushed whole, or with a clean copy, the block is
+                    // known; else only the written range is, and the rest is read when it is
+                    // needed (a block being flushed partly makes its clean copy stale).
+                    let known = match n.flushing.as_ref().map(|f| (f.blocks.get(&idx), f.partial.contains_key(&idx))) {
+                        Some((Some(b), false)) => Some(b.clone()),
+                        Some((Some(_), true)) => None,
+                        _ => n.clean.iter().find(|(i, _)| *i == idx).map(|(_, d)| d.clone()),
+                    };
+                    let b = match known {
                         Some(d) => d,
                         None => {
                             if bstart < n.rec.size {
@@ -525,6 +521,26 @@ impl Volume {
         }
         Ok(done)
     }
+}
+
+/// Lays block `idx`'s copy `d` over what `mem` holds of it: all of it, or only the written
+/// ranges `r` (then what is below completes it, or the ranges add up).
+fn layer(mem: &mut InMemory, idx: u64, d: &[u8], r: Option<&Ranges>) {
+    let entry = match (r, mem.remove(&idx)) {
+        (None, _) => (d.to_vec(), None),
+        (Some(r), Some((mut b, below))) => {
+            table::overlay(&mut b, d, r);
+            let ranges = below.map(|mut u| {
+                for &(s, e) in r {
+                    table::add_range(&mut u, s, e);
+                }
+                u
+            });
+            (b, ranges)
+        }
+        (Some(r), None) => (d.to_vec(), Some(r.clone())),
+    };
+    mem.insert(idx, entry);
 }
 
 impl Volume {

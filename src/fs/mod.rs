@@ -89,7 +89,7 @@ struct Staged<'a> {
 pub struct Flush {
     ino: u64,
     node: NodeRef,
-    blocks: Arc<BTreeMap<u64, Vec<u8>>>,
+    blocks: Arc<table::Flushing>,
     rec: InodeRec,
 }
 
@@ -179,7 +179,7 @@ impl Drop for Volume {
             if let Ok(Some(node)) = self.table.get(ino, || Ok(None)) {
                 if let Ok(n) = table::lock_busy(&node) {
                     self.budget.clean_bytes.fetch_sub(n.clean.len() as u64 * self.bs, Ordering::Relaxed);
-                    self.add_dirty(-(n.dirty.len() as i64 + n.flushing.as_ref().map_or(0, |f| f.len() as i64)));
+                    self.add_dirty(-(n.dirty.len() as i64 + n.flushing.as_ref().map_or(0, |f| f.blocks.len() as i64)));
                 }
             }
         }
@@ -386,21 +386,21 @@ impl Volume {
         Ok(())
     }
 
-    /// Starts flushing `n`'s dirty blocks. When all are whole blocks and nobody waits for the
-    /// node, they move to `flushing` and the commit is left to `finish_flush`, which runs
-    /// without the lock: the writer goes on filling the next blocks meanwhile. Otherwise (or
-    /// with nothing to flush) the node is saved here, under the lock.
+    /// Starts flushing `n`'s dirty blocks. Unless somebody waits for the node, they move to
+    /// `flushing` and the commit is left to `finish_flush`, which runs without the lock
+    /// (reading the rest of partly written blocks too): the writer goes on filling the next
+    /// blocks meanwhile. Otherwise the node is saved here, under the lock.
     fn begin_flush<'a>(&self, ino: u64, node: &'a NodeRef, n: MutexGuard<'a, Node>) -> FsResult<Option<Flush>> {
         let mut n = table::settled(node, n)?;
         if n.is_clean() {
             return Ok(None);
         }
-        if !n.partial.is_empty() || n.waiters > 0 || n.dirty.is_empty() {
+        if n.waiters > 0 || n.dirty.is_empty() {
             let rec = n.rec.clone();
             self.save_node(ino, &mut n, rec, false)?;
             return Ok(None);
         }
-        let blocks = Arc::new(std::mem::take(&mut n.dirty));
+        let blocks = Arc::new(table::Flushing { blocks: std::mem::take(&mut n.dirty), partial: std::mem::take(&mut n.partial) });
         n.flushing = Some(blocks.clone());
         n.meta_dirty = false;
         Ok(Some(Flush { ino, node: node.clone(), blocks, rec: n.rec.clone() }))
@@ -411,9 +411,8 @@ impl Volume {
     /// the next flush, fsync or close).
     pub fn finish_flush(&self, f: Flush) -> FsResult<()> {
         let Flush { ino, node, blocks, rec } = f;
-        let none = HashMap::new();
         let r = self.txn().and_then(|mut t| {
-            let rec = self.stage_blocks(&mut t, ino, &blocks, &none, rec)?;
+            let rec = self.stage_blocks(&mut t, ino, &blocks.blocks, &blocks.partial, rec)?;
             t.commit(false)?;
             Ok(rec)
         });
@@ -422,15 +421,17 @@ impl Volume {
         let mut freed = 0i64;
         match &r {
             Ok(rec) => {
-                freed = blocks.len() as i64;
+                freed = blocks.blocks.len() as i64;
                 // Only commits wait for the flush, so nothing else changed the block count.
                 n.rec.blocks = rec.blocks;
                 let kept = n.lookups > 0 || n.opens > 0;
                 let before = n.clean.len();
-                n.clean.retain(|(i, _)| !blocks.contains_key(i));
+                n.clean.retain(|(i, _)| !blocks.blocks.contains_key(i));
                 self.budget.clean_bytes.fetch_sub((before - n.clean.len()) as u64 * self.bs, Ordering::Relaxed);
                 if kept {
-                    for (idx, data) in blocks.iter().rev().take(table::CLEAN_PER_NODE) {
+                    // A partly written block's buffer is not its content: no clean copy of it.
+                    let whole = blocks.blocks.iter().filter(|(i, _)| !blocks.partial.contains_key(i));
+                    for (idx, data) in whole.rev().take(table::CLEAN_PER_NODE) {
                         if !n.dirty.contains_key(idx) {
                             self.keep_clean(&mut n, *idx, data.clone());
                         }
@@ -444,12 +445,33 @@ impl Volume {
                 }
             }
             Err(_) => {
-                let blocks = Arc::try_unwrap(blocks).unwrap_or_else(|b| (*b).clone());
-                for (idx, data) in blocks {
-                    if n.dirty.contains_key(&idx) {
-                        freed += 1;
-                    } else {
-                        n.dirty.insert(idx, data);
+                for (idx, data) in &blocks.blocks {
+                    let older = blocks.partial.get(idx);
+                    let Some(newer) = n.dirty.get(idx) else {
+                        n.dirty.insert(*idx, data.clone());
+                        if let Some(r) = older {
+                            n.partial.insert(*idx, r.clone());
+                        }
+                        continue;
+                    };
+                    freed += 1;
+                    // A newer partial write goes over the older copy.
+                    if let Some(nr) = n.partial.get(idx).cloned() {
+                        let mut b = data.clone();
+                        table::overlay(&mut b, newer, &nr);
+                        n.dirty.insert(*idx, b);
+                        match older {
+                            None => {
+                                n.partial.remove(idx);
+                            }
+                            Some(or) => {
+                                let mut u = or.clone();
+                                for &(s, e) in &nr {
+                                    table::add_range(&mut u, s, e);
+                                }
+                                n.partial.insert(*idx, u);
+                            }
+                        }
                     }
                 }
                 n.meta_dirty = true;

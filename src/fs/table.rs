@@ -26,9 +26,9 @@ pub struct Node {
     /// so a small write never waits for a block read.
     pub partial: HashMap<u64, Ranges>,
     pub dirty_since: Option<Instant>,
-    /// Whole blocks a flush is committing without the node's lock, by block index: newer
-    /// than the store, older than `dirty`. At most one flush of a node is in flight.
-    pub flushing: Option<Arc<BTreeMap<u64, Vec<u8>>>>,
+    /// Blocks a flush is committing without the node's lock: newer than the store, older
+    /// than `dirty`. At most one flush of a node is in flight.
+    pub flushing: Option<Arc<Flushing>>,
     /// Threads waiting in `lock` for the flush in flight: the next flush then commits
     /// under the lock, so a busy writer cannot keep them waiting.
     pub waiters: u32,
@@ -52,6 +52,12 @@ impl Node {
     pub fn is_clean(&self) -> bool {
         self.dirty.is_empty() && !self.meta_dirty && self.flushing.is_none()
     }
+}
+
+/// The blocks of a flush in flight, as `Node::dirty` and `Node::partial` had them.
+pub struct Flushing {
+    pub blocks: BTreeMap<u64, Vec<u8>>,
+    pub partial: HashMap<u64, Ranges>,
 }
 
 /// Written byte ranges of a block, sorted and disjoint.

@@ -764,7 +764,8 @@ impl Store {
                 }
             }
             locs.sort_by_key(|l| l.1);
-            let mut moved = Vec::new();
+            // Runs of adjacent blocks: (first, end, bytes), one read each.
+            let mut runs = Vec::new();
             let mut run = 0;
             while run < locs.len() {
                 let mut end = run + 1;
@@ -777,7 +778,13 @@ impl Store {
                     len += locs[end].2;
                     end += 1;
                 }
-                match self.log.read(locs[run].1, len) {
+                runs.push((run, end, len));
+                run = end;
+            }
+            let reads = self.read_runs(&locs, &runs);
+            let mut moved = Vec::new();
+            for (&(run, end, _), read) in runs.iter().zip(reads) {
+                match read {
                     // One block (a random read): its buffer is the block, no copy.
                     Ok(Some(bytes)) if end == run + 1 => {
                         let (i, loc, _) = locs[run];
@@ -800,7 +807,6 @@ impl Store {
                     Ok(None) => moved.extend(locs[run..end].iter().map(|l| l.0)),
                     Err(e) => return Err(self.damaged(&hashes[locs[run].0], locs[run].1, &e.to_string())),
                 }
-                run = end;
             }
             if moved.is_empty() {
                 return Ok(out);
@@ -808,6 +814,27 @@ impl Store {
             want = moved;
         }
         Err(self.damaged(&hashes[want[0]], 0, "its segment is gone"))
+    }
+
+    /// Reads each run (first, end, bytes) of `locs`. Many scattered runs (a flush completing
+    /// partly written blocks from cold data, the cleaner) are read by `READ_THREADS` threads
+    /// at once: the disk serves them in parallel, where one thread waits for each in turn.
+    fn read_runs(&self, locs: &[(usize, u64, usize)], runs: &[(usize, usize, usize)]) -> Vec<Result<Option<Vec<u8>>>> {
+        const READ_THREADS: usize = 8;
+        let one = |&(run, _, len): &(usize, usize, usize)| self.log.read(locs[run].1, len);
+        if runs.len() < 2 * READ_THREADS {
+            return runs.iter().map(one).collect();
+        }
+        let chunk = runs.len().div_ceil(READ_THREADS);
+        std::thread::scope(|s| {
+            let parts: Vec<_> = runs.chunks(chunk).map(|c| (c.len(), s.spawn(move || c.iter().map(one).collect::<Vec<_>>()))).collect();
+            parts
+                .into_iter()
+                .flat_map(|(n, p)| {
+                    p.join().unwrap_or_else(|_| (0..n).map(|_| Err(Error::Corrupt("a block read thread panicked".into()))).collect())
+                })
+                .collect()
+        })
     }
 
     /// A block read that failed: logged, counted, and EIO to the reader. `clonefs scrub`

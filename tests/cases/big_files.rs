@@ -123,17 +123,18 @@ fn small_unaligned_writes_over_stored_blocks_read_back_exactly() {
     d.fsck_clean();
 }
 
-/// A byte of generation `gen` at offset `p`: never zero, and never the same in two
-/// generations, so a read can tell which write it sees (or that it sees neither).
+/// A byte of generation `gen` (0 to 3) at offset `p`: never zero, and never the same in two
+/// generations, so a read can tell which write it sees (or that it sees none).
 fn gen_byte(gen: u64, p: u64) -> u8 {
     let x = (p / 8 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56;
-    ((x as u8) & 0x7e | 1).wrapping_add((gen as u8) << 7)
+    ((x as u8) & 0x3e | 1) + ((gen as u8) << 6)
 }
 
 /// A file written past the flush size (so flushes commit while the next writes arrive),
-/// then overwritten by writes that start and end inside blocks being flushed, while another
-/// thread reads it through the daemon: every byte read is one that was written, and the
-/// file reads back exactly after the writes, after fsync and after a remount.
+/// then overwritten by writes that start and end inside blocks being flushed, then by small
+/// writes at random places (flushes of partly written blocks), while another thread reads
+/// it through the daemon: every byte read is one that was written, and the file reads back
+/// exactly after the writes, after fsync and after a remount.
 #[test]
 fn reads_during_flushes_see_every_write() {
     const MIB: u64 = 1 << 20;
@@ -153,7 +154,7 @@ fn reads_during_flushes_see_every_write() {
             let f = File::open(&path).unwrap();
             let mut x = 99u64;
             let mut reads = 0;
-            while done.load(std::sync::atomic::Ordering::Acquire) < 2 * SIZE {
+            while done.load(std::sync::atomic::Ordering::Acquire) < 3 * SIZE {
                 let written = done.load(std::sync::atomic::Ordering::Acquire).min(SIZE);
                 if written < MIB {
                     std::thread::yield_now();
@@ -168,7 +169,7 @@ fn reads_during_flushes_see_every_write() {
                 f.read_exact_at(&mut got, off).unwrap();
                 for (i, b) in got.iter().enumerate() {
                     let p = off + i as u64;
-                    assert!(*b == gen_byte(0, p) || *b == gen_byte(1, p), "byte {p} read as {b}: neither write");
+                    assert!((0..3).any(|g| *b == gen_byte(g, p)), "byte {p} read as {b}: no write wrote it");
                 }
                 reads += 1;
             }
@@ -186,10 +187,23 @@ fn reads_during_flushes_see_every_write() {
         f.write_all_at(&chunk(1, from, len), from).unwrap();
         done.store(SIZE + (k + 1) * MIB, std::sync::atomic::Ordering::Release);
     }
-    let reads = reader.join().unwrap();
-    assert!(reads > 0, "the reader never read");
     let mut want = chunk(0, 0, SHIFT);
     want.extend(chunk(1, SHIFT, SIZE - SHIFT));
+    let mut x = 7u64;
+    const SMALL: u64 = 6000;
+    for i in 0..SMALL {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let len = 1 + x % 6000;
+        let from = (x >> 20) % (SIZE - len);
+        let data = chunk(2, from, len);
+        f.write_all_at(&data, from).unwrap();
+        want[from as usize..(from + len) as usize].copy_from_slice(&data);
+        done.store(2 * SIZE + (i + 1) * SIZE / SMALL, std::sync::atomic::Ordering::Release);
+    }
+    let reads = reader.join().unwrap();
+    assert!(reads > 0, "the reader never read");
     let mut got = vec![0u8; SIZE as usize];
     drop_pages(&f);
     f.read_exact_at(&mut got, 0).unwrap();
