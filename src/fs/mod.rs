@@ -389,15 +389,17 @@ impl Volume {
     /// Starts flushing `n`'s dirty blocks. Unless somebody waits for the node, they move to
     /// `flushing` and the commit is left to `finish_flush`, which runs without the lock
     /// (reading the rest of partly written blocks too): the writer goes on filling the next
-    /// blocks meanwhile. Otherwise the node is saved here, under the lock.
+    /// blocks meanwhile. Otherwise (somebody waits, or the last such flush failed) the node
+    /// is saved here, under the lock, and an error goes to the caller.
     fn begin_flush<'a>(&self, ino: u64, node: &'a NodeRef, n: MutexGuard<'a, Node>) -> FsResult<Option<Flush>> {
         let mut n = table::settled(node, n)?;
         if n.is_clean() {
             return Ok(None);
         }
-        if n.waiters > 0 || n.dirty.is_empty() {
+        if n.waiters > 0 || n.dirty.is_empty() || n.flush_failed {
             let rec = n.rec.clone();
             self.save_node(ino, &mut n, rec, false)?;
+            n.flush_failed = false;
             return Ok(None);
         }
         let blocks = Arc::new(table::Flushing { blocks: std::mem::take(&mut n.dirty), partial: std::mem::take(&mut n.partial) });
@@ -475,6 +477,7 @@ impl Volume {
                     }
                 }
                 n.meta_dirty = true;
+                n.flush_failed = true;
             }
         }
         drop(n);

@@ -32,6 +32,9 @@ pub struct Node {
     /// Threads waiting in `lock` for the flush in flight: the next flush then commits
     /// under the lock, so a busy writer cannot keep them waiting.
     pub waiters: u32,
+    /// The last flush without the lock failed: the next one runs under the lock, so its
+    /// error reaches a writer (which then stops adding dirty blocks).
+    pub flush_failed: bool,
     /// Copies of recently flushed blocks, equal to what the store holds, oldest first.
     pub clean: VecDeque<(u64, Vec<u8>)>,
     /// `rec` differs from the stored record (size, times after a write).
@@ -47,7 +50,7 @@ pub struct Node {
 
 impl Node {
     pub fn new(rec: InodeRec) -> Node {
-        Node { rec, dirty: BTreeMap::new(), partial: HashMap::new(), dirty_since: None, flushing: None, waiters: 0, clean: VecDeque::new(), meta_dirty: false, opens: 0, lookups: 0, purged: false }
+        Node { rec, dirty: BTreeMap::new(), partial: HashMap::new(), dirty_since: None, flushing: None, waiters: 0, flush_failed: false, clean: VecDeque::new(), meta_dirty: false, opens: 0, lookups: 0, purged: false }
     }
     pub fn is_clean(&self) -> bool {
         self.dirty.is_empty() && !self.meta_dirty && self.flushing.is_none()
