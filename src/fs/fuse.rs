@@ -553,7 +553,7 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let _m = crate::metrics::op("write");
+        let timer = crate::metrics::op("write");
         let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
         let v = self.v();
         match head_only(&[ino.0]).and_then(|_| v.write_then(ino.0, offset, data, kill)) {
@@ -564,6 +564,8 @@ impl Filesystem for FuseFs {
                     self.live.invalidate_attrs(ino.0);
                 }
                 reply.written(n as u32);
+                // The request's latency ends here; the flush is not part of it.
+                drop(timer);
                 // After the reply: the writer's next request runs meanwhile. A failure keeps
                 // the blocks dirty; the next flush, fsync or close reports it.
                 if let Some(f) = flush {
