@@ -523,23 +523,10 @@ impl Volume {
     }
 }
 
-/// Lays block `idx`'s copy `d` over what `mem` holds of it: all of it, or only the written
-/// ranges `r` (then what is below completes it, or the ranges add up).
+/// Lays block `idx`'s copy `d` (all of it, or only the written ranges `r`) over what `mem`
+/// holds of it.
 fn layer(mem: &mut InMemory, idx: u64, d: &[u8], r: Option<&Ranges>) {
-    let entry = match (r, mem.remove(&idx)) {
-        (None, _) => (d.to_vec(), None),
-        (Some(r), Some((mut b, below))) => {
-            table::overlay(&mut b, d, r);
-            let ranges = below.map(|mut u| {
-                for &(s, e) in r {
-                    table::add_range(&mut u, s, e);
-                }
-                u
-            });
-            (b, ranges)
-        }
-        (Some(r), None) => (d.to_vec(), Some(r.clone())),
-    };
+    let entry = table::lay_over(mem.remove(&idx), d, r);
     mem.insert(idx, entry);
 }
 

@@ -79,12 +79,6 @@ impl Default for DirtyBudget {
     }
 }
 
-/// The blocks `stage_blocks` writes.
-struct Staged<'a> {
-    dirty: &'a BTreeMap<u64, Vec<u8>>,
-    partial: &'a HashMap<u64, table::Ranges>,
-}
-
 /// A flush committing a file's blocks without its node's lock (see `Volume::begin_flush`).
 pub struct Flush {
     ino: u64,
@@ -275,17 +269,16 @@ impl Volume {
 
     /// Stages blocks `dirty` (of which only `partial`'s ranges were written) and `rec`.
     fn stage_blocks(&self, t: &mut ViewTxn<'_>, ino: u64, dirty: &BTreeMap<u64, Vec<u8>>, partial: &HashMap<u64, table::Ranges>, mut rec: InodeRec) -> FsResult<InodeRec> {
-        let n = Staged { dirty, partial };
         let mut delta = 0i64;
         // Dense dirty ranges (sequential writes) read the old extents with one scan.
-        let scanned = match (n.dirty.keys().next(), n.dirty.keys().next_back()) {
-            (Some(&first), Some(&last)) if n.dirty.len() > 4 && last - first < 8 * n.dirty.len() as u64 => {
+        let scanned = match (dirty.keys().next(), dirty.keys().next_back()) {
+            (Some(&first), Some(&last)) if dirty.len() > 4 && last - first < 8 * dirty.len() as u64 => {
                 Some(self.view.extent_map(ino, first, last + 1)?)
             }
             _ => None,
         };
-        let mut olds = Vec::with_capacity(n.dirty.len());
-        for &idx in n.dirty.keys() {
+        let mut olds = Vec::with_capacity(dirty.len());
+        for &idx in dirty.keys() {
             olds.push(match &scanned {
                 Some(m) => m.get(&idx).copied(),
                 None => self.view.extent(ino, idx)?,
@@ -293,12 +286,11 @@ impl Volume {
         }
         // Partly written blocks are completed from their stored bytes, with one multi-get.
         let mut bases = HashMap::new();
-        if !n.partial.is_empty() {
-            let want: Vec<(u64, crate::volume::Hash)> = n
-                .dirty
+        if !partial.is_empty() {
+            let want: Vec<(u64, crate::volume::Hash)> = dirty
                 .keys()
                 .zip(&olds)
-                .filter_map(|(idx, old)| match (n.partial.contains_key(idx), old) {
+                .filter_map(|(idx, old)| match (partial.contains_key(idx), old) {
                     (true, Some((_, Some(h)))) => Some((*idx, *h)),
                     _ => None,
                 })
@@ -309,8 +301,8 @@ impl Volume {
                 bases.insert(*idx, b);
             }
         }
-        for ((&idx, data), old) in n.dirty.iter().zip(olds) {
-            let new = match n.partial.get(&idx) {
+        for ((&idx, data), old) in dirty.iter().zip(olds) {
+            let new = match partial.get(&idx) {
                 None => self.block_ext(data),
                 Some(r) => {
                     let mut b = bases.remove(&idx).unwrap_or_default();
@@ -359,10 +351,7 @@ impl Volume {
             let mut flushed = std::mem::take(&mut n.dirty);
             // Clean copies of every flushed block are stale now; keep fresh copies of the last
             // few (an appended tail, a hot page).
-            let before = n.clean.len();
-            n.clean.retain(|(i, _)| !flushed.contains_key(i));
-            let gone = (before - n.clean.len()) as u64;
-            self.budget.clean_bytes.fetch_sub(gone * self.bs, Ordering::Relaxed);
+            self.drop_clean_if(n, |i| flushed.contains_key(&i));
             // A partly written block's buffer is not its content: keep no clean copy of it.
             for idx in std::mem::take(&mut n.partial).into_keys() {
                 flushed.remove(&idx);
@@ -427,9 +416,7 @@ impl Volume {
                 // Only commits wait for the flush, so nothing else changed the block count.
                 n.rec.blocks = rec.blocks;
                 let kept = n.lookups > 0 || n.opens > 0;
-                let before = n.clean.len();
-                n.clean.retain(|(i, _)| !blocks.blocks.contains_key(i));
-                self.budget.clean_bytes.fetch_sub((before - n.clean.len()) as u64 * self.bs, Ordering::Relaxed);
+                self.drop_clean_if(&mut n, |i| blocks.blocks.contains_key(&i));
                 if kept {
                     // A partly written block's buffer is not its content: no clean copy of it.
                     let whole = blocks.blocks.iter().filter(|(i, _)| !blocks.partial.contains_key(i));
@@ -448,32 +435,19 @@ impl Volume {
             }
             Err(_) => {
                 for (idx, data) in &blocks.blocks {
-                    let older = blocks.partial.get(idx);
-                    let Some(newer) = n.dirty.get(idx) else {
-                        n.dirty.insert(*idx, data.clone());
-                        if let Some(r) = older {
-                            n.partial.insert(*idx, r.clone());
+                    let older = (data.clone(), blocks.partial.get(idx).cloned());
+                    // What was written meanwhile goes over the older copy.
+                    let (b, ranges) = match n.dirty.remove(idx) {
+                        None => older,
+                        Some(newer) => {
+                            freed += 1;
+                            let r = n.partial.remove(idx);
+                            table::lay_over(Some(older), &newer, r.as_ref())
                         }
-                        continue;
                     };
-                    freed += 1;
-                    // A newer partial write goes over the older copy.
-                    if let Some(nr) = n.partial.get(idx).cloned() {
-                        let mut b = data.clone();
-                        table::overlay(&mut b, newer, &nr);
-                        n.dirty.insert(*idx, b);
-                        match older {
-                            None => {
-                                n.partial.remove(idx);
-                            }
-                            Some(or) => {
-                                let mut u = or.clone();
-                                for &(s, e) in &nr {
-                                    table::add_range(&mut u, s, e);
-                                }
-                                n.partial.insert(*idx, u);
-                            }
-                        }
+                    n.dirty.insert(*idx, b);
+                    if let Some(r) = ranges {
+                        n.partial.insert(*idx, r);
                     }
                 }
                 n.meta_dirty = true;
@@ -578,8 +552,13 @@ impl Volume {
 
     /// Forgets clean copies of blocks in `range` (their stored content is changing).
     fn drop_clean(&self, n: &mut Node, range: std::ops::Range<u64>) {
+        self.drop_clean_if(n, |i| range.contains(&i));
+    }
+
+    /// Forgets the clean copies of the blocks `stale` picks.
+    fn drop_clean_if(&self, n: &mut Node, stale: impl Fn(u64) -> bool) {
         let before = n.clean.len();
-        n.clean.retain(|(i, _)| !range.contains(i));
+        n.clean.retain(|(i, _)| !stale(*i));
         let gone = (before - n.clean.len()) as u64;
         if gone > 0 {
             self.budget.clean_bytes.fetch_sub(gone * self.bs, Ordering::Relaxed);

@@ -81,6 +81,26 @@ pub fn add_range(r: &mut Ranges, s: u32, e: u32) {
     r.insert(at, (s, e));
 }
 
+/// A newer copy `d` of a block (whole, or with only ranges `r` written) laid over an older
+/// one, `below` (bytes, and its written ranges unless it is whole): the result's bytes, and
+/// its written ranges unless it is whole.
+pub fn lay_over(below: Option<(Vec<u8>, Option<Ranges>)>, d: &[u8], r: Option<&Ranges>) -> (Vec<u8>, Option<Ranges>) {
+    match (r, below) {
+        (None, _) => (d.to_vec(), None),
+        (Some(r), Some((mut b, below))) => {
+            overlay(&mut b, d, r);
+            let ranges = below.map(|mut u| {
+                for &(s, e) in r {
+                    add_range(&mut u, s, e);
+                }
+                u
+            });
+            (b, ranges)
+        }
+        (Some(r), None) => (d.to_vec(), Some(r.clone())),
+    }
+}
+
 /// Copies the ranges `r` of `data` over `base`.
 pub fn overlay(base: &mut [u8], data: &[u8], r: &Ranges) {
     for &(s, e) in r {

@@ -75,6 +75,22 @@ fn drop_pages(f: &File) {
     assert_eq!(unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) }, 0);
 }
 
+/// The first `len` bytes of `f` as the daemon has them.
+fn read_through(f: &File, len: usize) -> Vec<u8> {
+    drop_pages(f);
+    let mut got = vec![0u8; len];
+    f.read_exact_at(&mut got, 0).unwrap();
+    got
+}
+
+/// After an unmount and a mount of `v`, file `name` reads back as `want`; fsck is clean.
+fn same_after_remount(d: &mut Daemon, m: &std::path::Path, name: &str, want: &[u8]) {
+    d.unmount(m);
+    let m = d.mount("v");
+    assert!(fs::read(m.join(name)).unwrap() == want, "after remount {name} differs");
+    d.fsck_clean();
+}
+
 /// Small writes that cover only parts of stored blocks are kept without reading the blocks
 /// first; reads before and after a flush, and after a remount, see exactly what was written.
 #[test]
@@ -105,22 +121,14 @@ fn small_unaligned_writes_over_stored_blocks_read_back_exactly() {
             }
             model[off..off + len].copy_from_slice(&data);
         }
-        drop_pages(&f);
-        let mut got = vec![0u8; model.len()];
-        f.read_exact_at(&mut got, 0).unwrap();
-        assert!(got == model, "round {round}: read before the flush differs");
+        assert!(read_through(&f, model.len()) == model, "round {round}: read before the flush differs");
         if round % 2 == 1 {
             f.sync_all().unwrap();
-            drop_pages(&f);
-            f.read_exact_at(&mut got, 0).unwrap();
-            assert!(got == model, "round {round}: read after fsync differs");
+            assert!(read_through(&f, model.len()) == model, "round {round}: read after fsync differs");
         }
     }
     drop(f);
-    d.unmount(&m);
-    let m = d.mount("v");
-    assert!(fs::read(m.join("f")).unwrap() == model, "after remount the file differs");
-    d.fsck_clean();
+    same_after_remount(&mut d, &m, "f", &model);
 }
 
 /// A byte of generation `gen` (0 to 3) at offset `p`: never zero, and never the same in two
@@ -204,17 +212,9 @@ fn reads_during_flushes_see_every_write() {
     }
     let reads = reader.join().unwrap();
     assert!(reads > 0, "the reader never read");
-    let mut got = vec![0u8; SIZE as usize];
-    drop_pages(&f);
-    f.read_exact_at(&mut got, 0).unwrap();
-    assert!(got == want, "the file differs after the writes");
+    assert!(read_through(&f, want.len()) == want, "the file differs after the writes");
     f.sync_all().unwrap();
-    drop_pages(&f);
-    f.read_exact_at(&mut got, 0).unwrap();
-    assert!(got == want, "the file differs after fsync");
+    assert!(read_through(&f, want.len()) == want, "the file differs after fsync");
     drop(f);
-    d.unmount(&m);
-    let m = d.mount("v");
-    assert!(fs::read(m.join("f")).unwrap() == want, "after remount the file differs");
-    d.fsck_clean();
+    same_after_remount(&mut d, &m, "f", &want);
 }
