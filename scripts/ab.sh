@@ -2,6 +2,7 @@
 # Same-run A/B of two clonefs binaries on one job, alternating A and B so that the machine's
 # drift hits both: each run gets a fresh store, daemon and volume, and prints the job's figure.
 #   scripts/ab.sh BIN_A BIN_B JOB [ROUNDS]
+# BIN_A or BIN_B may be `native`: the job then runs in a plain directory of the same disk.
 # JOB: sw (1 GiB sequential 1 MiB writes + fsync, MiB/s), rw (4 KiB random writes over a
 # 256 MiB file for 5 s, then fsync, IOPS), rwf (4 KiB random write + fsync
 # each, IOPS, 5 s), pg (pgbench TPC-B scale 5, 4 clients, 10 s, TPS), sm (2,000 small
@@ -27,7 +28,9 @@ one() { # BIN -> prints the figure
     rm -rf "$w" ${pgs:+"$pgs"}
   }
   trap cleanup_one RETURN
-  "$B" init >/dev/null && "$B" daemon >/dev/null && "$B" create v >/dev/null && "$B" mount v "$m" >/dev/null
+  if [[ $B == native ]]; then B=true; else
+    "$B" init >/dev/null && "$B" daemon >/dev/null && "$B" create v >/dev/null && "$B" mount v "$m" >/dev/null
+  fi
   chmod 777 "$m"
   case $job in
     sw) fio --name=sw --filename="$m/f" --rw=write --bs=1M --size=1G --ioengine=psync --refill_buffers --end_fsync=1 --output-format=json |
