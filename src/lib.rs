@@ -10,6 +10,7 @@ pub mod fs;
 pub mod history;
 pub mod memory;
 pub mod metrics;
+pub mod par;
 pub mod store;
 pub mod sys;
 pub mod transfer;

@@ -277,13 +277,10 @@ impl Volume {
             }
             _ => None,
         };
-        let mut olds = Vec::with_capacity(dirty.len());
-        for &idx in dirty.keys() {
-            olds.push(match &scanned {
-                Some(m) => m.get(&idx).copied(),
-                None => self.view.extent(ino, idx)?,
-            });
-        }
+        let olds = match &scanned {
+            Some(m) => dirty.keys().map(|idx| m.get(idx).copied()).collect(),
+            None => self.view.extents_at(ino, &dirty.keys().copied().collect::<Vec<_>>())?,
+        };
         // Partly written blocks are completed from their stored bytes, with one multi-get.
         let mut bases = HashMap::new();
         if !partial.is_empty() {
@@ -301,16 +298,19 @@ impl Volume {
                 bases.insert(*idx, b);
             }
         }
-        for ((&idx, data), old) in dirty.iter().zip(olds) {
-            let new = match partial.get(&idx) {
-                None => self.block_ext(data),
-                Some(r) => {
-                    let mut b = bases.remove(&idx).unwrap_or_default();
-                    b.resize(self.bs as usize, 0);
-                    table::overlay(&mut b, data, r);
-                    self.block_ext(&b)
-                }
-            };
+        let mut full = HashMap::with_capacity(partial.len());
+        for (&idx, r) in partial {
+            if let Some(data) = dirty.get(&idx) {
+                let mut b = bases.remove(&idx).unwrap_or_default();
+                b.resize(self.bs as usize, 0);
+                table::overlay(&mut b, data, r);
+                full.insert(idx, b);
+            }
+        }
+        // Hashing is most of a big flush's CPU: split over threads.
+        let blocks: Vec<(&u64, &Vec<u8>)> = dirty.iter().collect();
+        let exts = crate::par::map(&blocks, crate::par::threads(), 64, |&(idx, data)| self.block_ext(full.get(idx).unwrap_or(data)));
+        for ((&(&idx, _), old), new) in blocks.iter().zip(olds).zip(exts) {
             delta += t.set_extent(ino, idx, old, new)?;
         }
         rec.blocks = rec.blocks.checked_add_signed(delta).ok_or_else(|| {

@@ -343,8 +343,7 @@ impl Log {
         if blocks.iter().map(|b| b.len() as u64).sum::<u64>() != data_len {
             return Err(Error::Corrupt("planned and written block bytes differ".into()));
         }
-        // The header and the zeros up to the first block; the blocks and the batch are
-        // written from where they are (no copy of the record).
+        // The header and the zeros up to the first block.
         let mut head = [0u8; (HEADER + ALIGN) as usize];
         let head = &mut head[..data_off as usize];
         head[0..4].copy_from_slice(&MAGIC.to_le_bytes());
@@ -356,21 +355,8 @@ impl Log {
         head[32..40].copy_from_slice(&data_len.to_le_bytes());
         head[40..44].copy_from_slice(&(batch.len() as u32).to_le_bytes());
         head[44..48].copy_from_slice(&(data_off as u32).to_le_bytes());
-        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-        hasher.update(&head[..HEADER as usize]);
-        for b in blocks {
-            hasher.update(b);
-        }
-        hasher.update(batch);
-        let sum = hasher.digest();
-        head[48..56].copy_from_slice(&sum.to_le_bytes());
         let pad = [0u8; ALIGN as usize];
         let tail = (total - data_off - body) as usize;
-        let mut parts: Vec<&[u8]> = Vec::with_capacity(blocks.len() + 3);
-        parts.push(head);
-        parts.extend_from_slice(blocks);
-        parts.push(batch);
-        parts.push(&pad[..tail]);
         let end = mark.off + total;
         if end > w.size && total < SMALL_RECORD {
             let to = align(end, PREALLOC) + PREALLOC;
@@ -383,11 +369,29 @@ impl Log {
         }
         // Durable at the next sync (the page cache, or the device's cache for O_DIRECT).
         // Under the commit lock, since the record must be readable before RocksDB names its
-        // blocks.
-        if direct && self.write_direct(w, &parts[1..], data_at).is_ok() {
-            w.file.write_all_at(head, mark.off)?;
-        } else {
-            crate::sys::pwritev_all(&w.file, &parts, mark.off)?;
+        // blocks. The header, which carries the sum, goes last.
+        let direct = direct.then(|| self.write_direct(w, head, blocks, batch, tail, data_at)).and_then(|r| r.ok());
+        match direct {
+            Some(sum) => {
+                head[48..56].copy_from_slice(&sum.to_le_bytes());
+                w.file.write_all_at(head, mark.off)?;
+            }
+            None => {
+                let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+                hasher.update(&head[..HEADER as usize]);
+                for b in blocks {
+                    hasher.update(b);
+                }
+                hasher.update(batch);
+                head[48..56].copy_from_slice(&hasher.digest().to_le_bytes());
+                // The blocks and the batch are written from where they are (no copy).
+                let mut parts: Vec<&[u8]> = Vec::with_capacity(blocks.len() + 3);
+                parts.push(head);
+                parts.extend_from_slice(blocks);
+                parts.push(batch);
+                parts.push(&pad[..tail]);
+                crate::sys::pwritev_all(&w.file, &parts, mark.off)?;
+            }
         }
         w.prev = record_id(mark.seq, w.boot, mark.seg, mark.off);
         w.last_seg = mark.seg;
@@ -399,28 +403,42 @@ impl Log {
         Ok(w.seq)
     }
 
-    /// Writes `parts` (whole `ALIGN` units in all) at `at` (aligned) with O_DIRECT, through
-    /// the writer's aligned buffer. A failure turns O_DIRECT off for this segment (the
+    /// Writes the blocks, the batch and `tail` zeros (whole `ALIGN` units in all) at `at`
+    /// (aligned) with O_DIRECT, through the writer's aligned buffer, and returns the record's
+    /// sum (over `head`'s first `HEADER` bytes, the blocks and the batch), hashed by a second
+    /// thread while the write runs. A failed write turns O_DIRECT off for this segment (the
     /// caller then writes the record through the page cache).
-    fn write_direct(&self, w: &mut Writer, parts: &[&[u8]], at: u64) -> std::io::Result<()> {
-        let len: usize = parts.iter().map(|p| p.len()).sum();
+    fn write_direct(&self, w: &mut Writer, head: &[u8], blocks: &[&[u8]], batch: &[u8], tail: usize, at: u64) -> std::io::Result<u64> {
+        let body: usize = blocks.iter().map(|b| b.len()).sum::<usize>() + batch.len();
+        let len = body + tail;
         if w.buf.len() < len + ALIGN as usize {
             w.buf = vec![0u8; len + ALIGN as usize];
         }
         let start = w.buf.as_ptr().align_offset(ALIGN as usize);
         let buf = &mut w.buf[start..start + len];
         let mut i = 0;
-        for p in parts {
+        for p in blocks.iter().chain(std::iter::once(&batch)) {
             buf[i..i + p.len()].copy_from_slice(p);
             i += p.len();
         }
+        buf[body..].fill(0);
         let Some(f) = &w.direct else { return Err(std::io::ErrorKind::Unsupported.into()) };
-        let r = f.write_all_at(buf, at);
+        let buf = &*buf;
+        let (r, sum) = std::thread::scope(|s| {
+            let sum = s.spawn(|| {
+                let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+                hasher.update(&head[..HEADER as usize]);
+                hasher.update(&buf[..body]);
+                hasher.digest()
+            });
+            (f.write_all_at(buf, at), sum.join())
+        });
         if let Err(e) = &r {
             log::warn!("O_DIRECT write to segment {} failed ({e}); writing through the page cache instead", w.seg);
             w.direct = None;
         }
-        r
+        r?;
+        sum.map_err(|_| std::io::Error::other("the record sum thread panicked"))
     }
 
     /// The seq of the last record written.

@@ -132,6 +132,17 @@ impl View {
         }
     }
 
+    /// `extent` for many blocks of a file, with batched lookups.
+    pub fn extents_at(&self, ino: u64, indexes: &[u64]) -> Result<Vec<Option<(At, Option<Hash>)>>> {
+        let l = self.lineage();
+        let ids: Vec<Ident> = indexes.iter().map(|&index| Ident::Extent { lineage: l, ino, index }).collect();
+        self.store
+            .visible_many(&ids, &self.chain())?
+            .into_iter()
+            .map(|f| f.map(|f| Ok(((f.level, f.epoch), records::decode_extent(&f.value)?))).transpose())
+            .collect()
+    }
+
     /// Visible extents of a file in blocks [from, to), holes included: index -> (where, hash).
     pub fn extent_map(&self, ino: u64, from: u64, to: u64) -> Result<HashMap<u64, (At, Option<Hash>)>> {
         let mut m = HashMap::new();
@@ -467,50 +478,68 @@ fn count_changes(
     let parents = &view.spec.parents;
     let before = store.view_space(l)?;
     let mut vs = before;
-    for (h, d) in deltas {
-        if d == 0 {
-            continue;
-        }
-        let size = match sizes.get(&h) {
+    let deltas: Vec<(Hash, i64)> = deltas.into_iter().filter(|(_, d)| *d != 0).collect();
+    // Every read is batched over the blocks (a flush changes the counts of thousands).
+    let unknown: Vec<Hash> = deltas.iter().filter(|(h, _)| !sizes.contains_key(h)).map(|(h, _)| *h).collect();
+    let mut stored: HashMap<Hash, Option<u64>> = unknown.iter().copied().zip(store.block_sizes(&unknown)?).collect();
+    let ids: Vec<Ident> = deltas.iter().map(|(h, _)| Ident::Count { lineage: l, hash: *h }).collect();
+    let owns = store.versions_at(&ids, e)?;
+    let mut inherited = vec![None; ids.len()];
+    let bare: Vec<usize> = (0..ids.len()).filter(|&i| owns[i].is_none()).collect();
+    for (&i, f) in bare.iter().zip(store.visible_many(&bare.iter().map(|&i| ids[i].clone()).collect::<Vec<_>>(), parents)?) {
+        inherited[i] = f;
+    }
+    let mut staged = Vec::with_capacity(ids.len());
+    for (i, (h, d)) in deltas.iter().enumerate() {
+        let size = match sizes.get(h) {
             Some(s) => *s,
-            None => store
-                .block_size(&h)?
+            None => stored
+                .remove(h)
+                .flatten()
                 .ok_or_else(|| Error::Corrupt(format!("view count of a block that is not stored ({d:+})")))?,
         };
-        let id = Ident::Count { lineage: l, hash: h };
-        let own = store.version_at(&id, e)?;
-        let before = match &own {
-            Some((_, v)) => records::decode_count(v)?,
-            None => match store.visible(&id, parents)? {
-                Some(f) => records::decode_count(&f.value)?,
-                None => 0,
-            },
+        let was = match (&owns[i], &inherited[i]) {
+            (Some((_, v)), _) => records::decode_count(v)?,
+            (None, Some(f)) => records::decode_count(&f.value)?,
+            (None, None) => 0,
         };
-        let after = u64::try_from(before as i64 + d)
-            .map_err(|_| Error::Corrupt(format!("view count of a block below zero ({before}{d:+})")))?;
-        vs.logical = (vs.logical + after * size).saturating_sub(before * size);
-        if before == 0 && after > 0 {
+        let after = u64::try_from(was as i64 + d)
+            .map_err(|_| Error::Corrupt(format!("view count of a block below zero ({was}{d:+})")))?;
+        vs.logical = (vs.logical + after * size).saturating_sub(was * size);
+        if was == 0 && after > 0 {
             vs.referenced += size;
         }
-        if before > 0 && after == 0 {
+        if was > 0 && after == 0 {
             vs.referenced = vs.referenced.saturating_sub(size);
         }
-        // The old own version goes unless a pin sees it (written before a snapshot).
-        let older_shows = match own {
+        staged.push((was, after));
+    }
+    for (i, (was, after)) in staged.into_iter().enumerate() {
+        let id = &ids[i];
+        // The old own version goes unless a pin sees it (written before a snapshot); a
+        // count of zero is written only where something older would show through.
+        let older_shows = match owns[i] {
             Some((b, _)) if b == e || !pinned_between(pins, b, e) => {
-                t.delete_version(&id, b)?;
-                let older = match b.checked_sub(1) {
-                    Some(p) => store.version_at(&id, p)?.is_some(),
-                    None => false,
-                };
-                older || store.visible(&id, parents)?.is_some()
+                t.delete_version(id, b)?;
+                after == 0 && older_count_shows(store, id, b, parents)?
             }
             Some(_) => true,
-            None => before > 0,
+            None => was > 0,
         };
         if after > 0 || older_shows {
-            t.put_version(&id, e, &records::encode_count(after))?;
+            t.put_version(id, e, &records::encode_count(after))?;
         }
     }
     Ok((before, vs))
+}
+
+/// Whether a count older than own version `b` of `id` shows through once it goes: an
+/// older own version, or one of the parents'.
+fn older_count_shows(store: &Store, id: &Ident, b: u64, parents: &[(u64, u64)]) -> Result<bool> {
+    if let Some(p) = b.checked_sub(1) {
+        if store.version_at(id, p)?.is_some() {
+            return Ok(true);
+        }
+    }
+    Ok(store.visible(id, parents)?.is_some())
 }
