@@ -270,6 +270,17 @@ pub fn fallocate(f: &std::fs::File, len: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// Asks the kernel to start reading `len` bytes at `off` of `f` into the page cache (no wait).
+pub fn will_need(f: &std::fs::File, off: u64, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the fd is open for the duration of the call; the call only takes integers.
+    let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), off as libc::off_t, len as libc::off_t, libc::POSIX_FADV_WILLNEED) };
+    if r != 0 {
+        return Err(io::Error::from_raw_os_error(r));
+    }
+    Ok(())
+}
+
 /// Tells the service manager our state (`READY=1`, `STOPPING=1`) over `$NOTIFY_SOCKET`, as
 /// sd_notify(3) does; nothing when the variable is unset (not started by systemd).
 pub fn notify_service(state: &str) {

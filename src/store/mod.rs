@@ -897,6 +897,12 @@ impl Store {
     fn read_runs(&self, locs: &[(usize, u64, usize)], runs: &[(usize, usize, usize)]) -> Vec<Result<Option<Vec<u8>>>> {
         const READ_THREADS: usize = 8;
         let threads = if runs.len() < 2 * READ_THREADS { 1 } else { READ_THREADS };
+        if threads > 1 {
+            // The disk gets every read at once (readahead), the threads then mostly copy.
+            for &(run, _, len) in runs {
+                self.log.prefetch(locs[run].1, len);
+            }
+        }
         crate::par::map(runs, threads, 2, |&(run, _, len)| self.log.read(locs[run].1, len))
     }
 
