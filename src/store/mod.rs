@@ -892,13 +892,13 @@ impl Store {
     }
 
     /// Reads each run (first, end, bytes) of `locs`. Many scattered runs (a flush completing
-    /// partly written blocks from cold data, the cleaner) are read by `READ_THREADS` threads
-    /// at once: the disk serves them in parallel, where one thread waits for each in turn.
+    /// partly written blocks from cold data, the cleaner) all go to the kernel's readahead
+    /// first and are then read by `READ_THREADS` threads: the disk serves them in parallel,
+    /// where one thread would wait for each in turn.
     fn read_runs(&self, locs: &[(usize, u64, usize)], runs: &[(usize, usize, usize)]) -> Vec<Result<Option<Vec<u8>>>> {
         const READ_THREADS: usize = 8;
         let threads = if runs.len() < 2 * READ_THREADS { 1 } else { READ_THREADS };
         if threads > 1 {
-            // The disk gets every read at once (readahead), the threads then mostly copy.
             for &(run, _, len) in runs {
                 self.log.prefetch(locs[run].1, len);
             }
