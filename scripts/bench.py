@@ -232,8 +232,8 @@ def snapshot_bench():
         before = json.loads(cli(env, "status", "--json"))["physical"]
         for i in range(5):
             cli(env, "destroy", f"big@s{i}")
-            cli(env, "destroy", f"big-c{i}")
-            cli(env, "destroy", f"big-l{i}")
+            for kind in "clo":
+                cli(env, "destroy", f"big-{kind}{i}")
         for depth in range(5, 0, -1):
             cli(env, "destroy", f"deep{depth}")
         cli(env, "destroy", "big@d")
@@ -253,6 +253,10 @@ def snapshot_bench():
         cli(env, "unmount", tm)
         for name in list(mnts):
             cli(env, "unmount", mnts[name])
+            if name != "big":
+                for i in range(5):
+                    for kind in "clo":
+                        cli(env, "destroy", f"{name}-{kind}{i}")
             cli(env, "destroy", name)
         cli(env, "gc")
         cli(env, "snapshot", "tmpl@base")

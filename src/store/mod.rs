@@ -164,6 +164,9 @@ impl Cursor {
 /// get costs a fraction of an iterator's seek); past it they seek.
 const PROBE_EPOCHS: u64 = 4;
 
+/// A version of a key: (its epoch, its value).
+pub type Version = (u64, Vec<u8>);
+
 /// A version found along a lineage chain.
 #[derive(Clone, Debug)]
 pub struct Found {
@@ -527,11 +530,11 @@ impl Store {
     /// The newest version at or before `epoch` of each of `ids` (as `version_at`), batched:
     /// at a small epoch one multi-get probing every epoch from `epoch` down to 0, else a
     /// seek each.
-    pub fn versions_at(&self, ids: &[Ident], epoch: u64) -> Result<Vec<Option<(u64, Vec<u8>)>>> {
+    pub fn versions_at(&self, ids: &[Ident], epoch: u64) -> Result<Vec<Option<Version>>> {
         if epoch > PROBE_EPOCHS || ids.len() < 2 {
             return ids.iter().map(|id| self.version_at(id, epoch)).collect();
         }
-        let mut out: Vec<Option<(u64, Vec<u8>)>> = ids.iter().map(|_| None).collect();
+        let mut out: Vec<Option<Version>> = ids.iter().map(|_| None).collect();
         let mut by_cf: HashMap<&str, Vec<usize>> = HashMap::new();
         for (i, id) in ids.iter().enumerate() {
             by_cf.entry(id.cf()).or_default().push(i);

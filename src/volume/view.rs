@@ -14,6 +14,8 @@ use std::sync::{Arc, Mutex, RwLockReadGuard};
 
 /// Where a visible version was found: chain level (0 = own lineage) and epoch.
 pub type At = (usize, u64);
+/// Where a block's visible extent version is, and the block it names (None: a hole).
+pub type ExtentAt = (At, Option<Hash>);
 
 /// What an extent becomes.
 pub enum Ext {
@@ -133,7 +135,7 @@ impl View {
     }
 
     /// `extent` for many blocks of a file, with batched lookups.
-    pub fn extents_at(&self, ino: u64, indexes: &[u64]) -> Result<Vec<Option<(At, Option<Hash>)>>> {
+    pub fn extents_at(&self, ino: u64, indexes: &[u64]) -> Result<Vec<Option<ExtentAt>>> {
         let l = self.lineage();
         let ids: Vec<Ident> = indexes.iter().map(|&index| Ident::Extent { lineage: l, ino, index }).collect();
         self.store
