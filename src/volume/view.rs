@@ -491,7 +491,6 @@ fn count_changes(
     for (&i, f) in bare.iter().zip(store.visible_many(&bare.iter().map(|&i| ids[i].clone()).collect::<Vec<_>>(), parents)?) {
         inherited[i] = f;
     }
-    let mut staged = Vec::with_capacity(ids.len());
     for (i, (h, d)) in deltas.iter().enumerate() {
         let size = match sizes.get(h) {
             Some(s) => *s,
@@ -514,9 +513,6 @@ fn count_changes(
         if was > 0 && after == 0 {
             vs.referenced = vs.referenced.saturating_sub(size);
         }
-        staged.push((was, after));
-    }
-    for (i, (was, after)) in staged.into_iter().enumerate() {
         let id = &ids[i];
         // The old own version goes unless a pin sees it (written before a snapshot); a
         // count of zero is written only where something older would show through.
