@@ -1,4 +1,5 @@
-"""Same jobs on three targets in one run: native fs, passthrough_ll (libfuse example), clonefs.
+"""Same jobs on four targets in one run, interleaved: native fs, passthrough_ll (libfuse example),
+clonefs, clonefs --writeback.
 Reports ratios because the machines are noisy. Called by scripts/bench.sh."""
 import json, os, shutil, subprocess, sys, tempfile, time
 
@@ -109,33 +110,85 @@ def pgbench(d):
     return tps
 
 
-def run_jobs(d, label, rss=None):
-    r = {}
-    print(f"[{label}] sequential write", flush=True)
-    r["seq write MiB/s"] = fio(d, "sw", "write", "1M", "--end_fsync=1")[0]
+def seq_write_read(d):
+    r = {"seq write MiB/s": fio(d, "sw", "write", "1M", "--end_fsync=1")[0]}
     r["seq read hot MiB/s"] = fio(d, "sr", "read", "1M", "--invalidate=0")[0]
-    drop_caches()
-    r["seq read cold MiB/s"] = fio(d, "sr", "read", "1M")[0]
-    print(f"[{label}] random 4 KiB", flush=True)
-    fio(d, "warm", "read", "1M", "--invalidate=0")
-    r["rand read 4K hot IOPS"] = fio(d, "rr", "randread", "4k", f"--runtime={RUNTIME} --time_based --invalidate=0")[1]
-    drop_caches()
-    r["rand read 4K cold IOPS"] = fio(d, "rr", "randread", "4k", f"--runtime={RUNTIME} --time_based")[1]
-    r["rand write 4K IOPS"] = fio(d, "rw", "randwrite", "4k", f"--runtime={RUNTIME} --time_based --end_fsync=1")[1]
-    r["rand write 4K+fsync IOPS"] = fio(d, "rwf", "randwrite", "4k", f"--runtime={RUNTIME} --time_based --fsync=1")[1]
-    os.unlink(os.path.join(d, "bench.dat"))
-    print(f"[{label}] database log, sysbench fileio", flush=True)
-    r["log (4K appends) read cold MiB/s"] = log_read(d)
-    r["sysbench rndrw 4K ops/s"] = sysbench_fileio(d)
-    print(f"[{label}] small files", flush=True)
-    c, s, u = small_files(d)
-    r["small create files/s"], r["small stat /s"], r["small unlink /s"] = c, s, u
-    if label != "passthrough":  # passthrough_ll creates files as root: initdb cannot run on it
-        print(f"[{label}] pgbench", flush=True)
-        r["pgbench TPS"] = pgbench(d)
-    if rss:
-        r["daemon peak RSS MiB"] = rss()
     return r
+
+
+def seq_read_cold(d):
+    drop_caches()
+    return {"seq read cold MiB/s": fio(d, "sr", "read", "1M")[0]}
+
+
+def rand_read_hot(d):
+    fio(d, "warm", "read", "1M", "--invalidate=0")
+    return {"rand read 4K hot IOPS": fio(d, "rr", "randread", "4k", f"--runtime={RUNTIME} --time_based --invalidate=0")[1]}
+
+
+def rand_read_cold(d):
+    drop_caches()
+    return {"rand read 4K cold IOPS": fio(d, "rr", "randread", "4k", f"--runtime={RUNTIME} --time_based")[1]}
+
+
+def rand_write(d):
+    return {"rand write 4K IOPS": fio(d, "rw", "randwrite", "4k", f"--runtime={RUNTIME} --time_based --end_fsync=1")[1]}
+
+
+def rand_write_fsync(d):
+    r = {"rand write 4K+fsync IOPS": fio(d, "rwf", "randwrite", "4k", f"--runtime={RUNTIME} --time_based --fsync=1")[1]}
+    os.unlink(os.path.join(d, "bench.dat"))
+    return r
+
+
+def small(d):
+    c, s, u = small_files(d)
+    return {"small create files/s": c, "small stat /s": s, "small unlink /s": u}
+
+
+# Each job runs on every target before the next job starts, the targets' order turning by one
+# each job: a slow phase of this VM (steal, the host's disk) then hits every target alike,
+# instead of whichever target ran last.
+JOBS = [
+    ("sequential write + hot read", seq_write_read),
+    ("sequential read, cold", seq_read_cold),
+    ("random 4 KiB read, hot", rand_read_hot),
+    ("random 4 KiB read, cold", rand_read_cold),
+    ("random 4 KiB write", rand_write),
+    ("random 4 KiB write + fsync", rand_write_fsync),
+    ("database log", lambda d: {"log (4K appends) read cold MiB/s": log_read(d)}),
+    ("sysbench fileio", lambda d: {"sysbench rndrw 4K ops/s": sysbench_fileio(d)}),
+    ("small files", small),
+    ("pgbench", lambda d: {"pgbench TPS": pgbench(d)}),
+]
+
+
+def settle(pid):
+    """Waits (at most 60 s) until the clonefs daemon is idle: its flusher, GC and cleaner work
+    after a job must not be measured as part of the next target's job."""
+    def cpu():
+        f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        return int(f[11]) + int(f[12])
+    for _ in range(120):
+        a = cpu()
+        time.sleep(0.5)
+        if cpu() - a <= 2:
+            return
+
+
+def run_jobs(targets, pid):
+    """targets: label -> directory. Returns label -> {job key: figure}."""
+    res = {t: {} for t in targets}
+    order = list(targets)
+    for i, (name, job) in enumerate(JOBS):
+        turn = order[i % len(order):] + order[:i % len(order)]
+        for t in turn:
+            if name == "pgbench" and t == "passthrough":
+                continue  # passthrough_ll creates files as root: initdb cannot run on it
+            settle(pid)
+            print(f"[{t}] {name}", flush=True)
+            res[t].update(job(targets[t]))
+    return res
 
 
 def cli(env, *args):
@@ -338,54 +391,43 @@ def main():
     base = tempfile.mkdtemp(prefix="clonefs-bench", dir="/var/tmp")
     os.chmod(base, 0o755)
     native = os.path.join(base, "native")
-    os.makedirs(native)
-    os.chmod(native, 0o777)
-    results = {}
-    results["native"] = run_jobs(native, "native")
-    shutil.rmtree(native)
-    os.makedirs(native)
-    os.chmod(native, 0o777)
+    pt_src = os.path.join(base, "ptsrc")
+    for x in (native, pt_src):
+        os.makedirs(x)
+        os.chmod(x, 0o777)
 
     # Passthrough FUSE over the same filesystem.
     pt_bin = os.path.join(base, "passthrough_ll")
     sh(f"gcc -O2 {EXAMPLES}/passthrough_ll.c $(pkg-config fuse3 --cflags --libs) -o {pt_bin}")
     pt_mnt = os.path.join(base, "pt")
     os.makedirs(pt_mnt)
-    # passthrough_ll holds an fd per inode: give it the largest fd limit allowed.
-    sh(f"ulimit -n $(ulimit -Hn); {pt_bin} -o source={native},allow_other,default_permissions,clone_fd {pt_mnt}")
-    try:
-        results["passthrough"] = run_jobs(pt_mnt, "passthrough")
-    finally:
-        subprocess.run(["fusermount3", "-u", pt_mnt])
-    shutil.rmtree(native)
-
     store = os.path.join(base, "store")
     env = dict(os.environ, CLONEFS_STORE=store)
-    subprocess.run([BIN, "init"], env=env, check=True, capture_output=True)
-    subprocess.run([BIN, "daemon"], env=env, check=True, capture_output=True)
-    pid = json.loads(subprocess.run([BIN, "status", "--json"], env=env, check=True, capture_output=True, text=True).stdout)["pid"]
-    mnt = os.path.join(base, "cfs")
-    os.makedirs(mnt)
+    mnt, mnt_wb = os.path.join(base, "cfs"), os.path.join(base, "cfswb")
     bs = os.environ.get("BENCH_BLOCK_SIZE", "16K")
-    subprocess.run([BIN, "create", "bench", "--block-size", bs], env=env, check=True, capture_output=True)
-    subprocess.run([BIN, "mount", "bench", mnt], env=env, check=True, capture_output=True)
-    os.chmod(mnt, 0o777)
-
-    def rss():
+    pid = None
+    try:
+        # passthrough_ll holds an fd per inode: give it the largest fd limit allowed.
+        sh(f"ulimit -n $(ulimit -Hn); {pt_bin} -o source={pt_src},allow_other,default_permissions,clone_fd {pt_mnt}")
+        subprocess.run([BIN, "init"], env=env, check=True, capture_output=True)
+        subprocess.run([BIN, "daemon"], env=env, check=True, capture_output=True)
+        pid = json.loads(cli(env, "status", "--json"))["pid"]
+        # One daemon serves both volumes; the second is mounted with the kernel's writeback cache.
+        for vol, m, extra in (("bench", mnt, []), ("benchwb", mnt_wb, ["--writeback"])):
+            os.makedirs(m)
+            cli(env, "create", vol, "--block-size", bs)
+            cli(env, "mount", vol, m, *extra)
+            os.chmod(m, 0o777)
+        results = run_jobs({"native": native, "passthrough": pt_mnt, "clonefs": mnt, "writeback": mnt_wb}, pid)
         for l in open(f"/proc/{pid}/status"):
             if l.startswith("VmHWM"):
-                return int(l.split()[1]) / 1024
-    try:
-        results["clonefs"] = run_jobs(mnt, "clonefs", rss)
-        subprocess.run([BIN, "unmount", mnt], env=env, check=True)
-        # The same jobs on a second volume mounted with the kernel's writeback cache.
-        subprocess.run([BIN, "create", "benchwb", "--block-size", bs], env=env, check=True, capture_output=True)
-        subprocess.run([BIN, "mount", "benchwb", mnt, "--writeback"], env=env, check=True, capture_output=True)
-        os.chmod(mnt, 0o777)
-        results["writeback"] = run_jobs(mnt, "clonefs --writeback", rss)
+                results["clonefs"]["daemon peak RSS MiB"] = int(l.split()[1]) / 1024
     finally:
-        subprocess.run([BIN, "unmount", mnt], env=env)
-        subprocess.run([BIN, "shutdown"], env=env)
+        subprocess.run(["fusermount3", "-u", pt_mnt])
+        if pid:
+            for m in (mnt, mnt_wb):
+                subprocess.run([BIN, "unmount", m], env=env, capture_output=True)
+            subprocess.run([BIN, "shutdown"], env=env)
         shutil.rmtree(base, ignore_errors=True)
     write_report(results)
     if "--no-snapshots" not in sys.argv:
