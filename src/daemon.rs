@@ -147,6 +147,7 @@ pub fn run(store_dir: &Path, mem: Budget, serve: Serve) -> Result<()> {
         store,
     });
     daemon.drop_interrupted_receives()?;
+    daemon.merge_written()?;
     let (close_tx, close_rx) = bounded::<()>(1);
     let flusher = {
         let d = daemon.clone();
@@ -275,6 +276,29 @@ impl Handler for Daemon {
 }
 
 impl Daemon {
+    /// Merges the bytes fsyncs wrote over stored blocks and a crash left unmerged (`W`
+    /// records) before anything reads or snapshots a volume: opening a volume's head merges
+    /// its own. Records of a lineage that lost its head (a rollback) are dropped.
+    fn merge_written(&self) -> Result<()> {
+        let written = self.store.written(None)?;
+        if written.is_empty() {
+            return Ok(());
+        }
+        let vols = Catalog::list(&self.store)?;
+        let mut headless = self.store.txn();
+        let mut done = std::collections::BTreeSet::new();
+        for (lineage, ino, index, _) in written {
+            match vols.iter().find(|v| v.lineage == lineage) {
+                Some(v) if done.insert(lineage) => {
+                    Volume::open(self.catalog.open_view(&self.store, &v.name, None, false)?, self.budget.clone())?;
+                }
+                Some(_) => {}
+                None => headless.cat_delete(&crate::store::CatKey::Written { lineage, ino, index })?,
+            }
+        }
+        headless.commit(false)
+    }
+
     /// Appends a state-changing request and its outcome to the history.
     fn record(&self, uid: u32, request: Value, r: &Result<Value>) {
         let e = history::Entry {

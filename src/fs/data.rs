@@ -33,10 +33,14 @@ impl Volume {
         let mut n = lock(&node)?;
         n.opens = n.opens.saturating_sub(1);
         if n.opens == 0 && n.rec.nlink == 0 && !self.read_only {
-            self.purge(ino, n.rec.size)?;
+            self.purge(ino, n.rec.size, &n.logged)?;
             return self.forget_node(ino, &mut n);
         }
         if !n.is_clean() {
+            // Bytes logged over stored blocks (`commit_node`) are merged at the last close.
+            if n.opens > 0 {
+                return self.commit_node(ino, &mut n, false);
+            }
             let rec = n.rec.clone();
             self.save_node(ino, &mut n, rec, false)?;
         }
@@ -211,6 +215,7 @@ impl Volume {
             let s = (pos - bstart) as usize;
             let e = ((end - bstart).min(bs)) as usize;
             let src = &data[(pos - off) as usize..(pos - off) as usize + (e - s)];
+            n.unsynced.insert(idx);
             if s == 0 && e == bs as usize {
                 if n.dirty.insert(idx, src.to_vec()).is_none() {
                     added += 1;

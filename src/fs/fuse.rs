@@ -600,7 +600,7 @@ impl Filesystem for FuseFs {
 
     fn flush(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
         let _m = crate::metrics::op("flush");
-        let r = self.with_vol(ino.0, |v, i| v.flush_ino(i, false)).map(|_| ());
+        let r = self.with_vol(ino.0, |v, i| v.flush_on_close(i)).map(|_| ());
         self.empty(r, reply)
     }
 

@@ -19,7 +19,7 @@ pub mod table;
 use crate::error::Error;
 use crate::volume::view::{Ext, View, ViewTxn};
 use crate::volume::{InodeRec, Kind};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -197,6 +197,7 @@ impl Volume {
             dirty_bytes: AtomicU64::new(0),
         };
         if !v.read_only {
+            v.merge_written()?;
             v.purge_orphans()?;
         }
         Ok(v)
@@ -264,11 +265,23 @@ impl Volume {
             // `lock` waits for the flush; a record staged now would be overwritten by it.
             return Err(Error::Corrupt(format!("inode {ino}: record staged while a flush is in flight")).into());
         }
-        self.stage_blocks(t, ino, &n.dirty, &n.partial, rec)
+        self.stage_blocks(t, ino, &n.dirty, &n.partial, &n.logged, rec)
     }
 
-    /// Stages blocks `dirty` (of which only `partial`'s ranges were written) and `rec`.
-    fn stage_blocks(&self, t: &mut ViewTxn<'_>, ino: u64, dirty: &BTreeMap<u64, Vec<u8>>, partial: &HashMap<u64, table::Ranges>, mut rec: InodeRec) -> FsResult<InodeRec> {
+    /// Stages blocks `dirty` (of which only `partial`'s ranges were written) and `rec`, and
+    /// drops the `W` records of those of them in `logged`.
+    fn stage_blocks(
+        &self,
+        t: &mut ViewTxn<'_>,
+        ino: u64,
+        dirty: &BTreeMap<u64, Vec<u8>>,
+        partial: &HashMap<u64, table::Ranges>,
+        logged: &BTreeSet<u64>,
+        mut rec: InodeRec,
+    ) -> FsResult<InodeRec> {
+        for idx in dirty.keys().filter(|i| logged.contains(i)) {
+            t.drop_written(ino, *idx)?;
+        }
         let mut delta = 0i64;
         // Dense dirty ranges (sequential writes) read the old extents with one scan.
         let scanned = match (dirty.keys().next(), dirty.keys().next_back()) {
@@ -344,21 +357,31 @@ impl Volume {
 
     /// Records in memory what `stage_node` wrote.
     fn applied(&self, ino: u64, n: &mut Node, rec: InodeRec) {
+        let flushed = std::mem::take(&mut n.dirty);
+        self.stored(ino, n, rec, flushed);
+    }
+
+    /// Records in memory that `rec` and the blocks `flushed` (taken out of `n.dirty`) are
+    /// stored, and that nothing was written since (an fsync or a flush of every block).
+    fn stored(&self, ino: u64, n: &mut Node, rec: InodeRec, mut flushed: BTreeMap<u64, Vec<u8>>) {
         n.rec = rec;
         n.meta_dirty = false;
-        if !n.dirty.is_empty() {
-            self.add_dirty(-(n.dirty.len() as i64));
-            let mut flushed = std::mem::take(&mut n.dirty);
+        n.unsynced.clear();
+        if !flushed.is_empty() {
+            self.add_dirty(-(flushed.len() as i64));
             // Clean copies of every flushed block are stale now; keep fresh copies of the last
             // few (an appended tail, a hot page).
             self.drop_clean_if(n, |i| flushed.contains_key(&i));
             // A partly written block's buffer is not its content: keep no clean copy of it.
-            for idx in std::mem::take(&mut n.partial).into_keys() {
-                flushed.remove(&idx);
-            }
+            flushed.retain(|idx, _| {
+                n.logged.remove(idx);
+                n.partial.remove(idx).is_none()
+            });
             for (idx, data) in flushed.into_iter().rev().take(table::CLEAN_PER_NODE) {
                 self.keep_clean(n, idx, data);
             }
+        }
+        if n.dirty.is_empty() {
             n.dirty_since = None;
             if let Ok(mut d) = self.dirty.lock() {
                 d.remove(&ino);
@@ -391,7 +414,12 @@ impl Volume {
             n.flush_failed = false;
             return Ok(None);
         }
-        let blocks = Arc::new(table::Flushing { blocks: std::mem::take(&mut n.dirty), partial: std::mem::take(&mut n.partial) });
+        let blocks = Arc::new(table::Flushing {
+            blocks: std::mem::take(&mut n.dirty),
+            partial: std::mem::take(&mut n.partial),
+            logged: std::mem::take(&mut n.logged),
+        });
+        n.unsynced.clear();
         n.flushing = Some(blocks.clone());
         n.meta_dirty = false;
         Ok(Some(Flush { ino, node: node.clone(), blocks, rec: n.rec.clone() }))
@@ -403,7 +431,7 @@ impl Volume {
     pub fn finish_flush(&self, f: Flush) -> FsResult<()> {
         let Flush { ino, node, blocks, rec } = f;
         let r = self.txn().and_then(|mut t| {
-            let rec = self.stage_blocks(&mut t, ino, &blocks.blocks, &blocks.partial, rec)?;
+            let rec = self.stage_blocks(&mut t, ino, &blocks.blocks, &blocks.partial, &blocks.logged, rec)?;
             t.commit(false)?;
             Ok(rec)
         });
@@ -450,6 +478,9 @@ impl Volume {
                         n.partial.insert(*idx, r);
                     }
                 }
+                // Written meanwhile or not, the records are rewritten at the next fsync.
+                n.logged.extend(blocks.logged.iter().copied());
+                n.unsynced.extend(blocks.blocks.keys().copied());
                 n.meta_dirty = true;
                 n.flush_failed = true;
             }
@@ -479,8 +510,103 @@ impl Volume {
             }
             return Ok(());
         }
+        if sync {
+            return self.commit_node(ino, &mut n, true);
+        }
         let rec = n.rec.clone();
-        self.save_node(ino, &mut n, rec, sync)
+        self.save_node(ino, &mut n, rec, false)
+    }
+
+    /// The flush of a file descriptor's close (any copy of it: a fork's child closing it at
+    /// exec too): commits what was written like an fsync, without the sync.
+    pub fn flush_on_close(&self, ino: u64) -> FsResult<()> {
+        let Some(node) = self.table.get(ino, || Ok(None))? else { return Ok(()) };
+        let mut n = lock(&node)?;
+        if n.is_clean() {
+            return Ok(());
+        }
+        self.commit_node(ino, &mut n, false)
+    }
+
+    /// Commits a dirty file (fsync, with `sync`: made durable; close) like a flush, except
+    /// that a partly written block over a stored block is not completed by reading the
+    /// stored one: the bytes written go into the batch as a `W` record, and the block stays
+    /// dirty until a later flush (the flusher's, within seconds) completes it and drops the
+    /// record in the same batch. So an fsync'd small write costs no block read; after a
+    /// crash, opening the volume merges the records (`merge_written`). Its cost follows the
+    /// blocks written since the last commit (`unsynced`), not the blocks held.
+    pub(super) fn commit_node(&self, ino: u64, n: &mut Node, sync: bool) -> FsResult<()> {
+        let written: Vec<u64> = n.unsynced.iter().filter(|i| n.dirty.contains_key(i)).copied().collect();
+        let partial = |i: &&u64| n.partial.contains_key(i);
+        let mut held: BTreeSet<u64> = written.iter().filter(partial).filter(|i| n.logged.contains(i)).copied().collect();
+        let unknown: Vec<u64> = written.iter().filter(partial).filter(|i| !n.logged.contains(i)).copied().collect();
+        if !unknown.is_empty() && n.flushing.is_none() {
+            for (i, old) in unknown.iter().zip(self.view.extents_at(ino, &unknown)?) {
+                if let Some((_, Some(_))) = old {
+                    held.insert(*i);
+                }
+            }
+        }
+        if held.is_empty() && n.logged.is_empty() {
+            let rec = n.rec.clone();
+            return self.save_node(ino, n, rec, sync);
+        }
+        let rest: BTreeMap<u64, Vec<u8>> = written.iter().filter(|i| !held.contains(i)).filter_map(|i| n.dirty.remove_entry(i)).collect();
+        let r = (|| -> FsResult<InodeRec> {
+            let mut t = self.txn()?;
+            for idx in &held {
+                let ranges = n.partial.get(idx).map(Vec::as_slice).unwrap_or_default();
+                let data = n.dirty.get(idx).map(Vec::as_slice).unwrap_or_default();
+                t.put_written(ino, *idx, &crate::store::records::encode_written(ranges, data))?;
+            }
+            let rec = self.stage_blocks(&mut t, ino, &rest, &n.partial, &n.logged, n.rec.clone())?;
+            t.commit(sync)?;
+            Ok(rec)
+        })();
+        match r {
+            Ok(rec) => {
+                n.logged.extend(held);
+                self.stored(ino, n, rec, rest);
+                Ok(())
+            }
+            Err(e) => {
+                n.dirty.extend(rest);
+                Err(e)
+            }
+        }
+    }
+
+    /// Merges into their blocks the bytes fsyncs wrote over stored blocks (`W` records a
+    /// crash left behind), one batch per file.
+    fn merge_written(&self) -> FsResult<()> {
+        let mut by_ino: BTreeMap<u64, Vec<(u64, Vec<u8>)>> = BTreeMap::new();
+        for (ino, idx, v) in self.view.written()? {
+            by_ino.entry(ino).or_default().push((idx, v));
+        }
+        for (ino, recs) in by_ino {
+            let mut t = self.txn()?;
+            match self.view.inode(ino)? {
+                Some(rec) if rec.kind == Kind::File => {
+                    let (mut dirty, mut partial, mut logged) = (BTreeMap::new(), HashMap::new(), BTreeSet::new());
+                    for (idx, v) in recs {
+                        let (ranges, block) = crate::store::records::decode_written(&v, self.bs as usize)?;
+                        dirty.insert(idx, block);
+                        partial.insert(idx, ranges);
+                        logged.insert(idx);
+                    }
+                    log::info!("volume {}: merging {} block(s) of inode {ino} written before a crash", self.name(), dirty.len());
+                    self.stage_blocks(&mut t, ino, &dirty, &partial, &logged, rec)?;
+                }
+                // The file is gone: nothing to merge into.
+                _ => {
+                    for (idx, _) in recs {
+                        t.drop_written(ino, idx)?;
+                    }
+                }
+            }
+            t.commit(false)?;
+        }
+        Ok(())
     }
 
     /// Flushes files whose dirty data is older than `age` (all with `age` zero).
@@ -512,7 +638,7 @@ impl Volume {
     /// Removes an orphan (no names left, no open handles): data first, in bounded batches
     /// (the orphan marker stays meanwhile, so a crash leaves work the next mount finishes),
     /// then xattrs and record in one batch.
-    fn purge(&self, ino: u64, size: u64) -> FsResult<()> {
+    fn purge(&self, ino: u64, size: u64, logged: &BTreeSet<u64>) -> FsResult<()> {
         let blocks = size.div_ceil(self.bs);
         let mut from = 0;
         while from < blocks {
@@ -530,6 +656,9 @@ impl Volume {
         }
         let mut t = self.txn()?;
         t.frees();
+        for idx in logged {
+            t.drop_written(ino, *idx)?;
+        }
         t.purge_inode(ino)?;
         Ok(t.commit(false)?)
     }
@@ -573,6 +702,8 @@ impl Volume {
             self.add_dirty(-(n.dirty.len() as i64));
             n.dirty.clear();
             n.partial.clear();
+            n.logged.clear();
+            n.unsynced.clear();
             if let Ok(mut d) = self.dirty.lock() {
                 d.remove(&ino);
             }
@@ -590,7 +721,7 @@ impl Volume {
         for ino in self.view.orphans()? {
             log::info!("volume {}: removing orphan inode {ino}", self.name());
             let size = self.view.inode(ino)?.map(|r| r.size).unwrap_or(0);
-            self.purge(ino, size)?;
+            self.purge(ino, size, &BTreeSet::new())?;
         }
         Ok(())
     }

@@ -256,6 +256,9 @@ impl Volume {
         // A small file goes in this batch; a big one becomes an orphan here and is purged in
         // bounded batches after it (`finish_drop`).
         if crec.nlink == 0 && c.opens == 0 && crec.blocks <= PURGE_BATCH {
+            for idx in &c.logged {
+                t.drop_written(ino, *idx)?;
+            }
             t.purge_inode(ino)?;
             return Ok(None);
         }
@@ -270,7 +273,7 @@ impl Volume {
             Some(r) if r.nlink == 0 && c.opens == 0 => {
                 let size = r.size;
                 self.applied(ino, c, r);
-                self.purge(ino, size)?;
+                self.purge(ino, size, &c.logged)?;
                 self.forget_node(ino, c)
             }
             Some(r) => {

@@ -9,7 +9,7 @@
 
 use crate::error::{Error, Result};
 use crate::volume::InodeRec;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -25,6 +25,13 @@ pub struct Node {
     /// rest of the block is still the stored one, read only when needed (a flush, a read),
     /// so a small write never waits for a block read.
     pub partial: HashMap<u64, Ranges>,
+    /// Partly written dirty blocks whose written bytes an fsync recorded in the store (`W`
+    /// records) instead of completing them. The flush that stores such a block drops its
+    /// record in the same batch (every key here is in `dirty`, or in `flushing`'s).
+    pub logged: BTreeSet<u64>,
+    /// Dirty blocks written since the last fsync or flush: every dirty block is here or
+    /// in `logged` with its record up to date, so an fsync looks at these only.
+    pub unsynced: BTreeSet<u64>,
     pub dirty_since: Option<Instant>,
     /// Blocks a flush is committing without the node's lock: newer than the store, older
     /// than `dirty`. At most one flush of a node is in flight.
@@ -50,7 +57,7 @@ pub struct Node {
 
 impl Node {
     pub fn new(rec: InodeRec) -> Node {
-        Node { rec, dirty: BTreeMap::new(), partial: HashMap::new(), dirty_since: None, flushing: None, waiters: 0, flush_failed: false, clean: VecDeque::new(), meta_dirty: false, opens: 0, lookups: 0, purged: false }
+        Node { rec, dirty: BTreeMap::new(), partial: HashMap::new(), logged: BTreeSet::new(), unsynced: BTreeSet::new(), dirty_since: None, flushing: None, waiters: 0, flush_failed: false, clean: VecDeque::new(), meta_dirty: false, opens: 0, lookups: 0, purged: false }
     }
     pub fn is_clean(&self) -> bool {
         self.dirty.is_empty() && !self.meta_dirty && self.flushing.is_none()
@@ -61,6 +68,7 @@ impl Node {
 pub struct Flushing {
     pub blocks: BTreeMap<u64, Vec<u8>>,
     pub partial: HashMap<u64, Ranges>,
+    pub logged: BTreeSet<u64>,
 }
 
 /// Written byte ranges of a block, sorted and disjoint.

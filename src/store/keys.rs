@@ -299,6 +299,9 @@ pub mod catalog {
     pub const VIEW_TAG: u8 = b'H';
     /// `O` lineage ino -> orphan: an unlinked inode still open when it lost its last name.
     pub const ORPHAN_TAG: u8 = b'O';
+    /// `W` lineage ino index -> bytes an fsync wrote over a stored block, not yet merged
+    /// into it (`records::encode_written`; see `fs::Volume::sync_node`).
+    pub const WRITTEN_TAG: u8 = b'W';
     /// `L` lineage -> lineage record (parent, head epoch, pins).
     pub const LINEAGE_TAG: u8 = b'L';
     /// `P` volume id, name -> snapshot record.
@@ -357,6 +360,13 @@ pub mod catalog {
         push_u64(&mut k, ino);
         k
     }
+    pub fn written(lineage: u64, ino: u64, index: u64) -> Vec<u8> {
+        let mut k = vec![WRITTEN_TAG];
+        push_u64(&mut k, lineage);
+        push_u64(&mut k, ino);
+        push_u64(&mut k, index);
+        k
+    }
     pub fn history(seq: u64) -> Vec<u8> {
         let mut k = vec![HISTORY_TAG];
         push_u64(&mut k, seq);
@@ -381,6 +391,8 @@ pub enum CatKey {
     /// Pending GC work: a pin (or, at u64::MAX, the head) of a lineage went away.
     Gc { lineage: u64, epoch: u64 },
     Orphan { lineage: u64, ino: u64 },
+    /// Bytes an fsync wrote over stored block `index` of a file, not yet merged into it.
+    Written { lineage: u64, ino: u64, index: u64 },
     /// Space counters of a lineage (store-owned, read by fsck).
     Space(u64),
     /// LOGICAL and REFERENCED of a lineage's head view.
@@ -401,6 +413,7 @@ impl CatKey {
             CatKey::Snapshot { volume, name } => catalog::snapshot(*volume, name),
             CatKey::Gc { lineage, epoch } => catalog::gc(*lineage, *epoch),
             CatKey::Orphan { lineage, ino } => catalog::orphan(*lineage, *ino),
+            CatKey::Written { lineage, ino, index } => catalog::written(*lineage, *ino, *index),
             CatKey::Space(l) => catalog::space(*l),
             CatKey::View(l) => catalog::view(*l),
             CatKey::Stats => catalog::STORE_STATS.to_vec(),
@@ -428,6 +441,7 @@ impl CatKey {
             SNAPSHOT_TAG if k.len() >= 9 => CatKey::Snapshot { volume: u(1)?, name: k[9..].to_vec() },
             GC_TAG if k.len() == 17 => CatKey::Gc { lineage: u(1)?, epoch: u(9)? },
             ORPHAN_TAG if k.len() == 17 => CatKey::Orphan { lineage: u(1)?, ino: u(9)? },
+            WRITTEN_TAG if k.len() == 25 => CatKey::Written { lineage: u(1)?, ino: u(9)?, index: u(17)? },
             HISTORY_TAG if k.len() == 9 => CatKey::History(u(1)?),
             _ => return None,
         })
@@ -443,6 +457,8 @@ pub enum CatRange {
     Gc,
     GcOf(u64),
     OrphansOf(u64),
+    Written,
+    WrittenOf(u64),
     History,
 }
 
@@ -460,6 +476,12 @@ impl CatRange {
                 k
             }
             CatRange::OrphansOf(l) => orphans_of(*l),
+            CatRange::Written => vec![WRITTEN_TAG],
+            CatRange::WrittenOf(l) => {
+                let mut k = vec![WRITTEN_TAG];
+                push_u64(&mut k, *l);
+                k
+            }
             CatRange::History => vec![HISTORY_TAG],
         }
     }

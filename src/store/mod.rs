@@ -25,7 +25,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 /// The on-disk format this build reads and writes.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
+/// Stores of this format open too: format 5 only added `W` catalog records (bytes an fsync
+/// wrote over a stored block), which a format-4 store has none of. Opening one upgrades it.
+const UPGRADES_FROM: u32 = 4;
 const SECRET_LEN: usize = 192;
 
 /// Column family names: the only place they are spelled.
@@ -291,16 +294,17 @@ fn no_wal() -> WriteOptions {
     wo
 }
 
-/// Refuses a store of another format with one line naming both versions.
-fn check_format(v: Option<Vec<u8>>) -> Result<()> {
+/// Refuses a store of another format with one line naming both versions; returns the
+/// store's format.
+fn check_format(v: Option<Vec<u8>>) -> Result<u32> {
     let v = v.ok_or_else(|| Error::Corrupt("store has no format version".into()))?;
     let v = u32::from_le_bytes(v.as_slice().try_into().map_err(|_| Error::Corrupt("bad format record".into()))?);
-    if v != FORMAT_VERSION {
+    if v != FORMAT_VERSION && v != UPGRADES_FROM {
         return Err(Error::Corrupt(format!(
             "store format version {v} is not supported by this clonefs (it knows {FORMAT_VERSION})"
         )));
     }
-    Ok(())
+    Ok(v)
 }
 
 impl Store {
@@ -372,11 +376,12 @@ impl Store {
             }
         })?;
         let cat = db.cf_handle(cf::CATALOG).ok_or_else(|| Error::Corrupt("missing column family catalog".into()))?;
+        let mut format = FORMAT_VERSION;
         let mark = if create {
             segment::Log::init(dir)?;
             None
         } else {
-            check_format(db.get_cf(cat, keys::catalog::FORMAT)?)?;
+            format = check_format(db.get_cf(cat, keys::catalog::FORMAT)?)?;
             let m = db.get_cf(cat, keys::catalog::LOG_MARK)?.ok_or_else(|| Error::Corrupt("store has no log mark".into()))?;
             Some(segment::Mark::decode(&m)?)
         };
@@ -401,6 +406,12 @@ impl Store {
             store.load_catalog()?;
             if replayed {
                 store.checkpoint(true)?;
+            }
+            if format != FORMAT_VERSION {
+                let mut t = store.txn();
+                t.batch.put_cf(store.cf(cf::CATALOG)?, keys::catalog::FORMAT, FORMAT_VERSION.to_le_bytes());
+                t.commit(true)?;
+                log::info!("store {} upgraded from format {format} to {FORMAT_VERSION}", dir.display());
             }
         }
         Ok(store)
@@ -631,6 +642,20 @@ impl Store {
         }
         it.status()?;
         Ok(None)
+    }
+
+    /// The `W` records of `lineage` (every lineage with None): (lineage, ino, block index,
+    /// value), in key order.
+    pub fn written(&self, lineage: Option<u64>) -> Result<Vec<(u64, u64, u64, Vec<u8>)>> {
+        let mut out = Vec::new();
+        let range = lineage.map(CatRange::WrittenOf).unwrap_or(CatRange::Written);
+        self.cat_scan(range, |k, v| {
+            if let CatKey::Written { lineage, ino, index } = k {
+                out.push((lineage, ino, index, v.to_vec()));
+            }
+            Ok(true)
+        })?;
+        Ok(out)
     }
 
     /// Inodes of `lineage` marked as orphans (unlinked while open when the daemon stopped).
@@ -1775,6 +1800,19 @@ mod tests {
         drop(s);
         let err = Store::open(&dir).err().unwrap().to_string();
         assert!(err.contains("format version 99"), "{err}");
+    }
+
+    #[test]
+    fn a_store_of_the_previous_format_opens_and_is_upgraded() {
+        let (_d, s) = store();
+        let dir = s.dir().to_path_buf();
+        let cat = s.cf(cf::CATALOG).unwrap();
+        s.db.put_cf(cat, keys::catalog::FORMAT, UPGRADES_FROM.to_le_bytes()).unwrap();
+        s.checkpoint(true).unwrap();
+        drop(s);
+        let s = Store::open(&dir).unwrap();
+        let v = s.get(cf::CATALOG, keys::catalog::FORMAT).unwrap().unwrap();
+        assert_eq!(u32::from_le_bytes(v.try_into().unwrap()), FORMAT_VERSION);
     }
 
     #[test]

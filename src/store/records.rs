@@ -247,6 +247,50 @@ pub fn decode_extent(b: &[u8]) -> Result<Option<Hash>> {
     Ok(Some(h))
 }
 
+/// Bytes written over a stored block (a `W` catalog record): the written ranges of the
+/// block (sorted, disjoint, `[start, end)`), then their bytes in that order.
+pub fn encode_written(ranges: &[(u32, u32)], block: &[u8]) -> Vec<u8> {
+    let n: usize = ranges.iter().map(|(s, e)| (e - s) as usize).sum();
+    let mut v = live_header(6 + 8 * ranges.len() + n);
+    v.extend_from_slice(&(ranges.len() as u32).to_le_bytes());
+    for (s, e) in ranges {
+        v.extend_from_slice(&s.to_le_bytes());
+        v.extend_from_slice(&e.to_le_bytes());
+    }
+    for &(s, e) in ranges {
+        v.extend_from_slice(&block[s as usize..e as usize]);
+    }
+    v
+}
+
+/// The ranges and a block buffer of `block_size` bytes holding the written bytes (zeros
+/// elsewhere) of a `W` record; ranges outside the block or out of order are corrupt.
+pub fn decode_written(b: &[u8], block_size: usize) -> Result<(Vec<(u32, u32)>, Vec<u8>)> {
+    let (mut r, live) = Reader::new(b, "written bytes")?;
+    if !live {
+        return Err(Error::Corrupt("written bytes: a tombstone".into()));
+    }
+    let n = r.u32()? as usize;
+    let mut ranges = Vec::with_capacity(n.min(1024));
+    let mut last = 0u32;
+    for _ in 0..n {
+        let (s, e) = (r.u32()?, r.u32()?);
+        if s < last || e <= s || e as usize > block_size {
+            return Err(Error::Corrupt(format!("written bytes: bad range {s}..{e}")));
+        }
+        ranges.push((s, e));
+        last = e;
+    }
+    let mut block = vec![0u8; block_size];
+    for &(s, e) in &ranges {
+        block[s as usize..e as usize].copy_from_slice(r.take((e - s) as usize)?);
+    }
+    if !r.rest().is_empty() {
+        return Err(Error::Corrupt("written bytes: trailing bytes".into()));
+    }
+    Ok((ranges, block))
+}
+
 /// How many extents of a head view name one block (0 hides an inherited count).
 pub fn encode_count(n: u64) -> Vec<u8> {
     let mut v = live_header(10);
@@ -340,6 +384,25 @@ impl RefRec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn written_bytes_round_trip_and_bad_ranges_are_refused() {
+        let block: Vec<u8> = (0..16384u32).map(|i| (i % 251) as u8 + 1).collect();
+        let ranges = vec![(0, 100), (4096, 8192), (16000, 16384)];
+        let (r, b) = decode_written(&encode_written(&ranges, &block), 16384).unwrap();
+        assert_eq!(r, ranges);
+        for (i, x) in b.iter().enumerate() {
+            let inside = ranges.iter().any(|&(s, e)| (s as usize..e as usize).contains(&i));
+            assert_eq!(*x, if inside { block[i] } else { 0 }, "byte {i}");
+        }
+        // A range past the block, overlapping ranges, a cut value: refused, never misread.
+        assert!(decode_written(&encode_written(&[(0, 100)], &block), 64).is_err());
+        let mut overlap = encode_written(&[(0, 100), (200, 300)], &block);
+        overlap[2 + 4 + 8..2 + 4 + 12].copy_from_slice(&50u32.to_le_bytes());
+        assert!(decode_written(&overlap, 16384).is_err());
+        let v = encode_written(&ranges, &block);
+        assert!(decode_written(&v[..v.len() - 1], 16384).is_err());
+    }
 
     #[test]
     fn inode_round_trip() {

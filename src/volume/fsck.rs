@@ -110,6 +110,7 @@ pub fn check(store: &Store) -> Result<FsckReport> {
     let mut stored_space: HashMap<u64, LineageSpace> = HashMap::new();
     let mut stored_views: HashMap<u64, ViewSpace> = HashMap::new();
     let mut orphans: HashSet<(u64, u64)> = HashSet::new();
+    let mut written: HashMap<u64, Vec<(u64, u64, Vec<u8>)>> = HashMap::new();
     let mut gc_pending: HashSet<u64> = HashSet::new();
     let mut stats = (0u64, 0u64);
     view.for_each_catalog(|k, v| {
@@ -138,6 +139,9 @@ pub fn check(store: &Store) -> Result<FsckReport> {
             }
             CatKey::Gc { lineage, .. } => {
                 gc_pending.insert(lineage);
+            }
+            CatKey::Written { lineage, ino, index } => {
+                written.entry(lineage).or_default().push((ino, index, v.to_vec()));
             }
             CatKey::Stats if v.len() == 16 => {
                 stats = (
@@ -235,7 +239,8 @@ pub fn check(store: &Store) -> Result<FsckReport> {
     let mut view_blocks = Vec::new();
     for (vname, l, e, bs, head, vs) in &views {
         let chain = chain_of(*l, *e);
-        let blocks = check_view(&mut c, &mut report, vname, *l, *bs, *head, &orphans, &chain, &all);
+        let w = if *head { written.get(l).map(Vec::as_slice).unwrap_or_default() } else { &[] };
+        let blocks = check_view(&mut c, &mut report, vname, *l, *bs, *head, &orphans, w, &chain, &all);
         // The per-block counts the view carries equal the extents it shows.
         let mut counted: HashMap<Hash, u64> = HashMap::new();
         for (id, v) in visible(&all.counts, &chain) {
@@ -459,6 +464,7 @@ fn check_view(
     bs: u64,
     head: bool,
     orphans: &HashSet<(u64, u64)>,
+    written: &[(u64, u64, Vec<u8>)],
     chain: &[(u64, u64)],
     all: &All,
 ) -> HashMap<Hash, u64> {
@@ -474,6 +480,14 @@ fn check_view(
         }
     }
     report.inodes += inodes.len() as u64;
+    // Bytes fsyncs wrote over stored blocks, not merged yet: of a file, and well formed.
+    for (ino, idx, v) in written {
+        if !matches!(inodes.get(ino), Some(r) if r.kind == Kind::File) {
+            c.err(format!("{vname}: bytes written by an fsync are recorded for inode {ino}, not a file of the volume"));
+        } else if let Err(e) = crate::store::records::decode_written(v, bs as usize) {
+            c.err(format!("{vname}: inode {ino} block {idx}: {e}"));
+        }
+    }
     if !inodes.contains_key(&ROOT_INO) {
         c.err(format!("{vname}: no root directory"));
     }

@@ -128,7 +128,7 @@ fn purge(store: &Store, cat: &Catalog, lineage: u64) -> Result<()> {
     t.frees();
     t.delete_lineage(lineage)?;
     let mut stale = Vec::new();
-    for range in [CatRange::GcOf(lineage), CatRange::OrphansOf(lineage)] {
+    for range in [CatRange::GcOf(lineage), CatRange::OrphansOf(lineage), CatRange::WrittenOf(lineage)] {
         store.cat_scan(range, |k, _| {
             stale.push(k);
             Ok(true)

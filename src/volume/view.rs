@@ -7,7 +7,7 @@ use super::lineage::{pinned_between, Pins};
 use super::ViewSpec;
 use crate::error::{Error, Result};
 use crate::store::records::{self, DirentRec, Hash, InodeRec};
-use crate::store::{Found, Ident, Scan, Store, Txn, ViewSpace};
+use crate::store::{CatKey, Found, Ident, Scan, Store, Txn, ViewSpace};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLockReadGuard};
@@ -199,6 +199,12 @@ impl View {
     }
 
     /// Inodes unlinked while open when the daemon last stopped.
+    /// The bytes fsyncs wrote over stored blocks of this head and not yet merged into them
+    /// (left by a crash): (ino, block index, `W` value).
+    pub fn written(&self) -> Result<Vec<(u64, u64, Vec<u8>)>> {
+        Ok(self.store.written(Some(self.lineage()))?.into_iter().map(|(_, ino, idx, v)| (ino, idx, v)).collect())
+    }
+
     pub fn orphans(&self) -> Result<Vec<u64>> {
         self.store.orphans(self.lineage())
     }
@@ -422,7 +428,13 @@ impl ViewTxn<'_> {
     /// Versions a snapshot still sees get tombstones, so GC frees them with the snapshot.
     pub fn purge_inode(&mut self, ino: u64) -> Result<()> {
         let l = self.view.lineage();
-        for (index, at, h) in self.view.extents(ino, 0, u64::MAX)? {
+        let id = Ident::Inode { lineage: l, ino };
+        let found = self.view.find(&id)?;
+        let rec = match &found {
+            Some(f) => InodeRec::decode(&f.value)?,
+            None => None,
+        };
+        for (index, at, h) in self.stored_extents(ino, rec.as_ref())? {
             self.drop_extent(ino, index, at, h)?;
         }
         for (id, f) in self.view.store.scan_visible(&Scan::Xattrs { ino }, &self.view.chain())? {
@@ -430,11 +442,44 @@ impl ViewTxn<'_> {
                 self.stage(id, Some((0, f.epoch)), None, true)?;
             }
         }
-        let id = Ident::Inode { lineage: l, ino };
-        if let Some(f) = self.view.find(&id)? {
+        if let Some(f) = found {
             self.stage(id, Some((f.level, f.epoch)), None, true)?;
         }
         self.t.set_orphan(l, ino, false)
+    }
+
+    /// The visible data extents of `ino`, whose stored record is `rec`. A file of a few
+    /// blocks is looked up block by block below its size (point reads, cheaper than a scan);
+    /// since its `blocks` equals its stored extents (invariant 5), finding that many proves
+    /// none lies elsewhere, and otherwise the scan decides.
+    fn stored_extents(&self, ino: u64, rec: Option<&InodeRec>) -> Result<Vec<(u64, At, Hash)>> {
+        const POINT_READS: u64 = 16;
+        if let Some(r) = rec {
+            let n = r.size.div_ceil(self.view.spec.block_size as u64);
+            if n <= POINT_READS && r.blocks <= n {
+                let indexes: Vec<u64> = (0..n).collect();
+                let found: Vec<(u64, At, Hash)> = indexes
+                    .iter()
+                    .zip(self.view.extents_at(ino, &indexes)?)
+                    .filter_map(|(&i, e)| e.and_then(|(at, h)| Some((i, at, h?))))
+                    .collect();
+                if found.len() as u64 == r.blocks {
+                    return Ok(found);
+                }
+            }
+        }
+        self.view.extents(ino, 0, u64::MAX)
+    }
+
+    /// Records the bytes written over stored block `index` of `ino` (`records::encode_written`),
+    /// to be merged into it later; replaces what was recorded for it before.
+    pub fn put_written(&mut self, ino: u64, index: u64, value: &[u8]) -> Result<()> {
+        self.t.cat_put(&CatKey::Written { lineage: self.view.lineage(), ino, index }, value)
+    }
+
+    /// Drops the record of bytes written over block `index` of `ino` (merged, or gone).
+    pub fn drop_written(&mut self, ino: u64, index: u64) -> Result<()> {
+        self.t.cat_delete(&CatKey::Written { lineage: self.view.lineage(), ino, index })
     }
 
     /// Commits the batch; with `sync`, makes it and everything before durable.
