@@ -12,6 +12,8 @@ mod sync;
 use crate::memory::Budget;
 use crate::error::{Error, Result};
 pub use keys::{CatKey, CatRange, Ident, Scan};
+/// A `W` record: (lineage, ino, block index, value).
+pub type WrittenAt = (u64, u64, u64, Vec<u8>);
 use records::{Hash, RefRec};
 use rocksdb::{
     BlockBasedOptions, BottommostLevelCompaction, Cache, ColumnFamily, ColumnFamilyDescriptor,
@@ -644,9 +646,8 @@ impl Store {
         Ok(None)
     }
 
-    /// The `W` records of `lineage` (every lineage with None): (lineage, ino, block index,
-    /// value), in key order.
-    pub fn written(&self, lineage: Option<u64>) -> Result<Vec<(u64, u64, u64, Vec<u8>)>> {
+    /// The `W` records of `lineage` (every lineage with None), in key order.
+    pub fn written(&self, lineage: Option<u64>) -> Result<Vec<WrittenAt>> {
         let mut out = Vec::new();
         let range = lineage.map(CatRange::WrittenOf).unwrap_or(CatRange::Written);
         self.cat_scan(range, |k, v| {

@@ -263,9 +263,12 @@ pub fn encode_written(ranges: &[(u32, u32)], block: &[u8]) -> Vec<u8> {
     v
 }
 
-/// The ranges and a block buffer of `block_size` bytes holding the written bytes (zeros
-/// elsewhere) of a `W` record; ranges outside the block or out of order are corrupt.
-pub fn decode_written(b: &[u8], block_size: usize) -> Result<(Vec<(u32, u32)>, Vec<u8>)> {
+/// Written byte ranges of a block, and a block buffer holding their bytes (zeros elsewhere).
+pub type Written = (Vec<(u32, u32)>, Vec<u8>);
+
+/// The ranges and block buffer (of `block_size` bytes) of a `W` record; ranges outside the
+/// block or out of order are corrupt.
+pub fn decode_written(b: &[u8], block_size: usize) -> Result<Written> {
     let (mut r, live) = Reader::new(b, "written bytes")?;
     if !live {
         return Err(Error::Corrupt("written bytes: a tombstone".into()));
