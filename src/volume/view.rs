@@ -198,13 +198,13 @@ impl View {
         move |data| store.hash(data)
     }
 
-    /// Inodes unlinked while open when the daemon last stopped.
     /// The bytes fsyncs wrote over stored blocks of this head and not yet merged into them
     /// (left by a crash): (ino, block index, `W` value).
     pub fn written(&self) -> Result<Vec<(u64, u64, Vec<u8>)>> {
         Ok(self.store.written(Some(self.lineage()))?.into_iter().map(|(_, ino, idx, v)| (ino, idx, v)).collect())
     }
 
+    /// Inodes unlinked while open when the daemon last stopped.
     pub fn orphans(&self) -> Result<Vec<u64>> {
         self.store.orphans(self.lineage())
     }
