@@ -300,7 +300,7 @@ pub mod catalog {
     /// `O` lineage ino -> orphan: an unlinked inode still open when it lost its last name.
     pub const ORPHAN_TAG: u8 = b'O';
     /// `W` lineage ino index -> bytes an fsync wrote over a stored block, not yet merged
-    /// into it (`records::encode_written`; see `fs::Volume::sync_node`).
+    /// into it (`records::encode_written`; see `fs::Volume::commit_node`).
     pub const WRITTEN_TAG: u8 = b'W';
     /// `L` lineage -> lineage record (parent, head epoch, pins).
     pub const LINEAGE_TAG: u8 = b'L';
