@@ -656,11 +656,17 @@ impl Volume {
         }
         let mut t = self.txn()?;
         t.frees();
+        self.stage_purge(&mut t, ino, logged)?;
+        Ok(t.commit(false)?)
+    }
+
+    /// Stages the removal of inode `ino` (data, xattrs, record) and of the `W` records of
+    /// its `logged` blocks.
+    fn stage_purge(&self, t: &mut ViewTxn<'_>, ino: u64, logged: &BTreeSet<u64>) -> FsResult<()> {
         for idx in logged {
             t.drop_written(ino, *idx)?;
         }
-        t.purge_inode(ino)?;
-        Ok(t.commit(false)?)
+        Ok(t.purge_inode(ino)?)
     }
 
     /// Remembers `data` as the stored content of block `idx`, within the clean budget.

@@ -256,10 +256,7 @@ impl Volume {
         // A small file goes in this batch; a big one becomes an orphan here and is purged in
         // bounded batches after it (`finish_drop`).
         if crec.nlink == 0 && c.opens == 0 && crec.blocks <= PURGE_BATCH {
-            for idx in &c.logged {
-                t.drop_written(ino, *idx)?;
-            }
-            t.purge_inode(ino)?;
+            self.stage_purge(t, ino, &c.logged)?;
             return Ok(None);
         }
         if crec.nlink == 0 {
