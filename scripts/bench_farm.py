@@ -48,11 +48,10 @@ def run(BIN, quick):
         print(f"[farm] template of {nfiles} files: sync and build", flush=True)
         t_tpl = sh(f"{tool} template create app --build 'make -s -j2'")
         tpl = os.path.join(base, "farm", "templates", "app")
-        # The same clean build on ext4.
+        # The same tree, built on ext4: the baseline of the builds below.
         native = os.path.join(base, "native")
         shutil.copytree(staging, native)
-        drop()
-        t_clean_native = sh("make -s -j2", cwd=native)
+        sh("make -s -j2", cwd=native)
         before = physical()
         t0 = time.perf_counter()
         for i in range(nws):
@@ -79,7 +78,17 @@ def run(BIN, quick):
         t_inc = sh(f"{user} make -s", cwd=ws)
         t_inc_native = sh("make -s", cwd=native)
         rows.append(f"| incremental `make` (one file touched) | {t_inc:.2f} s | ext4 {t_inc_native:.2f} s | {t_inc / t_inc_native:.2f} (target ≤ 1.1) |")
-        rows.append(f"| clean `make -j2` of the template (with its p4 sync) | {t_tpl:.1f} s | ext4 (build only) {t_clean_native:.1f} s | {t_tpl / t_clean_native:.2f} (target ≤ 1.05 for the build) |")
+        # A clean build in a workspace against the same build on ext4, cold, one after the
+        # other (the VM's speed drifts over minutes): objects and library removed first.
+        clean = "rm -f lib.a src/*/*.o"
+        sh(f"{user} sh -c '{clean}'", cwd=ws)
+        sh(clean, cwd=native)
+        drop()
+        t_clean = sh(f"{user} make -s -j2", cwd=ws)
+        drop()
+        t_clean_native = sh("make -s -j2", cwd=native)
+        rows.append(f"| clean `make -j2` in a workspace, cold cache | {t_clean:.1f} s | ext4 {t_clean_native:.1f} s | {t_clean / t_clean_native:.2f} (target ≤ 1.05) |")
+        rows.append(f"| the template's first sync and clean build (`template create`) | {t_tpl:.1f} s | | |")
     finally:
         for i in range(nws):
             subprocess.run([tool, "workspace", "delete", f"ws{i}"], env=env, capture_output=True)
