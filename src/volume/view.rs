@@ -157,7 +157,14 @@ impl View {
     }
 
     /// Visible data extents of a file in blocks [from, to): (index, where found, hash).
+    /// One block (a random read) is looked up by key, bloom-filtered, per level of the chain:
+    /// never more seeks than a scan, and at a small epoch none, where building an iterator
+    /// over every memtable and table file cost a third of a cached 4 KiB read's CPU.
     pub fn extents(&self, ino: u64, from: u64, to: u64) -> Result<Vec<(u64, At, Hash)>> {
+        if to == from + 1 {
+            let found = self.extents_at(ino, &[from])?.pop().flatten();
+            return Ok(found.and_then(|(at, h)| Some((from, at, h?))).into_iter().collect());
+        }
         let found = self.store.scan_visible(&Scan::Extents { ino, from, to }, &self.chain())?;
         let mut out = Vec::with_capacity(found.len());
         for (id, f) in found {
