@@ -36,6 +36,8 @@ pub struct Metrics {
     /// Bytes of blocks written by files that were already stored (not written again).
     pub dedup_bytes: Counter,
     pub commits: Counter,
+    /// fsyncs that committed beside a flush of their file in flight instead of waiting.
+    pub fsyncs_beside_flush: Counter,
     /// Blocks of FUSE reads found whole in the daemon's memory (unsaved or clean copies),
     /// and those read from the log (through the kernel's page cache).
     pub read_cache_hits: Counter,
@@ -87,6 +89,7 @@ impl Metrics {
         let stored_bytes = c(&mut r, "stored_bytes", "Block bytes written to the segment log");
         let dedup_bytes = c(&mut r, "dedup_bytes", "Bytes of written blocks already stored (deduplicated)");
         let commits = c(&mut r, "commits", "Commits (one log record each)");
+        let fsyncs_beside_flush = c(&mut r, "fsyncs_beside_flush", "fsyncs that committed beside a flush of their file in flight instead of waiting for it");
         let read_cache_hits = c(&mut r, "read_cache_hits", "Blocks of reads found whole in the daemon's memory");
         let read_cache_misses = c(&mut r, "read_cache_misses", "Blocks of reads read from the segment log");
         let log_syncs = latency();
@@ -118,6 +121,7 @@ impl Metrics {
             stored_bytes,
             dedup_bytes,
             commits,
+            fsyncs_beside_flush,
             read_cache_hits,
             read_cache_misses,
             log_syncs,

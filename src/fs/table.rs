@@ -5,7 +5,8 @@
 //! A flush of a file's blocks may commit without the node's lock (`Volume::begin_flush`):
 //! the blocks move to `flushing` and stay readable there. `lock` waits until no flush is in
 //! flight, so whoever stages the node's record or touches its stored extents sees them
-//! committed; only reads and writes use `lock_busy`, which does not wait.
+//! committed; only reads, writes and an fsync that commits beside the flush
+//! (`Volume::commit_beside_flush`) use `lock_busy`, which does not wait.
 
 use crate::error::{Error, Result};
 use crate::volume::InodeRec;
@@ -36,6 +37,12 @@ pub struct Node {
     /// Blocks a flush is committing without the node's lock: newer than the store, older
     /// than `dirty`. At most one flush of a node is in flight.
     pub flushing: Option<Arc<Flushing>>,
+    /// The flush in flight has fixed what it commits (which `W` records it drops, the record
+    /// it writes): from here an fsync waits for it instead of committing beside it.
+    pub flush_sealed: bool,
+    /// The record an fsync committed beside the flush in flight (`Volume::commit_beside_flush`):
+    /// newer than the flush's, so the flush writes this one (with its block count).
+    pub synced: Option<InodeRec>,
     /// Threads waiting in `lock` for the flush in flight: the next flush then commits
     /// under the lock, so a busy writer cannot keep them waiting.
     pub waiters: u32,
@@ -57,7 +64,7 @@ pub struct Node {
 
 impl Node {
     pub fn new(rec: InodeRec) -> Node {
-        Node { rec, dirty: BTreeMap::new(), partial: HashMap::new(), logged: BTreeSet::new(), unsynced: BTreeSet::new(), dirty_since: None, flushing: None, waiters: 0, flush_failed: false, clean: VecDeque::new(), meta_dirty: false, opens: 0, lookups: 0, purged: false }
+        Node { rec, dirty: BTreeMap::new(), partial: HashMap::new(), logged: BTreeSet::new(), unsynced: BTreeSet::new(), dirty_since: None, flushing: None, flush_sealed: false, synced: None, waiters: 0, flush_failed: false, clean: VecDeque::new(), meta_dirty: false, opens: 0, lookups: 0, purged: false }
     }
     pub fn is_clean(&self) -> bool {
         self.dirty.is_empty() && !self.meta_dirty && self.flushing.is_none()
@@ -69,6 +76,8 @@ pub struct Flushing {
     pub blocks: BTreeMap<u64, Vec<u8>>,
     pub partial: HashMap<u64, Ranges>,
     pub logged: BTreeSet<u64>,
+    /// Its blocks written since the last fsync (`Node::unsynced` as it was).
+    pub unsynced: BTreeSet<u64>,
 }
 
 /// Written byte ranges of a block, sorted and disjoint.
