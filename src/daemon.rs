@@ -147,7 +147,7 @@ pub fn run(store_dir: &Path, mem: Budget, serve: Serve) -> Result<()> {
         store,
     });
     daemon.drop_interrupted_receives()?;
-    daemon.merge_written()?;
+    daemon.recover_heads()?;
     let (close_tx, close_rx) = bounded::<()>(1);
     let flusher = {
         let d = daemon.clone();
@@ -277,16 +277,16 @@ impl Handler for Daemon {
 
 impl Daemon {
     /// Merges the bytes fsyncs wrote over stored blocks and a crash left unmerged (`W`
-    /// records) before anything reads or snapshots a volume: opening a volume's head merges
-    /// its own. Records of a lineage that lost its head (a rollback) are dropped.
-    fn merge_written(&self) -> Result<()> {
+    /// records) before anything reads or snapshots a volume, and purges orphans (files
+    /// unlinked while open, or whose deferred purge a stop cut short): opening a volume's
+    /// head does both for it. Records of a lineage that lost its head (a rollback) are
+    /// dropped.
+    fn recover_heads(&self) -> Result<()> {
         let written = self.store.written(None)?;
-        if written.is_empty() {
-            return Ok(());
-        }
         let vols = Catalog::list(&self.store)?;
         let mut headless = self.store.txn();
         let mut done = std::collections::BTreeSet::new();
+        let headless_records = written.iter().any(|w| !vols.iter().any(|v| v.lineage == w.0));
         for (lineage, ino, index, _) in written {
             match vols.iter().find(|v| v.lineage == lineage) {
                 Some(v) if done.insert(lineage) => {
@@ -296,7 +296,17 @@ impl Daemon {
                 None => headless.cat_delete(&crate::store::CatKey::Written { lineage, ino, index })?,
             }
         }
-        headless.commit(false)
+        if headless_records {
+            headless.commit(false)?;
+        }
+        // Files unlinked just before a stop (their purge is deferred) go now, not at the
+        // next mount, so `list` shows their space back.
+        for v in &vols {
+            if !done.contains(&v.lineage) && !self.store.orphans(v.lineage)?.is_empty() {
+                Volume::open(self.catalog.open_view(&self.store, &v.name, None, false)?, self.budget.clone())?;
+            }
+        }
+        Ok(())
     }
 
     /// Appends a state-changing request and its outcome to the history.
@@ -317,6 +327,20 @@ impl Daemon {
         self.stop.load(Ordering::SeqCst)
     }
 
+    /// Purges the files each mounted volume's unlinks queued (`Volume::purge_deferred`).
+    fn purge_unlinked(&self) {
+        let lives: Vec<Arc<Live>> = match lock(&self.mounts) {
+            Ok(m) => m.iter().map(|m| m.live.clone()).collect(),
+            Err(_) => return,
+        };
+        for l in lives {
+            let v = l.get();
+            if let Err(e) = v.purge_deferred() {
+                log::error!("volume {}: purging unlinked files failed: {e}", v.name());
+            }
+        }
+    }
+
     fn flush_loop(&self, close: Receiver<()>) {
         loop {
             match close.recv_timeout(FLUSH_TICK) {
@@ -327,6 +351,7 @@ impl Daemon {
                 Ok(m) => m.iter().map(|m| m.live.clone()).collect(),
                 Err(_) => return,
             };
+            self.purge_unlinked();
             for l in lives {
                 let v = l.get();
                 if let Err(e) = v.flush_older_than(self.budget.max_age) {
@@ -451,6 +476,10 @@ impl Daemon {
             return Err(Error::NoDaemon("the daemon is shutting down".into()));
         }
         self.reap();
+        if !matches!(req, Request::Ping | Request::Metrics | Request::ScrubProgress) {
+            // Space figures, fsck and every state change see files unlinked so far as gone.
+            self.purge_unlinked();
+        }
         match req {
             Request::Ping => Ok(json!({"pid": std::process::id()})),
             Request::Create { name, block_size, uid, gid } => {

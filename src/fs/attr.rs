@@ -248,6 +248,9 @@ impl Volume {
     /// Space as `df` shows it: used is what this volume references, free is what new data
     /// may still take (`writable_bytes`).
     pub fn statfs(&self) -> FsResult<FsStats> {
+        if !self.read_only {
+            self.purge_deferred()?;
+        }
         let fs = crate::sys::statvfs(self.view.store_dir())?;
         let unit = fs.frsize.max(1);
         let used = self.view.space()?.referenced;

@@ -287,11 +287,13 @@ impl Volume {
         if new == 0 {
             return Ok(());
         }
-        let dirty = self.dirty_bytes.load(Ordering::Relaxed);
-        if rq.is_some_and(|rq| self.view.space().map_or(0, |s| s.referenced) + dirty + new > rq) {
-            return Err(err(libc::EDQUOT));
-        }
-        if q.is_some_and(|q| self.view.own_bytes().unwrap_or(0) + dirty + new > q) {
+        let over = || {
+            let dirty = self.dirty_bytes.load(Ordering::Relaxed);
+            rq.is_some_and(|rq| self.view.space().map_or(0, |s| s.referenced) + dirty + new > rq)
+                || q.is_some_and(|q| self.view.own_bytes().unwrap_or(0) + dirty + new > q)
+        };
+        // Files unlinked a moment ago count until purged: purge them before refusing.
+        if over() && (self.purge_deferred().is_err() || over()) {
             return Err(err(libc::EDQUOT));
         }
         Ok(())

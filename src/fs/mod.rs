@@ -27,8 +27,12 @@ use table::{lock, Node, NodeRef, Table};
 
 pub use crate::volume::ROOT_INO;
 
-/// Extents a purge removes per batch (and the most an unlink removes in its own batch): unlinking a huge file never builds one huge batch.
+/// Extents a purge removes per batch: unlinking a huge file never builds one huge batch.
+/// Files of at most this many blocks are purged after their unlink, several in a batch.
 pub(crate) const PURGE_BATCH: u64 = 4096;
+/// Blocks of unlinked files waiting for `Volume::purge_deferred` past which an unlink
+/// purges them itself: what `df` and quotas may lag by between the flusher's passes.
+const DEFERRED_MAX: u64 = 4 * PURGE_BATCH;
 
 /// Who is asking: the caller's credentials from the kernel.
 #[derive(Clone, Copy, Debug)]
@@ -175,6 +179,9 @@ pub struct Volume {
     /// Bytes of this view's unsaved blocks (its share of `budget.bytes`; both move together
     /// in `add_dirty`). A refquota counts them before they are stored.
     dirty_bytes: AtomicU64,
+    /// Small files unlinked with nothing holding them open, orphans in the store, to purge
+    /// in batches (`purge_deferred`): (inode, stored blocks, blocks with `W` records).
+    deferred: Mutex<Vec<(u64, u64, BTreeSet<u64>)>>,
 }
 
 impl Drop for Volume {
@@ -206,6 +213,7 @@ impl Volume {
             next_fh: AtomicU64::new(1),
             dirty: Mutex::new(HashSet::new()),
             dirty_bytes: AtomicU64::new(0),
+            deferred: Mutex::new(Vec::new()),
         };
         if !v.read_only {
             v.merge_written()?;
@@ -718,12 +726,13 @@ impl Volume {
 
     /// Flushes everything and syncs the log (unmount, snapshot, shutdown).
     pub fn flush_all(&self) -> FsResult<()> {
+        self.purge_deferred()?;
         self.flush_older_than(Duration::ZERO)?;
         Ok(self.view.sync()?)
     }
 
     /// Removes an orphan (no names left, no open handles): data first, in bounded batches
-    /// (the orphan marker stays meanwhile, so a crash leaves work the next mount finishes),
+    /// (the orphan marker stays meanwhile, so a crash leaves work the next start finishes),
     /// then xattrs and record in one batch.
     fn purge(&self, ino: u64, size: u64, logged: &BTreeSet<u64>) -> FsResult<()> {
         let blocks = size.div_ceil(self.bs);
@@ -745,6 +754,44 @@ impl Volume {
         t.frees();
         self.stage_purge(&mut t, ino, logged)?;
         Ok(t.commit(false)?)
+    }
+
+    /// Queues the purge of an unlinked small file (an orphan in the store, so a crash
+    /// leaves it to the next start); purges the queue when it holds too many blocks.
+    fn defer_purge(&self, ino: u64, blocks: u64, logged: BTreeSet<u64>) -> FsResult<()> {
+        let queued = {
+            let mut q = self.deferred.lock().map_err(|_| Error::Corrupt("purge queue poisoned".into()))?;
+            q.push((ino, blocks, logged));
+            q.iter().map(|e| e.1).sum::<u64>() + q.len() as u64
+        };
+        if queued > DEFERRED_MAX {
+            self.purge_deferred()?;
+        }
+        Ok(())
+    }
+
+    /// Purges the unlinked files `defer_purge` queued, in batches of up to `PURGE_BATCH`
+    /// blocks. Run by the flusher, and before what must see the space back: a snapshot's
+    /// flush, `statfs`, a refused quota.
+    pub fn purge_deferred(&self) -> FsResult<()> {
+        // Held across the commits: a rollback's `discard_dirty` must not clear the queue
+        // while a batch of it is being committed to the view it replaces.
+        let mut q = self.deferred.lock().map_err(|_| Error::Corrupt("purge queue poisoned".into()))?;
+        while !q.is_empty() {
+            let (mut n, mut blocks) = (0, 0);
+            while n < q.len() && (n == 0 || blocks + q[n].1 + 1 <= PURGE_BATCH) {
+                blocks += q[n].1 + 1;
+                n += 1;
+            }
+            let mut t = self.txn()?;
+            t.frees();
+            for (ino, _, logged) in &q[..n] {
+                self.stage_purge(&mut t, *ino, logged)?;
+            }
+            t.commit(false)?;
+            q.drain(..n);
+        }
+        Ok(())
     }
 
     /// Stages the removal of inode `ino` (data, xattrs, record) and of the `W` records of
@@ -809,7 +856,7 @@ impl Volume {
         Ok(self.table.remove(ino)?)
     }
 
-    /// Purges inodes left unlinked-but-open by a crash.
+    /// Purges orphans a stop left: files unlinked while open, or whose deferred purge it cut short.
     fn purge_orphans(&self) -> FsResult<()> {
         for ino in self.view.orphans()? {
             log::info!("volume {}: removing orphan inode {ino}", self.name());
@@ -860,8 +907,11 @@ impl Volume {
         out
     }
 
-    /// Forgets unsaved data (the view is being rolled back).
+    /// Forgets unsaved data and queued purges (the view is being rolled back).
     pub fn discard_dirty(&self) {
+        if let Ok(mut q) = self.deferred.lock() {
+            q.clear();
+        }
         for ino in self.cached_inos() {
             if let Ok(Some(node)) = self.table.get(ino, || Ok(None)) {
                 if let Ok(mut n) = lock(&node) {

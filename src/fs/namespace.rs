@@ -246,40 +246,44 @@ impl Volume {
         Ok(Entry { ino, rec: crec })
     }
 
-    /// Drops one name of `ino` inside a batch; purges the inode when that was its last name
-    /// and nothing has it open, else keeps it as an orphan until the last release.
-    /// Returns the record to apply, or None if the inode was purged.
-    fn stage_drop_name(&self, t: &mut ViewTxn<'_>, ino: u64, c: &Node, now: Ts) -> FsResult<Option<InodeRec>> {
+    /// Drops one name of `ino` inside a batch. When that was its last name the inode becomes
+    /// an orphan: purged by `finish_drop` if nothing has it open, else at the last release.
+    /// Returns the record to apply.
+    fn stage_drop_name(&self, t: &mut ViewTxn<'_>, ino: u64, c: &Node, now: Ts) -> FsResult<InodeRec> {
         let mut crec = c.rec.clone();
         crec.nlink = if crec.kind == Kind::Dir { 0 } else { crec.nlink.saturating_sub(1) };
         crec.ctime = now;
-        // A small file goes in this batch; a big one becomes an orphan here and is purged in
-        // bounded batches after it (`finish_drop`).
-        if crec.nlink == 0 && c.opens == 0 && crec.blocks <= PURGE_BATCH {
-            self.stage_purge(t, ino, &c.logged)?;
-            return Ok(None);
+        if crec.nlink == 0 && c.opens == 0 {
+            // Gone: an orphan until `finish_drop`'s purge (a small one later, in a batch with
+            // others), and its unsaved data is never written.
+            t.mark_orphan(ino)?;
+            t.put_inode(ino, &crec)?;
+            return Ok(crec);
         }
         if crec.nlink == 0 {
             t.mark_orphan(ino)?;
         }
-        Ok(Some(self.stage_node(t, ino, c, crec)?))
+        self.stage_node(t, ino, c, crec)
     }
 
-    fn finish_drop(&self, ino: u64, c: &mut Node, rec: Option<InodeRec>) -> FsResult<()> {
-        match rec {
-            Some(r) if r.nlink == 0 && c.opens == 0 => {
-                let size = r.size;
-                self.applied(ino, c, r);
-                self.purge(ino, size, &c.logged)?;
-                self.forget_node(ino, c)
+    /// After `stage_drop_name`'s batch committed: records `r` in the node, or forgets a gone
+    /// inode and purges it (a small one later, `defer_purge`).
+    fn finish_drop(&self, ino: u64, c: &mut Node, r: InodeRec) -> FsResult<()> {
+        match r {
+            r if r.nlink == 0 && c.opens == 0 => {
+                let (size, blocks, logged) = (r.size, r.blocks, std::mem::take(&mut c.logged));
+                // Its dirty blocks were not staged: forgotten, not applied as stored.
+                c.rec = r;
+                self.forget_node(ino, c)?;
+                if blocks <= PURGE_BATCH {
+                    self.defer_purge(ino, blocks, logged)
+                } else {
+                    self.purge(ino, size, &logged)
+                }
             }
-            Some(r) => {
+            r => {
                 self.applied(ino, c, r);
                 Ok(())
-            }
-            None => {
-                c.rec.nlink = 0;
-                self.forget_node(ino, c)
             }
         }
     }
