@@ -94,6 +94,14 @@ fn with_blocks(ino: u64, mut rec: InodeRec, delta: i64) -> FsResult<InodeRec> {
 /// Most blocks an fsync logs as `W` records beside a flush in flight rather than wait for it.
 const LOG_BESIDE_FLUSH: usize = 64;
 
+/// Unlinked files waiting for their purge: (inode, its weight in a purge batch: stored
+/// blocks + 1, blocks with `W` records), and the weights' sum.
+#[derive(Default)]
+struct Deferred {
+    files: Vec<(u64, u64, BTreeSet<u64>)>,
+    weight: u64,
+}
+
 /// A flush committing a file's blocks without its node's lock (see `Volume::begin_flush`).
 pub struct Flush {
     ino: u64,
@@ -180,8 +188,8 @@ pub struct Volume {
     /// in `add_dirty`). A refquota counts them before they are stored.
     dirty_bytes: AtomicU64,
     /// Small files unlinked with nothing holding them open, orphans in the store, to purge
-    /// in batches (`purge_deferred`): (inode, stored blocks, blocks with `W` records).
-    deferred: Mutex<Vec<(u64, u64, BTreeSet<u64>)>>,
+    /// in batches (`purge_deferred`).
+    deferred: Mutex<Deferred>,
 }
 
 impl Drop for Volume {
@@ -213,7 +221,7 @@ impl Volume {
             next_fh: AtomicU64::new(1),
             dirty: Mutex::new(HashSet::new()),
             dirty_bytes: AtomicU64::new(0),
-            deferred: Mutex::new(Vec::new()),
+            deferred: Mutex::new(Deferred::default()),
         };
         if !v.read_only {
             v.merge_written()?;
@@ -761,8 +769,9 @@ impl Volume {
     fn defer_purge(&self, ino: u64, blocks: u64, logged: BTreeSet<u64>) -> FsResult<()> {
         let queued = {
             let mut q = self.deferred.lock().map_err(|_| Error::Corrupt("purge queue poisoned".into()))?;
-            q.push((ino, blocks, logged));
-            q.iter().map(|e| e.1).sum::<u64>() + q.len() as u64
+            q.files.push((ino, blocks + 1, logged));
+            q.weight += blocks + 1;
+            q.weight
         };
         if queued > DEFERRED_MAX {
             self.purge_deferred()?;
@@ -777,19 +786,20 @@ impl Volume {
         // Held across the commits: a rollback's `discard_dirty` must not clear the queue
         // while a batch of it is being committed to the view it replaces.
         let mut q = self.deferred.lock().map_err(|_| Error::Corrupt("purge queue poisoned".into()))?;
-        while !q.is_empty() {
-            let (mut n, mut blocks) = (0, 0);
-            while n < q.len() && (n == 0 || blocks + q[n].1 + 1 <= PURGE_BATCH) {
-                blocks += q[n].1 + 1;
+        while !q.files.is_empty() {
+            let (mut n, mut weight) = (0, 0);
+            while n < q.files.len() && (n == 0 || weight + q.files[n].1 <= PURGE_BATCH) {
+                weight += q.files[n].1;
                 n += 1;
             }
             let mut t = self.txn()?;
             t.frees();
-            for (ino, _, logged) in &q[..n] {
+            for (ino, _, logged) in &q.files[..n] {
                 self.stage_purge(&mut t, *ino, logged)?;
             }
             t.commit(false)?;
-            q.drain(..n);
+            q.files.drain(..n);
+            q.weight -= weight;
         }
         Ok(())
     }
@@ -910,7 +920,7 @@ impl Volume {
     /// Forgets unsaved data and queued purges (the view is being rolled back).
     pub fn discard_dirty(&self) {
         if let Ok(mut q) = self.deferred.lock() {
-            q.clear();
+            *q = Deferred::default();
         }
         for ino in self.cached_inos() {
             if let Ok(Some(node)) = self.table.get(ino, || Ok(None)) {
