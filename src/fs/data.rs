@@ -33,8 +33,7 @@ impl Volume {
         let mut n = lock(&node)?;
         n.opens = n.opens.saturating_sub(1);
         if n.opens == 0 && n.rec.nlink == 0 && !self.read_only {
-            self.purge(ino, n.rec.size, &n.logged)?;
-            return self.forget_node(ino, &mut n);
+            return self.purge_gone(ino, &mut n);
         }
         if !n.is_clean() {
             // Bytes logged over stored blocks (`commit_node`) are merged at the last close.

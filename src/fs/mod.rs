@@ -764,6 +764,19 @@ impl Volume {
         Ok(t.commit(false)?)
     }
 
+    /// Forgets an inode with no names and no open handles (an orphan in the store) and purges
+    /// it: a small one later with others (`defer_purge`), a big one now in bounded batches.
+    /// Its unsaved data is dropped, never written.
+    fn purge_gone(&self, ino: u64, n: &mut Node) -> FsResult<()> {
+        let (size, blocks, logged) = (n.rec.size, n.rec.blocks, std::mem::take(&mut n.logged));
+        self.forget_node(ino, n)?;
+        if blocks <= PURGE_BATCH {
+            self.defer_purge(ino, blocks, logged)
+        } else {
+            self.purge(ino, size, &logged)
+        }
+    }
+
     /// Queues the purge of an unlinked small file (an orphan in the store, so a crash
     /// leaves it to the next start); purges the queue when it holds too many blocks.
     fn defer_purge(&self, ino: u64, blocks: u64, logged: BTreeSet<u64>) -> FsResult<()> {

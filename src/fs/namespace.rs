@@ -3,7 +3,7 @@
 
 use super::acl::{self, Acl};
 use super::table::{lock, Node, NodeRef};
-use super::{err, FsResult, Ctx, DirItem, Entry, Volume, PURGE_BATCH};
+use super::{err, FsResult, Ctx, DirItem, Entry, Volume};
 use crate::volume::view::{At, ViewTxn};
 use crate::volume::{DirentRec, InodeRec, Kind, Ts};
 use std::collections::BTreeMap;
@@ -271,15 +271,9 @@ impl Volume {
     fn finish_drop(&self, ino: u64, c: &mut Node, r: InodeRec) -> FsResult<()> {
         match r {
             r if r.nlink == 0 && c.opens == 0 => {
-                let (size, blocks, logged) = (r.size, r.blocks, std::mem::take(&mut c.logged));
                 // Its dirty blocks were not staged: forgotten, not applied as stored.
                 c.rec = r;
-                self.forget_node(ino, c)?;
-                if blocks <= PURGE_BATCH {
-                    self.defer_purge(ino, blocks, logged)
-                } else {
-                    self.purge(ino, size, &logged)
-                }
+                self.purge_gone(ino, c)
             }
             r => {
                 self.applied(ino, c, r);

@@ -151,6 +151,23 @@ fn unlinked_files_give_their_space_back_at_once_and_after_a_kill_9() {
     assert!(df_free(&v) < 2 << 20, "df shows {} bytes free with 6.25 MiB written under an 8 MiB refquota", df_free(&v));
     remove_files();
     assert!(df_free(&v) > 7 << 20, "right after rm, df shows only {} bytes free", df_free(&v));
+    // A file unlinked while open goes at its last close, and its space with it.
+    {
+        let p = v.join("open");
+        let mut f = OpenOptions::new().create(true).read(true).write(true).open(&p).unwrap();
+        f.write_all(&pattern(7, 4 << 20)).unwrap();
+        f.sync_all().unwrap();
+        fs::remove_file(&p).unwrap();
+        f.write_all(&pattern(8, 2 << 20)).unwrap();
+        f.sync_all().unwrap();
+        assert!(df_free(&v) < 3 << 20, "an unlinked file still open holds its 6 MiB: df shows {} bytes free", df_free(&v));
+    }
+    // The kernel sends the release after close returns: give it a moment.
+    let t0 = std::time::Instant::now();
+    while df_free(&v) <= 7 << 20 && t0.elapsed() < std::time::Duration::from_secs(5) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(df_free(&v) > 7 << 20, "after the last close, df shows only {} bytes free", df_free(&v));
     write_files(3);
     remove_files();
     d.kill9();
