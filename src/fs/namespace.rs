@@ -269,17 +269,13 @@ impl Volume {
     /// After `stage_drop_name`'s batch committed: records `r` in the node, or forgets a gone
     /// inode and purges it (a small one later, `defer_purge`).
     fn finish_drop(&self, ino: u64, c: &mut Node, r: InodeRec) -> FsResult<()> {
-        match r {
-            r if r.nlink == 0 && c.opens == 0 => {
-                // Its dirty blocks were not staged: forgotten, not applied as stored.
-                c.rec = r;
-                self.purge_gone(ino, c)
-            }
-            r => {
-                self.applied(ino, c, r);
-                Ok(())
-            }
+        if r.nlink == 0 && c.opens == 0 {
+            // Its dirty blocks were not staged: forgotten, not applied as stored.
+            c.rec = r;
+            return self.purge_gone(ino, c);
         }
+        self.applied(ino, c, r);
+        Ok(())
     }
 
     pub fn unlink(&self, parent: u64, name: &[u8], dir: bool) -> FsResult<()> {
