@@ -286,14 +286,17 @@ impl Daemon {
         let vols = Catalog::list(&self.store)?;
         let mut headless = self.store.txn();
         let mut done = std::collections::BTreeSet::new();
-        let headless_records = written.iter().any(|w| !vols.iter().any(|v| v.lineage == w.0));
+        let mut headless_records = false;
         for (lineage, ino, index, _) in written {
             match vols.iter().find(|v| v.lineage == lineage) {
                 Some(v) if done.insert(lineage) => {
                     Volume::open(self.catalog.open_view(&self.store, &v.name, None, false)?, self.budget.clone())?;
                 }
                 Some(_) => {}
-                None => headless.cat_delete(&crate::store::CatKey::Written { lineage, ino, index })?,
+                None => {
+                    headless.cat_delete(&crate::store::CatKey::Written { lineage, ino, index })?;
+                    headless_records = true;
+                }
             }
         }
         if headless_records {
@@ -327,12 +330,13 @@ impl Daemon {
         self.stop.load(Ordering::SeqCst)
     }
 
-    /// Purges the files each mounted volume's unlinks queued (`Volume::purge_deferred`).
-    fn purge_unlinked(&self) {
-        let lives: Vec<Arc<Live>> = match lock(&self.mounts) {
-            Ok(m) => m.iter().map(|m| m.live.clone()).collect(),
-            Err(_) => return,
-        };
+    /// The mounted views.
+    fn lives(&self) -> Result<Vec<Arc<Live>>> {
+        Ok(lock(&self.mounts)?.iter().map(|m| m.live.clone()).collect())
+    }
+
+    /// Purges the files the unlinks of `lives` queued (`Volume::purge_deferred`).
+    fn purge_unlinked(&self, lives: &[Arc<Live>]) {
         for l in lives {
             let v = l.get();
             if let Err(e) = v.purge_deferred() {
@@ -347,11 +351,8 @@ impl Daemon {
                 Err(RecvTimeoutError::Timeout) => {}
                 _ => return,
             }
-            let lives: Vec<Arc<Live>> = match lock(&self.mounts) {
-                Ok(m) => m.iter().map(|m| m.live.clone()).collect(),
-                Err(_) => return,
-            };
-            self.purge_unlinked();
+            let Ok(lives) = self.lives() else { return };
+            self.purge_unlinked(&lives);
             for l in lives {
                 let v = l.get();
                 if let Err(e) = v.flush_older_than(self.budget.max_age) {
@@ -478,7 +479,9 @@ impl Daemon {
         self.reap();
         if !matches!(req, Request::Ping | Request::Metrics | Request::ScrubProgress) {
             // Space figures, fsck and every state change see files unlinked so far as gone.
-            self.purge_unlinked();
+            if let Ok(lives) = self.lives() {
+                self.purge_unlinked(&lives);
+            }
         }
         match req {
             Request::Ping => Ok(json!({"pid": std::process::id()})),
