@@ -38,10 +38,10 @@ impl Volume {
         if !n.is_clean() {
             // Bytes logged over stored blocks (`commit_node`) are merged at the last close.
             if n.opens > 0 {
-                return self.commit_node(ino, &mut n, false);
+                return self.commit_node(ino, &mut n).map(|_| ());
             }
             let rec = n.rec.clone();
-            self.save_node(ino, &mut n, rec, false)?;
+            self.save_node(ino, &mut n, rec)?;
         }
         Ok(())
     }

@@ -384,7 +384,7 @@ impl Volume {
             return Ok(());
         }
         let rec = n.rec.clone();
-        self.save_node(ino, n, rec, false)
+        self.save_node(ino, n, rec).map(|_| ())
     }
 
     /// Records in memory what `stage_node` wrote.
@@ -422,12 +422,13 @@ impl Volume {
     }
 
     /// Writes a node's record (and its dirty blocks) in a batch of its own.
-    fn save_node(&self, ino: u64, n: &mut Node, rec: InodeRec, sync: bool) -> FsResult<()> {
+    /// Returns the commit's seq (`sync_to`).
+    fn save_node(&self, ino: u64, n: &mut Node, rec: InodeRec) -> FsResult<u64> {
         let mut t = self.txn()?;
         let rec = self.stage_node(&mut t, ino, n, rec)?;
-        t.commit(sync)?;
+        let seq = t.commit_unsynced()?;
         self.applied(ino, n, rec);
-        Ok(())
+        Ok(seq)
     }
 
     /// Starts flushing `n`'s dirty blocks. Unless somebody waits for the node, they move to
@@ -442,7 +443,7 @@ impl Volume {
         }
         if n.waiters > 0 || n.dirty.is_empty() || n.flush_failed {
             let rec = n.rec.clone();
-            self.save_node(ino, &mut n, rec, false)?;
+            self.save_node(ino, &mut n, rec)?;
             n.flush_failed = false;
             return Ok(None);
         }
@@ -557,8 +558,13 @@ impl Volume {
             }
         };
         let mut n = table::lock_busy(&node)?;
-        if sync && self.commit_beside_flush(ino, &mut n)? {
-            return Ok(());
+        // The log is synced after the node's lock is released: writers to the file go on
+        // meanwhile, and fsyncs of it share one sync.
+        if sync {
+            if let Some(seq) = self.commit_beside_flush(ino, &mut n)? {
+                drop(n);
+                return Ok(self.view.sync_to(seq)?);
+            }
         }
         let mut n = table::settled(&node, n)?;
         if n.is_clean() {
@@ -569,10 +575,12 @@ impl Volume {
             return Ok(());
         }
         if sync {
-            return self.commit_node(ino, &mut n, true);
+            let seq = self.commit_node(ino, &mut n)?;
+            drop(n);
+            return Ok(self.view.sync_to(seq)?);
         }
         let rec = n.rec.clone();
-        self.save_node(ino, &mut n, rec, false)
+        self.save_node(ino, &mut n, rec).map(|_| ())
     }
 
     /// An fsync while a flush of the file is in flight, without waiting for it (that flush
@@ -581,18 +589,19 @@ impl Volume {
     /// yet go into `W` records (laid over what the flush holds of them), next to the node's
     /// record, synced. No stored extent changes, so the flush's batch stays valid; when it
     /// commits it writes this record (`Node::synced`) and keeps the records of blocks
-    /// written again meanwhile. False, having done nothing, when no flush is in flight or
+    /// written again meanwhile. Returns the commit's seq, for the caller to sync; None,
+    /// having done nothing, when no flush is in flight or
     /// this does not apply (the flush is sealed, a whole block or too many to log): the
     /// caller then waits for the flush.
-    fn commit_beside_flush(&self, ino: u64, n: &mut Node) -> FsResult<bool> {
-        let Some(f) = n.flushing.clone() else { return Ok(false) };
+    fn commit_beside_flush(&self, ino: u64, n: &mut Node) -> FsResult<Option<u64>> {
+        let Some(f) = n.flushing.clone() else { return Ok(None) };
         if n.flush_sealed || n.purged {
-            return Ok(false);
+            return Ok(None);
         }
         let mut want: BTreeSet<u64> = n.unsynced.iter().filter(|i| n.dirty.contains_key(i)).copied().collect();
         want.extend(f.unsynced.iter().filter(|i| f.blocks.contains_key(i) && !n.logged.contains(i)));
         if want.len() > LOG_BESIDE_FLUSH {
-            return Ok(false);
+            return Ok(None);
         }
         let mut records = Vec::with_capacity(want.len());
         for idx in &want {
@@ -600,10 +609,10 @@ impl Volume {
             let laid = match (n.dirty.get(idx), below) {
                 (Some(d), below) => table::lay_over(below, d, n.partial.get(idx)),
                 (None, Some(below)) => below,
-                (None, None) => return Ok(false),
+                (None, None) => return Ok(None),
             };
             // A whole block is no record's: the flush stores it.
-            let (bytes, Some(ranges)) = laid else { return Ok(false) };
+            let (bytes, Some(ranges)) = laid else { return Ok(None) };
             records.push((*idx, crate::store::records::encode_written(&ranges, &bytes)));
         }
         let mut t = self.txn()?;
@@ -611,13 +620,13 @@ impl Volume {
             t.put_written(ino, *idx, v)?;
         }
         t.put_inode(ino, &n.rec)?;
-        t.commit(true)?;
+        let seq = t.commit_unsynced()?;
         n.logged.extend(want);
         n.unsynced.clear();
         n.meta_dirty = false;
         n.synced = Some(n.rec.clone());
         crate::metrics::get().fsyncs_beside_flush.inc();
-        Ok(true)
+        Ok(Some(seq))
     }
 
     /// The flush of a file descriptor's close (any copy of it: a fork's child closing it at
@@ -628,17 +637,17 @@ impl Volume {
         if n.is_clean() {
             return Ok(());
         }
-        self.commit_node(ino, &mut n, false)
+        self.commit_node(ino, &mut n).map(|_| ())
     }
 
-    /// Commits a dirty file (fsync, with `sync`: made durable; close) like a flush, except
-    /// that a partly written block over a stored block is not completed by reading the
-    /// stored one: the bytes written go into the batch as a `W` record, and the block stays
+    /// Commits a dirty file (an fsync, which then syncs the returned seq; a close) like a
+    /// flush, except that a partly written block over a stored block is not completed by
+    /// reading the stored one: the bytes written go into the batch as a `W` record, and the block stays
     /// dirty until a later flush (the flusher's, within seconds) completes it and drops the
     /// record in the same batch. So an fsync'd small write costs no block read; after a
     /// crash, opening the volume merges the records (`merge_written`). Its cost follows the
     /// blocks written since the last commit (`unsynced`), not the blocks held.
-    pub(super) fn commit_node(&self, ino: u64, n: &mut Node, sync: bool) -> FsResult<()> {
+    pub(super) fn commit_node(&self, ino: u64, n: &mut Node) -> FsResult<u64> {
         let written: Vec<u64> = n.unsynced.iter().filter(|i| n.dirty.contains_key(i)).copied().collect();
         let partial = |i: &&u64| n.partial.contains_key(i);
         let mut held: BTreeSet<u64> = written.iter().filter(partial).filter(|i| n.logged.contains(i)).copied().collect();
@@ -652,10 +661,10 @@ impl Volume {
         }
         if held.is_empty() && n.logged.is_empty() {
             let rec = n.rec.clone();
-            return self.save_node(ino, n, rec, sync);
+            return self.save_node(ino, n, rec);
         }
         let rest: BTreeMap<u64, Vec<u8>> = written.iter().filter(|i| !held.contains(i)).filter_map(|i| n.dirty.remove_entry(i)).collect();
-        let r = (|| -> FsResult<InodeRec> {
+        let r = (|| -> FsResult<(InodeRec, u64)> {
             let mut t = self.txn()?;
             for idx in &held {
                 let ranges = n.partial.get(idx).map(Vec::as_slice).unwrap_or_default();
@@ -663,14 +672,14 @@ impl Volume {
                 t.put_written(ino, *idx, &crate::store::records::encode_written(ranges, data))?;
             }
             let rec = self.stage_blocks(&mut t, ino, &rest, &n.partial, &n.logged, n.rec.clone())?;
-            t.commit(sync)?;
-            Ok(rec)
+            let seq = t.commit_unsynced()?;
+            Ok((rec, seq))
         })();
         match r {
-            Ok(rec) => {
+            Ok((rec, seq)) => {
                 n.logged.extend(held);
                 self.stored(ino, n, rec, rest);
-                Ok(())
+                Ok(seq)
             }
             Err(e) => {
                 n.dirty.extend(rest);
@@ -725,7 +734,7 @@ impl Volume {
                 let old = n.dirty_since.map(|t| now.duration_since(t) >= age).unwrap_or(n.meta_dirty);
                 if old && !n.is_clean() {
                     let rec = n.rec.clone();
-                    self.save_node(ino, &mut n, rec, false)?;
+                    self.save_node(ino, &mut n, rec)?;
                 }
             }
         }

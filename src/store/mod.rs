@@ -957,8 +957,9 @@ impl Store {
     /// applied (a block's bytes are stored when its count leaves zero, and dropped when it
     /// returns to zero), the record with the new blocks and the batch is appended to the log,
     /// and the batch is applied to RocksDB (without its WAL). With `sync`, the log is synced
-    /// after the lock is released, shared with other committers (invariant 17).
-    fn commit(&self, mut txn: Txn<'_>, sync: bool) -> Result<()> {
+    /// after the lock is released, shared with other committers (invariant 17). Returns the
+    /// record's seq (`sync_to` makes it durable later).
+    fn commit(&self, mut txn: Txn<'_>, sync: bool) -> Result<u64> {
         // Read before the commit lock: statvfs is a syscall, and a commit or two racing past
         // the same figure stays well inside the reserve.
         let avail = self.disk.available()?;
@@ -1137,7 +1138,12 @@ impl Store {
         if sync {
             self.log.sync_to(seq)?;
         }
-        Ok(())
+        Ok(seq)
+    }
+
+    /// Makes every commit up to record `seq` durable (one `commit` returned).
+    pub fn sync_to(&self, seq: u64) -> Result<()> {
+        self.log.sync_to(seq)
     }
 
     /// Bytes kept free on the store's disk (see `disk`), and what is free beyond them.
@@ -1756,7 +1762,13 @@ impl Txn<'_> {
     /// Writes the batch atomically; with `sync`, makes it and everything before durable.
     pub fn commit(self, sync: bool) -> Result<()> {
         let store = self.store;
-        store.commit(self, sync)
+        store.commit(self, sync).map(|_| ())
+    }
+
+    /// Writes the batch atomically and returns its record's seq, for `Store::sync_to`.
+    pub fn commit_unsynced(self) -> Result<u64> {
+        let store = self.store;
+        store.commit(self, false)
     }
 
     /// Marks the batch as one that removes things (unlink, truncate, destroy, GC): it is

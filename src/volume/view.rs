@@ -255,6 +255,11 @@ impl View {
         self.store.sync()
     }
 
+    /// Makes every batch up to the one `ViewTxn::commit_unsynced` numbered `seq` durable.
+    pub fn sync_to(&self, seq: u64) -> Result<()> {
+        self.store.sync_to(seq)
+    }
+
     /// A batch of changes at the head epoch. It holds the lineage's pins (read side) from
     /// its first decision until it commits: a pin the catalog removes meanwhile waits for it
     /// (see `volume::lineage`). Take one batch at a time per thread.
@@ -490,6 +495,17 @@ impl ViewTxn<'_> {
 
     /// Commits the batch; with `sync`, makes it and everything before durable.
     pub fn commit(self, sync: bool) -> Result<()> {
+        let view = self.view;
+        let seq = self.commit_unsynced()?;
+        match sync {
+            true => view.sync_to(seq),
+            false => Ok(()),
+        }
+    }
+
+    /// Commits the batch and returns its record's seq (`View::sync_to` makes it durable):
+    /// a caller holding a lock syncs after releasing it.
+    pub fn commit_unsynced(self) -> Result<u64> {
         let ViewTxn { view, mut t, pins, counts, sizes } = self;
         // Counts are read-modify-write: one batch of this head at a time from here on.
         let _one = view.counts.lock().map_err(|_| Error::Corrupt("view count lock poisoned by a panic".into()))?;
@@ -510,9 +526,9 @@ impl ViewTxn<'_> {
         if let Some(q) = view.quota() {
             t.limit(view.lineage(), q, &view.spec.name);
         }
-        let r = t.commit(sync);
+        let seq = t.commit_unsynced();
         drop(pins);
-        r
+        seq
     }
 }
 

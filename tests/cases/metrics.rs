@@ -112,3 +112,41 @@ fn metrics_parse_and_follow_known_work() {
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("cannot serve metrics"), "{out:?}");
     d.fsck_clean();
 }
+
+/// Concurrent fsyncs of one volume share log syncs (group commit): no lock of the volume is
+/// held across a sync, so while one runs the others commit and the next sync covers them.
+/// The log's sync count, against the fsyncs, tells.
+#[test]
+fn concurrent_fsyncs_of_one_volume_share_log_syncs() {
+    let mut d = Daemon::start();
+    let m = d.volume("v");
+    let before = parse(&d.ok(&["metrics"]));
+    let (threads, rounds) = (4, 150);
+    let workers: Vec<_> = (0..threads)
+        .map(|i| {
+            let path = m.join(format!("f{i}"));
+            std::thread::spawn(move || {
+                let mut f = File::create(&path).unwrap();
+                for r in 0..rounds {
+                    f.write_all(&pattern(i * 1000 + r, 4096)).unwrap();
+                    f.sync_data().unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    let after = parse(&d.ok(&["metrics"]));
+    let delta = |k: &str| after.get(k).copied().unwrap_or(0.0) - before.get(k).copied().unwrap_or(0.0);
+    let fsyncs = delta(r#"clonefs_fuse_op_seconds_count{op="fsync"}"#);
+    let syncs = delta("clonefs_log_sync_seconds_count");
+    assert!(fsyncs >= (threads * rounds) as f64, "{fsyncs} fsyncs");
+    assert!(syncs < 0.8 * fsyncs, "{syncs} log syncs for {fsyncs} concurrent fsyncs: they did not share");
+    for i in 0..threads {
+        let data = fs::read(m.join(format!("f{i}"))).unwrap();
+        assert_eq!(data.len(), 4096 * rounds as usize);
+        assert!(data[data.len() - 4096..] == pattern(i * 1000 + rounds - 1, 4096));
+    }
+    d.fsck_clean();
+}
