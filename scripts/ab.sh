@@ -6,16 +6,18 @@
 # JOB: sw (1 GiB sequential 1 MiB writes + fsync, MiB/s), rw (4 KiB random writes over a
 # 256 MiB file for 5 s, then fsync, IOPS), rwf (4 KiB random write + fsync
 # each, IOPS, 5 s), pg (pgbench TPC-B scale 5, 4 clients, 10 s, TPS), sm (2,000 small
-# files: create, stat, unlink per second). An old binary: build a worktree of its commit
-# with this CARGO_TARGET_DIR and copy target/debug/clonefs aside (then touch src/main.rs
-# here and build again, or the target dir keeps the old binary).
+# files: create, stat, unlink per second). AB_BLOCK_SIZE sets the volumes' block size (else
+# the CLI's default), AB_BLOCK_SIZE_B B's alone (an A/B of block sizes: the same binary twice).
+# An old binary: build a worktree of its commit with this CARGO_TARGET_DIR and copy
+# target/debug/clonefs aside (then touch src/main.rs here and build again, or the target dir
+# keeps the old binary).
 set -euo pipefail
-[[ $# -ge 3 ]] || { sed -n 2,11p "$0"; exit 2; }
+[[ $# -ge 3 ]] || { sed -n 2,14p "$0"; exit 2; }
 a=$1 b=$2 job=$3 rounds=${4:-2}
 command -v fio >/dev/null || { apt-get update -qq && apt-get install -y -qq fio; }
 
-one() { # BIN -> prints the figure
-  local B=$1 w
+one() { # BIN [BLOCK_SIZE] -> prints the figure
+  local B=$1 bs=${2:-} w
   w=$(mktemp -d /var/tmp/clonefs-ab.XXXXXX)
   chmod 755 "$w"
   export CLONEFS_STORE=$w/store
@@ -29,7 +31,7 @@ one() { # BIN -> prints the figure
   }
   trap cleanup_one RETURN
   if [[ $B == native ]]; then B=true; else
-    "$B" init >/dev/null && "$B" daemon >/dev/null && "$B" create v >/dev/null && "$B" mount v "$m" >/dev/null
+    "$B" init >/dev/null && "$B" daemon >/dev/null && "$B" create v ${bs:+--block-size "$bs"} >/dev/null && "$B" mount v "$m" >/dev/null
   fi
   chmod 777 "$m"
   case $job in
@@ -65,7 +67,8 @@ PY
   esac
 }
 
+bs_a=${AB_BLOCK_SIZE:-} bs_b=${AB_BLOCK_SIZE_B:-${AB_BLOCK_SIZE:-}}
 for r in $(seq "$rounds"); do
-  echo "A ($a): $(one "$a")"
-  echo "B ($b): $(one "$b")"
+  echo "A ($a${bs_a:+, $bs_a blocks}): $(one "$a" "$bs_a")"
+  echo "B ($b${bs_b:+, $bs_b blocks}): $(one "$b" "$bs_b")"
 done
