@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 /// `--version`: the program and the store format it reads and writes (a test checks the
 /// number against `FORMAT_VERSION`).
-const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (store format 5)");
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (store format 6)");
 
 /// clonefs: a copy-on-write FUSE filesystem with a deduplicated block store.
 #[derive(Parser, Debug)]

@@ -27,11 +27,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 /// The on-disk format this build reads and writes.
-pub const FORMAT_VERSION: u32 = 5;
-/// Stores of this format open too: format 5 only added `W` catalog records (bytes an fsync
-/// wrote over a stored block), which a format-4 store has none of. Opening one upgrades it.
-const UPGRADES_FROM: u32 = 4;
+pub const FORMAT_VERSION: u32 = 6;
+/// Stores of these formats open too, and opening one upgrades it: format 5 added `W`
+/// catalog records (bytes an fsync wrote over a stored block), format 6 data segments
+/// (`store/segment.rs`), which older stores have none of. (A format-5 build would take a
+/// data segment for a torn log tail and delete it: it refuses format 6.)
+const UPGRADES_FROM: [u32; 2] = [4, 5];
 const SECRET_LEN: usize = 192;
+
+/// A commit whose new blocks come to this many bytes writes them ahead (`Store::prewrite`).
+const PREWRITE_MIN: u64 = 1 << 20;
+
+/// Blocks written ahead of their commit into data segment `seg`: hash -> locator.
+struct Prewrite {
+    seg: u32,
+    locs: HashMap<Hash, u64>,
+}
 
 /// Column family names: the only place they are spelled.
 mod cf {
@@ -301,7 +312,7 @@ fn no_wal() -> WriteOptions {
 fn check_format(v: Option<Vec<u8>>) -> Result<u32> {
     let v = v.ok_or_else(|| Error::Corrupt("store has no format version".into()))?;
     let v = u32::from_le_bytes(v.as_slice().try_into().map_err(|_| Error::Corrupt("bad format record".into()))?);
-    if v != FORMAT_VERSION && v != UPGRADES_FROM {
+    if v != FORMAT_VERSION && !UPGRADES_FROM.contains(&v) {
         return Err(Error::Corrupt(format!(
             "store format version {v} is not supported by this clonefs (it knows {FORMAT_VERSION})"
         )));
@@ -955,14 +966,62 @@ impl Store {
 
     /// Writes `txn` atomically. Under the commit lock, in order: reference deltas are
     /// applied (a block's bytes are stored when its count leaves zero, and dropped when it
-    /// returns to zero), the record with the new blocks and the batch is appended to the log,
+    /// returns to zero), the record with the new blocks (a large commit's were written ahead,
+    /// without the lock, into a data segment) and the batch is appended to the log,
     /// and the batch is applied to RocksDB (without its WAL). With `sync`, the log is synced
     /// after the lock is released, shared with other committers (invariant 17). Returns the
     /// record's seq (`sync_to` makes it durable later).
-    fn commit(&self, mut txn: Txn<'_>, sync: bool) -> Result<u64> {
+    fn commit(&self, txn: Txn<'_>, sync: bool) -> Result<u64> {
         // Read before the commit lock: statvfs is a syscall, and a commit or two racing past
         // the same figure stays well inside the reserve.
         let avail = self.disk.available()?;
+        let pre = self.prewrite(&txn, avail);
+        let r = self.commit_with(txn, sync, avail, pre.as_ref());
+        if let Some(p) = &pre {
+            self.log.release(p.seg);
+        }
+        r
+    }
+
+    /// The new blocks of a large commit, written and synced into a data segment before the
+    /// commit lock is taken, so that other commits (fsyncs) do not wait for their write:
+    /// hash -> locator. None for a small commit, or when the disk's reserve or an error
+    /// says no (the commit's record then holds them, and the commit reports the error).
+    fn prewrite(&self, txn: &Txn<'_>, avail: u64) -> Option<Prewrite> {
+        let mut seen = std::collections::HashSet::new();
+        let new: Vec<(&Hash, &[u8])> = txn
+            .refs
+            .iter()
+            .filter_map(|(h, _, d, data)| match data {
+                Some(b) if *d > 0 && seen.insert(*h) => Some((h, b.as_slice())),
+                _ => None,
+            })
+            .collect();
+        if new.iter().map(|x| x.1.len() as u64).sum::<u64>() < PREWRITE_MIN {
+            return None;
+        }
+        // Blocks stored already are not written again (a hint: the commit decides under the
+        // lock, and a block stored meanwhile leaves its prewritten copy dead).
+        let refs_cf = self.cf(cf::REFS).ok()?;
+        let stored = self.db.batched_multi_get_cf(refs_cf, new.iter().map(|x| x.0), false);
+        let new: Vec<(&Hash, &[u8])> = new.into_iter().zip(stored).filter(|(_, s)| matches!(s, Ok(None))).map(|(x, _)| x).collect();
+        let bytes: u64 = new.iter().map(|x| x.1.len() as u64).sum();
+        if bytes < PREWRITE_MIN || self.disk.admit(disk::Growth::Data, bytes, avail).is_err() {
+            return None;
+        }
+        let blocks: Vec<&[u8]> = new.iter().map(|x| x.1).collect();
+        match self.log.prewrite(&blocks) {
+            Ok(Some(p)) => Some(Prewrite { seg: p.seg, locs: new.iter().map(|x| *x.0).zip(p.locs).collect() }),
+            Ok(None) => None,
+            Err(e) => {
+                log::warn!("writing {bytes} bytes of blocks ahead of their commit failed ({e}); the commit's record holds them");
+                None
+            }
+        }
+    }
+
+    /// `commit` from the commit lock on, with the blocks `pre` wrote ahead.
+    fn commit_with(&self, mut txn: Txn<'_>, sync: bool, avail: u64, pre: Option<&Prewrite>) -> Result<u64> {
         let mut space = self.space_guard()?;
         let mut w = self.writer.lock().map_err(|_| Error::Corrupt("log writer poisoned by a panic: restart the daemon".into()))?;
         if let Some(why) = &w.broken {
@@ -1066,7 +1125,10 @@ impl Store {
                 }
             }
         }
-        let data_len: u64 = stored.iter().map(|x| x.2.len() as u64).sum();
+        // Where a stored block was written ahead (not a move), else into this record.
+        let ahead = |h: &Hash, from: &Option<u64>| pre.filter(|_| from.is_none()).and_then(|p| p.locs.get(h).copied());
+        let in_record = |x: &&(Hash, RefRec, Vec<u8>, Option<u64>)| ahead(&x.0, &x.3).is_none();
+        let data_len: u64 = stored.iter().filter(in_record).map(|x| x.2.len() as u64).sum();
         let plan = self.log.plan(&mut w, data_len)?;
         let mut at = 0;
         for (h, rec, data, from) in stored.iter_mut() {
@@ -1074,9 +1136,14 @@ impl Store {
                 txn.batch.delete_cf(blocks_cf, keys::block_key(*from));
                 *seg_delta.entry(segment::split(*from).0).or_default() -= data.len() as i64;
             }
-            rec.loc = plan.locator(at);
-            at += data.len() as u64;
-            *seg_delta.entry(plan.mark.seg).or_default() += data.len() as i64;
+            rec.loc = match ahead(h, from) {
+                Some(loc) => loc,
+                None => {
+                    at += data.len() as u64;
+                    plan.locator(at - data.len() as u64)
+                }
+            };
+            *seg_delta.entry(segment::split(rec.loc).0).or_default() += data.len() as i64;
             txn.batch.put_cf(refs_cf, &h[..], rec.encode());
             txn.batch.put_cf(blocks_cf, keys::block_key(rec.loc), &h[..]);
         }
@@ -1101,9 +1168,10 @@ impl Store {
             disk::Growth::Meta
         };
         self.disk.admit(growth, data_len + txn.batch.size_in_bytes() as u64, avail)?;
-        let blocks: Vec<&[u8]> = stored.iter().map(|x| x.2.as_slice()).collect();
+        let blocks: Vec<&[u8]> = stored.iter().filter(in_record).map(|x| x.2.as_slice()).collect();
         let seq = self.log.write(&mut w, plan, &blocks, txn.batch.data())?;
         let meta = txn.batch.size_in_bytes() as u64;
+        let stored_bytes: u64 = stored.iter().map(|x| x.2.len() as u64).sum();
         if let Err(e) = self.db.write_opt(txn.batch, &no_wal()) {
             // The record is in the log but RocksDB refused the batch: a restart replays it,
             // and until then nothing may build on a state the store does not hold.
@@ -1123,7 +1191,7 @@ impl Store {
         w.meta_since_checkpoint += meta;
         let m = crate::metrics::get();
         m.commits.inc();
-        m.stored_bytes.inc_by(data_len);
+        m.stored_bytes.inc_by(stored_bytes);
         m.dedup_bytes.inc_by(dedup);
         // The flusher checkpoints past one `checkpoint_bytes` (with most of the log synced
         // before it takes the lock); this is the backstop if it falls behind.
@@ -1312,6 +1380,7 @@ impl Store {
             let mut w = self.writer.lock().map_err(|_| Error::Corrupt("log writer poisoned by a panic: restart the daemon".into()))?;
             self.log.seal(&mut w)?;
         }
+        self.log.seal_data()?;
         let report = self.clean(COMPACT_RATIO, true)?;
         // Under the commit lock, after a sync: the compaction flushes the memtables first,
         // and no commit whose record is not durable may be in them (invariant 18).
@@ -1371,10 +1440,15 @@ impl Store {
             let w = self.writer.lock().map_err(|_| Error::Corrupt("log writer poisoned by a panic: restart the daemon".into()))?;
             segment::Log::active_segment(&w)
         };
+        let settled = self.log.settled_data()?;
         let segs: Vec<(u32, u64, u64)> = {
             let space = self.space_guard()?;
             let on_disk = self.log.segments()?;
-            on_disk.into_iter().filter(|(s, _)| *s < active).map(|(s, size)| (s, size, space.segments.get(&s).copied().unwrap_or(0))).collect()
+            on_disk
+                .into_iter()
+                .filter(|(s, _)| *s < active || settled.contains(s))
+                .map(|(s, size)| (s, size, space.segments.get(&s).copied().unwrap_or(0)))
+                .collect()
         };
         let victims = pick(&segs);
         if victims.is_empty() {
@@ -1422,24 +1496,28 @@ impl Store {
                 self.commit(t, false)?;
             }
         }
-        let emptied = {
+        // Empty before the checkpoint below, so that it makes the emptying durable. No block
+        // goes into a victim any more: new blocks go to the active segments, and a data
+        // segment with a region pending is no victim (read before the counts, since the
+        // commit naming a region is counted before the region is released).
+        let settled = self.log.settled_data()?;
+        let empty: Vec<u32> = {
             let space = self.space_guard()?;
-            victims.iter().any(|s| space.segments.get(s).copied().unwrap_or(0) == 0)
+            victims
+                .into_iter()
+                .filter(|s| space.segments.get(s).copied().unwrap_or(0) == 0 && (!segment::is_data(*s) || settled.contains(s)))
+                .collect()
         };
-        if !emptied {
+        if empty.is_empty() {
             return Ok(report);
         }
         // A record in the active segment (a sealed victim may hold the last one, which the
-        // checkpoint's `Flog` would name), then the moves durable in RocksDB: every segment
-        // before the one `Flog` names is replayed by no start-up, and an empty one can go.
+        // checkpoint's `Flog` would name), then the moves durable in RocksDB: every log
+        // segment before the one `Flog` names is replayed by no start-up, and no record a
+        // start-up replays names a block in an empty data segment; those can go.
         self.commit(self.txn(), false)?;
         let before = self.checkpoint(true)?;
-        let empty: Vec<u32> = {
-            let space = self.space_guard()?;
-            victims.into_iter().filter(|s| *s < before && space.segments.get(s).copied().unwrap_or(0) == 0).collect()
-        };
-        for seg in empty {
-            // Nothing names it any more: no new block goes to a segment but the active one.
+        for seg in empty.into_iter().filter(|s| segment::is_data(*s) || *s < before) {
             self.log.delete(seg)?;
             report.segments_deleted += 1;
         }
@@ -1819,13 +1897,58 @@ mod tests {
     fn a_store_of_the_previous_format_opens_and_is_upgraded() {
         let (_d, s) = store();
         let dir = s.dir().to_path_buf();
-        let cat = s.cf(cf::CATALOG).unwrap();
-        s.db.put_cf(cat, keys::catalog::FORMAT, UPGRADES_FROM.to_le_bytes()).unwrap();
-        s.checkpoint(true).unwrap();
+        drop(s);
+        for old in UPGRADES_FROM {
+            let s = Store::open(&dir).unwrap();
+            let cat = s.cf(cf::CATALOG).unwrap();
+            s.db.put_cf(cat, keys::catalog::FORMAT, old.to_le_bytes()).unwrap();
+            s.checkpoint(true).unwrap();
+            drop(s);
+            let s = Store::open(&dir).unwrap();
+            let v = s.get(cf::CATALOG, keys::catalog::FORMAT).unwrap().unwrap();
+            assert_eq!(u32::from_le_bytes(v.try_into().unwrap()), FORMAT_VERSION);
+        }
+    }
+
+    #[test]
+    fn a_large_commit_writes_its_blocks_ahead_into_a_data_segment_which_compact_deletes_once_empty() {
+        let (_d, s) = store();
+        // 1.25 MiB of new blocks, and one stored already (written again for nothing).
+        let blocks: Vec<Vec<u8>> = (0..80u8).map(|i| vec![i + 1; 16384]).collect();
+        let hashes: Vec<Hash> = blocks.iter().map(|b| s.hash(b)).collect();
+        let mut t = s.txn();
+        t.add_ref(hashes[0], 1, blocks[0].clone());
+        s.commit(t, false).unwrap();
+        let first = s.refs(&hashes[0]).unwrap().unwrap().loc;
+        let mut t = s.txn();
+        for (h, b) in hashes.iter().zip(&blocks) {
+            t.add_ref(*h, 1, b.clone());
+        }
+        s.commit(t, true).unwrap();
+        assert_eq!(s.refs(&hashes[0]).unwrap().unwrap().loc, first, "a stored block stays where it is");
+        for h in &hashes[1..] {
+            assert!(segment::is_data(segment::split(s.refs(h).unwrap().unwrap().loc).0), "written ahead");
+        }
+        let dir = s.dir().to_path_buf();
         drop(s);
         let s = Store::open(&dir).unwrap();
-        let v = s.get(cf::CATALOG, keys::catalog::FORMAT).unwrap().unwrap();
-        assert_eq!(u32::from_le_bytes(v.try_into().unwrap()), FORMAT_VERSION);
+        let got = s.get_blocks(&hashes).unwrap();
+        assert!(got.iter().zip(&blocks).all(|(g, b)| g.as_deref() == Some(&b[..])));
+        assert_eq!(s.space().unwrap().physical, 80 * 16384);
+        let data_segs = |s: &Store| s.log.segments().unwrap().into_iter().filter(|x| segment::is_data(x.0)).count();
+        assert_eq!(data_segs(&s), 1, "start-up keeps the data segment");
+        // Full: compact leaves the data segment and its blocks.
+        s.compact().unwrap();
+        assert_eq!(data_segs(&s), 1);
+        assert!(s.get_blocks(&hashes).unwrap().iter().all(|g| g.is_some()));
+        let mut t = s.txn();
+        for h in hashes.iter().chain(&hashes[..1]) {
+            t.drop_ref(*h, 1);
+        }
+        s.commit(t, false).unwrap();
+        assert!(s.compact().unwrap().segments_deleted >= 1);
+        assert_eq!(data_segs(&s), 0);
+        assert_eq!(s.space().unwrap().physical, 0);
     }
 
     #[test]
