@@ -5,14 +5,15 @@
 # BIN_A or BIN_B may be `native`: the job then runs in a plain directory of the same disk.
 # JOB: sw (1 GiB sequential 1 MiB writes + fsync, MiB/s), rw (4 KiB random writes over a
 # 256 MiB file for 5 s, then fsync, IOPS), rwf (4 KiB random write + fsync
-# each, IOPS, 5 s), pg (pgbench TPC-B scale 5, 4 clients, 10 s, TPS), sm (2,000 small
+# each, IOPS, 5 s), fsb (rwf beside a sequential writer on a second volume: IOPS and p99
+# of the fsync), pg (pgbench TPC-B scale 5, 4 clients, 10 s, TPS), sm (2,000 small
 # files: create, stat, unlink per second). AB_BLOCK_SIZE sets the volumes' block size (else
 # the CLI's default), AB_BLOCK_SIZE_B B's alone (an A/B of block sizes: the same binary twice).
 # An old binary: build a worktree of its commit with this CARGO_TARGET_DIR and copy
 # target/debug/clonefs aside (then touch src/main.rs here and build again, or the target dir
 # keeps the old binary).
 set -euo pipefail
-[[ $# -ge 3 ]] || { sed -n 2,14p "$0"; exit 2; }
+[[ $# -ge 3 ]] || { sed -n 2,15p "$0"; exit 2; }
 a=$1 b=$2 job=$3 rounds=${4:-2}
 command -v fio >/dev/null || { apt-get update -qq && apt-get install -y -qq fio; }
 
@@ -48,6 +49,16 @@ one() { # BIN [BLOCK_SIZE] -> prints the figure
         runuser -u postgres -- "$pgb/pg_ctl" -D "$m/pg/d" -o "-k $pgs -c listen_addresses=''" -l "$pgs/log" -w start >/dev/null
         runuser -u postgres -- "$pgb/pgbench" -h "$pgs" -i -s 5 -q postgres >/dev/null 2>&1
         runuser -u postgres -- "$pgb/pgbench" -h "$pgs" -c 4 -j 2 -T 10 postgres 2>/dev/null | grep '^tps' ;;
+    fsb) # rwf on this volume beside a sequential writer on a second volume of the daemon
+        mkdir "$w/m2"
+        if [[ $B != true ]]; then "$B" create v2 ${bs:+--block-size "$bs"} >/dev/null && "$B" mount v2 "$w/m2" >/dev/null; fi
+        fio --name=bg --filename="$w/m2/g" --rw=write --bs=1M --size=2G --runtime=8 --time_based --ioengine=psync --refill_buffers >/dev/null 2>&1 &
+        local bg=$!
+        sleep 1
+        fio --name=rwf --filename="$m/f" --rw=randwrite --bs=4k --size=64M --runtime=6 --time_based --fsync=1 --ioengine=psync --refill_buffers --output-format=json |
+          python3 -c "import json,sys; j=json.load(sys.stdin)['jobs'][0]; p=j['sync']['lat_ns']['percentile']; print('4K write+fsync beside a seq writer IOPS', round(j['write']['iops']), 'sync p99 ms', round(p['99.000000']/1e6, 1))"
+        wait "$bg"
+        if [[ $B != true ]]; then timeout 30 "$B" unmount "$w/m2" >/dev/null 2>&1 || fusermount3 -uz "$w/m2"; fi ;;
     sm) python3 - "$m" <<'PY'
 import os, sys, time
 d = sys.argv[1] + "/s"; os.makedirs(d)

@@ -642,9 +642,9 @@ impl Volume {
 
     /// Commits a dirty file (an fsync, which then syncs the returned seq; a close) like a
     /// flush, except that a partly written block over a stored block is not completed by
-    /// reading the stored one: the bytes written go into the batch as a `W` record, and the block stays
-    /// dirty until a later flush (the flusher's, within seconds) completes it and drops the
-    /// record in the same batch. So an fsync'd small write costs no block read; after a
+    /// reading the stored one: the bytes written go into the batch as a `W` record, and the
+    /// block stays dirty until a later flush (the flusher's, within seconds) completes it
+    /// and drops the record in the same batch. So an fsync'd small write costs no block read; after a
     /// crash, opening the volume merges the records (`merge_written`). Its cost follows the
     /// blocks written since the last commit (`unsynced`), not the blocks held.
     pub(super) fn commit_node(&self, ino: u64, n: &mut Node) -> FsResult<u64> {

@@ -165,6 +165,8 @@ struct DataEnd {
     active: Option<(u32, Arc<File>)>,
     off: u64,
     next: u32,
+    /// The filesystem refused O_DIRECT (tmpfs): no data segments.
+    refused: bool,
     /// Regions reserved and not yet committed or given up, per segment: the cleaner leaves
     /// such a segment alone, since a commit may still name blocks in it.
     pending: BTreeMap<u32, usize>,
@@ -336,7 +338,7 @@ impl Log {
             written: seq.into(),
             active: Mutex::new(file.clone()),
             syncs: SyncGroup::default(),
-            data: Mutex::new(DataEnd { active: None, off: 0, next: next_data, pending: BTreeMap::new() }),
+            data: Mutex::new(DataEnd { active: None, off: 0, next: next_data, refused: false, pending: BTreeMap::new() }),
             spare: Mutex::new(Vec::new()),
         };
         let w = Writer { seg, file, off, size, seq, prev, boot, since_checkpoint: 0, meta_since_checkpoint: 0, last_checkpoint: std::time::Instant::now(), broken: None, last_seg: seg, direct, buf: Vec::new() };
@@ -490,13 +492,17 @@ impl Log {
         let total = align(len, ALIGN);
         let (seg, file, at) = {
             let mut d = self.data.lock().map_err(|_| poisoned())?;
+            if d.refused {
+                return Ok(None);
+            }
             if d.active.is_none() || (d.off > 0 && d.off + total > SEGMENT_SIZE) {
                 let seg = d.next;
                 let f = Arc::new(create_seg(&self.dir, seg)?);
                 d.next += 1;
                 self.files.write().map_err(|_| poisoned())?.insert(seg, f);
                 let Some(direct) = open_direct(&self.dir, seg) else {
-                    d.active = None;
+                    (d.active, d.refused) = (None, true);
+                    self.delete(seg)?;
                     return Ok(None);
                 };
                 d.active = Some((seg, Arc::new(direct)));
