@@ -496,6 +496,8 @@ impl Log {
                 return Ok(None);
             }
             if d.active.is_none() || (d.off > 0 && d.off + total > SEGMENT_SIZE) {
+                // Created (and its directory entry synced) under the lock: once per 64 MiB,
+                // and no region may be reserved in a segment that could vanish in a crash.
                 let seg = d.next;
                 let f = Arc::new(create_seg(&self.dir, seg)?);
                 d.next += 1;
