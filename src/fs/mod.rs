@@ -590,9 +590,8 @@ impl Volume {
     /// record, synced. No stored extent changes, so the flush's batch stays valid; when it
     /// commits it writes this record (`Node::synced`) and keeps the records of blocks
     /// written again meanwhile. Returns the commit's seq, for the caller to sync; None,
-    /// having done nothing, when no flush is in flight or
-    /// this does not apply (the flush is sealed, a whole block or too many to log): the
-    /// caller then waits for the flush.
+    /// having done nothing, when no flush is in flight or this does not apply (the flush
+    /// is sealed, a whole block or too many to log): the caller then waits for the flush.
     fn commit_beside_flush(&self, ino: u64, n: &mut Node) -> FsResult<Option<u64>> {
         let Some(f) = n.flushing.clone() else { return Ok(None) };
         if n.flush_sealed || n.purged {
@@ -644,9 +643,10 @@ impl Volume {
     /// flush, except that a partly written block over a stored block is not completed by
     /// reading the stored one: the bytes written go into the batch as a `W` record, and the
     /// block stays dirty until a later flush (the flusher's, within seconds) completes it
-    /// and drops the record in the same batch. So an fsync'd small write costs no block read; after a
-    /// crash, opening the volume merges the records (`merge_written`). Its cost follows the
-    /// blocks written since the last commit (`unsynced`), not the blocks held.
+    /// and drops the record in the same batch. So an fsync'd small write costs no block
+    /// read; after a crash, opening the volume merges the records (`merge_written`). Its
+    /// cost follows the blocks written since the last commit (`unsynced`), not the blocks
+    /// held.
     pub(super) fn commit_node(&self, ino: u64, n: &mut Node) -> FsResult<u64> {
         let written: Vec<u64> = n.unsynced.iter().filter(|i| n.dirty.contains_key(i)).copied().collect();
         let partial = |i: &&u64| n.partial.contains_key(i);

@@ -988,18 +988,13 @@ impl Store {
     /// hash -> locator. None for a small commit, or when the disk's reserve or an error
     /// says no (the commit's record then holds them, and the commit reports the error).
     fn prewrite(&self, txn: &Txn<'_>, avail: u64) -> Option<Prewrite> {
-        let mut seen = std::collections::HashSet::new();
-        let new: Vec<(&Hash, &[u8])> = txn
-            .refs
-            .iter()
-            .filter_map(|(h, _, d, data)| match data {
-                Some(b) if *d > 0 && seen.insert(*h) => Some((h, b.as_slice())),
-                _ => None,
-            })
-            .collect();
-        if new.iter().map(|x| x.1.len() as u64).sum::<u64>() < PREWRITE_MIN {
+        let adds = || txn.refs.iter().filter_map(|(h, _, d, data)| data.as_ref().filter(|_| *d > 0).map(|b| (h, b.as_slice())));
+        // Every commit passes here (fsyncs, unlinks): a small one leaves after one sum.
+        if adds().map(|x| x.1.len() as u64).sum::<u64>() < PREWRITE_MIN {
             return None;
         }
+        let mut seen = std::collections::HashSet::new();
+        let new: Vec<(&Hash, &[u8])> = adds().filter(|x| seen.insert(*x.0)).collect();
         // Blocks stored already are not written again (a hint: the commit decides under the
         // lock, and a block stored meanwhile leaves its prewritten copy dead).
         let refs_cf = self.cf(cf::REFS).ok()?;
