@@ -34,7 +34,7 @@ impl Farm {
     }
 
     fn tool(&self, args: &[&str]) -> String {
-        let tool = format!("{}/tools/p4-flexclone", env!("CARGO_MANIFEST_DIR"));
+        let tool = format!("{}/tools/p4-flexclone", checkout());
         self.ok(&tool, args, None)
     }
 
@@ -42,6 +42,12 @@ impl Farm {
         // Depot path and revision only: local paths differ by client.
         self.ok("p4", &["-c", client, "have"], None).lines().map(|l| l.split(" - ").next().unwrap().to_string()).collect()
     }
+}
+
+/// The checkout under test: cargo says where when it runs the test. The path compiled in
+/// may be another clone's, when several share one target directory and cargo reuses the build.
+fn checkout() -> String {
+    std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string())
 }
 
 fn write_sources(dir: &Path, n: usize, tweak: usize) {
@@ -67,7 +73,7 @@ fn flexclone_flow_with_the_stand_in_p4() {
     let d = Daemon::start();
     let tmp = d.tmp.path().to_path_buf();
     let bin_dir = Path::new(BIN).parent().unwrap().display().to_string();
-    let path = format!("{}/tests/p4:{bin_dir}:{}", env!("CARGO_MANIFEST_DIR"), std::env::var("PATH").unwrap_or_default());
+    let path = format!("{}/tests/p4:{bin_dir}:{}", checkout(), std::env::var("PATH").unwrap_or_default());
     let farm = Farm { root: tmp.join("farm"), p4root: tmp.join("p4"), path, d };
     let n = 40;
     let staging = tmp.join("staging");
