@@ -35,6 +35,9 @@ const TTL: Duration = Duration::from_secs(60);
 const WRITEBACK_TTL: Duration = Duration::from_secs(1);
 /// Snapshots under `.snapshots`: a destroyed one must vanish from the kernel's cache soon.
 const SNAP_ROOT_TTL: Duration = Duration::from_secs(1);
+/// Entries a READDIRPLUS looks up in one batch: about what a 4 KiB reply holds (the rest
+/// of a batch is forgotten when the reply fills).
+const PLUS_PAGE: usize = 32;
 
 /// An inode's generation: derived from its creation time, so a number used again (after
 /// a rollback and GC) gets another one and a stale file handle fails with ESTALE.
@@ -252,6 +255,22 @@ impl FuseFs {
         }
         let (k, e) = self.with_vol(parent, |v, p| v.lookup(p, name.as_bytes()))?;
         Ok(Self::tr(k, e))
+    }
+
+    /// `lookup_in` of many names of one directory, batched (READDIRPLUS).
+    fn lookup_many_in(&self, parent: u64, names: &[&[u8]]) -> FsResult<Vec<FsResult<Entry>>> {
+        if parent == SNAPDIR {
+            return Ok(names.iter().map(|n| self.lookup_in(parent, OsStr::from_bytes(n))).collect());
+        }
+        let (k, found) = self.with_vol(parent, |v, p| v.lookup_many(p, names))?;
+        Ok(found.into_iter().map(|r| r.map(|e| Self::tr(k, e))).collect())
+    }
+
+    /// Drops the lookups of entries the kernel was not sent.
+    fn forget_all(&self, entries: impl Iterator<Item = FsResult<Entry>>) {
+        for e in entries.flatten() {
+            self.forget_ino(e.ino, 1);
+        }
     }
 
     fn attr(&self, e: &Entry) -> FileAttr {
@@ -678,31 +697,48 @@ impl Filesystem for FuseFs {
             Err(e) => return reply.error(errno(&e)),
         };
         let mut added = 0;
-        for (i, it) in items.iter().enumerate().skip(offset as usize) {
-            let (next, name) = ((i + 1) as u64, OsStr::from_bytes(&it.name));
-            let full = if it.name == b"." || it.name == b".." {
-                // The kernel takes only the number and type of these.
-                let attr = FileAttr { ino: INodeNo(Self::item_ino(k, ino.0, it)), ..self.snapdir_attr() };
-                reply.add(attr.ino, next, name, &Duration::ZERO, &attr, Generation(0))
-            } else {
-                match self.lookup_in(ino.0, name) {
-                    Ok(e) => {
-                        let full = reply.add(INodeNo(e.ino), next, name, &self.ttl_in(ino.0), &self.attr(&e), generation(&e));
-                        if full {
-                            self.forget_ino(e.ino, 1);
-                        }
-                        full
-                    }
-                    // Removed since the opendir.
-                    Err(FsError::Posix(libc::ENOENT)) => continue,
-                    Err(e) if added == 0 => return reply.error(errno(&e)),
-                    Err(_) => break,
-                }
+        let mut at = offset as usize;
+        'pages: while at < items.len() {
+            let page = &items[at..(at + PLUS_PAGE).min(items.len())];
+            let dot = |it: &DirItem| it.name == b"." || it.name == b"..";
+            let names: Vec<&[u8]> = page.iter().filter(|it| !dot(it)).map(|it| it.name.as_slice()).collect();
+            let mut found = match self.lookup_many_in(ino.0, &names) {
+                Ok(f) => f.into_iter(),
+                Err(e) if added == 0 => return reply.error(errno(&e)),
+                Err(_) => break,
             };
-            if full {
-                break;
+            for (j, it) in page.iter().enumerate() {
+                let (next, name) = ((at + j + 1) as u64, OsStr::from_bytes(&it.name));
+                let full = if dot(it) {
+                    // The kernel takes only the number and type of these.
+                    let attr = FileAttr { ino: INodeNo(Self::item_ino(k, ino.0, it)), ..self.snapdir_attr() };
+                    reply.add(attr.ino, next, name, &Duration::ZERO, &attr, Generation(0))
+                } else {
+                    match found.next() {
+                        Some(Ok(e)) => {
+                            let full = reply.add(INodeNo(e.ino), next, name, &self.ttl_in(ino.0), &self.attr(&e), generation(&e));
+                            if full {
+                                self.forget_ino(e.ino, 1);
+                            }
+                            full
+                        }
+                        // Removed since the opendir.
+                        Some(Err(FsError::Posix(libc::ENOENT))) => continue,
+                        Some(Err(e)) if added == 0 => {
+                            self.forget_all(found);
+                            return reply.error(errno(&e));
+                        }
+                        _ => true,
+                    }
+                };
+                if full {
+                    // Looked up but not sent: the kernel holds no entry for these.
+                    self.forget_all(found);
+                    break 'pages;
+                }
+                added += 1;
             }
-            added += 1;
+            at += page.len();
         }
         reply.ok()
     }

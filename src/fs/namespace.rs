@@ -3,7 +3,7 @@
 
 use super::acl::{self, Acl};
 use super::table::{lock, Node, NodeRef};
-use super::{err, FsResult, Ctx, DirItem, Entry, Volume};
+use super::{err, FsError, FsResult, Ctx, DirItem, Entry, Volume};
 use crate::volume::view::{At, ViewTxn};
 use crate::volume::{DirentRec, InodeRec, Kind, Ts};
 use std::collections::BTreeMap;
@@ -115,6 +115,38 @@ impl Volume {
         let mut n = lock(&node)?;
         n.lookups += 1;
         Ok(Entry { ino: d.ino, rec: n.rec.clone() })
+    }
+
+    /// `lookup` of many names of directory `parent` (a READDIRPLUS page): the entries and
+    /// the inodes not in memory are read with one batched read each per level of the chain.
+    /// "." and ".." are not looked up here.
+    pub fn lookup_many(&self, parent: u64, names: &[&[u8]]) -> FsResult<Vec<FsResult<Entry>>> {
+        {
+            let p = self.node(parent)?;
+            let p = lock(&p)?;
+            if p.rec.kind != Kind::Dir {
+                return Err(err(libc::ENOTDIR));
+            }
+        }
+        let inos: Vec<Option<u64>> = self.view.dirents_named(parent, names)?.into_iter().map(|d| d.and_then(|(_, d)| d).map(|d| d.ino)).collect();
+        let wanted: Vec<u64> = inos.iter().flatten().copied().collect();
+        let mut nodes = self.table.get_many(&wanted, |missing| self.view.inodes(missing))?.into_iter();
+        let mut out = Vec::with_capacity(names.len());
+        for ino in inos {
+            let Some(ino) = ino else {
+                out.push(Err(err(libc::ENOENT)));
+                continue;
+            };
+            let r = match nodes.next().flatten() {
+                None => Err(err(libc::ENOENT)),
+                Some(node) => lock(&node).map_err(FsError::from).map(|mut n| {
+                    n.lookups += 1;
+                    Entry { ino, rec: n.rec.clone() }
+                }),
+            };
+            out.push(r);
+        }
+        Ok(out)
     }
 
     /// Creates a file, directory, symlink or special file. With `open`, also opens it.

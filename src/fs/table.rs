@@ -200,6 +200,31 @@ impl Table {
         }
     }
 
+    /// `get` of many inodes: those not in memory are loaded with one `load` call, under
+    /// their shards' locks, taken in shard order (every other path holds at most one, so
+    /// this cannot deadlock with them).
+    pub fn get_many(&self, inos: &[u64], load: impl FnOnce(&[u64]) -> Result<Vec<Option<InodeRec>>>) -> Result<Vec<Option<NodeRef>>> {
+        let mut shards: Vec<usize> = inos.iter().map(|i| (*i as usize) % SHARDS).collect();
+        shards.sort_unstable();
+        shards.dedup();
+        let mut held = Vec::with_capacity(shards.len());
+        for &s in &shards {
+            held.push(self.shards[s].lock().map_err(|_| Error::Corrupt("inode table poisoned by a panic".into()))?);
+        }
+        let at = |ino: u64| shards.binary_search(&((ino as usize) % SHARDS)).expect("every shard is held");
+        let mut missing: Vec<u64> = inos.iter().copied().filter(|i| !held[at(*i)].contains_key(i)).collect();
+        missing.sort_unstable();
+        missing.dedup();
+        if !missing.is_empty() {
+            for (ino, rec) in missing.iter().zip(load(&missing)?) {
+                if let Some(rec) = rec {
+                    held[at(*ino)].insert(*ino, cell(Node::new(rec)));
+                }
+            }
+        }
+        Ok(inos.iter().map(|i| held[at(*i)].get(i).cloned()).collect())
+    }
+
     pub fn insert(&self, ino: u64, node: Node) -> Result<NodeRef> {
         let n = cell(node);
         self.shard(ino)?.insert(ino, n.clone());
@@ -256,5 +281,34 @@ mod tests {
         let mut base = vec![1u8; 8];
         overlay(&mut base, &[9u8; 8], &vec![(2, 4), (6, 7)]);
         assert_eq!(base, vec![1, 1, 9, 9, 1, 1, 9, 1]);
+    }
+
+    #[test]
+    fn get_many_loads_only_what_is_missing_once_and_keeps_the_nodes_in_memory() {
+        use crate::volume::{Kind, Ts};
+        let rec = |size| InodeRec {
+            kind: Kind::File, perm: 0o644, uid: 0, gid: 0, nlink: 1, rdev: 0, size, blocks: 0, parent: 0,
+            atime: Ts::default(), mtime: Ts::default(), ctime: Ts::default(), crtime: Ts::default(), target: Vec::new(),
+        };
+        let t = Table::new();
+        // In memory already, with a size the store does not have: it must not be reloaded.
+        let held = t.get(1 + SHARDS as u64, || Ok(Some(rec(7)))).unwrap().unwrap();
+        let mut calls = Vec::new();
+        let inos = [2, 1 + SHARDS as u64, 2, 9, 3];
+        let got = t
+            .get_many(&inos, |missing| {
+                calls.push(missing.to_vec());
+                Ok(missing.iter().map(|&i| (i != 9).then(|| rec(i * 100))).collect())
+            })
+            .unwrap();
+        assert_eq!(calls, vec![vec![2, 3, 9]], "one load of the missing inodes, each once");
+        let sizes: Vec<Option<u64>> = got.iter().map(|n| n.as_ref().map(|n| lock(n).unwrap().rec.size)).collect();
+        assert_eq!(sizes, vec![Some(200), Some(7), Some(200), None, Some(300)]);
+        assert!(Arc::ptr_eq(got[1].as_ref().unwrap(), &held));
+        assert!(Arc::ptr_eq(got[0].as_ref().unwrap(), got[2].as_ref().unwrap()));
+        // Loaded nodes stay in the table: a later get does not load them again.
+        let again = t.get(3, || panic!("loaded twice")).unwrap().unwrap();
+        assert!(Arc::ptr_eq(&again, got[4].as_ref().unwrap()));
+        assert!(t.get(9, || Ok(None)).unwrap().is_none());
     }
 }

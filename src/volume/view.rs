@@ -95,6 +95,29 @@ impl View {
         }
     }
 
+    /// `dirent` of many names of `dir`, with one batched read per level of the chain.
+    pub fn dirents_named(&self, dir: u64, names: &[&[u8]]) -> Result<Vec<Option<(At, Option<DirentRec>)>>> {
+        let ids: Vec<Ident> = names.iter().map(|n| Ident::Dirent { lineage: self.lineage(), dir, name: n.to_vec() }).collect();
+        self.store
+            .visible_many(&ids, &self.chain())?
+            .into_iter()
+            .map(|f| f.map(|f| Ok(((f.level, f.epoch), DirentRec::decode(&f.value)?))).transpose())
+            .collect()
+    }
+
+    /// `inode` of many inodes, with one batched read per level of the chain.
+    pub fn inodes(&self, inos: &[u64]) -> Result<Vec<Option<InodeRec>>> {
+        let ids: Vec<Ident> = inos.iter().map(|&ino| Ident::Inode { lineage: self.lineage(), ino }).collect();
+        let mut out = Vec::with_capacity(inos.len());
+        for f in self.store.visible_many(&ids, &self.chain())? {
+            out.push(match f {
+                Some(f) => InodeRec::decode(&f.value)?,
+                None => None,
+            });
+        }
+        Ok(out)
+    }
+
     /// Live entries of a directory, in name order.
     pub fn dirents(&self, dir: u64) -> Result<Vec<(Vec<u8>, DirentRec)>> {
         let mut out = Vec::new();
