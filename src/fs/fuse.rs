@@ -35,8 +35,8 @@ const TTL: Duration = Duration::from_secs(60);
 const WRITEBACK_TTL: Duration = Duration::from_secs(1);
 /// Snapshots under `.snapshots`: a destroyed one must vanish from the kernel's cache soon.
 const SNAP_ROOT_TTL: Duration = Duration::from_secs(1);
-/// Entries a READDIRPLUS looks up in one batch: about what a 4 KiB reply holds (the rest
-/// of a batch is forgotten when the reply fills).
+/// Entries a READDIRPLUS looks up in one batch. A 4 KiB reply holds about 25, the kernel
+/// may offer more; the entries of a batch that do not fit are forgotten again.
 const PLUS_PAGE: usize = 32;
 
 /// An inode's generation: derived from its creation time, so a number used again (after
