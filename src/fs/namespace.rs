@@ -67,6 +67,14 @@ impl Volume {
         Ok(self.entries(dir)?.is_empty())
     }
 
+    /// ENOTDIR unless `ino` is a directory (the parent of a lookup).
+    fn need_dir(&self, ino: u64) -> FsResult<()> {
+        if lock(&self.node(ino)?)?.rec.kind != Kind::Dir {
+            return Err(err(libc::ENOTDIR));
+        }
+        Ok(())
+    }
+
     fn live_dir<'a>(&self, n: &MutexGuard<'a, Node>) -> FsResult<()> {
         if n.rec.kind != Kind::Dir {
             return Err(err(libc::ENOTDIR));
@@ -103,13 +111,7 @@ impl Volume {
             n.lookups += 1;
             return Ok(Entry { ino: up, rec: n.rec.clone() });
         }
-        {
-            let p = self.node(parent)?;
-            let p = lock(&p)?;
-            if p.rec.kind != Kind::Dir {
-                return Err(err(libc::ENOTDIR));
-            }
-        }
+        self.need_dir(parent)?;
         let (_, d) = self.dirent(parent, name)?.ok_or_else(|| err(libc::ENOENT))?;
         let node = self.node(d.ino)?;
         let mut n = lock(&node)?;
@@ -121,13 +123,7 @@ impl Volume {
     /// the inodes not in memory are read with one batched read each per level of the chain.
     /// "." and ".." are not looked up here.
     pub fn lookup_many(&self, parent: u64, names: &[&[u8]]) -> FsResult<Vec<FsResult<Entry>>> {
-        {
-            let p = self.node(parent)?;
-            let p = lock(&p)?;
-            if p.rec.kind != Kind::Dir {
-                return Err(err(libc::ENOTDIR));
-            }
-        }
+        self.need_dir(parent)?;
         let inos: Vec<Option<u64>> = self.view.dirents_named(parent, names)?.into_iter().map(|d| d.and_then(|(_, d)| d).map(|d| d.ino)).collect();
         let wanted: Vec<u64> = inos.iter().flatten().copied().collect();
         let mut nodes = self.table.get_many(&wanted, |missing| self.view.inodes(missing))?.into_iter();
