@@ -22,6 +22,12 @@ impl Volume {
         if n.rec.kind == Kind::Dir && write {
             return Err(err(libc::EISDIR));
         }
+        // Unlinked with nothing open, it is being purged: this is an OPEN the kernel sent
+        // before another process's UNLINK that came second. It fails as if it came after
+        // (opened, the file would be purged again at its release).
+        if n.purged || (n.rec.nlink == 0 && n.opens == 0) {
+            return Err(err(libc::ENOENT));
+        }
         n.opens += 1;
         Ok(self.next_fh.fetch_add(1, Ordering::Relaxed))
     }
@@ -32,7 +38,7 @@ impl Volume {
         let node = self.node(ino)?;
         let mut n = lock(&node)?;
         n.opens = n.opens.saturating_sub(1);
-        if n.opens == 0 && n.rec.nlink == 0 && !self.read_only {
+        if n.opens == 0 && n.rec.nlink == 0 && !n.purged && !self.read_only {
             return self.purge_gone(ino, &mut n);
         }
         if !n.is_clean() {

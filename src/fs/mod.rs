@@ -814,9 +814,14 @@ impl Volume {
                 weight += q.files[n].1;
                 n += 1;
             }
+            // Each inode once: staged twice, its blocks would be counted off twice.
+            let mut batch: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
+            for (ino, _, logged) in &q.files[..n] {
+                batch.entry(*ino).or_default().extend(logged);
+            }
             let mut t = self.txn()?;
             t.frees();
-            for (ino, _, logged) in &q.files[..n] {
+            for (ino, logged) in &batch {
                 self.stage_purge(&mut t, *ino, logged)?;
             }
             t.commit(false)?;
@@ -951,5 +956,61 @@ impl Volume {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+    use crate::volume::Catalog;
+
+    fn volume() -> (tempfile::TempDir, Arc<Store>, Volume) {
+        let d = tempfile::tempdir().unwrap();
+        Store::init(&d.path().join("s")).unwrap();
+        let s = Arc::new(Store::open(&d.path().join("s")).unwrap());
+        let c = Catalog::default();
+        c.create(&s, "v", 4096, 0, 0).unwrap();
+        let budget = Arc::new(DirtyBudget::within(&crate::memory::Budget::default()));
+        let v = Volume::open(c.open_view(&s, "v", None, false).unwrap(), budget).unwrap();
+        (d, s, v)
+    }
+
+    fn file(v: &Volume, name: &[u8], data: &[u8]) -> u64 {
+        let new = namespace::NewNode { kind: Kind::File, perm: 0o644, umask: 0, rdev: 0, target: b"" };
+        let e = v.make(Ctx { uid: 0, gid: 0 }, ROOT_INO, name, new, true).unwrap();
+        v.write(e.ino, 0, data, false).unwrap();
+        v.flush_on_close(e.ino).unwrap();
+        v.release(e.ino).unwrap();
+        e.ino
+    }
+
+    fn fsck_clean(s: &Store) -> crate::volume::fsck::FsckReport {
+        let report = crate::volume::fsck::check(s).unwrap();
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        report
+    }
+
+    /// The kernel may send the OPEN of a file it looked up before another process's UNLINK
+    /// of it, and the daemon may take the unlink first. The open must fail: opened, the
+    /// file would be purged a second time at its release (its blocks counted off twice).
+    #[test]
+    fn an_open_that_loses_the_race_with_the_unlink_fails_and_the_file_is_purged_once() {
+        let (_d, s, v) = volume();
+        let ino = file(&v, b"f", &[7u8; 3000]);
+        let kept = file(&v, b"g", &[9u8; 3000]);
+        // Held by the kernel (a lookup), so the node stays in memory, marked purged.
+        v.lookup(ROOT_INO, b"f").unwrap();
+        v.unlink(ROOT_INO, b"f", false).unwrap();
+        let e = v.open_file(ino, false).err().expect("the open of an unlinked, purged file fails");
+        assert_eq!(e.errno(), libc::ENOENT);
+        // Forgotten by the kernel before the purge: a late open finds the orphan in the store.
+        v.forget(ino, 2);
+        let e = v.open_file(ino, false).err().expect("the open of an orphan waiting for its purge fails");
+        assert_eq!(e.errno(), libc::ENOENT);
+        v.flush_all().unwrap();
+        assert_eq!(fsck_clean(&s).inodes, 2, "the root and g are left");
+        assert_eq!(v.open_file(ino, false).err().map(|e| e.errno()), Some(libc::ENOENT));
+        assert!(v.open_file(kept, false).is_ok());
     }
 }

@@ -115,6 +115,10 @@ impl Volume {
         let (_, d) = self.dirent(parent, name)?.ok_or_else(|| err(libc::ENOENT))?;
         let node = self.node(d.ino)?;
         let mut n = lock(&node)?;
+        // The entry was read before an unlink of its inode's last name committed.
+        if n.rec.nlink == 0 {
+            return Err(err(libc::ENOENT));
+        }
         n.lookups += 1;
         Ok(Entry { ino: d.ino, rec: n.rec.clone() })
     }
@@ -135,9 +139,12 @@ impl Volume {
             };
             let r = match nodes.next().flatten() {
                 None => Err(err(libc::ENOENT)),
-                Some(node) => lock(&node).map_err(FsError::from).map(|mut n| {
+                Some(node) => lock(&node).map_err(FsError::from).and_then(|mut n| {
+                    if n.rec.nlink == 0 {
+                        return Err(err(libc::ENOENT));
+                    }
                     n.lookups += 1;
-                    Entry { ino, rec: n.rec.clone() }
+                    Ok(Entry { ino, rec: n.rec.clone() })
                 }),
             };
             out.push(r);
