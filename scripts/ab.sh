@@ -5,7 +5,8 @@
 # BIN_A or BIN_B may be `native`: the job then runs in a plain directory of the same disk.
 # JOB: sw (1 GiB sequential 1 MiB writes + fsync, MiB/s), rw (4 KiB random writes over a
 # 256 MiB file for 5 s, then fsync, IOPS), rwf (4 KiB random write + fsync
-# each, IOPS, 5 s), fsb (rwf beside a sequential writer on a second volume: IOPS and p99
+# each, IOPS, 5 s), wal (8 KiB writes in order over a 64 MiB file, an fdatasync after
+# each, 8 s: a database's log; IOPS and sync latency), fsb (rwf beside a sequential writer on a second volume: IOPS and p99
 # of the fsync), pg (pgbench TPC-B scale 5, 4 clients, 10 s, TPS), sm (2,000 small
 # files: create, stat, unlink per second). AB_BLOCK_SIZE sets the volumes' block size (else
 # the CLI's default), AB_BLOCK_SIZE_B B's alone (an A/B of block sizes: the same binary twice).
@@ -40,6 +41,8 @@ one() { # BIN [BLOCK_SIZE] -> prints the figure
           python3 -c "import json,sys; j=json.load(sys.stdin)['jobs'][0]; print('seq write MiB/s', round(j['write']['bw_bytes']/2**20))" ;;
     rw) fio --name=rw --filename="$m/f" --rw=randwrite --bs=4k --size=256M --runtime=5 --time_based --end_fsync=1 --ioengine=psync --refill_buffers --output-format=json |
           python3 -c "import json,sys; j=json.load(sys.stdin)['jobs'][0]; print('4K rand write IOPS', round(j['write']['iops']))" ;;
+    wal) fio --name=wal --filename="$m/f" --rw=write --bs=8k --size=64M --runtime=8 --time_based --fdatasync=1 --ioengine=psync --output-format=json |
+          python3 -c "import json,sys; j=json.load(sys.stdin)['jobs'][0]; p=j['sync']['lat_ns']['percentile']; print('8K write+fdatasync IOPS', round(j['write']['iops']), 'sync p50/p99/p99.9 us', *[round(p[k]/1e3) for k in ('50.000000', '99.000000', '99.900000')])" ;;
     rwf) fio --name=rwf --filename="$m/f" --rw=randwrite --bs=4k --size=256M --runtime=5 --time_based --fsync=1 --ioengine=psync --refill_buffers --output-format=json |
           python3 -c "import json,sys; j=json.load(sys.stdin)['jobs'][0]; print('4K write+fsync IOPS', round(j['write']['iops']))" ;;
     pg) pgb=$(ls -d /usr/lib/postgresql/*/bin | tail -1)
