@@ -26,6 +26,10 @@ impl Volume {
         // before another process's UNLINK that came second. It fails as if it came after
         // (opened, the file would be purged again at its release).
         if n.purged || (n.rec.nlink == 0 && n.opens == 0) {
+            drop(n);
+            drop(node);
+            // A node loaded for this open goes again (nothing else holds it).
+            let _ = self.table.evict_if_idle(ino);
             return Err(err(libc::ENOENT));
         }
         n.opens += 1;

@@ -1008,6 +1008,7 @@ mod tests {
         v.forget(ino, 2);
         let e = v.open_file(ino, false).err().expect("the open of an orphan waiting for its purge fails");
         assert_eq!(e.errno(), libc::ENOENT);
+        assert!(!v.cached_inos().contains(&ino), "the node that open loaded is not kept");
         v.flush_all().unwrap();
         assert_eq!(fsck_clean(&s).inodes, 2, "the root and g are left");
         assert_eq!(v.open_file(ino, false).err().map(|e| e.errno()), Some(libc::ENOENT));

@@ -117,6 +117,9 @@ impl Volume {
         let mut n = lock(&node)?;
         // The entry was read before an unlink of its inode's last name committed.
         if n.rec.nlink == 0 {
+            drop(n);
+            drop(node);
+            let _ = self.table.evict_if_idle(d.ino);
             return Err(err(libc::ENOENT));
         }
         n.lookups += 1;
@@ -132,6 +135,7 @@ impl Volume {
         let wanted: Vec<u64> = inos.iter().flatten().copied().collect();
         let mut nodes = self.table.get_many(&wanted, |missing| self.view.inodes(missing))?.into_iter();
         let mut out = Vec::with_capacity(names.len());
+        let mut gone = Vec::new();
         for ino in inos {
             let Some(ino) = ino else {
                 out.push(Err(err(libc::ENOENT)));
@@ -140,7 +144,9 @@ impl Volume {
             let r = match nodes.next().flatten() {
                 None => Err(err(libc::ENOENT)),
                 Some(node) => lock(&node).map_err(FsError::from).and_then(|mut n| {
+                    // As in `lookup`: an entry read before an unlink committed.
                     if n.rec.nlink == 0 {
+                        gone.push(ino);
                         return Err(err(libc::ENOENT));
                     }
                     n.lookups += 1;
@@ -148,6 +154,10 @@ impl Volume {
                 }),
             };
             out.push(r);
+        }
+        drop(nodes);
+        for ino in gone {
+            let _ = self.table.evict_if_idle(ino);
         }
         Ok(out)
     }
