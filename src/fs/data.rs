@@ -22,8 +22,8 @@ impl Volume {
         if n.rec.kind == Kind::Dir && write {
             return Err(err(libc::EISDIR));
         }
-        // Unlinked with nothing open, it is being purged: this is an OPEN the kernel sent
-        // before another process's UNLINK that came second. It fails as if it came after
+        // Unlinked with nothing open, it is being purged: this OPEN was sent before another
+        // process's UNLINK but reached the daemon after it. It fails as if it had come after
         // (opened, the file would be purged again at its release).
         if n.purged || (n.rec.nlink == 0 && n.opens == 0) {
             drop(n);
