@@ -3,8 +3,9 @@
 //!
 //! A segment is a file `STORE/seg/NNNNNNNNNN`, preallocated to `SEGMENT_SIZE` and written
 //! only by appending records. A record is one commit: a header, the bytes of the blocks the
-//! commit stores (4 KiB aligned in the file, in the order the commit staged them, so a file
-//! written sequentially lies sequentially), then the commit's RocksDB write batch:
+//! commit stores (in the order the commit staged them, so a file written sequentially lies
+//! sequentially; 4 KiB aligned in the file when the record is large), then the commit's
+//! RocksDB write batch:
 //!
 //! ```text
 //! 0  magic u32 | 4 version u16 | 6 flags u8 | 7 unused u8 | 8 seq u64 | 16 boot u64
@@ -51,6 +52,9 @@ const ALIGN: u64 = 4096;
 const DIRECT: u8 = 1;
 /// Largest record body written with O_DIRECT (the buffer the writer keeps for it).
 const DIRECT_MAX: u64 = 16 << 20;
+/// Block bytes from which a record's blocks start `ALIGN`ed, so it may be written with
+/// O_DIRECT (a record of `SMALL_RECORD` or more).
+const DIRECT_MIN_DATA: u64 = SMALL_RECORD / 2;
 /// Largest buffer `prewrite` keeps for the next one (a file's flush is 8 MiB).
 const SPARE_MAX: usize = 8 << 20;
 const OFFSET_BITS: u32 = 40;
@@ -352,7 +356,9 @@ impl Log {
         if w.off > 0 && need(w.off) > SEGMENT_SIZE {
             self.roll(w)?;
         }
-        let data_at = if data_len > 0 { align(w.off + HEADER, ALIGN) } else { w.off + HEADER };
+        // Only a record that may go around the page cache (`write`) needs its blocks aligned;
+        // a small one's blocks follow its header, so an fsync's sync writes fewer pages.
+        let data_at = if data_len >= DIRECT_MIN_DATA { align(w.off + HEADER, ALIGN) } else { w.off + HEADER };
         Ok(Plan { mark: Mark { seq: w.seq + 1, seg: w.seg, off: w.off }, data_at, data_len })
     }
 
@@ -379,7 +385,7 @@ impl Log {
         let data_off = data_at - mark.off;
         let body = data_len + batch.len() as u64;
         // Large records with blocks (their data starts aligned) go around the page cache.
-        let direct = w.direct.is_some() && data_len > 0 && data_off + body >= SMALL_RECORD && body <= DIRECT_MAX;
+        let direct = w.direct.is_some() && data_len >= DIRECT_MIN_DATA && data_at % ALIGN == 0 && data_off + body >= SMALL_RECORD && body <= DIRECT_MAX;
         let total = if direct { data_off + align(body, ALIGN) } else { align(data_off + body, 8) };
         if blocks.iter().map(|b| b.len() as u64).sum::<u64>() != data_len {
             return Err(Error::Corrupt("planned and written block bytes differ".into()));
