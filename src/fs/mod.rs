@@ -567,7 +567,8 @@ impl Volume {
             }
         }
         let mut n = table::settled(&node, n)?;
-        if n.is_clean() {
+        // Committed by an earlier fsync, a close or the flusher: only the sync is left.
+        if n.is_clean() || (sync && n.is_committed()) {
             drop(n);
             if sync {
                 self.view.sync()?;
@@ -633,7 +634,7 @@ impl Volume {
     pub fn flush_on_close(&self, ino: u64) -> FsResult<()> {
         let Some(node) = self.table.get(ino, || Ok(None))? else { return Ok(()) };
         let mut n = lock(&node)?;
-        if n.is_clean() {
+        if n.is_clean() || n.is_committed() {
             return Ok(());
         }
         self.commit_node(ino, &mut n).map(|_| ())
@@ -1013,5 +1014,38 @@ mod tests {
         assert_eq!(fsck_clean(&s).inodes, 2, "the root and g are left");
         assert_eq!(v.open_file(ino, false).err().map(|e| e.errno()), Some(libc::ENOENT));
         assert!(v.open_file(kept, false).is_ok());
+    }
+
+    /// An fsync or close finding everything written already committed (a small write over a
+    /// stored block stays dirty, its bytes in a `W` record) writes nothing again.
+    #[test]
+    fn an_fsync_with_nothing_new_only_syncs() {
+        let (_d, s, v) = volume();
+        // More blocks than the node keeps clean copies of: block 1's rest is only stored.
+        let len = 4 * table::CLEAN_PER_NODE * 4096;
+        let ino = file(&v, b"f", &vec![7u8; len]);
+        v.open_file(ino, true).unwrap();
+        v.write(ino, 4096 + 100, &[1u8; 200], false).unwrap();
+        let before = s.sequence();
+        v.fsync(ino).unwrap();
+        let committed = s.sequence();
+        assert!(committed > before, "the first fsync commits the write");
+        assert_eq!(s.written(None).unwrap().len(), 1, "in a W record: the block stays dirty");
+        v.fsync(ino).unwrap();
+        assert_eq!(s.sequence(), committed, "a second fsync with nothing written writes nothing");
+        v.flush_on_close(ino).unwrap();
+        assert_eq!(s.sequence(), committed, "nor does a close");
+        v.write(ino, 2 * 4096 + 5, &[2u8; 10], false).unwrap();
+        v.fsync(ino).unwrap();
+        assert!(s.sequence() > committed, "an fsync after a new write commits it");
+        let got = v.read(ino, 0, len as u32).unwrap();
+        let mut want = vec![7u8; len];
+        want[4096 + 100..4096 + 300].fill(1);
+        want[2 * 4096 + 5..2 * 4096 + 15].fill(2);
+        assert_eq!(got, want);
+        v.release(ino).unwrap();
+        v.flush_all().unwrap();
+        assert!(s.written(None).unwrap().is_empty(), "the flush merged the W records");
+        fsck_clean(&s);
     }
 }

@@ -69,6 +69,11 @@ impl Node {
     pub fn is_clean(&self) -> bool {
         self.dirty.is_empty() && !self.meta_dirty && self.flushing.is_none()
     }
+    /// Everything written is committed: stored, or (blocks still dirty) in `W` records an
+    /// fsync wrote and no write changed since.
+    pub fn is_committed(&self) -> bool {
+        self.unsynced.is_empty() && !self.meta_dirty && self.flushing.is_none()
+    }
 }
 
 /// The blocks of a flush in flight, as `Node::dirty` and `Node::partial` had them.
