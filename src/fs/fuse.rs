@@ -376,18 +376,20 @@ impl Filesystem for FuseFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let _m = crate::metrics::op("lookup");
+        let m = crate::metrics::op("lookup");
         let by_number = parent.0 == SNAPDIR && (name.as_bytes() == b"." || name.as_bytes() == b"..");
         if by_number && name.as_bytes() == b".." {
             let r = self.v().lookup(crate::fs::ROOT_INO, b".");
+            m.stop();
             return self.entry(r, reply);
         }
         if self.snaps.is_some() && (by_number || (parent.0 == crate::fs::ROOT_INO && name.as_bytes() == snapdir::NAME)) {
+            m.stop();
             return reply.entry(&Duration::ZERO, &self.snapdir_attr(), Generation(0));
         }
         match self.lookup_in(parent.0, name) {
-            Ok(e) => reply.entry(&self.ttl_in(parent.0), &self.attr(&e), generation(&e)),
-            Err(e) => reply.error(errno(&e)),
+            Ok(e) => { m.stop(); reply.entry(&self.ttl_in(parent.0), &self.attr(&e), generation(&e)) },
+            Err(e) => { m.stop(); reply.error(errno(&e)) },
         }
     }
 
@@ -397,13 +399,14 @@ impl Filesystem for FuseFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let _m = crate::metrics::op("getattr");
+        let m = crate::metrics::op("getattr");
         if ino.0 == SNAPDIR {
+            m.stop();
             return reply.attr(&Duration::ZERO, &self.snapdir_attr());
         }
         match self.with_vol(ino.0, |v, i| v.entry(i)) {
-            Ok((k, e)) => reply.attr(&self.ttl(), &self.attr(&Self::tr(k, e))),
-            Err(e) => reply.error(errno(&e)),
+            Ok((k, e)) => { m.stop(); reply.attr(&self.ttl(), &self.attr(&Self::tr(k, e))) },
+            Err(e) => { m.stop(); reply.error(errno(&e)) },
         }
     }
 
@@ -425,14 +428,14 @@ impl Filesystem for FuseFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let _m = crate::metrics::op("setattr");
+        let m = crate::metrics::op("setattr");
         let uid = match uid.map(|u| self.idmap.store_uid(u).ok_or(u)).transpose() {
             Ok(u) => u,
-            Err(_) => return reply.error(Errno::from_i32(libc::EOVERFLOW)),
+            Err(_) => { m.stop(); return reply.error(Errno::from_i32(libc::EOVERFLOW)) },
         };
         let gid = match gid.map(|g| self.idmap.store_gid(g).ok_or(g)).transpose() {
             Ok(g) => g,
-            Err(_) => return reply.error(Errno::from_i32(libc::EOVERFLOW)),
+            Err(_) => { m.stop(); return reply.error(Errno::from_i32(libc::EOVERFLOW)) },
         };
         let a = SetAttr {
             mode,
@@ -447,58 +450,64 @@ impl Filesystem for FuseFs {
             kill_suidgid: uid.is_some() || gid.is_some() || (size.is_some() && req.uid() != 0),
         };
         match head_only(&[ino.0]).and_then(|_| self.v().setattr(ino.0, a)) {
-            Ok(e) => reply.attr(&self.ttl(), &self.attr(&e)),
-            Err(e) => reply.error(errno(&e)),
+            Ok(e) => { m.stop(); reply.attr(&self.ttl(), &self.attr(&e)) },
+            Err(e) => { m.stop(); reply.error(errno(&e)) },
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let _m = crate::metrics::op("readlink");
+        let m = crate::metrics::op("readlink");
         match self.with_vol(ino.0, |v, i| v.readlink(i)) {
-            Ok((_, t)) => reply.data(&t),
-            Err(e) => reply.error(errno(&e)),
+            Ok((_, t)) => { m.stop(); reply.data(&t) },
+            Err(e) => { m.stop(); reply.error(errno(&e)) },
         }
     }
 
     fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
-        let _m = crate::metrics::op("mknod");
+        let m = crate::metrics::op("mknod");
         let Some(kind) = Kind::from_mode(mode) else {
+            m.stop();
             return reply.error(Errno::EINVAL);
         };
         let new = NewNode { kind, perm: mode, umask, rdev, target: &[] };
         let r = head_only(&[parent.0])
             .and_then(|_| free_name(self.snaps.is_some(), parent.0, name))
             .and_then(|_| self.ctx(req).and_then(|c| self.v().make(c, parent.0, name.as_bytes(), new, false)));
+        m.stop();
         self.entry(r, reply)
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
-        let _m = crate::metrics::op("mkdir");
+        let m = crate::metrics::op("mkdir");
         let new = NewNode { kind: Kind::Dir, perm: mode, umask, rdev: 0, target: &[] };
         let r = head_only(&[parent.0])
             .and_then(|_| free_name(self.snaps.is_some(), parent.0, name))
             .and_then(|_| self.ctx(req).and_then(|c| self.v().make(c, parent.0, name.as_bytes(), new, false)));
+        m.stop();
         self.entry(r, reply)
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _m = crate::metrics::op("unlink");
+        let m = crate::metrics::op("unlink");
         let r = head_only(&[parent.0]).and_then(|_| self.v().unlink(parent.0, name.as_bytes(), false));
+        m.stop();
         self.empty(r, reply)
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _m = crate::metrics::op("rmdir");
+        let m = crate::metrics::op("rmdir");
         let r = head_only(&[parent.0]).and_then(|_| self.v().unlink(parent.0, name.as_bytes(), true));
+        m.stop();
         self.empty(r, reply)
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
-        let _m = crate::metrics::op("symlink");
+        let m = crate::metrics::op("symlink");
         let new = NewNode { kind: Kind::Symlink, perm: 0o777, umask: 0, rdev: 0, target: target.as_os_str().as_bytes() };
         let r = head_only(&[parent.0])
             .and_then(|_| free_name(self.snaps.is_some(), parent.0, link_name))
             .and_then(|_| self.ctx(req).and_then(|c| self.v().make(c, parent.0, link_name.as_bytes(), new, false)));
+        m.stop();
         self.entry(r, reply)
     }
 
@@ -512,30 +521,32 @@ impl Filesystem for FuseFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let _m = crate::metrics::op("rename");
+        let m = crate::metrics::op("rename");
         let r = head_only(&[parent.0, newparent.0])
             .and_then(|_| free_name(self.snaps.is_some(), newparent.0, newname))
             .and_then(|_| self.v().rename(parent.0, name.as_bytes(), newparent.0, newname.as_bytes(), flags.bits()));
+        m.stop();
         self.empty(r, reply)
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
-        let _m = crate::metrics::op("link");
+        let m = crate::metrics::op("link");
         let r = head_only(&[ino.0, newparent.0])
             .and_then(|_| free_name(self.snaps.is_some(), newparent.0, newname))
             .and_then(|_| self.v().link(ino.0, newparent.0, newname.as_bytes()));
+        m.stop();
         self.entry(r, reply)
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let _m = crate::metrics::op("open");
+        let m = crate::metrics::op("open");
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
         // A read-only handle has nothing to flush at close: the kernel then skips the FLUSH
         // round trip (byte-range locks are the kernel's own: this daemon has no setlk).
         let flags = if write { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH };
         match self.with_vol(ino.0, |v, i| v.open_file(i, write)) {
-            Ok((_, fh)) => reply.opened(FileHandle(fh), flags),
-            Err(e) => reply.error(errno(&e)),
+            Ok((_, fh)) => { m.stop(); reply.opened(FileHandle(fh), flags) },
+            Err(e) => { m.stop(); reply.error(errno(&e)) },
         }
     }
 
@@ -550,13 +561,14 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let _m = crate::metrics::op("read");
+        let m = crate::metrics::op("read");
         match self.with_vol(ino.0, |v, i| v.read(i, offset, size)) {
             Ok((_, d)) => {
                 crate::metrics::get().read_bytes.inc_by(d.len() as u64);
+                m.stop();
                 reply.data(&d)
             }
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => { m.stop(); reply.error(errno(&e)) },
         }
     }
 
@@ -572,7 +584,7 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let timer = crate::metrics::op("write");
+        let m = crate::metrics::op("write");
         let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
         let v = self.v();
         match head_only(&[ino.0]).and_then(|_| v.write_then(ino.0, offset, data, kill)) {
@@ -582,9 +594,9 @@ impl Filesystem for FuseFs {
                     // A write reply carries no attributes: the kernel still has the old mode.
                     self.live.invalidate_attrs(ino.0);
                 }
-                reply.written(n as u32);
                 // The request's latency ends here; the flush is not part of it.
-                drop(timer);
+                m.stop();
+                reply.written(n as u32);
                 // After the reply: the writer's next request runs meanwhile. A failure keeps
                 // the blocks dirty; the next flush, fsync or close reports it.
                 if let Some(f) = flush {
@@ -595,6 +607,7 @@ impl Filesystem for FuseFs {
             }
             Err(e) => {
                 log::warn!("write of {} bytes at {offset} to inode {}: {e}", data.len(), ino.0);
+                m.stop();
                 reply.error(errno(&e))
             }
         }
@@ -613,13 +626,15 @@ impl Filesystem for FuseFs {
         _out_size: u32,
         reply: ReplyIoctl,
     ) {
-        let _m = crate::metrics::op("ioctl");
+        let m = crate::metrics::op("ioctl");
+        m.stop();
         reply.error(Errno::ENOTTY);
     }
 
     fn flush(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
-        let _m = crate::metrics::op("flush");
+        let m = crate::metrics::op("flush");
         let r = self.with_vol(ino.0, |v, i| v.flush_on_close(i)).map(|_| ());
+        m.stop();
         self.empty(r, reply)
     }
 
@@ -633,21 +648,23 @@ impl Filesystem for FuseFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let _m = crate::metrics::op("release");
+        let m = crate::metrics::op("release");
         let r = self.with_vol(ino.0, |v, i| v.release(i)).map(|_| ());
+        m.stop();
         self.empty(r, reply)
     }
 
     fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        let _m = crate::metrics::op("fsync");
+        let m = crate::metrics::op("fsync");
         let r = self.with_vol(ino.0, |v, i| v.fsync(i)).map(|_| ());
+        m.stop();
         self.empty(r, reply)
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let _m = crate::metrics::op("opendir");
+        let m = crate::metrics::op("opendir");
         if ino.0 == SNAPDIR {
-            let Some(snaps) = &self.snaps else { return reply.error(Errno::ENOENT) };
+            let Some(snaps) = &self.snaps else { m.stop(); return reply.error(Errno::ENOENT) };
             let mut items = vec![
                 DirItem { name: b".".to_vec(), ino: SNAPDIR, kind: Kind::Dir },
                 DirItem { name: b"..".to_vec(), ino: crate::fs::ROOT_INO, kind: Kind::Dir },
@@ -658,22 +675,23 @@ impl Filesystem for FuseFs {
                     ino: join(k, crate::fs::ROOT_INO),
                     kind: Kind::Dir,
                 })),
-                Err(e) => return reply.error(errno(&e)),
+                Err(e) => { m.stop(); return reply.error(errno(&e)) },
             }
             let fh = self.next_list.fetch_add(1, Ordering::Relaxed);
             if let Ok(mut l) = self.lists.lock() {
                 l.insert(fh, Arc::new(items));
             }
+            m.stop();
             return reply.opened(FileHandle(fh), FopenFlags::empty());
         }
         match self.with_vol(ino.0, |v, i| v.opendir(i)) {
-            Ok((_, fh)) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-            Err(e) => reply.error(errno(&e)),
+            Ok((_, fh)) => { m.stop(); reply.opened(FileHandle(fh), FopenFlags::empty()) },
+            Err(e) => { m.stop(); reply.error(errno(&e)) },
         }
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let _m = crate::metrics::op("readdir");
+        let m = crate::metrics::op("readdir");
         match self.listing(ino.0, fh) {
             Ok((k, items)) => {
                 for (i, it) in items.iter().enumerate().skip(offset as usize) {
@@ -681,9 +699,10 @@ impl Filesystem for FuseFs {
                         break;
                     }
                 }
+                m.stop();
                 reply.ok()
             }
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => { m.stop(); reply.error(errno(&e)) },
         }
     }
 
@@ -691,10 +710,10 @@ impl Filesystem for FuseFs {
     /// name. Every entry but "." and ".." is a lookup reply: the kernel holds it and forgets
     /// it like one, so it is counted like one (and uncounted if it did not fit).
     fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
-        let _m = crate::metrics::op("readdirplus");
+        let m = crate::metrics::op("readdirplus");
         let (k, items) = match self.listing(ino.0, fh) {
             Ok(l) => l,
-            Err(e) => return reply.error(errno(&e)),
+            Err(e) => { m.stop(); return reply.error(errno(&e)) },
         };
         let mut added = 0;
         let mut at = offset as usize;
@@ -704,7 +723,7 @@ impl Filesystem for FuseFs {
             let names: Vec<&[u8]> = page.iter().filter(|it| !dot(it)).map(|it| it.name.as_slice()).collect();
             let mut found = match self.lookup_many_in(ino.0, &names) {
                 Ok(f) => f.into_iter(),
-                Err(e) if added == 0 => return reply.error(errno(&e)),
+                Err(e) if added == 0 => { m.stop(); return reply.error(errno(&e)) },
                 Err(_) => break,
             };
             for (j, it) in page.iter().enumerate() {
@@ -726,6 +745,7 @@ impl Filesystem for FuseFs {
                         Some(Err(FsError::Posix(libc::ENOENT))) => continue,
                         Some(Err(e)) if added == 0 => {
                             self.forget_all(found);
+                            m.stop();
                             return reply.error(errno(&e));
                         }
                         _ => true,
@@ -740,11 +760,12 @@ impl Filesystem for FuseFs {
             }
             at += page.len();
         }
+        m.stop();
         reply.ok()
     }
 
     fn releasedir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
-        let _m = crate::metrics::op("releasedir");
+        let m = crate::metrics::op("releasedir");
         if ino.0 == SNAPDIR {
             if let Ok(mut l) = self.lists.lock() {
                 l.remove(&fh.0);
@@ -755,20 +776,22 @@ impl Filesystem for FuseFs {
                 Ok(())
             });
         }
+        m.stop();
         reply.ok()
     }
 
     fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        let _m = crate::metrics::op("fsyncdir");
+        let m = crate::metrics::op("fsyncdir");
         let r = self.v().view.sync().map_err(FsError::from);
+        m.stop();
         self.empty(r, reply)
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let _m = crate::metrics::op("statfs");
+        let m = crate::metrics::op("statfs");
         match self.v().statfs() {
-            Ok(s) => reply.statfs(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, 255, s.bsize),
-            Err(e) => reply.error(errno(&e)),
+            Ok(s) => { m.stop(); reply.statfs(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, 255, s.bsize) },
+            Err(e) => { m.stop(); reply.error(errno(&e)) },
         }
     }
 
@@ -782,87 +805,100 @@ impl Filesystem for FuseFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let _m = crate::metrics::op("setxattr");
+        let m = crate::metrics::op("setxattr");
         let r = head_only(&[ino.0])
             .and_then(|_| self.acl_name(name))
             .and_then(|_| self.acl_ids(name, value, true))
             .and_then(|value| self.v().setxattr(ino.0, name.as_bytes(), Some(&value), flags));
+        m.stop();
         self.empty(r, reply)
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let _m = crate::metrics::op("getxattr");
+        let m = crate::metrics::op("getxattr");
         if ino.0 == SNAPDIR {
+            m.stop();
             return reply.error(Errno::from_i32(libc::ENODATA));
         }
         let r = self.acl_name(name).and_then(|_| self.with_vol(ino.0, |v, i| v.getxattr(i, name.as_bytes())));
         let r = r.and_then(|x| self.acl_ids(name, &x.1, false));
+        m.stop();
         Self::xattr_reply(r, size, reply)
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let _m = crate::metrics::op("listxattr");
+        let m = crate::metrics::op("listxattr");
         if ino.0 == SNAPDIR {
+            m.stop();
             return Self::xattr_reply(Ok(Vec::new()), size, reply);
         }
-        Self::xattr_reply(self.with_vol(ino.0, |v, i| v.listxattr(i)).map(|x| x.1), size, reply)
+        let r = self.with_vol(ino.0, |v, i| v.listxattr(i)).map(|x| x.1);
+        m.stop();
+        Self::xattr_reply(r, size, reply)
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _m = crate::metrics::op("removexattr");
+        let m = crate::metrics::op("removexattr");
         let r = head_only(&[ino.0])
             .and_then(|_| self.acl_name(name))
             .and_then(|_| self.v().setxattr(ino.0, name.as_bytes(), None, 0));
+        m.stop();
         self.empty(r, reply)
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
-        let _m = crate::metrics::op("access");
+        let m = crate::metrics::op("access");
         // default_permissions: the kernel has checked already.
+        m.stop();
         reply.ok()
     }
 
     fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, _flags: i32, reply: ReplyCreate) {
-        let _m = crate::metrics::op("create");
+        let m = crate::metrics::op("create");
         let new = NewNode { kind: Kind::File, perm: mode, umask, rdev: 0, target: &[] };
         if let Err(e) = head_only(&[parent.0]).and_then(|_| free_name(self.snaps.is_some(), parent.0, name)) {
+            m.stop();
             return reply.error(errno(&e));
         }
         let v = self.v();
         match self.ctx(req).and_then(|c| v.make(c, parent.0, name.as_bytes(), new, true)) {
             Ok(e) => {
                 let fh = v.next_handle();
+                m.stop();
                 reply.created(&self.ttl(), &self.attr(&e), generation(&e), FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
             }
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => { m.stop(); reply.error(errno(&e)) },
         }
     }
 
     fn fallocate(&self, req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
-        let _m = crate::metrics::op("fallocate");
+        let m = crate::metrics::op("fallocate");
         // Root stands for CAP_FSETID, as for truncate (the request carries no capabilities).
         let kill = req.uid() != 0;
         let r = head_only(&[ino.0]).and_then(|_| self.v().fallocate(ino.0, offset, length, mode, kill));
         if kill && r.is_ok() {
             self.live.invalidate_attrs(ino.0);
         }
+        m.stop();
         self.empty(r, reply)
     }
 
     fn lseek(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
-        let _m = crate::metrics::op("lseek");
+        let m = crate::metrics::op("lseek");
         // With the writeback cache the kernel holds written pages (and the size) the daemon
         // has not seen, and does not write them back before asking: ENOSYS makes it answer
         // from its own size (the whole file is data), which is right if less exact.
         if self.writeback {
+            m.stop();
             return reply.error(Errno::ENOSYS);
         }
         if offset < 0 {
+            m.stop();
             return reply.error(Errno::EINVAL);
         }
         match self.with_vol(ino.0, |v, i| v.lseek(i, offset as u64, whence)) {
-            Ok((_, o)) => reply.offset(o as i64),
-            Err(e) => reply.error(errno(&e)),
+            Ok((_, o)) => { m.stop(); reply.offset(o as i64) },
+            Err(e) => { m.stop(); reply.error(errno(&e)) },
         }
     }
 
@@ -879,11 +915,11 @@ impl Filesystem for FuseFs {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        let _m = crate::metrics::op("copy_file_range");
+        let m = crate::metrics::op("copy_file_range");
         let len = len.min(u32::MAX as u64 & !0xfff);
         match head_only(&[ino_in.0, ino_out.0]).and_then(|_| self.v().copy_range(ino_in.0, offset_in, ino_out.0, offset_out, len)) {
-            Ok(n) => reply.written(n as u32),
-            Err(e) => reply.error(errno(&e)),
+            Ok(n) => { m.stop(); reply.written(n as u32) },
+            Err(e) => { m.stop(); reply.error(errno(&e)) },
         }
     }
 }
