@@ -44,6 +44,9 @@ pub struct Metrics {
     pub read_cache_misses: Counter,
     /// `fdatasync`s of the log and their latency.
     pub log_syncs: Histogram,
+    /// The commit of an fsync that had writes to commit (staging, the log record, RocksDB's
+    /// write), before it waits for the log's sync.
+    pub fsync_commits: Histogram,
     pub checkpoints: Counter,
     pub cleaner_moved_bytes: Counter,
     pub cleaner_segments_deleted: Counter,
@@ -94,6 +97,8 @@ impl Metrics {
         let read_cache_misses = c(&mut r, "read_cache_misses", "Blocks of reads read from the segment log");
         let log_syncs = latency();
         r.register("log_sync_seconds", "fdatasync of the log (one serves every fsync waiting)", log_syncs.clone());
+        let fsync_commits = latency();
+        r.register("fsync_commit_seconds", "The commit of an fsync with writes to commit, before its log sync", fsync_commits.clone());
         let checkpoints = c(&mut r, "checkpoints", "Checkpoints (log synced, memtables flushed)");
         let cleaner_moved_bytes = c(&mut r, "cleaner_moved_bytes", "Live block bytes the cleaner moved");
         let cleaner_segments_deleted = c(&mut r, "cleaner_segments_deleted", "Segments the cleaner deleted");
@@ -125,6 +130,7 @@ impl Metrics {
             read_cache_hits,
             read_cache_misses,
             log_syncs,
+            fsync_commits,
             checkpoints,
             cleaner_moved_bytes,
             cleaner_segments_deleted,

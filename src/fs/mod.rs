@@ -561,8 +561,10 @@ impl Volume {
         // The log is synced after the node's lock is released: writers to the file go on
         // meanwhile, and fsyncs of it share one sync.
         if sync {
+            let started = Instant::now();
             if let Some(seq) = self.commit_beside_flush(ino, &mut n)? {
                 drop(n);
+                crate::metrics::get().fsync_commits.observe(started.elapsed().as_secs_f64());
                 return Ok(self.view.sync_to(seq)?);
             }
         }
@@ -576,8 +578,11 @@ impl Volume {
             return Ok(());
         }
         if sync {
+            // Timed from the lock: a wait for a flush in flight is not the commit's.
+            let started = Instant::now();
             let seq = self.commit_node(ino, &mut n)?;
             drop(n);
+            crate::metrics::get().fsync_commits.observe(started.elapsed().as_secs_f64());
             return Ok(self.view.sync_to(seq)?);
         }
         let rec = n.rec.clone();

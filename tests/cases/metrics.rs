@@ -75,12 +75,22 @@ fn metrics_parse_and_follow_known_work() {
     assert_eq!(unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) }, 0);
     drop(f);
     assert!(fs::read(m.join("a")).unwrap() == data);
+    // An fsync with a write to commit times its commit; a second one, with nothing new
+    // written, only syncs the log.
+    let mut c = File::create(m.join("c")).unwrap();
+    c.write_all(&data[..4096]).unwrap();
+    c.sync_data().unwrap();
+    let commits = |d: &Daemon| parse(&d.ok(&["metrics"]))["clonefs_fsync_commit_seconds_count"];
+    let first = commits(&d);
+    c.sync_data().unwrap();
+    assert_eq!(commits(&d), first, "an fsync with nothing new commits nothing");
+    drop(c);
 
     let (status, body) = http_get(&addr, "/metrics");
     assert_eq!(status, "HTTP/1.1 200 OK");
     let after = parse(&body);
     let delta = |k: &str| after.get(k).copied().unwrap_or(0.0) - before.get(k).copied().unwrap_or(0.0);
-    assert_eq!(delta("clonefs_written_bytes_total"), 2.0 * n as f64);
+    assert_eq!(delta("clonefs_written_bytes_total"), 2.0 * n as f64 + 4096.0);
     assert!(delta("clonefs_read_bytes_total") >= n as f64);
     // The read after dropping the kernel's pages found the blocks in the log or in memory.
     let blocks = delta("clonefs_read_cache_hits_total") + delta("clonefs_read_cache_misses_total");
@@ -91,6 +101,7 @@ fn metrics_parse_and_follow_known_work() {
     let stored = delta("clonefs_stored_bytes_total");
     assert!(stored > 0.99 * n as f64 && stored < 1.1 * n as f64, "stored {stored}");
     assert!(delta("clonefs_log_sync_seconds_count") >= 1.0);
+    assert!(delta("clonefs_fsync_commit_seconds_count") >= 1.0);
     assert!(delta(r#"clonefs_fuse_op_seconds_count{op="write"}"#) >= 6.0);
     assert!(delta(r#"clonefs_fuse_op_seconds_count{op="fsync"}"#) >= 2.0);
     let list = d.json(&["list", "--json"]);
