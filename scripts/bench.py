@@ -206,6 +206,10 @@ def run_jobs(targets, pid):
             settle(pid)
             print(f"[{t}] {name}", flush=True)
             res[t].update(job(targets[t]))
+            if t in ("clonefs", "writeback"):
+                # Which job raises the daemon's peak (the RSS target is for the whole run).
+                st = {l.split(":")[0]: int(l.split()[1]) >> 10 for l in open(f"/proc/{pid}/status") if l.startswith(("VmHWM", "VmRSS"))}
+                print(f"[{t}] {name}: daemon RSS {st['VmRSS']} MiB, peak so far {st['VmHWM']} MiB", flush=True)
     return res
 
 

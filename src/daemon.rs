@@ -362,6 +362,7 @@ impl Daemon {
             if let Err(e) = self.store.checkpoint_if_due(CHECKPOINT_AGE) {
                 log::error!("checkpoint failed: {e}");
             }
+            crate::sys::trim_malloc();
         }
     }
 

@@ -42,6 +42,16 @@ pub fn tune_malloc() {
     }
 }
 
+/// Gives the pages of freed allocations back to the kernel, in every arena. glibc keeps
+/// them otherwise (its mmap threshold rises to the largest buffer freed), and RSS would
+/// only grow.
+pub fn trim_malloc() {
+    // SAFETY: malloc_trim only walks the allocator's own free lists, under its locks.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Raises the soft limit of open files to the hard limit: the daemon keeps every segment
 /// of the store open (one per 64 MiB of data).
 pub fn raise_nofile() {
