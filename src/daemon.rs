@@ -29,6 +29,8 @@ const WRITEBACK_DIRTY_MAX: u64 = 512 << 20;
 /// Readahead of every mount, in KiB: one FUSE request (max_write).
 const READAHEAD_KB: u64 = 1024;
 const FLUSH_TICK: Duration = Duration::from_millis(500);
+/// Free bytes the allocator may hold before a flush tick gives them back.
+const TRIM_MIN: usize = 16 << 20;
 const GC_TICK: Duration = Duration::from_secs(5);
 /// Commits older than this get a checkpoint, so a restart replays at most this much log.
 const CHECKPOINT_AGE: Duration = Duration::from_secs(10);
@@ -362,7 +364,7 @@ impl Daemon {
             if let Err(e) = self.store.checkpoint_if_due(CHECKPOINT_AGE) {
                 log::error!("checkpoint failed: {e}");
             }
-            crate::sys::trim_malloc();
+            crate::sys::trim_malloc(TRIM_MIN);
         }
     }
 
