@@ -91,6 +91,15 @@ impl Volume {
             n.rec.size = a.size.unwrap_or(n.rec.size);
             return Ok(Entry { ino, rec: n.rec.clone() });
         }
+        if a.size.is_none() && a.mode.is_none() && Self::pending_commit(&n) {
+            // Times and owners (cp -a, tar and rsync set them after writing a file) join the
+            // data's commit instead of committing it ahead of the close that would.
+            let mut rec = n.rec.clone();
+            a.apply_to(&mut rec, now);
+            n.rec = rec;
+            n.meta_dirty = true;
+            return Ok(Entry { ino, rec: n.rec.clone() });
+        }
         let mut new_size = None;
         if let Some(size) = a.size {
             match n.rec.kind {
@@ -217,9 +226,23 @@ impl Volume {
         Ok(())
     }
 
-    /// Stores `rec` (with a new ctime) in a batch of its own.
+    /// The node's unsaved blocks will be committed with its record (by the close, an fsync,
+    /// the flusher within 2 s, a snapshot's cut, a namespace operation on it): a change of
+    /// the record alone may wait for that commit. Not while a flush is in flight, which
+    /// commits the record as it was when it began.
+    fn pending_commit(n: &super::table::Node) -> bool {
+        !n.dirty.is_empty() && n.flushing.is_none()
+    }
+
+    /// Stores `rec` (with a new ctime) in a batch of its own, or with the node's unsaved
+    /// blocks when they are committed (`pending_commit`).
     fn commit_attr(&self, ino: u64, n: &mut super::table::Node, mut rec: InodeRec) -> FsResult<()> {
         rec.ctime = Ts::now();
+        if Self::pending_commit(n) {
+            n.rec = rec;
+            n.meta_dirty = true;
+            return Ok(());
+        }
         let mut t = self.txn()?;
         let rec = self.stage_node(&mut t, ino, n, rec)?;
         t.commit(false)?;

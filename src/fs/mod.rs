@@ -969,6 +969,7 @@ impl Volume {
 mod tests {
     use super::*;
     use crate::store::Store;
+    use crate::store::records::Ts;
     use crate::volume::Catalog;
 
     fn volume() -> (tempfile::TempDir, Arc<Store>, Volume) {
@@ -1019,6 +1020,45 @@ mod tests {
         assert_eq!(fsck_clean(&s).inodes, 2, "the root and g are left");
         assert_eq!(v.open_file(ino, false).err().map(|e| e.errno()), Some(libc::ENOENT));
         assert!(v.open_file(kept, false).is_ok());
+    }
+
+    /// Times, owners and a mode-only ACL set on a file with unsaved blocks (cp -a: write,
+    /// ACL, times, close) join the close's commit; on a clean file they commit at once.
+    #[test]
+    fn attributes_set_before_the_close_join_its_commit() {
+        let (_d, s, v) = volume();
+        let new = namespace::NewNode { kind: Kind::File, perm: 0o644, umask: 0, rdev: 0, target: b"" };
+        let ino = v.make(Ctx { uid: 0, gid: 0 }, ROOT_INO, b"f", new, true).unwrap().ino;
+        v.write(ino, 0, &[5u8; 5000], false).unwrap();
+        let before = s.sequence();
+        let when = Ts { sec: 1_000_000_000, nsec: 7 };
+        let a = attr::SetAttr { atime: Some(attr::TimeSet::At(when)), mtime: Some(attr::TimeSet::At(when)), uid: Some(42), ..Default::default() };
+        let e = v.setattr(ino, a).unwrap();
+        assert_eq!((e.rec.mtime, e.rec.atime, e.rec.uid), (when, when, 42));
+        // user rwx, group r-x, other r-x: says no more than mode 0755.
+        let mut acl = 2u32.to_le_bytes().to_vec();
+        for (tag, perm) in [(1u16, 7u16), (4, 5), (0x20, 5)] {
+            acl.extend_from_slice(&tag.to_le_bytes());
+            acl.extend_from_slice(&perm.to_le_bytes());
+            acl.extend_from_slice(&u32::MAX.to_le_bytes());
+        }
+        v.setxattr(ino, acl::ACCESS, Some(&acl), 0).unwrap();
+        assert_eq!(s.sequence(), before, "nothing committed before the close");
+        let e = v.entry(ino).unwrap();
+        assert_eq!((e.rec.mtime, e.rec.uid, e.rec.perm & 0o777), (when, 42, 0o755));
+        v.flush_on_close(ino).unwrap();
+        assert!(s.sequence() > before, "the close commits");
+        let stored = v.view.inode(ino).unwrap().unwrap();
+        assert_eq!((stored.mtime, stored.atime, stored.uid, stored.perm & 0o777, stored.size), (when, when, 42, 0o755, 5000));
+        assert_eq!(v.getxattr(ino, acl::ACCESS).err().map(|e| e.errno()), Some(libc::ENODATA), "kept as the mode alone");
+        let committed = s.sequence();
+        let later = Ts { sec: 1_100_000_000, nsec: 0 };
+        v.setattr(ino, attr::SetAttr { mtime: Some(attr::TimeSet::At(later)), ..Default::default() }).unwrap();
+        assert!(s.sequence() > committed, "with nothing unsaved, a setattr commits at once");
+        assert_eq!(v.view.inode(ino).unwrap().unwrap().mtime, later);
+        assert_eq!(v.read(ino, 0, 5000).unwrap(), vec![5u8; 5000]);
+        v.release(ino).unwrap();
+        fsck_clean(&s);
     }
 
     /// An fsync or close finding everything written already committed (a small write over a
