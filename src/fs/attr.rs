@@ -94,9 +94,7 @@ impl Volume {
         if a.size.is_none() && a.mode.is_none() && Self::pending_commit(&n) {
             // Times and owners (cp -a, tar and rsync set them after writing a file) join the
             // data's commit instead of committing it ahead of the close that would.
-            let mut rec = n.rec.clone();
-            a.apply_to(&mut rec, now);
-            n.rec = rec;
+            a.apply_to(&mut n.rec, now);
             n.meta_dirty = true;
             return Ok(Entry { ino, rec: n.rec.clone() });
         }
