@@ -387,6 +387,24 @@ impl Filesystem for FuseFs {
             m.stop();
             return reply.entry(&Duration::ZERO, &self.snapdir_attr(), Generation(0));
         }
+        if split(parent.0).0 == 0 {
+            // In the head, "no such name" is cached like a name (an entry with inode 0): a
+            // compiler or `make` asks for the same missing names again and again. Noted
+            // under the same hold of the view as the lookup, so a rollback's invalidation
+            // covers it.
+            let v = self.v();
+            let r = v.lookup(parent.0, name.as_bytes());
+            m.stop();
+            return match r {
+                Ok(e) => reply.entry(&self.ttl(), &self.attr(&e), generation(&e)),
+                Err(FsError::Posix(libc::ENOENT)) if v.note_absent(parent.0, name.as_bytes(), self.ttl()) => {
+                    let mut none = self.snapdir_attr();
+                    none.ino = INodeNo(0);
+                    reply.entry(&self.ttl(), &none, Generation(0))
+                }
+                Err(e) => reply.error(errno(&e)),
+            };
+        }
         match self.lookup_in(parent.0, name) {
             Ok(e) => { m.stop(); reply.entry(&self.ttl_in(parent.0), &self.attr(&e), generation(&e)) },
             Err(e) => { m.stop(); reply.error(errno(&e)) },

@@ -190,7 +190,15 @@ pub struct Volume {
     /// Small files unlinked with nothing holding them open, orphans in the store, to purge
     /// in batches (`purge_deferred`).
     deferred: Mutex<Deferred>,
+    /// Names looked up and not found that the kernel may remember as absent, until when
+    /// (`note_absent`): a change behind the kernel (rollback, receive) invalidates them
+    /// with the names in memory (`cached_names`).
+    absent: Mutex<HashMap<(u64, Vec<u8>), Instant>>,
 }
+
+/// At most this many absent names are remembered (a few MiB); past it, lookups that find
+/// nothing are not cached by the kernel until some expire.
+const ABSENT_MAX: usize = 32_768;
 
 impl Drop for Volume {
     /// Returns this view's cached and unsaved bytes to the daemon-wide budget.
@@ -222,6 +230,7 @@ impl Volume {
             dirty: Mutex::new(HashSet::new()),
             dirty_bytes: AtomicU64::new(0),
             deferred: Mutex::new(Deferred::default()),
+            absent: Mutex::new(HashMap::new()),
         };
         if !v.read_only {
             v.merge_written()?;
@@ -933,9 +942,29 @@ impl Volume {
         self.table.inos()
     }
 
-    /// Names the kernel may have cached: every entry of every directory in memory.
+    /// Records that the kernel may remember `name` of `dir` as absent for `ttl`; false when
+    /// too many are remembered already (the caller then does not let the kernel cache it).
+    pub fn note_absent(&self, dir: u64, name: &[u8], ttl: Duration) -> bool {
+        let Ok(mut a) = self.absent.lock() else { return false };
+        let now = Instant::now();
+        if a.len() >= ABSENT_MAX {
+            a.retain(|_, until| *until > now);
+            if a.len() >= ABSENT_MAX {
+                return false;
+            }
+        }
+        a.insert((dir, name.to_vec()), now + ttl);
+        true
+    }
+
+    /// Names the kernel may have cached: every entry of every directory in memory, and the
+    /// names it may remember as absent.
     pub fn cached_names(&self) -> Vec<(u64, Vec<u8>)> {
         let mut out = Vec::new();
+        if let Ok(a) = self.absent.lock() {
+            let now = Instant::now();
+            out.extend(a.iter().filter(|(_, until)| **until > now).map(|(k, _)| k.clone()));
+        }
         for ino in self.cached_inos() {
             let is_dir = match self.table.get(ino, || Ok(None)) {
                 Ok(Some(node)) => table::lock_busy(&node).map(|n| n.rec.kind == Kind::Dir).unwrap_or(false),

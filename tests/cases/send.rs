@@ -191,6 +191,8 @@ fn send_receive_round_trips_full_then_incremental() {
     assert!(err.contains("already exists"), "{err}");
     // The receiver changed after its snapshot: refused unless --force.
     fs::write(w.join("local-change"), b"x").unwrap();
+    fs::write(m.join("new-in-s3"), b"y").unwrap();
+    assert!(!w.join("new-in-s3").exists());
     a.ok(&["snapshot", "v@s3"]);
     let s3 = a.tmp.path().join("s3.stream");
     a.ok(&["send", "v@s3", "-i", "v@s2", "-o", s3.to_str().unwrap()]);
@@ -198,8 +200,10 @@ fn send_receive_round_trips_full_then_incremental() {
     assert!(err.contains("changed since") && err.contains("--force"), "{err}");
     assert!(!b.ok(&["list", "-t", "snapshot", "-H", "-o", "name"]).contains("w@s3"));
     b.ok(&["receive", "w", "-i", s3.to_str().unwrap(), "--force"]);
-    // The mounted volume now shows s3, without the local change.
+    // The mounted volume now shows s3, without the local change, with the name it had
+    // been asked for before (the kernel cached it as missing).
     assert!(!w.join("local-change").exists());
+    assert!(w.join("new-in-s3").exists(), "a name looked up as missing stays hidden after receive");
     assert_same(&m, &w);
     b.fsck_clean();
     a.fsck_clean();
