@@ -196,8 +196,8 @@ pub struct Volume {
     absent: Mutex<HashMap<(u64, Vec<u8>), Instant>>,
 }
 
-/// At most this many absent names are remembered (a few MiB); past it, lookups that find
-/// nothing are not cached by the kernel until some expire.
+/// At most this many absent names are remembered per mount (about 3 MiB); past it, lookups
+/// that find nothing are not cached by the kernel until some expire.
 const ABSENT_MAX: usize = 32_768;
 
 impl Drop for Volume {
@@ -947,13 +947,16 @@ impl Volume {
     pub fn note_absent(&self, dir: u64, name: &[u8], ttl: Duration) -> bool {
         let Ok(mut a) = self.absent.lock() else { return false };
         let now = Instant::now();
-        if a.len() >= ABSENT_MAX {
+        let key = (dir, name.to_vec());
+        // Expired ones go every 1,024 new names (and when full), so what stays is about
+        // one TTL's worth.
+        if a.len() >= ABSENT_MAX || (a.len() % 1024 == 1023 && !a.contains_key(&key)) {
             a.retain(|_, until| *until > now);
             if a.len() >= ABSENT_MAX {
                 return false;
             }
         }
-        a.insert((dir, name.to_vec()), now + ttl);
+        a.insert(key, now + ttl);
         true
     }
 
@@ -1019,6 +1022,27 @@ mod tests {
         v.flush_on_close(e.ino).unwrap();
         v.release(e.ino).unwrap();
         e.ino
+    }
+
+    #[test]
+    fn names_the_kernel_may_hold_as_absent_are_bounded_and_listed_until_they_expire() {
+        let (_d, _s, v) = volume();
+        let listed = |v: &Volume| v.cached_names().into_iter().filter(|(_, n)| n.starts_with(b"gone")).count();
+        for i in 0..ABSENT_MAX {
+            assert!(v.note_absent(ROOT_INO, format!("gone{i}").as_bytes(), Duration::from_secs(60)));
+        }
+        assert_eq!(listed(&v), ABSENT_MAX);
+        // Full of live ones: the next is not to be cached, and none is forgotten.
+        assert!(!v.note_absent(ROOT_INO, b"one-more", Duration::from_secs(60)));
+        assert_eq!(listed(&v), ABSENT_MAX);
+        // Expired ones are neither listed nor kept: room again.
+        let (_d, _s, v) = volume();
+        for i in 0..ABSENT_MAX {
+            assert!(v.note_absent(ROOT_INO, format!("gone{i}").as_bytes(), Duration::ZERO));
+        }
+        assert_eq!(listed(&v), 0);
+        assert!(v.note_absent(ROOT_INO, b"one-more", Duration::from_secs(60)));
+        assert!(v.absent.lock().unwrap().len() < 1024);
     }
 
     fn fsck_clean(s: &Store) -> crate::volume::fsck::FsckReport {
