@@ -199,6 +199,9 @@ pub struct Volume {
 /// At most this many absent names are remembered per mount (about 3 MiB); past it, lookups
 /// that find nothing are not cached by the kernel until some expire.
 const ABSENT_MAX: usize = 32_768;
+/// An absent name is listed this much past its TTL: the kernel starts the TTL when it takes
+/// the reply, a little after the name was noted.
+const ABSENT_SLACK: Duration = Duration::from_secs(1);
 
 impl Drop for Volume {
     /// Returns this view's cached and unsaved bytes to the daemon-wide budget.
@@ -956,7 +959,7 @@ impl Volume {
                 return false;
             }
         }
-        a.insert(key, now + ttl);
+        a.insert(key, now + ttl + ABSENT_SLACK);
         true
     }
 
@@ -1040,6 +1043,8 @@ mod tests {
         for i in 0..ABSENT_MAX {
             assert!(v.note_absent(ROOT_INO, format!("gone{i}").as_bytes(), Duration::ZERO));
         }
+        assert_eq!(listed(&v), ABSENT_MAX, "listed until the kernel's copy has surely expired");
+        std::thread::sleep(ABSENT_SLACK + Duration::from_millis(100));
         assert_eq!(listed(&v), 0);
         assert!(v.note_absent(ROOT_INO, b"one-more", Duration::from_secs(60)));
         assert!(v.absent.lock().unwrap().len() < 1024);
