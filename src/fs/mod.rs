@@ -478,6 +478,9 @@ impl Volume {
         let r = (|| -> FsResult<InodeRec> {
             let mut t = self.txn()?;
             let delta = self.stage_data(&mut t, ino, &blocks.blocks, &blocks.partial)?;
+            // The blocks' write (8 MiB: 12-17 ms here) goes before the seal: fsyncs of the
+            // file commit beside the flush meanwhile instead of waiting for it.
+            t.write_ahead()?;
             let rec = {
                 // Sealed under the lock: an fsync beside this flush has committed or waits for
                 // it, so the records dropped and the record written here are the newest.
@@ -658,25 +661,21 @@ impl Volume {
     }
 
     /// Commits a dirty file (an fsync, which then syncs the returned seq; a close) like a
-    /// flush, except that a partly written block over a stored block is not completed by
-    /// reading the stored one: the bytes written go into the batch as a `W` record, and the
-    /// block stays dirty until a later flush (the flusher's, within seconds) completes it
-    /// and drops the record in the same batch. So an fsync'd small write costs no block
-    /// read; after a crash, opening the volume merges the records (`merge_written`). Its
+    /// flush, except that a partly written block is not completed: the bytes written go
+    /// into the batch as a `W` record, and the block stays dirty until a later flush (the
+    /// flusher's, within seconds) completes it and drops the record in the same batch. So
+    /// an fsync'd small write costs no block read, nor the lookup that would tell whether
+    /// a block lies under it (the flush looks it up anyway, and completes a hole with
+    /// zeros); after a crash, opening the volume merges the records (`merge_written`). Its
     /// cost follows the blocks written since the last commit (`unsynced`), not the blocks
     /// held.
     pub(super) fn commit_node(&self, ino: u64, n: &mut Node) -> FsResult<u64> {
         let written: Vec<u64> = n.unsynced.iter().filter(|i| n.dirty.contains_key(i)).copied().collect();
         let partial = |i: &&u64| n.partial.contains_key(i);
-        let mut held: BTreeSet<u64> = written.iter().filter(partial).filter(|i| n.logged.contains(i)).copied().collect();
-        let unknown: Vec<u64> = written.iter().filter(partial).filter(|i| !n.logged.contains(i)).copied().collect();
-        if !unknown.is_empty() && n.flushing.is_none() {
-            for (i, old) in unknown.iter().zip(self.view.extents_at(ino, &unknown)?) {
-                if let Some((_, Some(_))) = old {
-                    held.insert(*i);
-                }
-            }
-        }
+        // Beside a flush in flight a new record would have to lay over the flush's copy
+        // (`commit_beside_flush` does that): only blocks with a record are held then.
+        let fresh = n.flushing.is_none();
+        let held: BTreeSet<u64> = written.iter().filter(partial).filter(|i| fresh || n.logged.contains(i)).copied().collect();
         if held.is_empty() && n.logged.is_empty() {
             let rec = n.rec.clone();
             return self.save_node(ino, n, rec);

@@ -38,10 +38,18 @@ const SECRET_LEN: usize = 192;
 /// A commit whose new blocks come to this many bytes writes them ahead (`Store::prewrite`).
 const PREWRITE_MIN: u64 = 1 << 20;
 
-/// Blocks written ahead of their commit into data segment `seg`: hash -> locator.
-struct Prewrite {
+/// Blocks written ahead of their commit into data segment `seg`: hash -> locator. Their
+/// region stays pending in the segment until this is dropped (the commit done or given up).
+struct Prewrite<'s> {
+    log: &'s segment::Log,
     seg: u32,
     locs: HashMap<Hash, u64>,
+}
+
+impl Drop for Prewrite<'_> {
+    fn drop(&mut self) {
+        self.log.release(self.seg);
+    }
 }
 
 /// Column family names: the only place they are spelled.
@@ -207,6 +215,8 @@ pub struct Txn<'s> {
     moves: Vec<(Hash, u64, Vec<u8>)>,
     /// Head view figures set outright (by the volume layer, which keeps them).
     set_views: Vec<(u64, ViewSpace)>,
+    /// The new blocks `write_ahead` wrote already.
+    ahead: Option<Prewrite<'s>>,
 }
 
 pub struct Store {
@@ -961,7 +971,7 @@ impl Store {
     }
 
     pub fn txn(&self) -> Txn<'_> {
-        Txn { store: self, frees: false, limit: None, batch: WriteBatch::default(), refs: Vec::new(), moves: Vec::new(), set_views: Vec::new() }
+        Txn { store: self, frees: false, limit: None, batch: WriteBatch::default(), refs: Vec::new(), moves: Vec::new(), set_views: Vec::new(), ahead: None }
     }
 
     /// Writes `txn` atomically. Under the commit lock, in order: reference deltas are
@@ -971,23 +981,23 @@ impl Store {
     /// and the batch is applied to RocksDB (without its WAL). With `sync`, the log is synced
     /// after the lock is released, shared with other committers (invariant 17). Returns the
     /// record's seq (`sync_to` makes it durable later).
-    fn commit(&self, txn: Txn<'_>, sync: bool) -> Result<u64> {
+    fn commit(&self, mut txn: Txn<'_>, sync: bool) -> Result<u64> {
         // Read before the commit lock: statvfs is a syscall, and a commit or two racing past
         // the same figure stays well inside the reserve.
         let avail = self.disk.available()?;
-        let pre = self.prewrite(&txn, avail);
-        let r = self.commit_with(txn, sync, avail, pre.as_ref());
-        if let Some(p) = &pre {
-            self.log.release(p.seg);
-        }
-        r
+        let pre = match txn.ahead.take() {
+            Some(p) => Some(p),
+            None => self.prewrite(&txn, avail),
+        };
+        // `pre` is released after the commit, as it goes out of scope.
+        self.commit_with(txn, sync, avail, pre.as_ref())
     }
 
     /// The new blocks of a large commit, written and synced into a data segment before the
     /// commit lock is taken, so that other commits (fsyncs) do not wait for their write:
     /// hash -> locator. None for a small commit, or when the disk's reserve or an error
     /// says no (the commit's record then holds them, and the commit reports the error).
-    fn prewrite(&self, txn: &Txn<'_>, avail: u64) -> Option<Prewrite> {
+    fn prewrite(&self, txn: &Txn<'_>, avail: u64) -> Option<Prewrite<'_>> {
         let adds = || txn.refs.iter().filter_map(|(h, _, d, data)| data.as_ref().filter(|_| *d > 0).map(|b| (h, b.as_slice())));
         // Every commit passes here (fsyncs, unlinks): a small one leaves after one sum.
         if adds().map(|x| x.1.len() as u64).sum::<u64>() < PREWRITE_MIN {
@@ -1006,7 +1016,7 @@ impl Store {
         }
         let blocks: Vec<&[u8]> = new.iter().map(|x| x.1).collect();
         match self.log.prewrite(&blocks) {
-            Ok(Some(p)) => Some(Prewrite { seg: p.seg, locs: new.iter().map(|x| *x.0).zip(p.locs).collect() }),
+            Ok(Some(p)) => Some(Prewrite { log: &self.log, seg: p.seg, locs: new.iter().map(|x| *x.0).zip(p.locs).collect() }),
             Ok(None) => None,
             Err(e) => {
                 log::warn!("writing {bytes} bytes of blocks ahead of their commit failed ({e}); the commit's record holds them");
@@ -1744,6 +1754,17 @@ impl Txn<'_> {
     fn delete_prefix(&mut self, cfname: &str, prefix: &[u8]) -> Result<()> {
         let end = keys::prefix_end(prefix).ok_or_else(|| Error::Invalid("cannot delete an unbounded prefix".into()))?;
         self.batch.delete_range_cf(self.store.cf(cfname)?, prefix, &end[..]);
+        Ok(())
+    }
+
+    /// Writes the new blocks staged so far into a data segment now, as the commit would
+    /// before taking the commit lock (`Store::prewrite`), so that what the caller stages
+    /// next is decided after that slow part. Blocks staged later go into the record.
+    pub fn write_ahead(&mut self) -> Result<()> {
+        if self.ahead.is_none() {
+            let avail = self.store.disk.available()?;
+            self.ahead = self.store.prewrite(self, avail);
+        }
         Ok(())
     }
 

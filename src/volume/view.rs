@@ -516,6 +516,11 @@ impl ViewTxn<'_> {
         self.t.cat_delete(&CatKey::Written { lineage: self.view.lineage(), ino, index })
     }
 
+    /// Writes the new blocks staged so far ahead of the commit (`Txn::write_ahead`).
+    pub fn write_ahead(&mut self) -> Result<()> {
+        self.t.write_ahead()
+    }
+
     /// Commits the batch; with `sync`, makes it and everything before durable.
     pub fn commit(self, sync: bool) -> Result<()> {
         let view = self.view;
