@@ -468,8 +468,8 @@ impl Volume {
         n.flushing = Some(blocks.clone());
         n.meta_dirty = false;
         // The node's age starts again at its next write: what was dirty is the flush's now.
-        // (Else a file written without pause stayed "old", and the flusher committed it
-        // under its lock every tick.)
+        // (Else a file written without pause stayed "old", and the flusher committed all
+        // its dirty blocks under its lock at every tick.)
         n.dirty_since = None;
         Ok(Some(Flush { ino, node: node.clone(), blocks, rec: n.rec.clone() }))
     }
@@ -751,14 +751,11 @@ impl Volume {
         let now = Instant::now();
         for ino in inos {
             if let Some(node) = self.table.get(ino, || Ok(None))? {
-                let n = lock(&node)?;
+                let mut n = lock(&node)?;
                 let old = n.dirty_since.map(|t| now.duration_since(t) >= age).unwrap_or(n.meta_dirty);
                 if old && !n.is_clean() {
-                    // Committed without the node's lock (`begin_flush`): the file's writers
-                    // and fsyncs go on while its partly written blocks are read and stored.
-                    if let Some(f) = self.begin_flush(ino, &node, n)? {
-                        self.finish_flush(f)?;
-                    }
+                    let rec = n.rec.clone();
+                    self.save_node(ino, &mut n, rec)?;
                 }
             }
         }
