@@ -215,8 +215,9 @@ pub struct Txn<'s> {
     moves: Vec<(Hash, u64, Vec<u8>)>,
     /// Head view figures set outright (by the volume layer, which keeps them).
     set_views: Vec<(u64, ViewSpace)>,
-    /// The new blocks `write_ahead` wrote already.
-    ahead: Option<Prewrite<'s>>,
+    /// What `write_ahead` did, if it ran: the blocks it wrote (None: none to write, or
+    /// the reserve said no), so the commit does not try again.
+    ahead: Option<Option<Prewrite<'s>>>,
 }
 
 pub struct Store {
@@ -986,7 +987,7 @@ impl Store {
         // the same figure stays well inside the reserve.
         let avail = self.disk.available()?;
         let pre = match txn.ahead.take() {
-            Some(p) => Some(p),
+            Some(tried) => tried,
             None => self.prewrite(&txn, avail),
         };
         // `pre` is released after the commit, as it goes out of scope.
@@ -1763,7 +1764,7 @@ impl Txn<'_> {
     pub fn write_ahead(&mut self) -> Result<()> {
         if self.ahead.is_none() {
             let avail = self.store.disk.available()?;
-            self.ahead = self.store.prewrite(self, avail);
+            self.ahead = Some(self.store.prewrite(self, avail));
         }
         Ok(())
     }
