@@ -985,7 +985,7 @@ impl Store {
     fn commit(&self, mut txn: Txn<'_>, sync: bool) -> Result<u64> {
         // Read before the commit lock: statvfs is a syscall, and a commit or two racing past
         // the same figure stays well inside the reserve.
-        let avail = self.disk.available()?;
+        let avail = self.disk.available_for_commit()?;
         let pre = match txn.ahead.take() {
             Some(tried) => tried,
             None => self.prewrite(&txn, avail),
@@ -1763,7 +1763,7 @@ impl Txn<'_> {
     /// next is decided after that slow part. Blocks staged later go into the record.
     pub fn write_ahead(&mut self) -> Result<()> {
         if self.ahead.is_none() {
-            let avail = self.store.disk.available()?;
+            let avail = self.store.disk.available_for_commit()?;
             self.ahead = Some(self.store.prewrite(self, avail));
         }
         Ok(())
@@ -1833,6 +1833,13 @@ impl Txn<'_> {
         let ident = id.encode();
         self.batch.put_cf(self.store.cf(cf::BIRTHS)?, keys::birth(&ident, epoch, cf::tag(id.cf())), []);
         self.batch.put_cf(self.store.cf(id.cf())?, keys::versioned(ident, epoch), value);
+        Ok(())
+    }
+
+    /// Writes a new value over version `epoch` of `id`, which exists: its births entry
+    /// stays (invariant 9), so only the value is written.
+    pub fn overwrite_version(&mut self, id: &Ident, epoch: u64, value: &[u8]) -> Result<()> {
+        self.batch.put_cf(self.store.cf(id.cf())?, keys::versioned(id.encode(), epoch), value);
         Ok(())
     }
 

@@ -357,6 +357,7 @@ impl ViewTxn<'_> {
             }
         };
         match value {
+            Some(v) if old == Some((0, e)) => self.t.overwrite_version(&id, e, v)?,
             Some(v) => self.t.put_version(&id, e, v)?,
             None if old == Some((0, e)) => self.t.delete_version(&id, e)?,
             None => {}
@@ -609,6 +610,10 @@ fn count_changes(
             vs.referenced = vs.referenced.saturating_sub(size);
         }
         let id = &ids[i];
+        if matches!(owns[i], Some((b, _)) if b == e) && after > 0 {
+            t.overwrite_version(id, e, &records::encode_count(after))?;
+            continue;
+        }
         // The old own version goes unless a pin sees it (written before a snapshot); a
         // count of zero is written only where something older would show through.
         let older_shows = match owns[i] {
