@@ -30,8 +30,9 @@ pub enum Ext {
 pub struct View {
     store: Arc<Store>,
     spec: ViewSpec,
-    /// Held across a batch's count reads and its commit: counts are read-modify-write, and
-    /// two batches of one head must not both start from the same count.
+    /// Held across the count reads and the commit of a batch that changes counts: counts
+    /// are read-modify-write, and two batches of one head must not both start from the
+    /// same count. Batches that change no count do not take it.
     counts: Mutex<()>,
 }
 
@@ -536,9 +537,17 @@ impl ViewTxn<'_> {
     /// a caller holding a lock syncs after releasing it.
     pub fn commit_unsynced(self) -> Result<u64> {
         let ViewTxn { view, mut t, pins, counts, sizes } = self;
-        // Counts are read-modify-write: one batch of this head at a time from here on.
-        let _one = view.counts.lock().map_err(|_| Error::Corrupt("view count lock poisoned by a panic".into()))?;
-        if counts.values().any(|d| *d != 0) {
+        let changes_counts = counts.values().any(|d| *d != 0);
+        // Counts are read-modify-write: one batch of this head that changes them at a time
+        // from here on. A batch that changes none (names, records, `W` records: an unlink,
+        // a create, most fsyncs) touches no count and no figure, so it does not wait for
+        // a flush's or purge's count reads (an unlink beside a purge of 4,096 files waited
+        // 40-160 ms).
+        let _one = match changes_counts {
+            true => Some(view.counts.lock().map_err(|_| Error::Corrupt("view count lock poisoned by a panic".into()))?),
+            false => None,
+        };
+        if changes_counts {
             let (before, vs) = count_changes(view, &mut t, &pins, counts, &sizes)?;
             // A batch that raises REFERENCED past the refquota is refused; others always pass.
             match view.refquota() {
