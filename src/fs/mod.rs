@@ -330,7 +330,7 @@ impl Volume {
         for idx in dirty.keys().filter(|i| logged.contains(i)) {
             t.drop_written(ino, *idx)?;
         }
-        let delta = self.stage_data(t, ino, dirty, partial)?;
+        let delta = self.stage_data(t, ino, dirty, partial, rec.blocks)?;
         let rec = with_blocks(ino, rec, delta)?;
         t.put_inode(ino, &rec)?;
         Ok(rec)
@@ -338,16 +338,21 @@ impl Volume {
 
     /// Stages the extents of blocks `dirty` (of which only `partial`'s ranges were written,
     /// completed from the stored blocks) and returns how many stored blocks that adds.
-    fn stage_data(&self, t: &mut ViewTxn<'_>, ino: u64, dirty: &BTreeMap<u64, Vec<u8>>, partial: &HashMap<u64, table::Ranges>) -> FsResult<i64> {
+    /// `stored`: the file's count of stored blocks (its record's); with none, there is no
+    /// old extent to read (a new file's first commit: `cp -a`, a compiler's output).
+    fn stage_data(&self, t: &mut ViewTxn<'_>, ino: u64, dirty: &BTreeMap<u64, Vec<u8>>, partial: &HashMap<u64, table::Ranges>, stored: u64) -> FsResult<i64> {
         let mut delta = 0i64;
         // Dense dirty ranges (sequential writes) read the old extents with one scan.
         let scanned = match (dirty.keys().next(), dirty.keys().next_back()) {
+            _ if stored == 0 => None,
             (Some(&first), Some(&last)) if dirty.len() > 4 && last - first < 8 * dirty.len() as u64 => {
                 Some(self.view.extent_map(ino, first, last + 1)?)
             }
             _ => None,
         };
         let olds = match &scanned {
+            // The record counts every extent the view shows of the file (fsck checks it).
+            _ if stored == 0 => vec![None; dirty.len()],
             Some(m) => dirty.keys().map(|idx| m.get(idx).copied()).collect(),
             None => self.view.extents_at(ino, &dirty.keys().copied().collect::<Vec<_>>())?,
         };
@@ -490,7 +495,7 @@ impl Volume {
         let Flush { ino, node, blocks, rec } = f;
         let r = (|| -> FsResult<InodeRec> {
             let mut t = self.txn()?;
-            let delta = self.stage_data(&mut t, ino, &blocks.blocks, &blocks.partial)?;
+            let delta = self.stage_data(&mut t, ino, &blocks.blocks, &blocks.partial, rec.blocks)?;
             // The blocks' write (8 MiB: 12-17 ms here) goes before the seal: fsyncs of the
             // file commit beside the flush meanwhile instead of waiting for it.
             t.write_ahead()?;
