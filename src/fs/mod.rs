@@ -33,9 +33,9 @@ pub(crate) const PURGE_BATCH: u64 = 4096;
 /// Blocks of unlinked files waiting for `Volume::purge_deferred` past which an unlink
 /// purges them itself: what `df` and quotas may lag by between the flusher's passes.
 const DEFERRED_MAX: u64 = 4 * PURGE_BATCH;
-/// Blocks (and records) of queued files `purge_deferred` commits at a time: a commit holds
-/// the head's count lock, which every commit of the volume takes (a batch of 4,096 made
-/// unlinks beside it wait 40-160 ms).
+/// Blocks (and records) of queued files `purge_deferred` commits at a time: each commit
+/// holds the head's count lock and then the store's commit lock, which the volume's other
+/// commits wait for (a batch of 4,096 made unlinks beside it wait 40-160 ms).
 const DEFERRED_BATCH: u64 = 512;
 
 /// Who is asking: the caller's credentials from the kernel.
