@@ -182,10 +182,10 @@ JOBS = [
 
 
 def settle(pid):
-    """Writes back every filesystem's dirty data (a native job's pages, the TRIMs of a
-    removed tree on a `discard` mount), then waits (at most 60 s) until the clonefs daemon
-    is idle: the work a job leaves behind must not be measured as part of the next target's
-    job (ext4's `cp -a` ran 1.6 s in the bench after other jobs, 0.2 s by hand)."""
+    """Writes back every filesystem's dirty data, then waits (at most 60 s) until the clonefs
+    daemon is idle: the work a job leaves behind must not be measured as part of the next
+    target's job (ext4's small creates ran 4,414/s after the jobs before them, 20,275/s
+    after a sync)."""
     os.sync()
     def cpu():
         f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
