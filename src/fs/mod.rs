@@ -342,19 +342,16 @@ impl Volume {
     /// old extent to read (a new file's first commit: `cp -a`, a compiler's output).
     fn stage_data(&self, t: &mut ViewTxn<'_>, ino: u64, dirty: &BTreeMap<u64, Vec<u8>>, partial: &HashMap<u64, table::Ranges>, stored: u64) -> FsResult<i64> {
         let mut delta = 0i64;
-        // Dense dirty ranges (sequential writes) read the old extents with one scan.
-        let scanned = match (dirty.keys().next(), dirty.keys().next_back()) {
-            _ if stored == 0 => None,
-            (Some(&first), Some(&last)) if dirty.len() > 4 && last - first < 8 * dirty.len() as u64 => {
-                Some(self.view.extent_map(ino, first, last + 1)?)
-            }
-            _ => None,
-        };
-        let olds = match &scanned {
-            // The record counts every extent the view shows of the file (fsck checks it).
+        // The old extents: none without stored blocks (the record counts every extent the
+        // view shows of the file; fsck checks it), else dense dirty ranges (sequential
+        // writes) with one scan, sparse ones with one batched lookup.
+        let olds = match (dirty.keys().next(), dirty.keys().next_back()) {
             _ if stored == 0 => vec![None; dirty.len()],
-            Some(m) => dirty.keys().map(|idx| m.get(idx).copied()).collect(),
-            None => self.view.extents_at(ino, &dirty.keys().copied().collect::<Vec<_>>())?,
+            (Some(&first), Some(&last)) if dirty.len() > 4 && last - first < 8 * dirty.len() as u64 => {
+                let m = self.view.extent_map(ino, first, last + 1)?;
+                dirty.keys().map(|idx| m.get(idx).copied()).collect()
+            }
+            _ => self.view.extents_at(ino, &dirty.keys().copied().collect::<Vec<_>>())?,
         };
         // Partly written blocks are completed from their stored bytes, with one multi-get.
         let mut bases = HashMap::new();
