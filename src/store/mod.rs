@@ -184,9 +184,12 @@ impl Cursor {
     }
 }
 
-/// Versioned reads at an epoch up to this probe every epoch down to 0 with point reads (a
+/// Versioned reads at an epoch up to this probe every epoch down to 1 with point reads (a
 /// get costs a fraction of an iterator's seek); past it they seek.
 const PROBE_EPOCHS: u64 = 4;
+/// Epochs start at 1: no version is ever written at 0 (a lineage's head 0 means "no head";
+/// fsck reports a version there).
+pub const FIRST_EPOCH: u64 = 1;
 
 /// A version of a key: (its epoch, its value).
 pub type Version = (u64, Vec<u8>);
@@ -495,9 +498,10 @@ impl Store {
     fn get_version(&self, cfname: &str, ident: &[u8], epoch: u64) -> Result<Option<(u64, Vec<u8>)>> {
         if epoch <= PROBE_EPOCHS {
             // Point reads, newest first: each is a bloom-filtered get, cheaper than building
-            // an iterator over every memtable and level for one seek.
+            // an iterator over every memtable and level for one seek. None below epoch 1
+            // (invariant 21): a name that is not there costs `epoch` gets, not one more.
             let cf = self.cf(cfname)?;
-            for e in (0..=epoch).rev() {
+            for e in (FIRST_EPOCH..=epoch).rev() {
                 if let Some(v) = self.db.get_pinned_cf(cf, keys::versioned(ident.to_vec(), e))? {
                     return Ok(Some((e, v.to_vec())));
                 }
@@ -563,7 +567,7 @@ impl Store {
     }
 
     /// The newest version at or before `epoch` of each of `ids` (as `version_at`), batched:
-    /// at a small epoch one multi-get probing every epoch from `epoch` down to 0, else a
+    /// at a small epoch one multi-get probing every epoch from `epoch` down to 1, else a
     /// seek each.
     pub fn versions_at(&self, ids: &[Ident], epoch: u64) -> Result<Vec<Option<Version>>> {
         if epoch > PROBE_EPOCHS || ids.len() < 2 {
@@ -576,9 +580,9 @@ impl Store {
         }
         for (cfname, idx) in by_cf {
             // Newest first: the first epoch found is the version `version_at` would find.
-            let keys: Vec<Vec<u8>> = idx.iter().flat_map(|&i| (0..=epoch).rev().map(move |e| keys::versioned(ids[i].encode(), e))).collect();
+            let keys: Vec<Vec<u8>> = idx.iter().flat_map(|&i| (FIRST_EPOCH..=epoch).rev().map(move |e| keys::versioned(ids[i].encode(), e))).collect();
             let got = self.db.batched_multi_get_cf(self.cf(cfname)?, keys.iter(), false);
-            let per = epoch as usize + 1;
+            let per = (epoch + 1 - FIRST_EPOCH) as usize;
             for (n, r) in got.into_iter().enumerate() {
                 let i = idx[n / per];
                 if let (None, Some(v)) = (&out[i], r?) {
@@ -1210,6 +1214,7 @@ impl Store {
         drop(w);
         drop(space);
         if sync {
+            self.log.wants_syncs();
             self.log.sync_to(seq)?;
         }
         Ok(seq)
@@ -1217,6 +1222,7 @@ impl Store {
 
     /// Makes every commit up to record `seq` durable (one `commit` returned).
     pub fn sync_to(&self, seq: u64) -> Result<()> {
+        self.log.wants_syncs();
         self.log.sync_to(seq)
     }
 
@@ -1233,6 +1239,7 @@ impl Store {
 
     /// Makes every commit so far durable.
     pub fn sync(&self) -> Result<()> {
+        self.log.wants_syncs();
         self.log.sync_to(self.log.last())
     }
 
@@ -2053,7 +2060,7 @@ mod tests {
         // The batched lookups find what one lookup at a time finds, at every epoch (probed
         // by multi-get up to epoch 4, by seeks past it), deleted versions included.
         let mut t = s.txn();
-        for (ino, epochs) in [(20u64, vec![1u64, 2, 6]), (21, vec![3]), (22, vec![]), (23, vec![0, 5])] {
+        for (ino, epochs) in [(20u64, vec![1u64, 2, 6]), (21, vec![3]), (22, vec![]), (23, vec![1, 5])] {
             for e in epochs {
                 t.put_version(&Ident::Inode { lineage: 1, ino }, e, format!("{ino}@{e}").as_bytes()).unwrap();
                 t.put_version(&Ident::Count { lineage: 1, hash: [ino as u8; 16] }, e, &[e as u8]).unwrap();
@@ -2077,7 +2084,7 @@ mod tests {
         assert_eq!(s.versions_at(&ids, 2).unwrap()[0], Some((1, b"20@1".to_vec())));
         assert_eq!(at(20, 4), Some((1, b"20@1".to_vec())));
         assert_eq!(at(20, 7), Some((6, b"20@6".to_vec())));
-        assert_eq!(at(23, 4), Some((0, b"23@0".to_vec())));
+        assert_eq!(at(23, 4), Some((1, b"23@1".to_vec())));
         assert_eq!(at(23, 5), Some((5, b"23@5".to_vec())));
         assert_eq!((at(21, 2), at(22, 9)), (None, None));
         // Every version has its births entry, and deleting the version deletes it.

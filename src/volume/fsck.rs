@@ -67,9 +67,13 @@ struct All {
     counts: Versions,
 }
 
-fn load(view: &crate::store::View<'_>) -> Result<All> {
+fn load(view: &crate::store::View<'_>, c: &mut Ctx) -> Result<All> {
     let mut all = All::default();
     view.for_each_version(|id, e, v| {
+        // Invariant 21: reads never probe epoch 0, so a version there would be unseen.
+        if e < crate::store::FIRST_EPOCH {
+            c.err(format!("{id:?}: a version at epoch {e}, below the first epoch (reads never see it)"));
+        }
         let map = match id {
             Ident::Inode { .. } => &mut all.inodes,
             Ident::Dirent { .. } => &mut all.dirents,
@@ -215,7 +219,7 @@ pub fn check(store: &Store) -> Result<FsckReport> {
         }
         chain
     };
-    let all = load(&view)?;
+    let all = load(&view, &mut c)?;
 
     // Every view: the heads of volumes and every snapshot, with the figures they report.
     let mut views: Vec<(String, u64, u64, u64, bool, ViewSpace)> = Vec::new();
