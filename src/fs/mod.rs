@@ -87,6 +87,25 @@ impl Default for DirtyBudget {
     }
 }
 
+/// Index of the last byte of `data` that is not zero. A small file's block is a few bytes
+/// and a long run of zeros: whole 32-byte chunks are tested with an OR (vectorized) instead
+/// of byte by byte (2% of the daemon's CPU in `cp -a`).
+fn last_nonzero(data: &[u8]) -> Option<usize> {
+    let tail = data.len() % 32;
+    if let Some(i) = data[data.len() - tail..].iter().rposition(|b| *b != 0) {
+        return Some(data.len() - tail + i);
+    }
+    let chunks = data[..data.len() - tail].chunks_exact(32);
+    let n = chunks.len();
+    for (k, c) in chunks.rev().enumerate() {
+        if c.iter().fold(0u8, |a, b| a | b) != 0 {
+            let start = (n - 1 - k) * 32;
+            return c.iter().rposition(|b| *b != 0).map(|i| start + i);
+        }
+    }
+    None
+}
+
 /// `rec` with `delta` more stored blocks.
 fn with_blocks(ino: u64, mut rec: InodeRec, delta: i64) -> FsResult<InodeRec> {
     rec.blocks = rec.blocks.checked_add_signed(delta).ok_or_else(|| {
@@ -391,7 +410,7 @@ impl Volume {
     /// What a block's bytes become in the store: a block is stored without its trailing
     /// zeros (a small file's tail costs its bytes, not a block); all-zero blocks are holes.
     fn block_ext(&self, data: &[u8]) -> Ext {
-        match data.iter().rposition(|b| *b != 0) {
+        match last_nonzero(data) {
             None => Ext::Hole,
             Some(last) => {
                 let bytes = &data[..=last];
@@ -1028,6 +1047,19 @@ impl Volume {
 mod tests {
     use super::*;
     use crate::store::Store;
+
+    proptest::proptest! {
+        #[test]
+        fn last_nonzero_finds_what_a_byte_scan_finds(len in 0usize..200, marks in proptest::collection::vec((0usize..200, 1u8..=255), 0..4)) {
+            let mut data = vec![0u8; len];
+            for (at, b) in marks {
+                if at < len {
+                    data[at] = b;
+                }
+            }
+            proptest::prop_assert_eq!(last_nonzero(&data), data.iter().rposition(|b| *b != 0));
+        }
+    }
     use crate::store::records::Ts;
     use crate::volume::Catalog;
 

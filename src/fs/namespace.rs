@@ -172,9 +172,12 @@ impl Volume {
         let pnode = self.node(parent)?;
         let mut p = lock(&pnode)?;
         self.live_dir(&p)?;
-        if self.dirent(parent, name)?.is_some() {
-            return Err(err(libc::EEXIST));
-        }
+        // Where the name's visible version is (a whiteout), for the batch below: the
+        // namespace lock keeps it there.
+        let old_name = match self.view.dirent(parent, name)? {
+            Some((_, Some(_))) => return Err(err(libc::EEXIST)),
+            found => found.map(|x| x.0),
+        };
         let now = Ts::now();
         let sgid_dir = p.rec.perm & libc::S_ISGID != 0;
         // A directory's default ACL replaces the umask: the new node's access ACL is that
@@ -214,14 +217,14 @@ impl Volume {
             target: new.target.to_vec(),
         };
         let mut t = self.txn()?;
-        t.put_inode(ino, &rec)?;
+        t.put_new_inode(ino, &rec)?;
         if let Some(a) = &access {
             t.set_xattr(ino, acl::ACCESS, None, Some(a))?;
         }
         if let (true, Some(d)) = (is_dir, &default) {
             t.set_xattr(ino, acl::DEFAULT, None, Some(d))?;
         }
-        t.put_dirent(parent, name, DirentRec { kind: new.kind, ino })?;
+        t.put_dirent_at(parent, name, old_name, DirentRec { kind: new.kind, ino })?;
         let mut prec = p.rec.clone();
         prec.mtime = now;
         prec.ctime = now;

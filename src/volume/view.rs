@@ -374,9 +374,24 @@ impl ViewTxn<'_> {
         Ok(())
     }
 
+    /// Writes the record of an inode number just allocated: no lineage of the chain has a
+    /// version of it (numbers start past every lineage's highest, `View::max_ino`), so
+    /// there is none to look up.
+    pub fn put_new_inode(&mut self, ino: u64, rec: &InodeRec) -> Result<()> {
+        let id = Ident::Inode { lineage: self.view.lineage(), ino };
+        self.stage(id, None, Some(&rec.encode()), true)?;
+        Ok(())
+    }
+
     /// Names `ino` as entry `name` of `dir`.
     pub fn put_dirent(&mut self, dir: u64, name: &[u8], d: DirentRec) -> Result<()> {
         let old = self.view.dirent(dir, name)?.map(|x| x.0);
+        self.put_dirent_at(dir, name, old, d)
+    }
+
+    /// `put_dirent` where the caller looked the name up already in this operation: its
+    /// visible version is at `old` (a whiteout, or None).
+    pub fn put_dirent_at(&mut self, dir: u64, name: &[u8], old: Option<At>, d: DirentRec) -> Result<()> {
         let id = Ident::Dirent { lineage: self.view.lineage(), dir, name: name.to_vec() };
         self.stage(id, old, Some(&d.encode()), true)?;
         Ok(())
