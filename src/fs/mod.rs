@@ -1047,6 +1047,8 @@ impl Volume {
 mod tests {
     use super::*;
     use crate::store::Store;
+    use crate::store::records::Ts;
+    use crate::volume::Catalog;
 
     proptest::proptest! {
         #[test]
@@ -1060,8 +1062,6 @@ mod tests {
             proptest::prop_assert_eq!(last_nonzero(&data), data.iter().rposition(|b| *b != 0));
         }
     }
-    use crate::store::records::Ts;
-    use crate::volume::Catalog;
 
     fn volume() -> (tempfile::TempDir, Arc<Store>, Volume) {
         let d = tempfile::tempdir().unwrap();

@@ -44,7 +44,7 @@ pub const SEGMENT_SIZE: u64 = 64 << 20;
 const PREALLOC: u64 = 1 << 20;
 /// The runway is kept only while somebody syncs: this long after the last sync asked for,
 /// small records append at the end instead (`cp -a`, a build: zero-filling 1 MiB per MiB
-/// of log was 5% of the daemon's CPU, and its zeros went to the disk for no sync).
+/// of log was 5% of the daemon's samples in `cp -a`, and its zeros went to the disk for no sync).
 const RUNWAY_AFTER_SYNC_MS: u64 = 1000;
 const SMALL_RECORD: u64 = 1 << 20;
 const MAGIC: u32 = 0x5253_4643; // "CFSR"
