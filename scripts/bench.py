@@ -402,8 +402,8 @@ def farm_bench():
 
 def main():
     # bench.sh installs them too; run alone (with a binary built elsewhere) it must as well.
-    env = dict(os.environ, PATH=os.path.expanduser("~/.cargo/bin") + ":" + os.environ.get("PATH", ""))
-    subprocess.run([os.path.join(os.path.dirname(os.path.abspath(__file__)), "install-deps.sh"), "bench"], check=True, env=env)
+    deps_env = dict(os.environ, PATH=os.path.expanduser("~/.cargo/bin") + ":" + os.environ.get("PATH", ""))
+    subprocess.run([os.path.join(os.path.dirname(os.path.abspath(__file__)), "install-deps.sh"), "bench"], check=True, env=deps_env)
     if "--farm-only" in sys.argv:
         write_section("Build farm", farm_bench())
         return
