@@ -1214,14 +1214,14 @@ impl Store {
         drop(w);
         drop(space);
         if sync {
-            self.log.wants_syncs();
-            self.log.sync_to(seq)?;
+            self.sync_to(seq)?;
         }
         Ok(seq)
     }
 
     /// Makes every commit up to record `seq` durable (one `commit` returned).
     pub fn sync_to(&self, seq: u64) -> Result<()> {
+        // A caller's sync (not a checkpoint's, which syncs the log itself): keeps the runway.
         self.log.wants_syncs();
         self.log.sync_to(seq)
     }
@@ -1239,8 +1239,7 @@ impl Store {
 
     /// Makes every commit so far durable.
     pub fn sync(&self) -> Result<()> {
-        self.log.wants_syncs();
-        self.log.sync_to(self.log.last())
+        self.sync_to(self.log.last())
     }
 
     /// Makes RocksDB hold every commit so far on its own, so start-up replays nothing
