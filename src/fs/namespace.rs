@@ -270,9 +270,11 @@ impl Volume {
         if c.rec.nlink >= LINK_MAX {
             return Err(err(libc::EMLINK));
         }
-        if self.dirent(newparent, newname)?.is_some() {
-            return Err(err(libc::EEXIST));
-        }
+        // The EEXIST check's answer is also the version the new name's record replaces.
+        let old_name = match self.view.dirent(newparent, newname)? {
+            Some((_, Some(_))) => return Err(err(libc::EEXIST)),
+            found => found.map(|f| f.0),
+        };
         let now = Ts::now();
         let mut t = self.txn()?;
         let mut crec = c.rec.clone();
@@ -280,7 +282,7 @@ impl Volume {
         crec.ctime = now;
         let kind = crec.kind;
         let crec = self.stage_node(&mut t, ino, c, crec)?;
-        t.put_dirent(newparent, newname, DirentRec { kind, ino })?;
+        t.put_dirent_at(newparent, newname, old_name, DirentRec { kind, ino })?;
         let p = l.get(newparent)?;
         let mut prec = p.rec.clone();
         prec.mtime = now;
@@ -375,7 +377,10 @@ impl Volume {
         }
         let _g = self.ns()?;
         let (se, src) = self.dirent(parent, name)?.ok_or_else(|| err(libc::ENOENT))?;
-        let dst = self.dirent(newparent, newname)?;
+        // What the new name holds now, a whiteout included: the version its record replaces.
+        let dst_found = self.view.dirent(newparent, newname)?;
+        let dst_at = dst_found.as_ref().map(|f| f.0);
+        let dst = dst_found.and_then(|(at, d)| d.map(|d| (at, d)));
         if exchange && dst.is_none() {
             return Err(err(libc::ENOENT));
         }
@@ -423,8 +428,8 @@ impl Volume {
         let mut dropped = None;
         if exchange {
             let (_, d) = dst.ok_or_else(|| err(libc::ENOENT))?;
-            t.put_dirent(newparent, newname, src)?;
-            t.put_dirent(parent, name, d)?;
+            t.put_dirent_at(newparent, newname, dst_at, src)?;
+            t.put_dirent_at(parent, name, Some(se), d)?;
             if moved_dir(src.kind) {
                 drop_link(rec_mut(&mut recs, parent)?)?;
                 rec_mut(&mut recs, newparent)?.nlink += 1;
@@ -445,7 +450,7 @@ impl Volume {
                 }
                 dropped = Some((d.ino, r));
             }
-            t.put_dirent(newparent, newname, src)?;
+            t.put_dirent_at(newparent, newname, dst_at, src)?;
             t.remove_dirent(parent, name, se)?;
             if moved_dir(src.kind) {
                 drop_link(rec_mut(&mut recs, parent)?)?;

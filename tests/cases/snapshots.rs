@@ -130,6 +130,52 @@ fn clones_and_snapshots_are_isolated() {
     d.fsck_clean();
 }
 
+/// A name removed in a clone (a whiteout over the origin's entry) taken again by a rename, a
+/// hard link and a rename exchange; the origin and its snapshot keep theirs, and fsck finds
+/// no version left behind.
+#[test]
+fn names_removed_in_a_clone_are_taken_again_by_rename_and_link() {
+    let mut d = Daemon::start();
+    let v = d.volume("v");
+    populate(&v, 3);
+    let before = tree(&v);
+    d.ok(&["snapshot", "v@s"]);
+    d.ok(&["clone", "v@s", "c"]);
+    let c = d.mount("c");
+    fs::remove_file(c.join("dir/small")).unwrap();
+    fs::remove_file(c.join("link")).unwrap();
+    // The whiteouts are then of an older epoch no snapshot keeps: the new names replace them.
+    d.ok(&["snapshot", "c@x"]);
+    d.ok(&["destroy", "c@x"]);
+    fs::write(c.join("a"), b"renamed").unwrap();
+    fs::rename(c.join("a"), c.join("dir/small")).unwrap();
+    fs::write(c.join("b"), b"linked").unwrap();
+    fs::hard_link(c.join("b"), c.join("link")).unwrap();
+    // An exchange of a new name with one the clone shares with the origin.
+    fs::write(c.join("e"), b"exchanged").unwrap();
+    let (e, big) = (std::ffi::CString::new(c.join("e").to_str().unwrap()).unwrap(), std::ffi::CString::new(c.join("big").to_str().unwrap()).unwrap());
+    let r = unsafe { libc::renameat2(libc::AT_FDCWD, e.as_ptr(), libc::AT_FDCWD, big.as_ptr(), libc::RENAME_EXCHANGE) };
+    assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+    let check = |c: &Path| {
+        let t = tree(c);
+        assert_eq!(t["dir/small"], b"renamed");
+        assert_eq!(t["link"], b"linked");
+        assert_eq!(t["big"], b"exchanged");
+        assert_eq!(t["e"], before["big"]);
+        assert!(!t.contains_key("a"));
+        assert_eq!(std::os::unix::fs::MetadataExt::nlink(&fs::metadata(c.join("link")).unwrap()), 2);
+    };
+    check(&c);
+    // The same after a restart (the names come from the store, not the kernel's caches).
+    d.stop();
+    d.restart();
+    let c = d.mount("c");
+    check(&c);
+    assert_eq!(tree(&d.mount("v")), before, "the origin changed");
+    assert_eq!(tree(&d.mount("v@s")), before, "the snapshot changed");
+    d.fsck_clean();
+}
+
 #[test]
 fn snapshot_is_an_atomic_cut_of_concurrent_writes() {
     let mut d = Daemon::start();
