@@ -50,6 +50,11 @@ pub struct Metrics {
     pub checkpoints: Counter,
     pub cleaner_moved_bytes: Counter,
     pub cleaner_segments_deleted: Counter,
+    /// What the store writes to its segments: log records, the zeros of the log's runway,
+    /// and blocks written ahead into data segments (the write amplification's parts).
+    pub log_record_bytes: Counter,
+    pub log_zero_bytes: Counter,
+    pub data_segment_bytes: Counter,
     // Read at render time:
     pub physical_bytes: Gauge,
     pub blocks: Gauge,
@@ -102,6 +107,9 @@ impl Metrics {
         let checkpoints = c(&mut r, "checkpoints", "Checkpoints (log synced, memtables flushed)");
         let cleaner_moved_bytes = c(&mut r, "cleaner_moved_bytes", "Live block bytes the cleaner moved");
         let cleaner_segments_deleted = c(&mut r, "cleaner_segments_deleted", "Segments the cleaner deleted");
+        let log_record_bytes = c(&mut r, "log_record_bytes", "Bytes of records appended to the segment log");
+        let log_zero_bytes = c(&mut r, "log_zero_bytes", "Zeros written ahead of the log's records (the runway of fsync'd commits)");
+        let data_segment_bytes = c(&mut r, "data_segment_bytes", "Block bytes written ahead into data segments by large commits");
         let physical_bytes = g(&mut r, "physical_bytes", "Bytes of distinct stored blocks");
         let blocks = g(&mut r, "blocks", "Distinct stored blocks");
         let segment_bytes = g(&mut r, "segment_bytes", "Disk bytes of the segments");
@@ -134,6 +142,9 @@ impl Metrics {
             checkpoints,
             cleaner_moved_bytes,
             cleaner_segments_deleted,
+            log_record_bytes,
+            log_zero_bytes,
+            data_segment_bytes,
             physical_bytes,
             blocks,
             segment_bytes,

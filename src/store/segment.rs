@@ -418,7 +418,10 @@ impl Log {
         if end > w.size && total < SMALL_RECORD && self.syncing() {
             let to = align(end, PREALLOC) + PREALLOC;
             match zero_fill(&w.file, w.size, to) {
-                Ok(()) => w.size = to,
+                Ok(()) => {
+                    crate::metrics::get().log_zero_bytes.inc_by(to - w.size);
+                    w.size = to;
+                }
                 // A full disk: the write below extends the file if there is room at all.
                 Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {}
                 Err(e) => return Err(e.into()),
@@ -456,6 +459,7 @@ impl Log {
         w.off = mark.off + total;
         w.size = w.size.max(end);
         w.since_checkpoint += total;
+        crate::metrics::get().log_record_bytes.inc_by(total);
         self.written.store(w.seq, std::sync::atomic::Ordering::Release);
         Ok(w.seq)
     }
@@ -546,6 +550,7 @@ impl Log {
             }
             aligned[i..].fill(0);
             file.write_all_at(aligned, at)?;
+            crate::metrics::get().data_segment_bytes.inc_by(total);
             file.sync_data()
         })();
         if let Ok(mut spare) = self.spare.lock() {
