@@ -53,6 +53,8 @@ pub struct Metrics {
     /// What the store writes to its segments: log records, the zeros of the log's runway,
     /// and blocks written ahead into data segments (the write amplification's parts).
     pub log_record_bytes: Counter,
+    /// Emptied segments the log took as its next segment instead of a new file.
+    pub segments_recycled: Counter,
     pub log_zero_bytes: Counter,
     pub data_segment_bytes: Counter,
     // Read at render time:
@@ -108,6 +110,7 @@ impl Metrics {
         let cleaner_moved_bytes = c(&mut r, "cleaner_moved_bytes", "Live block bytes the cleaner moved");
         let cleaner_segments_deleted = c(&mut r, "cleaner_segments_deleted", "Segments the cleaner deleted");
         let log_record_bytes = c(&mut r, "log_record_bytes", "Bytes of records appended to the segment log");
+        let segments_recycled = c(&mut r, "segments_recycled", "Emptied segments reused as log segments (no zeros written ahead of their records)");
         let log_zero_bytes = c(&mut r, "log_zero_bytes", "Zeros written ahead of the log's records (the runway of fsync'd commits)");
         let data_segment_bytes = c(&mut r, "data_segment_bytes", "Block bytes written ahead into data segments by large commits");
         let physical_bytes = g(&mut r, "physical_bytes", "Bytes of distinct stored blocks");
@@ -143,6 +146,7 @@ impl Metrics {
             cleaner_moved_bytes,
             cleaner_segments_deleted,
             log_record_bytes,
+            segments_recycled,
             log_zero_bytes,
             data_segment_bytes,
             physical_bytes,

@@ -913,28 +913,40 @@ impl Store {
             }
             let reads = self.read_runs(&locs, &runs);
             let mut moved = Vec::new();
+            // Bytes that fail their hash in a segment retired since the lookup are a recycled
+            // segment's new records (`Log::retire`): the block moved, look it up again.
+            let gone = |loc: u64| !self.log.has(segment::split(loc).0);
             for (&(run, end, _), read) in runs.iter().zip(reads) {
                 match read {
                     // One block (a random read): its buffer is the block, no copy.
                     Ok(Some(bytes)) if end == run + 1 => {
                         let (i, loc, _) = locs[run];
                         if self.hash(&bytes) != hashes[i] {
+                            if gone(loc) {
+                                moved.push(i);
+                                continue;
+                            }
                             return Err(self.damaged(&hashes[i], loc, "does not match its hash"));
                         }
                         out[i] = Some(bytes);
                     }
                     Ok(Some(bytes)) => {
                         let mut at = 0;
-                        for &(i, loc, size) in &locs[run..end] {
+                        for (k, &(i, loc, size)) in locs[run..end].iter().enumerate() {
                             let b = &bytes[at..at + size];
                             at += size;
                             if self.hash(b) != hashes[i] {
+                                if gone(loc) {
+                                    moved.extend(locs[run + k..end].iter().map(|l| l.0));
+                                    break;
+                                }
                                 return Err(self.damaged(&hashes[i], loc, "does not match its hash"));
                             }
                             out[i] = Some(b.to_vec());
                         }
                     }
                     Ok(None) => moved.extend(locs[run..end].iter().map(|l| l.0)),
+                    Err(_) if gone(locs[run].1) => moved.extend(locs[run..end].iter().map(|l| l.0)),
                     Err(e) => return Err(self.damaged(&hashes[locs[run].0], locs[run].1, &e.to_string())),
                 }
             }
@@ -1342,7 +1354,7 @@ impl Store {
     pub fn segment_figures(&self) -> Result<(u64, u64, u64)> {
         let live = self.space_guard()?.segments.values().sum::<u64>();
         let segs = self.log.segments()?;
-        Ok((segs.len() as u64, segs.iter().map(|x| x.1).sum(), live))
+        Ok((segs.len() as u64, segs.iter().map(|x| x.1).sum::<u64>() + self.log.recycled_bytes(), live))
     }
 
     /// Sets the metrics the store keeps figures of (read at render time).
@@ -1379,7 +1391,7 @@ impl Store {
                 total += self.db.property_int_value_cf(c, "rocksdb.total-sst-files-size").ok().flatten().unwrap_or(0);
             }
         }
-        total + self.log.segments().map(|s| s.iter().map(|x| x.1).sum::<u64>()).unwrap_or(0)
+        total + self.log.segments().map(|s| s.iter().map(|x| x.1).sum::<u64>()).unwrap_or(0) + self.log.recycled_bytes()
     }
 
     /// Seals the active segment and runs the cleaner over every segment at most
@@ -1394,6 +1406,8 @@ impl Store {
         }
         self.log.seal_data()?;
         let report = self.clean(COMPACT_RATIO, true)?;
+        // What is left on disk is the store's own: no file kept for recycling.
+        self.log.drop_recycled()?;
         // Under the commit lock, after a sync: the compaction flushes the memtables first,
         // and no commit whose record is not durable may be in them (invariant 18).
         let _space = self.space_guard()?;
@@ -1529,9 +1543,12 @@ impl Store {
         // start-up replays names a block in an empty data segment; those can go.
         self.commit(self.txn(), false)?;
         let before = self.checkpoint(true)?;
+        // Kept for the log's next segment while the disk has room to spare.
+        let room = self.disk.available()? > self.disk.reserve().saturating_add(RECYCLE_ROOM);
         for seg in empty.into_iter().filter(|s| segment::is_data(*s) || *s < before) {
-            self.log.delete(seg)?;
-            report.segments_deleted += 1;
+            if !self.log.retire(seg, room)? {
+                report.segments_deleted += 1;
+            }
         }
         let m = crate::metrics::get();
         m.cleaner_moved_bytes.inc_by(report.moved_bytes);
@@ -1553,6 +1570,10 @@ const CHECKPOINT_LOG: u64 = 256 << 20;
 /// `compact` cleans every segment at most this live: the store's segments then take at most
 /// 1/0.85 = 1.18 times the bytes of the blocks they hold.
 const COMPACT_RATIO: f64 = 0.85;
+
+/// The cleaner keeps an emptied segment for the log's reuse (`Log::retire`) only while the
+/// disk has this much free above the reserve: a kept file is space no one else can have.
+const RECYCLE_ROOM: u64 = 4 * segment::SEGMENT_SIZE;
 
 /// What a run of the cleaner did.
 #[derive(Debug, Default, Clone, Copy, serde::Serialize)]
@@ -1979,6 +2000,101 @@ mod tests {
         assert!(s.compact().unwrap().segments_deleted >= 1);
         assert_eq!(data_segs(&s), 0);
         assert_eq!(s.space().unwrap().physical, 0);
+    }
+
+    #[test]
+    fn an_emptied_segment_becomes_the_next_log_segment_and_reads_racing_the_move_find_their_blocks() {
+        use std::sync::atomic::AtomicBool;
+        let (_d, s) = store();
+        let seal = |s: &Store| {
+            let _space = s.space_guard().unwrap();
+            s.log.seal(&mut s.writer.lock().unwrap()).unwrap();
+        };
+        // Log segment 1: 16 blocks that stay, among 600 that are dropped (small commits, so
+        // every block is in the log), then the next records go into segment 2.
+        let block = |i: u32| -> Vec<u8> {
+            let mut x = i as u64;
+            (0..8192)
+                .flat_map(|_| {
+                    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                    let z = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                    (z ^ (z >> 31)).to_le_bytes()
+                })
+                .collect()
+        };
+        let live: Vec<Vec<u8>> = (0..16).map(|i| block(1_000_000 + i)).collect();
+        let live_h: Vec<Hash> = live.iter().map(|b| s.hash(b)).collect();
+        let mut dead = Vec::new();
+        for chunk in 0..150u32 {
+            let mut t = s.txn();
+            for i in 0..4 {
+                let b = block(chunk * 4 + i);
+                dead.push(s.hash(&b));
+                t.add_ref(s.hash(&b), 1, b);
+            }
+            if chunk % 10 == 0 {
+                let k = (chunk / 10) as usize;
+                t.add_ref(live_h[k], 1, live[k].clone());
+            }
+            s.commit(t, false).unwrap();
+        }
+        let mut t = s.txn();
+        for k in 15..16 {
+            t.add_ref(live_h[k], 1, live[k].clone());
+        }
+        s.commit(t, false).unwrap();
+        let first_seg = |h: &Hash| segment::split(s.refs(h).unwrap().unwrap().loc).0;
+        assert!(live_h.iter().all(|h| first_seg(h) == 1));
+        seal(&s);
+        let mut t = s.txn();
+        for h in &dead {
+            t.drop_ref(*h, 1);
+        }
+        s.commit(t, false).unwrap();
+        let seg_len = std::fs::metadata(s.dir().join("seg").join(format!("{:010}", 1))).unwrap().len();
+        assert!(seg_len >= segment::SEGMENT_SIZE / 2, "segment 1 is {seg_len} bytes");
+        // A reader looks the live blocks up and reads them over and over while the cleaner
+        // moves them out of segment 1, and new records are written over their old copies.
+        let stop = AtomicBool::new(false);
+        let reads = AtomicU64::new(0);
+        std::thread::scope(|sc| {
+            sc.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    let got = s.get_blocks(&live_h).expect("a read racing the cleaner failed");
+                    assert!(got.iter().zip(&live).all(|(g, b)| g.as_deref() == Some(&b[..])), "wrong bytes");
+                    reads.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            s.clean(0.5, true).unwrap();
+            assert!(live_h.iter().all(|h| first_seg(h) != 1), "moved out of segment 1");
+            assert!(s.log.recycled_bytes() >= seg_len / 2, "segment 1 kept for reuse");
+            // The next segment is segment 1's file: no new file, no zeros ahead.
+            seal(&s);
+            assert_eq!(s.log.recycled_bytes(), 0);
+            let seg3 = s.dir().join("seg").join(format!("{:010}", 3));
+            assert_eq!(std::fs::metadata(&seg3).unwrap().len(), seg_len);
+            assert!(!s.dir().join("seg").join(format!("{:010}", 1)).exists());
+            for chunk in 0..40u32 {
+                let mut t = s.txn();
+                for i in 0..4 {
+                    let b = block(5_000_000 + chunk * 4 + i);
+                    t.add_ref(s.hash(&b), 2, b);
+                }
+                s.commit(t, true).unwrap();
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+        assert!(reads.load(Ordering::Relaxed) > 0);
+        assert_eq!(s.read_errors(), 0);
+        // A restart replays the records written into the recycled file, and stops at its
+        // stale ones.
+        let dir = s.dir().to_path_buf();
+        drop(s);
+        let s = Store::open(&dir).unwrap();
+        let fresh: Vec<Hash> = (0..160u32).map(|i| s.hash(&block(5_000_000 + i))).collect();
+        assert!(s.get_blocks(&fresh).unwrap().iter().all(|g| g.is_some()));
+        assert_eq!(s.get_blocks(&live_h).unwrap().iter().zip(&live).filter(|(g, b)| g.as_deref() == Some(&b[..])).count(), 16);
+        assert_eq!(s.space().unwrap().physical, (16 + 160) * 65536);
     }
 
     #[test]
