@@ -1462,6 +1462,12 @@ impl Store {
                 Err(std::sync::TryLockError::Poisoned(e)) => return Err(poisoned(e)),
             },
         };
+        // Emptied segments are kept for the log's reuse while the disk has room to spare;
+        // short of it, the kept ones go too.
+        let room = self.disk.available()? > self.disk.reserve().saturating_add(RECYCLE_ROOM);
+        if !room {
+            self.log.drop_recycled()?;
+        }
         let active = {
             let w = self.writer.lock().map_err(|_| Error::Corrupt("log writer poisoned by a panic: restart the daemon".into()))?;
             segment::Log::active_segment(&w)
@@ -1543,8 +1549,6 @@ impl Store {
         // start-up replays names a block in an empty data segment; those can go.
         self.commit(self.txn(), false)?;
         let before = self.checkpoint(true)?;
-        // Kept for the log's next segment while the disk has room to spare.
-        let room = self.disk.available()? > self.disk.reserve().saturating_add(RECYCLE_ROOM);
         for seg in empty.into_iter().filter(|s| segment::is_data(*s) || *s < before) {
             if !self.log.retire(seg, room)? {
                 report.segments_deleted += 1;

@@ -46,11 +46,11 @@ const PREALLOC: u64 = 1 << 20;
 /// small records append at the end instead (`cp -a`, a build: zero-filling 1 MiB per MiB
 /// of log was 5% of the daemon's samples in `cp -a`, and its zeros went to the disk for no sync).
 const RUNWAY_AFTER_SYNC_MS: u64 = 1000;
-/// Emptied segments kept to become log segments (`Log::retire`): a recycled file is written
+/// Emptied segments kept (at most) to become log segments (`Log::retire`): a recycled file is written
 /// in full already, so records go into it without zeros ahead (a quarter of the disk writes
 /// under pgbench) and an fdatasync commits no size change. Stale records in it never chain
 /// onto the log (invariant 22).
-const RECYCLE_MAX: usize = 1;
+const RECYCLE_MAX: usize = 2;
 /// How far ahead of the records a recycled segment's pages are read into the page cache: a
 /// small record over a page not in the cache would wait for the page's read.
 const WARM_AHEAD: u64 = 2 << 20;
