@@ -7,7 +7,9 @@
 # 256 MiB file for 5 s, then fsync, IOPS), rwf (4 KiB random write + fsync
 # each, IOPS, 5 s), wal (8 KiB writes in order over a 64 MiB file, an fdatasync after
 # each, 8 s: a database's log; IOPS and sync latency), fsb (rwf beside a sequential writer on a second volume: IOPS and p99
-# of the fsync), pg (pgbench TPC-B scale 5, 4 clients, 10 s, TPS), sm (2,000 small
+# of the fsync), pg (pgbench TPC-B scale 5, 4 clients, 10 s, TPS), pgio (pgbench scale 20,
+# 4 clients, 30 s: TPS, what the disk wrote meanwhile, and on a volume what the store wrote:
+# log records, the log's runway zeros, data segments), sm (2,000 small
 # files: create, stat, unlink per second). AB_BLOCK_SIZE sets the volumes' block size (else
 # the CLI's default), AB_BLOCK_SIZE_B B's alone (an A/B of block sizes: the same binary twice).
 # An old binary: build a worktree of its commit with this CARGO_TARGET_DIR and copy
@@ -45,13 +47,40 @@ one() { # BIN [BLOCK_SIZE] -> prints the figure
           python3 -c "import json,sys; j=json.load(sys.stdin)['jobs'][0]; p=j['sync']['lat_ns']['percentile']; print('8K write+fdatasync IOPS', round(j['write']['iops']), 'sync p50/p99/p99.9 us', *[round(p[k]/1e3) for k in ('50.000000', '99.000000', '99.900000')])" ;;
     rwf) fio --name=rwf --filename="$m/f" --rw=randwrite --bs=4k --size=256M --runtime=5 --time_based --fsync=1 --ioengine=psync --refill_buffers --output-format=json |
           python3 -c "import json,sys; j=json.load(sys.stdin)['jobs'][0]; print('4K write+fsync IOPS', round(j['write']['iops']))" ;;
-    pg) pgb=$(ls -d /usr/lib/postgresql/*/bin | tail -1)
+    pg|pgio) pgb=$(ls -d /usr/lib/postgresql/*/bin | tail -1)
         pgs=$(mktemp -d /tmp/clonefs-ab-pg.XXXXXX)
         chown postgres "$pgs"; mkdir "$m/pg"; chown postgres "$m/pg"
+        local scale=5 secs=10
+        [[ $job == pgio ]] && scale=20 secs=30
         runuser -u postgres -- "$pgb/initdb" -D "$m/pg/d" >/dev/null 2>&1
         runuser -u postgres -- "$pgb/pg_ctl" -D "$m/pg/d" -o "-k $pgs -c listen_addresses=''" -l "$pgs/log" -w start >/dev/null
-        runuser -u postgres -- "$pgb/pgbench" -h "$pgs" -i -s 5 -q postgres >/dev/null 2>&1
-        runuser -u postgres -- "$pgb/pgbench" -h "$pgs" -c 4 -j 2 -T 10 postgres 2>/dev/null | grep '^tps' ;;
+        runuser -u postgres -- "$pgb/pgbench" -h "$pgs" -i -s "$scale" -q postgres >/dev/null 2>&1
+        if [[ $job == pg ]]; then
+          runuser -u postgres -- "$pgb/pgbench" -h "$pgs" -c 4 -j 2 -T "$secs" postgres 2>/dev/null | grep '^tps'
+        else
+          # Writes of the disk holding the store (or the native directory) during the run.
+          local dev
+          dev=$(basename "$(df --output=source "$w" | tail -1)")
+          disk() { awk -v d="$dev" '$3==d {print $10}' /proc/diskstats; }
+          store() { [[ $B == true ]] || "$B" metrics | awk '/^clonefs_(log_record_bytes|log_zero_bytes|data_segment_bytes|segments_recycled)_total/ {print $1, $2}'; }
+          sync; sleep 2
+          local d0 s0 tps
+          d0=$(disk); s0=$(store)
+          tps=$(runuser -u postgres -- "$pgb/pgbench" -h "$pgs" -c 4 -j 2 -T "$secs" postgres 2>/dev/null | awk '/^tps/ {print $3}')
+          python3 - "$tps" "$d0" "$(disk)" "$s0" "$(store)" <<'PY'
+import sys
+tps, d0, d1, s0, s1 = sys.argv[1:]
+parse = lambda t: {l.split()[0]: float(l.split()[1]) for l in t.splitlines() if l.strip()}
+a, b = parse(s0), parse(s1)
+mib = lambda k: round((b[k] - a.get(k, 0)) / 2**20)
+out = f"TPS {float(tps):.0f}, disk writes {(int(d1) - int(d0)) * 512 >> 20} MiB"
+if b:
+    out += (f"; store: log records {mib('clonefs_log_record_bytes_total')} MiB, runway zeros"
+            f" {mib('clonefs_log_zero_bytes_total')} MiB, data segments {mib('clonefs_data_segment_bytes_total')} MiB,"
+            f" segments reused {b['clonefs_segments_recycled_total'] - a.get('clonefs_segments_recycled_total', 0):.0f}")
+print(out)
+PY
+        fi ;;
     fsb) # rwf on this volume beside a sequential writer on a second volume of the daemon
         mkdir "$w/m2"
         if [[ $B != true ]]; then "$B" create v2 ${bs:+--block-size "$bs"} >/dev/null && "$B" mount v2 "$w/m2" >/dev/null; fi
