@@ -78,6 +78,55 @@ fn a_torn_or_scribbled_log_tail_is_ignored_and_fsynced_data_survives() {
     d.fsck_clean();
 }
 
+/// A segment the cleaner empties is kept and becomes the log's next segment (its old bytes
+/// in place of the zeros a new one gets); fsync'd writes in it survive `kill -9`, and the
+/// replay stops at the stale bytes after them.
+#[test]
+fn an_emptied_segment_becomes_a_log_segment_and_fsynced_writes_in_it_survive_kill9() {
+    let mut d = Daemon::start();
+    let m = d.volume("v");
+    let metric = |d: &Daemon, name: &str| -> u64 {
+        let text = d.ok(&["metrics"]);
+        text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse::<f64>().ok())).unwrap_or(0.0) as u64
+    };
+    // 80 MiB written in large pieces fill a 64 MiB data segment; removed, it is empty, and
+    // the cleaner's next round (every 5 s) keeps it.
+    fs::write(m.join("big"), pattern(1, 80 << 20)).unwrap();
+    File::open(m.join("big")).unwrap().sync_all().unwrap();
+    fs::remove_file(m.join("big")).unwrap();
+    d.ok(&["gc"]);
+    std::thread::sleep(std::time::Duration::from_secs(7));
+    // fsync'd 256 KiB writes (log records) until the log rolls into the kept file.
+    let f = OpenOptions::new().write(true).create(true).truncate(true).open(m.join("log")).unwrap();
+    let mut want = Vec::new();
+    let mut i = 0u64;
+    while metric(&d, "clonefs_segments_recycled_total") == 0 {
+        assert!(i < 1024, "no segment reused after {} MiB of fsync'd writes", i / 4);
+        for _ in 0..32 {
+            let chunk = pattern(100 + i, 256 << 10);
+            f.write_all_at(&chunk, want.len() as u64).unwrap();
+            f.sync_data().unwrap();
+            want.extend_from_slice(&chunk);
+            i += 1;
+        }
+    }
+    // A few more records in the reused segment, then a crash.
+    for _ in 0..8 {
+        let chunk = pattern(100 + i, 256 << 10);
+        f.write_all_at(&chunk, want.len() as u64).unwrap();
+        f.sync_data().unwrap();
+        want.extend_from_slice(&chunk);
+        i += 1;
+    }
+    d.kill9();
+    drop(f);
+    d.restart();
+    d.fsck_clean();
+    let m = d.mount("v");
+    assert!(fs::read(m.join("log")).unwrap() == want, "the fsync'd writes after a crash");
+    assert!(!m.join("big").exists());
+}
+
 #[test]
 fn the_cleaner_under_load_keeps_counts_exact_and_gives_space_back() {
     let mut d = Daemon::start();
