@@ -53,10 +53,10 @@ pub struct Metrics {
     /// What the store writes to its segments: log records, the zeros of the log's runway,
     /// and blocks written ahead into data segments (the write amplification's parts).
     pub log_record_bytes: Counter,
-    /// Emptied segments the log took as its next segment instead of a new file.
-    pub segments_recycled: Counter,
     pub log_zero_bytes: Counter,
     pub data_segment_bytes: Counter,
+    /// Emptied segments the log took as its next segment instead of a new file.
+    pub segments_recycled: Counter,
     // Read at render time:
     pub physical_bytes: Gauge,
     pub blocks: Gauge,
