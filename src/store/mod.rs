@@ -1462,15 +1462,16 @@ impl Store {
                 Err(std::sync::TryLockError::Poisoned(e)) => return Err(poisoned(e)),
             },
         };
-        // Emptied segments are kept for the log's reuse while the disk has room to spare;
-        // short of it, the kept ones go too.
+        // Emptied segments are kept for the log's reuse while the disk has room to spare
+        // and the log will soon need one (so an idle store, or one just compacted, keeps
+        // none); short of room, the kept ones go too.
         let room = self.disk.available()? > self.disk.reserve().saturating_add(RECYCLE_ROOM);
         if !room {
             self.log.drop_recycled()?;
         }
-        let active = {
+        let (active, keep) = {
             let w = self.writer.lock().map_err(|_| Error::Corrupt("log writer poisoned by a panic: restart the daemon".into()))?;
-            segment::Log::active_segment(&w)
+            (segment::Log::active_segment(&w), room && segment::Log::rolls_soon(&w))
         };
         let settled = self.log.settled_data()?;
         let segs: Vec<(u32, u64, u64)> = {
@@ -1550,7 +1551,7 @@ impl Store {
         self.commit(self.txn(), false)?;
         let before = self.checkpoint(true)?;
         for seg in empty.into_iter().filter(|s| segment::is_data(*s) || *s < before) {
-            if !self.log.retire(seg, room)? {
+            if !self.log.retire(seg, keep)? {
                 report.segments_deleted += 1;
             }
         }
@@ -2050,6 +2051,17 @@ mod tests {
         let first_seg = |h: &Hash| segment::split(s.refs(h).unwrap().unwrap().loc).0;
         assert!(live_h.iter().all(|h| first_seg(h) == 1));
         seal(&s);
+        // Segment 2 past half full: the log needs a new segment soon, so the cleaner keeps
+        // what it empties.
+        for chunk in 150..290u32 {
+            let mut t = s.txn();
+            for i in 0..4 {
+                let b = block(chunk * 4 + i);
+                dead.push(s.hash(&b));
+                t.add_ref(s.hash(&b), 1, b);
+            }
+            s.commit(t, false).unwrap();
+        }
         let mut t = s.txn();
         for h in &dead {
             t.drop_ref(*h, 1);

@@ -769,6 +769,12 @@ impl Log {
         w.seg
     }
 
+    /// Whether the log's active segment is past half full: a segment kept for reuse now
+    /// is taken within the next half segment of records, not left lying on disk.
+    pub fn rolls_soon(w: &Writer) -> bool {
+        w.off >= SEGMENT_SIZE / 2
+    }
+
     /// The segment holding the last record: a checkpoint's `Flog` names it, so it and every
     /// later segment stay.
     pub fn last_record_segment(w: &Writer) -> u32 {

@@ -89,17 +89,26 @@ fn an_emptied_segment_becomes_a_log_segment_and_fsynced_writes_in_it_survive_kil
         let text = d.ok(&["metrics"]);
         text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse::<f64>().ok())).unwrap_or(0.0) as u64
     };
-    // 80 MiB written in large pieces fill a 64 MiB data segment; removed, it is empty, and
-    // the cleaner's next round (every 5 s) keeps it.
+    // 80 MiB written in large pieces fill a 64 MiB data segment.
     fs::write(m.join("big"), pattern(1, 80 << 20)).unwrap();
     File::open(m.join("big")).unwrap().sync_all().unwrap();
-    fs::remove_file(m.join("big")).unwrap();
-    d.ok(&["gc"]);
-    std::thread::sleep(std::time::Duration::from_secs(7));
-    // fsync'd 256 KiB writes (log records) until the log rolls into the kept file.
+    // fsync'd 256 KiB writes are log records: 40 MiB take the log's segment past half full.
     let f = OpenOptions::new().write(true).create(true).truncate(true).open(m.join("log")).unwrap();
     let mut want = Vec::new();
     let mut i = 0u64;
+    for _ in 0..160 {
+        let chunk = pattern(100 + i, 256 << 10);
+        f.write_all_at(&chunk, want.len() as u64).unwrap();
+        f.sync_data().unwrap();
+        want.extend_from_slice(&chunk);
+        i += 1;
+    }
+    // Removed, the big file's data segment is empty, and the cleaner's next round (every
+    // 5 s) keeps it for the log, which needs a new segment soon.
+    fs::remove_file(m.join("big")).unwrap();
+    d.ok(&["gc"]);
+    std::thread::sleep(std::time::Duration::from_secs(7));
+    // More records until the log rolls into the kept file.
     while metric(&d, "clonefs_segments_recycled_total") == 0 {
         assert!(i < 1024, "no segment reused after {} MiB of fsync'd writes", i / 4);
         for _ in 0..32 {
