@@ -72,12 +72,13 @@ import sys
 tps, d0, d1, s0, s1 = sys.argv[1:]
 parse = lambda t: {l.split()[0]: float(l.split()[1]) for l in t.splitlines() if l.strip()}
 a, b = parse(s0), parse(s1)
-mib = lambda k: round((b[k] - a.get(k, 0)) / 2**20)
+# An older binary lacks some of the counters: they show as 0.
+mib = lambda k: round((b.get(k, 0) - a.get(k, 0)) / 2**20)
 out = f"TPS {float(tps):.0f}, disk writes {(int(d1) - int(d0)) * 512 >> 20} MiB"
 if b:
     out += (f"; store: log records {mib('clonefs_log_record_bytes_total')} MiB, runway zeros"
             f" {mib('clonefs_log_zero_bytes_total')} MiB, data segments {mib('clonefs_data_segment_bytes_total')} MiB,"
-            f" segments reused {b['clonefs_segments_recycled_total'] - a.get('clonefs_segments_recycled_total', 0):.0f}")
+            f" segments reused {b.get('clonefs_segments_recycled_total', 0) - a.get('clonefs_segments_recycled_total', 0):.0f}")
 print(out)
 PY
         fi ;;
