@@ -728,8 +728,9 @@ impl Log {
         Ok(())
     }
 
-    /// `delete` for the cleaner: with `keep` (the disk has room to spare) and a segment of
-    /// at least half the usual size, keeps the file for the log's next segment instead.
+    /// `delete` for the cleaner: with `keep` (the disk has room to spare and the log rolls
+    /// soon) and a segment of at least half the usual size, keeps the file for the log's
+    /// next segment instead.
     /// Either way it is no segment any more: a read that looked its block up before the
     /// move finds it gone (or, reading on, bytes that fail their hash: the caller looks
     /// the block up again, `Store::get_blocks`). Returns whether it was kept.
