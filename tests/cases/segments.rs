@@ -94,15 +94,18 @@ fn an_emptied_segment_becomes_a_log_segment_and_fsynced_writes_in_it_survive_kil
     File::open(m.join("big")).unwrap().sync_all().unwrap();
     // fsync'd 256 KiB writes are log records: 40 MiB take the log's segment past half full.
     let f = OpenOptions::new().write(true).create(true).truncate(true).open(m.join("log")).unwrap();
-    let mut want = Vec::new();
-    let mut i = 0u64;
-    for _ in 0..160 {
-        let chunk = pattern(100 + i, 256 << 10);
-        f.write_all_at(&chunk, want.len() as u64).unwrap();
-        f.sync_data().unwrap();
-        want.extend_from_slice(&chunk);
-        i += 1;
-    }
+    let (mut want, mut i) = (Vec::new(), 0u64);
+    let mut append = |n: usize| {
+        for _ in 0..n {
+            let chunk = pattern(100 + i, 256 << 10);
+            f.write_all_at(&chunk, want.len() as u64).unwrap();
+            f.sync_data().unwrap();
+            want.extend_from_slice(&chunk);
+            i += 1;
+        }
+        i
+    };
+    append(160);
     // Removed, the big file's data segment is empty, and the cleaner's next round (every
     // 5 s) keeps it for the log, which needs a new segment soon.
     fs::remove_file(m.join("big")).unwrap();
@@ -110,23 +113,11 @@ fn an_emptied_segment_becomes_a_log_segment_and_fsynced_writes_in_it_survive_kil
     std::thread::sleep(std::time::Duration::from_secs(7));
     // More records until the log rolls into the kept file.
     while metric(&d, "clonefs_segments_recycled_total") == 0 {
-        assert!(i < 1024, "no segment reused after {} MiB of fsync'd writes", i / 4);
-        for _ in 0..32 {
-            let chunk = pattern(100 + i, 256 << 10);
-            f.write_all_at(&chunk, want.len() as u64).unwrap();
-            f.sync_data().unwrap();
-            want.extend_from_slice(&chunk);
-            i += 1;
-        }
+        let written = append(32);
+        assert!(written < 1024, "no segment reused after {} MiB of fsync'd writes", written / 4);
     }
     // A few more records in the reused segment, then a crash.
-    for _ in 0..8 {
-        let chunk = pattern(100 + i, 256 << 10);
-        f.write_all_at(&chunk, want.len() as u64).unwrap();
-        f.sync_data().unwrap();
-        want.extend_from_slice(&chunk);
-        i += 1;
-    }
+    append(8);
     d.kill9();
     drop(f);
     d.restart();
