@@ -2027,39 +2027,31 @@ mod tests {
                 })
                 .collect()
         };
-        let live: Vec<Vec<u8>> = (0..16).map(|i| block(1_000_000 + i)).collect();
-        let live_h: Vec<Hash> = live.iter().map(|b| s.hash(b)).collect();
-        let mut dead = Vec::new();
-        for chunk in 0..150u32 {
-            let mut t = s.txn();
-            for i in 0..4 {
-                let b = block(chunk * 4 + i);
-                dead.push(s.hash(&b));
-                t.add_ref(s.hash(&b), 1, b);
+        // Blocks `ids` of `lineage`, four to a commit (small commits: their blocks go into the
+        // log); returns their hashes.
+        let put = |ids: std::ops::Range<u32>, lineage: u64, sync: bool| -> Vec<Hash> {
+            let mut hashes = Vec::new();
+            for chunk in ids.collect::<Vec<_>>().chunks(4) {
+                let mut t = s.txn();
+                for &i in chunk {
+                    let b = block(i);
+                    hashes.push(s.hash(&b));
+                    t.add_ref(s.hash(&b), lineage, b);
+                }
+                s.commit(t, sync).unwrap();
             }
-            if chunk % 10 == 0 {
-                let k = (chunk / 10) as usize;
-                t.add_ref(live_h[k], 1, live[k].clone());
-            }
-            s.commit(t, false).unwrap();
-        }
-        let mut t = s.txn();
-        t.add_ref(live_h[15], 1, live[15].clone());
-        s.commit(t, false).unwrap();
+            hashes
+        };
+        let mut dead = put(0..300, 1, false);
+        let live: Vec<Vec<u8>> = (1_000_000..1_000_016).map(block).collect();
+        let live_h = put(1_000_000..1_000_016, 1, false);
+        dead.extend(put(300..600, 1, false));
         let first_seg = |h: &Hash| segment::split(s.refs(h).unwrap().unwrap().loc).0;
         assert!(live_h.iter().all(|h| first_seg(h) == 1));
         seal(&s);
         // Segment 2 past half full: the log needs a new segment soon, so the cleaner keeps
         // what it empties.
-        for chunk in 150..290u32 {
-            let mut t = s.txn();
-            for i in 0..4 {
-                let b = block(chunk * 4 + i);
-                dead.push(s.hash(&b));
-                t.add_ref(s.hash(&b), 1, b);
-            }
-            s.commit(t, false).unwrap();
-        }
+        dead.extend(put(600..1160, 1, false));
         let mut t = s.txn();
         for h in &dead {
             t.drop_ref(*h, 1);
@@ -2096,14 +2088,7 @@ mod tests {
             let seg3 = s.dir().join("seg").join(format!("{:010}", 3));
             assert_eq!(std::fs::metadata(&seg3).unwrap().len(), seg_len);
             assert!(!s.dir().join("seg").join(format!("{:010}", 1)).exists());
-            for chunk in 0..40u32 {
-                let mut t = s.txn();
-                for i in 0..4 {
-                    let b = block(5_000_000 + chunk * 4 + i);
-                    t.add_ref(s.hash(&b), 2, b);
-                }
-                s.commit(t, true).unwrap();
-            }
+            put(5_000_000..5_000_160, 2, true);
         });
         assert!(reads.load(Ordering::Relaxed) > 0);
         assert_eq!(s.read_errors(), 0);
@@ -2112,7 +2097,7 @@ mod tests {
         let dir = s.dir().to_path_buf();
         drop(s);
         let s = Store::open(&dir).unwrap();
-        let fresh: Vec<Hash> = (0..160u32).map(|i| s.hash(&block(5_000_000 + i))).collect();
+        let fresh: Vec<Hash> = (5_000_000..5_000_160).map(|i| s.hash(&block(i))).collect();
         assert!(s.get_blocks(&fresh).unwrap().iter().all(|g| g.is_some()));
         assert_eq!(s.get_blocks(&live_h).unwrap().iter().zip(&live).filter(|(g, b)| g.as_deref() == Some(&b[..])).count(), 16);
         assert_eq!(s.space().unwrap().physical, (16 + 160) * 65536);
