@@ -37,9 +37,10 @@ pub fn statvfs(path: &Path) -> io::Result<StatVfs> {
 /// buffer of 16 MiB + 4 KiB (fuser's) that a request fills only up to max_write (1 MiB).
 /// Mapped, its untouched pages cost nothing; taken from the heap, where glibc's rising
 /// mmap threshold put it once a large buffer had been freed, `calloc` zeroes all of it:
-/// 24-64 MiB of RSS per idle mount (20 mounts: 0.5-1.3 GiB). The daemon's own buffers
-/// (at most 8 MiB of blocks, a record of up to 16 MiB reused) stay below the threshold:
-/// mapped per use, they cost a fifth of sequential write speed in page faults. Setting the
+/// 24-64 MiB of RSS per idle mount (20 mounts: 0.5-1.3 GiB). The daemon's per-commit
+/// buffers (at most 8 MiB of blocks) stay below the threshold: mapped per use, they cost a
+/// fifth of sequential write speed in page faults (the log's one reused `O_DIRECT` buffer,
+/// up to 16 MiB, is mapped once). Setting the
 /// threshold fixes glibc's trim threshold too (128 KiB); 32 MiB keeps what the dynamic one
 /// gave, and `trim_malloc` gives the rest back. Call before threads start.
 pub fn tune_malloc() {
