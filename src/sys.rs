@@ -40,9 +40,9 @@ pub fn statvfs(path: &Path) -> io::Result<StatVfs> {
 /// 24-64 MiB of RSS per idle mount (20 mounts: 0.5-1.3 GiB). The daemon's per-commit
 /// buffers (at most 8 MiB of blocks) stay below the threshold: mapped per use, they cost a
 /// fifth of sequential write speed in page faults (the log's one reused `O_DIRECT` buffer,
-/// up to 16 MiB, is mapped once). Setting the
-/// threshold fixes glibc's trim threshold too (128 KiB); 32 MiB keeps what the dynamic one
-/// gave, and `trim_malloc` gives the rest back. Call before threads start.
+/// up to 16 MiB, is mapped once). Setting the threshold fixes glibc's trim threshold too
+/// (128 KiB); 32 MiB keeps what the dynamic one gave, and `trim_malloc` gives the rest
+/// back. Call before threads start.
 pub fn tune_malloc() {
     // SAFETY: mallopt only sets allocator parameters; no other thread exists yet.
     unsafe {
@@ -53,8 +53,8 @@ pub fn tune_malloc() {
 }
 
 /// Gives the pages of freed allocations back to the kernel, in every arena, once more than
-/// `min` bytes lie free in them. glibc keeps them otherwise (its mmap threshold rises to the
-/// largest buffer freed), and RSS would only grow. The threshold spares a streaming load its
+/// `min` bytes lie free in them. glibc keeps them otherwise (every buffer under the 16 MiB
+/// mmap threshold), and RSS would only grow. The threshold spares a streaming load its
 /// few freed buffers: trimmed every time, they cost it page faults (4% of a cold read).
 /// Allocations in an arena wait while it is trimmed.
 pub fn trim_malloc(min: usize) {
