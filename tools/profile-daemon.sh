@@ -84,7 +84,7 @@ EOF
   *) echo "unknown job $job" >&2; exit 2 ;;
 esac
 data=/tmp/clonefs-profile.$job.data
-perf record -F 999 -g -p "$pid" -o "$data" >/dev/null 2>&1 &
+perf record -F ${PERF_FREQ:-999} ${PERF_CG:--g} -p "$pid" -o "$data" >/dev/null 2>&1 &
 perf_pid=$!
 sleep 0.5
 run > "$work/out.json"
