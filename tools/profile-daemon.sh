@@ -4,7 +4,9 @@
 # docs/benchmarks.md.
 #   tools/profile-daemon.sh seqwrite|randwrite|fsync|randread|stat|create|unlink [--writeback]
 # Needs perf (apt-get install linux-perf) and fio; runs as root. The perf data stays in
-# /tmp/clonefs-profile.JOB.data for `perf report -i`.
+# /tmp/clonefs-profile.JOB.data for `perf report -i`. PERF_FREQ (default 999 Hz) and PERF_CG
+# (default -g; `--call-graph dwarf,16384` attributes time to our functions, which have no
+# frame pointers) change the recording.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
