@@ -30,7 +30,7 @@ trap cleanup EXIT
 
 "$B" init >/dev/null
 "$B" daemon >/dev/null
-"$B" create p >/dev/null
+"$B" create p ${BLOCK_SIZE:+--block-size "$BLOCK_SIZE"} >/dev/null
 "$B" mount p "$m" $mopt >/dev/null
 pid=$("$B" status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])')
 fiojob() { fio --name=p --filename="$m/f" --ioengine=psync --refill_buffers --output-format=json "$@"; }

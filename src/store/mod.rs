@@ -283,7 +283,7 @@ pub fn make_private(store: &Path) -> Result<()> {
 
 /// Column family options. Memtables are never flushed by RocksDB on its own (their cap is
 /// far above what a checkpoint lets them reach, invariant 18): every flush is a checkpoint.
-fn cf_options(name: &str, cache: &Cache) -> Options {
+fn cf_options(name: &str, cache: &Cache, bloom_bytes: u64) -> Options {
     let mut o = Options::default();
     let mut t = BlockBasedOptions::default();
     t.set_block_cache(cache);
@@ -296,6 +296,15 @@ fn cf_options(name: &str, cache: &Cache) -> Options {
     });
     o.set_write_buffer_size(MEMTABLE_CAP);
     o.set_max_write_buffer_number(4);
+    if name != cf::BLOCKS {
+        // Most point reads of a write ask for keys that are not there (a new block's
+        // reference and counts, a new name): a bloom filter answers them without a search
+        // of the skip list. Its size is a share of what a memtable takes in before a
+        // checkpoint (the ratio is of `MEMTABLE_CAP`, which is never reached), allocated
+        // and zeroed with each memtable.
+        o.set_memtable_prefix_bloom_ratio(bloom_bytes as f64 / MEMTABLE_CAP as f64);
+        o.set_memtable_whole_key_filtering(true);
+    }
     o.set_block_based_table_factory(&t);
     o
 }
@@ -303,6 +312,9 @@ fn cf_options(name: &str, cache: &Cache) -> Options {
 /// A memtable's size cap: never reached, since a checkpoint flushes every memtable once the
 /// batches since the last one pass `Budget::memtables` / 4.
 const MEMTABLE_CAP: usize = 1 << 30;
+/// A memtable's bloom filter takes 1/BLOOM_SHARE of the checkpoint size (512 KiB of the
+/// default 16 MiB: 4 Mbit, about 30 bits per key of a full memtable of 8 KiB blocks).
+const BLOOM_SHARE: u64 = 32;
 
 /// Random bytes from the kernel.
 pub(crate) fn random_bytes(n: usize) -> Result<Vec<u8>> {
@@ -393,7 +405,8 @@ impl Store {
         // Metadata SSTs are read with the kernel's readahead where scans go forward.
         opts.set_advise_random_on_open(false);
         let cache = Cache::new_lru_cache(mem.cache as usize);
-        let cfs = cf::ALL.iter().map(|n| ColumnFamilyDescriptor::new(*n, cf_options(n, &cache)));
+        let checkpoint_bytes = (mem.memtables / 4).max(4 << 20);
+        let cfs = cf::ALL.iter().map(|n| ColumnFamilyDescriptor::new(*n, cf_options(n, &cache, checkpoint_bytes / BLOOM_SHARE)));
         let db = DB::open_cf_descriptors(&opts, db_dir(dir), cfs).map_err(|e| {
             let s = e.into_string();
             if s.contains("lock") {
@@ -425,7 +438,7 @@ impl Store {
             writer: Mutex::new(writer),
             log,
             disk,
-            checkpoint_bytes: (mem.memtables / 4).max(4 << 20),
+            checkpoint_bytes,
             read_errors: AtomicU64::new(0),
             cleaning: Mutex::new(()),
         };
