@@ -1088,6 +1088,10 @@ impl Store {
                 }
             }
             let current = self.db.batched_multi_get_cf(refs_cf, hashes.iter(), false);
+            // Changed and dropped references, and dropped locators, go into the batch sorted
+            // (as the new ones below): each memtable insert then starts next to the last.
+            let mut ref_ops: Vec<(Hash, Option<Vec<u8>>)> = Vec::new();
+            let mut freed_locs: Vec<u64> = Vec::new();
             for (h, cur) in hashes.iter().zip(current) {
                 let before = match cur? {
                     Some(v) => RefRec::decode(&v)?,
@@ -1125,13 +1129,24 @@ impl Store {
                         _ => return Err(Error::Corrupt(format!("store space below zero freeing a block of {s} bytes"))),
                     };
                     if !before.owners.is_empty() {
-                        txn.batch.delete_cf(refs_cf, h);
-                        txn.batch.delete_cf(blocks_cf, keys::block_key(before.loc));
+                        ref_ops.push((*h, None));
+                        freed_locs.push(before.loc);
                         *seg_delta.entry(segment::split(before.loc).0).or_default() -= s as i64;
                     }
                 } else {
-                    txn.batch.put_cf(refs_cf, h, after.encode());
+                    ref_ops.push((*h, Some(after.encode())));
                 }
+            }
+            ref_ops.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            for (h, op) in ref_ops {
+                match op {
+                    Some(v) => txn.batch.put_cf(refs_cf, h, v),
+                    None => txn.batch.delete_cf(refs_cf, h),
+                }
+            }
+            freed_locs.sort_unstable();
+            for loc in freed_locs {
+                txn.batch.delete_cf(blocks_cf, keys::block_key(loc));
             }
             if let Some((l, q, vol)) = &txn.limit {
                 let before = space.lineages.get(l).map_or(0, |s| s.referenced);
@@ -1179,8 +1194,15 @@ impl Store {
                 }
             };
             *seg_delta.entry(segment::split(rec.loc).0).or_default() += data.len() as i64;
-            txn.batch.put_cf(refs_cf, &h[..], rec.encode());
             txn.batch.put_cf(blocks_cf, keys::block_key(rec.loc), &h[..]);
+        }
+        // In hash order: a memtable inserts a key next to the one inserted before it
+        // without a search from the top of its skip list (`stored` keeps file order for
+        // the record's bytes; its hashes are distinct).
+        let mut by_hash: Vec<&(Hash, RefRec, Vec<u8>, Option<u64>)> = stored.iter().collect();
+        by_hash.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for (h, rec, _, _) in by_hash {
+            txn.batch.put_cf(refs_cf, &h[..], rec.encode());
         }
         let mut segments = Vec::with_capacity(seg_delta.len());
         for (seg, d) in seg_delta {
