@@ -313,7 +313,8 @@ fn cf_options(name: &str, cache: &Cache, bloom_bytes: u64) -> Options {
 /// batches since the last one pass `Budget::memtables` / 4.
 const MEMTABLE_CAP: usize = 1 << 30;
 /// A memtable's bloom filter takes 1/BLOOM_SHARE of the checkpoint size (512 KiB of the
-/// default 16 MiB: 4 Mbit, about 30 bits per key of a full memtable of 8 KiB blocks).
+/// default 16 MiB: 4 Mbit, tens of bits per key when a checkpoint's batches are new blocks;
+/// a memtable past the checkpoint size only has more false positives).
 const BLOOM_SHARE: u64 = 32;
 
 /// Random bytes from the kernel.
