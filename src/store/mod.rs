@@ -1074,6 +1074,12 @@ impl Store {
         let refs_cf = self.cf(cf::REFS)?;
         let blocks_cf = self.cf(cf::BLOCKS)?;
         let cat = self.cf(cf::CATALOG)?;
+        // The writes of `refs` (hash -> record, None deletes) and `blocks` (locator -> hash)
+        // go into the batch sorted, after the rest: each memtable insert then starts next to
+        // the one before instead of at the top of the skip list. The sort is stable, so a
+        // key written twice keeps its last write last.
+        let mut ref_ops: Vec<(Hash, Option<Vec<u8>>)> = Vec::new();
+        let mut block_ops: Vec<(u64, Option<Hash>)> = Vec::new();
         if !txn.refs.is_empty() {
             // Group deltas by hash, keeping one copy of the bytes, in the order staged.
             let mut by_hash: HashMap<Hash, (Vec<(u64, i64)>, Option<Vec<u8>>)> = HashMap::new();
@@ -1089,10 +1095,6 @@ impl Store {
                 }
             }
             let current = self.db.batched_multi_get_cf(refs_cf, hashes.iter(), false);
-            // Changed and dropped references, and dropped locators, go into the batch sorted
-            // (as the new ones below): each memtable insert then starts next to the last.
-            let mut ref_ops: Vec<(Hash, Option<Vec<u8>>)> = Vec::new();
-            let mut freed_locs: Vec<u64> = Vec::new();
             for (h, cur) in hashes.iter().zip(current) {
                 let before = match cur? {
                     Some(v) => RefRec::decode(&v)?,
@@ -1131,23 +1133,12 @@ impl Store {
                     };
                     if !before.owners.is_empty() {
                         ref_ops.push((*h, None));
-                        freed_locs.push(before.loc);
+                        block_ops.push((before.loc, None));
                         *seg_delta.entry(segment::split(before.loc).0).or_default() -= s as i64;
                     }
                 } else {
                     ref_ops.push((*h, Some(after.encode())));
                 }
-            }
-            ref_ops.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-            for (h, op) in ref_ops {
-                match op {
-                    Some(v) => txn.batch.put_cf(refs_cf, h, v),
-                    None => txn.batch.delete_cf(refs_cf, h),
-                }
-            }
-            freed_locs.sort_unstable();
-            for loc in freed_locs {
-                txn.batch.delete_cf(blocks_cf, keys::block_key(loc));
             }
             if let Some((l, q, vol)) = &txn.limit {
                 let before = space.lineages.get(l).map_or(0, |s| s.referenced);
@@ -1184,7 +1175,7 @@ impl Store {
         let mut at = 0;
         for (h, rec, data, from) in stored.iter_mut() {
             if let Some(from) = from {
-                txn.batch.delete_cf(blocks_cf, keys::block_key(*from));
+                block_ops.push((*from, None));
                 *seg_delta.entry(segment::split(*from).0).or_default() -= data.len() as i64;
             }
             rec.loc = match ahead(h, from) {
@@ -1195,15 +1186,22 @@ impl Store {
                 }
             };
             *seg_delta.entry(segment::split(rec.loc).0).or_default() += data.len() as i64;
-            txn.batch.put_cf(blocks_cf, keys::block_key(rec.loc), &h[..]);
+            ref_ops.push((*h, Some(rec.encode())));
+            block_ops.push((rec.loc, Some(*h)));
         }
-        // In hash order: a memtable inserts a key next to the one inserted before it
-        // without a search from the top of its skip list (`stored` keeps file order for
-        // the record's bytes; its hashes are distinct).
-        let mut by_hash: Vec<&(Hash, RefRec, Vec<u8>, Option<u64>)> = stored.iter().collect();
-        by_hash.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        for (h, rec, _, _) in by_hash {
-            txn.batch.put_cf(refs_cf, &h[..], rec.encode());
+        ref_ops.sort_by(|a, b| a.0.cmp(&b.0));
+        for (h, op) in ref_ops {
+            match op {
+                Some(v) => txn.batch.put_cf(refs_cf, h, v),
+                None => txn.batch.delete_cf(refs_cf, h),
+            }
+        }
+        block_ops.sort_by_key(|x| x.0);
+        for (loc, op) in block_ops {
+            match op {
+                Some(h) => txn.batch.put_cf(blocks_cf, keys::block_key(loc), h),
+                None => txn.batch.delete_cf(blocks_cf, keys::block_key(loc)),
+            }
         }
         let mut segments = Vec::with_capacity(seg_delta.len());
         for (seg, d) in seg_delta {
