@@ -10,13 +10,14 @@
 # of the fsync), pg (pgbench TPC-B scale 5, 4 clients, 10 s, TPS), pgio (pgbench scale 20,
 # 4 clients, 30 s: TPS, what the disk wrote meanwhile, and on a volume what the store wrote:
 # log records, the log's runway zeros, data segments), sm (2,000 small
-# files: create, stat, unlink per second). AB_BLOCK_SIZE sets the volumes' block size (else
+# files: create, stat, unlink per second), rr (1 GiB written, caches dropped, 4 KiB random
+# reads for 10 s, IOPS), sr (the same file read once cold in 1 MiB reads, MiB/s). AB_BLOCK_SIZE sets the volumes' block size (else
 # the CLI's default), AB_BLOCK_SIZE_B B's alone (an A/B of block sizes: the same binary twice).
 # An old binary: build a worktree of its commit with this CARGO_TARGET_DIR and copy
 # target/debug/clonefs aside (then touch src/main.rs here and build again, or the target dir
 # keeps the old binary).
 set -euo pipefail
-[[ $# -ge 3 ]] || { sed -n 2,15p "$0"; exit 2; }
+[[ $# -ge 3 ]] || { sed -n 2,17p "$0"; exit 2; }
 a=$1 b=$2 job=$3 rounds=${4:-2}
 command -v fio >/dev/null || { apt-get update -qq && apt-get install -y -qq fio; }
 
@@ -92,6 +93,15 @@ PY
           python3 -c "import json,sys; j=json.load(sys.stdin)['jobs'][0]; p=j['sync']['lat_ns']['percentile']; print('4K write+fsync beside a seq writer IOPS', round(j['write']['iops']), 'sync p99 ms', round(p['99.000000']/1e6, 1))"
         wait "$bg"
         if [[ $B != true ]]; then timeout 30 "$B" unmount "$w/m2" >/dev/null 2>&1 || fusermount3 -uz "$w/m2"; fi ;;
+    rr|sr) fio --name=fill --filename="$m/f" --rw=write --bs=1M --size=1G --ioengine=psync --refill_buffers --end_fsync=1 >/dev/null
+        sync; echo 3 > /proc/sys/vm/drop_caches
+        if [[ $job == rr ]]; then
+          fio --name=rr --filename="$m/f" --rw=randread --bs=4k --size=1G --runtime=10 --time_based --ioengine=psync --output-format=json |
+            python3 -c "import json,sys; j=json.load(sys.stdin)['jobs'][0]; print('4K cold rand read IOPS', round(j['read']['iops']), 'p50/p99 us', *[round(j['read']['clat_ns']['percentile'][k]/1e3) for k in ('50.000000', '99.000000')])"
+        else
+          fio --name=sr --filename="$m/f" --rw=read --bs=1M --size=1G --ioengine=psync --output-format=json |
+            python3 -c "import json,sys; j=json.load(sys.stdin)['jobs'][0]; print('cold seq read MiB/s', round(j['read']['bw_bytes']/2**20))"
+        fi ;;
     sm) python3 - "$m" <<'PY'
 import os, sys, time
 d = sys.argv[1] + "/s"; os.makedirs(d)

@@ -257,12 +257,13 @@ impl FuseFs {
         Ok(Self::tr(k, e))
     }
 
-    /// `lookup_in` of many names of one directory, batched (READDIRPLUS).
-    fn lookup_many_in(&self, parent: u64, names: &[&[u8]]) -> FsResult<Vec<FsResult<Entry>>> {
+    /// `lookup_in` of many items of one directory's listing (handle `fh`), batched
+    /// (READDIRPLUS).
+    fn lookup_many_in(&self, parent: u64, fh: FileHandle, items: &[&DirItem]) -> FsResult<Vec<FsResult<Entry>>> {
         if parent == SNAPDIR {
-            return Ok(names.iter().map(|n| self.lookup_in(parent, OsStr::from_bytes(n))).collect());
+            return Ok(items.iter().map(|it| self.lookup_in(parent, OsStr::from_bytes(&it.name))).collect());
         }
-        let (k, found) = self.with_vol(parent, |v, p| v.lookup_many(p, names))?;
+        let (k, found) = self.with_vol(parent, |v, p| v.lookup_listed(p, fh.0, items))?;
         Ok(found.into_iter().map(|r| r.map(|e| Self::tr(k, e))).collect())
     }
 
@@ -738,8 +739,8 @@ impl Filesystem for FuseFs {
         'pages: while at < items.len() {
             let page = &items[at..(at + PLUS_PAGE).min(items.len())];
             let dot = |it: &DirItem| it.name == b"." || it.name == b"..";
-            let names: Vec<&[u8]> = page.iter().filter(|it| !dot(it)).map(|it| it.name.as_slice()).collect();
-            let mut found = match self.lookup_many_in(ino.0, &names) {
+            let listed: Vec<&DirItem> = page.iter().filter(|it| !dot(it)).collect();
+            let mut found = match self.lookup_many_in(ino.0, fh, &listed) {
                 Ok(f) => f.into_iter(),
                 Err(e) if added == 0 => { m.stop(); return reply.error(errno(&e)) },
                 Err(_) => break,

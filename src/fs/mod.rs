@@ -204,7 +204,8 @@ pub struct Volume {
     ns: Mutex<()>,
     table: Table,
     next_ino: AtomicU64,
-    dirs: Mutex<HashMap<u64, Arc<Vec<DirItem>>>>,
+    /// Open directory handles: the listing each took and `View::names_gen` before it.
+    dirs: Mutex<HashMap<u64, (u64, Arc<Vec<DirItem>>)>>,
     next_fh: AtomicU64,
     dirty: Mutex<HashSet<u64>>,
     /// Bytes of this view's unsaved blocks (its share of `budget.bytes`; both move together
@@ -1104,6 +1105,37 @@ mod tests {
         assert_eq!(listed(&v), 0);
         assert!(v.note_absent(ROOT_INO, b"one-more", Duration::from_secs(60)));
         assert!(v.absent.lock().unwrap().len() < 1024);
+    }
+
+    /// A READDIRPLUS page reads only the inodes while no entry changed since its listing was
+    /// taken; after a change anywhere in the view it looks every name up again, so a name
+    /// removed meanwhile (its inode still linked elsewhere) is not handed to the kernel.
+    #[test]
+    fn a_listing_page_is_looked_up_again_once_an_entry_changed() {
+        let (_d, _s, v) = volume();
+        let a = file(&v, b"a", b"aa");
+        let b = file(&v, b"b", b"bbb");
+        v.link(b, ROOT_INO, b"b2").unwrap();
+        let fh = v.opendir(ROOT_INO).unwrap();
+        let listed = v.readdir(fh).unwrap();
+        let items: Vec<&DirItem> = listed.iter().filter(|it| it.name != b"." && it.name != b"..").collect();
+        let names: Vec<&[u8]> = items.iter().map(|it| it.name.as_slice()).collect();
+        assert_eq!(names, [&b"a"[..], b"b", b"b2"]);
+        let sizes = |found: Vec<FsResult<Entry>>| found.into_iter().map(|e| e.ok().map(|e| (e.ino, e.rec.size))).collect::<Vec<_>>();
+        assert_eq!(sizes(v.lookup_listed(ROOT_INO, fh, &items).unwrap()), [Some((a, 2)), Some((b, 3)), Some((b, 3))]);
+        // "b" goes (its inode stays, named "b2"); "a" is replaced by another file.
+        v.unlink(ROOT_INO, b"b", false).unwrap();
+        v.unlink(ROOT_INO, b"a", false).unwrap();
+        let a2 = file(&v, b"a", b"a2a2");
+        assert_eq!(sizes(v.lookup_listed(ROOT_INO, fh, &items).unwrap()), [Some((a2, 4)), None, Some((b, 3))]);
+        // A listing taken after the change is trusted again.
+        v.releasedir(fh);
+        let fh = v.opendir(ROOT_INO).unwrap();
+        let listed = v.readdir(fh).unwrap();
+        let items: Vec<&DirItem> = listed.iter().filter(|it| it.name != b"." && it.name != b"..").collect();
+        assert_eq!(sizes(v.lookup_listed(ROOT_INO, fh, &items).unwrap()), [Some((a2, 4)), Some((b, 3))]);
+        v.releasedir(fh);
+        assert!(v.lookup_listed(ROOT_INO, fh, &items).is_err(), "a released handle");
     }
 
     fn fsck_clean(s: &Store) -> crate::volume::fsck::FsckReport {

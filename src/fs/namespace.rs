@@ -132,9 +132,14 @@ impl Volume {
     pub fn lookup_many(&self, parent: u64, names: &[&[u8]]) -> FsResult<Vec<FsResult<Entry>>> {
         self.need_dir(parent)?;
         let inos: Vec<Option<u64>> = self.view.dirents_named(parent, names)?.into_iter().map(|d| d.and_then(|(_, d)| d).map(|d| d.ino)).collect();
+        self.lookup_inos(inos)
+    }
+
+    /// The entries of inodes found by name (None: no such name), one lookup counted each.
+    fn lookup_inos(&self, inos: Vec<Option<u64>>) -> FsResult<Vec<FsResult<Entry>>> {
         let wanted: Vec<u64> = inos.iter().flatten().copied().collect();
         let mut nodes = self.table.get_many(&wanted, |missing| self.view.inodes(missing))?.into_iter();
-        let mut out = Vec::with_capacity(names.len());
+        let mut out = Vec::with_capacity(inos.len());
         let mut gone = Vec::new();
         for ino in inos {
             let Some(ino) = ino else {
@@ -492,16 +497,33 @@ impl Volume {
             DirItem { name: b".".to_vec(), ino, kind: Kind::Dir },
             DirItem { name: b"..".to_vec(), ino: parent, kind: Kind::Dir },
         ];
+        let gen = self.view.names_gen();
         for (name, d) in self.entries(ino)? {
             items.push(DirItem { name, ino: d.ino, kind: d.kind });
         }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.dirs.lock().map_err(|_| err(libc::EIO))?.insert(fh, Arc::new(items));
+        self.dirs.lock().map_err(|_| err(libc::EIO))?.insert(fh, (gen, Arc::new(items)));
         Ok(fh)
     }
 
     pub fn readdir(&self, fh: u64) -> FsResult<Arc<Vec<DirItem>>> {
-        self.dirs.lock().map_err(|_| err(libc::EIO))?.get(&fh).cloned().ok_or_else(|| err(libc::EBADF))
+        self.dirs.lock().map_err(|_| err(libc::EIO))?.get(&fh).map(|d| d.1.clone()).ok_or_else(|| err(libc::EBADF))
+    }
+
+    /// `lookup_many` of `items`, entries of directory `parent` in the listing of handle
+    /// `fh` (a READDIRPLUS page). While no entry of the view changed since that listing was
+    /// taken, its inode numbers are still the entries' (the kernel holds the directory
+    /// locked across the request, so none of its own changes can be in flight), and only
+    /// the inodes are read.
+    pub fn lookup_listed(&self, parent: u64, fh: u64, items: &[&DirItem]) -> FsResult<Vec<FsResult<Entry>>> {
+        let gen = self.dirs.lock().map_err(|_| err(libc::EIO))?.get(&fh).map(|d| d.0).ok_or_else(|| err(libc::EBADF))?;
+        if gen != self.view.names_gen() {
+            let names: Vec<&[u8]> = items.iter().map(|it| it.name.as_slice()).collect();
+            return self.lookup_many(parent, &names);
+        }
+        self.need_dir(parent)?;
+        let inos: Vec<Option<u64>> = items.iter().map(|it| Some(it.ino)).collect();
+        self.lookup_inos(inos)
     }
 
     pub fn releasedir(&self, fh: u64) {

@@ -34,11 +34,19 @@ pub struct View {
     /// are read-modify-write, and two batches of one head must not both start from the
     /// same count. Batches that change no count do not take it.
     counts: Mutex<()>,
+    /// Moves after each commit of a batch that changed a directory entry of this view: a
+    /// listing read after taking one value shows every entry as it is while it holds.
+    names_gen: std::sync::atomic::AtomicU64,
 }
 
 impl View {
     pub fn new(store: Arc<Store>, spec: ViewSpec) -> View {
-        View { store, spec, counts: Mutex::new(()) }
+        View { store, spec, counts: Mutex::new(()), names_gen: Default::default() }
+    }
+
+    /// See `names_gen`.
+    pub fn names_gen(&self) -> u64 {
+        self.names_gen.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn spec(&self) -> &ViewSpec {
@@ -291,7 +299,7 @@ impl View {
         if self.spec.read_only || !self.spec.head {
             return Err(Error::Invalid(format!("{} is read-only", self.spec.name)));
         }
-        Ok(ViewTxn { view: self, t: self.store.txn(), pins: self.spec.state.pins()?, counts: HashMap::new(), sizes: HashMap::new() })
+        Ok(ViewTxn { view: self, t: self.store.txn(), pins: self.spec.state.pins()?, counts: HashMap::new(), sizes: HashMap::new(), names: false })
     }
 }
 
@@ -304,6 +312,8 @@ pub struct ViewTxn<'a> {
     counts: HashMap<Hash, i64>,
     /// Sizes of blocks this batch may store first (not readable from the store yet).
     sizes: HashMap<Hash, u64>,
+    /// A directory entry is staged: `View::names_gen` moves once the batch has committed.
+    names: bool,
 }
 
 impl ViewTxn<'_> {
@@ -392,6 +402,7 @@ impl ViewTxn<'_> {
     /// `put_dirent` where the caller looked the name up already in this operation: its
     /// visible version is at `old` (a whiteout, or None).
     pub fn put_dirent_at(&mut self, dir: u64, name: &[u8], old: Option<At>, d: DirentRec) -> Result<()> {
+        self.names = true;
         let id = Ident::Dirent { lineage: self.view.lineage(), dir, name: name.to_vec() };
         self.stage(id, old, Some(&d.encode()), true)?;
         Ok(())
@@ -399,6 +410,7 @@ impl ViewTxn<'_> {
 
     /// Removes entry `name` of `dir`, whose visible version is at `at`.
     pub fn remove_dirent(&mut self, dir: u64, name: &[u8], at: At) -> Result<()> {
+        self.names = true;
         let id = Ident::Dirent { lineage: self.view.lineage(), dir, name: name.to_vec() };
         self.stage(id, Some(at), None, true)?;
         Ok(())
@@ -551,7 +563,7 @@ impl ViewTxn<'_> {
     /// Commits the batch and returns its record's seq (`View::sync_to` makes it durable):
     /// a caller holding a lock syncs after releasing it.
     pub fn commit_unsynced(self) -> Result<u64> {
-        let ViewTxn { view, mut t, pins, counts, sizes } = self;
+        let ViewTxn { view, mut t, pins, counts, sizes, names } = self;
         let changes_counts = counts.values().any(|d| *d != 0);
         // Counts are read-modify-write: one batch of this head that changes them at a time
         // from here on. A batch that changes none (names, records, `W` records: an unlink,
@@ -580,6 +592,11 @@ impl ViewTxn<'_> {
             t.limit(view.lineage(), q, &view.spec.name);
         }
         let seq = t.commit_unsynced();
+        if names {
+            // After the commit (also a failed one): a listing that found the old entries
+            // read the value before this.
+            view.names_gen.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
         drop(pins);
         seq
     }
