@@ -236,7 +236,7 @@ impl Volume {
                     // known; else only the written range is, and the rest is read when it is
                     // needed (a block being flushed partly makes its clean copy stale).
                     let known = match n.flushing.as_ref().map(|f| (f.blocks.get(&idx), f.partial.contains_key(&idx))) {
-                        Some((Some(b), false)) => Some(b.clone()),
+                        Some((Some(b), false)) => Some(b.to_vec()),
                         Some((Some(_), true)) => None,
                         _ => n.clean.iter().find(|(i, _)| *i == idx).map(|(_, d)| d.clone()),
                     };

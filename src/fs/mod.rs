@@ -224,6 +224,32 @@ pub struct Volume {
     absent: Mutex<HashMap<(u64, Vec<u8>), Instant>>,
 }
 
+/// A dirty block's buffer as a flush stages it: a flush's own is shared with the commit's
+/// record; a node's, staged under its lock, is copied (the node keeps it until the commit).
+trait BlockBuf: Sync {
+    fn bytes(&self) -> &[u8];
+    /// Its first `len` bytes as the store takes them.
+    fn share(&self, len: usize) -> crate::volume::Bytes;
+}
+
+impl BlockBuf for Vec<u8> {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+    fn share(&self, len: usize) -> crate::volume::Bytes {
+        self[..len].to_vec().into()
+    }
+}
+
+impl BlockBuf for Arc<Vec<u8>> {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+    fn share(&self, len: usize) -> crate::volume::Bytes {
+        crate::volume::Bytes::shared(self, len)
+    }
+}
+
 /// At most this many absent names are remembered per mount (about 3 MiB); past it, lookups
 /// that find nothing are not cached by the kernel until some expire.
 const ABSENT_MAX: usize = 32_768;
@@ -360,7 +386,7 @@ impl Volume {
     /// completed from the stored blocks) and returns how many stored blocks that adds.
     /// `stored`: the file's count of stored blocks (its record's); with none, there is no
     /// old extent to read (a new file's first commit: `cp -a`, a compiler's output).
-    fn stage_data(&self, t: &mut ViewTxn<'_>, ino: u64, dirty: &BTreeMap<u64, Vec<u8>>, partial: &HashMap<u64, table::Ranges>, stored: u64) -> FsResult<i64> {
+    fn stage_data<B: BlockBuf>(&self, t: &mut ViewTxn<'_>, ino: u64, dirty: &BTreeMap<u64, B>, partial: &HashMap<u64, table::Ranges>, stored: u64) -> FsResult<i64> {
         let mut delta = 0i64;
         // The old extents: none without stored blocks (the record counts every extent the
         // view shows of the file; fsck checks it), else dense dirty ranges (sequential
@@ -395,13 +421,16 @@ impl Volume {
             if let Some(data) = dirty.get(&idx) {
                 let mut b = bases.remove(&idx).unwrap_or_default();
                 b.resize(self.bs as usize, 0);
-                table::overlay(&mut b, data, r);
-                full.insert(idx, b);
+                table::overlay(&mut b, data.bytes(), r);
+                full.insert(idx, Arc::new(b));
             }
         }
         // Hashing is most of a big flush's CPU: split over threads.
-        let blocks: Vec<(&u64, &Vec<u8>)> = dirty.iter().collect();
-        let exts = crate::par::map(&blocks, crate::par::threads(), 64, |&(idx, data)| self.block_ext(full.get(idx).unwrap_or(data)));
+        let blocks: Vec<(&u64, &B)> = dirty.iter().collect();
+        let exts = crate::par::map(&blocks, crate::par::threads(), 64, |&(idx, data)| match full.get(idx) {
+            Some(b) => self.block_ext(b),
+            None => self.block_ext(data),
+        });
         for ((&(&idx, _), old), new) in blocks.iter().zip(olds).zip(exts) {
             delta += t.set_extent(ino, idx, old, new)?;
         }
@@ -410,13 +439,10 @@ impl Volume {
 
     /// What a block's bytes become in the store: a block is stored without its trailing
     /// zeros (a small file's tail costs its bytes, not a block); all-zero blocks are holes.
-    fn block_ext(&self, data: &[u8]) -> Ext {
-        match last_nonzero(data) {
+    fn block_ext(&self, data: &impl BlockBuf) -> Ext {
+        match last_nonzero(data.bytes()) {
             None => Ext::Hole,
-            Some(last) => {
-                let bytes = &data[..=last];
-                Ext::Data(self.view.hash(bytes), bytes.to_vec())
-            }
+            Some(last) => Ext::Data(self.view.hash(&data.bytes()[..=last]), data.share(last + 1)),
         }
     }
 
@@ -491,7 +517,7 @@ impl Volume {
             return Ok(None);
         }
         let blocks = Arc::new(table::Flushing {
-            blocks: std::mem::take(&mut n.dirty),
+            blocks: std::mem::take(&mut n.dirty).into_iter().map(|(i, b)| (i, Arc::new(b))).collect(),
             partial: std::mem::take(&mut n.partial),
             logged: std::mem::take(&mut n.logged),
             unsynced: std::mem::take(&mut n.unsynced),
@@ -555,7 +581,7 @@ impl Volume {
                     let whole = blocks.blocks.iter().filter(|(i, _)| !blocks.partial.contains_key(i));
                     for (idx, data) in whole.rev().take(table::CLEAN_PER_NODE) {
                         if !n.dirty.contains_key(idx) {
-                            self.keep_clean(&mut n, *idx, data.clone());
+                            self.keep_clean(&mut n, *idx, data.to_vec());
                         }
                     }
                 }
@@ -568,7 +594,7 @@ impl Volume {
             }
             Err(_) => {
                 for (idx, data) in &blocks.blocks {
-                    let older = (data.clone(), blocks.partial.get(idx).cloned());
+                    let older = (data.to_vec(), blocks.partial.get(idx).cloned());
                     // What was written meanwhile goes over the older copy.
                     let (b, ranges) = match n.dirty.remove(idx) {
                         None => older,
@@ -660,7 +686,7 @@ impl Volume {
         }
         let mut records = Vec::with_capacity(want.len());
         for idx in &want {
-            let below = f.blocks.get(idx).map(|b| (b.clone(), f.partial.get(idx).cloned()));
+            let below = f.blocks.get(idx).map(|b| (b.to_vec(), f.partial.get(idx).cloned()));
             let laid = match (n.dirty.get(idx), below) {
                 (Some(d), below) => table::lay_over(below, d, n.partial.get(idx)),
                 (None, Some(below)) => below,

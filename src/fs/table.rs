@@ -78,7 +78,8 @@ impl Node {
 
 /// The blocks of a flush in flight, as `Node::dirty` and `Node::partial` had them.
 pub struct Flushing {
-    pub blocks: BTreeMap<u64, Vec<u8>>,
+    /// Shared with the commit's record (`Bytes`): staged without a copy.
+    pub blocks: BTreeMap<u64, Arc<Vec<u8>>>,
     pub partial: HashMap<u64, Ranges>,
     pub logged: BTreeSet<u64>,
     /// Its blocks written since the last fsync (`Node::unsynced` as it was).

@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// The on-disk format this build reads and writes.
 pub const FORMAT_VERSION: u32 = 6;
@@ -38,12 +38,45 @@ const SECRET_LEN: usize = 192;
 /// A commit whose new blocks come to this many bytes writes them ahead (`Store::prewrite`).
 const PREWRITE_MIN: u64 = 1 << 20;
 
+/// A block's bytes as a commit stores them: the first `len` bytes of a buffer it may share
+/// with its writer (a flush's dirty block, read meanwhile), so staging copies nothing.
+#[derive(Clone, Default)]
+pub struct Bytes {
+    buf: Arc<Vec<u8>>,
+    len: usize,
+}
+
+impl Bytes {
+    /// The first `len` bytes of `buf`.
+    pub fn shared(buf: &Arc<Vec<u8>>, len: usize) -> Bytes {
+        Bytes { buf: buf.clone(), len: len.min(buf.len()) }
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl From<Vec<u8>> for Bytes {
+    fn from(v: Vec<u8>) -> Bytes {
+        let len = v.len();
+        Bytes { buf: Arc::new(v), len }
+    }
+}
+
 /// Blocks written ahead of their commit into data segment `seg`: hash -> locator. Their
 /// region stays pending in the segment until this is dropped (the commit done or given up).
 struct Prewrite<'s> {
     log: &'s segment::Log,
     seg: u32,
-    locs: HashMap<Hash, u64>,
+    locs: records::BlockMap<u64>,
 }
 
 impl Drop for Prewrite<'_> {
@@ -213,7 +246,7 @@ pub struct Txn<'s> {
     limit: Option<(u64, u64, String)>,
     batch: WriteBatch,
     /// (hash, lineage, delta, block bytes when the reference is new)
-    refs: Vec<(Hash, u64, i64, Option<Vec<u8>>)>,
+    refs: Vec<(Hash, u64, i64, Option<Bytes>)>,
     /// Blocks the cleaner moves: (hash, locator it was read at, bytes).
     moves: Vec<(Hash, u64, Vec<u8>)>,
     /// Head view figures set outright (by the volume layer, which keeps them).
@@ -1034,7 +1067,7 @@ impl Store {
         if adds().map(|x| x.1.len() as u64).sum::<u64>() < PREWRITE_MIN {
             return None;
         }
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = records::BlockSet::default();
         let new: Vec<(&Hash, &[u8])> = adds().filter(|x| seen.insert(*x.0)).collect();
         // Blocks stored already are not written again (a hint: the commit decides under the
         // lock, and a block stored meanwhile leaves its prewritten copy dead).
@@ -1070,7 +1103,7 @@ impl Store {
         let mut dedup = 0u64;
         // Blocks this record stores, in staging order (a file's blocks in file order):
         // (hash, after, bytes, was it a move from this locator).
-        let mut stored: Vec<(Hash, RefRec, Vec<u8>, Option<u64>)> = Vec::new();
+        let mut stored: Vec<(Hash, RefRec, Bytes, Option<u64>)> = Vec::new();
         let refs_cf = self.cf(cf::REFS)?;
         let blocks_cf = self.cf(cf::BLOCKS)?;
         let cat = self.cf(cf::CATALOG)?;
@@ -1082,7 +1115,7 @@ impl Store {
         let mut block_ops: Vec<(u64, Option<Hash>)> = Vec::new();
         if !txn.refs.is_empty() {
             // Group deltas by hash, keeping one copy of the bytes, in the order staged.
-            let mut by_hash: HashMap<Hash, (Vec<(u64, i64)>, Option<Vec<u8>>)> = HashMap::new();
+            let mut by_hash: records::BlockMap<(Vec<(u64, i64)>, Option<Bytes>)> = Default::default();
             let mut hashes: Vec<Hash> = Vec::new();
             for (h, l, d, data) in txn.refs.drain(..) {
                 let e = by_hash.entry(h).or_insert_with(|| {
@@ -1162,14 +1195,14 @@ impl Store {
                 if let Some(v) = cur? {
                     let rec = RefRec::decode(&v)?;
                     if rec.loc == from && rec.size as usize == data.len() && !stored.iter().any(|x| x.0 == h) {
-                        stored.push((h, rec, data, Some(from)));
+                        stored.push((h, rec, data.into(), Some(from)));
                     }
                 }
             }
         }
         // Where a stored block was written ahead (not a move), else into this record.
         let ahead = |h: &Hash, from: &Option<u64>| pre.filter(|_| from.is_none()).and_then(|p| p.locs.get(h).copied());
-        let in_record = |x: &&(Hash, RefRec, Vec<u8>, Option<u64>)| ahead(&x.0, &x.3).is_none();
+        let in_record = |x: &&(Hash, RefRec, Bytes, Option<u64>)| ahead(&x.0, &x.3).is_none();
         let data_len: u64 = stored.iter().filter(in_record).map(|x| x.2.len() as u64).sum();
         let plan = self.log.plan(&mut w, data_len)?;
         let mut at = 0;
@@ -1836,8 +1869,8 @@ impl Txn<'_> {
     }
 
     /// Adds one reference from `lineage` to the block `hash`, whose bytes are `data`.
-    pub fn add_ref(&mut self, hash: Hash, lineage: u64, data: Vec<u8>) {
-        self.refs.push((hash, lineage, 1, Some(data)));
+    pub fn add_ref(&mut self, hash: Hash, lineage: u64, data: impl Into<Bytes>) {
+        self.refs.push((hash, lineage, 1, Some(data.into())));
     }
 
     /// Drops one reference from `lineage` to the block `hash`.

@@ -195,7 +195,7 @@ pub fn apply<R: Read + Send + 'static, W: Write>(
                         bytes += b.len();
                         // So a two-way receive of this block later needs none of its bytes.
                         t.note_portable(&h, &name)?;
-                        Ext::Data(h, b)
+                        Ext::Data(h, b.into())
                     } else if let Some(h) = known.get(&name) {
                         Ext::Shared(*h)
                     } else if let Some(Some((h, _))) = view.locals(&[name])?.pop() {

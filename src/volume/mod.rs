@@ -20,6 +20,7 @@ pub mod view;
 
 use crate::error::{Error, Result};
 pub use crate::store::records::{DirentRec, Hash, InodeRec, Kind, Ts};
+pub use crate::store::Bytes;
 use crate::store::{CatKey, CatRange, Ident, Store, Txn, ViewSpace};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};

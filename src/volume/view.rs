@@ -6,7 +6,7 @@
 use super::lineage::{pinned_between, Pins};
 use super::ViewSpec;
 use crate::error::{Error, Result};
-use crate::store::records::{self, DirentRec, Hash, InodeRec};
+use crate::store::records::{self, BlockMap, DirentRec, Hash, InodeRec};
 use crate::store::{CatKey, Found, Ident, Scan, Store, Txn, ViewSpace};
 use std::collections::HashMap;
 use std::path::Path;
@@ -21,7 +21,7 @@ pub type ExtentAt = (At, Option<Hash>);
 pub enum Ext {
     Hole,
     /// New bytes with their hash.
-    Data(Hash, Vec<u8>),
+    Data(Hash, crate::store::Bytes),
     /// A block already stored (shared by a file-level clone).
     Shared(Hash),
 }
@@ -299,7 +299,7 @@ impl View {
         if self.spec.read_only || !self.spec.head {
             return Err(Error::Invalid(format!("{} is read-only", self.spec.name)));
         }
-        Ok(ViewTxn { view: self, t: self.store.txn(), pins: self.spec.state.pins()?, counts: HashMap::new(), sizes: HashMap::new(), names: false })
+        Ok(ViewTxn { view: self, t: self.store.txn(), pins: self.spec.state.pins()?, counts: Default::default(), sizes: Default::default(), names: false })
     }
 }
 
@@ -309,9 +309,9 @@ pub struct ViewTxn<'a> {
     t: Txn<'a>,
     pins: RwLockReadGuard<'a, Pins>,
     /// Net change, per block, in how many extents of the head name it.
-    counts: HashMap<Hash, i64>,
+    counts: BlockMap<i64>,
     /// Sizes of blocks this batch may store first (not readable from the store yet).
-    sizes: HashMap<Hash, u64>,
+    sizes: BlockMap<u64>,
     /// A directory entry is staged: `View::names_gen` moves once the batch has committed.
     names: bool,
 }
@@ -609,8 +609,8 @@ fn count_changes(
     view: &View,
     t: &mut Txn,
     pins: &Pins,
-    deltas: HashMap<Hash, i64>,
-    sizes: &HashMap<Hash, u64>,
+    deltas: BlockMap<i64>,
+    sizes: &BlockMap<u64>,
 ) -> Result<(ViewSpace, ViewSpace)> {
     let store = &view.store;
     let (l, e) = (view.lineage(), view.epoch());
@@ -623,7 +623,7 @@ fn count_changes(
     deltas.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     // Every read is batched over the blocks (a flush changes the counts of thousands).
     let unknown: Vec<Hash> = deltas.iter().filter(|(h, _)| !sizes.contains_key(h)).map(|(h, _)| *h).collect();
-    let mut stored: HashMap<Hash, Option<u64>> = unknown.iter().copied().zip(store.block_sizes(&unknown)?).collect();
+    let mut stored: BlockMap<Option<u64>> = unknown.iter().copied().zip(store.block_sizes(&unknown)?).collect();
     let ids: Vec<Ident> = deltas.iter().map(|(h, _)| Ident::Count { lineage: l, hash: *h }).collect();
     let owns = store.versions_at(&ids, e)?;
     let mut inherited = vec![None; ids.len()];
