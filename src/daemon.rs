@@ -548,7 +548,7 @@ impl Daemon {
                 self.wake_gc();
                 Ok(Value::Null)
             }
-            Request::DbInit { name, engine, import } => self.db_init(&name, &engine, import.as_deref()),
+            Request::DbInit { name, engine, import, block_size } => self.db_init(&name, &engine, import.as_deref(), block_size),
             Request::DbStart { name, port } => self.db_start(&name, port),
             Request::DbStop { name } => self.db_stop(&name),
             Request::DbClone { source, name, port, user, password, idle, protect, quota, listen } => {

@@ -35,12 +35,16 @@ enum DbCmd {
     /// A volume holding a new data directory, or a copy of a stopped one (--import)
     Init {
         volume: String,
-        /// postgres or sqlite
+        /// postgres, mariadb or sqlite
         #[arg(long)]
         engine: String,
         /// A stopped PostgreSQL data directory, or an SQLite database file, to copy in
         #[arg(long, value_name = "PATH")]
         import: Option<PathBuf>,
+        /// The volume's block size (default: the engine's page: 8K for PostgreSQL, 16K for
+        /// MariaDB, an SQLite file's own, at least 4K)
+        #[arg(long, value_name = "SIZE")]
+        block_size: Option<String>,
     },
     /// Run the server of a database volume (a port from the pool unless --port)
     Start {
@@ -702,10 +706,16 @@ fn resolve_owner(s: &str) -> Result<(u32, u32)> {
 fn db_command(store: &Path, cmd: DbCmd) -> Result<ExitCode> {
     let call = |req: Request| client::call(store, &req);
     match cmd {
-        DbCmd::Init { volume, engine, import } => {
+        DbCmd::Init { volume, engine, import, block_size } => {
             let import = import.map(|p| absolute(&p)).transpose()?;
-            let v = call(Request::DbInit { name: volume.clone(), engine, import })?;
-            println!("created database volume {volume} ({}) at {}", v["engine"].as_str().unwrap_or("?"), v["mountpoint"].as_str().unwrap_or("?"));
+            let block_size = block_size.as_deref().map(parse_block_size).transpose()?;
+            let v = call(Request::DbInit { name: volume.clone(), engine, import, block_size })?;
+            println!(
+                "created database volume {volume} ({}, {} blocks) at {}",
+                v["engine"].as_str().unwrap_or("?"),
+                output::size(v["block_size"].as_u64().unwrap_or(0)),
+                v["mountpoint"].as_str().unwrap_or("?")
+            );
         }
         DbCmd::Start { volume, port } => {
             let v = call(Request::DbStart { name: volume.clone(), port })?;

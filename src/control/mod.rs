@@ -109,7 +109,15 @@ pub enum Request {
     /// Drops the interrupted resumable receive into volume `name`.
     ReceiveAbort { name: String },
     /// A database volume: a new data directory of `engine`, or a copy of `import`.
-    DbInit { name: String, engine: String, #[serde(default)] import: Option<PathBuf> },
+    DbInit {
+        name: String,
+        engine: String,
+        #[serde(default)]
+        import: Option<PathBuf>,
+        /// None: the engine's page (`Engine::block_size`).
+        #[serde(default)]
+        block_size: Option<u32>,
+    },
     DbStart { name: String, #[serde(default)] port: Option<u16> },
     DbStop { name: String },
     /// A clone of database volume `source` (`VOL` live, or `VOL@SNAP`) with its own server,

@@ -228,10 +228,11 @@ impl Daemon {
         });
     }
 
-    pub(super) fn db_init(&self, name: &str, engine: &str, import: Option<&Path>) -> Result<Value> {
+    pub(super) fn db_init(&self, name: &str, engine: &str, import: Option<&Path>, block_size: Option<u32>) -> Result<Value> {
         let engine = Engine::parse(engine)?;
+        let block_size = block_size.unwrap_or_else(|| engine.block_size(import));
         let _g = self.db_guard()?;
-        let v = self.catalog.create(&self.store, name, crate::volume::DEFAULT_BLOCK, 0, 0)?;
+        let v = self.catalog.create(&self.store, name, block_size, 0, 0)?;
         let made = (|| -> Result<PathBuf> {
             let dir = self.db_mount(&v)?;
             match engine {
@@ -243,7 +244,7 @@ impl Daemon {
             Ok(dir)
         })();
         match made {
-            Ok(dir) => Ok(json!({"name": name, "engine": engine.name(), "mountpoint": dir})),
+            Ok(dir) => Ok(json!({"name": name, "engine": engine.name(), "mountpoint": dir, "block_size": block_size})),
             Err(e) => {
                 let _ = self.db_unmount(&v);
                 let _ = self.catalog.destroy(&self.store, name);

@@ -33,6 +33,21 @@ pub fn init(root: &Path, import: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
+/// The page size an SQLite database file says in its header (None: not one, unreadable).
+pub fn page_size(file: &Path) -> Option<u32> {
+    use std::io::Read;
+    let mut head = [0u8; 18];
+    std::fs::File::open(file).ok()?.read_exact(&mut head).ok()?;
+    if !head.starts_with(b"SQLite format 3\0") {
+        return None;
+    }
+    match u16::from_be_bytes([head[16], head[17]]) {
+        1 => Some(1 << 16),
+        n if n >= 512 && n.is_power_of_two() => Some(n as u32),
+        _ => None,
+    }
+}
+
 pub fn sql(db: &Path, sql: &str) -> Result<String> {
     let out = Command::new("sqlite3")
         .arg("-batch")

@@ -127,6 +127,17 @@ fn sqlite_clones_and_failures_that_leave_nothing() {
     let out = run_timeout(Command::new("sqlite3").arg(&file).arg("CREATE TABLE t(x); INSERT INTO t VALUES (1), (2), (3);"), 60);
     assert!(out.status.success());
     d.ok(&["db", "init", "lite", "--engine", "sqlite", "--import", file.to_str().unwrap()]);
+    // A database volume's blocks are its engine's pages: an SQLite file's own page size.
+    let block = |v: &str| d.json(&["get", "block_size", v, "--json"])["block_size"].as_str().unwrap().to_string();
+    assert_eq!(block("lite"), "4096");
+    let big = d.tmp.path().join("big.db");
+    assert!(run_timeout(Command::new("sqlite3").arg(&big).arg("PRAGMA page_size=16384; CREATE TABLE t(x);"), 60).status.success());
+    d.ok(&["db", "init", "lite16", "--engine", "sqlite", "--import", big.to_str().unwrap()]);
+    assert_eq!(block("lite16"), "16384");
+    d.ok(&["db", "destroy", "lite16"]);
+    d.ok(&["db", "init", "lite8", "--engine", "sqlite", "--block-size", "8K"]);
+    assert_eq!(block("lite8"), "8192", "--block-size is what the volume gets");
+    d.ok(&["db", "destroy", "lite8"]);
     let c = d.json(&["db", "clone", "lite", "l1", "--json"]);
     let path = c["path"].as_str().unwrap().to_string();
     let q = |p: &str, sql: &str| String::from_utf8_lossy(&run_timeout(Command::new("sqlite3").arg(p).arg(sql), 60).stdout).trim().to_string();
@@ -145,7 +156,9 @@ fn sqlite_clones_and_failures_that_leave_nothing() {
     assert!(d.fails(&["db", "init", "m", "--engine", "mongodb"]).contains("Debian 12"));
     assert!(d.fails(&["db", "init", "p", "--engine", "postgres", "--import", "/nonexistent"]).contains("PG_VERSION"));
     assert!(d.fails(&["db", "init", "s", "--engine", "sqlite", "--import", "/etc/hostname"]).contains("not an SQLite database"));
+    assert!(d.fails(&["db", "init", "s", "--engine", "sqlite", "--block-size", "3K"]).contains("invalid block size"));
     d.ok(&["db", "init", "pg", "--engine", "postgres"]);
+    assert_eq!(block("pg"), "8192", "PostgreSQL's page");
     let busy = std::net::TcpListener::bind("0.0.0.0:6170").unwrap();
     assert!(d.fails(&["db", "start", "pg", "--port", "6170"]).contains("in use"));
     d.ok(&["db", "start", "pg", "--port", "6171"]);
