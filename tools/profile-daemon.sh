@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
-job=${1:?usage: tools/profile-daemon.sh seqwrite|randwrite|fsync|randread|stat|create|unlink [--writeback]}
+job=${1:?usage: tools/profile-daemon.sh seqwrite|randwrite|fsync|randread|stat|create|unlink|pgbench [--writeback]}
 mopt=${2:-}
 command -v perf >/dev/null || { apt-get update -qq && apt-get install -y -qq linux-perf; }
 command -v fio >/dev/null || { apt-get update -qq && apt-get install -y -qq fio; }
@@ -21,7 +21,11 @@ export CLONEFS_STORE=$work/store
 B=$CLONEFS_BIN
 m=$work/m
 mkdir -p "$m"
+pgb=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | tail -1)
+pgs=""
 cleanup() {
+  [[ -n $pgs ]] && runuser -u postgres -- "$pgb/pg_ctl" -D "$m/pg" -m immediate stop >/dev/null 2>&1 || true
+  [[ -n $pgs ]] && rm -rf "$pgs"
   timeout 30 "$B" unmount "$m" >/dev/null 2>&1 || fusermount3 -uz "$m" 2>/dev/null || true
   timeout 30 "$B" shutdown >/dev/null 2>&1 || true
   rm -rf "$work"
@@ -83,6 +87,14 @@ for i in range(5000):
 print(json.dumps({"jobs": [{"unlink": {"per_s": 5000 / (time.perf_counter() - t)}}]}))
 EOF
     } ;;
+  pgbench) # TPC-B, scale 5, 4 clients for 15 s (PostgreSQL from scripts/install-deps.sh db)
+    pgs=$(mktemp -d /tmp/clonefs-profile-pg.XXXXXX)
+    chown postgres "$pgs"; chmod 755 "$work"; chmod 777 "$m"
+    runuser -u postgres -- "$pgb/initdb" -D "$m/pg" >/dev/null
+    runuser -u postgres -- "$pgb/pg_ctl" -D "$m/pg" -o "-k $pgs -c listen_addresses=''" -l "$pgs/log" -w start >/dev/null
+    runuser -u postgres -- "$pgb/pgbench" -h "$pgs" -i -s 5 -q postgres >/dev/null 2>&1
+    run() { runuser -u postgres -- "$pgb/pgbench" -h "$pgs" -c 4 -j 2 -T 15 postgres 2>/dev/null |
+      awk '/^tps/ {printf "{\"jobs\": [{\"pgbench\": {\"per_s\": %s}}]}\n", $3}'; } ;;
   *) echo "unknown job $job" >&2; exit 2 ;;
 esac
 data=/tmp/clonefs-profile.$job.data
@@ -93,7 +105,7 @@ run > "$work/out.json"
 kill -INT $perf_pid; wait $perf_pid || true
 python3 -c "
 import json; j = json.load(open('$work/out.json'))['jobs'][0]
-for k in ('write', 'read', 'stat', 'create', 'unlink'):
+for k in ('write', 'read', 'stat', 'create', 'unlink', 'pgbench'):
     if k in j:
         print('$job$mopt:', {kk: round(v, 1) for kk, v in j[k].items() if kk in ('iops', 'bw', 'per_s')})"
 perf report -i "$data" --no-children --sort symbol --stdio -g none 2>/dev/null | grep '%' | head -25 | cut -c1-120
