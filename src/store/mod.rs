@@ -38,6 +38,9 @@ const SECRET_LEN: usize = 192;
 /// A commit whose new blocks come to this many bytes writes them ahead (`Store::prewrite`).
 const PREWRITE_MIN: u64 = 1 << 20;
 
+/// A read of at least this many adjacent bytes reads as many after them ahead.
+const READ_AHEAD_MIN: usize = 256 << 10;
+
 /// A block's bytes as a commit stores them: the first `len` bytes of a buffer it may share
 /// with its writer (a flush's dirty block, read meanwhile), so staging copies nothing.
 #[derive(Clone, Default)]
@@ -1016,6 +1019,11 @@ impl Store {
             for &(run, _, len) in runs {
                 self.log.prefetch(locs[run].1, len);
             }
+        } else if let Some(&(_, end, len)) = runs.last().filter(|r| r.2 >= READ_AHEAD_MIN) {
+            // A sequential read of a file written in order: its next bytes follow in the
+            // segment. Read them ahead while this reply goes back.
+            let (_, loc, size) = locs[end - 1];
+            self.log.prefetch(loc + size as u64, len);
         }
         crate::par::map(runs, threads, 2, |&(run, _, len)| self.log.read(locs[run].1, len))
     }
