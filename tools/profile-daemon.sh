@@ -87,7 +87,8 @@ for i in range(5000):
 print(json.dumps({"jobs": [{"unlink": {"per_s": 5000 / (time.perf_counter() - t)}}]}))
 EOF
     } ;;
-  pgbench) # TPC-B, scale 5, 4 clients for 15 s (PostgreSQL from scripts/install-deps.sh db)
+  pgbench) # TPC-B, scale 5, 4 clients for 15 s
+    [[ -n $pgb ]] || { echo "pgbench needs PostgreSQL: scripts/install-deps.sh db" >&2; exit 2; }
     pgs=$(mktemp -d /tmp/clonefs-profile-pg.XXXXXX)
     chown postgres "$pgs"; chmod 755 "$work"; chmod 777 "$m"
     runuser -u postgres -- "$pgb/initdb" -D "$m/pg" >/dev/null
