@@ -108,6 +108,7 @@ kill -INT $perf_pid; wait $perf_pid || true
 python3 -c "
 import json; j = json.load(open('$work/out.json'))['jobs'][0]
 for k in ('write', 'read', 'stat', 'create', 'unlink', 'pgbench'):
-    if k in j:
+    # fio reports both sides of a job: the one that did nothing is left out.
+    if k in j and any(v for kk, v in j[k].items() if kk in ('iops', 'bw', 'per_s')):
         print('$job$mopt:', {kk: round(v, 1) for kk, v in j[k].items() if kk in ('iops', 'bw', 'per_s')})"
 perf report -i "$data" --no-children --sort symbol --stdio -g none 2>/dev/null | grep '%' | head -25 | cut -c1-120
