@@ -127,6 +127,15 @@ mod cf {
     }
 }
 
+/// How many column families hold versions (`Ident`s): per-family state of a view has
+/// one slot each (`versioned_slot`).
+pub(crate) const VERSIONED_CFS: usize = cf::VERSIONED.len();
+
+/// The slot of versioned column family `cfname` (None for the others).
+pub(crate) fn versioned_slot(cfname: &str) -> Option<usize> {
+    cf::VERSIONED.iter().position(|c| *c == cfname)
+}
+
 impl From<rocksdb::Error> for Error {
     fn from(e: rocksdb::Error) -> Self {
         let s = e.into_string();
@@ -700,6 +709,16 @@ impl Store {
             out.push((id, f));
         }
         Ok(out)
+    }
+
+    /// Whether `lineage` holds any version in column family `cfname` (one bounded seek).
+    pub fn lineage_has_versions(&self, cfname: &str, lineage: u64) -> Result<bool> {
+        let mut found = false;
+        self.scan_from(cfname, &keys::lineage_prefix(lineage), &keys::lineage_prefix(lineage), |_, _| {
+            found = true;
+            Ok(false)
+        })?;
+        Ok(found)
     }
 
     /// The highest inode number `lineage` has a version of.

@@ -12,7 +12,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLockReadGuard};
 
-/// Where a visible version was found: chain level (0 = own lineage) and epoch.
+/// Where a visible version was found: chain level (0 = own lineage, above it an ancestor
+/// among those that hold versions of its column family) and epoch.
 pub type At = (usize, u64);
 /// Where a block's visible extent version is, and the block it names (None: a hole).
 pub type ExtentAt = (At, Option<Hash>);
@@ -37,11 +38,15 @@ pub struct View {
     /// Moves after each commit of a batch that changed a directory entry of this view: a
     /// listing read after taking one value shows every entry as it is while it holds.
     names_gen: std::sync::atomic::AtomicU64,
+    /// Per versioned column family, the parent levels whose lineage holds any version of
+    /// it, found when this view first reads the family: the others never show it one
+    /// (invariant 23), so lookups pass them by.
+    parents_with: [std::sync::OnceLock<Vec<(u64, u64)>>; crate::store::VERSIONED_CFS],
 }
 
 impl View {
     pub fn new(store: Arc<Store>, spec: ViewSpec) -> View {
-        View { store, spec, counts: Mutex::new(()), names_gen: Default::default() }
+        View { store, spec, counts: Mutex::new(()), names_gen: Default::default(), parents_with: Default::default() }
     }
 
     /// See `names_gen`.
@@ -73,8 +78,44 @@ impl View {
         c
     }
 
+    /// The parent levels of the chain that can show a version of column family `cfname`
+    /// (invariant 23).
+    fn parents_in(&self, cfname: &str) -> Result<&[(u64, u64)]> {
+        let Some(slot) = crate::store::versioned_slot(cfname) else { return Ok(&self.spec.parents) };
+        if let Some(p) = self.parents_with[slot].get() {
+            return Ok(p);
+        }
+        let mut p = Vec::with_capacity(self.spec.parents.len());
+        for &(l, e) in &self.spec.parents {
+            if self.store.lineage_has_versions(cfname, l)? {
+                p.push((l, e));
+            }
+        }
+        Ok(self.parents_with[slot].get_or_init(|| p))
+    }
+
+    /// `chain` without the parent levels that cannot show a version of `cfname`: what
+    /// lookups in that column family read.
+    fn chain_in(&self, cfname: &str) -> Result<Vec<(u64, u64)>> {
+        let parents = self.parents_in(cfname)?;
+        let mut c = Vec::with_capacity(1 + parents.len());
+        c.push((self.lineage(), self.epoch()));
+        c.extend_from_slice(parents);
+        Ok(c)
+    }
+
     fn find(&self, id: &Ident) -> Result<Option<Found>> {
-        self.store.visible(id, &self.chain())
+        self.store.visible(id, &self.chain_in(id.cf())?)
+    }
+
+    /// Visible versions of many identities of one column family, batched per level.
+    fn find_many(&self, ids: &[Ident]) -> Result<Vec<Option<Found>>> {
+        let Some(first) = ids.first() else { return Ok(Vec::new()) };
+        self.store.visible_many(ids, &self.chain_in(first.cf())?)
+    }
+
+    fn scan(&self, scan: &Scan) -> Result<Vec<(Ident, Found)>> {
+        self.store.scan_visible(scan, &self.chain_in(scan.cf())?)
     }
 
     /// The highest inode number any lineage of the chain has used.
@@ -107,8 +148,7 @@ impl View {
     /// `dirent` of many names of `dir`, with one batched read per level of the chain.
     pub fn dirents_named(&self, dir: u64, names: &[&[u8]]) -> Result<Vec<Option<(At, Option<DirentRec>)>>> {
         let ids: Vec<Ident> = names.iter().map(|n| Ident::Dirent { lineage: self.lineage(), dir, name: n.to_vec() }).collect();
-        self.store
-            .visible_many(&ids, &self.chain())?
+        self.find_many(&ids)?
             .into_iter()
             .map(|f| f.map(|f| Ok(((f.level, f.epoch), DirentRec::decode(&f.value)?))).transpose())
             .collect()
@@ -118,7 +158,7 @@ impl View {
     pub fn inodes(&self, inos: &[u64]) -> Result<Vec<Option<InodeRec>>> {
         let ids: Vec<Ident> = inos.iter().map(|&ino| Ident::Inode { lineage: self.lineage(), ino }).collect();
         let mut out = Vec::with_capacity(inos.len());
-        for f in self.store.visible_many(&ids, &self.chain())? {
+        for f in self.find_many(&ids)? {
             out.push(match f {
                 Some(f) => InodeRec::decode(&f.value)?,
                 None => None,
@@ -130,7 +170,7 @@ impl View {
     /// Live entries of a directory, in name order.
     pub fn dirents(&self, dir: u64) -> Result<Vec<(Vec<u8>, DirentRec)>> {
         let mut out = Vec::new();
-        for (id, f) in self.store.scan_visible(&Scan::Dirents { dir }, &self.chain())? {
+        for (id, f) in self.scan(&Scan::Dirents { dir })? {
             if let (Ident::Dirent { name, .. }, Some(d)) = (id, DirentRec::decode(&f.value)?) {
                 out.push((name, d));
             }
@@ -150,7 +190,7 @@ impl View {
     /// Names of the live xattrs of `ino`.
     pub fn xattr_names(&self, ino: u64) -> Result<Vec<Vec<u8>>> {
         let mut out = Vec::new();
-        for (id, f) in self.store.scan_visible(&Scan::Xattrs { ino }, &self.chain())? {
+        for (id, f) in self.scan(&Scan::Xattrs { ino })? {
             if let (Ident::Xattr { name, .. }, false) = (id, records::is_tombstone(&f.value)) {
                 out.push(name);
             }
@@ -170,8 +210,7 @@ impl View {
     pub fn extents_at(&self, ino: u64, indexes: &[u64]) -> Result<Vec<Option<ExtentAt>>> {
         let l = self.lineage();
         let ids: Vec<Ident> = indexes.iter().map(|&index| Ident::Extent { lineage: l, ino, index }).collect();
-        self.store
-            .visible_many(&ids, &self.chain())?
+        self.find_many(&ids)?
             .into_iter()
             .map(|f| f.map(|f| Ok(((f.level, f.epoch), records::decode_extent(&f.value)?))).transpose())
             .collect()
@@ -180,7 +219,7 @@ impl View {
     /// Visible extents of a file in blocks [from, to), holes included: index -> (where, hash).
     pub fn extent_map(&self, ino: u64, from: u64, to: u64) -> Result<HashMap<u64, (At, Option<Hash>)>> {
         let mut m = HashMap::new();
-        for (id, f) in self.store.scan_visible(&Scan::Extents { ino, from, to }, &self.chain())? {
+        for (id, f) in self.scan(&Scan::Extents { ino, from, to })? {
             if let Ident::Extent { index, .. } = id {
                 m.insert(index, ((f.level, f.epoch), records::decode_extent(&f.value)?));
             }
@@ -196,7 +235,7 @@ impl View {
         if to == from + 1 {
             return Ok(self.extent(ino, from)?.and_then(|(at, h)| Some((from, at, h?))).into_iter().collect());
         }
-        let found = self.store.scan_visible(&Scan::Extents { ino, from, to }, &self.chain())?;
+        let found = self.scan(&Scan::Extents { ino, from, to })?;
         let mut out = Vec::with_capacity(found.len());
         for (id, f) in found {
             if let (Ident::Extent { index, .. }, Some(h)) = (id, records::decode_extent(&f.value)?) {
@@ -329,7 +368,7 @@ impl ViewTxn<'_> {
                 return Ok(!records::is_tombstone(&v));
             }
         }
-        Ok(match self.store().visible(id, &self.view.spec.parents)? {
+        Ok(match self.store().visible(id, self.view.parents_in(id.cf())?)? {
             Some(f) => !records::is_tombstone(&f.value),
             None => false,
         })
@@ -500,7 +539,7 @@ impl ViewTxn<'_> {
         for (index, at, h) in self.stored_extents(ino, rec.as_ref())? {
             self.drop_extent(ino, index, at, h)?;
         }
-        for (id, f) in self.view.store.scan_visible(&Scan::Xattrs { ino }, &self.view.chain())? {
+        for (id, f) in self.view.scan(&Scan::Xattrs { ino })? {
             if f.level == 0 {
                 self.stage(id, Some((0, f.epoch)), None, true)?;
             }
@@ -614,7 +653,6 @@ fn count_changes(
 ) -> Result<(ViewSpace, ViewSpace)> {
     let store = &view.store;
     let (l, e) = (view.lineage(), view.epoch());
-    let parents = &view.spec.parents;
     let before = store.view_space(l)?;
     let mut vs = before;
     let mut deltas: Vec<(Hash, i64)> = deltas.into_iter().filter(|(_, d)| *d != 0).collect();
@@ -625,6 +663,10 @@ fn count_changes(
     let unknown: Vec<Hash> = deltas.iter().filter(|(h, _)| !sizes.contains_key(h)).map(|(h, _)| *h).collect();
     let mut stored: BlockMap<Option<u64>> = unknown.iter().copied().zip(store.block_sizes(&unknown)?).collect();
     let ids: Vec<Ident> = deltas.iter().map(|(h, _)| Ident::Count { lineage: l, hash: *h }).collect();
+    let parents = match ids.first() {
+        Some(id) => view.parents_in(id.cf())?,
+        None => &[],
+    };
     let owns = store.versions_at(&ids, e)?;
     let mut inherited = vec![None; ids.len()];
     let bare: Vec<usize> = (0..ids.len()).filter(|&i| owns[i].is_none()).collect();

@@ -714,3 +714,53 @@ fn block_reads_through_a_clone_chain_see_each_levels_changes() {
     assert!(fs::read(s.join("f")).unwrap() == pattern(1, 8 * BS), "o@s changed");
     d.fsck_clean();
 }
+
+/// A clone of a clone whose middle volume holds nothing of its own when the grandchild
+/// first reads (its lookups then pass the middle by, invariant 23): the grandchild sees the
+/// origin's data, names and modes, and what the middle writes after the cut stays unseen,
+/// both by the mounted grandchild and after a remount (whose lookups read the middle).
+#[test]
+fn an_ancestor_with_nothing_of_its_own_is_passed_by_and_its_later_writes_stay_unseen() {
+    let mut d = Daemon::start();
+    let o = d.volume("o");
+    fs::write(o.join("f"), pattern(1, 300_000)).unwrap();
+    fs::set_permissions(o.join("f"), fs::Permissions::from_mode(0o640)).unwrap();
+    fs::create_dir(o.join("dir")).unwrap();
+    d.ok(&["snapshot", "o@s"]);
+    d.ok(&["clone", "o@s", "mid"]);
+    d.ok(&["snapshot", "mid@s"]);
+    d.ok(&["clone", "mid@s", "g"]);
+    let check = |g: &Path, what: &str| {
+        assert!(fs::read(g.join("f")).unwrap() == pattern(1, 300_000), "{what}: data of f");
+        assert_eq!(fs::metadata(g.join("f")).unwrap().permissions().mode() & 0o777, 0o640, "{what}: mode of f");
+        assert!(g.join("dir").is_dir(), "{what}: dir");
+        let mut names: Vec<String> = fs::read_dir(g).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        names.sort();
+        assert_eq!(names, ["dir", "f"], "{what}: names");
+    };
+    let g = d.mount("g");
+    check(&g, "before");
+    // The middle now gets versions of every kind, after the cut the grandchild reads.
+    let mid = d.mount("mid");
+    fs::write(mid.join("f"), pattern(2, 300_000)).unwrap();
+    fs::set_permissions(mid.join("f"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::write(mid.join("new"), b"x").unwrap();
+    fs::remove_dir(mid.join("dir")).unwrap();
+    d.unmount(&mid);
+    // With the kernel's caches dropped, through the mounted grandchild, whose lookups still
+    // pass the middle by.
+    fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+    check(&g, "mounted");
+    d.unmount(&g);
+    let g = d.mount("g");
+    check(&g, "remounted");
+    // Its own writes show over the origin's.
+    fs::write(g.join("f"), pattern(3, 300_000)).unwrap();
+    d.unmount(&g);
+    let g = d.mount("g");
+    assert!(fs::read(g.join("f")).unwrap() == pattern(3, 300_000), "the grandchild's own write");
+    let mid = d.mount("mid");
+    assert!(fs::read(mid.join("f")).unwrap() == pattern(2, 300_000), "the middle's write");
+    assert!(fs::read(o.join("f")).unwrap() == pattern(1, 300_000), "the origin's data");
+    d.fsck_clean();
+}
