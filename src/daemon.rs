@@ -503,7 +503,7 @@ impl Daemon {
                 Ok(json!({"name": v.name, "block_size": v.block_size}))
             }
             Request::List => Ok(serde_json::to_value(self.list()?)?),
-            Request::Mount { name, dir, read_only, writeback } => self.mount(&name, &dir, read_only, writeback),
+            Request::Mount { name, dir, read_only, writeback, fast_open } => self.mount(&name, &dir, read_only, writeback, fast_open),
             Request::Unmount { dir } => self.unmount(&dir),
             Request::Remount { dir, read_only } => self.remount(&dir, read_only),
             Request::Destroy { name } => self.destroy(&name),
@@ -795,7 +795,7 @@ impl Daemon {
                     self.catalog.rollback(&self.store, &vol, &snap)?;
                     vol_ref.discard_dirty();
                     let view = self.catalog.open_view(&self.store, &vol, None, vol_ref.read_only)?;
-                    *vol_ref = Arc::new(Volume::open(view, self.budget.clone())?);
+                    *vol_ref = Arc::new(Volume::open(view, self.budget.clone())?.with_kernel_opens(vol_ref.kernel_opens));
                     Ok((names, inos))
                 })?;
                 live.invalidate(&names, &inos);
@@ -984,7 +984,7 @@ impl Daemon {
         })
     }
 
-    fn mount(&self, name: &str, dir: &Path, read_only: bool, writeback: bool) -> Result<Value> {
+    fn mount(&self, name: &str, dir: &Path, read_only: bool, writeback: bool, fast_open: bool) -> Result<Value> {
         let (vol, snap) = parse_target(name)?;
         if !dir.is_absolute() {
             return Err(Error::Invalid(format!("mountpoint {} must be an absolute path", dir.display())));
@@ -1009,7 +1009,7 @@ impl Daemon {
             let bs = spec.block_size as u64;
             let writeback = writeback && !spec.read_only;
             let volume = spec.volume;
-            let live = Arc::new(Live::new(Volume::open(view, self.budget.clone())?));
+            let live = Arc::new(Live::new(Volume::open(view, self.budget.clone())?.with_kernel_opens(fast_open)));
             let snaps = match snap {
                 None => {
                     let views = SnapshotViews::new(self.store.clone(), self.catalog.clone(), volume);
@@ -1052,7 +1052,7 @@ impl Daemon {
         config.clone_fd = true;
         let started = Instant::now();
         let idmap = live.get().idmap();
-        let session = Session::new(FuseFs::new(live.clone(), bs, snaps, writeback, idmap), &dir, &config).and_then(|s| s.spawn());
+        let session = Session::new(FuseFs::new(live.clone(), bs, snaps, writeback, fast_open, idmap), &dir, &config).and_then(|s| s.spawn());
         let mut mounts = lock(&self.mounts)?;
         let i = mounts
             .iter()

@@ -735,6 +735,9 @@ mod restore;
 #[path = "cases/diff.rs"]
 mod diff;
 
+#[path = "cases/fast_open.rs"]
+mod fast_open;
+
 #[test]
 fn completions_and_man_pages_are_generated() {
     let out = util::run_timeout(Command::new(util::BIN).args(["completions", "bash"]), 30);

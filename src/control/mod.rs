@@ -39,6 +39,9 @@ pub enum Request {
         /// Let the kernel cache writes (FUSE writeback cache).
         #[serde(default)]
         writeback: bool,
+        /// Opens and closes stay in the kernel (`clonefs mount --fast-open`).
+        #[serde(default)]
+        fast_open: bool,
     },
     Unmount { dir: PathBuf },
     /// Makes a mounted volume read-only or writable again without unmounting it.

@@ -96,7 +96,7 @@ impl Daemon {
         std::fs::create_dir_all(&dir)?;
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&self.db.root, std::fs::Permissions::from_mode(0o755))?;
-        self.mount(&v.name, &dir, false, false)?;
+        self.mount(&v.name, &dir, false, false, false)?;
         Ok(dir)
     }
 

@@ -226,7 +226,7 @@ impl Daemon {
                     self.catalog.receive_finish(&self.store, hidden)?;
                     vol_ref.discard_dirty();
                     let view = self.catalog.open_view(&self.store, name, None, vol_ref.read_only)?;
-                    *vol_ref = Arc::new(Volume::open(view, self.budget.clone())?);
+                    *vol_ref = Arc::new(Volume::open(view, self.budget.clone())?.with_kernel_opens(vol_ref.kernel_opens));
                     Ok((names, inos))
                 })?;
                 live.invalidate(&names, &inos);

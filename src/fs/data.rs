@@ -42,7 +42,7 @@ impl Volume {
         let node = self.node(ino)?;
         let mut n = lock(&node)?;
         n.opens = n.opens.saturating_sub(1);
-        if n.opens == 0 && n.rec.nlink == 0 && !n.purged && !self.read_only {
+        if n.rec.nlink == 0 && !n.purged && !self.held(&n) && !self.read_only {
             return self.purge_gone(ino, &mut n);
         }
         if !n.is_clean() {

@@ -57,6 +57,9 @@ pub struct FuseFs {
     next_list: AtomicU64,
     /// The kernel caches writes and sends them back in pages (`mount --writeback`).
     writeback: bool,
+    /// The kernel opens and closes files on its own (`mount --fast-open`): OPEN and FLUSH
+    /// are answered ENOSYS, after which it sends neither again on this connection.
+    fast_open: bool,
     /// The kernel enforces POSIX ACLs (FUSE_POSIX_ACL); without it the ACL xattrs are
     /// refused rather than kept and ignored.
     acls: bool,
@@ -90,8 +93,8 @@ impl FuseFs {
         Ok(())
     }
 
-    pub fn new(live: Arc<Live>, bs: u64, snaps: Option<Arc<SnapDir>>, writeback: bool, idmap: Arc<IdMap>) -> FuseFs {
-        FuseFs { live, bs, snaps, lists: Mutex::new(HashMap::new()), next_list: AtomicU64::new(1), writeback, acls: false, idmap }
+    pub fn new(live: Arc<Live>, bs: u64, snaps: Option<Arc<SnapDir>>, writeback: bool, fast_open: bool, idmap: Arc<IdMap>) -> FuseFs {
+        FuseFs { live, bs, snaps, lists: Mutex::new(HashMap::new()), next_list: AtomicU64::new(1), writeback, fast_open, acls: false, idmap }
     }
 }
 
@@ -559,6 +562,12 @@ impl Filesystem for FuseFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let m = crate::metrics::op("open");
+        if self.fast_open {
+            // The kernel takes ENOSYS as "opened" from now on (and sends no RELEASE for such
+            // handles): the volume then holds an unlinked file until the kernel forgets it.
+            m.stop();
+            return reply.error(Errno::ENOSYS);
+        }
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
         // A read-only handle has nothing to flush at close: the kernel then skips the FLUSH
         // round trip (byte-range locks are the kernel's own: this daemon has no setlk).
@@ -652,6 +661,12 @@ impl Filesystem for FuseFs {
 
     fn flush(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
         let m = crate::metrics::op("flush");
+        if self.fast_open {
+            // No FLUSH from now on: a close commits nothing; the flusher does within
+            // `max_age`, an fsync at once.
+            m.stop();
+            return reply.error(Errno::ENOSYS);
+        }
         let r = self.with_vol(ino.0, |v, i| v.flush_on_close(i)).map(|_| ());
         m.stop();
         self.empty(r, reply)

@@ -222,6 +222,10 @@ pub struct Volume {
     /// (`note_absent`): a change behind the kernel (rollback, receive) invalidates them
     /// with the names in memory (`cached_names`).
     absent: Mutex<HashMap<(u64, Vec<u8>), Instant>>,
+    /// Mounted with `--fast-open`: the kernel opens files without telling the daemon, so
+    /// `Node::opens` counts only the handles CREATE gave, and a file is held (`held`) while
+    /// the kernel knows its inode at all.
+    pub kernel_opens: bool,
 }
 
 /// A dirty block's buffer as a flush stages it: a flush's own is shared with the commit's
@@ -289,12 +293,26 @@ impl Volume {
             deferred: Mutex::new(Deferred::default()),
             purging: Mutex::new(()),
             absent: Mutex::new(HashMap::new()),
+            kernel_opens: false,
         };
         if !v.read_only {
             v.merge_written()?;
             v.purge_orphans()?;
         }
         Ok(v)
+    }
+
+    /// `mount --fast-open` (see `kernel_opens`).
+    pub fn with_kernel_opens(mut self, on: bool) -> Volume {
+        self.kernel_opens = on;
+        self
+    }
+
+    /// Something may still read or write `n` through the kernel, so an unlinked file stays:
+    /// a handle open, or with kernel opens any reference the kernel holds (it forgets the
+    /// inode only after its last close).
+    pub(super) fn held(&self, n: &Node) -> bool {
+        n.opens > 0 || (self.kernel_opens && n.lookups > 0)
     }
 
     pub fn name(&self) -> &str {
@@ -854,6 +872,17 @@ impl Volume {
     /// Forgets an inode with no names and no open handles (an orphan in the store) and purges
     /// it: a small one later with others (`defer_purge`), a big one now in bounded batches.
     /// Its unsaved data is dropped, never written.
+    /// Purges `ino` if it has no names and nothing holds it (the namespace lock first, as
+    /// for an unlink).
+    fn purge_unheld(&self, ino: u64, node: &table::NodeRef) -> FsResult<()> {
+        let _g = self.ns()?;
+        let mut n = lock(node)?;
+        if n.rec.nlink == 0 && !n.purged && !self.held(&n) {
+            return self.purge_gone(ino, &mut n);
+        }
+        Ok(())
+    }
+
     fn purge_gone(&self, ino: u64, n: &mut Node) -> FsResult<()> {
         let (size, blocks, logged) = (n.rec.size, n.rec.blocks, std::mem::take(&mut n.logged));
         self.forget_node(ino, n)?;
@@ -993,10 +1022,18 @@ impl Volume {
     /// The kernel dropped `n` lookups of `ino`.
     pub fn forget(&self, ino: u64, nlookup: u64) {
         if let Ok(Some(node)) = self.table.get(ino, || Ok(None)) {
+            let mut gone = false;
             if let Ok(mut n) = table::lock_busy(&node) {
                 n.lookups = n.lookups.saturating_sub(nlookup);
                 if n.lookups == 0 && n.opens == 0 {
                     self.drop_clean(&mut n, 0..u64::MAX);
+                    gone = n.rec.nlink == 0 && !n.purged && !self.read_only;
+                }
+            }
+            // Unlinked while the kernel held it (`held`), and the kernel just let go.
+            if gone {
+                if let Err(e) = self.purge_unheld(ino, &node) {
+                    log::warn!("volume {}: purging unlinked inode {ino} failed ({e}); the next mount does", self.name());
                 }
             }
             drop(node);

@@ -241,7 +241,9 @@ impl Volume {
         self.applied(parent, &mut p, prec);
         let mut node = Node::new(rec.clone());
         node.lookups = 1;
-        node.opens = open as u32;
+        // With kernel opens, the kernel sends no RELEASE for this handle either (once it
+        // has taken an OPEN's ENOSYS): the inode's lookup holds the file instead (`held`).
+        node.opens = (open && !self.kernel_opens) as u32;
         self.table.insert(ino, node)?;
         Ok(Entry { ino, rec })
     }
@@ -308,7 +310,7 @@ impl Volume {
         let mut crec = c.rec.clone();
         crec.nlink = if crec.kind == Kind::Dir { 0 } else { crec.nlink.saturating_sub(1) };
         crec.ctime = now;
-        if crec.nlink == 0 && c.opens == 0 {
+        if crec.nlink == 0 && !self.held(c) {
             // Gone: an orphan until `finish_drop`'s purge (a small one later, in a batch with
             // others), and its unsaved data is never written.
             t.mark_orphan(ino)?;
@@ -324,7 +326,7 @@ impl Volume {
     /// After `stage_drop_name`'s batch committed: records `r` in the node, or forgets a gone
     /// inode and purges it (a small one later, `defer_purge`).
     fn finish_drop(&self, ino: u64, c: &mut Node, r: InodeRec) -> FsResult<()> {
-        if r.nlink == 0 && c.opens == 0 {
+        if r.nlink == 0 && !self.held(c) {
             // Its dirty blocks were not staged: forgotten, not applied as stored.
             c.rec = r;
             return self.purge_gone(ino, c);
