@@ -2,14 +2,15 @@
 # Real suites against real mounts. Each suite gets a fresh volume on one temporary store;
 # everything started here is stopped and unmounted on exit, even on failure.
 #   scripts/suites/run.sh [fsx|pjdfstest|postgres|crash-postgres|fio|fsx-writeback|pjdfstest-writeback
-#                          |pjdfstest-remapped ...]
-# The -writeback suites mount with `--writeback` (the kernel caches writes).
+#                          |pjdfstest-fast-open|pjdfstest-remapped ...]
+# The -writeback suites mount with `--writeback` (the kernel caches writes), the -fast-open
+# one with `--fast-open` (the kernel opens and closes files without asking the daemon).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/env.sh
 here=$PWD/scripts/suites
 suites=("$@")
-((${#suites[@]})) || suites=(fsx pjdfstest postgres crash-postgres fio fsx-writeback pjdfstest-writeback)
+((${#suites[@]})) || suites=(fsx pjdfstest postgres crash-postgres fio fsx-writeback pjdfstest-writeback pjdfstest-fast-open)
 mopts=() # mount options of the next mountvol
 copts=() # create options of the next mountvol
 
@@ -177,6 +178,7 @@ suite_fio() {
 # Two seeds on the writeback mount keep the default run within its hour on a fresh machine.
 suite_fsx-writeback() { mopts=(--writeback); fsx_seeds=(1 2); suite_fsx -wb; local rc=$?; mopts=(); fsx_seeds=(1 2 3); return $rc; }
 suite_pjdfstest-writeback() { mopts=(--writeback); suite_pjdfstest -wb; local rc=$?; mopts=(); return $rc; }
+suite_pjdfstest-fast-open() { mopts=(--fast-open); suite_pjdfstest -fo; local rc=$?; mopts=(); return $rc; }
 
 passed=0; failed=0
 for s in "${suites[@]}"; do
