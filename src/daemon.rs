@@ -957,7 +957,13 @@ impl Daemon {
         let logical: u64 = space.lineages.values().map(|s| s.logical).sum();
         let mounts = lock(&self.mounts)?
             .iter()
-            .map(|m| MountInfo { volume: m.target.clone(), mountpoint: m.dir.clone(), read_only: m.read_only() })
+            .map(|m| MountInfo {
+                volume: m.target.clone(),
+                mountpoint: m.dir.clone(),
+                read_only: m.read_only(),
+                writeback: m.writeback,
+                fast_open: m.live.get().kernel_opens,
+            })
             .collect();
         let (segments, segment_bytes, segment_live_bytes) = self.store.segment_figures()?;
         Ok(StatusInfo {

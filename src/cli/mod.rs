@@ -450,7 +450,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let read_only = read_only || snap.is_some();
             let dir = absolute(&dir)?;
             call(Request::Mount { name: volume.clone(), dir: dir.clone(), read_only, writeback, fast_open })?;
-            println!("mounted {volume} at {}{}", dir.display(), if read_only { " (read-only)" } else { "" });
+            let opts: Vec<&str> = [(read_only, "read-only"), (writeback && !read_only, "writeback"), (fast_open, "fast-open")].iter().filter(|o| o.0).map(|o| o.1).collect();
+            println!("mounted {volume} at {}{}", dir.display(), if opts.is_empty() { String::new() } else { format!(" ({})", opts.join(", ")) });
         }
         Cmd::Unmount { dir } => {
             call(Request::Unmount { dir: absolute(&dir)? })?;

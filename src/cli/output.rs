@@ -177,7 +177,9 @@ pub fn status(s: &StatusInfo) {
         println!("mounts:         none");
     }
     for m in &s.mounts {
-        println!("mount:          {} at {}{}", m.volume, m.mountpoint.display(), if m.read_only { " (ro)" } else { "" });
+        let opts: Vec<&str> = [(m.read_only, "ro"), (m.writeback, "writeback"), (m.fast_open, "fast-open")].iter().filter(|o| o.0).map(|o| o.1).collect();
+        let opts = if opts.is_empty() { String::new() } else { format!(" ({})", opts.join(", ")) };
+        println!("mount:          {} at {}{opts}", m.volume, m.mountpoint.display());
     }
 }
 

@@ -201,6 +201,11 @@ pub struct MountInfo {
     pub volume: String,
     pub mountpoint: PathBuf,
     pub read_only: bool,
+    /// `mount --writeback` and `--fast-open`.
+    #[serde(default)]
+    pub writeback: bool,
+    #[serde(default)]
+    pub fast_open: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -43,6 +43,9 @@ fn opens_and_closes_stay_in_the_kernel_and_data_is_kept() {
     let ops = d.mount_with("ops", &["--fast-open"]);
     crate::data_ops(&ops, false);
     let m = d.mount_with("v", &["--fast-open"]);
+    let st = d.json(&["status", "--json"]);
+    let shown = |dir: &Path| st["mounts"].as_array().unwrap().iter().find(|x| x["mountpoint"] == dir.to_str().unwrap()).unwrap()["fast_open"].clone();
+    assert_eq!((shown(&m), shown(&ops)), (serde_json::json!(true), serde_json::json!(true)), "{st}");
     let before = (requests(&d, "open"), requests(&d, "flush"));
     let data = pattern(1, 3 << 20);
     fs::write(m.join("f"), &data).unwrap();
