@@ -1058,7 +1058,7 @@ impl Daemon {
         config.clone_fd = true;
         let started = Instant::now();
         let idmap = live.get().idmap();
-        let session = Session::new(FuseFs::new(live.clone(), bs, snaps, writeback, fast_open, idmap), &dir, &config).and_then(|s| s.spawn());
+        let session = Session::new(FuseFs::new(live.clone(), bs, snaps, writeback, idmap), &dir, &config).and_then(|s| s.spawn());
         let mut mounts = lock(&self.mounts)?;
         let i = mounts
             .iter()

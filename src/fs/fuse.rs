@@ -57,9 +57,6 @@ pub struct FuseFs {
     next_list: AtomicU64,
     /// The kernel caches writes and sends them back in pages (`mount --writeback`).
     writeback: bool,
-    /// The kernel opens and closes files on its own (`mount --fast-open`): OPEN and FLUSH
-    /// are answered ENOSYS, after which it sends neither again on this connection.
-    fast_open: bool,
     /// The kernel enforces POSIX ACLs (FUSE_POSIX_ACL); without it the ACL xattrs are
     /// refused rather than kept and ignored.
     acls: bool,
@@ -93,8 +90,8 @@ impl FuseFs {
         Ok(())
     }
 
-    pub fn new(live: Arc<Live>, bs: u64, snaps: Option<Arc<SnapDir>>, writeback: bool, fast_open: bool, idmap: Arc<IdMap>) -> FuseFs {
-        FuseFs { live, bs, snaps, lists: Mutex::new(HashMap::new()), next_list: AtomicU64::new(1), writeback, fast_open, acls: false, idmap }
+    pub fn new(live: Arc<Live>, bs: u64, snaps: Option<Arc<SnapDir>>, writeback: bool, idmap: Arc<IdMap>) -> FuseFs {
+        FuseFs { live, bs, snaps, lists: Mutex::new(HashMap::new()), next_list: AtomicU64::new(1), writeback, acls: false, idmap }
     }
 }
 
@@ -562,9 +559,11 @@ impl Filesystem for FuseFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let m = crate::metrics::op("open");
-        if self.fast_open {
-            // The kernel takes ENOSYS as "opened" from now on (and sends no RELEASE for such
-            // handles): the volume then holds an unlinked file until the kernel forgets it.
+        if self.live.get().kernel_opens {
+            // `mount --fast-open`: the kernel takes ENOSYS as "opened", now and for every
+            // later open of this connection, and sends no RELEASE for them (nor for CREATE's
+            // handles from then on): the volume holds an unlinked file until the kernel
+            // forgets its inode (`Volume::held`).
             m.stop();
             return reply.error(Errno::ENOSYS);
         }
@@ -661,8 +660,8 @@ impl Filesystem for FuseFs {
 
     fn flush(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
         let m = crate::metrics::op("flush");
-        if self.fast_open {
-            // No FLUSH from now on: a close commits nothing; the flusher does within
+        if self.live.get().kernel_opens {
+            // No FLUSH from now on either: a close commits nothing; the flusher does within
             // `max_age`, an fsync at once.
             m.stop();
             return reply.error(Errno::ENOSYS);

@@ -222,9 +222,9 @@ pub struct Volume {
     /// (`note_absent`): a change behind the kernel (rollback, receive) invalidates them
     /// with the names in memory (`cached_names`).
     absent: Mutex<HashMap<(u64, Vec<u8>), Instant>>,
-    /// Mounted with `--fast-open`: the kernel opens files without telling the daemon, so
-    /// `Node::opens` counts only the handles CREATE gave, and a file is held (`held`) while
-    /// the kernel knows its inode at all.
+    /// Mounted with `--fast-open` (kept across a rollback's new `Volume`): the kernel opens
+    /// and closes files without telling the daemon, so `Node::opens` stays 0 and a file is
+    /// held (`held`) while the kernel knows its inode at all.
     pub kernel_opens: bool,
 }
 
