@@ -869,9 +869,6 @@ impl Volume {
         Ok(t.commit(false)?)
     }
 
-    /// Forgets an inode with no names and no open handles (an orphan in the store) and purges
-    /// it: a small one later with others (`defer_purge`), a big one now in bounded batches.
-    /// Its unsaved data is dropped, never written.
     /// Purges `ino` if it has no names and nothing holds it (the namespace lock first, as
     /// for an unlink).
     fn purge_unheld(&self, ino: u64, node: &table::NodeRef) -> FsResult<()> {
@@ -883,6 +880,9 @@ impl Volume {
         Ok(())
     }
 
+    /// Forgets an inode with no names and no open handles (an orphan in the store) and purges
+    /// it: a small one later with others (`defer_purge`), a big one now in bounded batches.
+    /// Its unsaved data is dropped, never written.
     fn purge_gone(&self, ino: u64, n: &mut Node) -> FsResult<()> {
         let (size, blocks, logged) = (n.rec.size, n.rec.blocks, std::mem::take(&mut n.logged));
         self.forget_node(ino, n)?;
