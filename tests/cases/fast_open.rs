@@ -126,7 +126,7 @@ fn a_file_unlinked_while_open_stays_until_the_kernel_lets_go() {
     drop(f);
     d.restart();
     d.fsck_clean();
-    let _m = d.mount_with("v", &["--fast-open"]);
+    let m = d.mount_with("v", &["--fast-open"]);
     assert!(referenced(&d, "v") < 1 << 20, "after kill -9 and restart, {} bytes referenced", referenced(&d, "v"));
-    assert_eq!(fs::read_dir(&_m).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name() != ".snapshots").count(), 0);
+    assert_eq!(fs::read_dir(&m).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name() != ".snapshots").count(), 0);
 }
