@@ -789,7 +789,7 @@ impl Daemon {
         let v = Catalog::get(&self.store, &vol)?;
         match self.head_of(v.id)? {
             Some(live) => {
-                let (names, inos) = live.exclusive(|vol_ref| {
+                let (names, inos) = live.replace(|vol_ref| {
                     let names = vol_ref.cached_names();
                     let inos = vol_ref.cached_inos();
                     self.catalog.rollback(&self.store, &vol, &snap)?;
@@ -1058,7 +1058,15 @@ impl Daemon {
         config.clone_fd = true;
         let started = Instant::now();
         let idmap = live.get().idmap();
-        let session = Session::new(FuseFs::new(live.clone(), bs, snaps, writeback, idmap), &dir, &config).and_then(|s| s.spawn());
+        let fast_open = live.get().kernel_opens;
+        let session = Session::new(FuseFs::new(live.clone(), bs, snaps, writeback, idmap), &dir, &config).and_then(|s| {
+            // Before the session serves a request (`Live::start_pushes`).
+            live.set_notifier(s.notifier());
+            if !writeback && !fast_open {
+                live.start_pushes(s.notifier()).map_err(std::io::Error::other)?;
+            }
+            s.spawn()
+        });
         let mut mounts = lock(&self.mounts)?;
         let i = mounts
             .iter()
@@ -1071,7 +1079,6 @@ impl Daemon {
                 return Err(Error::Invalid(format!("cannot mount {name:?} at {}: {e}", dir.display())));
             }
         };
-        live.set_notifier(session.notifier());
         mounts[i].session = Some(session);
         mounts[i].busy = false;
         drop(mounts);

@@ -42,6 +42,8 @@ pub struct Metrics {
     /// and those read from the log (through the kernel's page cache).
     pub read_cache_hits: Counter,
     pub read_cache_misses: Counter,
+    /// Bytes of read blocks handed to the kernel's page cache beside a READ's reply.
+    pub pushed_bytes: Counter,
     /// `fdatasync`s of the log and their latency.
     pub log_syncs: Histogram,
     /// The commit of an fsync that had writes to commit (staging, the log record, RocksDB's
@@ -102,6 +104,7 @@ impl Metrics {
         let fsyncs_beside_flush = c(&mut r, "fsyncs_beside_flush", "fsyncs that committed beside a flush of their file in flight instead of waiting for it");
         let read_cache_hits = c(&mut r, "read_cache_hits", "Blocks of reads found whole in the daemon's memory");
         let read_cache_misses = c(&mut r, "read_cache_misses", "Blocks of reads read from the segment log");
+        let pushed_bytes = c(&mut r, "pushed_bytes", "Bytes of read blocks pushed into the kernel's page cache beside READ replies");
         let log_syncs = latency();
         r.register("log_sync_seconds", "fdatasync of the log (one serves every fsync waiting)", log_syncs.clone());
         let fsync_commits = latency();
@@ -140,6 +143,7 @@ impl Metrics {
             fsyncs_beside_flush,
             read_cache_hits,
             read_cache_misses,
+            pushed_bytes,
             log_syncs,
             fsync_commits,
             checkpoints,

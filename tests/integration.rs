@@ -738,6 +738,9 @@ mod diff;
 #[path = "cases/fast_open.rs"]
 mod fast_open;
 
+#[path = "cases/page_push.rs"]
+mod page_push;
+
 #[test]
 fn completions_and_man_pages_are_generated() {
     let out = util::run_timeout(Command::new(util::BIN).args(["completions", "bash"]), 30);

@@ -216,7 +216,7 @@ impl Daemon {
         };
         match live {
             Some(live) => {
-                let (names, inos) = live.exclusive(|vol_ref| {
+                let (names, inos) = live.replace(|vol_ref| {
                     if let Some(base) = unchanged_since {
                         vol_ref.flush_older_than(std::time::Duration::ZERO)?;
                         self.unchanged(name, base)?;

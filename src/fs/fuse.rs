@@ -33,6 +33,8 @@ const TTL: Duration = Duration::from_secs(60);
 /// A writeback mount: cached writes do not refresh `st_blocks`, which the daemon learns
 /// only when the pages arrive, so attributes are asked for again after 1 s.
 const WRITEBACK_TTL: Duration = Duration::from_secs(1);
+/// The kernel's page size (x86_64, arm64's default): pushes are of whole pages.
+const PAGE: u64 = 4096;
 /// Snapshots under `.snapshots`: a destroyed one must vanish from the kernel's cache soon.
 const SNAP_ROOT_TTL: Duration = Duration::from_secs(1);
 /// Entries a READDIRPLUS looks up in one batch. A 4 KiB reply holds about 25, the kernel
@@ -111,6 +113,27 @@ fn free_name(snaps: bool, parent: u64, name: &OsStr) -> FsResult<()> {
     Ok(())
 }
 
+fn file_attr(e: &Entry, bs: u64, idmap: &IdMap) -> FileAttr {
+    let r = &e.rec;
+    FileAttr {
+        ino: INodeNo(e.ino),
+        size: r.size,
+        blocks: r.blocks * (bs / 512),
+        atime: to_time(r.atime),
+        mtime: to_time(r.mtime),
+        ctime: to_time(r.ctime),
+        crtime: to_time(r.crtime),
+        kind: file_type(r.kind),
+        perm: r.perm as u16,
+        nlink: r.nlink,
+        uid: idmap.show_uid(r.uid),
+        gid: idmap.show_gid(r.gid),
+        rdev: r.rdev,
+        blksize: bs as u32,
+        flags: 0,
+    }
+}
+
 fn errno(e: &FsError) -> Errno {
     if let FsError::Engine(e) = e {
         log::error!("{e}");
@@ -156,6 +179,23 @@ fn file_type(k: Kind) -> FileType {
 impl FuseFs {
     fn v(&self) -> std::sync::RwLockReadGuard<'_, Arc<Volume>> {
         self.live.get()
+    }
+
+    /// Runs `f`, which changes the pages of `ino` through a `Writer` made just before, once
+    /// no push of them is in flight: now, or (rarely) on a thread of its own, as waiting
+    /// here could leave no FUSE thread for the READs a push may be waiting for.
+    fn when_ready(&self, ino: u64, f: impl FnOnce() + Send + 'static) {
+        if self.live.pushes_done(ino) {
+            return f();
+        }
+        let live = self.live.clone();
+        let spawned = std::thread::Builder::new().name("clonefs-wait".into()).spawn(move || {
+            live.wait_pushes(ino);
+            f()
+        });
+        if let Err(e) = spawned {
+            log::error!("cannot start a thread to wait for pushes of inode {ino}: {e}");
+        }
     }
 
     /// Runs `f` on the volume that owns `ino` (the head, or a snapshot view) with the inode
@@ -275,24 +315,7 @@ impl FuseFs {
     }
 
     fn attr(&self, e: &Entry) -> FileAttr {
-        let r = &e.rec;
-        FileAttr {
-            ino: INodeNo(e.ino),
-            size: r.size,
-            blocks: r.blocks * (self.bs / 512),
-            atime: to_time(r.atime),
-            mtime: to_time(r.mtime),
-            ctime: to_time(r.ctime),
-            crtime: to_time(r.crtime),
-            kind: file_type(r.kind),
-            perm: r.perm as u16,
-            nlink: r.nlink,
-            uid: self.idmap.show_uid(r.uid),
-            gid: self.idmap.show_gid(r.gid),
-            rdev: r.rdev,
-            blksize: self.bs as u32,
-            flags: 0,
-        }
+        file_attr(e, self.bs, &self.idmap)
     }
 
     fn entry(&self, r: FsResult<Entry>, reply: ReplyEntry) {
@@ -468,9 +491,24 @@ impl Filesystem for FuseFs {
             // without CAP_FSETID (fuser does not pass FATTR_KILL_SUIDGID; uid 0 stands for it).
             kill_suidgid: uid.is_some() || gid.is_some() || (size.is_some() && req.uid() != 0),
         };
-        match head_only(&[ino.0]).and_then(|_| self.v().setattr(ino.0, a)) {
-            Ok(e) => { m.stop(); reply.attr(&self.ttl(), &self.attr(&e)) },
-            Err(e) => { m.stop(); reply.error(errno(&e)) },
+        if let Err(e) = head_only(&[ino.0]) {
+            m.stop();
+            return reply.error(errno(&e));
+        }
+        // A truncate changes pages: no push of them may be in flight (`Live`).
+        let w = a.size.map(|_| self.live.writer(ino.0));
+        let (live, ttl, bs, idmap) = (self.live.clone(), self.ttl(), self.bs, self.idmap.clone());
+        let set = move || {
+            let r = live.get().setattr(ino.0, a);
+            drop(w);
+            match r {
+                Ok(e) => { m.stop(); reply.attr(&ttl, &file_attr(&e, bs, &idmap)) },
+                Err(e) => { m.stop(); reply.error(errno(&e)) },
+            }
+        };
+        match size {
+            Some(_) => self.when_ready(ino.0, set),
+            None => set(),
         }
     }
 
@@ -570,9 +608,19 @@ impl Filesystem for FuseFs {
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
         // A read-only handle has nothing to flush at close: the kernel then skips the FLUSH
         // round trip (byte-range locks are the kernel's own: this daemon has no setlk).
-        let flags = if write { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH };
+        let fopen = if write { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH };
+        if flags.acc_mode() != OpenAccMode::O_RDONLY && split(ino.0).0 == 0 {
+            // Kept until the RELEASE, whose flags say the same.
+            let w = self.live.writer(ino.0);
+            let live = self.live.clone();
+            let open = move || match live.get().open_file(ino.0, write) {
+                Ok(fh) => { w.keep(); m.stop(); reply.opened(FileHandle(fh), fopen) },
+                Err(e) => { m.stop(); reply.error(errno(&e)) },
+            };
+            return self.when_ready(ino.0, open);
+        }
         match self.with_vol(ino.0, |v, i| v.open_file(i, write)) {
-            Ok((_, fh)) => { m.stop(); reply.opened(FileHandle(fh), flags) },
+            Ok((_, fh)) => { m.stop(); reply.opened(FileHandle(fh), fopen) },
             Err(e) => { m.stop(); reply.error(errno(&e)) },
         }
     }
@@ -589,11 +637,26 @@ impl Filesystem for FuseFs {
         reply: ReplyData,
     ) {
         let m = crate::metrics::op("read");
-        match self.with_vol(ino.0, |v, i| v.read(i, offset, size)) {
+        // A read of part of a block (a random read) reads the whole block; the rest goes to
+        // the kernel's page cache after the reply (`Live`: whole pages only).
+        let (bs, page) = (self.bs, PAGE);
+        let (first, end) = (offset / bs * bs, (offset + size as u64).div_ceil(bs) * bs);
+        let partial = (first != offset || end != offset + size as u64) && (offset | size as u64) % page == 0;
+        let ticket = if partial && end - first <= u32::MAX as u64 { self.live.push_ticket(ino.0) } else { None };
+        let (off, len) = match ticket {
+            Some(_) => (first, (end - first) as u32),
+            None => (offset, size),
+        };
+        match self.with_vol(ino.0, |v, i| v.read(i, off, len)) {
             Ok((_, d)) => {
-                crate::metrics::get().read_bytes.inc_by(d.len() as u64);
+                let to = ((offset - off) as usize + size as usize).min(d.len());
+                let from = ((offset - off) as usize).min(to);
+                crate::metrics::get().read_bytes.inc_by((to - from) as u64);
                 m.stop();
-                reply.data(&d)
+                reply.data(&d[from..to]);
+                if let Some(t) = ticket {
+                    self.live.push(t, off, d, from..to);
+                }
             }
             Err(e) => { m.stop(); reply.error(errno(&e)) },
         }
@@ -676,12 +739,15 @@ impl Filesystem for FuseFs {
         _req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
         let m = crate::metrics::op("release");
+        if flags.acc_mode() != OpenAccMode::O_RDONLY && split(ino.0).0 == 0 {
+            self.live.end_write(ino.0);
+        }
         let r = self.with_vol(ino.0, |v, i| v.release(i)).map(|_| ());
         m.stop();
         self.empty(r, reply)
@@ -886,7 +952,7 @@ impl Filesystem for FuseFs {
         reply.ok()
     }
 
-    fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, _flags: i32, reply: ReplyCreate) {
+    fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, flags: i32, reply: ReplyCreate) {
         let m = crate::metrics::op("create");
         let new = NewNode { kind: Kind::File, perm: mode, umask, rdev: 0, target: &[] };
         if let Err(e) = head_only(&[parent.0]).and_then(|_| free_name(self.snaps.is_some(), parent.0, name)) {
@@ -897,6 +963,10 @@ impl Filesystem for FuseFs {
         match self.ctx(req).and_then(|c| v.make(c, parent.0, name.as_bytes(), new, true)) {
             Ok(e) => {
                 let fh = v.next_handle();
+                if flags & libc::O_ACCMODE != libc::O_RDONLY {
+                    // A new inode number: the kernel has no pages of it, no push is in flight.
+                    self.live.writer(e.ino).keep();
+                }
                 m.stop();
                 reply.created(&self.ttl(), &self.attr(&e), generation(&e), FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
             }
