@@ -283,6 +283,32 @@ pub fn pwritev_all(f: &std::fs::File, parts: &[&[u8]], mut off: u64) -> io::Resu
     Ok(())
 }
 
+/// `len` bytes at `off` of `f`, read into fresh memory without zeroing it first (a cold
+/// sequential read spent 3% of the daemon in that memset). UnexpectedEof if the file ends.
+pub fn pread_exact(f: &std::fs::File, len: usize, off: u64) -> io::Result<Vec<u8>> {
+    use std::os::fd::AsRawFd;
+    let mut buf: Vec<u8> = Vec::with_capacity(len);
+    let mut done = 0usize;
+    while done < len {
+        // SAFETY: the pointer and length stay inside `buf`'s allocation; pread only writes.
+        let n = unsafe { libc::pread(f.as_raw_fd(), buf.as_mut_ptr().add(done).cast(), len - done, (off + done as u64) as libc::off_t) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the file ends before the bytes asked for"));
+        }
+        done += n as usize;
+    }
+    // SAFETY: pread wrote all `len` bytes.
+    unsafe { buf.set_len(len) };
+    Ok(buf)
+}
+
 /// Allocates `len` bytes of disk for `f` (so later writes inside cannot fail with ENOSPC).
 pub fn fallocate(f: &std::fs::File, len: u64) -> io::Result<()> {
     use std::os::fd::AsRawFd;

@@ -148,12 +148,13 @@ impl Volume {
         let end = fsize.min(off + size as u64);
         let bs = self.bs;
         let (first, last) = (off / bs, (end - 1) / bs);
-        let mut out = vec![0u8; (end - off) as usize];
+        let n = (end - off) as usize;
+        // Allocated (zeroed) on the first copy: a read that is one run takes its buffer.
+        let mut out = Vec::new();
         let stored = self.view.extents(ino, first, last + 1)?;
         let whole = |i: &u64| mem.get(i).is_some_and(|m| m.1.is_none());
         let wanted: Vec<_> = stored.iter().filter(|(i, _, _)| !whole(i)).collect();
         let hashes: Vec<_> = wanted.iter().map(|(_, _, h)| *h).collect();
-        let blocks = self.view.blocks(&hashes)?;
         // Copies block-relative bytes [s, e) of block `idx` from `src` into `out`.
         let mut copy = |idx: u64, src: &[u8], s: u64, e: u64| {
             let bstart = idx * bs;
@@ -166,14 +167,37 @@ impl Volume {
             let len = ((to - from) as usize).min(src.len().saturating_sub(s));
             let d = (from - off) as usize;
             if len > 0 {
+                if out.is_empty() {
+                    out = vec![0u8; n];
+                }
                 out[d..d + len].copy_from_slice(&src[s..s + len]);
             }
         };
-        for ((idx, _, _), b) in wanted.iter().zip(blocks) {
-            match b {
-                Some(b) => copy(*idx, &b, 0, bs),
-                None => return Ok(None),
+        let mut got = 0;
+        let mut as_read = None;
+        self.view.visit_runs(&hashes, |blocks, bytes| {
+            got += blocks.len();
+            // The whole range, block after block in file order, nothing newer in memory (a
+            // file read in the order it was written): the read's buffer is the reply.
+            let in_order = blocks.len() == wanted.len()
+                && mem.is_empty()
+                && bytes.len() == n
+                && blocks.iter().enumerate().all(|(j, &(k, size))| wanted[k].0 == first + j as u64 && (size as u64 == bs || j + 1 == blocks.len()));
+            if in_order && off == first * bs {
+                as_read = Some(bytes);
+                return;
             }
+            let mut at = 0;
+            for &(k, size) in blocks {
+                copy(wanted[k].0, &bytes[at..at + size], 0, bs);
+                at += size;
+            }
+        })?;
+        if got < wanted.len() {
+            return Ok(None);
+        }
+        if let Some(b) = as_read {
+            return Ok(Some(b));
         }
         for (idx, (d, ranges)) in mem {
             match ranges {
@@ -184,6 +208,9 @@ impl Volume {
                     }
                 }
             }
+        }
+        if out.is_empty() {
+            out = vec![0u8; n];
         }
         Ok(Some(out))
     }

@@ -951,6 +951,26 @@ impl Store {
     /// Bytes that do not hash to the block's name are never returned: the read fails (EIO).
     pub fn get_blocks(&self, hashes: &[Hash]) -> Result<Vec<Option<Vec<u8>>>> {
         let mut out = vec![None; hashes.len()];
+        self.visit_runs(hashes, |blocks, bytes| {
+            // One block (a random read): its buffer is the block, no copy.
+            if let [(i, _)] = blocks {
+                out[*i] = Some(bytes);
+                return;
+            }
+            let mut at = 0;
+            for &(i, size) in blocks {
+                out[i] = Some(bytes[at..at + size].to_vec());
+                at += size;
+            }
+        })?;
+        Ok(out)
+    }
+
+    /// `get_blocks` by runs: hands `f` each read of adjacent blocks, checked, as (index in
+    /// `hashes`, size) of its blocks in order and their bytes, so a reader can take the
+    /// buffer as it is (a file read in the order it was written). Blocks not stored are
+    /// not handed over.
+    pub fn visit_runs(&self, hashes: &[Hash], mut f: impl FnMut(&[(usize, usize)], Vec<u8>)) -> Result<()> {
         let mut want: Vec<usize> = (0..hashes.len()).collect();
         // A second round for blocks the cleaner moved between the lookup and the read.
         for _ in 0..3 {
@@ -987,31 +1007,22 @@ impl Store {
             let gone = |loc: u64| !self.log.has(segment::split(loc).0);
             for (&(run, end, _), read) in runs.iter().zip(reads) {
                 match read {
-                    // One block (a random read): its buffer is the block, no copy.
-                    Ok(Some(bytes)) if end == run + 1 => {
-                        let (i, loc, _) = locs[run];
-                        if self.hash(&bytes) != hashes[i] {
-                            if gone(loc) {
-                                moved.push(i);
-                                continue;
-                            }
-                            return Err(self.damaged(&hashes[i], loc, "does not match its hash"));
-                        }
-                        out[i] = Some(bytes);
-                    }
                     Ok(Some(bytes)) => {
                         let mut at = 0;
+                        let mut good = Vec::with_capacity(end - run);
                         for (k, &(i, loc, size)) in locs[run..end].iter().enumerate() {
-                            let b = &bytes[at..at + size];
-                            at += size;
-                            if self.hash(b) != hashes[i] {
+                            if self.hash(&bytes[at..at + size]) != hashes[i] {
                                 if gone(loc) {
                                     moved.extend(locs[run + k..end].iter().map(|l| l.0));
                                     break;
                                 }
                                 return Err(self.damaged(&hashes[i], loc, "does not match its hash"));
                             }
-                            out[i] = Some(b.to_vec());
+                            good.push((i, size));
+                            at += size;
+                        }
+                        if !good.is_empty() {
+                            f(&good, bytes);
                         }
                     }
                     Ok(None) => moved.extend(locs[run..end].iter().map(|l| l.0)),
@@ -1020,7 +1031,7 @@ impl Store {
                 }
             }
             if moved.is_empty() {
-                return Ok(out);
+                return Ok(());
             }
             want = moved;
         }

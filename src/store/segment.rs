@@ -696,9 +696,7 @@ impl Log {
     pub fn read(&self, loc: u64, len: usize) -> Result<Option<Vec<u8>>> {
         let (seg, off) = split(loc);
         let Some(f) = self.files.read().map_err(|_| poisoned())?.get(&seg).cloned() else { return Ok(None) };
-        let mut buf = vec![0u8; len];
-        f.read_exact_at(&mut buf, off)?;
-        Ok(Some(buf))
+        Ok(Some(crate::sys::pread_exact(&f, len, off)?))
     }
 
     /// The segments and their sizes on disk (allocated bytes).

@@ -260,6 +260,11 @@ impl View {
         self.store.get_blocks(hashes)
     }
 
+    /// Block contents by hash, a read of adjacent blocks at a time (`Store::visit_runs`).
+    pub fn visit_runs(&self, hashes: &[Hash], f: impl FnMut(&[(usize, usize)], Vec<u8>)) -> Result<()> {
+        self.store.visit_runs(hashes, f)
+    }
+
     /// Blocks this store holds by their BLAKE3 names (send streams): (hash, size).
     pub fn locals(&self, names: &[[u8; 32]]) -> Result<Vec<Option<(Hash, u64)>>> {
         self.store.locals(names)
