@@ -182,6 +182,7 @@ impl Volume {
             let in_order = blocks.len() == wanted.len()
                 && mem.is_empty()
                 && bytes.len() == n
+                && blocks.iter().map(|b| b.1).sum::<usize>() == n
                 && blocks.iter().enumerate().all(|(j, &(k, size))| wanted[k].0 == first + j as u64 && (size as u64 == bs || j + 1 == blocks.len()));
             if in_order && off == first * bs {
                 as_read = Some(bytes);

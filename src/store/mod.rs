@@ -953,9 +953,11 @@ impl Store {
         let mut out = vec![None; hashes.len()];
         self.visit_runs(hashes, |blocks, bytes| {
             // One block (a random read): its buffer is the block, no copy.
-            if let [(i, _)] = blocks {
-                out[*i] = Some(bytes);
-                return;
+            if let [(i, size)] = blocks {
+                if bytes.len() == *size {
+                    out[*i] = Some(bytes);
+                    return;
+                }
             }
             let mut at = 0;
             for &(i, size) in blocks {
@@ -968,8 +970,9 @@ impl Store {
 
     /// `get_blocks` by runs: hands `f` each read of adjacent blocks, checked, as (index in
     /// `hashes`, size) of its blocks in order and their bytes, so a reader can take the
-    /// buffer as it is (a file read in the order it was written). Blocks not stored are
-    /// not handed over.
+    /// buffer as it is (a file read in the order it was written). The blocks may be a
+    /// prefix of the bytes (the rest moved by the cleaner meanwhile, handed over later).
+    /// Blocks not stored are not handed over.
     pub fn visit_runs(&self, hashes: &[Hash], mut f: impl FnMut(&[(usize, usize)], Vec<u8>)) -> Result<()> {
         let mut want: Vec<usize> = (0..hashes.len()).collect();
         // A second round for blocks the cleaner moved between the lookup and the read.
