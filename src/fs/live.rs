@@ -5,7 +5,7 @@
 //! It also owns the mount's page pushes. A READ smaller than a block reads the whole block
 //! from the store anyway; the rest of it is handed to the kernel's page cache
 //! (FUSE_NOTIFY_STORE) by one pusher thread, so the next reads of that block cost no round
-//! trip (a cold 4 KiB random read: about 2.8x the IOPS). The kernel copies a write into its
+//! trip (a cold 4 KiB random read: about 3x the IOPS). The kernel copies a write into its
 //! pages before the WRITE reaches the daemon, so a push of bytes read before such a write
 //! would put old bytes back over new ones. Hence (ARCHITECTURE.md, invariant 24): a push is taken
 //! before its bytes are read, only while no file of the inode is open for writing, and a
