@@ -148,7 +148,7 @@ fn readers_never_see_a_page_older_than_the_last_write() {
             if trunc {
                 // A truncate by path: no handle open for writing.
                 truncating.fetch_add(1, Ordering::SeqCst);
-                nix_truncate(&p, 0);
+                truncate_path(&p, 0);
             }
             let f = OpenOptions::new().write(true).open(&p).unwrap();
             f.write_all_at(&generation(g, LEN), 0).unwrap();
@@ -172,7 +172,7 @@ fn readers_never_see_a_page_older_than_the_last_write() {
     for off in (0..LEN as u64).step_by(16384) {
         page(&f, off);
     }
-    nix_truncate(&p, 100_000);
+    truncate_path(&p, 100_000);
     assert_eq!(fs::metadata(&p).unwrap().len(), 100_000);
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(fs::metadata(&p).unwrap().len(), 100_000);
@@ -182,7 +182,7 @@ fn readers_never_see_a_page_older_than_the_last_write() {
 }
 
 /// truncate(2) by path: the kernel sends a SETATTR without a file handle.
-fn nix_truncate(p: &Path, len: i64) {
+fn truncate_path(p: &Path, len: i64) {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
     assert_eq!(unsafe { libc::truncate(c.as_ptr(), len) }, 0, "truncate {}: {}", p.display(), std::io::Error::last_os_error());
