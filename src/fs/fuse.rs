@@ -654,7 +654,8 @@ impl Filesystem for FuseFs {
                 crate::metrics::get().read_bytes.inc_by((to - from) as u64);
                 m.stop();
                 reply.data(&d[from..to]);
-                if let Some(t) = ticket {
+                // Nothing beside the reply (a small file read whole): no push.
+                if let Some(t) = ticket.filter(|_| from > 0 || to < d.len()) {
                     self.live.push(t, off, d, from..to);
                 }
             }
