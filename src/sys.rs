@@ -239,6 +239,19 @@ pub fn remount(dir: &Path, read_only: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// The bytes a read or write syscall moved, from its return value: None if a signal
+/// interrupted it (call it again).
+fn transferred(n: isize) -> io::Result<Option<usize>> {
+    if n >= 0 {
+        return Ok(Some(n as usize));
+    }
+    let e = io::Error::last_os_error();
+    match e.kind() {
+        io::ErrorKind::Interrupted => Ok(None),
+        _ => Err(e),
+    }
+}
+
 /// Writes `parts` one after another at `off` of `f`, all of them (`pwritev`, at most
 /// `IOV_MAX` parts per call, again after a short write).
 pub fn pwritev_all(f: &std::fs::File, parts: &[&[u8]], mut off: u64) -> io::Result<()> {
@@ -257,18 +270,12 @@ pub fn pwritev_all(f: &std::fs::File, parts: &[&[u8]], mut off: u64) -> io::Resu
             .collect();
         // SAFETY: IoSlice has the layout of iovec; the slices outlive the call.
         let n = unsafe { libc::pwritev(f.as_raw_fd(), iov.as_ptr().cast(), iov.len() as libc::c_int, off as libc::off_t) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
+        let Some(n) = transferred(n)? else { continue };
         if n == 0 {
             return Err(io::Error::new(io::ErrorKind::WriteZero, "pwritev wrote nothing"));
         }
         off += n as u64;
-        let mut n = n as usize;
+        let mut n = n;
         while n > 0 {
             let left = parts[i].len() - skip;
             if n < left {
@@ -292,17 +299,11 @@ pub fn pread_exact(f: &std::fs::File, len: usize, off: u64) -> io::Result<Vec<u8
     while done < len {
         // SAFETY: the pointer and length stay inside `buf`'s allocation; pread only writes.
         let n = unsafe { libc::pread(f.as_raw_fd(), buf.as_mut_ptr().add(done).cast(), len - done, (off + done as u64) as libc::off_t) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
+        let Some(n) = transferred(n)? else { continue };
         if n == 0 {
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the file ends before the bytes asked for"));
         }
-        done += n as usize;
+        done += n;
     }
     // SAFETY: pread wrote all `len` bytes.
     unsafe { buf.set_len(len) };
