@@ -8,6 +8,7 @@ mod keys;
 mod segment;
 pub mod records;
 mod sync;
+mod xxh3;
 
 use crate::memory::Budget;
 use crate::error::{Error, Result};
@@ -546,7 +547,7 @@ impl Store {
 
     /// xxh3-128 of a block under the store's secret.
     pub fn hash(&self, data: &[u8]) -> Hash {
-        xxhash_rust::xxh3::xxh3_128_with_secret(data, &self.secret).to_be_bytes()
+        xxh3::xxh3_128(data, &self.secret).to_be_bytes()
     }
 
     fn get(&self, cfname: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
