@@ -6,6 +6,7 @@
 #![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 
 const MID_SIZE_MAX: usize = 240;
+const SECRET_SIZE_MIN: usize = 136;
 const STRIPE_LEN: usize = 64;
 const SECRET_CONSUME_RATE: usize = 8;
 const SECRET_MERGEACCS_START: usize = 11;
@@ -20,8 +21,10 @@ const PRIME64_4: u64 = 0x85EB_CA77_C2B2_AE63;
 const PRIME64_5: u64 = 0x27D4_EB2F_1656_67C5;
 const INITIAL_ACC: [u64; 8] = [PRIME32_3, PRIME64_1, PRIME64_2, PRIME64_3, PRIME64_4, PRIME32_2, PRIME64_5, PRIME32_1];
 
-/// xxh3-128 of `data` under `secret` (at least 136 bytes).
+/// xxh3-128 of `data` under `secret` (at least `SECRET_SIZE_MIN` bytes).
 pub fn xxh3_128(data: &[u8], secret: &[u8]) -> u128 {
+    // As the crate asserts; the loop's offsets into the secret rely on it.
+    assert!(secret.len() >= SECRET_SIZE_MIN, "an xxh3 secret is at least {SECRET_SIZE_MIN} bytes");
     #[cfg(target_arch = "x86_64")]
     if data.len() > MID_SIZE_MAX && avx2() {
         // SAFETY: the CPU has AVX2 (`avx2`), and the input is longer than a stripe.
