@@ -270,12 +270,11 @@ pub fn pwritev_all(f: &std::fs::File, parts: &[&[u8]], mut off: u64) -> io::Resu
             .collect();
         // SAFETY: IoSlice has the layout of iovec; the slices outlive the call.
         let n = unsafe { libc::pwritev(f.as_raw_fd(), iov.as_ptr().cast(), iov.len() as libc::c_int, off as libc::off_t) };
-        let Some(n) = transferred(n)? else { continue };
+        let Some(mut n) = transferred(n)? else { continue };
         if n == 0 {
             return Err(io::Error::new(io::ErrorKind::WriteZero, "pwritev wrote nothing"));
         }
         off += n as u64;
-        let mut n = n;
         while n > 0 {
             let left = parts[i].len() - skip;
             if n < left {
