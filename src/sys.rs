@@ -309,6 +309,98 @@ pub fn pread_exact(f: &std::fs::File, len: usize, off: u64) -> io::Result<Vec<u8
     Ok(buf)
 }
 
+/// The first `len` bytes of a file, mapped read-only and shared: reads of it are the page
+/// cache's own pages, no copy. Unmapped on drop.
+///
+/// Touching a page not in memory reads it, and a failed read there raises SIGBUS, as does a
+/// page past the file's end. So only ranges `populate` returned Ok for are read, and only
+/// while the caller holds them (`release` after): segments are never truncated, and a page
+/// evicted in that window is the only way back to a read (`Log::read`).
+pub struct Mapping {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+// SAFETY: the mapping is read-only and owned by this value alone; sharing its bytes
+// between threads is sharing an immutable slice.
+unsafe impl Send for Mapping {}
+unsafe impl Sync for Mapping {}
+
+const PAGE: usize = 4096;
+
+impl Mapping {
+    /// Maps the first `len` (> 0) bytes of `f` (which may be longer than the file is now).
+    pub fn new(f: &std::fs::File, len: usize) -> io::Result<Mapping> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a new mapping at an address the kernel picks; the fd is open for the call.
+        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, f.as_raw_fd(), 0) };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Mapping { ptr, len })
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The whole pages around [off, off + len), inside the mapping.
+    fn pages(&self, off: usize, len: usize) -> Option<(*mut libc::c_void, usize)> {
+        let start = off / PAGE * PAGE;
+        let end = off.checked_add(len)?.min(self.len);
+        // SAFETY (for the pointer arithmetic): start < end <= self.len.
+        (start < end).then(|| (unsafe { self.ptr.cast::<u8>().add(start) }.cast(), end - start))
+    }
+
+    /// Reads every page of [off, off + len) into memory and maps it (MADV_POPULATE_READ): a
+    /// page that cannot be read fails here with its error (EIO; EFAULT past the file's end)
+    /// instead of a SIGBUS later. Unsupported before Linux 5.14 (EINVAL).
+    pub fn populate(&self, off: usize, len: usize) -> io::Result<()> {
+        let Some((p, n)) = self.pages(off, len).filter(|_| off + len <= self.len) else {
+            return Err(io::Error::from_raw_os_error(libc::EFAULT));
+        };
+        // SAFETY: the range lies inside the mapping.
+        if unsafe { libc::madvise(p, n, libc::MADV_POPULATE_READ) } != 0 {
+            let e = io::Error::last_os_error();
+            return Err(match e.raw_os_error() {
+                Some(libc::EINVAL) => io::Error::new(io::ErrorKind::Unsupported, "MADV_POPULATE_READ is not supported"),
+                _ => e,
+            });
+        }
+        Ok(())
+    }
+
+    /// Bytes [off, off + len), which `populate` returned Ok for and no `release` since.
+    pub fn slice(&self, off: usize, len: usize) -> &[u8] {
+        assert!(off + len <= self.len, "a slice past the mapping");
+        // SAFETY: inside the mapping, which lives as long as `self`; populated (see above).
+        unsafe { std::slice::from_raw_parts(self.ptr.cast::<u8>().add(off), len) }
+    }
+
+    /// Unmaps the pages of [off, off + len) from this process (MADV_DONTNEED; the page
+    /// cache keeps them): a long read would otherwise count every page it mapped as the
+    /// daemon's resident memory. Whole `FAULT_AROUND` blocks, since a fault maps the cached
+    /// pages of the block around it too (a 2 GiB read left 48 MiB mapped otherwise). A
+    /// page shared with a range still in use is mapped again by its next touch.
+    pub fn release(&self, off: usize, len: usize) {
+        const FAULT_AROUND: usize = 64 << 10;
+        let start = off / FAULT_AROUND * FAULT_AROUND;
+        let end = off.saturating_add(len).div_ceil(FAULT_AROUND) * FAULT_AROUND;
+        if let Some((p, n)) = self.pages(start, end - start) {
+            // SAFETY: the range lies inside the mapping; DONTNEED on a shared file mapping
+            // drops page table entries only.
+            unsafe { libc::madvise(p, n, libc::MADV_DONTNEED) };
+        }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`, `len` are what mmap returned; nothing borrows it past `self`.
+        unsafe { libc::munmap(self.ptr, self.len) };
+    }
+}
+
 /// Allocates `len` bytes of disk for `f` (so later writes inside cannot fail with ENOSPC).
 pub fn fallocate(f: &std::fs::File, len: u64) -> io::Result<()> {
     use std::os::fd::AsRawFd;

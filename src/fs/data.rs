@@ -3,6 +3,7 @@
 use super::table::{self, lock, lock_busy, Node, Ranges};
 use super::{err, Entry, Flush, FsResult, Volume, PURGE_BATCH};
 use crate::error::Error;
+use crate::store::ReadBytes;
 use crate::volume::view::{Ext, ViewTxn};
 use crate::volume::{Kind, Ts};
 use std::sync::atomic::Ordering;
@@ -88,7 +89,7 @@ impl Volume {
     /// parallel: in-memory copies of the range are taken under the lock, stored blocks read
     /// after it. A block freed meanwhile (the file was rewritten and flushed) means the read
     /// raced a writer; it is then redone under the lock, where the file cannot change.
-    pub fn read(&self, ino: u64, off: u64, size: u32) -> FsResult<Vec<u8>> {
+    pub fn read(&self, ino: u64, off: u64, size: u32) -> FsResult<ReadBytes> {
         let node = self.node(ino)?;
         let (fsize, mem) = {
             let n = lock_busy(&node)?;
@@ -141,9 +142,9 @@ impl Volume {
     /// Bytes [off, off + size) of a file of `fsize` bytes: `mem` where it has the block
     /// (over the stored bytes where only ranges were written), else the store (one extent
     /// scan, one multi-get). None if a stored block has gone.
-    fn read_range(&self, ino: u64, off: u64, size: u32, fsize: u64, mem: &InMemory) -> FsResult<Option<Vec<u8>>> {
+    fn read_range(&self, ino: u64, off: u64, size: u32, fsize: u64, mem: &InMemory) -> FsResult<Option<ReadBytes>> {
         if off >= fsize || size == 0 {
-            return Ok(Some(Vec::new()));
+            return Ok(Some(ReadBytes::Owned(Vec::new())));
         }
         let end = fsize.min(off + size as u64);
         let bs = self.bs;
@@ -213,7 +214,7 @@ impl Volume {
         if out.is_empty() {
             out = vec![0u8; n];
         }
-        Ok(Some(out))
+        Ok(Some(ReadBytes::Owned(out)))
     }
 
     /// Writes `data` at `off`. `kill_suidgid`: the writer lacks CAP_FSETID and the file may

@@ -656,7 +656,7 @@ impl Filesystem for FuseFs {
                 reply.data(&d[from..to]);
                 // Nothing beside the reply (a small file read whole): no push.
                 if let Some(t) = ticket.filter(|_| from > 0 || to < d.len()) {
-                    self.live.push(t, off, d, from..to);
+                    self.live.push(t, off, d.into_vec(), from..to);
                 }
             }
             Err(e) => { m.stop(); reply.error(errno(&e)) },

@@ -1265,7 +1265,7 @@ mod tests {
         v.setattr(ino, attr::SetAttr { mtime: Some(attr::TimeSet::At(later)), ..Default::default() }).unwrap();
         assert!(s.sequence() > committed, "with nothing unsaved, a setattr commits at once");
         assert_eq!(v.view.inode(ino).unwrap().unwrap().mtime, later);
-        assert_eq!(v.read(ino, 0, 5000).unwrap(), vec![5u8; 5000]);
+        assert_eq!(v.read(ino, 0, 5000).unwrap().into_vec(), vec![5u8; 5000]);
         v.release(ino).unwrap();
         fsck_clean(&s);
     }
@@ -1292,7 +1292,7 @@ mod tests {
         v.write(ino, 2 * 4096 + 5, &[2u8; 10], false).unwrap();
         v.fsync(ino).unwrap();
         assert!(s.sequence() > committed, "an fsync after a new write commits it");
-        let got = v.read(ino, 0, len as u32).unwrap();
+        let got = v.read(ino, 0, len as u32).unwrap().into_vec();
         let mut want = vec![7u8; len];
         want[4096 + 100..4096 + 300].fill(1);
         want[2 * 4096 + 5..2 * 4096 + 15].fill(2);

@@ -13,6 +13,7 @@ mod xxh3;
 use crate::memory::Budget;
 use crate::error::{Error, Result};
 pub use keys::{CatKey, CatRange, Ident, Scan};
+pub use segment::ReadBytes;
 /// A `W` record: (lineage, ino, block index, value).
 pub type WrittenAt = (u64, u64, u64, Vec<u8>);
 use records::{Hash, RefRec};
@@ -956,7 +957,7 @@ impl Store {
             // One block (a random read): its buffer is the block, no copy.
             if let [(i, size)] = blocks {
                 if bytes.len() == *size {
-                    out[*i] = Some(bytes);
+                    out[*i] = Some(bytes.into_vec());
                     return;
                 }
             }
@@ -974,7 +975,7 @@ impl Store {
     /// buffer as it is (a file read in the order it was written). The blocks may be a
     /// prefix of the bytes (the rest moved by the cleaner meanwhile, handed over later).
     /// Blocks not stored are not handed over.
-    pub fn visit_runs(&self, hashes: &[Hash], mut f: impl FnMut(&[(usize, usize)], Vec<u8>)) -> Result<()> {
+    pub fn visit_runs(&self, hashes: &[Hash], mut f: impl FnMut(&[(usize, usize)], ReadBytes)) -> Result<()> {
         let mut want: Vec<usize> = (0..hashes.len()).collect();
         // A second round for blocks the cleaner moved between the lookup and the read.
         for _ in 0..3 {
@@ -1046,7 +1047,7 @@ impl Store {
     /// partly written blocks from cold data, the cleaner) all go to the kernel's readahead
     /// first and are then read by `READ_THREADS` threads: the disk serves them in parallel,
     /// where one thread would wait for each in turn.
-    fn read_runs(&self, locs: &[(usize, u64, usize)], runs: &[(usize, usize, usize)]) -> Vec<Result<Option<Vec<u8>>>> {
+    fn read_runs(&self, locs: &[(usize, u64, usize)], runs: &[(usize, usize, usize)]) -> Vec<Result<Option<ReadBytes>>> {
         const READ_THREADS: usize = 8;
         let threads = if runs.len() < 2 * READ_THREADS { 1 } else { READ_THREADS };
         if threads > 1 {
@@ -1633,7 +1634,7 @@ impl Store {
                         continue;
                     }
                     report.moved_bytes += bytes.len() as u64;
-                    t.moves.push((*h, *loc, bytes));
+                    t.moves.push((*h, *loc, bytes.into_vec()));
                 }
                 self.commit(t, false)?;
             }
@@ -1826,7 +1827,7 @@ impl View<'_> {
             let loc = keys::parse_block_key(k).ok_or_else(|| Error::Corrupt(format!("bad blocks key {k:?}")))?;
             let h: Hash = v.try_into().map_err(|_| Error::Corrupt(format!("bad blocks value at {loc}")))?;
             let bytes = match sizes.get(&loc) {
-                Some(n) => self.store.log.read(loc, *n as usize).ok().flatten(),
+                Some(n) => self.store.log.read(loc, *n as usize).ok().flatten().map(segment::ReadBytes::into_vec),
                 None => None,
             };
             f(loc, h, bytes)

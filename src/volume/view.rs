@@ -261,7 +261,7 @@ impl View {
     }
 
     /// Block contents by hash, a read of adjacent blocks at a time (`Store::visit_runs`).
-    pub fn visit_runs(&self, hashes: &[Hash], f: impl FnMut(&[(usize, usize)], Vec<u8>)) -> Result<()> {
+    pub fn visit_runs(&self, hashes: &[Hash], f: impl FnMut(&[(usize, usize)], crate::store::ReadBytes)) -> Result<()> {
         self.store.visit_runs(hashes, f)
     }
 
