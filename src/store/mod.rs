@@ -40,9 +40,9 @@ const SECRET_LEN: usize = 192;
 /// A commit whose new blocks come to this many bytes writes them ahead (`Store::prewrite`).
 const PREWRITE_MIN: u64 = 1 << 20;
 
-/// A read of at least this many adjacent bytes reads as many after them ahead.
+/// A read of at least this many adjacent bytes reads as many after them ahead, and
+/// `STREAM_AHEAD` times as many in a stream of such reads (`read_runs`).
 const READ_AHEAD_MIN: usize = 256 << 10;
-/// Runs a stream of long reads reads ahead (`read_runs`).
 const STREAM_AHEAD: usize = 4;
 
 /// A block's bytes as a commit stores them: the first `len` bytes of a buffer it may share
