@@ -1,5 +1,6 @@
 //! The segment log: a torn or scribbled tail is ignored at start (what was fsync'd before
-//! it survives), and the cleaner gives space back while volumes are written and destroyed.
+//! it survives), and the cleaner gives space back while volumes are written, read and
+//! destroyed.
 
 use crate::util::{pattern, Daemon};
 use std::fs::{self, File, OpenOptions};
@@ -132,6 +133,29 @@ fn the_cleaner_under_load_keeps_counts_exact_and_gives_space_back() {
     let mut d = Daemon::start();
     let m = d.volume("v");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Read over and over from the daemon (its cached pages dropped before each read) while
+    // the cleaner moves its blocks and retires their segments: long runs are read through
+    // mappings of segments that go meanwhile.
+    let stable = pattern(7, 8 << 20);
+    fs::write(m.join("stable"), &stable).unwrap();
+    let reader = {
+        let (m, stop) = (m.clone(), stop.clone());
+        std::thread::spawn(move || {
+            use std::io::Read;
+            use std::os::fd::AsRawFd;
+            let mut reads = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut f = File::open(m.join("stable")).unwrap();
+                // SAFETY: advice on an open descriptor; no memory is passed.
+                assert_eq!(unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) }, 0);
+                let mut got = Vec::with_capacity(stable.len());
+                f.read_to_end(&mut got).unwrap();
+                assert!(got == stable, "read {reads} of a file the cleaner moves is not what was written");
+                reads += 1;
+            }
+            reads
+        })
+    };
     let writer = {
         let (m, stop) = (m.clone(), stop.clone());
         std::thread::spawn(move || {
@@ -159,6 +183,8 @@ fn the_cleaner_under_load_keeps_counts_exact_and_gives_space_back() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let n = writer.join().unwrap();
     assert!(n >= 6, "the writer wrote {n} files");
+    let reads = reader.join().unwrap();
+    assert!(reads >= 6, "the reader read {reads} times");
     d.fsck_clean();
     let st = d.json(&["status", "--json"]);
     assert_eq!(st["segment_live_bytes"], st["physical"], "live bytes in segments are the stored blocks: {st}");
