@@ -314,8 +314,9 @@ pub fn pread_exact(f: &std::fs::File, len: usize, off: u64) -> io::Result<Vec<u8
 ///
 /// Touching a page not in memory reads it, and a failed read there raises SIGBUS, as does a
 /// page past the file's end. So only ranges `populate` returned Ok for are read, and only
-/// while the caller holds them (`release` after): segments are never truncated, and a page
-/// evicted in that window is the only way back to a read (`Log::read`).
+/// while the caller holds them (`release` after): segments are never truncated, so the one
+/// way left to a SIGBUS is a page evicted in that window whose re-read then fails
+/// (`Log::read`).
 pub struct Mapping {
     ptr: *mut libc::c_void,
     len: usize,
@@ -338,10 +339,6 @@ impl Mapping {
             return Err(io::Error::last_os_error());
         }
         Ok(Mapping { ptr, len })
-    }
-
-    pub fn len(&self) -> usize {
-        self.len
     }
 
     /// The whole pages around [off, off + len), inside the mapping.
@@ -372,7 +369,7 @@ impl Mapping {
 
     /// Bytes [off, off + len), which `populate` returned Ok for and no `release` since.
     pub fn slice(&self, off: usize, len: usize) -> &[u8] {
-        assert!(off + len <= self.len, "a slice past the mapping");
+        assert!(off.checked_add(len).is_some_and(|end| end <= self.len), "a slice past the mapping");
         // SAFETY: inside the mapping, which lives as long as `self`; populated (see above).
         unsafe { std::slice::from_raw_parts(self.ptr.cast::<u8>().add(off), len) }
     }
