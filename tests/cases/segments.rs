@@ -200,7 +200,8 @@ fn the_cleaner_under_load_keeps_counts_exact_and_gives_space_back() {
     assert_eq!(d.physical(), 0);
     d.ok(&["compact"]);
     let disk = d.json(&["status", "--json"])["disk_bytes"].as_u64().unwrap();
-    assert!(disk < 16 << 20, "{disk} bytes on disk for an empty store");
+    let segs: Vec<_> = fs::read_dir(d.store.join("seg")).unwrap().map(|e| e.unwrap()).map(|e| (e.file_name(), e.metadata().unwrap().len())).collect();
+    assert!(disk < 16 << 20, "{disk} bytes on disk for an empty store (segments {segs:?}): {}", d.json(&["status", "--json"]));
     d.fsck_clean();
     // The segment the last checkpoint names survived the cleaning: a crash now restarts.
     d.ok(&["compact"]);
