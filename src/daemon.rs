@@ -10,7 +10,7 @@ use crate::fs::{DirtyBudget, Volume};
 use crate::history::{self, History};
 use crate::memory::Budget;
 use crate::store::{Store, FORMAT_VERSION};
-use crate::volume::{autosnap, fsck, gc, idmap, parse_target, scrub, Catalog, SnapshotViews, HEAD_GONE};
+use crate::volume::{autosnap, diff, fsck, gc, idmap, parse_target, scrub, Catalog, SnapshotViews, HEAD_GONE};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use fuser::{BackgroundSession, Config, MountOption, Session, SessionACL};
 use serde_json::{json, Value};
@@ -520,7 +520,7 @@ impl Daemon {
             Request::Snapshot { name } => self.snapshot(&name),
             Request::Clone { source, name, uid_map, gid_map, owner } => self.clone_volume(&source, &name, &uid_map, &gid_map, owner),
             Request::Rollback { name } => self.rollback(&name),
-            Request::Diff { from, to } => self.diff(&from, &to),
+            Request::Diff { from, to } => self.diff(&from, to.as_deref()),
             Request::Restore { snapshot, paths, to, force } => self.restore(&snapshot, &paths, to.as_deref(), force),
             Request::SetProperty { name, property, value } => {
                 self.catalog.set_property(&self.store, &name, &property, &value)?;
@@ -670,23 +670,32 @@ impl Daemon {
         Ok(json!({"clone": name, "origin": source, "micros": started.elapsed().as_micros() as u64}))
     }
 
-    fn diff(&self, from: &str, to: &str) -> Result<Value> {
+    fn diff(&self, from: &str, to: Option<&str>) -> Result<Value> {
         let (va, sa) = parse_target(from)?;
-        let (vb, sb) = parse_target(to)?;
         let sa = sa.ok_or_else(|| Error::Invalid(format!("{from:?}: diff starts from a snapshot, VOL@SNAP")))?;
-        if va != vb {
-            return Err(Error::Invalid(format!("{from} and {to} are not of one volume")));
+        let (vb, sb) = match to {
+            Some(to) => parse_target(to)?,
+            None => (va.clone(), None),
+        };
+        let to = to.unwrap_or(&va);
+        let a = self.catalog.open_view(&self.store, &va, Some(&sa), true)?.chain();
+        let b = self.catalog.open_view(&self.store, &vb, sb.as_deref(), true)?.chain();
+        // Across volumes the two views share inode numbers only when one descends from the
+        // other: a clone numbers its new inodes past every number of its origin at the clone,
+        // but two clones of one snapshot (or a clone and its origin's later files) may hand
+        // out the same number to different files.
+        if va != vb && !diff::descends(&a, &b) && !diff::descends(&b, &a) {
+            return Err(Error::Invalid(format!(
+                "{from} and {to} are not of one volume, and neither is cloned from the other (diff compares a clone with its origin's snapshot, not two clones)"
+            )));
         }
-        let v = Catalog::get(&self.store, &va)?;
         if sb.is_none() {
             // The live volume as its writers see it: what they wrote is flushed first.
-            if let Some(live) = self.head_of(v.id)? {
+            if let Some(live) = self.head_of(Catalog::get(&self.store, &vb)?.id)? {
                 live.get().flush_older_than(Duration::ZERO)?;
             }
         }
-        let a = self.catalog.open_view(&self.store, &va, Some(&sa), true)?.chain();
-        let b = self.catalog.open_view(&self.store, &vb, sb.as_deref(), true)?.chain();
-        Ok(serde_json::to_value(crate::volume::diff::diff(&self.store, a, b)?)?)
+        Ok(serde_json::to_value(diff::diff(&self.store, a, b)?)?)
     }
 
     fn restore(&self, snapshot: &str, paths: &[String], to: Option<&str>, force: bool) -> Result<Value> {

@@ -211,11 +211,12 @@ enum Cmd {
     },
     /// Return VOL to snapshot VOL@SNAP; snapshots taken after it are kept
     Rollback { snapshot: String },
-    /// What changed from snapshot VOL@A to VOL@B (or to the live VOL): + added, - removed,
-    /// R renamed (old -> new), M modified (data, or metadata only: mode, owner, times, xattrs)
+    /// What changed from snapshot VOL@A to VOL@B or to the live VOL (default: VOL itself; also
+    /// a clone of VOL, or a snapshot of one): + added, - removed, R renamed (old -> new),
+    /// M modified (data, or metadata only: mode, owner, times, xattrs)
     Diff {
         from: String,
-        to: String,
+        to: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -482,7 +483,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Diff { from, to, json } => {
             need_snapshot(&from)?;
-            crate::volume::parse_target(&to)?;
+            if let Some(to) = &to {
+                crate::volume::parse_target(to)?;
+            }
             let v = call(Request::Diff { from, to })?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);

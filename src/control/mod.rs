@@ -62,8 +62,10 @@ pub enum Request {
         owner: Option<(u32, u32)>,
     },
     Rollback { name: String },
-    /// What changed from `from` (VOL@SNAP) to `to` (VOL@SNAP, or VOL: the live volume).
-    Diff { from: String, to: String },
+    /// What changed from `from` (VOL@SNAP) to `to` (VOL@SNAP, or VOL: the live volume; None:
+    /// `from`'s live volume). `to` may be another volume when one of the two views descends
+    /// from the other (a clone and its origin's snapshot).
+    Diff { from: String, #[serde(default)] to: Option<String> },
     /// Brings `paths` of snapshot `snapshot` (VOL@SNAP) back into the live volume, to the same
     /// paths or under `to`, by sharing blocks; existing targets only with `force`.
     Restore { snapshot: String, paths: Vec<String>, #[serde(default)] to: Option<String>, #[serde(default)] force: bool },

@@ -1,4 +1,5 @@
-//! `clonefs diff VOL@A [VOL@B | VOL]`: what changed between two views of one volume, with
+//! `clonefs diff VOL@A [VOL@B | VOL]`: what changed between two views of one volume (or of a
+//! clone and its origin's snapshot, `descends`), with
 //! the kind of each change (`+` added, `-` removed, `R` renamed, `M` modified) and, for `M`,
 //! whether file data changed or only metadata (mode, owner, times, xattrs).
 //!
@@ -115,6 +116,14 @@ impl Side<'_> {
         }
         Ok(self.paths.get(&ino).cloned())
     }
+}
+
+/// Whether view `b` descends from view `a`: it reads every lineage of `a` at `a`'s epoch or
+/// later (a clone of `a`'s snapshot or of a later one, or `a`'s own later views). Then every
+/// inode number both views show names one file: the descendant's new inodes are numbered past
+/// all of `a`'s.
+pub fn descends(a: &[(u64, u64)], b: &[(u64, u64)]) -> bool {
+    a.iter().all(|&(l, e)| b.iter().any(|&(lb, eb)| lb == l && eb >= e))
 }
 
 fn join(dir: &str, name: &[u8]) -> String {

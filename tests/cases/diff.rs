@@ -83,6 +83,47 @@ fn diff_tells_added_removed_renamed_and_data_from_metadata() {
     d.fsck_clean();
 }
 
+/// A clone against the snapshot it came from: what its users changed, with `diff ORIGIN@SNAP
+/// CLONE`. Views that do not descend from one another (two clones, a clone and its origin's
+/// later snapshot) may give one inode number to different files: refused.
+#[test]
+fn diff_shows_what_a_clone_changed_since_its_origin_snapshot() {
+    let mut d = Daemon::start();
+    let m = d.volume("prod");
+    fs::write(m.join("keep"), b"k").unwrap();
+    fs::write(m.join("edit"), pattern(2, 50_000)).unwrap();
+    fs::write(m.join("drop"), b"d").unwrap();
+    d.ok(&["snapshot", "prod@s1"]);
+    d.ok(&["clone", "prod@s1", "qa"]);
+    d.ok(&["clone", "prod@s1", "dev"]);
+    let qa = d.mount("qa");
+    let mut e = pattern(2, 50_000);
+    e[20_000] ^= 1;
+    fs::write(qa.join("edit"), &e).unwrap();
+    fs::remove_file(qa.join("drop")).unwrap();
+    fs::write(qa.join("added"), b"a").unwrap();
+    // The origin's own changes after the snapshot are not the clone's.
+    fs::write(m.join("prod-only"), b"p").unwrap();
+
+    let want = set(&["M /edit data", "- /drop", "+ /added"]);
+    assert_eq!(changes(&d, "prod@s1", "qa"), want);
+    d.ok(&["snapshot", "qa@t"]);
+    assert_eq!(changes(&d, "prod@s1", "qa@t"), want);
+    // The other way round, the clone's snapshot against the origin's.
+    assert_eq!(changes(&d, "qa@t", "prod@s1"), set(&["M /edit data", "+ /drop", "- /added"]));
+    // With one argument, against the snapshot's own live volume.
+    let v = d.json(&["diff", "prod@s1", "--json"]);
+    let paths: Vec<&str> = v.as_array().unwrap().iter().filter(|c| c["ftype"] == "file").map(|c| c["path"].as_str().unwrap()).collect();
+    assert_eq!(paths, ["/prod-only"]);
+
+    d.ok(&["snapshot", "prod@s2"]);
+    for (from, to) in [("qa@t", "dev"), ("prod@s2", "qa"), ("qa@t", "prod")] {
+        let err = d.fails(&["diff", from, to]);
+        assert!(err.contains("neither is cloned from the other"), "{from} {to}: {err}");
+    }
+    d.fsck_clean();
+}
+
 /// What a user sees of one path: inode, kind, data, and metadata that `diff` reports.
 #[derive(Clone, PartialEq, Debug)]
 struct Seen {
