@@ -11,13 +11,14 @@
 # 4 clients, 30 s: TPS, what the disk wrote meanwhile, and on a volume what the store wrote:
 # log records, the log's runway zeros, data segments), sm (2,000 small
 # files: create, stat, unlink per second), rr (1 GiB written, caches dropped, 4 KiB random
-# reads for 10 s, IOPS), sr (the same file read once cold in 1 MiB reads, MiB/s). AB_BLOCK_SIZE sets the volumes' block size (else
+# reads for 10 s, IOPS), sr (the same file read once cold in 1 MiB reads, MiB/s), rwc (the
+# same file, 4 KiB random writes for 12 s: each completes a stored block read from the disk). AB_BLOCK_SIZE sets the volumes' block size (else
 # the CLI's default), AB_BLOCK_SIZE_B B's alone (an A/B of block sizes: the same binary twice).
 # An old binary: build a worktree of its commit with this CARGO_TARGET_DIR and copy
 # target/debug/clonefs aside (then touch src/main.rs here and build again, or the target dir
 # keeps the old binary).
 set -euo pipefail
-[[ $# -ge 3 ]] || { sed -n 2,17p "$0"; exit 2; }
+[[ $# -ge 3 ]] || { sed -n 2,19p "$0"; exit 2; }
 a=$1 b=$2 job=$3 rounds=${4:-2}
 command -v fio >/dev/null || { apt-get update -qq && apt-get install -y -qq fio; }
 
@@ -93,9 +94,12 @@ PY
           python3 -c "import json,sys; j=json.load(sys.stdin)['jobs'][0]; p=j['sync']['lat_ns']['percentile']; print('4K write+fsync beside a seq writer IOPS', round(j['write']['iops']), 'sync p99 ms', round(p['99.000000']/1e6, 1))"
         wait "$bg"
         if [[ $B != true ]]; then timeout 30 "$B" unmount "$w/m2" >/dev/null 2>&1 || fusermount3 -uz "$w/m2"; fi ;;
-    rr|sr) fio --name=fill --filename="$m/f" --rw=write --bs=1M --size=1G --ioengine=psync --refill_buffers --end_fsync=1 >/dev/null
+    rr|sr|rwc) fio --name=fill --filename="$m/f" --rw=write --bs=1M --size=1G --ioengine=psync --refill_buffers --end_fsync=1 >/dev/null
         sync; echo 3 > /proc/sys/vm/drop_caches
-        if [[ $job == rr ]]; then
+        if [[ $job == rwc ]]; then
+          fio --name=rwc --filename="$m/f" --rw=randwrite --bs=4k --size=1G --runtime=12 --time_based --end_fsync=1 --ioengine=psync --refill_buffers --output-format=json |
+            python3 -c "import json,sys; j=json.load(sys.stdin)['jobs'][0]['write']; p=j['clat_ns']['percentile']; print('4K rand write over cold data IOPS', round(j['iops']), 'p50/p99/p99.9 us', *[round(p[k]/1e3) for k in ('50.000000', '99.000000', '99.900000')])"
+        elif [[ $job == rr ]]; then
           fio --name=rr --filename="$m/f" --rw=randread --bs=4k --size=1G --runtime=10 --time_based --ioengine=psync --output-format=json |
             python3 -c "import json,sys; j=json.load(sys.stdin)['jobs'][0]; print('4K cold rand read IOPS', round(j['read']['iops']), 'p50/p99 us', *[round(j['read']['clat_ns']['percentile'][k]/1e3) for k in ('50.000000', '99.000000')])"
         else
