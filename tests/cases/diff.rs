@@ -187,12 +187,90 @@ mod xattr {
     }
 }
 
-/// `diff` between snapshots of random histories against a brute-force comparison of the
-/// two snapshots mounted read-only (directories are never renamed here: diff names a
-/// renamed directory once, a walk would see all its paths move).
+/// Random changes under `m`: files made, written, cut, renamed, linked, removed, symlinks,
+/// modes, owners and xattrs (directories are never renamed: diff names a renamed directory
+/// once, a walk would see all its paths move).
+fn random_ops(m: &std::path::Path, rnd: &mut impl FnMut(u64) -> u64, n: usize) {
+    use std::os::unix::fs::{chown, symlink};
+    let dirs = ["", "d1", "d2", "d1/e"];
+    for x in &dirs[1..] {
+        fs::create_dir_all(m.join(x)).unwrap();
+    }
+    for _ in 0..n {
+        let files: Vec<String> = walk(m).into_iter().filter(|(_, s)| !s.dir).map(|(p, _)| p[1..].to_string()).collect();
+        let pick = |r: u64| files.get(r as usize % files.len().max(1)).cloned();
+        let newname = format!("{}/f{}", dirs[rnd(4) as usize], rnd(1000));
+        let newp = m.join(newname.trim_start_matches('/'));
+        let f = pick(rnd(1 << 20)).map(|p| m.join(p));
+        let is_file = f.as_ref().is_some_and(|p| fs::symlink_metadata(p).map(|x| x.is_file()).unwrap_or(false));
+        match rnd(11) {
+            0 | 1 if !newp.exists() => fs::write(&newp, pattern(rnd(1 << 30), rnd(200_000) as usize)).unwrap(),
+            2 if is_file => {
+                let f = f.unwrap();
+                let h = fs::OpenOptions::new().write(true).open(&f).unwrap();
+                std::os::unix::fs::FileExt::write_at(&h, &pattern(rnd(99), 5000), rnd(150_000)).unwrap();
+            }
+            3 if is_file => fs::OpenOptions::new().write(true).open(f.unwrap()).unwrap().set_len(rnd(100_000)).unwrap(),
+            4 if f.is_some() => fs::set_permissions(f.unwrap(), fs::Permissions::from_mode(0o600 + rnd(0o177) as u32)).unwrap_or(()),
+            5 if is_file => chown(f.unwrap(), Some(1000 + rnd(3) as u32), None).unwrap(),
+            6 if f.is_some() && !newp.exists() => fs::rename(f.unwrap(), &newp).unwrap(),
+            7 if f.is_some() => fs::remove_file(f.unwrap()).unwrap(),
+            8 if is_file && !newp.exists() => fs::hard_link(f.unwrap(), &newp).unwrap(),
+            9 if !newp.exists() => symlink(format!("t{}", rnd(9)), &newp).unwrap(),
+            10 if is_file => xattr::set(&f.unwrap(), &format!("user.k{}", rnd(3)), &pattern(rnd(9), 10)),
+            _ => {}
+        }
+    }
+}
+
+/// `diff FROM TO` against a brute-force comparison of the two views mounted read-only:
+/// names gone and come by (path, inode), files changed by inode. Adds to `seen` what it
+/// compared (names gone, come, files changed).
+fn check_against_walks(d: &mut Daemon, from: &str, to: &str, seen: &mut (usize, usize, usize)) {
+    let (a, b) = (d.mount(from), d.mount(to));
+    let (wa, wb) = (walk(&a), walk(&b));
+    let gone: BTreeSet<String> = wa.iter().filter(|(p, s)| wb.get(*p).map(|t| t.ino) != Some(s.ino)).map(|(p, _)| p.clone()).collect();
+    let came: BTreeSet<String> = wb.iter().filter(|(p, s)| wa.get(*p).map(|t| t.ino) != Some(s.ino)).map(|(p, _)| p.clone()).collect();
+    let v = d.json(&["diff", from, to, "--json"]);
+    let list = v.as_array().unwrap();
+    let by = |k: &'static str| list.iter().filter(move |c| c["kind"] == k);
+    let dgone: BTreeSet<String> = by("-").chain(by("R")).map(|c| c["path"].as_str().unwrap().to_string()).collect();
+    let dcame: BTreeSet<String> = by("+").map(|c| c["path"].as_str().unwrap().to_string()).chain(by("R").map(|c| c["to"].as_str().unwrap().to_string())).collect();
+    assert_eq!(dgone, gone, "{from} -> {to}: removed names");
+    assert_eq!(dcame, came, "{from} -> {to}: added names");
+    // Changed files, by inode: data and metadata as a user sees them.
+    let ino_a: BTreeMap<u64, &Seen> = wa.values().filter(|s| !s.dir).map(|s| (s.ino, s)).collect();
+    let mut want: BTreeMap<u64, (bool, bool)> = BTreeMap::new();
+    for s in wb.values().filter(|s| !s.dir) {
+        if let Some(o) = ino_a.get(&s.ino) {
+            let data = o.data != s.data;
+            let meta = o.meta != s.meta || (!data && o.mtime != s.mtime);
+            if data || meta {
+                want.insert(s.ino, (data, meta));
+            }
+        }
+    }
+    let mut got: BTreeMap<u64, (bool, bool)> = BTreeMap::new();
+    for c in list.iter().filter(|c| c["ftype"] != "dir" && (c["kind"] == "M" || c["kind"] == "R")) {
+        let p = if c["kind"] == "R" { c["to"].as_str().unwrap() } else { c["path"].as_str().unwrap() };
+        let ino = wb[p].ino;
+        let (dd, mm) = (c["data"] == true, c["meta"] == true);
+        if dd || mm {
+            got.insert(ino, (dd, mm));
+        }
+    }
+    assert_eq!(got, want, "{from} -> {to}: modified files (inode -> data, metadata)\n{v:#}");
+    seen.0 += gone.len();
+    seen.1 += came.len();
+    seen.2 += want.len();
+    d.unmount(&a);
+    d.unmount(&b);
+}
+
+/// `diff` between snapshots of random histories, and between a clone's snapshot and its
+/// origin's, against a brute-force comparison of the two views mounted read-only.
 #[test]
 fn diff_matches_a_brute_force_comparison_on_random_histories() {
-    use std::os::unix::fs::{chown, symlink};
     let mut d = Daemon::start();
     let m = d.volume("v");
     let mut seed = 0x2545F4914F6CDD1Du64;
@@ -202,81 +280,24 @@ fn diff_matches_a_brute_force_comparison_on_random_histories() {
         seed ^= seed << 17;
         seed % n.max(1)
     };
-    let dirs = ["", "d1", "d2", "d1/e"];
-    for x in &dirs[1..] {
-        fs::create_dir_all(m.join(x)).unwrap();
-    }
     let rounds = 4;
     for round in 0..rounds {
-        for _ in 0..60 {
-            let files: Vec<String> = walk(&m).into_iter().filter(|(_, s)| !s.dir).map(|(p, _)| p[1..].to_string()).collect();
-            let pick = |r: u64| files.get(r as usize % files.len().max(1)).cloned();
-            let newname = format!("{}/f{}", dirs[rnd(4) as usize], rnd(1000));
-            let newp = m.join(newname.trim_start_matches('/'));
-            let f = pick(rnd(1 << 20)).map(|p| m.join(p));
-            let is_file = f.as_ref().is_some_and(|p| fs::symlink_metadata(p).map(|x| x.is_file()).unwrap_or(false));
-            match rnd(11) {
-                0 | 1 if !newp.exists() => fs::write(&newp, pattern(rnd(1 << 30), rnd(200_000) as usize)).unwrap(),
-                2 if is_file => {
-                    let f = f.unwrap();
-                    let h = fs::OpenOptions::new().write(true).open(&f).unwrap();
-                    std::os::unix::fs::FileExt::write_at(&h, &pattern(rnd(99), 5000), rnd(150_000)).unwrap();
-                }
-                3 if is_file => fs::OpenOptions::new().write(true).open(f.unwrap()).unwrap().set_len(rnd(100_000)).unwrap(),
-                4 if f.is_some() => fs::set_permissions(f.unwrap(), fs::Permissions::from_mode(0o600 + rnd(0o177) as u32)).unwrap_or(()),
-                5 if is_file => chown(f.unwrap(), Some(1000 + rnd(3) as u32), None).unwrap(),
-                6 if f.is_some() && !newp.exists() => fs::rename(f.unwrap(), &newp).unwrap(),
-                7 if f.is_some() => fs::remove_file(f.unwrap()).unwrap(),
-                8 if is_file && !newp.exists() => fs::hard_link(f.unwrap(), &newp).unwrap(),
-                9 if !newp.exists() => symlink(format!("t{}", rnd(9)), &newp).unwrap(),
-                10 if is_file => xattr::set(&f.unwrap(), &format!("user.k{}", rnd(3)), &pattern(rnd(9), 10)),
-                _ => {}
-            }
-        }
+        random_ops(&m, &mut rnd, 60);
         d.ok(&["snapshot", &format!("v@s{round}")]);
     }
-    let mut pairs: Vec<(usize, usize)> = (0..rounds - 1).map(|i| (i, i + 1)).collect();
-    pairs.push((0, rounds - 1));
+    let mut pairs: Vec<(String, String)> = (0..rounds - 1).map(|i| (format!("v@s{i}"), format!("v@s{}", i + 1))).collect();
+    pairs.push(("v@s0".into(), format!("v@s{}", rounds - 1)));
+    // A clone of an older snapshot, changed its own way: new files numbered past the
+    // origin's, the origin's files changed, renamed and removed in the clone only.
+    d.ok(&["clone", "v@s1", "c"]);
+    let c = d.mount("c");
+    random_ops(&c, &mut rnd, 60);
+    d.ok(&["snapshot", "c@t"]);
+    d.unmount(&c);
+    pairs.extend([("v@s1".into(), "c@t".into()), ("c@t".into(), "v@s1".into()), ("v@s0".into(), "c@t".into())]);
     let mut seen = (0, 0, 0);
-    for (i, j) in pairs {
-        let (a, b) = (d.mount(&format!("v@s{i}")), d.mount(&format!("v@s{j}")));
-        let (wa, wb) = (walk(&a), walk(&b));
-        let gone: BTreeSet<String> = wa.iter().filter(|(p, s)| wb.get(*p).map(|t| t.ino) != Some(s.ino)).map(|(p, _)| p.clone()).collect();
-        let came: BTreeSet<String> = wb.iter().filter(|(p, s)| wa.get(*p).map(|t| t.ino) != Some(s.ino)).map(|(p, _)| p.clone()).collect();
-        let v = d.json(&["diff", &format!("v@s{i}"), &format!("v@s{j}"), "--json"]);
-        let list = v.as_array().unwrap();
-        let by = |k: &'static str| list.iter().filter(move |c| c["kind"] == k);
-        let dgone: BTreeSet<String> = by("-").chain(by("R")).map(|c| c["path"].as_str().unwrap().to_string()).collect();
-        let dcame: BTreeSet<String> = by("+").map(|c| c["path"].as_str().unwrap().to_string()).chain(by("R").map(|c| c["to"].as_str().unwrap().to_string())).collect();
-        assert_eq!(dgone, gone, "s{i} -> s{j}: removed names");
-        assert_eq!(dcame, came, "s{i} -> s{j}: added names");
-        // Changed files, by inode: data and metadata as a user sees them.
-        let ino_a: BTreeMap<u64, &Seen> = wa.values().filter(|s| !s.dir).map(|s| (s.ino, s)).collect();
-        let mut want: BTreeMap<u64, (bool, bool)> = BTreeMap::new();
-        for s in wb.values().filter(|s| !s.dir) {
-            if let Some(o) = ino_a.get(&s.ino) {
-                let data = o.data != s.data;
-                let meta = o.meta != s.meta || (!data && o.mtime != s.mtime);
-                if data || meta {
-                    want.insert(s.ino, (data, meta));
-                }
-            }
-        }
-        let mut got: BTreeMap<u64, (bool, bool)> = BTreeMap::new();
-        for c in list.iter().filter(|c| c["ftype"] != "dir" && (c["kind"] == "M" || c["kind"] == "R")) {
-            let p = if c["kind"] == "R" { c["to"].as_str().unwrap() } else { c["path"].as_str().unwrap() };
-            let ino = wb[p].ino;
-            let (dd, mm) = (c["data"] == true, c["meta"] == true);
-            if dd || mm {
-                got.insert(ino, (dd, mm));
-            }
-        }
-        assert_eq!(got, want, "s{i} -> s{j}: modified files (inode -> data, metadata)\n{v:#}");
-        seen.0 += gone.len();
-        seen.1 += came.len();
-        seen.2 += want.len();
-        d.unmount(&a);
-        d.unmount(&b);
+    for (from, to) in pairs {
+        check_against_walks(&mut d, &from, &to, &mut seen);
     }
     assert!(seen.0 > 10 && seen.1 > 10 && seen.2 > 10, "the histories changed too little: {seen:?} (names gone, came, files changed)");
     d.fsck_clean();
