@@ -1,13 +1,17 @@
 //! File data: open, read, write, truncate, fallocate, lseek, copy_file_range, release.
 
 use super::table::{self, lock, lock_busy, Node, Ranges};
-use super::{err, Entry, Flush, FsResult, Volume, PURGE_BATCH};
+use super::{err, AfterWrite, Entry, FsResult, Volume, PURGE_BATCH};
 use crate::error::Error;
 use crate::store::ReadBytes;
 use crate::volume::view::{Ext, ViewTxn};
 use crate::volume::{Kind, Ts};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
+
+/// Partly written blocks whose stored bytes a write asks the kernel to read ahead together,
+/// after its reply (`Volume::read_ahead_partial`).
+const READ_AHEAD_PARTIAL: usize = 64;
 
 /// Blocks of a read range held in memory: bytes, and the written ranges if only those are
 /// current (the rest comes from the store).
@@ -220,16 +224,34 @@ impl Volume {
     /// Writes `data` at `off`. `kill_suidgid`: the writer lacks CAP_FSETID and the file may
     /// be set-user/group-ID (the kernel says so; see `drop_suidgid`).
     pub fn write(&self, ino: u64, off: u64, data: &[u8], kill_suidgid: bool) -> FsResult<usize> {
-        let (n, flush) = self.write_then(ino, off, data, kill_suidgid)?;
-        if let Some(f) = flush {
-            self.finish_flush(f)?;
-        }
+        let (n, after) = self.write_then(ino, off, data, kill_suidgid)?;
+        self.after_write(after)?;
         Ok(n)
     }
 
-    /// `write`, leaving to the caller the flush it started, if any (`finish_flush`): the
-    /// FUSE layer answers the write first, so the writer's next request overlaps the commit.
-    pub fn write_then(&self, ino: u64, off: u64, data: &[u8], kill_suidgid: bool) -> FsResult<(usize, Option<Flush>)> {
+    /// Does what `write_then` left for after the reply.
+    pub fn after_write(&self, after: AfterWrite) -> FsResult<()> {
+        match after {
+            AfterWrite::Nothing => Ok(()),
+            AfterWrite::Flush(f) => self.finish_flush(f),
+            AfterWrite::ReadAhead { ino, blocks } => self.read_ahead_partial(ino, &blocks),
+        }
+    }
+
+    /// Hands the kernel's readahead the stored blocks under partly written blocks `idxs`
+    /// of `ino`, which the file's next flush reads to complete them: the disk reads them
+    /// while the writer goes on, and the flush finds them in the page cache. A hint: a
+    /// block written whole or flushed meanwhile costs one wasted read.
+    fn read_ahead_partial(&self, ino: u64, idxs: &[u64]) -> FsResult<()> {
+        let hashes: Vec<_> = self.view.extents_at(ino, idxs)?.into_iter().filter_map(|e| e.and_then(|(_, h)| h)).collect();
+        self.view.read_ahead(&hashes)?;
+        Ok(())
+    }
+
+    /// `write`, leaving to the caller the flush it started or the reads ahead it asks for
+    /// (`after_write`): the FUSE layer answers the write first, so the writer's next request
+    /// overlaps them.
+    pub fn write_then(&self, ino: u64, off: u64, data: &[u8], kill_suidgid: bool) -> FsResult<(usize, AfterWrite)> {
         self.check_writable()?;
         let end = off.checked_add(data.len() as u64).ok_or_else(|| err(libc::EFBIG))?;
         if end > i64::MAX as u64 {
@@ -241,7 +263,7 @@ impl Volume {
             return Err(err(libc::EINVAL));
         }
         if data.is_empty() || n.purged {
-            return Ok((data.len(), None));
+            return Ok((data.len(), AfterWrite::Nothing));
         }
         let bs = self.bs;
         self.check_refquota(&n, off, end)?;
@@ -274,6 +296,7 @@ impl Volume {
                         None => {
                             if bstart < n.rec.size {
                                 n.partial.insert(idx, Ranges::new());
+                                n.unfetched.push(idx);
                             }
                             vec![0u8; bs as usize]
                         }
@@ -304,9 +327,13 @@ impl Volume {
         self.mark_dirty(ino, &mut n, added);
         let total = self.budget.bytes.load(Ordering::Relaxed);
         if n.dirty.len() as u64 * bs >= self.budget.file_limit || total >= self.budget.total_limit {
-            return Ok((data.len(), self.begin_flush(ino, &node, n)?));
+            let after = self.begin_flush(ino, &node, n)?.map_or(AfterWrite::Nothing, AfterWrite::Flush);
+            return Ok((data.len(), after));
         }
-        Ok((data.len(), None))
+        if n.unfetched.len() >= READ_AHEAD_PARTIAL {
+            return Ok((data.len(), AfterWrite::ReadAhead { ino, blocks: std::mem::take(&mut n.unfetched) }));
+        }
+        Ok((data.len(), AfterWrite::Nothing))
     }
 
     /// EDQUOT before a write is taken that could take the volume past its refquota: what it

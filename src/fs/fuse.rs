@@ -679,7 +679,7 @@ impl Filesystem for FuseFs {
         let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
         let v = self.v();
         match head_only(&[ino.0]).and_then(|_| v.write_then(ino.0, offset, data, kill)) {
-            Ok((n, flush)) => {
+            Ok((n, after)) => {
                 crate::metrics::get().written_bytes.inc_by(n as u64);
                 if kill {
                     // A write reply carries no attributes: the kernel still has the old mode.
@@ -688,12 +688,10 @@ impl Filesystem for FuseFs {
                 // The request's latency ends here; the flush is not part of it.
                 m.stop();
                 reply.written(n as u32);
-                // After the reply: the writer's next request runs meanwhile. A failure keeps
-                // the blocks dirty; the next flush, fsync or close reports it.
-                if let Some(f) = flush {
-                    if let Err(e) = v.finish_flush(f) {
-                        log::warn!("flush of inode {} after a write: {e}", ino.0);
-                    }
+                // After the reply: the writer's next request runs meanwhile. A failed flush
+                // keeps the blocks dirty; the next flush, fsync or close reports it.
+                if let Err(e) = v.after_write(after) {
+                    log::warn!("after a write to inode {}: {e}", ino.0);
                 }
             }
             Err(e) => {

@@ -126,6 +126,17 @@ struct Deferred {
 }
 
 /// A flush committing a file's blocks without its node's lock (see `Volume::begin_flush`).
+/// What a write leaves for after its reply (`Volume::after_write`), so that the writer's
+/// next request runs meanwhile.
+pub enum AfterWrite {
+    Nothing,
+    /// The flush the write started (`finish_flush`).
+    Flush(Flush),
+    /// Partly written blocks of inode `ino` whose stored bytes the next flush reads
+    /// (`read_ahead_partial`).
+    ReadAhead { ino: u64, blocks: Vec<u64> },
+}
+
 pub struct Flush {
     ino: u64,
     node: NodeRef,
@@ -534,6 +545,8 @@ impl Volume {
             n.flush_failed = false;
             return Ok(None);
         }
+        // The flush reads the stored bytes under all its partly written blocks itself.
+        n.unfetched.clear();
         let blocks = Arc::new(table::Flushing {
             blocks: std::mem::take(&mut n.dirty).into_iter().map(|(i, b)| (i, Arc::new(b))).collect(),
             partial: std::mem::take(&mut n.partial),

@@ -33,6 +33,9 @@ pub struct Node {
     /// Dirty blocks written since the last fsync or flush: every dirty block is here or
     /// in `logged` with its record up to date, so an fsync looks at these only.
     pub unsynced: BTreeSet<u64>,
+    /// Partly written dirty blocks over stored bytes that nobody asked the kernel to read
+    /// ahead yet (`Volume::read_ahead_partial`); a flush takes them all with `partial`.
+    pub unfetched: Vec<u64>,
     pub dirty_since: Option<Instant>,
     /// Blocks a flush is committing without the node's lock: newer than the store, older
     /// than `dirty`. At most one flush of a node is in flight.
@@ -64,7 +67,7 @@ pub struct Node {
 
 impl Node {
     pub fn new(rec: InodeRec) -> Node {
-        Node { rec, dirty: BTreeMap::new(), partial: HashMap::new(), logged: BTreeSet::new(), unsynced: BTreeSet::new(), dirty_since: None, flushing: None, flush_sealed: false, synced: None, waiters: 0, flush_failed: false, clean: VecDeque::new(), meta_dirty: false, opens: 0, lookups: 0, purged: false }
+        Node { rec, dirty: BTreeMap::new(), partial: HashMap::new(), logged: BTreeSet::new(), unsynced: BTreeSet::new(), unfetched: Vec::new(), dirty_since: None, flushing: None, flush_sealed: false, synced: None, waiters: 0, flush_failed: false, clean: VecDeque::new(), meta_dirty: false, opens: 0, lookups: 0, purged: false }
     }
     pub fn is_clean(&self) -> bool {
         self.dirty.is_empty() && !self.meta_dirty && self.flushing.is_none()

@@ -975,6 +975,19 @@ impl Store {
         Ok(out)
     }
 
+    /// Hands the kernel's readahead the stored bytes of blocks `hashes`, to be read soon
+    /// (one multi-get of their locators); blocks not stored are skipped.
+    pub fn read_ahead(&self, hashes: &[Hash]) -> Result<()> {
+        let got = self.db.batched_multi_get_cf(self.cf(cf::REFS)?, hashes.iter(), false);
+        for r in got {
+            if let Some(v) = r? {
+                let rec = RefRec::decode(&v)?;
+                self.log.prefetch(rec.loc, rec.size as usize);
+            }
+        }
+        Ok(())
+    }
+
     /// `get_blocks` by runs: hands `f` each read of adjacent blocks, checked, as (index in
     /// `hashes`, size) of its blocks in order and their bytes, so a reader can take the
     /// buffer as it is (a file read in the order it was written). The blocks may be a

@@ -260,6 +260,12 @@ impl View {
         self.store.get_blocks(hashes)
     }
 
+    /// Asks the kernel's readahead for the stored bytes of blocks `hashes`
+    /// (`Store::read_ahead`).
+    pub fn read_ahead(&self, hashes: &[Hash]) -> Result<()> {
+        self.store.read_ahead(hashes)
+    }
+
     /// Block contents by hash, a read of adjacent blocks at a time (`Store::visit_runs`).
     pub fn visit_runs(&self, hashes: &[Hash], f: impl FnMut(&[(usize, usize)], crate::store::ReadBytes)) -> Result<()> {
         self.store.visit_runs(hashes, f)
