@@ -125,7 +125,6 @@ struct Deferred {
     weight: u64,
 }
 
-/// A flush committing a file's blocks without its node's lock (see `Volume::begin_flush`).
 /// What a write leaves for after its reply (`Volume::after_write`), so that the writer's
 /// next request runs meanwhile.
 pub enum AfterWrite {
@@ -137,6 +136,7 @@ pub enum AfterWrite {
     ReadAhead { ino: u64, blocks: Vec<u64> },
 }
 
+/// A flush committing a file's blocks without its node's lock (see `Volume::begin_flush`).
 pub struct Flush {
     ino: u64,
     node: NodeRef,
