@@ -682,13 +682,15 @@ impl Store {
 
     /// The stored size of each block (None where it is not stored), with one multi-get.
     pub fn block_sizes(&self, hashes: &[Hash]) -> Result<Vec<Option<u64>>> {
+        Ok(self.ref_recs(hashes)?.into_iter().map(|r| r.map(|r| r.size as u64)).collect())
+    }
+
+    /// Each block's reference record (None where it is not stored), with one multi-get.
+    fn ref_recs<'h>(&self, hashes: impl IntoIterator<Item = &'h Hash>) -> Result<Vec<Option<RefRec>>> {
         self.db
-            .batched_multi_get_cf(self.cf(cf::REFS)?, hashes.iter(), false)
+            .batched_multi_get_cf(self.cf(cf::REFS)?, hashes, false)
             .into_iter()
-            .map(|r| Ok(match r? {
-                Some(v) => Some(RefRec::decode(&v)?.size as u64),
-                None => None,
-            }))
+            .map(|r| r?.map(|v| RefRec::decode(&v)).transpose())
             .collect()
     }
 
@@ -978,12 +980,8 @@ impl Store {
     /// Hands the kernel's readahead the stored bytes of blocks `hashes`, to be read soon
     /// (one multi-get of their locators); blocks not stored are skipped.
     pub fn read_ahead(&self, hashes: &[Hash]) -> Result<()> {
-        let got = self.db.batched_multi_get_cf(self.cf(cf::REFS)?, hashes.iter(), false);
-        for r in got {
-            if let Some(v) = r? {
-                let rec = RefRec::decode(&v)?;
-                self.log.prefetch(rec.loc, rec.size as usize);
-            }
+        for rec in self.ref_recs(hashes)?.into_iter().flatten() {
+            self.log.prefetch(rec.loc, rec.size as usize);
         }
         Ok(())
     }
@@ -998,10 +996,8 @@ impl Store {
         // A second round for blocks the cleaner moved between the lookup and the read.
         for _ in 0..3 {
             let mut locs: Vec<(usize, u64, usize)> = Vec::with_capacity(want.len());
-            let got = self.db.batched_multi_get_cf(self.cf(cf::REFS)?, want.iter().map(|i| &hashes[*i]), false);
-            for (i, r) in want.iter().zip(got) {
-                if let Some(v) = r? {
-                    let rec = RefRec::decode(&v)?;
+            for (i, rec) in want.iter().zip(self.ref_recs(want.iter().map(|i| &hashes[*i]))?) {
+                if let Some(rec) = rec {
                     locs.push((*i, rec.loc, rec.size as usize));
                 }
             }
