@@ -159,7 +159,7 @@ pub fn status(s: &StatusInfo) {
     println!("logical:        {} ({} bytes)", size(s.logical), s.logical);
     println!("physical:       {} ({} bytes in {} blocks)", size(s.physical), s.physical, s.blocks);
     println!("dedup ratio:    {:.2}x", s.dedup_ratio);
-    println!("on disk:        {} (after compression)", size(s.disk_bytes));
+    println!("on disk:        {} (segments and index files)", size(s.disk_bytes));
     println!(
         "segment log:    {} segments, {} on disk, {} of live blocks (`clonefs compact` gives the rest back)",
         s.segments,
