@@ -20,11 +20,11 @@ fn referenced(d: &Daemon, name: &str) -> u64 {
     list.as_array().unwrap().iter().find(|r| r["name"] == name).unwrap()["referenced"].as_u64().unwrap()
 }
 
-/// Waits up to 10 s for `cond`.
+/// Waits up to 60 s for `cond`.
 fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let t0 = Instant::now();
     while !cond() {
-        assert!(t0.elapsed() < Duration::from_secs(10), "{what}: not within 10 s");
+        assert!(t0.elapsed() < Duration::from_secs(60), "{what}: not within 60 s");
         std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -164,7 +164,7 @@ fn unlinked_files_give_their_space_back_at_once_and_after_a_kill_9() {
     }
     // The kernel sends the release after close returns: give it a moment.
     let t0 = std::time::Instant::now();
-    while df_free(&v) <= 7 << 20 && t0.elapsed() < std::time::Duration::from_secs(5) {
+    while df_free(&v) <= 7 << 20 && t0.elapsed() < std::time::Duration::from_secs(30) {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     assert!(df_free(&v) > 7 << 20, "after the last close, df shows only {} bytes free", df_free(&v));

@@ -1,0 +1,247 @@
+//! The mount table: mounting a volume or snapshot (its FUSE session on threads of its
+//! own), remounting read-only or back, unmounting one or all, and the kernel's knobs
+//! for each mount.
+
+use super::*;
+
+impl Daemon {
+    pub(super) fn mount(&self, name: &str, dir: &Path, read_only: bool, writeback: bool, fast_open: bool) -> Result<Value> {
+        let (vol, snap) = parse_target(name)?;
+        if !dir.is_absolute() {
+            return Err(Error::Invalid(format!("mountpoint {} must be an absolute path", dir.display())));
+        }
+        let meta = std::fs::metadata(dir).map_err(|_| Error::NotFound(format!("mountpoint {} does not exist", dir.display())))?;
+        if !meta.is_dir() {
+            return Err(Error::Invalid(format!("mountpoint {} is not a directory", dir.display())));
+        }
+        let dir = dir.canonicalize()?;
+        // Reserve the slot: the view is read, checked and opened under the table lock, so a
+        // destroy or rename cannot act in between; mount(2) then runs without the lock.
+        let (live, snaps, bs, writeback) = {
+            let mut mounts = lock(&self.mounts)?;
+            let view = self.catalog.open_view(&self.store, &vol, snap.as_deref(), read_only)?;
+            let spec = view.spec();
+            if let Some(m) = mounts.iter().find(|m| m.dir == dir) {
+                return Err(Error::Conflict(format!("{} is already the mountpoint of {:?}", dir.display(), m.target)));
+            }
+            if let Some(m) = mounts.iter().find(|m| m.volume == spec.volume && m.snapshot == snap) {
+                return Err(Error::Conflict(format!("{name:?} is already mounted at {}", m.dir.display())));
+            }
+            let bs = spec.block_size as u64;
+            let writeback = writeback && !spec.read_only;
+            let volume = spec.volume;
+            let live = Arc::new(Live::new(Volume::open(view, self.budget.clone())?.with_kernel_opens(fast_open)));
+            let snaps = match snap {
+                None => {
+                    let views = SnapshotViews::new(self.store.clone(), self.catalog.clone(), volume);
+                    Some(Arc::new(SnapDir::new(views, self.budget.clone())))
+                }
+                Some(_) => None,
+            };
+            mounts.push(Mounted {
+                live: live.clone(),
+                snaps: snaps.clone(),
+                volume,
+                snapshot: snap.clone(),
+                target: name.to_string(),
+                dir: dir.clone(),
+                writeback,
+                session: None,
+                busy: true,
+                remounted_ro: false,
+            });
+            (live, snaps, bs, writeback)
+        };
+        let ro = live.get().read_only;
+        let mut config = Config::default();
+        config.mount_options = vec![
+            MountOption::FSName(name.to_string()),
+            MountOption::Subtype("clonefs".into()),
+            MountOption::DefaultPermissions,
+            if ro { MountOption::RO } else { MountOption::RW },
+        ];
+        if crate::sys::geteuid() == 0 {
+            // fuser gives the subtype only to fusermount; root mounts directly, so the kernel
+            // gets it here and the mount table says `fuse.clonefs` (mount(8) then runs our
+            // helper for `mount -o remount`, not mount.fuse).
+            config.mount_options.push(MountOption::CUSTOM("subtype=clonefs".into()));
+            config.acl = SessionACL::All;
+            config.mount_options.push(MountOption::Dev);
+            config.mount_options.push(MountOption::Suid);
+        }
+        config.n_threads = Some(FUSE_THREADS);
+        config.clone_fd = true;
+        let started = Instant::now();
+        let idmap = live.get().idmap();
+        let fast_open = live.get().kernel_opens;
+        let session = Session::new(FuseFs::new(live.clone(), bs, snaps, writeback, idmap), &dir, &config).and_then(|s| {
+            // Before the session serves a request (`Live::start_pushes`).
+            live.set_notifier(s.notifier());
+            if !writeback && !fast_open {
+                live.start_pushes(s.notifier()).map_err(std::io::Error::other)?;
+            }
+            s.spawn()
+        });
+        let mut mounts = lock(&self.mounts)?;
+        let i = mounts
+            .iter()
+            .position(|m| m.dir == dir && m.busy)
+            .ok_or_else(|| Error::Corrupt(format!("mount slot of {} vanished", dir.display())))?;
+        let session = match session {
+            Ok(s) => s,
+            Err(e) => {
+                mounts.remove(i);
+                return Err(Error::Invalid(format!("cannot mount {name:?} at {}: {e}", dir.display())));
+            }
+        };
+        mounts[i].session = Some(session);
+        mounts[i].busy = false;
+        drop(mounts);
+        tune_bdi(&dir, writeback);
+        log::info!("mounted {name} at {} in {:?}", dir.display(), started.elapsed());
+        Ok(json!({"mountpoint": dir}))
+    }
+
+    /// Finds the mount at `dir`, lets `check` refuse, and marks it busy, so the caller can
+    /// work without the table lock; the caller clears `busy` when done.
+    fn claim(&self, dir: &Path, check: impl FnOnce(&Mounted) -> Result<()>) -> Result<(PathBuf, Arc<Live>)> {
+        let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+        let mut mounts = lock(&self.mounts)?;
+        let m = mounts
+            .iter_mut()
+            .find(|m| m.dir == dir)
+            .ok_or_else(|| Error::NotFound(format!("{} is not a clonefs mountpoint", dir.display())))?;
+        if m.busy {
+            return Err(Error::Conflict(format!("{} is being mounted or unmounted; try again", dir.display())));
+        }
+        check(m)?;
+        m.busy = true;
+        Ok((dir, m.live.clone()))
+    }
+
+    pub(super) fn remount(&self, dir: &Path, read_only: bool) -> Result<Value> {
+        let (dir, live) = self.claim(dir, |m| match !read_only && m.live.get().read_only {
+            true => Err(Error::Invalid(format!("{} is a read-only view of {:?}; it cannot be made writable", m.dir.display(), m.target))),
+            false => Ok(()),
+        })?;
+        // Write everything back before the kernel turns read-only, as a remount of a disk
+        // filesystem does; then remount without the table lock (it waits for the kernel).
+        let done = if read_only { live.get().flush_all().map_err(Error::from) } else { Ok(()) }.and_then(|()| {
+            crate::sys::remount(&dir, read_only).map_err(|e| {
+                if e.raw_os_error() == Some(libc::EPERM) {
+                    Error::Invalid(format!("remounting {} needs root (CAP_SYS_ADMIN)", dir.display()))
+                } else if e.raw_os_error() == Some(libc::EBUSY) {
+                    Error::Conflict(format!("{} has files open for writing; close them to remount read-only", dir.display()))
+                } else {
+                    Error::Io(e)
+                }
+            })
+        });
+        let mut mounts = lock(&self.mounts)?;
+        if let Some(m) = mounts.iter_mut().find(|m| m.dir == dir && m.busy) {
+            m.busy = false;
+            if done.is_ok() {
+                m.remounted_ro = read_only;
+            }
+        }
+        drop(mounts);
+        done?;
+        log::info!("remounted {} {}", dir.display(), if read_only { "read-only" } else { "read-write" });
+        Ok(json!({"mountpoint": dir, "read_only": read_only}))
+    }
+
+    pub(super) fn unmount(&self, dir: &Path) -> Result<Value> {
+        // Flush and umount(2) run without the table lock.
+        let (dir, live) = self.claim(dir, |_| Ok(()))?;
+        let done = live.get().flush_all().map_err(Error::from).and_then(|()| {
+            crate::sys::umount(&dir, false).map_err(|e| {
+                if e.raw_os_error() == Some(libc::EBUSY) {
+                    Error::Conflict(format!("{} is busy: close the files and leave the directories open there", dir.display()))
+                } else {
+                    Error::Io(e)
+                }
+            })
+        });
+        let mut mounts = lock(&self.mounts)?;
+        let i = mounts.iter().position(|m| m.dir == dir && m.busy);
+        if let Err(e) = done {
+            if let Some(i) = i {
+                mounts[i].busy = false;
+            }
+            return Err(e);
+        }
+        let Some(i) = i else { return Ok(Value::Null) };
+        let mut m = mounts.remove(i);
+        drop(mounts);
+        finish_session(&mut m);
+        m.live.get().flush_all()?;
+        Ok(Value::Null)
+    }
+
+    /// Flushes and unmounts every volume (shutdown). Busy mounts are detached.
+    pub(super) fn unmount_all(&self) -> Result<()> {
+        let mut all: Vec<Mounted> = std::mem::take(&mut *lock(&self.mounts)?);
+        let mut first_err = None;
+        for m in &mut all {
+            if let Err(e) = m.live.get().flush_all() {
+                log::error!("{}: flush failed: {e}", m.target);
+                first_err.get_or_insert(Error::from(e));
+            }
+            if crate::sys::umount(&m.dir, false).is_err() {
+                log::warn!("{} is busy; detaching it", m.dir.display());
+                let _ = crate::sys::umount(&m.dir, true);
+                if let Some(s) = m.session.take() {
+                    // Its thread ends when the last open file closes; do not wait for that.
+                    std::mem::forget(s);
+                }
+                continue;
+            }
+            finish_session(m);
+            if let Err(e) = m.live.get().flush_all() {
+                first_err.get_or_insert(Error::from(e));
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Waits (bounded) for a session thread whose mount is gone to finish.
+fn finish_session(m: &mut Mounted) {
+    if let Some(s) = m.session.take() {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !s.guard.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if s.guard.is_finished() {
+            let _ = s.join();
+        } else {
+            log::warn!("session of {} did not end; leaving it", m.dir.display());
+            std::mem::forget(s);
+        }
+    }
+}
+
+/// Lets the kernel hold more dirty pages for a writeback mount than the 1% a FUSE connection
+/// gets by default, which throttles writers long before the daemon is busy. `strict_limit`
+/// stays on, so the mount's dirty pages stay bounded by `max_bytes` (what a snapshot or fsync
+/// may have to write back first).
+fn tune_bdi(dir: &Path, writeback: bool) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(dev) = std::fs::metadata(dir).map(|m| m.dev()) else { return };
+    let (major, minor) = (((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff), (dev & 0xff) | ((dev >> 12) & !0xff));
+    let bdi = PathBuf::from(format!("/sys/class/bdi/{major}:{minor}"));
+    // FUSE_INIT caps readahead at the kernel's default (128 KiB); the BDI knob raises it to
+    // what one request carries (max_write), so a sequential read is 1 MiB requests.
+    let mut knobs = vec![("read_ahead_kb", READAHEAD_KB.to_string())];
+    if writeback {
+        knobs.push(("max_bytes", WRITEBACK_DIRTY_MAX.to_string()));
+    }
+    for (knob, value) in knobs {
+        if let Err(e) = std::fs::write(bdi.join(knob), &value) {
+            log::warn!("{}: cannot set {knob} to {value}: {e}", bdi.display());
+        }
+    }
+}
