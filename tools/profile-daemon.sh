@@ -2,7 +2,7 @@
 # Profiles the clonefs daemon with `perf record -g` while one job runs on a fresh volume, and
 # prints the job's figure and the hottest symbols. For "show what limits it" in
 # docs/benchmarks.md.
-#   tools/profile-daemon.sh seqwrite|seqread|randwrite|fsync|wal|randread|stat|create|unlink|pgbench [--writeback]
+#   tools/profile-daemon.sh seqwrite|seqread|randwrite|randwritecold|fsync|wal|randread|stat|create|unlink|pgbench [--writeback]
 # Needs perf (apt-get install linux-perf) and fio; runs as root. The perf data stays in
 # /tmp/clonefs-profile.JOB.data for `perf report -i`. PERF_FREQ (default 999 Hz) and PERF_CG
 # (default -g; `--call-graph dwarf,16384` attributes time to our functions, which have no
@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
-job=${1:?usage: tools/profile-daemon.sh seqwrite|seqread|randwrite|fsync|wal|randread|stat|create|unlink|pgbench [--writeback]}
+job=${1:?usage: tools/profile-daemon.sh seqwrite|seqread|randwrite|randwritecold|fsync|wal|randread|stat|create|unlink|pgbench [--writeback]}
 mopt=${2:-}
 command -v perf >/dev/null || { apt-get update -qq && apt-get install -y -qq linux-perf; }
 command -v fio >/dev/null || { apt-get update -qq && apt-get install -y -qq fio; }
@@ -52,6 +52,10 @@ case $job in
   seqwrite) run() { fiojob --rw=write --bs=1M --size=1024M --end_fsync=1; } ;;
   randwrite) fiojob --rw=write --bs=1M --size=256M --end_fsync=1 >/dev/null
     run() { fiojob --rw=randwrite --bs=4k --size=256M --runtime=10 --time_based --end_fsync=1; } ;;
+  # Over a cold 1 GiB file written in order: each write completes a stored block read from
+  # the disk (`scripts/ab.sh A B rwc`).
+  randwritecold) fiojob --rw=write --bs=1M --size=1024M --end_fsync=1 >/dev/null
+    run() { sync; echo 3 > /proc/sys/vm/drop_caches; fiojob --rw=randwrite --bs=4k --size=1024M --runtime=10 --time_based --end_fsync=1; } ;;
   fsync) fiojob --rw=write --bs=1M --size=256M --end_fsync=1 >/dev/null
     run() { fiojob --rw=randwrite --bs=4k --size=256M --runtime=10 --time_based --fsync=1; } ;;
   wal) run() { fiojob --rw=write --bs=8k --size=64M --runtime=10 --time_based --fdatasync=1; } ;;
