@@ -131,6 +131,7 @@ impl Volume {
                 n.logged.remove(idx);
                 n.partial.remove(idx).is_none()
             });
+            n.unfetched.retain(|i| n.partial.contains_key(i));
             for (idx, data) in flushed.into_iter().rev().take(table::CLEAN_PER_NODE) {
                 self.keep_clean(n, idx, data);
             }

@@ -422,6 +422,7 @@ impl Volume {
             self.add_dirty(-(n.dirty.len() as i64));
             n.dirty.clear();
             n.partial.clear();
+            n.unfetched.clear();
             n.logged.clear();
             n.unsynced.clear();
             if let Ok(mut d) = self.dirty.lock() {

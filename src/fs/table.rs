@@ -34,7 +34,8 @@ pub struct Node {
     /// in `logged` with its record up to date, so an fsync looks at these only.
     pub unsynced: BTreeSet<u64>,
     /// Partly written dirty blocks over stored bytes that nobody asked the kernel to read
-    /// ahead yet (`Volume::read_ahead_partial`); a flush takes them all with `partial`.
+    /// ahead yet (`Volume::read_ahead_partial`). Flushes, commits and purges drop theirs; a
+    /// block that later writes complete stays listed (its read ahead is one wasted read).
     pub unfetched: Vec<u64>,
     pub dirty_since: Option<Instant>,
     /// Blocks a flush is committing without the node's lock: newer than the store, older
