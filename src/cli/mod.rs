@@ -626,10 +626,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     wanted.iter().map(|p| (p.clone(), all[p.as_str()].clone())).collect();
                 println!("{}", serde_json::to_string_pretty(&picked)?);
             } else {
-                println!("{:<12} {}", "PROPERTY", "VALUE");
-                for p in &wanted {
-                    println!("{:<12} {}", p, all[p.as_str()].as_str().unwrap_or(""));
-                }
+                let rows: Vec<(&str, &str)> = wanted.iter().map(|p| (p.as_str(), all[p.as_str()].as_str().unwrap_or(""))).collect();
+                output::properties(&rows);
             }
         }
         Cmd::Rename { old, new } => {

@@ -37,6 +37,21 @@ fn created(secs: i64) -> String {
     format!("{y:04}-{m:02}-{d:02} {:02}:{:02}", rem / 3600, rem % 3600 / 60)
 }
 
+/// `clonefs get`'s table: sizes and the creation time made readable (`--json` keeps the
+/// raw values: bytes, seconds since the epoch).
+pub fn properties(rows: &[(&str, &str)]) {
+    let w = rows.iter().map(|r| r.0.len()).chain(std::iter::once("PROPERTY".len())).max().unwrap_or(0);
+    println!("{:<w$}  VALUE", "PROPERTY");
+    for (p, v) in rows {
+        let shown = match (*p, v.parse::<u64>()) {
+            ("created", Ok(secs)) => format!("{} UTC", created(secs as i64)),
+            ("block_size" | "refquota" | "quota", Ok(b)) => size(b),
+            _ => v.to_string(),
+        };
+        println!("{p:<w$}  {shown}");
+    }
+}
+
 /// Columns `list -o` knows, with their header and alignment (true: right).
 pub const LIST_COLUMNS: [(&str, &str, bool); 10] = [
     ("name", "NAME", false),
