@@ -308,6 +308,8 @@ enum Cmd {
     /// Rename a volume
     Rename { old: String, new: String },
     /// Set a volume property: refquota=SIZE|none (most bytes the volume may reference);
+    /// quota=SIZE|none (most bytes of its own: its writes and its snapshots', for a clone
+    /// what it adds to its origin);
     /// snapshot.policy=PERIOD:COUNT,...|none (automatic snapshots kept per period: frequent
     /// (15 min), hourly, daily, weekly, monthly, yearly; e.g. hourly:24,daily:7,weekly:4)
     Set {
