@@ -199,6 +199,44 @@ pub fn syncfs(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// The filesystem type (`ext4`, `fuse.clonefs`) of the topmost mount at exactly `dir` (an
+/// absolute path without symlinks), from /proc/self/mountinfo; None if nothing is mounted
+/// there.
+pub fn mount_fstype(dir: &Path) -> io::Result<Option<String>> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    Ok(mountinfo_fstype(&info, dir.as_os_str().as_bytes()))
+}
+
+fn mountinfo_fstype(info: &str, dir: &[u8]) -> Option<String> {
+    // `ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER`; the
+    // mount point escapes space, tab, newline and backslash as octal. Later lines are
+    // mounted over earlier ones.
+    let unescape = |f: &str| -> Vec<u8> {
+        let b = f.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            let octal = b.get(i + 1..i + 4).filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+            match octal {
+                Some(d) => {
+                    out.push(d.iter().fold(0u8, |a, c| a.wrapping_mul(8) + (c - b'0')));
+                    i += 4;
+                }
+                None => {
+                    out.push(b[i]);
+                    i += 1;
+                }
+            }
+        }
+        out
+    };
+    info.lines().rev().find_map(|l| {
+        let mut f = l.split(' ');
+        (unescape(f.nth(4)?) == dir).then_some(())?;
+        f.skip_while(|x| *x != "-").nth(1).map(str::to_string)
+    })
+}
+
 /// Unmounts `dir`; with `lazy`, detaches it even while busy.
 pub fn umount(dir: &Path, lazy: bool) -> io::Result<()> {
     let c = CString::new(dir.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
@@ -448,6 +486,18 @@ pub fn notify_service(state: &str) {
 mod tests {
     use super::*;
     use std::os::unix::fs::FileExt;
+
+    #[test]
+    fn mountinfo_names_the_topmost_mount_at_a_path() {
+        let info = "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/vda rw\n\
+                    40 22 0:50 / /mnt/a\\040b rw,nosuid - fuse.clonefs v rw,user_id=0\n\
+                    41 40 0:51 / /mnt/a\\040b rw - tmpfs none rw\n\
+                    42 22 0:52 / /mnt/c rw shared:7 master:3 - fuse.clonefs w rw\n";
+        assert_eq!(mountinfo_fstype(info, b"/mnt/a b").as_deref(), Some("tmpfs"));
+        assert_eq!(mountinfo_fstype(info, b"/mnt/c").as_deref(), Some("fuse.clonefs"));
+        assert_eq!(mountinfo_fstype(info, b"/").as_deref(), Some("ext4"));
+        assert_eq!(mountinfo_fstype(info, b"/mnt"), None);
+    }
 
     #[test]
     fn pwritev_all_writes_every_part_in_order() {

@@ -93,6 +93,8 @@ impl Daemon {
             return Ok(m.dir.clone());
         }
         let dir = self.db.root.join(&v.name);
+        // Left dead by a daemon that was killed: a restart brings its server back here.
+        super::mounts::clear_dead_mount(&dir)?;
         std::fs::create_dir_all(&dir)?;
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&self.db.root, std::fs::Permissions::from_mode(0o755))?;
@@ -612,7 +614,8 @@ impl Daemon {
         let Ok(_g) = self.db.ops.try_lock() else { return Ok(()) };
         for v in Catalog::list(&self.store)? {
             let Some(c) = v.db.clone() else { continue };
-            if !c.running {
+            // An SQLite volume has no server to run: its file is there whenever the daemon is.
+            if !c.running && c.engine.serves() {
                 continue;
             }
             let state = lock(&self.db.servers)?.get(&v.id).map(|s| (s.child.is_some(), s.status.clone()));

@@ -10,6 +10,7 @@ impl Daemon {
         if !dir.is_absolute() {
             return Err(Error::Invalid(format!("mountpoint {} must be an absolute path", dir.display())));
         }
+        clear_dead_mount(dir)?;
         let meta = std::fs::metadata(dir).map_err(|_| Error::NotFound(format!("mountpoint {} does not exist", dir.display())))?;
         if !meta.is_dir() {
             return Err(Error::Invalid(format!("mountpoint {} is not a directory", dir.display())));
@@ -244,4 +245,33 @@ fn tune_bdi(dir: &Path, writeback: bool) {
             log::warn!("{}: cannot set {knob} to {value}: {e}", bdi.display());
         }
     }
+}
+
+/// Unmounts a clonefs mount at `dir` whose daemon died (kill -9, a crash): every access to
+/// it fails with ENOTCONN until it is unmounted, so neither a restarted daemon's database
+/// servers nor the user's `clonefs mount` could mount there again. A dead mount of another
+/// filesystem is left alone (the mount then fails and says so).
+pub(super) fn clear_dead_mount(dir: &Path) -> Result<()> {
+    // statfs always asks the daemon (a stat may answer from the kernel's cached attributes).
+    match crate::sys::statvfs(dir) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {}
+        _ => return Ok(()),
+    }
+    // The mount point itself cannot be resolved: its parent can.
+    let (Some(parent), Some(leaf)) = (dir.parent(), dir.file_name()) else { return Ok(()) };
+    let path = parent.canonicalize()?.join(leaf);
+    if crate::sys::mount_fstype(&path)?.as_deref() != Some("fuse.clonefs") {
+        return Ok(());
+    }
+    log::warn!("{}: a clonefs mount whose daemon died; unmounting it to mount there again", path.display());
+    let r = if crate::sys::geteuid() == 0 {
+        crate::sys::umount(&path, true)
+    } else {
+        match std::process::Command::new("fusermount3").arg("-u").arg("-z").arg(&path).status() {
+            Ok(st) if st.success() => Ok(()),
+            Ok(st) => Err(std::io::Error::other(format!("fusermount3 -u -z exited with {st}"))),
+            Err(e) => Err(e),
+        }
+    };
+    r.map_err(|e| Error::Invalid(format!("{} is a clonefs mount whose daemon died, and unmounting it failed: {e}", path.display())))
 }

@@ -2,7 +2,7 @@
 //! answers and STOPPING=1 when it stops (sd_notify); mounts show as `fuse.clonefs` with the
 //! volume's name as their source, so `findmnt -t fuse.clonefs` and `df` name them.
 
-use crate::util::{run_timeout, BIN};
+use crate::util::{is_mounted, run_timeout, Daemon, BIN};
 use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -49,4 +49,45 @@ fn readiness_and_stop_are_notified_and_mounts_are_named() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(!std::fs::read_to_string("/proc/mounts").unwrap().contains(mnt.to_str().unwrap()), "the stop left the mount");
+}
+
+/// A daemon killed with volumes mounted leaves dead mounts behind (every access fails with
+/// ENOTCONN until they are unmounted). Restarted, it mounts there again: `clonefs mount` at
+/// the same directory, and by itself a database volume's mount (its server comes back).
+#[test]
+fn a_restarted_daemon_mounts_again_where_a_killed_one_left_dead_mounts() {
+    let mut d = Daemon::start();
+    let v = d.volume("v");
+    std::fs::write(v.join("f"), b"kept").unwrap();
+    std::fs::File::open(v.join("f")).unwrap().sync_all().unwrap();
+    let lite = d.tmp.path().join("app.db");
+    assert!(run_timeout(Command::new("sqlite3").arg(&lite).arg("CREATE TABLE t(x); INSERT INTO t VALUES (42);"), 60).status.success());
+    d.ok(&["db", "init", "lite", "--engine", "sqlite", "--import", lite.to_str().unwrap()]);
+    let db_dir = std::path::PathBuf::from(format!("{}.db/lite", d.store.display()));
+    assert!(is_mounted(&db_dir));
+    d.kill9_leaving_mounts();
+    let dead = |p: &std::path::Path| std::fs::read_dir(p).err().and_then(|e| e.raw_os_error()) == Some(libc::ENOTCONN);
+    assert!(dead(&v) && dead(&db_dir), "the killed daemon's mounts are not dead");
+    d.restart();
+    // At once, while the kernel may still hold the dead root's attributes.
+    d.ok(&["mount", "v", v.to_str().unwrap()]);
+    assert_eq!(std::fs::read(v.join("f")).unwrap(), b"kept");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let query = || run_timeout(Command::new("sqlite3").arg(db_dir.join("data/db.sqlite")).arg("SELECT x FROM t"), 60);
+    loop {
+        let out = query();
+        if out.status.success() {
+            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the database volume was not mounted again: {}", d.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(d.log().contains("whose daemon died"), "the dead mounts were not named in the log");
+    // The same directory holds one live mount each, not a dead one under a live one.
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    for dir in [&v, &db_dir] {
+        assert_eq!(mounts.lines().filter(|l| l.split(' ').nth(1) == dir.to_str()).count(), 1, "{}", dir.display());
+    }
+    d.fsck_clean();
 }

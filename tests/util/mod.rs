@@ -188,6 +188,15 @@ impl Daemon {
         }
     }
 
+    /// kill -9 that leaves the mounts as a crash does: dead, failing with ENOTCONN until
+    /// unmounted (`Drop` still unmounts whatever is left under the test's directory).
+    pub fn kill9_leaving_mounts(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "restart after kill9 or stop");
         self.spawn();
@@ -229,6 +238,15 @@ pub fn lazy_unmount(dir: &Path) {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.stop();
+        // Mounts a killed daemon left behind that the test did not know of (its database
+        // volumes under STORE.db): deepest first.
+        let under = self.tmp.path().to_string_lossy().to_string();
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+        let mut left: Vec<&str> = mounts.lines().filter_map(|l| l.split(' ').nth(1)).filter(|m| m.starts_with(&under)).collect();
+        left.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in left {
+            lazy_unmount(Path::new(m));
+        }
         // Database servers of a daemon that had to be killed: nothing of a test outlives it.
         let _ = Command::new("pkill").arg("-KILL").arg("-f").arg(format!("{}.db/", self.store.display())).status();
     }
