@@ -10,7 +10,7 @@ use crate::fs::{DirtyBudget, Volume};
 use crate::history::{self, History};
 use crate::memory::Budget;
 use crate::store::{Store, FORMAT_VERSION};
-use crate::volume::{autosnap, diff, fsck, gc, idmap, parse_target, scrub, Catalog, SnapshotViews, HEAD_GONE};
+use crate::volume::{autosnap, diff, fsck, gc, idmap, parse_target, scrub, Catalog, Origins, SnapshotViews, HEAD_GONE};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use fuser::{BackgroundSession, Config, MountOption, Session, SessionACL};
 use serde_json::{json, Value};
@@ -438,7 +438,6 @@ impl Daemon {
     /// uid). `reported`: kept snapshots already logged, so each is said once.
     fn autosnap_tick(&self, now: i64, reported: &mut std::collections::HashSet<String>) -> Result<()> {
         let vols = Catalog::list(&self.store)?;
-        let origins: std::collections::HashSet<&str> = vols.iter().filter_map(|v| v.origin.as_deref()).collect();
         for v in &vols {
             let Some(text) = &v.snapshot_policy else { continue };
             let policy = autosnap::Policy::parse(text)?;
@@ -448,7 +447,7 @@ impl Daemon {
                     let full = format!("{}@{}", v.name, s.name);
                     let keep = if !s.holds.is_empty() {
                         Some(format!("held ({})", s.holds.iter().cloned().collect::<Vec<_>>().join(", ")))
-                    } else if origins.contains(full.as_str()) {
+                    } else if Origins::is_origin(&vols, (s.lineage, s.epoch), &full) {
                         Some("the origin of a clone".to_string())
                     } else {
                         None
@@ -536,7 +535,7 @@ impl Daemon {
             Request::GetProperties { name } => {
                 let recv = self.receive_properties(&name)?;
                 let mut props = match Catalog::get(&self.store, &name) {
-                    Ok(v) => Catalog::properties(&v),
+                    Ok(v) => Catalog::properties(&v, Origins::load(&self.store)?.name(&v)),
                     // A volume still being received has only its resume token.
                     Err(Error::NotFound(_)) if !recv.is_empty() => Vec::new(),
                     Err(e) => return Err(e),
@@ -863,6 +862,7 @@ impl Daemon {
             .map(|m| (m.volume, m.snapshot.clone(), m.dir.clone(), m.read_only()))
             .collect();
         let mut out = Vec::new();
+        let origins = Origins::load(&self.store)?;
         for listed in Catalog::list(&self.store)?.into_iter().filter(|v| v.receiving.is_none()) {
             // The catalog stays as it is while one volume's UNIQUE is worked out, and no
             // longer: a snapshot waiting for the lock holds its volume's writers back.
@@ -879,7 +879,7 @@ impl Daemon {
             out.push(VolumeInfo {
                 name: v.name.clone(),
                 kind: "volume".into(),
-                origin: v.origin.clone(),
+                origin: origins.name(&v),
                 holds: Vec::new(),
                 logical: vs.logical,
                 referenced: vs.referenced,

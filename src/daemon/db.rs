@@ -7,7 +7,7 @@
 use super::{lock, Daemon};
 use crate::db::{self, Check, DbConf, Engine};
 use crate::error::{Error, Result};
-use crate::volume::{parse_target, Catalog, VolumeRec};
+use crate::volume::{parse_target, Catalog, Origins, VolumeRec};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -429,7 +429,8 @@ impl Daemon {
     }
 
     pub(super) fn db_list(&self) -> Result<Value> {
-        let unique: HashMap<String, u64> = self.list()?.into_iter().map(|i| (i.name, i.unique)).collect();
+        // UNIQUE and the origin (named as things are called now) of every volume.
+        let listed: HashMap<String, (u64, Option<String>)> = self.list()?.into_iter().map(|i| (i.name, (i.unique, i.origin))).collect();
         // (status, last active) by volume, copied out: the rest runs without the lock.
         let servers: HashMap<u64, (Status, i64)> = lock(&self.db.servers)?.iter().map(|(id, s)| (*id, (s.status.clone(), s.last_active))).collect();
         let mut out = Vec::new();
@@ -452,7 +453,7 @@ impl Daemon {
             out.push(json!({
                 "name": v.name,
                 "engine": c.engine.name(),
-                "origin": c.origin,
+                "origin": listed.get(&v.name).map(|l| l.1.clone()).unwrap_or_else(|| c.origin.clone()),
                 "port": c.port,
                 "user": c.user,
                 "dsn": match (c.port, &c.user, c.engine.server()) { (Some(p), Some(u), Ok(srv)) => Some(srv.dsn(u, None, p)), _ => None },
@@ -462,7 +463,7 @@ impl Daemon {
                 "expires": expires,
                 "idle": c.idle,
                 "protect": c.protect,
-                "unique": unique.get(&v.name).copied().unwrap_or(0),
+                "unique": listed.get(&v.name).map(|l| l.0).unwrap_or(0),
                 "mountpoint": mountpoint,
             }));
         }
@@ -482,8 +483,14 @@ impl Daemon {
                 self.rollback(&format!("{name}@{}", db::ORIGIN_SNAPSHOT))?;
             }
             Some(snap) => {
-                let (src, _) = parse_target(&origin)?;
-                let target = if snap.contains('@') { snap.to_string() } else { format!("{src}@{snap}") };
+                let target = match snap.contains('@') {
+                    true => snap.to_string(),
+                    // The source by its name now (it may have been renamed since the clone).
+                    false => match Origins::load(&self.store)?.source(&v) {
+                        Some(src) => format!("{src}@{snap}"),
+                        None => return Err(Error::NotFound(format!("the source of {name} ({origin}) was destroyed: give --to VOL@SNAP"))),
+                    },
+                };
                 Catalog::snapshot(&self.store, &Catalog::get(&self.store, &parse_target(&target)?.0)?, &parse_target(&target)?.1.unwrap_or_default())?;
                 self.db_unmount(&v)?;
                 self.destroy(name)?;
@@ -519,11 +526,13 @@ impl Daemon {
     }
 
     fn db_destroy_locked(&self, v: &VolumeRec, conf: &DbConf) -> Result<Value> {
+        // The snapshot a live clone was made through goes with it (named as it is now: its
+        // source may have been renamed).
+        let made_through = conf.origin.as_ref().and_then(|_| Origins::load(&self.store).ok()?.name(v));
         self.stop_server(v.id);
         self.db_unmount(v)?;
         self.destroy(&v.name)?;
-        // The snapshot a live clone was made through goes with it.
-        if let Some(o) = &conf.origin {
+        if let Some(o) = &made_through {
             if o.ends_with(&format!("@dbclone-{}", v.name)) {
                 if let Err(e) = self.destroy(o) {
                     log::warn!("db: keeping {o}: {e}");

@@ -48,9 +48,14 @@ pub struct VolumeRec {
     pub block_size: u32,
     /// Seconds since the Unix epoch.
     pub created: i64,
-    /// What it was cloned from, as `VOL@SNAP`.
+    /// What it was cloned from, named as at the clone (`VOL@SNAP`, or `VOL (live, epoch
+    /// N)`); `Origins` names it as things are called now.
     #[serde(default)]
     pub origin: Option<String>,
+    /// The pinned (lineage, epoch) it was cloned from: what `origin` names, by ids that are
+    /// never reused (None in records older than it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin_at: Option<(u64, u64)>,
     /// Most bytes the volume's head may reference (REFERENCED), as ZFS's `refquota`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refquota: Option<u64>,
@@ -82,6 +87,64 @@ pub struct LineageRec {
     /// Pinned epochs (snapshots and clones' parents) with their counts.
     pub pins: BTreeMap<u64, u32>,
     pub block_size: u32,
+}
+
+/// Names clones' origins as things are called now: a volume renamed since the clone, or
+/// destroyed, or a snapshot destroyed (clones outlive both), is shown as it is now.
+pub struct Origins {
+    /// (lineage, epoch) of every snapshot -> `VOL@SNAP`.
+    snapshots: HashMap<(u64, u64), String>,
+    /// Lineage -> the volume whose head or snapshots are in it.
+    owners: HashMap<u64, String>,
+}
+
+impl Origins {
+    pub fn load(store: &Store) -> Result<Origins> {
+        let mut o = Origins { snapshots: HashMap::new(), owners: HashMap::new() };
+        for v in Catalog::list(store)?.into_iter().filter(|v| v.receiving.is_none()) {
+            for s in Catalog::snapshots(store, v.id)? {
+                o.owners.entry(s.lineage).or_insert_with(|| v.name.clone());
+                o.snapshots.insert((s.lineage, s.epoch), format!("{}@{}", v.name, s.name));
+            }
+            // The head's own lineage wins over one only its older snapshots are in.
+            o.owners.insert(v.lineage, v.name.clone());
+        }
+        Ok(o)
+    }
+
+    /// What `v` was cloned from: `VOL@SNAP`, `VOL (live, epoch N)` for a clone of the live
+    /// volume, with "(destroyed)" where it is gone. None for a volume that is no clone.
+    pub fn name(&self, v: &VolumeRec) -> Option<String> {
+        let text = v.origin.clone()?;
+        let Some(at) = v.origin_at else { return Some(text) };
+        if let Some(now) = self.snapshots.get(&at) {
+            return Some(now.clone());
+        }
+        let live = text.find(" (live, ").is_some();
+        Some(match (self.owners.get(&at.0), live) {
+            (Some(vol), true) => format!("{vol} (live, epoch {})", at.1),
+            (Some(vol), false) => format!("{vol}@{} (destroyed)", text.rsplit_once('@').map(|x| x.1).unwrap_or("?")),
+            (None, _) => format!("{text} (destroyed)"),
+        })
+    }
+
+    /// The volume `v` was cloned from, by its name now; None if it was destroyed (or `v` is
+    /// no clone).
+    pub fn source(&self, v: &VolumeRec) -> Option<String> {
+        match v.origin_at {
+            Some(at) => self.owners.get(&at.0).cloned(),
+            None => parse_target(v.origin.as_deref()?).ok().map(|t| t.0),
+        }
+    }
+
+    /// Whether snapshot (lineage, epoch), named `full` (`VOL@SNAP`), is the origin of a
+    /// clone among `vols`.
+    pub fn is_origin(vols: &[VolumeRec], at: (u64, u64), full: &str) -> bool {
+        vols.iter().any(|v| match v.origin_at {
+            Some(o) => o == at,
+            None => v.origin.as_deref() == Some(full),
+        })
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -479,7 +542,7 @@ impl Catalog {
     fn stage_create(store: &Store, t: &mut CatTxn, name: &str, block_size: u32, uid: u32, gid: u32) -> Result<VolumeRec> {
         let id = Self::next_id(store, t, 2)?;
         let ts = Ts::now();
-        let rec = VolumeRec { id, name: name.to_string(), lineage: id + 1, block_size, created: ts.sec, origin: None, refquota: None, quota: None, snapshot_policy: None, idmap: Default::default(), receiving: None, db: None };
+        let rec = VolumeRec { id, name: name.to_string(), lineage: id + 1, block_size, created: ts.sec, origin: None, origin_at: None, refquota: None, quota: None, snapshot_policy: None, idmap: Default::default(), receiving: None, db: None };
         let lin = LineageRec { id: id + 1, parent: None, head: Some(1), pins: BTreeMap::new(), block_size };
         let root = InodeRec {
             kind: Kind::Dir,
@@ -541,7 +604,7 @@ impl Catalog {
                     v => Some(autosnap::Policy::parse(v)?.text()),
                 };
             }
-            p if Self::properties(&rec).iter().any(|(k, _)| k == p) => {
+            p if Self::properties(&rec, None).iter().any(|(k, _)| k == p) => {
                 return Err(Error::Invalid(format!("property {p} is read-only")));
             }
             p => return Err(Error::Invalid(format!("no property named {p:?} (settable: quota, refquota, snapshot.policy)"))),
@@ -580,13 +643,14 @@ impl Catalog {
         Ok(c)
     }
 
-    /// A volume's properties as (name, text) pairs, for `clonefs get`.
-    pub fn properties(v: &VolumeRec) -> Vec<(String, String)> {
+    /// A volume's properties as (name, text) pairs, for `clonefs get`; `origin` as
+    /// `Origins::name` gives it.
+    pub fn properties(v: &VolumeRec, origin: Option<String>) -> Vec<(String, String)> {
         vec![
             ("name".into(), v.name.clone()),
             ("block_size".into(), v.block_size.to_string()),
             ("created".into(), v.created.to_string()),
-            ("origin".into(), v.origin.clone().unwrap_or_else(|| "-".into())),
+            ("origin".into(), origin.unwrap_or_else(|| "-".into())),
             ("refquota".into(), v.refquota.map(|q| q.to_string()).unwrap_or_else(|| "none".into())),
             ("quota".into(), v.quota.map(|q| q.to_string()).unwrap_or_else(|| "none".into())),
             ("snapshot.policy".into(), v.snapshot_policy.clone().unwrap_or_else(|| "none".into())),
@@ -682,6 +746,7 @@ impl Catalog {
             block_size,
             created: now(),
             origin,
+            origin_at: Some(parent),
             refquota: None,
             quota: None,
             snapshot_policy: None,

@@ -82,3 +82,24 @@ fn a_snapshot_policy_takes_prunes_keeps_held_and_is_recorded() {
     assert!(ops.iter().any(|o| o.contains("auto-daily") && o.contains("snapshot")), "{ops:?}");
     d.fsck_clean();
 }
+
+/// An automatic snapshot a clone was made from stays past its count after its volume is
+/// renamed (the clone's origin is kept by ids, not by the name it had).
+#[test]
+fn the_origin_of_a_clone_stays_after_its_volume_is_renamed() {
+    let d = Daemon::start();
+    d.ok(&["create", "v"]);
+    d.ok(&["set", "snapshot.policy=hourly:1", "v"]);
+    let s = wait_for(&d, "hourly taken", |s| s.iter().any(|n| n.starts_with("v@auto-hourly-")));
+    let hourly = s[0].trim_start_matches("v@").to_string();
+    d.ok(&["clone", &format!("v@{hourly}"), "c"]);
+    d.ok(&["rename", "v", "w"]);
+    d.ok(&["set", "snapshot.policy=hourly:0", "w"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !d.log().contains("is past its snapshot.policy count but kept: the origin of a clone") {
+        assert!(Instant::now() < deadline, "the origin was not reported kept:\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(snapshots(&d), vec![format!("w@{hourly}")]);
+    d.fsck_clean();
+}

@@ -130,6 +130,36 @@ fn clones_and_snapshots_are_isolated() {
     d.fsck_clean();
 }
 
+/// A clone names its origin as things are called now: after a rename of the origin's
+/// volume, a destroy of its snapshot, and a new volume and snapshot taking the old names.
+#[test]
+fn clones_name_their_origin_as_things_are_called_now() {
+    let d = Daemon::start();
+    d.ok(&["create", "a"]);
+    d.ok(&["snapshot", "a@s1"]);
+    d.ok(&["clone", "a@s1", "c"]);
+    d.ok(&["clone", "a", "live"]);
+    let origin = |v: &str| d.json(&["get", "origin", v, "--json"])["origin"].as_str().unwrap().to_string();
+    let listed = |v: &str| {
+        let list = d.json(&["list", "--json"]);
+        list.as_array().unwrap().iter().find(|r| r["name"] == v).unwrap()["origin"].as_str().unwrap().to_string()
+    };
+    assert_eq!((origin("c"), listed("c")), ("a@s1".to_string(), "a@s1".to_string()));
+    assert!(origin("live").starts_with("a (live, epoch "), "{}", origin("live"));
+    d.ok(&["rename", "a", "b"]);
+    assert_eq!((origin("c"), listed("c")), ("b@s1".to_string(), "b@s1".to_string()));
+    assert!(listed("live").starts_with("b (live, epoch "), "{}", listed("live"));
+    d.ok(&["destroy", "b@s1"]);
+    assert_eq!(origin("c"), "b@s1 (destroyed)");
+    d.ok(&["destroy", "b"]);
+    d.ok(&["create", "a"]);
+    d.ok(&["snapshot", "a@s1"]);
+    assert_eq!(origin("c"), "a@s1 (destroyed)", "a new a@s1 is not c's origin");
+    assert!(origin("live").ends_with("(destroyed)"), "{}", origin("live"));
+    assert_eq!(origin("a"), "-");
+    d.fsck_clean();
+}
+
 /// A name removed in a clone (a whiteout over the origin's entry) taken again by a rename, a
 /// hard link and a rename exchange; the origin and its snapshot keep theirs, and fsck finds
 /// no version left behind.
