@@ -11,7 +11,11 @@ impl Daemon {
             return Err(Error::Invalid(format!("mountpoint {} must be an absolute path", dir.display())));
         }
         clear_dead_mount(dir)?;
-        let meta = std::fs::metadata(dir).map_err(|_| Error::NotFound(format!("mountpoint {} does not exist", dir.display())))?;
+        let meta = std::fs::metadata(dir).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::NotFound(format!("mountpoint {} does not exist", dir.display())),
+            // A dead mount of another filesystem, no permission on the path, ...
+            _ => Error::Invalid(format!("cannot use mountpoint {}: {e}", dir.display())),
+        })?;
         if !meta.is_dir() {
             return Err(Error::Invalid(format!("mountpoint {} is not a directory", dir.display())));
         }
@@ -153,7 +157,11 @@ impl Daemon {
 
     pub(super) fn unmount(&self, dir: &Path) -> Result<Value> {
         // Flush and umount(2) run without the table lock.
-        let (dir, live) = self.claim(dir, |_| Ok(()))?;
+        let (dir, live) = match self.claim(dir, |_| Ok(())) {
+            // A mount a killed daemon left behind: nothing to flush, only the kernel's side.
+            Err(Error::NotFound(m)) => return if clear_dead_mount(dir)? { Ok(Value::Null) } else { Err(Error::NotFound(m)) },
+            r => r?,
+        };
         let done = live.get().flush_all().map_err(Error::from).and_then(|()| {
             crate::sys::umount(&dir, false).map_err(|e| {
                 if e.raw_os_error() == Some(libc::EBUSY) {
@@ -250,18 +258,19 @@ fn tune_bdi(dir: &Path, writeback: bool) {
 /// Unmounts a clonefs mount at `dir` whose daemon died (kill -9, a crash): every access to
 /// it fails with ENOTCONN until it is unmounted, so neither a restarted daemon's database
 /// servers nor the user's `clonefs mount` could mount there again. A dead mount of another
-/// filesystem is left alone (the mount then fails and says so).
-pub(super) fn clear_dead_mount(dir: &Path) -> Result<()> {
+/// filesystem is left alone (the mount then fails and says so). Returns whether it unmounted
+/// one.
+pub(super) fn clear_dead_mount(dir: &Path) -> Result<bool> {
     // statfs always asks the daemon (a stat may answer from the kernel's cached attributes).
     match crate::sys::statvfs(dir) {
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {}
-        _ => return Ok(()),
+        _ => return Ok(false),
     }
     // The mount point itself cannot be resolved: its parent can.
-    let (Some(parent), Some(leaf)) = (dir.parent(), dir.file_name()) else { return Ok(()) };
+    let (Some(parent), Some(leaf)) = (dir.parent(), dir.file_name()) else { return Ok(false) };
     let path = parent.canonicalize()?.join(leaf);
     if crate::sys::mount_fstype(&path)?.as_deref() != Some("fuse.clonefs") {
-        return Ok(());
+        return Ok(false);
     }
     log::warn!("{}: a clonefs mount whose daemon died; unmounting it to mount there again", path.display());
     let r = if crate::sys::geteuid() == 0 {
@@ -273,5 +282,5 @@ pub(super) fn clear_dead_mount(dir: &Path) -> Result<()> {
             Err(e) => Err(e),
         }
     };
-    r.map_err(|e| Error::Invalid(format!("{} is a clonefs mount whose daemon died, and unmounting it failed: {e}", path.display())))
+    r.map(|()| true).map_err(|e| Error::Invalid(format!("{} is a clonefs mount whose daemon died, and unmounting it failed: {e}", path.display())))
 }

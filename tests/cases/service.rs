@@ -58,6 +58,7 @@ fn readiness_and_stop_are_notified_and_mounts_are_named() {
 fn a_restarted_daemon_mounts_again_where_a_killed_one_left_dead_mounts() {
     let mut d = Daemon::start();
     let v = d.volume("v");
+    let w = d.volume("w");
     std::fs::write(v.join("f"), b"kept").unwrap();
     std::fs::File::open(v.join("f")).unwrap().sync_all().unwrap();
     let lite = d.tmp.path().join("app.db");
@@ -67,8 +68,12 @@ fn a_restarted_daemon_mounts_again_where_a_killed_one_left_dead_mounts() {
     assert!(is_mounted(&db_dir));
     d.kill9_leaving_mounts();
     let dead = |p: &std::path::Path| std::fs::read_dir(p).err().and_then(|e| e.raw_os_error()) == Some(libc::ENOTCONN);
-    assert!(dead(&v) && dead(&db_dir), "the killed daemon's mounts are not dead");
+    assert!(dead(&v) && dead(&w) && dead(&db_dir), "the killed daemon's mounts are not dead");
     d.restart();
+    // `clonefs unmount` of a dead mount unmounts it; of a plain directory it still refuses.
+    d.ok(&["unmount", w.to_str().unwrap()]);
+    assert!(!is_mounted(&w) && std::fs::read_dir(&w).is_ok());
+    assert!(d.fails(&["unmount", w.to_str().unwrap()]).contains("not a clonefs mountpoint"));
     // At once, while the kernel may still hold the dead root's attributes.
     d.ok(&["mount", "v", v.to_str().unwrap()]);
     assert_eq!(std::fs::read(v.join("f")).unwrap(), b"kept");
