@@ -120,7 +120,7 @@ impl Origins {
         if let Some(now) = self.snapshots.get(&at) {
             return Some(now.clone());
         }
-        let live = text.find(" (live, ").is_some();
+        let live = text.contains(" (live, ");
         Some(match (self.owners.get(&at.0), live) {
             (Some(vol), true) => format!("{vol} (live, epoch {})", at.1),
             (Some(vol), false) => format!("{vol}@{} (destroyed)", text.rsplit_once('@').map(|x| x.1).unwrap_or("?")),
