@@ -68,6 +68,8 @@ pub struct Daemon {
     mem: Budget,
     scrub: ScrubState,
     mounts: Mutex<Vec<Mounted>>,
+    /// Orders the writes of `STORE/mounts` (`save_wanted`), taken before the table's lock.
+    saving: Mutex<()>,
     stop: AtomicBool,
     /// Wakes the GC thread; a `false` asks it to stop.
     gc_wake: Sender<bool>,
@@ -145,6 +147,7 @@ pub fn run(store_dir: &Path, mem: Budget, serve: Serve) -> Result<()> {
         mem,
         scrub: ScrubState::default(),
         mounts: Mutex::new(Vec::new()),
+        saving: Mutex::new(()),
         stop: AtomicBool::new(false),
         gc_wake: gc_tx,
         autosnap_wake: auto_tx,
@@ -172,6 +175,8 @@ pub fn run(store_dir: &Path, mem: Budget, serve: Serve) -> Result<()> {
         let d = daemon.clone();
         std::thread::Builder::new().name("clonefs-db".into()).spawn(move || d.db_loop(db_rx))?
     };
+    // Before the socket answers: a client that finds the daemon ready finds its mounts too.
+    daemon.mount_wanted();
     {
         let d = daemon.clone();
         std::thread::Builder::new().name("clonefs-control".into()).spawn(move || server::serve(listener, d))?;
@@ -843,14 +848,19 @@ impl Daemon {
 
     /// Forgets mounts the user unmounted behind our back (`umount DIR`).
     fn reap(&self) {
+        let mut reaped = false;
         if let Ok(mut m) = self.mounts.lock() {
             m.retain(|x| match &x.session {
                 Some(s) if s.guard.is_finished() => {
                     log::info!("{} was unmounted", x.dir.display());
+                    reaped = true;
                     false
                 }
                 _ => true,
             });
+        }
+        if reaped {
+            self.save_wanted();
         }
     }
 

@@ -452,7 +452,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let (_, snap) = crate::volume::parse_target(&volume)?;
             let read_only = read_only || snap.is_some();
             let dir = absolute(&dir)?;
-            call(Request::Mount { name: volume.clone(), dir: dir.clone(), read_only, writeback, fast_open })?;
+            let done = call(Request::Mount { name: volume.clone(), dir: dir.clone(), read_only, writeback, fast_open })?;
+            if done["already"] == true {
+                println!("{volume} is already mounted at {}", dir.display());
+                return Ok(ExitCode::SUCCESS);
+            }
             let opts: Vec<&str> = [(read_only, "read-only"), (writeback && !read_only, "writeback"), (fast_open, "fast-open")].iter().filter(|o| o.0).map(|o| o.1).collect();
             println!("mounted {volume} at {}{}", dir.display(), if opts.is_empty() { String::new() } else { format!(" ({})", opts.join(", ")) });
         }

@@ -50,6 +50,11 @@ pub(super) struct DbState {
 }
 
 impl DbState {
+    /// Whether `dir` is where a database volume is mounted.
+    pub(super) fn holds(&self, dir: &Path) -> bool {
+        dir.starts_with(&self.root)
+    }
+
     pub(super) fn new(store_dir: &Path) -> DbState {
         DbState { root: store_dir.with_extension("db"), logs: store_dir.join("db-logs"), servers: Mutex::new(HashMap::new()), ops: Mutex::new(()) }
     }

@@ -1,8 +1,22 @@
 //! The mount table: mounting a volume or snapshot (its FUSE session on threads of its
 //! own), remounting read-only or back, unmounting one or all, and the kernel's knobs
-//! for each mount.
+//! for each mount. The table is saved in `STORE/mounts` after each change (but a
+//! shutdown's), and the next start mounts it again.
 
 use super::*;
+use serde::{Deserialize, Serialize};
+
+/// A mount the next start makes again (`STORE/mounts`): the options it was mounted with.
+#[derive(Serialize, Deserialize)]
+struct Wanted {
+    target: String,
+    dir: PathBuf,
+    read_only: bool,
+    writeback: bool,
+    fast_open: bool,
+}
+
+const WANTED_FILE: &str = "mounts";
 
 impl Daemon {
     pub(super) fn mount(&self, name: &str, dir: &Path, read_only: bool, writeback: bool, fast_open: bool) -> Result<Value> {
@@ -27,6 +41,14 @@ impl Daemon {
             let view = self.catalog.open_view(&self.store, &vol, snap.as_deref(), read_only)?;
             let spec = view.spec();
             if let Some(m) = mounts.iter().find(|m| m.dir == dir) {
+                // Asked again as it is: done already (a start mounted it again, or a retry).
+                let same = m.target == name && !m.busy && m.live.get().read_only == (read_only || spec.read_only);
+                if same && m.writeback == (writeback && !spec.read_only) && m.live.get().kernel_opens == fast_open {
+                    return Ok(json!({"mountpoint": dir, "already": true}));
+                }
+                if m.target == name {
+                    return Err(Error::Conflict(format!("{name} is already mounted at {} with other options; unmount it first", dir.display())));
+                }
                 return Err(Error::Conflict(format!("{} is already the mountpoint of {:?}", dir.display(), m.target)));
             }
             if let Some(m) = mounts.iter().find(|m| m.volume == spec.volume && m.snapshot == snap) {
@@ -104,6 +126,7 @@ impl Daemon {
         drop(mounts);
         tune_bdi(&dir, writeback);
         log::info!("mounted {name} at {} in {:?}", dir.display(), started.elapsed());
+        self.save_wanted();
         Ok(json!({"mountpoint": dir}))
     }
 
@@ -152,6 +175,7 @@ impl Daemon {
         drop(mounts);
         done?;
         log::info!("remounted {} {}", dir.display(), if read_only { "read-only" } else { "read-write" });
+        self.save_wanted();
         Ok(json!({"mountpoint": dir, "read_only": read_only}))
     }
 
@@ -182,9 +206,73 @@ impl Daemon {
         let Some(i) = i else { return Ok(Value::Null) };
         let mut m = mounts.remove(i);
         drop(mounts);
+        self.save_wanted();
         finish_session(&mut m);
         m.live.get().flush_all()?;
         Ok(Value::Null)
+    }
+
+    /// Saves the mount table in `STORE/mounts` for the next start, written whole and renamed
+    /// into place. Database volumes' mounts are left out: their `DbConf` brings them back.
+    /// A failure is logged: the mounts stay, only the next start may not make them all.
+    pub(super) fn save_wanted(&self) {
+        let Ok(_order) = self.saving.lock() else { return };
+        let wanted: Vec<Wanted> = match lock(&self.mounts) {
+            Ok(mounts) => mounts
+                .iter()
+                .filter(|m| m.session.is_some() && !self.db.holds(&m.dir))
+                .map(|m| Wanted {
+                    target: m.target.clone(),
+                    dir: m.dir.clone(),
+                    read_only: m.live.get().read_only,
+                    writeback: m.writeback,
+                    fast_open: m.live.get().kernel_opens,
+                })
+                .collect(),
+            Err(_) => return,
+        };
+        // Written without the table's lock (a file write and two syncs); `saving` keeps the
+        // last table taken the last written.
+        let path = self.store.dir().join(WANTED_FILE);
+        let tmp = path.with_extension("tmp");
+        let r = serde_json::to_vec_pretty(&wanted).map_err(std::io::Error::other).and_then(|b| {
+            let mut f = std::fs::File::create(&tmp)?;
+            std::io::Write::write_all(&mut f, &b)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            std::fs::File::open(self.store.dir())?.sync_all()
+        });
+        if let Err(e) = r {
+            log::warn!("cannot save the mount table in {} ({e}): the next start may not mount everything again", path.display());
+        }
+    }
+
+    /// At start: mounts again what `STORE/mounts` names (the mounts when the daemon last
+    /// stopped, or was killed). One that cannot be made is logged and forgotten.
+    pub(super) fn mount_wanted(&self) {
+        let path = self.store.dir().join(WANTED_FILE);
+        let wanted: Vec<Wanted> = match std::fs::read(&path) {
+            Ok(b) => match serde_json::from_slice(&b) {
+                Ok(w) => w,
+                Err(e) => {
+                    log::error!("{} is damaged ({e}): no volume is mounted again", path.display());
+                    Vec::new()
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => {
+                log::error!("cannot read {} ({e}): no volume is mounted again", path.display());
+                Vec::new()
+            }
+        };
+        for w in &wanted {
+            match self.mount(&w.target, &w.dir, w.read_only, w.writeback, w.fast_open) {
+                Ok(_) => log::info!("mounted {} at {} again", w.target, w.dir.display()),
+                Err(e) => log::error!("not mounting {} at {} again: {e}", w.target, w.dir.display()),
+            }
+        }
+        // What failed is forgotten (`clonefs mount` makes it again).
+        self.save_wanted();
     }
 
     /// Flushes and unmounts every volume (shutdown). Busy mounts are detached.

@@ -51,14 +51,17 @@ fn readiness_and_stop_are_notified_and_mounts_are_named() {
     assert!(!std::fs::read_to_string("/proc/mounts").unwrap().contains(mnt.to_str().unwrap()), "the stop left the mount");
 }
 
-/// A daemon killed with volumes mounted leaves dead mounts behind (every access fails with
-/// ENOTCONN until they are unmounted). Restarted, it mounts there again: `clonefs mount` at
-/// the same directory, and by itself a database volume's mount (its server comes back).
+/// A restarted daemon mounts again what was mounted when it stopped, cleanly or by kill -9
+/// (whose dead mounts it unmounts first), with the same options; what was unmounted stays
+/// so. A database volume's mount comes back too (its `DbConf`), and `clonefs mount` and
+/// `unmount` clear a dead mount the daemon did not know of.
 #[test]
-fn a_restarted_daemon_mounts_again_where_a_killed_one_left_dead_mounts() {
+fn a_restarted_daemon_mounts_again_what_was_mounted() {
     let mut d = Daemon::start();
     let v = d.volume("v");
-    let w = d.volume("w");
+    d.ok(&["create", "w", "--block-size", "64K"]);
+    let w = d.mount_with("w", &["--writeback"]);
+    let x = d.volume("x");
     std::fs::write(v.join("f"), b"kept").unwrap();
     std::fs::File::open(v.join("f")).unwrap().sync_all().unwrap();
     let lite = d.tmp.path().join("app.db");
@@ -66,17 +69,22 @@ fn a_restarted_daemon_mounts_again_where_a_killed_one_left_dead_mounts() {
     d.ok(&["db", "init", "lite", "--engine", "sqlite", "--import", lite.to_str().unwrap()]);
     let db_dir = std::path::PathBuf::from(format!("{}.db/lite", d.store.display()));
     assert!(is_mounted(&db_dir));
+    d.ok(&["unmount", x.to_str().unwrap()]);
+    let mounted_at = |d: &Daemon, name: &str| {
+        let list = d.json(&["list", "--json"]);
+        list.as_array().unwrap().iter().find(|r| r["name"] == name).unwrap()["mountpoint"].as_str().map(str::to_string)
+    };
+
     d.kill9_leaving_mounts();
     let dead = |p: &std::path::Path| std::fs::read_dir(p).err().and_then(|e| e.raw_os_error()) == Some(libc::ENOTCONN);
     assert!(dead(&v) && dead(&w) && dead(&db_dir), "the killed daemon's mounts are not dead");
     d.restart();
-    // `clonefs unmount` of a dead mount unmounts it; of a plain directory it still refuses.
-    d.ok(&["unmount", w.to_str().unwrap()]);
-    assert!(!is_mounted(&w) && std::fs::read_dir(&w).is_ok());
-    assert!(d.fails(&["unmount", w.to_str().unwrap()]).contains("not a clonefs mountpoint"));
-    // At once, while the kernel may still hold the dead root's attributes.
-    d.ok(&["mount", "v", v.to_str().unwrap()]);
+    // Ready means mounted again: no wait.
     assert_eq!(std::fs::read(v.join("f")).unwrap(), b"kept");
+    assert_eq!(mounted_at(&d, "w").as_deref(), w.to_str());
+    assert_eq!(mounted_at(&d, "x"), None, "an unmounted volume was mounted again");
+    assert!(d.ok(&["mount", "v", v.to_str().unwrap()]).contains("already mounted"));
+    assert!(d.fails(&["mount", "w", w.to_str().unwrap()]).contains("other options"), "w came back without --writeback");
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let query = || run_timeout(Command::new("sqlite3").arg(db_dir.join("data/db.sqlite")).arg("SELECT x FROM t"), 60);
     loop {
@@ -89,10 +97,35 @@ fn a_restarted_daemon_mounts_again_where_a_killed_one_left_dead_mounts() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(d.log().contains("whose daemon died"), "the dead mounts were not named in the log");
-    // The same directory holds one live mount each, not a dead one under a live one.
+    // One live mount at each directory, not a live one over a dead one.
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
-    for dir in [&v, &db_dir] {
+    for dir in [&v, &w, &db_dir] {
         assert_eq!(mounts.lines().filter(|l| l.split(' ').nth(1) == dir.to_str()).count(), 1, "{}", dir.display());
     }
+
+    // A clean stop and start: the same again, less what was unmounted meanwhile.
+    d.ok(&["unmount", w.to_str().unwrap()]);
+    d.stop();
+    assert!(!is_mounted(&v) && !is_mounted(&w));
+    d.restart();
+    assert_eq!(std::fs::read(v.join("f")).unwrap(), b"kept");
+    assert_eq!(mounted_at(&d, "w"), None);
+
+    // Dead mounts the daemon has no record of (it died before it wrote one): `clonefs mount`
+    // and `clonefs unmount` clear them; a plain directory is still refused by unmount.
+    d.kill9_leaving_mounts();
+    std::fs::remove_file(d.store.join("mounts")).unwrap();
+    d.restart();
+    assert!(dead(&v));
+    d.ok(&["mount", "v", v.to_str().unwrap()]);
+    assert_eq!(std::fs::read(v.join("f")).unwrap(), b"kept");
+    d.ok(&["unmount", v.to_str().unwrap()]);
+    d.ok(&["mount", "x", x.to_str().unwrap()]);
+    d.kill9_leaving_mounts();
+    std::fs::remove_file(d.store.join("mounts")).unwrap();
+    d.restart();
+    d.ok(&["unmount", x.to_str().unwrap()]);
+    assert!(!is_mounted(&x) && std::fs::read_dir(&x).is_ok());
+    assert!(d.fails(&["unmount", x.to_str().unwrap()]).contains("not a clonefs mountpoint"));
     d.fsck_clean();
 }
