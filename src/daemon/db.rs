@@ -100,7 +100,7 @@ impl Daemon {
         let dir = self.db.root.join(&v.name);
         // Left dead by a daemon that was killed: a restart brings its server back here.
         super::mounts::clear_dead_mount(&dir)?;
-        std::fs::create_dir_all(&dir)?;
+        std::fs::create_dir_all(&dir).map_err(|e| Error::Invalid(format!("cannot make the mountpoint {}: {e}", dir.display())))?;
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&self.db.root, std::fs::Permissions::from_mode(0o755))?;
         self.mount(&v.name, &dir, false, false, false)?;
@@ -443,8 +443,8 @@ impl Daemon {
             let Some(c) = &v.db else { continue };
             let s = servers.get(&v.id);
             let status = match (c.engine.serves(), c.running, s.map(|s| &s.0)) {
+                (_, _, Some(Status::Failed(why))) => format!("failed: {why}"),
                 (false, _, _) => "ready".to_string(),
-                (true, _, Some(Status::Failed(why))) => format!("failed: {why}"),
                 (true, true, Some(Status::Running)) => "running".into(),
                 (true, true, _) => "starting".into(),
                 (true, false, _) => "stopped".into(),
@@ -634,8 +634,21 @@ impl Daemon {
             }
             let state = lock(&self.db.servers)?.get(&v.id).map(|s| (s.child.is_some(), s.status.clone()));
             match (c.engine, c.port, state) {
-                (Engine::Sqlite, _, _) => {
-                    self.db_mount(&v)?;
+                (Engine::Sqlite, _, failed) => {
+                    // No server: mounted whenever the daemon runs. A failure is said once
+                    // (`db list` shows it) and tried again each tick.
+                    match (self.db_mount(&v), failed) {
+                        (Ok(_), Some(_)) => {
+                            lock(&self.db.servers)?.remove(&v.id);
+                            log::info!("db: {} is mounted again", v.name);
+                        }
+                        (Err(e), None) => {
+                            log::error!("db: cannot mount {}: {e}", v.name);
+                            let failed = Proc { child: None, signal: 0, status: Status::Failed(e.to_string()), last_active: now(), writes: 0 };
+                            lock(&self.db.servers)?.insert(v.id, failed);
+                        }
+                        _ => {}
+                    }
                 }
                 (engine, Some(port), None) => {
                     // Not started since the daemon started: start it (a restart brings it back).
@@ -646,7 +659,13 @@ impl Daemon {
                     });
                     match r {
                         Ok(()) => log::info!("db: started the server of {} on port {port}", v.name),
-                        Err(e) => log::error!("db: the server of {} did not start: {e}", v.name),
+                        Err(e) => {
+                            log::error!("db: the server of {} did not start: {e}", v.name);
+                            // As a server that exited: not tried again every tick (`db list`
+                            // says why; `db start` tries again).
+                            let failed = Proc { child: None, signal: 0, status: Status::Failed(e.to_string()), last_active: now(), writes: 0 };
+                            lock(&self.db.servers)?.entry(v.id).or_insert(failed);
+                        }
                     }
                 }
                 (engine, Some(port), Some((true, _))) => {

@@ -175,6 +175,28 @@ fn sqlite_clones_and_failures_that_leave_nothing() {
     d.fsck_clean();
 }
 
+/// A database volume the daemon cannot mount after a restart shows `failed` with the reason
+/// in `db list`, said once in the log rather than at every 2 s round, and comes back once
+/// the cause is gone.
+#[test]
+fn a_database_volume_that_cannot_mount_is_failed_once_and_comes_back() {
+    let mut d = Daemon::start();
+    d.ok(&["db", "init", "lite", "--engine", "sqlite"]);
+    d.stop();
+    let dir = PathBuf::from(format!("{}.db/lite", d.store.display()));
+    std::fs::remove_dir(&dir).unwrap();
+    std::fs::write(&dir, b"in the way").unwrap();
+    d.restart();
+    wait_for("lite failed", 60, || status(&d, "lite").is_some_and(|s| s.starts_with("failed: cannot make the mountpoint")));
+    // Three more rounds of the supervisor.
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(d.log().matches("cannot mount lite").count(), 1, "said more than once:\n{}", d.log());
+    std::fs::remove_file(&dir).unwrap();
+    wait_for("lite back", 60, || status(&d, "lite").as_deref() == Some("ready"));
+    let out = run_timeout(Command::new("sqlite3").arg(dir.join("data/db.sqlite")).arg("SELECT 1"), 60);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 fn mariadb(dsn_port: u16, user: &str, pw: &str, sql: &str) -> Result<String, String> {
     let out = run_timeout(
         Command::new("mariadb").args(["-h", "127.0.0.1", "-P", &dsn_port.to_string(), "-u", user, "-N", "-B", "-e", sql]).env("MYSQL_PWD", pw),
