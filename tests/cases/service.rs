@@ -1,6 +1,7 @@
 //! The daemon under a service manager: with `$NOTIFY_SOCKET` it says READY=1 once its socket
 //! answers and STOPPING=1 when it stops (sd_notify); mounts show as `fuse.clonefs` with the
-//! volume's name as their source, so `findmnt -t fuse.clonefs` and `df` name them.
+//! volume's name as their source, so `findmnt -t fuse.clonefs` and `df` name them; and a
+//! restart (after a stop or kill -9) mounts again what was mounted.
 
 use crate::util::{is_mounted, run_timeout, Daemon, BIN};
 use std::os::unix::net::UnixDatagram;
