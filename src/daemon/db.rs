@@ -38,6 +38,14 @@ struct Proc {
     writes: u64,
 }
 
+impl Proc {
+    /// What stands for a volume whose server could not start or whose mount failed: no
+    /// child, the reason for `db list`.
+    fn failed(why: String) -> Proc {
+        Proc { child: None, signal: 0, status: Status::Failed(why), last_active: now(), writes: 0 }
+    }
+}
+
 /// The daemon's database state: where volumes mount, and the servers it runs by volume id.
 pub(super) struct DbState {
     root: PathBuf,
@@ -644,8 +652,7 @@ impl Daemon {
                         }
                         (Err(e), None) => {
                             log::error!("db: cannot mount {}: {e}", v.name);
-                            let failed = Proc { child: None, signal: 0, status: Status::Failed(e.to_string()), last_active: now(), writes: 0 };
-                            lock(&self.db.servers)?.insert(v.id, failed);
+                            lock(&self.db.servers)?.insert(v.id, Proc::failed(e.to_string()));
                         }
                         _ => {}
                     }
@@ -663,8 +670,7 @@ impl Daemon {
                             log::error!("db: the server of {} did not start: {e}", v.name);
                             // As a server that exited: not tried again every tick (`db list`
                             // says why; `db start` tries again).
-                            let failed = Proc { child: None, signal: 0, status: Status::Failed(e.to_string()), last_active: now(), writes: 0 };
-                            lock(&self.db.servers)?.entry(v.id).or_insert(failed);
+                            lock(&self.db.servers)?.entry(v.id).or_insert_with(|| Proc::failed(e.to_string()));
                         }
                     }
                 }
