@@ -89,14 +89,14 @@ impl Volume {
             // Gone from the store: only the kernel's copy changes (writeback of cached times).
             a.apply_to(&mut n.rec, now);
             n.rec.size = a.size.unwrap_or(n.rec.size);
-            return Ok(Entry { ino, rec: n.rec.clone() });
+            return Ok(Entry::of(ino, &n, self.bs));
         }
         if a.size.is_none() && a.mode.is_none() && Self::pending_commit(&n) {
             // Times and owners (cp -a, tar and rsync set them after writing a file) join the
             // data's commit instead of committing it ahead of the close that would.
             a.apply_to(&mut n.rec, now);
             n.meta_dirty = true;
-            return Ok(Entry { ino, rec: n.rec.clone() });
+            return Ok(Entry::of(ino, &n, self.bs));
         }
         let mut new_size = None;
         if let Some(size) = a.size {

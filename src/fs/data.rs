@@ -667,6 +667,6 @@ impl Volume {
     pub fn entry(&self, ino: u64) -> FsResult<Entry> {
         let node = self.node(ino)?;
         let n = lock_busy(&node)?;
-        Ok(Entry { ino, rec: n.rec.clone() })
+        Ok(Entry::of(ino, &n, self.bs))
     }
 }

@@ -99,7 +99,7 @@ impl Volume {
             }
             if name == b"." {
                 n.lookups += 1;
-                return Ok(Entry { ino: parent, rec: n.rec.clone() });
+                return Ok(Entry::of(parent, &n, self.bs));
             }
             if n.rec.kind != Kind::Dir {
                 return Err(err(libc::ENOTDIR));
@@ -109,7 +109,7 @@ impl Volume {
             let node = self.node(up)?;
             let mut n = lock(&node)?;
             n.lookups += 1;
-            return Ok(Entry { ino: up, rec: n.rec.clone() });
+            return Ok(Entry::of(up, &n, self.bs));
         }
         self.need_dir(parent)?;
         let (_, d) = self.dirent(parent, name)?.ok_or_else(|| err(libc::ENOENT))?;
@@ -123,7 +123,7 @@ impl Volume {
             return Err(err(libc::ENOENT));
         }
         n.lookups += 1;
-        Ok(Entry { ino: d.ino, rec: n.rec.clone() })
+        Ok(Entry::of(d.ino, &n, self.bs))
     }
 
     /// `lookup` of many names of directory `parent` (a READDIRPLUS page): the entries and
@@ -155,7 +155,7 @@ impl Volume {
                         return Err(err(libc::ENOENT));
                     }
                     n.lookups += 1;
-                    Ok(Entry { ino, rec: n.rec.clone() })
+                    Ok(Entry::of(ino, &n, self.bs))
                 }),
             };
             out.push(r);

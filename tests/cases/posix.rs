@@ -1,5 +1,5 @@
 //! POSIX behaviours an outside suite checks: SEEK_DATA/SEEK_HOLE against a model,
-//! fallocate on a full disk and with FALLOC_FL_KEEP_SIZE.
+//! fallocate on a full disk and with FALLOC_FL_KEEP_SIZE, `st_blocks` of unsaved writes.
 
 use crate::util::*;
 use std::fs::{self, OpenOptions};
@@ -130,6 +130,36 @@ fn seek_data_and_seek_hole_match_a_model() {
         seek_model(&v, seed, false);
         seek_model(&w, seed, true);
     }
+    d.fsck_clean();
+}
+
+/// `st_blocks` counts what a file holds before its blocks reach the store, as on ext4:
+/// `tar --sparse` (and `cp`, `du`) trust it, and tar archives a file of 0 blocks as a
+/// hole without reading it. The kernel keeps what a `stat` saw while the file was written.
+#[test]
+fn blocks_of_a_file_being_written_are_counted_before_its_flush() {
+    use std::os::unix::fs::MetadataExt;
+    let mut d = Daemon::start();
+    d.ok(&["create", "v", "--block-size", "16K"]);
+    let v = d.mount("v");
+    let text = b"hello world\n".repeat(1000);
+    let f = OpenOptions::new().create(true).write(true).open(v.join("log")).unwrap();
+    f.write_all_at(&text, 0).unwrap();
+    assert_eq!(fs::metadata(v.join("log")).unwrap().blocks(), 32, "12,000 bytes written: one 16 KiB block");
+    drop(f);
+    // Appended to a stored file (no holes): stored and new blocks, each once.
+    let g = OpenOptions::new().append(true).open(v.join("log")).unwrap();
+    g.sync_all().unwrap();
+    g.write_all_at(&pattern(3, 100_000), 0).unwrap();
+    assert_eq!(g.metadata().unwrap().blocks(), 112_000u64.div_ceil(BS) * BS / 512);
+    drop(g);
+    let out = tempfile::tempdir().unwrap();
+    let tar = out.path().join("a.tar");
+    let tar_ok = |args: &[&std::ffi::OsStr]| assert!(run_timeout(std::process::Command::new("tar").args(args), 60).status.success());
+    tar_ok(&["--sparse".as_ref(), "-cf".as_ref(), tar.as_os_str(), "-C".as_ref(), v.as_os_str(), "log".as_ref()]);
+    tar_ok(&["-xf".as_ref(), tar.as_os_str(), "-C".as_ref(), out.path().as_os_str()]);
+    assert_eq!(fs::read(out.path().join("log")).unwrap(), fs::read(v.join("log")).unwrap(), "tar --sparse lost the bytes");
+    assert_eq!(&fs::read(out.path().join("log")).unwrap()[..12], b"hello world\n");
     d.fsck_clean();
 }
 
