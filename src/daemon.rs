@@ -537,6 +537,13 @@ impl Daemon {
             }
             Request::History => Ok(serde_json::to_value(history::list(&self.store)?)?),
             Request::Metrics => Ok(json!({"text": self.metrics()?})),
+            Request::GetProperties { name } if name.contains('@') => {
+                let (vol, snap) = crate::volume::parse_target(&name)?;
+                let v = Catalog::get(&self.store, &vol)?;
+                let s = Catalog::snapshot(&self.store, &v, snap.as_deref().unwrap_or_default())?;
+                let props = Catalog::snapshot_properties(&v, &s);
+                Ok(Value::Object(props.into_iter().map(|(k, v)| (k, Value::String(v))).collect()))
+            }
             Request::GetProperties { name } => {
                 let recv = self.receive_properties(&name)?;
                 let mut props = match Catalog::get(&self.store, &name) {

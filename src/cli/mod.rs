@@ -286,10 +286,19 @@ enum Cmd {
         #[command(subcommand)]
         cmd: DbCmd,
     },
-    /// Put hold TAG on a snapshot: it refuses destroy until released
-    Hold { snapshot: String, tag: String },
+    /// Put hold TAG on a snapshot: it refuses destroy until released (`list -o name,holds`
+    /// shows them). zfs's order, TAG before VOL@SNAP, works too
+    Hold {
+        /// VOL@SNAP
+        snapshot: String,
+        tag: String,
+    },
     /// Release hold TAG of a snapshot
-    Release { snapshot: String, tag: String },
+    Release {
+        /// VOL@SNAP
+        snapshot: String,
+        tag: String,
+    },
     /// Run pending garbage collection now
     Gc,
     /// Show every command that changed the store: time, caller's uid, outcome
@@ -317,7 +326,7 @@ enum Cmd {
         assignment: String,
         volume: String,
     },
-    /// Show a volume's properties: `get VOL`, or `get PROP[,PROP...] VOL`
+    /// Show a volume's or a snapshot's properties: `get VOL|VOL@SNAP`, or `get PROP[,PROP...] VOL|VOL@SNAP`
     Get {
         first: String,
         volume: Option<String>,
@@ -342,6 +351,15 @@ enum Cmd {
     },
     /// Compact the store so that freed space leaves the disk now
     Compact,
+}
+
+/// `hold`'s arguments in either order: a tag never holds '@' (`check_name`), a snapshot does.
+fn snapshot_and_tag(a: String, b: String) -> (String, String) {
+    if !a.contains('@') && b.contains('@') {
+        (b, a)
+    } else {
+        (a, b)
+    }
 }
 
 fn need_snapshot(s: &str) -> Result<()> {
@@ -569,11 +587,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("rolled back to {snapshot}");
         }
         Cmd::Hold { snapshot, tag } => {
+            let (snapshot, tag) = snapshot_and_tag(snapshot, tag);
             need_snapshot(&snapshot)?;
             call(Request::Hold { name: snapshot.clone(), tag: tag.clone(), on: true })?;
             println!("hold {tag} on {snapshot}");
         }
         Cmd::Release { snapshot, tag } => {
+            let (snapshot, tag) = snapshot_and_tag(snapshot, tag);
             need_snapshot(&snapshot)?;
             call(Request::Hold { name: snapshot.clone(), tag: tag.clone(), on: false })?;
             println!("released {tag} on {snapshot}");
@@ -617,7 +637,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Some(v) => (Some(first), v),
                 None => (None, first),
             };
-            crate::volume::check_name(&volume)?;
+            crate::volume::parse_target(&volume)?;
             let all = call(Request::GetProperties { name: volume.clone() })?;
             let all = all.as_object().ok_or_else(|| Error::Corrupt("bad property list from the daemon".into()))?;
             let wanted: Vec<String> = match props.as_deref() {

@@ -53,7 +53,7 @@ pub fn properties(rows: &[(&str, &str)]) {
 }
 
 /// Columns `list -o` knows, with their header and alignment (true: right).
-pub const LIST_COLUMNS: [(&str, &str, bool); 10] = [
+pub const LIST_COLUMNS: [(&str, &str, bool); 11] = [
     ("name", "NAME", false),
     ("type", "TYPE", false),
     ("origin", "ORIGIN", false),
@@ -64,6 +64,7 @@ pub const LIST_COLUMNS: [(&str, &str, bool); 10] = [
     ("block", "BLOCK", true),
     ("mountpoint", "MOUNTPOINT", false),
     ("policy", "SNAPSHOT POLICY", false),
+    ("holds", "HOLDS", false),
 ];
 
 /// Default columns of `list`.
@@ -89,6 +90,8 @@ pub fn volumes(v: &[VolumeInfo], cols: &[&str], scripted: bool, exact: bool) {
                     "unique" => num(x.unique),
                     "block" => num(x.block_size as u64),
                     "policy" => x.snapshot_policy.clone().unwrap_or_else(|| "-".into()),
+                    "holds" if x.holds.is_empty() => "-".into(),
+                    "holds" => x.holds.join(","),
                     _ => match &x.mountpoint {
                         Some(p) => format!("{}{}", p.display(), if x.read_only { " (ro)" } else { "" }),
                         None => "-".into(),

@@ -658,6 +658,17 @@ impl Catalog {
         ]
     }
 
+    /// What `get VOL@SNAP` shows: a snapshot's own properties (its space: `list`).
+    pub fn snapshot_properties(v: &VolumeRec, s: &SnapshotRec) -> Vec<(String, String)> {
+        let holds: Vec<&str> = s.holds.iter().map(String::as_str).collect();
+        vec![
+            ("name".into(), format!("{}@{}", v.name, s.name)),
+            ("block_size".into(), v.block_size.to_string()),
+            ("created".into(), s.created.to_string()),
+            ("holds".into(), if holds.is_empty() { "none".into() } else { holds.join(",") }),
+        ]
+    }
+
     /// Takes snapshot `snap` of `vol` at its head epoch. The caller has flushed the volume and
     /// holds its writes back (the cut), and moves a mounted head to the returned epoch + 1.
     pub fn snapshot_create(&self, store: &Store, vol: &str, snap: &str) -> Result<Cut> {

@@ -390,13 +390,21 @@ fn holds_and_bad_input_change_nothing() {
         (vec!["hold", "v@s", "keep"], "already has hold"),
         (vec!["release", "v@s", "nope"], "no hold"),
         (vec!["mount", "v@nope", "/tmp"], "no snapshot"),
+        (vec!["hold", "v@s", "a@b"], "contains '@'"),
+        (vec!["get", "v@nope"], "no snapshot"),
     ];
     for (args, want) in cases {
         let err = d.fails(&args);
         assert!(err.contains(want), "clonefs {args:?}: {err:?} should mention {want:?}");
         assert_eq!(d.ok(&["list", "--json"]), before, "clonefs {args:?} changed something");
     }
+    // Holds show in `list` and `get`; zfs's order (TAG, then VOL@SNAP) works too.
+    d.ok(&["hold", "backup", "v@s"]);
+    assert_eq!(d.ok(&["list", "-H", "-o", "name,holds", "-t", "snapshot"]), "v@s\tbackup,keep\n");
+    assert_eq!(d.json(&["get", "holds,name", "v@s", "--json"]), serde_json::json!({"holds": "backup,keep", "name": "v@s"}));
+    d.ok(&["release", "backup", "v@s"]);
     d.ok(&["release", "v@s", "keep"]);
+    assert_eq!(d.json(&["get", "holds", "v@s", "--json"])["holds"], "none");
     d.ok(&["destroy", "v@s"]);
     d.fsck_clean();
 }
