@@ -68,8 +68,10 @@ pub struct Daemon {
     mem: Budget,
     scrub: ScrubState,
     mounts: Mutex<Vec<Mounted>>,
-    /// Orders the writes of `STORE/mounts` (`save_wanted`), taken before the table's lock.
-    saving: Mutex<()>,
+    /// Orders the writes of `STORE/mounts` (`save_wanted`), taken before the table's lock;
+    /// false until the start has mounted again what it names (a table saved halfway would
+    /// forget the rest if the daemon died then).
+    saving: Mutex<bool>,
     stop: AtomicBool,
     /// Wakes the GC thread; a `false` asks it to stop.
     gc_wake: Sender<bool>,
@@ -147,7 +149,7 @@ pub fn run(store_dir: &Path, mem: Budget, serve: Serve) -> Result<()> {
         mem,
         scrub: ScrubState::default(),
         mounts: Mutex::new(Vec::new()),
-        saving: Mutex::new(()),
+        saving: Mutex::new(false),
         stop: AtomicBool::new(false),
         gc_wake: gc_tx,
         autosnap_wake: auto_tx,

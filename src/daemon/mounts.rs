@@ -6,7 +6,8 @@
 use super::*;
 use serde::{Deserialize, Serialize};
 
-/// A mount the next start makes again (`STORE/mounts`): the options it was mounted with.
+/// A mount the next start makes again (`STORE/mounts`): the options it was mounted with,
+/// and whether it was remounted read-only since.
 #[derive(Serialize, Deserialize)]
 struct Wanted {
     target: String,
@@ -14,6 +15,8 @@ struct Wanted {
     read_only: bool,
     writeback: bool,
     fast_open: bool,
+    #[serde(default)]
+    remounted_ro: bool,
 }
 
 const WANTED_FILE: &str = "mounts";
@@ -216,7 +219,10 @@ impl Daemon {
     /// into place. Database volumes' mounts are left out: their `DbConf` brings them back.
     /// A failure is logged: the mounts stay, only the next start may not make them all.
     pub(super) fn save_wanted(&self) {
-        let Ok(_order) = self.saving.lock() else { return };
+        let Ok(ready) = self.saving.lock() else { return };
+        if !*ready {
+            return;
+        }
         let wanted: Vec<Wanted> = match lock(&self.mounts) {
             Ok(mounts) => mounts
                 .iter()
@@ -227,6 +233,7 @@ impl Daemon {
                     read_only: m.live.get().read_only,
                     writeback: m.writeback,
                     fast_open: m.live.get().kernel_opens,
+                    remounted_ro: m.remounted_ro,
                 })
                 .collect(),
             Err(_) => return,
@@ -259,19 +266,24 @@ impl Daemon {
                     Vec::new()
                 }
             },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => {
                 log::error!("cannot read {} ({e}): no volume is mounted again", path.display());
                 Vec::new()
             }
         };
         for w in &wanted {
-            match self.mount(&w.target, &w.dir, w.read_only, w.writeback, w.fast_open) {
-                Ok(_) => log::info!("mounted {} at {} again", w.target, w.dir.display()),
-                Err(e) => log::error!("not mounting {} at {} again: {e}", w.target, w.dir.display()),
+            let r = self.mount(&w.target, &w.dir, w.read_only, w.writeback, w.fast_open);
+            let r = r.and_then(|_| if w.remounted_ro { self.remount(&w.dir, true).map(|_| ()) } else { Ok(()) });
+            match r {
+                Ok(()) => log::info!("mounted {} at {} again{}", w.target, w.dir.display(), if w.remounted_ro { ", read-only" } else { "" }),
+                Err(e) => log::error!("not mounting {} at {} again as it was: {e}", w.target, w.dir.display()),
             }
         }
         // What failed is forgotten (`clonefs mount` makes it again).
+        if let Ok(mut ready) = self.saving.lock() {
+            *ready = true;
+        }
         self.save_wanted();
     }
 

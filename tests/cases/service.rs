@@ -63,6 +63,8 @@ fn a_restarted_daemon_mounts_again_what_was_mounted() {
     d.ok(&["create", "w", "--block-size", "64K"]);
     let w = d.mount_with("w", &["--writeback"]);
     let x = d.volume("x");
+    let ro = d.volume("ro");
+    d.ok(&["remount", "--read-only", ro.to_str().unwrap()]);
     std::fs::write(v.join("f"), b"kept").unwrap();
     std::fs::File::open(v.join("f")).unwrap().sync_all().unwrap();
     let lite = d.tmp.path().join("app.db");
@@ -86,6 +88,11 @@ fn a_restarted_daemon_mounts_again_what_was_mounted() {
     assert_eq!(mounted_at(&d, "x"), None, "an unmounted volume was mounted again");
     assert!(d.ok(&["mount", "v", v.to_str().unwrap()]).contains("already mounted"));
     assert!(d.fails(&["mount", "w", w.to_str().unwrap()]).contains("other options"), "w came back without --writeback");
+    // Remounted read-only, it comes back read-only, and can be made writable again.
+    let e = std::fs::write(ro.join("g"), b"x").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS), "a volume remounted read-only came back writable");
+    d.ok(&["remount", "--read-write", ro.to_str().unwrap()]);
+    std::fs::write(ro.join("g"), b"x").unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let query = || run_timeout(Command::new("sqlite3").arg(db_dir.join("data/db.sqlite")).arg("SELECT x FROM t"), 60);
     loop {
