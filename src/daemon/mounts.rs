@@ -211,6 +211,11 @@ impl Daemon {
         drop(mounts);
         self.save_wanted();
         finish_session(&mut m);
+        // A database volume's mountpoint is the daemon's own: it goes with the mount (else a
+        // rename or destroy leaves it behind).
+        if self.db.holds(&dir) {
+            let _ = std::fs::remove_dir(&dir);
+        }
         m.live.get().flush_all()?;
         Ok(Value::Null)
     }

@@ -137,6 +137,15 @@ fn sqlite_clones_and_failures_that_leave_nothing() {
     d.ok(&["db", "init", "lite16", "--engine", "sqlite", "--import", big.to_str().unwrap()]);
     assert_eq!(block("lite16"), "16384");
     d.ok(&["db", "destroy", "lite16"]);
+    // Unmounted and renamed, it is mounted under its new name, and its old mountpoint goes.
+    let db_root = std::path::PathBuf::from(format!("{}.db", d.store.display()));
+    d.ok(&["db", "init", "lite4", "--engine", "sqlite"]);
+    d.ok(&["unmount", db_root.join("lite4").to_str().unwrap()]);
+    d.ok(&["rename", "lite4", "lite5"]);
+    wait_for("lite5 to be mounted", 30, || crate::util::is_mounted(&db_root.join("lite5")));
+    assert!(!db_root.join("lite4").exists(), "a renamed database volume left its old mountpoint");
+    d.ok(&["db", "destroy", "lite5"]);
+    assert!(!db_root.join("lite5").exists(), "a destroyed database volume left its mountpoint");
     d.ok(&["db", "init", "lite8", "--engine", "sqlite", "--block-size", "8K"]);
     assert_eq!(block("lite8"), "8192", "--block-size is what the volume gets");
     d.ok(&["db", "destroy", "lite8"]);
