@@ -64,13 +64,26 @@ impl Catalog {
     /// the new snapshot's name is free, the block sizes agree.
     fn check_base(store: &Store, v: &VolumeRec, h: &Header) -> Result<SnapshotRec> {
         let base = h.base.ok_or_else(|| Error::Corrupt("not an incremental stream".into()))?;
-        let newest = Self::newest_snapshot(store, v)?;
-        let newest = newest.filter(|s| s.id() == base).ok_or_else(|| {
-            Error::Conflict(format!(
-                "the stream applies to snapshot id {base:016x} ({}@... on the sender), which is not the newest snapshot of {}",
-                h.volume, v.name
-            ))
-        })?;
+        let snaps = Self::snapshots(store, v.id)?;
+        let name = |s: &SnapshotRec| format!("{}@{}", v.name, s.name);
+        if let Some(s) = snaps.iter().find(|s| s.id() == h.guid) {
+            return Err(Error::Conflict(format!("{} already holds this stream's snapshot, as {} (received before)", v.name, name(s))));
+        }
+        let newest = match (snaps.iter().position(|s| s.id() == base), snaps.last()) {
+            (Some(i), Some(last)) if i + 1 == snaps.len() => last.clone(),
+            (Some(i), Some(last)) => {
+                return Err(Error::Conflict(format!(
+                    "the stream's base is {}, but {} has newer snapshots (the newest: {}): `clonefs rollback {}` first, or send from {}'s newest",
+                    name(&snaps[i]), v.name, name(last), name(&snaps[i]), h.volume
+                )))
+            }
+            _ => {
+                return Err(Error::Conflict(format!(
+                    "the stream applies to snapshot id {base:016x} ({}@... on the sender), which {} does not hold",
+                    h.volume, v.name
+                )))
+            }
+        };
         if v.block_size != h.block_size {
             return Err(Error::Conflict(format!("{} has {}-byte blocks, the stream {}", v.name, v.block_size, h.block_size)));
         }

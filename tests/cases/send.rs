@@ -186,7 +186,7 @@ fn send_receive_round_trips_full_then_incremental() {
 
     // What no longer applies is refused with a reason, and changes nothing.
     let err = b.fails(&["receive", "w", "-i", inc.to_str().unwrap()]);
-    assert!(err.contains("newest snapshot"), "{err}");
+    assert!(err.contains("already holds this stream's snapshot, as w@s2"), "{err}");
     let err = b.fails(&["receive", "w", "-i", full.to_str().unwrap()]);
     assert!(err.contains("already exists"), "{err}");
     // The receiver changed after its snapshot: refused unless --force.
@@ -196,6 +196,10 @@ fn send_receive_round_trips_full_then_incremental() {
     a.ok(&["snapshot", "v@s3"]);
     let s3 = a.tmp.path().join("s3.stream");
     a.ok(&["send", "v@s3", "-i", "v@s2", "-o", s3.to_str().unwrap()]);
+    b.ok(&["snapshot", "w@local"]);
+    let err = b.fails(&["receive", "w", "-i", s3.to_str().unwrap()]);
+    assert!(err.contains("base is w@s2") && err.contains("newer snapshots") && err.contains("rollback w@s2"), "{err}");
+    b.ok(&["destroy", "w@local"]);
     let err = b.fails(&["receive", "w", "-i", s3.to_str().unwrap()]);
     assert!(err.contains("changed since") && err.contains("--force"), "{err}");
     assert!(!b.ok(&["list", "-t", "snapshot", "-H", "-o", "name"]).contains("w@s3"));
@@ -279,7 +283,7 @@ fn damaged_streams_are_refused_and_leave_nothing() {
     b.ok(&["create", "other"]);
     b.ok(&["snapshot", "other@s1"]);
     let err = b.fails(&["receive", "other", "-i", bad.to_str().unwrap()]);
-    assert!(err.contains("not the newest snapshot"), "{err}");
+    assert!(err.contains("which other does not hold"), "{err}");
     assert!(b.fails(&["receive", "nothing", "-i", bad.to_str().unwrap()]).contains("no volume"));
     b.ok(&["destroy", "other"]);
     b.ok(&["gc"]);
