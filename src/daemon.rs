@@ -153,7 +153,7 @@ pub fn run(store_dir: &Path, mem: Budget, serve: Serve) -> Result<()> {
         stop: AtomicBool::new(false),
         gc_wake: gc_tx,
         autosnap_wake: auto_tx,
-        history: History::open(&store)?,
+        history: History::open(&store, crate::history::KEEP)?,
         db: db::DbState::new(&store_dir),
         store,
     });
