@@ -303,6 +303,9 @@ impl Daemon {
         let _g = self.db_guard()?;
         let v = Catalog::get(&self.store, name)?;
         let mut conf = conf_of(&v)?;
+        if !conf.engine.serves() {
+            return Err(Error::Invalid(format!("{name} is an SQLite database: it has no server to stop")));
+        }
         self.stop_server(v.id);
         conf.running = false;
         self.set_conf(name, Some(conf))?;

@@ -137,6 +137,9 @@ fn sqlite_clones_and_failures_that_leave_nothing() {
     d.ok(&["db", "init", "lite16", "--engine", "sqlite", "--import", big.to_str().unwrap()]);
     assert_eq!(block("lite16"), "16384");
     d.ok(&["db", "destroy", "lite16"]);
+    for op in ["start", "stop"] {
+        assert!(d.fails(&["db", op, "lite"]).contains("it has no server"), "db {op} of an SQLite database");
+    }
     // Unmounted and renamed, it is mounted under its new name, and its old mountpoint goes.
     let db_root = std::path::PathBuf::from(format!("{}.db", d.store.display()));
     d.ok(&["db", "init", "lite4", "--engine", "sqlite"]);
