@@ -853,7 +853,10 @@ pub fn init_logging(verbose: u8) {
         2 => "debug",
         _ => "trace",
     };
-    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+    // fuser unmounts again, when a session ends, what the daemon unmounted and checked
+    // itself: its "Unmount failed: Invalid argument" at every unmount is noise.
+    let filter = format!("{level},fuser::mnt=error");
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(filter))
         .format_timestamp_millis()
         .try_init();
 }
