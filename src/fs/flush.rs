@@ -284,6 +284,11 @@ impl Volume {
             Some(n) => n,
             None => {
                 if sync {
+                    // Gone from the view while the kernel held it open (a rollback): its
+                    // writes are not there, so the fsync fails as they now do.
+                    if self.view.inode(ino)?.is_none() {
+                        return Err(err(libc::ENOENT));
+                    }
                     self.view.sync()?;
                 }
                 return Ok(());

@@ -59,13 +59,11 @@ impl Entry {
     /// but not yet stored too, as ext4's delayed allocation does: `tar --sparse` archives a
     /// file of size > 0 and 0 blocks as a hole, without reading it. Unsaved blocks replace
     /// stored ones only where the size leaves no room for both (exact for files without
-    /// holes; a sparse file's overwrite counts twice until its flush).
+    /// holes; a sparse file's overwrite counts twice until its flush). O(1): a block both
+    /// dirty and being flushed counts twice too, within the same cap.
     pub(crate) fn of(ino: u64, n: &Node, bs: u64) -> Entry {
         let mut rec = n.rec.clone();
-        let mut unsaved = n.dirty.len() as u64;
-        if let Some(f) = &n.flushing {
-            unsaved += f.blocks.keys().filter(|i| !n.dirty.contains_key(i)).count() as u64;
-        }
+        let unsaved = n.dirty.len() as u64 + n.flushing.as_ref().map_or(0, |f| f.blocks.len() as u64);
         if unsaved > 0 {
             rec.blocks = (rec.blocks + unsaved).min(rec.size.div_ceil(bs)).max(rec.blocks);
         }

@@ -127,7 +127,7 @@ pub fn descends(a: &[(u64, u64)], b: &[(u64, u64)]) -> bool {
 }
 
 fn join(dir: &str, name: &[u8]) -> String {
-    let n = String::from_utf8_lossy(name);
+    let n = crate::volume::name_text(name);
     if dir == "/" {
         format!("/{n}")
     } else {
@@ -255,11 +255,11 @@ pub fn diff(store: &Store, a: Chain, b: Chain) -> Result<Vec<Change>> {
         adds.entry(d.ino).or_default().push((*dir, name.clone()));
     }
     for (dir, name, d) in &removed {
-        let old = sa.path(*dir)?.map(|p| join(&p, name)).unwrap_or_else(|| String::from_utf8_lossy(name).into());
+        let old = sa.path(*dir)?.map(|p| join(&p, name)).unwrap_or_else(|| crate::volume::name_text(name));
         let still = sb.inode(d.ino)?.is_some() && sa.inode(d.ino)?.is_some();
         match adds.get_mut(&d.ino).filter(|_| still).and_then(|v| v.pop()) {
             Some((ndir, nname)) => {
-                let new = sb.path(ndir)?.map(|p| join(&p, &nname)).unwrap_or_else(|| String::from_utf8_lossy(&nname).into());
+                let new = sb.path(ndir)?.map(|p| join(&p, &nname)).unwrap_or_else(|| crate::volume::name_text(&nname));
                 out.push(Change { kind: "R".into(), path: old, to: Some(new), ftype: ftype(d.kind).into(), data: data.contains(&d.ino), meta: meta.contains(&d.ino) });
             }
             None => {
@@ -273,7 +273,7 @@ pub fn diff(store: &Store, a: Chain, b: Chain) -> Result<Vec<Change>> {
     for rest in adds.into_values() {
         for (dir, name) in rest {
             let kind = sb.dirent(dir, &name)?.map(|d| d.kind).unwrap_or(Kind::File);
-            let p = sb.path(dir)?.map(|p| join(&p, &name)).unwrap_or_else(|| String::from_utf8_lossy(&name).into());
+            let p = sb.path(dir)?.map(|p| join(&p, &name)).unwrap_or_else(|| crate::volume::name_text(&name));
             out.push(Change { kind: "+".into(), path: p, to: None, ftype: ftype(kind).into(), data: false, meta: false });
         }
     }

@@ -216,6 +216,28 @@ pub(crate) fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T> {
     }
 }
 
+/// A file name as `diff` and `scrub` print it, one line per path whatever the name holds:
+/// control characters, bytes that are not UTF-8 and `\` itself are written `\ooo` (octal,
+/// as zfs diff does), so the bytes can be told back exactly.
+pub fn name_text(name: &[u8]) -> String {
+    let mut out = String::with_capacity(name.len());
+    let octal = |out: &mut String, b: u8| out.push_str(&format!("\\{b:03o}"));
+    for chunk in name.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\\' => octal(&mut out, b'\\'),
+                c if c.is_control() => {
+                    let mut buf = [0u8; 4];
+                    c.encode_utf8(&mut buf).bytes().for_each(|b| octal(&mut out, b));
+                }
+                c => out.push(c),
+            }
+        }
+        chunk.invalid().iter().for_each(|b| octal(&mut out, *b));
+    }
+    out
+}
+
 /// Checks a volume or snapshot name: what a user may type and a directory entry may hold.
 pub fn check_name(name: &str) -> Result<()> {
     let bad = |why: &str| Err(Error::Invalid(format!("invalid name {name:?}: {why}")));
@@ -947,6 +969,17 @@ mod tests {
         assert!(parse_target("a@").is_err());
         assert!(parse_target("@b").is_err());
         assert!(parse_target("a@b@c").is_err());
+    }
+
+    #[test]
+    fn file_names_are_shown_one_line_each_and_exactly() {
+        assert_eq!(name_text(b"plain name.txt"), "plain name.txt");
+        assert_eq!(name_text("ünï".as_bytes()), "ünï");
+        assert_eq!(name_text(b"a\nb\tc"), "a\\012b\\011c");
+        assert_eq!(name_text(b"x\xff\xfey"), "x\\377\\376y");
+        assert_eq!(name_text(b"back\\slash"), "back\\134slash");
+        // C1 controls are two bytes of UTF-8: both escaped.
+        assert_eq!(name_text("\u{85}".as_bytes()), "\\302\\205");
     }
 
     #[test]

@@ -115,7 +115,7 @@ fn paths_of(view: &super::view::View, mut want: HashSet<u64>) -> Result<HashMap<
             break;
         }
         for (name, d) in view.dirents(dir)? {
-            let p = format!("{path}/{}", String::from_utf8_lossy(&name));
+            let p = format!("{path}/{}", super::name_text(&name));
             if want.remove(&d.ino) {
                 out.insert(d.ino, p.clone());
             }

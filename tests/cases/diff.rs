@@ -27,6 +27,23 @@ fn changes(d: &Daemon, from: &str, to: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// A name as `diff` prints it, back to its bytes (`\\ooo` is one byte).
+fn unescape(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' {
+            out.push(u8::from_str_radix(&s[i + 1..i + 4], 8).unwrap());
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
 fn set(items: &[&str]) -> BTreeSet<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
@@ -53,9 +70,23 @@ fn diff_tells_added_removed_renamed_and_data_from_metadata() {
     fs::remove_file(m.join("hl")).unwrap();
     fs::rename(m.join("c"), m.join("d/c2")).unwrap();
     fs::write(m.join("e"), b"new").unwrap();
+    // Names no line-based reader could split: shown escaped, one line each.
+    use std::os::unix::ffi::OsStrExt;
+    for odd in [&b"new\nline"[..], b"not-utf8-\xff", b"back\\slash", "ünï".as_bytes()] {
+        fs::write(m.join(std::ffi::OsStr::from_bytes(odd)), b"odd").unwrap();
+    }
     d.ok(&["snapshot", "v@s2"]);
 
+    let odd = ["+ /new\\012line", "+ /not-utf8-\\377", "+ /back\\134slash", "+ /ünï"];
     let want = set(&["M /a/f1 data", "M /a/f2 meta", "- /b", "- /hl", "R /c -> /d/c2", "+ /e"]);
+    assert_eq!(changes(&d, "v@s1", "v@s2"), want.iter().map(String::as_str).chain(odd).map(str::to_string).collect());
+    let all = d.json(&["diff", "v@s1", "v@s2", "--json"]).as_array().unwrap().len();
+    assert_eq!(d.ok(&["diff", "v@s1", "v@s2"]).lines().count(), all, "one line per change");
+    for name in ["new\\012line", "not-utf8-\\377", "back\\134slash", "ünï"] {
+        fs::remove_file(m.join(std::ffi::OsStr::from_bytes(&unescape(name)))).unwrap();
+    }
+    d.ok(&["destroy", "v@s2"]);
+    d.ok(&["snapshot", "v@s2"]);
     assert_eq!(changes(&d, "v@s1", "v@s2"), want);
     // Against the live volume, including what is not flushed yet.
     fs::write(m.join("late"), b"l").unwrap();

@@ -286,9 +286,19 @@ fn rollback_keeps_newer_snapshots_and_mounted_views_see_it() {
     }
     // Roll back to a snapshot taken before an earlier rollback. The kernel was told
     // `only-after-s1` is missing (cached as absent since the check above) and sees it again.
+    // A file the rollback takes away while it is open and written: its writes and its fsync
+    // fail, none claims what the rollback discarded is saved.
+    let mut open = fs::File::create(v.join("open-across")).unwrap();
+    std::io::Write::write_all(&mut open, b"discarded").unwrap();
+    open.sync_all().unwrap();
+    std::io::Write::write_all(&mut open, b" too").unwrap();
     d.ok(&["rollback", "v@s3"]);
     assert_eq!(fs::read(v.join("f")).unwrap(), pattern(3, 150_000));
     assert!(v.join("only-after-s1").exists(), "a name looked up as missing stays hidden after rollback");
+    assert!(!v.join("open-across").exists());
+    assert_eq!(open.sync_all().unwrap_err().raw_os_error(), Some(libc::ENOENT), "fsync of a file the rollback took away");
+    assert!(std::io::Write::write_all(&mut open, b"later").is_err());
+    drop(open);
     d.fsck_clean();
 }
 
