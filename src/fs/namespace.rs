@@ -239,6 +239,7 @@ impl Volume {
         let prec = self.stage_node(&mut t, parent, &p, prec)?;
         t.commit(false)?;
         self.applied(parent, &mut p, prec);
+        self.made(parent, name);
         let mut node = Node::new(rec.clone());
         node.lookups = 1;
         // With kernel opens, the kernel sends no RELEASE for this handle either (once it
