@@ -520,8 +520,9 @@ impl Volume {
         true
     }
 
-    /// `name` of `dir` was made: the kernel's absent entry for it, if any, was replaced by
-    /// the new one, so it need not be remembered (creates look each name up first).
+    /// `name` of `dir` was made (or linked, or renamed to): the kernel's absent entry for
+    /// it, if any, was replaced by the new one, so it need not be remembered (creates look
+    /// each name up first).
     fn made(&self, dir: u64, name: &[u8]) {
         if let Ok(mut a) = self.absent.lock() {
             if !a.names.is_empty() {

@@ -298,6 +298,7 @@ impl Volume {
         let prec = self.stage_node(&mut t, newparent, p, prec)?;
         t.commit(false)?;
         self.applied(newparent, l.get(newparent)?, prec);
+        self.made(newparent, newname);
         let c = l.get(ino)?;
         self.applied(ino, c, crec.clone());
         c.lookups += 1;
@@ -480,6 +481,7 @@ impl Volume {
         for (ino, rec) in staged {
             self.applied(ino, l.get(ino)?, rec);
         }
+        self.made(newparent, newname);
         if let Some((ino, r)) = dropped {
             self.finish_drop(ino, l.get(ino)?, r)?;
         }
