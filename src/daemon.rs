@@ -376,6 +376,7 @@ impl Daemon {
                 if let Err(e) = v.flush_older_than(self.budget.max_age) {
                     log::error!("volume {}: background flush failed: {e}", v.name());
                 }
+                v.shed_nodes();
             }
             if let Err(e) = self.store.checkpoint_if_due(CHECKPOINT_AGE) {
                 log::error!("checkpoint failed: {e}");

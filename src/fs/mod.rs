@@ -463,9 +463,19 @@ impl Volume {
         Ok(self.table.remove(ino)?)
     }
 
+    /// Past this many nodes in memory a volume drops clean, idle ones (`Table::shed`): the
+    /// kernel holds an inode of every file it has seen until memory runs short, so a tree
+    /// of a million files would otherwise keep 600 MB of nodes in the daemon.
+    const NODES_KEPT: usize = 16_384;
+
+    /// Bounds the nodes in memory (the flusher calls it). Returns how many were dropped.
+    pub fn shed_nodes(&self) -> usize {
+        self.table.shed(Self::NODES_KEPT, |n| self.drop_clean(n, 0..u64::MAX))
+    }
+
     /// The kernel dropped `n` lookups of `ino`.
     pub fn forget(&self, ino: u64, nlookup: u64) {
-        if let Ok(Some(node)) = self.table.get(ino, || Ok(None)) {
+        if let Ok(Some(node)) = self.table.forget_or_node(ino, nlookup) {
             let mut gone = false;
             if let Ok(mut n) = table::lock_busy(&node) {
                 n.lookups = n.lookups.saturating_sub(nlookup);
@@ -542,7 +552,8 @@ impl Volume {
         for ino in self.cached_inos() {
             let is_dir = match self.table.get(ino, || Ok(None)) {
                 Ok(Some(node)) => table::lock_busy(&node).map(|n| n.rec.kind == Kind::Dir).unwrap_or(false),
-                _ => false,
+                // Shed: the kernel may hold its names all the same.
+                _ => self.load_rec(ino).ok().flatten().is_some_and(|r| r.kind == Kind::Dir),
             };
             if is_dir {
                 if let Ok(entries) = self.entries(ino) {
@@ -718,6 +729,38 @@ mod tests {
         assert_eq!(fsck_clean(&s).inodes, 2, "the root and g are left");
         assert_eq!(v.open_file(ino, false).err().map(|e| e.errno()), Some(libc::ENOENT));
         assert!(v.open_file(kept, false).is_ok());
+    }
+
+    /// Past `NODES_KEPT` the clean, idle nodes go but the kernel's lookups of them stay: a
+    /// file unlinked while the kernel holds it (with kernel opens, a lookup holds it) still
+    /// waits for its FORGET to be purged, and a FORGET of a shed inode counts.
+    #[test]
+    fn shed_nodes_keep_the_kernels_lookups() {
+        let (_d, s, v) = volume();
+        let v = v.with_kernel_opens(true);
+        let files: Vec<(u64, Vec<u8>)> = (0..300).map(|i| format!("f{i}").into_bytes()).map(|n| (file(&v, &n, &[1u8; 100]), n)).collect();
+        let held = v.cached_inos().len();
+        assert!(v.table.shed(64, |n| v.drop_clean(n, 0..u64::MAX)) >= 200);
+        assert_eq!(v.cached_inos().len(), held, "shed inodes the kernel holds are still listed");
+        let shed: Vec<&(u64, Vec<u8>)> = files.iter().filter(|(i, _)| v.table.get(*i, || Ok(None)).unwrap().is_none()).collect();
+        let (a, b) = (shed[0], shed[1]);
+        let inodes = fsck_clean(&s).inodes;
+        // a: forgotten while shed, then unlinked: nobody holds it, it goes.
+        v.forget(a.0, 1);
+        v.unlink(ROOT_INO, &a.1, false).unwrap();
+        // b: unlinked while shed and held: it stays until the kernel lets go.
+        v.unlink(ROOT_INO, &b.1, false).unwrap();
+        v.flush_all().unwrap();
+        assert_eq!(fsck_clean(&s).inodes, inodes - 1, "a is purged, b waits");
+        assert!(v.view.inode(b.0).unwrap().is_some());
+        v.forget(b.0, 1);
+        v.flush_all().unwrap();
+        assert_eq!(fsck_clean(&s).inodes, inodes - 2);
+        // A shed file reads back, and its node comes back with the kernel's lookup.
+        let c = shed[2];
+        assert_eq!(v.read(c.0, 0, 200).unwrap().into_vec(), vec![1u8; 100]);
+        let node = v.table.get(c.0, || Ok(None)).unwrap().expect("loaded again");
+        assert_eq!(table::lock(&node).unwrap().lookups, 1);
     }
 
     /// Times, owners and a mode-only ACL set on a file with unsaved blocks (cp -a: write,

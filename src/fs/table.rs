@@ -178,16 +178,36 @@ fn cell(node: Node) -> NodeRef {
 }
 
 #[derive(Default)]
+struct Shard {
+    nodes: HashMap<u64, NodeRef>,
+    /// Kernel lookup counts of inodes whose clean, idle nodes were dropped to bound memory
+    /// (`shed`): about 20 bytes each instead of a node's 600. A node loaded again takes its
+    /// count back; a FORGET of such an inode lowers it here.
+    idle: HashMap<u64, u64>,
+}
+
+impl Shard {
+    /// A node for `rec`, with the lookups the kernel holds of it if it was shed.
+    fn load(&mut self, ino: u64, rec: InodeRec) -> NodeRef {
+        let mut node = Node::new(rec);
+        node.lookups = self.idle.remove(&ino).unwrap_or(0);
+        let n = cell(node);
+        self.nodes.insert(ino, n.clone());
+        n
+    }
+}
+
+#[derive(Default)]
 pub struct Table {
-    shards: Vec<Mutex<HashMap<u64, NodeRef>>>,
+    shards: Vec<Mutex<Shard>>,
 }
 
 impl Table {
     pub fn new() -> Table {
-        Table { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect() }
+        Table { shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect() }
     }
 
-    fn shard(&self, ino: u64) -> Result<MutexGuard<'_, HashMap<u64, NodeRef>>> {
+    fn shard(&self, ino: u64) -> Result<MutexGuard<'_, Shard>> {
         self.shards[(ino as usize) % SHARDS]
             .lock()
             .map_err(|_| Error::Corrupt("inode table poisoned by a panic".into()))
@@ -197,17 +217,27 @@ impl Table {
     /// held across the load so one inode never has two nodes.
     pub fn get(&self, ino: u64, load: impl FnOnce() -> Result<Option<InodeRec>>) -> Result<Option<NodeRef>> {
         let mut s = self.shard(ino)?;
-        if let Some(n) = s.get(&ino) {
+        if let Some(n) = s.nodes.get(&ino) {
             return Ok(Some(n.clone()));
         }
-        match load()? {
-            Some(rec) => {
-                let n = cell(Node::new(rec));
-                s.insert(ino, n.clone());
-                Ok(Some(n))
-            }
-            None => Ok(None),
+        Ok(load()?.map(|rec| s.load(ino, rec)))
+    }
+
+    /// The node of `ino` if it is in memory; else the kernel's FORGET of `nlookup` lookups
+    /// of a shed inode is taken here. One step under the shard's lock, so a node shed
+    /// meanwhile cannot miss it.
+    pub fn forget_or_node(&self, ino: u64, nlookup: u64) -> Result<Option<NodeRef>> {
+        let mut s = self.shard(ino)?;
+        if let Some(n) = s.nodes.get(&ino) {
+            return Ok(Some(n.clone()));
         }
+        if let Some(c) = s.idle.get_mut(&ino) {
+            *c = c.saturating_sub(nlookup);
+            if *c == 0 {
+                s.idle.remove(&ino);
+            }
+        }
+        Ok(None)
     }
 
     /// `get` of many inodes: those not in memory are loaded with one `load` call, under
@@ -222,49 +252,100 @@ impl Table {
             held.push(self.shards[s].lock().map_err(|_| Error::Corrupt("inode table poisoned by a panic".into()))?);
         }
         let at = |ino: u64| shards.binary_search(&((ino as usize) % SHARDS)).expect("every shard is held");
-        let mut missing: Vec<u64> = inos.iter().copied().filter(|i| !held[at(*i)].contains_key(i)).collect();
+        let mut missing: Vec<u64> = inos.iter().copied().filter(|i| !held[at(*i)].nodes.contains_key(i)).collect();
         missing.sort_unstable();
         missing.dedup();
         if !missing.is_empty() {
             for (ino, rec) in missing.iter().zip(load(&missing)?) {
                 if let Some(rec) = rec {
-                    held[at(*ino)].insert(*ino, cell(Node::new(rec)));
+                    held[at(*ino)].load(*ino, rec);
                 }
             }
         }
-        Ok(inos.iter().map(|i| held[at(*i)].get(i).cloned()).collect())
+        Ok(inos.iter().map(|i| held[at(*i)].nodes.get(i).cloned()).collect())
     }
 
-    pub fn insert(&self, ino: u64, node: Node) -> Result<NodeRef> {
+    pub fn insert(&self, ino: u64, mut node: Node) -> Result<NodeRef> {
+        let mut s = self.shard(ino)?;
+        node.lookups += s.idle.remove(&ino).unwrap_or(0);
         let n = cell(node);
-        self.shard(ino)?.insert(ino, n.clone());
+        s.nodes.insert(ino, n.clone());
         Ok(n)
     }
 
     pub fn remove(&self, ino: u64) -> Result<()> {
-        self.shard(ino)?.remove(&ino);
+        self.shard(ino)?.nodes.remove(&ino);
         Ok(())
     }
 
     /// Drops the node if nobody but the table holds it and it has nothing unsaved.
     pub fn evict_if_idle(&self, ino: u64) -> Result<()> {
         let mut s = self.shard(ino)?;
-        if let Some(n) = s.get(&ino) {
+        if let Some(n) = s.nodes.get(&ino) {
             if Arc::strong_count(n) == 1 {
                 let idle = n.node.try_lock().map(|g| g.is_clean() && g.opens == 0 && g.lookups == 0).unwrap_or(false);
                 if idle {
-                    s.remove(&ino);
+                    s.nodes.remove(&ino);
                 }
             }
         }
         Ok(())
     }
 
+    /// Bounds the nodes in memory: past `keep` (spread over the shards), drops nodes that
+    /// nobody but the table holds and that hold nothing the store has not (the kernel's
+    /// lookups of them are kept, `Shard::idle`), down to three quarters of it; `release`
+    /// lets go of each one's clean block copies first. Unlinked and open inodes stay, and
+    /// the root (the kernel holds it without counting lookups; a rollback must reach the
+    /// names it caches under it). Returns how many were dropped.
+    pub fn shed(&self, keep: usize, mut release: impl FnMut(&mut Node)) -> usize {
+        let per = (keep / SHARDS).max(1);
+        let mut dropped = 0;
+        for s in &self.shards {
+            let Ok(mut g) = s.lock() else { continue };
+            if g.nodes.len() <= per {
+                continue;
+            }
+            let mut over = g.nodes.len() - per * 3 / 4;
+            let inos: Vec<u64> = g.nodes.keys().copied().collect();
+            for ino in inos {
+                if over == 0 {
+                    break;
+                }
+                if ino == crate::fs::ROOT_INO {
+                    continue;
+                }
+                let Some(node) = g.nodes.get(&ino).cloned() else { continue };
+                // The table's and this one: nobody else can reach it while the shard is locked.
+                if Arc::strong_count(&node) != 2 {
+                    continue;
+                }
+                let lookups = {
+                    let Ok(mut n) = node.node.try_lock() else { continue };
+                    if !(n.is_clean() && n.opens == 0 && !n.purged && n.rec.nlink > 0 && n.waiters == 0) {
+                        continue;
+                    }
+                    release(&mut n);
+                    n.lookups
+                };
+                g.nodes.remove(&ino);
+                if lookups > 0 {
+                    g.idle.insert(ino, lookups);
+                }
+                over -= 1;
+                dropped += 1;
+            }
+        }
+        dropped
+    }
+
+    /// Every inode the kernel may hold: in memory, or shed with lookups.
     pub fn inos(&self) -> Vec<u64> {
         let mut out = Vec::new();
         for s in &self.shards {
             if let Ok(g) = s.lock() {
-                out.extend(g.keys().copied());
+                out.extend(g.nodes.keys().copied());
+                out.extend(g.idle.keys().copied());
             }
         }
         out
