@@ -2,4 +2,4 @@
 # C++ is compiled once per machine and reused by every checkout and CI run.
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/clonefs-target}
 export PATH="$HOME/.cargo/bin:$PATH"
-CLONEFS_BIN="$CARGO_TARGET_DIR/debug/clonefs"
+CLONEFS_BIN="${CLONEFS_BIN:-$CARGO_TARGET_DIR/debug/clonefs}"
