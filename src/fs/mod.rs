@@ -549,16 +549,25 @@ impl Volume {
             let now = Instant::now();
             out.extend(a.names.iter().filter(|(_, until)| **until > now).map(|(k, _)| k.clone()));
         }
+        let mut dirs = Vec::new();
+        let mut shed = Vec::new();
         for ino in self.cached_inos() {
-            let is_dir = match self.table.get(ino, || Ok(None)) {
-                Ok(Some(node)) => table::lock_busy(&node).map(|n| n.rec.kind == Kind::Dir).unwrap_or(false),
-                // Shed: the kernel may hold its names all the same.
-                _ => self.load_rec(ino).ok().flatten().is_some_and(|r| r.kind == Kind::Dir),
-            };
-            if is_dir {
-                if let Ok(entries) = self.entries(ino) {
-                    out.extend(entries.into_iter().map(|(name, _)| (ino, name)));
+            match self.table.get(ino, || Ok(None)) {
+                Ok(Some(node)) => {
+                    if table::lock_busy(&node).is_ok_and(|n| n.rec.kind == Kind::Dir) {
+                        dirs.push(ino);
+                    }
                 }
+                // Shed: the kernel may hold its names all the same (read in one batch).
+                _ => shed.push(ino),
+            }
+        }
+        if let Ok(recs) = self.view.inodes(&shed) {
+            dirs.extend(shed.iter().zip(recs).filter(|(_, r)| r.as_ref().is_some_and(|r| r.kind == Kind::Dir)).map(|(i, _)| *i));
+        }
+        for ino in dirs {
+            if let Ok(entries) = self.entries(ino) {
+                out.extend(entries.into_iter().map(|(name, _)| (ino, name)));
             }
         }
         out
@@ -739,9 +748,15 @@ mod tests {
         let (_d, s, v) = volume();
         let v = v.with_kernel_opens(true);
         let files: Vec<(u64, Vec<u8>)> = (0..300).map(|i| format!("f{i}").into_bytes()).map(|n| (file(&v, &n, &[1u8; 100]), n)).collect();
+        let dir = namespace::NewNode { kind: Kind::Dir, perm: 0o755, umask: 0, rdev: 0, target: b"" };
+        let d = v.make(Ctx { uid: 0, gid: 0 }, ROOT_INO, b"d", dir, false).unwrap().ino;
+        let new = namespace::NewNode { kind: Kind::File, perm: 0o644, umask: 0, rdev: 0, target: b"" };
+        v.make(Ctx { uid: 0, gid: 0 }, d, b"inside", new, false).unwrap();
         let held = v.cached_inos().len();
         assert!(v.table.shed(64, |n| v.drop_clean(n, 0..u64::MAX)) >= 200);
         assert_eq!(v.cached_inos().len(), held, "shed inodes the kernel holds are still listed");
+        assert!(v.table.get(d, || Ok(None)).unwrap().is_none(), "the directory was not shed");
+        assert!(v.cached_names().contains(&(d, b"inside".to_vec())), "a rollback would miss the names of a shed directory");
         let shed: Vec<&(u64, Vec<u8>)> = files.iter().filter(|(i, _)| v.table.get(*i, || Ok(None)).unwrap().is_none()).collect();
         let (a, b) = (shed[0], shed[1]);
         let inodes = fsck_clean(&s).inodes;
