@@ -12,13 +12,15 @@
 # log records, the log's runway zeros, data segments), sm (2,000 small
 # files: create, stat, unlink per second), rr (1 GiB written, caches dropped, 4 KiB random
 # reads for 10 s, IOPS), sr (the same file read once cold in 1 MiB reads, MiB/s), rwc (the
-# same file, 4 KiB random writes for 12 s: each completes a stored block read from the disk). AB_BLOCK_SIZE sets the volumes' block size (else
+# same file, 4 KiB random writes for 12 s: each completes a stored block read from the disk),
+# tar (`tar -x` of an archive of /usr/share, made once in /var/tmp: a big tree's creates,
+# seconds; AB_MOUNT_OPTS adds mount options, e.g. --fast-open). AB_BLOCK_SIZE sets the volumes' block size (else
 # the CLI's default), AB_BLOCK_SIZE_B B's alone (an A/B of block sizes: the same binary twice).
 # An old binary: build a worktree of its commit with this CARGO_TARGET_DIR and copy
 # target/debug/clonefs aside (then touch src/main.rs here and build again, or the target dir
 # keeps the old binary).
 set -euo pipefail
-[[ $# -ge 3 ]] || { sed -n 2,19p "$0"; exit 2; }
+[[ $# -ge 3 ]] || { sed -n 2,21p "$0"; exit 2; }
 a=$1 b=$2 job=$3 rounds=${4:-2}
 command -v fio >/dev/null || { apt-get update -qq && apt-get install -y -qq fio; }
 
@@ -37,7 +39,7 @@ one() { # BIN [BLOCK_SIZE] -> prints the figure
   }
   trap cleanup_one RETURN
   if [[ $B == native ]]; then B=true; else
-    "$B" init >/dev/null && "$B" daemon >/dev/null && "$B" create v ${bs:+--block-size "$bs"} >/dev/null && "$B" mount v "$m" >/dev/null
+    "$B" init >/dev/null && "$B" daemon >/dev/null && "$B" create v ${bs:+--block-size "$bs"} >/dev/null && "$B" mount v "$m" ${AB_MOUNT_OPTS:-} >/dev/null
   fi
   chmod 777 "$m"
   case $job in
@@ -121,10 +123,13 @@ tu = time.time() - t
 print("create/s", round(2000 / tc), "stat/s", round(2000 / ts), "unlink/s", round(2000 / tu))
 PY
     ;;
+    tar) /usr/bin/time -f "tar -x s %e" tar -C "$m" -xf "$tree" 2>&1 | tail -1 ;;
     *) echo "unknown job $job" >&2; exit 2 ;;
   esac
 }
 
+tree=/var/tmp/clonefs-ab-tree.tar
+if [[ $job == tar && ! -s $tree ]]; then tar -C /usr -cf "$tree.tmp" share 2>/dev/null || true; mv "$tree.tmp" "$tree"; fi
 bs_a=${AB_BLOCK_SIZE:-} bs_b=${AB_BLOCK_SIZE_B:-${AB_BLOCK_SIZE:-}}
 for r in $(seq "$rounds"); do
   echo "A ($a${bs_a:+, $bs_a blocks}): $(one "$a" "$bs_a")"
