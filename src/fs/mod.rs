@@ -296,6 +296,7 @@ struct Absent {
     names: HashMap<(u64, Vec<u8>), Instant>,
     swept_full: Option<Instant>,
 }
+
 /// An absent name is listed this much past its TTL: the kernel starts the TTL when it takes
 /// the reply, a little after the name was noted.
 const ABSENT_SLACK: Duration = Duration::from_secs(1);
