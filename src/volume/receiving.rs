@@ -71,10 +71,14 @@ impl Catalog {
         }
         let newest = match (snaps.iter().position(|s| s.id() == base), snaps.last()) {
             (Some(i), Some(last)) if i + 1 == snaps.len() => last.clone(),
-            (Some(i), Some(last)) => {
+            (Some(i), Some(_)) => {
+                // A rollback keeps them: only destroying them makes the base the newest again.
+                let newer: Vec<String> = snaps[i + 1..].iter().map(name).collect();
                 return Err(Error::Conflict(format!(
-                    "the stream's base is {}, but {} has newer snapshots (the newest: {}): `clonefs rollback {}` first, or send from {}'s newest",
-                    name(&snaps[i]), v.name, name(last), name(&snaps[i]), h.volume
+                    "the stream's base is {}, but {} has newer snapshots: destroy them first (`clonefs destroy {}`)",
+                    name(&snaps[i]),
+                    v.name,
+                    newer.join("`, `clonefs destroy ")
                 )))
             }
             _ => {

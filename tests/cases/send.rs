@@ -198,7 +198,8 @@ fn send_receive_round_trips_full_then_incremental() {
     a.ok(&["send", "v@s3", "-i", "v@s2", "-o", s3.to_str().unwrap()]);
     b.ok(&["snapshot", "w@local"]);
     let err = b.fails(&["receive", "w", "-i", s3.to_str().unwrap()]);
-    assert!(err.contains("base is w@s2") && err.contains("newer snapshots") && err.contains("rollback w@s2"), "{err}");
+    assert!(err.contains("base is w@s2") && err.contains("newer snapshots") && err.contains("clonefs destroy w@local"), "{err}");
+    // A rollback keeps newer snapshots: the advice is to destroy them, and that is enough.
     b.ok(&["destroy", "w@local"]);
     let err = b.fails(&["receive", "w", "-i", s3.to_str().unwrap()]);
     assert!(err.contains("changed since") && err.contains("--force"), "{err}");
