@@ -237,8 +237,12 @@ fn mountinfo_fstype(info: &str, dir: &[u8]) -> Option<String> {
     })
 }
 
-/// Unmounts `dir`; with `lazy`, detaches it even while busy.
+/// Unmounts `dir`; with `lazy`, detaches it even while busy. A daemon that is not root
+/// mounted through the setuid `fusermount3`, and only it may unmount for that user.
 pub fn umount(dir: &Path, lazy: bool) -> io::Result<()> {
+    if geteuid() != 0 {
+        return fusermount_u(dir, lazy);
+    }
     let c = CString::new(dir.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     let flags = if lazy { libc::MNT_DETACH } else { 0 };
     // SAFETY: `c` is a valid NUL-terminated path.
@@ -247,6 +251,24 @@ pub fn umount(dir: &Path, lazy: bool) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// `fusermount3 -u [-z] DIR`; its "busy" becomes EBUSY, as umount2's would be.
+fn fusermount_u(dir: &Path, lazy: bool) -> io::Result<()> {
+    let mut cmd = std::process::Command::new("fusermount3");
+    cmd.arg("-u");
+    if lazy {
+        cmd.arg("-z");
+    }
+    let out = cmd.arg("--").arg(dir).stdin(std::process::Stdio::null()).output()?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    if msg.contains("busy") {
+        return Err(io::Error::from_raw_os_error(libc::EBUSY));
+    }
+    Err(io::Error::other(format!("fusermount3 -u failed ({}): {msg}", out.status)))
 }
 
 /// The uid of the process at the other end of a Unix socket (SO_PEERCRED).

@@ -281,7 +281,7 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Database servers on volumes and their clones (PostgreSQL; SQLite files)
+    /// Database servers on volumes and their clones (PostgreSQL, MariaDB; SQLite files)
     Db {
         #[command(subcommand)]
         cmd: DbCmd,

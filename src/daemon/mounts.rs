@@ -378,14 +378,5 @@ pub(super) fn clear_dead_mount(dir: &Path) -> Result<bool> {
         return Ok(false);
     }
     log::warn!("{}: a clonefs mount whose daemon died; unmounting it to mount there again", path.display());
-    let r = if crate::sys::geteuid() == 0 {
-        crate::sys::umount(&path, true)
-    } else {
-        match std::process::Command::new("fusermount3").arg("-u").arg("-z").arg(&path).status() {
-            Ok(st) if st.success() => Ok(()),
-            Ok(st) => Err(std::io::Error::other(format!("fusermount3 -u -z exited with {st}"))),
-            Err(e) => Err(e),
-        }
-    };
-    r.map(|()| true).map_err(|e| Error::Invalid(format!("{} is a clonefs mount whose daemon died, and unmounting it failed: {e}", path.display())))
+    crate::sys::umount(&path, true).map(|()| true).map_err(|e| Error::Invalid(format!("{} is a clonefs mount whose daemon died, and unmounting it failed: {e}", path.display())))
 }
