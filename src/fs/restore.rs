@@ -117,7 +117,16 @@ fn copy(src: &Volume, sino: u64, dst: &Volume, dir: u64, name: &[u8], done: &mut
         let tmp = [b".clonefs-restore-".as_slice(), &sino.to_string().into_bytes(), b"-", name].concat();
         let tmp = &tmp[..tmp.len().min(255)];
         let target = if rec.kind == Kind::Symlink { src.readlink(sino)? } else { Vec::new() };
-        let e = dst.make(ctx, dir, tmp, NewNode { kind: rec.kind, perm: rec.perm, umask: 0, rdev: rec.rdev, target: &target }, false)?;
+        let node = || NewNode { kind: rec.kind, perm: rec.perm, umask: 0, rdev: rec.rdev, target: &target };
+        let e = match dst.make(ctx, dir, tmp, node(), false) {
+            // A restore cut short (kill -9, power cut) left this name behind: it is ours.
+            Err(e) if e.errno() == libc::EEXIST => {
+                dst.unlink(dir, tmp, false)?;
+                done.names.push((dir, tmp.to_vec()));
+                dst.make(ctx, dir, tmp, node(), false)?
+            }
+            r => r?,
+        };
         dst.forget(e.ino, 1);
         let filled = (|| {
             if rec.kind == Kind::File {

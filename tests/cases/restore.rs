@@ -82,3 +82,25 @@ fn xattr_get(p: &std::path::Path, name: &str) -> Vec<u8> {
     buf.truncate(r as usize);
     buf
 }
+
+/// A restore cut short by a crash leaves its temporary name in the target directory; a
+/// restore again takes that name over (it said "exists; --force replaces it", and --force
+/// failed the same way), and the leftover is gone.
+#[test]
+fn a_restore_again_after_one_cut_short_replaces_its_leftover() {
+    let mut d = Daemon::start();
+    let m = d.volume("v");
+    fs::write(m.join("t"), pattern(3, 200_000)).unwrap();
+    let ino = fs::metadata(m.join("t")).unwrap().ino();
+    d.ok(&["snapshot", "v@s"]);
+    fs::remove_file(m.join("t")).unwrap();
+    // What a kill -9 between making the file aside and renaming it over leaves.
+    let leftover = m.join(format!(".clonefs-restore-{ino}-t"));
+    fs::write(&leftover, b"half").unwrap();
+    d.ok(&["restore", "v@s", "t"]);
+    assert!(fs::read(m.join("t")).unwrap() == pattern(3, 200_000));
+    let names: Vec<_> = fs::read_dir(&m).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, ["t"], "the restore's leftover is still listed");
+    assert!(!leftover.exists(), "the kernel still knows the restore's leftover");
+    d.fsck_clean();
+}
