@@ -14,6 +14,9 @@ pub fn size(b: u64) -> String {
     }
     if i == 0 {
         format!("{b}B")
+    } else if v.fract() == 0.0 {
+        // Block sizes and quotas are mostly whole units: 8K, not 8.0K.
+        format!("{v:.0}{}", U[i])
     } else if v < 10.0 {
         format!("{v:.1}{}", U[i])
     } else {
