@@ -3,6 +3,8 @@
 mod output;
 mod transfer;
 
+use output::outln;
+
 use crate::control::{client, Request, StatusInfo, VolumeInfo};
 use crate::error::{Error, Result};
 use crate::store::Store;
@@ -406,7 +408,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
         Cmd::Init => {
             Store::init(&store)?;
-            println!("created store {}", store.display());
+            outln!("created store {}", store.display());
         }
         Cmd::Daemon { foreground, memory, metrics, http, http_token_file } => {
             let total = crate::memory::parse_size(&memory)
@@ -435,13 +437,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
-            println!("daemon stopped");
+            outln!("daemon stopped");
         }
         Cmd::Create { name, block_size } => {
             let block_size = parse_block_size(&block_size)?;
             crate::volume::check_name(&name)?;
             call(Request::Create { name: name.clone(), block_size, uid: crate::sys::geteuid(), gid: crate::sys::getegid() })?;
-            println!("created volume {name} (block size {})", output::size(block_size as u64));
+            outln!("created volume {name} (block size {})", output::size(block_size as u64));
         }
         Cmd::List { types, columns, scripted, exact, json } => {
             let cols: Vec<&str> = columns.split(',').map(str::trim).collect();
@@ -461,7 +463,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let mut v: Vec<VolumeInfo> = serde_json::from_value(call(Request::List)?)?;
             v.retain(|x| want.contains(&x.kind.as_str()));
             if json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                outln!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 output::volumes(&v, &cols, scripted, exact);
             }
@@ -472,28 +474,28 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let dir = absolute(&dir)?;
             let done = call(Request::Mount { name: volume.clone(), dir: dir.clone(), read_only, writeback, fast_open })?;
             if done["already"] == true {
-                println!("{volume} is already mounted at {}", dir.display());
+                outln!("{volume} is already mounted at {}", dir.display());
                 return Ok(ExitCode::SUCCESS);
             }
             let opts: Vec<&str> = [(read_only, "read-only"), (writeback && !read_only, "writeback"), (fast_open, "fast-open")].iter().filter(|o| o.0).map(|o| o.1).collect();
-            println!("mounted {volume} at {}{}", dir.display(), if opts.is_empty() { String::new() } else { format!(" ({})", opts.join(", ")) });
+            outln!("mounted {volume} at {}{}", dir.display(), if opts.is_empty() { String::new() } else { format!(" ({})", opts.join(", ")) });
         }
         Cmd::Unmount { dir } => {
             call(Request::Unmount { dir: absolute(&dir)? })?;
         }
         Cmd::Remount { dir, read_only, .. } => {
             call(Request::Remount { dir: absolute(&dir)?, read_only })?;
-            println!("{} is {}", dir.display(), if read_only { "read-only" } else { "writable" });
+            outln!("{} is {}", dir.display(), if read_only { "read-only" } else { "writable" });
         }
         Cmd::Destroy { volume } => {
             crate::volume::parse_target(&volume)?;
             call(Request::Destroy { name: volume.clone() })?;
-            println!("destroyed {volume}");
+            outln!("destroyed {volume}");
         }
         Cmd::Snapshot { snapshot } => {
             need_snapshot(&snapshot)?;
             call(Request::Snapshot { name: snapshot.clone() })?;
-            println!("snapshot {snapshot} taken");
+            outln!("snapshot {snapshot} taken");
         }
         Cmd::Clone { source, name, owner, uid_map, gid_map } => {
             crate::volume::parse_target(&source)?;
@@ -503,7 +505,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             let owner = owner.as_deref().map(resolve_owner).transpose()?;
             call(Request::Clone { source: source.clone(), name: name.clone(), uid_map, gid_map, owner })?;
-            println!("cloned {source} as {name}");
+            outln!("cloned {source} as {name}");
         }
         Cmd::Diff { from, to, json } => {
             need_snapshot(&from)?;
@@ -512,7 +514,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             let v = call(Request::Diff { from, to })?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                outln!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 let changes: Vec<crate::volume::diff::Change> = serde_json::from_value(v)?;
                 output::diff(&changes);
@@ -521,7 +523,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Restore { snapshot, paths, to, force } => {
             need_snapshot(&snapshot)?;
             let v = call(Request::Restore { snapshot: snapshot.clone(), paths, to, force })?;
-            println!(
+            outln!(
                 "restored {} files and {} directories ({}) from {snapshot} in {:.1} ms",
                 v["files"].as_u64().unwrap_or(0),
                 v["dirs"].as_u64().unwrap_or(0),
@@ -542,7 +544,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let args = transfer::SendArgs { snapshot: snapshot.unwrap_or_default(), from, output, to, resume, progress };
             if let Some(r) = transfer::send(&store, args)? {
                 if json {
-                    println!("{}", serde_json::to_string_pretty(&r)?);
+                    outln!("{}", serde_json::to_string_pretty(&r)?);
                     return Ok(ExitCode::SUCCESS);
                 }
                 eprintln!(
@@ -557,14 +559,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Receive { volume, input, resumable, force, serve, abort, json } => {
             if abort {
                 call(Request::ReceiveAbort { name: volume.clone() })?;
-                println!("dropped the receive into {volume}");
+                outln!("dropped the receive into {volume}");
                 return Ok(ExitCode::SUCCESS);
             }
             let progress = !serve && (cli.verbose > 0 || std::io::IsTerminal::is_terminal(&std::io::stderr()));
             let started = Instant::now();
             let r = transfer::receive(&store, transfer::ReceiveArgs { name: volume, input, resumable, force, serve, progress })?;
             if json && !serve {
-                println!("{}", serde_json::to_string_pretty(&r)?);
+                outln!("{}", serde_json::to_string_pretty(&r)?);
             } else {
                 let line = format!(
                     "received {}: {} records, {} new blocks ({}) in {:.1} s",
@@ -576,7 +578,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 );
                 match serve {
                     true => eprintln!("{line}"),
-                    false => println!("{line}"),
+                    false => outln!("{line}"),
                 }
             }
         }
@@ -584,24 +586,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Rollback { snapshot } => {
             need_snapshot(&snapshot)?;
             call(Request::Rollback { name: snapshot.clone() })?;
-            println!("rolled back to {snapshot}");
+            outln!("rolled back to {snapshot}");
         }
         Cmd::Hold { snapshot, tag } => {
             let (snapshot, tag) = snapshot_and_tag(snapshot, tag);
             need_snapshot(&snapshot)?;
             call(Request::Hold { name: snapshot.clone(), tag: tag.clone(), on: true })?;
-            println!("hold {tag} on {snapshot}");
+            outln!("hold {tag} on {snapshot}");
         }
         Cmd::Release { snapshot, tag } => {
             let (snapshot, tag) = snapshot_and_tag(snapshot, tag);
             need_snapshot(&snapshot)?;
             call(Request::Hold { name: snapshot.clone(), tag: tag.clone(), on: false })?;
-            println!("released {tag} on {snapshot}");
+            outln!("released {tag} on {snapshot}");
         }
         Cmd::History { json } => {
             let v = call(Request::History)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                outln!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 let h: Vec<crate::history::Entry> = serde_json::from_value(v)?;
                 output::history(&h);
@@ -609,20 +611,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Metrics => {
             let v = call(Request::Metrics)?;
-            print!("{}", v["text"].as_str().unwrap_or_default());
+            output::out(format_args!("{}", v["text"].as_str().unwrap_or_default()));
         }
         Cmd::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "clonefs", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "clonefs", &mut script);
+            output::out(format_args!("{}", String::from_utf8_lossy(&script)));
         }
         Cmd::Man { dir } => {
             std::fs::create_dir_all(&dir)?;
             let cmd = Cli::command();
             clap_mangen::generate_to(cmd, &dir)?;
-            println!("man pages written to {}", dir.display());
+            outln!("man pages written to {}", dir.display());
         }
         Cmd::Gc => {
             let v = call_with_spinner(&store, "gc", Request::Gc, false)?;
-            println!("gc: processed {} markers", v["processed"].as_u64().unwrap_or(0));
+            outln!("gc: processed {} markers", v["processed"].as_u64().unwrap_or(0));
         }
         Cmd::Set { assignment, volume } => {
             let (prop, value) = assignment
@@ -630,7 +634,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .ok_or_else(|| Error::Invalid(format!("expected PROPERTY=VALUE, got {assignment:?}")))?;
             crate::volume::check_name(&volume)?;
             call(Request::SetProperty { name: volume.clone(), property: prop.to_string(), value: value.to_string() })?;
-            println!("{volume}: {prop}={value}");
+            outln!("{volume}: {prop}={value}");
         }
         Cmd::Get { first, volume, json } => {
             let (props, volume) = match volume {
@@ -650,7 +654,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if json {
                 let picked: serde_json::Map<String, serde_json::Value> =
                     wanted.iter().map(|p| (p.clone(), all[p.as_str()].clone())).collect();
-                println!("{}", serde_json::to_string_pretty(&picked)?);
+                outln!("{}", serde_json::to_string_pretty(&picked)?);
             } else {
                 let rows: Vec<(&str, &str)> = wanted.iter().map(|p| (p.as_str(), all[p.as_str()].as_str().unwrap_or(""))).collect();
                 output::properties(&rows);
@@ -660,12 +664,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             crate::volume::check_name(&old)?;
             crate::volume::check_name(&new)?;
             call(Request::Rename { old: old.clone(), new: new.clone() })?;
-            println!("renamed {old} to {new}");
+            outln!("renamed {old} to {new}");
         }
         Cmd::Status { json } => {
             let s: StatusInfo = serde_json::from_value(call(Request::Status)?)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&s)?);
+                outln!("{}", serde_json::to_string_pretty(&s)?);
             } else {
                 output::status(&s);
             }
@@ -678,7 +682,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 crate::volume::fsck::check(&s)?
             };
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                outln!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 output::fsck(&report);
             }
@@ -694,7 +698,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 crate::volume::scrub::run(&s, &crate::volume::Catalog::default(), &Default::default())?
             };
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                outln!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 output::scrub(&report);
             }
@@ -704,7 +708,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Compact => {
             let v = call_with_spinner(&store, "compact", Request::Compact, false)?;
-            println!(
+            outln!(
                 "compacted: moved {} out of {} segments; {} on disk",
                 output::size(v["moved_bytes"].as_u64().unwrap_or(0)),
                 v["segments_deleted"].as_u64().unwrap_or(0),
@@ -745,7 +749,7 @@ fn db_command(store: &Path, cmd: DbCmd) -> Result<ExitCode> {
             let import = import.map(|p| absolute(&p)).transpose()?;
             let block_size = block_size.as_deref().map(parse_block_size).transpose()?;
             let v = call(Request::DbInit { name: volume.clone(), engine, import, block_size })?;
-            println!(
+            outln!(
                 "created database volume {volume} ({}, {} blocks) at {}",
                 v["engine"].as_str().unwrap_or("?"),
                 output::size(v["block_size"].as_u64().unwrap_or(0)),
@@ -754,21 +758,21 @@ fn db_command(store: &Path, cmd: DbCmd) -> Result<ExitCode> {
         }
         DbCmd::Start { volume, port } => {
             let v = call(Request::DbStart { name: volume.clone(), port })?;
-            println!("started {volume} on port {}", v["port"]);
+            outln!("started {volume} on port {}", v["port"]);
         }
         DbCmd::Stop { volume } => {
             call(Request::DbStop { name: volume.clone() })?;
-            println!("stopped {volume}");
+            outln!("stopped {volume}");
         }
         DbCmd::Clone { source, name, port, user, password, idle, protect, quota, listen, json } => {
             let v = call(Request::DbClone { source: source.clone(), name: name.clone(), port, user, password, idle, protect, quota, listen })?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                outln!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                println!("cloned {} as {name} in {} ms", v["origin"].as_str().unwrap_or(&source), v["millis"]);
+                outln!("cloned {} as {name} in {} ms", v["origin"].as_str().unwrap_or(&source), v["millis"]);
                 match v["dsn"].as_str() {
-                    Some(d) => println!("{d}"),
-                    None => println!("{}", v["path"].as_str().unwrap_or("?")),
+                    Some(d) => outln!("{d}"),
+                    None => outln!("{}", v["path"].as_str().unwrap_or("?")),
                 }
                 if v.get("password").is_some() {
                     eprintln!("(the password is shown only now)");
@@ -778,27 +782,27 @@ fn db_command(store: &Path, cmd: DbCmd) -> Result<ExitCode> {
         DbCmd::List { json } => {
             let v = call(Request::DbList)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                outln!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 output::db_list(v.as_array().map(|a| a.as_slice()).unwrap_or_default());
             }
         }
         DbCmd::Reset { name, to } => {
             call(Request::DbReset { name: name.clone(), to })?;
-            println!("reset {name}");
+            outln!("reset {name}");
         }
         DbCmd::Destroy { name } => {
             call(Request::DbDestroy { name: name.clone() })?;
-            println!("destroyed {name}");
+            outln!("destroyed {name}");
         }
         DbCmd::Verify { names, json } => {
             let v = call(Request::DbVerify { names })?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                outln!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 for c in v["checks"].as_array().map(|a| a.as_slice()).unwrap_or_default() {
                     let ok = if c["ok"] == true { "ok  " } else { "FAIL" };
-                    println!("{ok}\t{}\t{}\t{}", c["clone"].as_str().unwrap_or(""), c["check"].as_str().unwrap_or(""), c["detail"].as_str().unwrap_or("").trim());
+                    outln!("{ok}\t{}\t{}\t{}", c["clone"].as_str().unwrap_or(""), c["check"].as_str().unwrap_or(""), c["detail"].as_str().unwrap_or("").trim());
                 }
             }
             if v["ok"] != true {
@@ -906,7 +910,7 @@ pub fn start_daemon(store: &Path, verbose: u8, memory: u64, serve: crate::daemon
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         if client::ping(store) {
-            println!(
+            outln!(
                 "clonefs daemon running (pid {}) for store {}\n  log: {}\n  stop it with: clonefs shutdown --store {}",
                 child.id(),
                 store.display(),

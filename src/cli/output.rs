@@ -4,6 +4,26 @@ use crate::control::{StatusInfo, VolumeInfo};
 use crate::volume::fsck::FsckReport;
 use crate::volume::scrub::ScrubReport;
 
+/// `println!` for the CLI's standard output: a reader that went away (`clonefs diff | head`)
+/// ends the process quietly, as SIGPIPE ends a C tool (Rust ignores SIGPIPE, so `println!`
+/// would panic); any other write error is one line and exit status 1.
+macro_rules! outln {
+    () => { $crate::cli::output::out(format_args!("\n")) };
+    ($($t:tt)*) => { $crate::cli::output::out(format_args!("{}\n", format_args!($($t)*))) };
+}
+pub(super) use outln;
+
+pub fn out(args: std::fmt::Arguments) {
+    use std::io::Write;
+    if let Err(e) = std::io::stdout().lock().write_fmt(args) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("clonefs: cannot write the output: {e}");
+        std::process::exit(1);
+    }
+}
+
 pub fn size(b: u64) -> String {
     const U: [&str; 6] = ["B", "K", "M", "G", "T", "P"];
     let mut v = b as f64;
@@ -44,14 +64,14 @@ fn created(secs: i64) -> String {
 /// raw values: bytes, seconds since the epoch).
 pub fn properties(rows: &[(&str, &str)]) {
     let w = rows.iter().map(|r| r.0.len()).chain(std::iter::once("PROPERTY".len())).max().unwrap_or(0);
-    println!("{:<w$}  VALUE", "PROPERTY");
+    outln!("{:<w$}  VALUE", "PROPERTY");
     for (p, v) in rows {
         let shown = match (*p, v.parse::<u64>()) {
             ("created", Ok(secs)) => format!("{} UTC", created(secs as i64)),
             ("block_size" | "refquota" | "quota", Ok(b)) => size(b),
             _ => v.to_string(),
         };
-        println!("{p:<w$}  {shown}");
+        outln!("{p:<w$}  {shown}");
     }
 }
 
@@ -105,7 +125,7 @@ pub fn volumes(v: &[VolumeInfo], cols: &[&str], scripted: bool, exact: bool) {
         .collect();
     if scripted {
         for r in rows {
-            println!("{}", r.join("\t"));
+            outln!("{}", r.join("\t"));
         }
         return;
     }
@@ -125,7 +145,7 @@ pub fn volumes(v: &[VolumeInfo], cols: &[&str], scripted: bool, exact: bool) {
                 (false, false) => format!("{f:<w$}", w = widths[i]),
             })
             .collect();
-        println!("{}", cells.join("  ").trim_end());
+        outln!("{}", cells.join("  ").trim_end());
     };
     line(cols.iter().map(|c| spec(c).1.to_string()).collect());
     for r in rows {
@@ -135,7 +155,7 @@ pub fn volumes(v: &[VolumeInfo], cols: &[&str], scripted: bool, exact: bool) {
 
 /// `history`: one line per command, oldest first.
 pub fn history(h: &[crate::history::Entry]) {
-    println!("{:<19}  {:>6}  {:<6}  COMMAND", "TIME", "UID", "RESULT");
+    outln!("{:<19}  {:>6}  {:<6}  COMMAND", "TIME", "UID", "RESULT");
     for e in h {
         let mut cmd = e.request["op"].as_str().unwrap_or("?").replace('_', "-");
         if let Some(fields) = e.request.as_object() {
@@ -147,9 +167,9 @@ pub fn history(h: &[crate::history::Entry]) {
                 }
             }
         }
-        println!("{:<19}  {:>6}  {:<6}  {}", created(e.time), e.uid, if e.ok { "ok" } else { "failed" }, cmd);
+        outln!("{:<19}  {:>6}  {:<6}  {}", created(e.time), e.uid, if e.ok { "ok" } else { "failed" }, cmd);
         if let (false, Some(m)) = (e.ok, &e.error) {
-            println!("{:<19}  {:>6}  {:<6}    ({m})", "", "", "");
+            outln!("{:<19}  {:>6}  {:<6}    ({m})", "", "", "");
         }
     }
 }
@@ -158,72 +178,72 @@ pub fn history(h: &[crate::history::Entry]) {
 pub fn diff(changes: &[crate::volume::diff::Change]) {
     for c in changes {
         match (c.kind.as_str(), &c.to) {
-            ("R", Some(to)) => println!("R\t{}\t{} -> {}", c.ftype, c.path, to),
+            ("R", Some(to)) => outln!("R\t{}\t{} -> {}", c.ftype, c.path, to),
             ("M", _) => {
                 let what = match (c.data, c.meta) {
                     (true, true) => "data+metadata",
                     (true, false) => "data",
                     _ => "metadata",
                 };
-                println!("M\t{}\t{} ({what})", c.ftype, c.path)
+                outln!("M\t{}\t{} ({what})", c.ftype, c.path)
             }
-            (k, _) => println!("{k}\t{}\t{}", c.ftype, c.path),
+            (k, _) => outln!("{k}\t{}\t{}", c.ftype, c.path),
         }
     }
 }
 
 pub fn status(s: &StatusInfo) {
-    println!("store:          {}", s.store.display());
-    println!("format version: {}", s.format_version);
-    println!("daemon pid:     {}", s.pid);
-    println!("volumes:        {}", s.volumes);
-    println!("logical:        {} ({} bytes)", size(s.logical), s.logical);
-    println!("physical:       {} ({} bytes in {} blocks)", size(s.physical), s.physical, s.blocks);
-    println!("dedup ratio:    {:.2}x", s.dedup_ratio);
-    println!("on disk:        {} (segments and index files)", size(s.disk_bytes));
-    println!(
+    outln!("store:          {}", s.store.display());
+    outln!("format version: {}", s.format_version);
+    outln!("daemon pid:     {}", s.pid);
+    outln!("volumes:        {}", s.volumes);
+    outln!("logical:        {} ({} bytes)", size(s.logical), s.logical);
+    outln!("physical:       {} ({} bytes in {} blocks)", size(s.physical), s.physical, s.blocks);
+    outln!("dedup ratio:    {:.2}x", s.dedup_ratio);
+    outln!("on disk:        {} (segments and index files)", size(s.disk_bytes));
+    outln!(
         "segment log:    {} segments, {} on disk, {} of live blocks (`clonefs compact` gives the rest back)",
         s.segments,
         size(s.segment_bytes),
         size(s.segment_live_bytes)
     );
-    println!("unflushed:      {}", size(s.dirty_bytes));
-    println!("available:      {} (the disk's free space less a reserve of {} kept for deletes)", size(s.available), size(s.reserve));
-    println!("memory:         {} resident, budget {} (`daemon --memory`)", size(s.resident), size(s.memory_budget));
+    outln!("unflushed:      {}", size(s.dirty_bytes));
+    outln!("available:      {} (the disk's free space less a reserve of {} kept for deletes)", size(s.available), size(s.reserve));
+    outln!("memory:         {} resident, budget {} (`daemon --memory`)", size(s.resident), size(s.memory_budget));
     if s.read_errors > 0 {
-        println!("read errors:    {} (damaged blocks: run `clonefs scrub`)", s.read_errors);
+        outln!("read errors:    {} (damaged blocks: run `clonefs scrub`)", s.read_errors);
     }
-    println!("pending gc:     {}", s.pending_gc);
+    outln!("pending gc:     {}", s.pending_gc);
     if s.mounts.is_empty() {
-        println!("mounts:         none");
+        outln!("mounts:         none");
     }
     for m in &s.mounts {
         let opts: Vec<&str> = [(m.read_only, "ro"), (m.writeback, "writeback"), (m.fast_open, "fast-open")].iter().filter(|o| o.0).map(|o| o.1).collect();
         let opts = if opts.is_empty() { String::new() } else { format!(" ({})", opts.join(", ")) };
-        println!("mount:          {} at {}{opts}", m.volume, m.mountpoint.display());
+        outln!("mount:          {} at {}{opts}", m.volume, m.mountpoint.display());
     }
 }
 
 pub fn scrub(r: &ScrubReport) {
-    println!("checked {} blocks ({})", r.blocks, size(r.bytes));
+    outln!("checked {} blocks ({})", r.blocks, size(r.bytes));
     if r.damaged.is_empty() {
-        println!("no damaged blocks");
+        outln!("no damaged blocks");
         return;
     }
     for d in &r.damaged {
-        println!("damaged: block {} at locator {} {}", d.hash, d.locator, d.reason);
+        outln!("damaged: block {} at locator {} {}", d.hash, d.locator, d.reason);
         if d.used_by.is_empty() {
-            println!("    used by no file (a snapshot or clone destroyed since, or unflushed)");
+            outln!("    used by no file (a snapshot or clone destroyed since, or unflushed)");
         }
         for u in &d.used_by {
-            println!("    {}:{} at offset {}", u.view, u.path, u.offset);
+            outln!("    {}:{} at offset {}", u.view, u.path, u.offset);
         }
     }
-    println!("{} damaged blocks", r.damaged.len());
+    outln!("{} damaged blocks", r.damaged.len());
 }
 
 pub fn fsck(r: &FsckReport) {
-    println!(
+    outln!(
         "checked {} volumes, {} inodes, {} entries, {} extents, {} blocks ({})",
         r.volumes,
         r.inodes,
@@ -233,12 +253,12 @@ pub fn fsck(r: &FsckReport) {
         size(r.physical)
     );
     if r.errors.is_empty() {
-        println!("clean");
+        outln!("clean");
     } else {
         for e in &r.errors {
-            println!("error: {e}");
+            outln!("error: {e}");
         }
-        println!("{} errors", r.errors.len());
+        outln!("{} errors", r.errors.len());
     }
 }
 
@@ -267,6 +287,6 @@ pub fn db_list(rows: &[serde_json::Value]) {
     let widths: Vec<usize> = (0..lines[0].len()).map(|i| lines.iter().map(|l| l[i].chars().count()).max().unwrap_or(0)).collect();
     for l in &lines {
         let cells: Vec<String> = l.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        println!("{}", cells.join("  ").trim_end());
+        outln!("{}", cells.join("  ").trim_end());
     }
 }

@@ -333,3 +333,33 @@ fn diff_matches_a_brute_force_comparison_on_random_histories() {
     assert!(seen.0 > 10 && seen.1 > 10 && seen.2 > 10, "the histories changed too little: {seen:?} (names gone, came, files changed)");
     d.fsck_clean();
 }
+
+/// `clonefs diff ... | head -1`: the reader goes away after one line, and the CLI ends
+/// quietly with success (it panicked with "failed printing to stdout: Broken pipe").
+#[test]
+fn output_into_a_reader_that_goes_away_ends_quietly() {
+    use std::io::{BufRead, Read};
+    let mut d = Daemon::start();
+    let m = d.volume("v");
+    d.ok(&["snapshot", "v@a"]);
+    for i in 0..3000 {
+        fs::write(m.join(format!("file-with-a-long-name-{i:05}")), b"x").unwrap();
+    }
+    for args in [&["diff", "v@a"][..], &["diff", "v@a", "--json"]] {
+        let mut child = std::process::Command::new(crate::util::BIN)
+            .args(args)
+            .env("CLONEFS_STORE", &d.store)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+        assert!(!first.is_empty(), "{args:?}: no output");
+        // The reader is gone now; the CLI still has most of its output to write.
+        let mut err = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        let status = child.wait().unwrap();
+        assert!(status.success() && err.is_empty(), "{args:?}: {status}, stderr {err:?}");
+    }
+}
