@@ -1,7 +1,7 @@
 //! The daemon: one open store, the mount table, the flusher and GC threads, the control
 //! socket and an orderly shutdown on SIGTERM/SIGINT (flush, unmount everything, exit).
 
-use crate::control::{server, Handler, MountInfo, Request, StatusInfo, VolumeInfo};
+use crate::control::{server, Handler, MountInfo, Request, Restrict, StatusInfo, VolumeInfo};
 use crate::error::{Error, Result};
 use crate::fs::fuse::FuseFs;
 use crate::fs::live::Live;
@@ -58,6 +58,7 @@ struct Mounted {
     busy: bool,
     /// Remounted read-only (`mount -o remount,ro`): the kernel refuses writes.
     remounted_ro: bool,
+    restrict: Restrict,
 }
 
 pub struct Daemon {
@@ -511,7 +512,7 @@ impl Daemon {
                 Ok(json!({"name": v.name, "block_size": v.block_size}))
             }
             Request::List => Ok(serde_json::to_value(self.list()?)?),
-            Request::Mount { name, dir, read_only, writeback, fast_open } => self.mount(&name, &dir, read_only, writeback, fast_open),
+            Request::Mount { name, dir, read_only, writeback, fast_open, restrict } => self.mount(&name, &dir, read_only, writeback, fast_open, restrict),
             Request::Unmount { dir } => self.unmount(&dir),
             Request::Remount { dir, read_only } => self.remount(&dir, read_only),
             Request::Destroy { name } => self.destroy(&name),

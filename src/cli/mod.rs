@@ -5,7 +5,7 @@ mod transfer;
 
 use output::outln;
 
-use crate::control::{client, Request, StatusInfo, VolumeInfo};
+use crate::control::{client, Request, Restrict, StatusInfo, VolumeInfo};
 use crate::error::{Error, Result};
 use crate::store::Store;
 use crate::volume::{fsck::FsckReport, parse_block_size, scrub::ScrubReport};
@@ -179,6 +179,10 @@ enum Cmd {
         /// goes when the kernel forgets it. For build workspaces
         #[arg(long)]
         fast_open: bool,
+        /// Mount options, as mount(8) takes them: nosuid, nodev, noexec (and suid, dev,
+        /// exec). Reads never update atime (the mount says noatime)
+        #[arg(short = 'o', long = "options", value_name = "OPT[,OPT...]")]
+        options: Option<String>,
     },
     /// Unmount a volume (flushes its data first)
     Unmount { dir: PathBuf },
@@ -468,16 +472,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 output::volumes(&v, &cols, scripted, exact);
             }
         }
-        Cmd::Mount { volume, dir, read_only, writeback, fast_open } => {
+        Cmd::Mount { volume, dir, read_only, writeback, fast_open, options } => {
             let (_, snap) = crate::volume::parse_target(&volume)?;
             let read_only = read_only || snap.is_some();
             let dir = absolute(&dir)?;
-            let done = call(Request::Mount { name: volume.clone(), dir: dir.clone(), read_only, writeback, fast_open })?;
+            let mut restrict = Restrict::default();
+            for o in options.iter().flat_map(|o| o.split(',')).filter(|o| !o.is_empty()) {
+                if !restrict.take(o) {
+                    return Err(Error::Invalid(format!("unknown mount option {o:?} (-o takes nosuid, nodev, noexec, suid, dev, exec)")));
+                }
+            }
+            let done = call(Request::Mount { name: volume.clone(), dir: dir.clone(), read_only, writeback, fast_open, restrict })?;
             if done["already"] == true {
                 outln!("{volume} is already mounted at {}", dir.display());
                 return Ok(ExitCode::SUCCESS);
             }
-            let opts: Vec<&str> = [(read_only, "read-only"), (writeback && !read_only, "writeback"), (fast_open, "fast-open")].iter().filter(|o| o.0).map(|o| o.1).collect();
+            let mut opts: Vec<&str> = [(read_only, "read-only"), (writeback && !read_only, "writeback"), (fast_open, "fast-open")].iter().filter(|o| o.0).map(|o| o.1).collect();
+            opts.extend(restrict.words());
             outln!("mounted {volume} at {}{}", dir.display(), if opts.is_empty() { String::new() } else { format!(" ({})", opts.join(", ")) });
         }
         Cmd::Unmount { dir } => {
@@ -949,19 +960,28 @@ pub fn mount_helper(args: Vec<String>) -> ExitCode {
             .map_err(|_| Error::Invalid("usage: mount.fuse.clonefs VOLUME DIR [-o ro,writeback,fast_open,store=DIR]".into()))?;
         let mut store = std::env::var_os("CLONEFS_STORE").map(PathBuf::from).unwrap_or_else(default_store);
         let (mut read_only, mut writeback, mut fast_open, mut remount) = (false, false, false, false);
-        for o in opts {
-            if o == "remount" {
-                remount = true;
-            } else if o == "rw" {
-                read_only = false;
-            } else if o == "ro" {
-                read_only = true;
-            } else if o == "writeback" {
-                writeback = true;
-            } else if o == "fast_open" {
-                fast_open = true;
-            } else if let Some(s) = o.strip_prefix("store=") {
-                store = PathBuf::from(s);
+        let mut restrict = Restrict::default();
+        for o in opts.iter().map(String::as_str).filter(|o| !o.is_empty()) {
+            match o {
+                "remount" => remount = true,
+                "rw" => read_only = false,
+                "ro" => read_only = true,
+                "writeback" => writeback = true,
+                "fast_open" => fast_open = true,
+                _ if o.starts_with("store=") => store = PathBuf::from(&o["store=".len()..]),
+                _ if restrict.take(o) => {}
+                // fstab's and mount(8)'s own, and what every clonefs mount is anyway; reads
+                // never update atime, whichever atime option is given.
+                "defaults" | "auto" | "noauto" | "user" | "nouser" | "users" | "owner" | "group" | "nofail" | "_netdev" | "async"
+                | "atime" | "noatime" | "relatime" | "norelatime" | "strictatime" | "nostrictatime" | "diratime" | "nodiratime"
+                | "lazytime" | "nolazytime" | "allow_other" | "default_permissions" => {}
+                // FUSE's own, which mount(8) passes back on a remount.
+                _ if ["x-", "comment=", "user_id=", "group_id=", "fsname=", "subtype=", "max_read=", "blksize=", "rootmode="].iter().any(|p| o.starts_with(p)) => {}
+                _ => {
+                    return Err(Error::Invalid(format!(
+                        "unknown option {o:?} (clonefs takes ro, rw, writeback, fast_open, store=DIR, nosuid, nodev, noexec and mount(8)'s generic options)"
+                    )))
+                }
             }
         }
         if remount {
@@ -978,7 +998,7 @@ pub fn mount_helper(args: Vec<String>) -> ExitCode {
         }
         let (_, snap) = crate::volume::parse_target(&vol)?;
         let read_only = read_only || snap.is_some();
-        client::call(&store, &Request::Mount { name: vol, dir: absolute(Path::new(&dir))?, read_only, writeback, fast_open })?;
+        client::call(&store, &Request::Mount { name: vol, dir: absolute(Path::new(&dir))?, read_only, writeback, fast_open, restrict })?;
         Ok(())
     })();
     match r {

@@ -25,6 +25,39 @@ pub trait Handler: Send + Sync + 'static {
     fn stream(&self, req: Request, uid: u32, input: Box<dyn std::io::Read + Send>, conn: std::os::unix::net::UnixStream);
 }
 
+/// mount(8)'s nosuid, nodev and noexec for a mount (`clonefs mount -o`, the mount helper,
+/// fstab): the kernel then ignores set-id bits, refuses device files, refuses to execute.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restrict {
+    #[serde(default)]
+    pub nosuid: bool,
+    #[serde(default)]
+    pub nodev: bool,
+    #[serde(default)]
+    pub noexec: bool,
+}
+
+impl Restrict {
+    /// Takes one mount option; false if it is not one of these (or their opposites).
+    pub fn take(&mut self, opt: &str) -> bool {
+        match opt {
+            "nosuid" => self.nosuid = true,
+            "suid" => self.nosuid = false,
+            "nodev" => self.nodev = true,
+            "dev" => self.nodev = false,
+            "noexec" => self.noexec = true,
+            "exec" => self.noexec = false,
+            _ => return false,
+        }
+        true
+    }
+
+    /// The options set, as mount(8) writes them.
+    pub fn words(&self) -> Vec<&'static str> {
+        [(self.nosuid, "nosuid"), (self.nodev, "nodev"), (self.noexec, "noexec")].iter().filter(|w| w.0).map(|w| w.1).collect()
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
@@ -42,6 +75,8 @@ pub enum Request {
         /// Opens and closes stay in the kernel (`clonefs mount --fast-open`).
         #[serde(default)]
         fast_open: bool,
+        #[serde(default)]
+        restrict: Restrict,
     },
     Unmount { dir: PathBuf },
     /// Makes a mounted volume read-only or writable again without unmounting it.

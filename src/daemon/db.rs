@@ -111,7 +111,7 @@ impl Daemon {
         std::fs::create_dir_all(&dir).map_err(|e| Error::Invalid(format!("cannot make the mountpoint {}: {e}", dir.display())))?;
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&self.db.root, std::fs::Permissions::from_mode(0o755))?;
-        self.mount(&v.name, &dir, false, false, false)?;
+        self.mount(&v.name, &dir, false, false, false, crate::control::Restrict::default())?;
         Ok(dir)
     }
 

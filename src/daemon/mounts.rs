@@ -17,12 +17,14 @@ struct Wanted {
     fast_open: bool,
     #[serde(default)]
     remounted_ro: bool,
+    #[serde(default)]
+    restrict: Restrict,
 }
 
 const WANTED_FILE: &str = "mounts";
 
 impl Daemon {
-    pub(super) fn mount(&self, name: &str, dir: &Path, read_only: bool, writeback: bool, fast_open: bool) -> Result<Value> {
+    pub(super) fn mount(&self, name: &str, dir: &Path, read_only: bool, writeback: bool, fast_open: bool, restrict: Restrict) -> Result<Value> {
         let (vol, snap) = parse_target(name)?;
         if !dir.is_absolute() {
             return Err(Error::Invalid(format!("mountpoint {} must be an absolute path", dir.display())));
@@ -37,6 +39,7 @@ impl Daemon {
             return Err(Error::Invalid(format!("mountpoint {} is not a directory", dir.display())));
         }
         let dir = dir.canonicalize()?;
+        self.settle_unmounted(&dir)?;
         // Reserve the slot: the view is read, checked and opened under the table lock, so a
         // destroy or rename cannot act in between; mount(2) then runs without the lock.
         let (live, snaps, bs, writeback) = {
@@ -46,7 +49,7 @@ impl Daemon {
             if let Some(m) = mounts.iter().find(|m| m.dir == dir) {
                 // Asked again as it is: done already (a start mounted it again, or a retry).
                 let same = m.target == name && !m.busy && m.live.get().read_only == (read_only || spec.read_only);
-                if same && m.writeback == (writeback && !spec.read_only) && m.live.get().kernel_opens == fast_open {
+                if same && m.writeback == (writeback && !spec.read_only) && m.live.get().kernel_opens == fast_open && m.restrict == restrict {
                     return Ok(json!({"mountpoint": dir, "already": true}));
                 }
                 if m.target == name {
@@ -79,6 +82,7 @@ impl Daemon {
                 session: None,
                 busy: true,
                 remounted_ro: false,
+                restrict,
             });
             (live, snaps, bs, writeback)
         };
@@ -89,15 +93,21 @@ impl Daemon {
             MountOption::Subtype("clonefs".into()),
             MountOption::DefaultPermissions,
             if ro { MountOption::RO } else { MountOption::RW },
+            // Reads never update atime (the kernel leaves it to the daemon, and a commit per
+            // read would cost more than the read): the mount table says so.
+            MountOption::NoAtime,
         ];
+        if restrict.noexec {
+            config.mount_options.push(MountOption::NoExec);
+        }
         if crate::sys::geteuid() == 0 {
             // fuser gives the subtype only to fusermount; root mounts directly, so the kernel
             // gets it here and the mount table says `fuse.clonefs` (mount(8) then runs our
             // helper for `mount -o remount`, not mount.fuse).
             config.mount_options.push(MountOption::CUSTOM("subtype=clonefs".into()));
             config.acl = SessionACL::All;
-            config.mount_options.push(MountOption::Dev);
-            config.mount_options.push(MountOption::Suid);
+            config.mount_options.push(if restrict.nodev { MountOption::NoDev } else { MountOption::Dev });
+            config.mount_options.push(if restrict.nosuid { MountOption::NoSuid } else { MountOption::Suid });
         }
         config.n_threads = Some(FUSE_THREADS);
         config.clone_fd = true;
@@ -131,6 +141,21 @@ impl Daemon {
         log::info!("mounted {name} at {} in {:?}", dir.display(), started.elapsed());
         self.save_wanted();
         Ok(json!({"mountpoint": dir}))
+    }
+
+    /// A mount the user took away behind our back (`umount DIR`) whose session is still
+    /// ending: waits for it (bounded) and forgets it, so a mount there right after works.
+    fn settle_unmounted(&self, dir: &Path) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let ending = |mounts: &Vec<Mounted>| mounts.iter().any(|m| m.dir == dir && m.session.as_ref().is_some_and(|s| !s.guard.is_finished()));
+        while ending(&*lock(&self.mounts)?) {
+            if crate::sys::mount_fstype(dir)?.as_deref() == Some("fuse.clonefs") || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.reap();
+        Ok(())
     }
 
     /// Finds the mount at `dir`, lets `check` refuse, and marks it busy, so the caller can
@@ -239,6 +264,7 @@ impl Daemon {
                     writeback: m.writeback,
                     fast_open: m.live.get().kernel_opens,
                     remounted_ro: m.remounted_ro,
+                    restrict: m.restrict,
                 })
                 .collect(),
             Err(_) => return,
@@ -278,7 +304,7 @@ impl Daemon {
             }
         };
         for w in &wanted {
-            let r = self.mount(&w.target, &w.dir, w.read_only, w.writeback, w.fast_open);
+            let r = self.mount(&w.target, &w.dir, w.read_only, w.writeback, w.fast_open, w.restrict);
             let r = r.and_then(|_| if w.remounted_ro { self.remount(&w.dir, true).map(|_| ()) } else { Ok(()) });
             match r {
                 Ok(()) => log::info!("mounted {} at {} again{}", w.target, w.dir.display(), if w.remounted_ro { ", read-only" } else { "" }),

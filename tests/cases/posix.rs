@@ -263,9 +263,11 @@ fn posix_acls_are_enforced_inherited_and_follow_chmod() {
     d.fsck_clean();
 }
 
-/// `mount -o remount,ro` and back, through mount(8) and the helper it runs.
+/// `mount -o remount,ro` and back, through mount(8) and the helper it runs; then an fstab
+/// line's options (nosuid, nodev, noexec kept by the kernel and across a restart; unknown
+/// ones refused), and a mount right after a plain `umount`.
 #[test]
-fn remount_read_only_and_back() {
+fn mount_helper_remounts_and_takes_fstab_options() {
     let helper = Path::new("/sbin/mount.fuse.clonefs");
     // Install the helper for this test unless the host has one (setup.sh links it).
     let _link = (!helper.exists()).then(|| {
@@ -313,6 +315,40 @@ fn remount_read_only_and_back() {
     let (ok, err) = remount("remount,rw", &s);
     assert!(!ok && err.contains("read-only view"), "remount,rw of a snapshot: {err}");
     assert_eq!(fs::write(s.join("a"), b"x").unwrap_err().raw_os_error(), Some(libc::EROFS));
+
+    // An fstab line's options: the restrictions reach the kernel, the rest of mount(8)'s
+    // are taken, an unknown one is refused and mounts nothing.
+    fs::copy("/bin/true", v.join("true")).unwrap();
+    sh(&format!("mknod {}/null c 1 3", v.display()));
+    d.unmount(&v);
+    let mount = |opts: &str| {
+        let out = run_timeout(std::process::Command::new("mount").args(["-t", "fuse.clonefs", "v"]).arg(&v).args(["-o", opts]), 60);
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (ok, err) = mount(&format!("store={},nosuid,bogus", store.display()));
+    assert!(!ok && err.contains("\"bogus\""), "an unknown option: {err}");
+    assert!(!is_mounted(&v));
+    let (ok, err) = mount(&format!("defaults,store={},nosuid,nodev,noexec,noatime,_netdev,nofail,x-systemd.requires=x.service", store.display()));
+    assert!(ok, "fstab options: {err}");
+    let restricted = |dir: &Path| {
+        let o = opts(dir);
+        for want in ["nosuid", "nodev", "noexec", "noatime"] {
+            assert!(o.split(',').any(|x| x == want), "{want} missing from {o}");
+        }
+        let e = std::process::Command::new(dir.join("true")).status().unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EACCES), "executed on a noexec mount");
+        assert_eq!(fs::File::open(dir.join("null")).unwrap_err().raw_os_error(), Some(libc::EACCES), "a device opened on nodev");
+    };
+    restricted(&v);
+    d.kill9_leaving_mounts();
+    d.restart();
+    restricted(&v);
+    // A plain umount, then a mount there at once (the daemon's side of the old mount may
+    // still be ending): it waits for it instead of calling the directory taken.
+    assert!(run_timeout(std::process::Command::new("umount").arg(&v), 60).status.success());
+    d.ok(&["mount", "v", v.to_str().unwrap(), "-o", "noexec"]);
+    assert!(opts(&v).split(',').any(|x| x == "noexec") && !opts(&v).split(',').any(|x| x == "nosuid"), "{}", opts(&v));
+    assert!(d.fails(&["mount", "v", v.to_str().unwrap(), "-o", "sync"]).contains("\"sync\""));
     d.fsck_clean();
 }
 
