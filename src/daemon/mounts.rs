@@ -370,6 +370,10 @@ fn finish_session(m: &mut Mounted) {
 /// may have to write back first).
 fn tune_bdi(dir: &Path, writeback: bool) {
     use std::os::unix::fs::MetadataExt;
+    if crate::sys::geteuid() != 0 {
+        // /sys is root's: a user's mounts keep the kernel's knobs (README).
+        return;
+    }
     let Ok(dev) = std::fs::metadata(dir).map(|m| m.dev()) else { return };
     let (major, minor) = (((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff), (dev & 0xff) | ((dev >> 12) & !0xff));
     let bdi = PathBuf::from(format!("/sys/class/bdi/{major}:{minor}"));
