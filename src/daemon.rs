@@ -1,7 +1,7 @@
 //! The daemon: one open store, the mount table, the flusher and GC threads, the control
 //! socket and an orderly shutdown on SIGTERM/SIGINT (flush, unmount everything, exit).
 
-use crate::control::{server, Handler, MountInfo, Request, Restrict, StatusInfo, VolumeInfo};
+use crate::control::{server, Caller, Handler, MountInfo, Request, Restrict, StatusInfo, VolumeInfo};
 use crate::error::{Error, Result};
 use crate::fs::fuse::FuseFs;
 use crate::fs::live::Live;
@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod access;
 mod db;
 mod mounts;
 mod streams;
@@ -59,6 +60,8 @@ struct Mounted {
     /// Remounted read-only (`mount -o remount,ro`): the kernel refuses writes.
     remounted_ro: bool,
     restrict: Restrict,
+    /// The uid that asked for the mount.
+    by: u32,
 }
 
 pub struct Daemon {
@@ -116,6 +119,8 @@ pub struct Serve {
     /// The control API over HTTP, and the file holding its bearer token.
     pub http: Option<crate::control::http::Addr>,
     pub http_token_file: Option<PathBuf>,
+    /// Members of this group may use the control socket too (`daemon --group`).
+    pub group: Option<u32>,
 }
 
 pub fn run(store_dir: &Path, mem: Budget, serve: Serve) -> Result<()> {
@@ -130,7 +135,8 @@ pub fn run(store_dir: &Path, mem: Budget, serve: Serve) -> Result<()> {
         Error::NotFound(format!("no clonefs store at {} (create one with `clonefs init`)", store_dir.display()))
     })?;
     let store = Arc::new(Store::open_within(&store_dir, &mem)?);
-    let listener = server::bind(&store_dir)?;
+    let listener = server::bind(&store_dir, serve.group)?;
+    crate::store::open_to_group(&store_dir, serve.group)?;
     let http_listener = match &serve.http {
         Some(a) => {
             let token = serve.http_token_file.as_deref().map(crate::control::http::read_token).transpose()?;
@@ -260,7 +266,7 @@ fn lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>> {
 }
 
 impl Handler for Daemon {
-    fn handle(&self, req: Request, uid: u32) -> Result<Value> {
+    fn handle(&self, req: Request, caller: Caller) -> Result<Value> {
         let mut request = changes_state(&req).then(|| serde_json::to_value(&req)).transpose()?;
         // A clone's password stays out of the history.
         if let Some(Value::Object(o)) = request.as_mut() {
@@ -268,15 +274,15 @@ impl Handler for Daemon {
                 o.insert("password".into(), Value::String("(hidden)".into()));
             }
         }
-        let r = Daemon::handle(self, req);
+        let r = self.admit(req, caller).and_then(|req| Daemon::handle(self, req, caller.uid));
         if let Some(request) = request {
-            self.record(uid, request, &r);
+            self.record(caller.uid, request, &r);
         }
         r
     }
 
-    fn stream(&self, req: Request, uid: u32, input: Box<dyn std::io::Read + Send>, conn: std::os::unix::net::UnixStream) {
-        Daemon::stream(self, req, uid, input, conn)
+    fn stream(&self, req: Request, caller: Caller, input: Box<dyn std::io::Read + Send>, conn: std::os::unix::net::UnixStream) {
+        Daemon::stream(self, req, caller.uid, input, conn)
     }
 
     fn stopping(&self) -> bool {
@@ -465,17 +471,17 @@ impl Daemon {
                 })
                 .collect();
             let plan = autosnap::plan(&policy, now, &existing);
-            let uid = crate::sys::geteuid();
+            let me = Caller { uid: crate::sys::geteuid(), gid: crate::sys::getegid() };
             for n in plan.take {
                 let name = format!("{}@{n}", v.name);
-                match Handler::handle(self, Request::Snapshot { name: name.clone() }, uid) {
+                match Handler::handle(self, Request::Snapshot { name: name.clone() }, me) {
                     Ok(_) => log::info!("automatic snapshot {name}"),
                     Err(e) => log::error!("automatic snapshot {name}: {e}"),
                 }
             }
             for n in plan.prune {
                 let name = format!("{}@{n}", v.name);
-                match Handler::handle(self, Request::Destroy { name: name.clone() }, uid) {
+                match Handler::handle(self, Request::Destroy { name: name.clone() }, me) {
                     Ok(_) => log::info!("pruned {name} (snapshot.policy {text})"),
                     Err(e) => log::error!("pruning {name}: {e}"),
                 }
@@ -494,7 +500,9 @@ impl Daemon {
         let _ = self.gc_wake.try_send(true);
     }
 
-    pub fn handle(&self, req: Request) -> Result<Value> {
+    /// `by`: the caller's uid, which a mount remembers (a member of the group unmounts only
+    /// its own mounts, `access.rs`).
+    pub fn handle(&self, req: Request, by: u32) -> Result<Value> {
         if self.stopping() {
             return Err(Error::NoDaemon("the daemon is shutting down".into()));
         }
@@ -512,7 +520,7 @@ impl Daemon {
                 Ok(json!({"name": v.name, "block_size": v.block_size}))
             }
             Request::List => Ok(serde_json::to_value(self.list()?)?),
-            Request::Mount { name, dir, read_only, writeback, fast_open, restrict } => self.mount(&name, &dir, read_only, writeback, fast_open, restrict),
+            Request::Mount { name, dir, read_only, writeback, fast_open, restrict } => self.mount(&name, &dir, read_only, writeback, fast_open, restrict, by),
             Request::Unmount { dir } => self.unmount(&dir),
             Request::Remount { dir, read_only } => self.remount(&dir, read_only),
             Request::Destroy { name } => self.destroy(&name),

@@ -272,7 +272,7 @@ fn fusermount_u(dir: &Path, lazy: bool) -> io::Result<()> {
 }
 
 /// The uid of the process at the other end of a Unix socket (SO_PEERCRED).
-pub fn peer_uid(sock: &std::os::unix::net::UnixStream) -> io::Result<u32> {
+pub fn peer_cred(sock: &std::os::unix::net::UnixStream) -> io::Result<(u32, u32)> {
     use std::os::fd::AsRawFd;
     let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
     let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
@@ -283,14 +283,38 @@ pub fn peer_uid(sock: &std::os::unix::net::UnixStream) -> io::Result<u32> {
     if r != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(cred.uid)
+    Ok((cred.uid, cred.gid))
+}
+
+/// Gives `path` to group `gid` (its owner stays).
+pub fn chown_group(path: &Path, gid: u32) -> io::Result<()> {
+    std::os::unix::fs::chown(path, None, Some(gid))
+}
+
+/// The gid of group `name` (a number is taken as it is); None if there is no such group.
+pub fn group_id(name: &str) -> io::Result<Option<u32>> {
+    if let Ok(n) = name.parse::<u32>() {
+        return Ok(Some(n));
+    }
+    let c = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let mut buf = vec![0u8; 16 << 10];
+    // SAFETY: group is plain data filled by getgrnam_r; buf outlives the call, and the
+    // pointers getgrnam_r stores into group point into buf, which is not read afterwards.
+    let mut group: libc::group = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::group = std::ptr::null_mut();
+    let r = unsafe { libc::getgrnam_r(c.as_ptr(), &mut group, buf.as_mut_ptr().cast(), buf.len(), &mut found) };
+    if r != 0 {
+        return Err(io::Error::from_raw_os_error(r));
+    }
+    Ok((!found.is_null()).then_some(group.gr_gid))
 }
 
 /// Makes the filesystem mounted at `dir` read-only or writable again (MS_REMOUNT; the
 /// kernel then refuses writes with EROFS before they reach the daemon).
-pub fn remount(dir: &Path, read_only: bool) -> io::Result<()> {
+/// `flags`: the mount's own (nosuid, nodev, noexec, noatime), which a remount replaces.
+pub fn remount(dir: &Path, read_only: bool, flags: libc::c_ulong) -> io::Result<()> {
     let c = CString::new(dir.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    let flags = libc::MS_REMOUNT | if read_only { libc::MS_RDONLY } else { 0 };
+    let flags = flags | libc::MS_REMOUNT | if read_only { libc::MS_RDONLY } else { 0 };
     // SAFETY: `c` is a valid NUL-terminated path; the other pointers may be null for a remount.
     let r = unsafe { libc::mount(std::ptr::null(), c.as_ptr(), std::ptr::null(), flags, std::ptr::null()) };
     if r != 0 {

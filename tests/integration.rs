@@ -789,3 +789,6 @@ fn history_records_who_changed_what_and_how_it_ended() {
     assert!(h[2]["error"].as_str().unwrap().contains("ghost"));
     assert!(d.ok(&["history"]).contains("snapshot name=h@one"));
 }
+
+#[path = "cases/access.rs"]
+mod access;

@@ -133,6 +133,13 @@ enum Cmd {
         /// A file whose first line is the API's bearer token (at least 16 characters)
         #[arg(long, value_name = "FILE")]
         http_token_file: Option<PathBuf>,
+        /// Let members of GROUP (a name or gid) use the control socket too: they may do what
+        /// stays inside the store (create, snapshot, clone, destroy, send, receive, db
+        /// clones...), mount at directories they own under directories only root changes
+        /// (always nosuid, nodev) and unmount their own mounts; not stop the daemon, import
+        /// host paths or remap owners
+        #[arg(long, value_name = "GROUP")]
+        group: Option<String>,
     },
     /// Stop the daemon: flush everything, unmount every volume, exit
     Shutdown,
@@ -414,15 +421,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Store::init(&store)?;
             outln!("created store {}", store.display());
         }
-        Cmd::Daemon { foreground, memory, metrics, http, http_token_file } => {
+        Cmd::Daemon { foreground, memory, metrics, http, http_token_file, group } => {
             let total = crate::memory::parse_size(&memory)
                 .ok_or_else(|| Error::Invalid(format!("invalid memory budget {memory:?}: use a size such as 256M or 1G")))?;
             let mem = crate::memory::Budget::new(total)?;
+            let group = match group {
+                Some(g) => Some(crate::sys::group_id(&g)?.ok_or_else(|| Error::Invalid(format!("no group named {g:?}")))?),
+                None => None,
+            };
+            let serve = crate::daemon::Serve { metrics, http, http_token_file, group };
             if foreground {
                 init_logging(cli.verbose.max(1));
-                crate::daemon::run(&store, mem, crate::daemon::Serve { metrics, http, http_token_file })?;
+                crate::daemon::run(&store, mem, serve)?;
             } else {
-                start_daemon(&store, cli.verbose, mem.total, crate::daemon::Serve { metrics, http, http_token_file })?;
+                start_daemon(&store, cli.verbose, mem.total, serve)?;
             }
         }
         Cmd::Shutdown => {
@@ -908,6 +920,9 @@ pub fn start_daemon(store: &Path, verbose: u8, memory: u64, serve: crate::daemon
         // The child runs elsewhere (cwd /): an absolute path.
         cmd.arg("--http-token-file").arg(std::path::absolute(f)?);
     }
+    if let Some(g) = serve.group {
+        cmd.arg("--group").arg(g.to_string());
+    }
     if verbose > 0 {
         cmd.arg(format!("-{}", "v".repeat(verbose as usize)));
     }
@@ -989,7 +1004,7 @@ pub fn mount_helper(args: Vec<String>) -> ExitCode {
             // store (the mount table does not say which) is remounted directly.
             let dir = absolute(Path::new(&dir))?;
             return match client::call(&store, &Request::Remount { dir: dir.clone(), read_only }) {
-                Err(Error::NotFound(_)) | Err(Error::NoDaemon(_)) => crate::sys::remount(&dir, read_only).map_err(Error::from),
+                Err(Error::NotFound(_)) | Err(Error::NoDaemon(_)) => crate::sys::remount(&dir, read_only, restrict.mount_flags()).map_err(Error::from),
                 r => r.map(|_| ()),
             };
         }

@@ -12,7 +12,7 @@ pub fn connect(store: &Path) -> Result<UnixStream> {
     let path = store.join(SOCKET_NAME);
     UnixStream::connect(&path).map_err(|e| match e.kind() {
         std::io::ErrorKind::PermissionDenied => Error::Denied(format!(
-            "permission denied on {} (the store and its socket belong to the daemon's user)",
+            "permission denied on {} (the store and its socket belong to the daemon's user, and to its group if it was started with --group)",
             path.display()
         )),
         _ => Error::NoDaemon(format!(

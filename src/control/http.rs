@@ -306,7 +306,7 @@ fn answer(conn: &mut dyn Stream, token: Option<&str>, h: &dyn Handler) -> (u16, 
         return failure(403, "shutdown is not offered over HTTP (use the control socket)".into(), "denied");
     }
     // History names HTTP callers by the daemon's own uid: the token, not a peer, vouched.
-    match h.handle(request, crate::sys::geteuid()) {
+    match h.handle(request, super::Caller { uid: crate::sys::geteuid(), gid: crate::sys::getegid() }) {
         Ok(data) => (200, Response { ok: true, error: None, kind: None, data }),
         Err(e) => failure(status_of(&e), e.message(), e.kind()),
     }

@@ -12,17 +12,25 @@ pub const SOCKET_NAME: &str = "clonefs.sock";
 /// The longest request line the daemon reads; requests are a few hundred bytes.
 pub const MAX_REQUEST: u64 = 64 << 10;
 
+/// Who sent a request: the control socket's peer (SO_PEERCRED), or for the HTTP API the
+/// daemon's own user (its token vouched for the caller).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
 /// What answers control requests (the daemon). The socket server knows nothing else of it.
 pub trait Handler: Send + Sync + 'static {
-    /// Answers `req` from the process of user `uid` (the socket's peer).
-    fn handle(&self, req: Request, uid: u32) -> crate::error::Result<serde_json::Value>;
+    /// Answers `req` from `caller`.
+    fn handle(&self, req: Request, caller: Caller) -> crate::error::Result<serde_json::Value>;
     /// True once the handler shuts down: the server stops accepting.
     fn stopping(&self) -> bool;
     /// Asks the handler to shut down (after a Shutdown request was answered).
     fn shutdown(&self);
     /// Answers a request that streams (`Request::streams`): `input` is the rest of what the
     /// peer sends, `conn` the connection to answer on (the protocol is the request's own).
-    fn stream(&self, req: Request, uid: u32, input: Box<dyn std::io::Read + Send>, conn: std::os::unix::net::UnixStream);
+    fn stream(&self, req: Request, caller: Caller, input: Box<dyn std::io::Read + Send>, conn: std::os::unix::net::UnixStream);
 }
 
 /// mount(8)'s nosuid, nodev and noexec for a mount (`clonefs mount -o`, the mount helper,
@@ -50,6 +58,18 @@ impl Restrict {
             _ => return false,
         }
         true
+    }
+
+    /// mount(2)'s flags for these, and noatime (every clonefs mount's): a remount must pass
+    /// them again, or the kernel clears them.
+    pub fn mount_flags(&self) -> libc::c_ulong {
+        let mut f = libc::MS_NOATIME;
+        for (on, flag) in [(self.nosuid, libc::MS_NOSUID), (self.nodev, libc::MS_NODEV), (self.noexec, libc::MS_NOEXEC)] {
+            if on {
+                f |= flag;
+            }
+        }
+        f
     }
 
     /// The options set, as mount(8) writes them.

@@ -1,7 +1,7 @@
 //! The daemon side of the control socket: one thread accepts, one short-lived thread per
 //! connection answers (requests are rare and some, like fsck, are long).
 
-use super::{Handler, Request, Response, MAX_REQUEST, SOCKET_NAME};
+use super::{Caller, Handler, Request, Response, MAX_REQUEST, SOCKET_NAME};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -11,8 +11,9 @@ pub fn socket_path(store: &Path) -> PathBuf {
     store.join(SOCKET_NAME)
 }
 
-/// Binds the socket with mode 0600 (a stale socket from a crash is replaced).
-pub fn bind(store: &Path) -> std::io::Result<UnixListener> {
+/// Binds the socket with mode 0600, or 0660 owned by `group` (a stale socket from a crash
+/// is replaced).
+pub fn bind(store: &Path, group: Option<u32>) -> std::io::Result<UnixListener> {
     let path = socket_path(store);
     if path.exists() {
         if UnixStream::connect(&path).is_ok() {
@@ -24,7 +25,10 @@ pub fn bind(store: &Path) -> std::io::Result<UnixListener> {
         std::fs::remove_file(&path)?;
     }
     let l = UnixListener::bind(&path)?;
-    crate::sys::chmod_socket(&path, 0o600)?;
+    if let Some(g) = group {
+        crate::sys::chown_group(&path, g)?;
+    }
+    crate::sys::chmod_socket(&path, if group.is_some() { 0o660 } else { 0o600 })?;
     Ok(l)
 }
 
@@ -60,22 +64,23 @@ fn answer(conn: UnixStream, daemon: &dyn Handler) {
         Ok(req) => {
             log::debug!("control: {req:?}");
             let shutdown = matches!(req, Request::Shutdown);
-            // The socket is 0600, so the peer is the daemon's user or root; history names it.
-            let uid = crate::sys::peer_uid(&conn).unwrap_or(u32::MAX);
+            // The socket is 0600 (0660 with `daemon --group`): the peer is the daemon's user,
+            // root or a member of the group; the handler decides what each may do.
+            let caller = crate::sys::peer_cred(&conn).map(|(uid, gid)| Caller { uid, gid }).unwrap_or(Caller { uid: u32::MAX, gid: u32::MAX });
             if req.streams() {
                 // What the peer sent past the request line is the start of its stream.
                 let early = std::io::Cursor::new(reader.buffer().to_vec());
                 match conn.try_clone() {
-                    Ok(rest) => daemon.stream(req, uid, Box::new(early.chain(rest)), conn),
+                    Ok(rest) => daemon.stream(req, caller, Box::new(early.chain(rest)), conn),
                     Err(e) => respond(&conn, &fail(e.to_string(), "io")),
                 }
                 return;
             }
-            let r = match daemon.handle(req, uid) {
+            let r = match daemon.handle(req, caller) {
                 Ok(data) => Response { ok: true, error: None, kind: None, data },
                 Err(e) => fail(e.message(), e.kind()),
             };
-            if shutdown {
+            if shutdown && r.ok {
                 respond(&conn, &r);
                 daemon.shutdown();
                 return;

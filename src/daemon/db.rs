@@ -111,7 +111,9 @@ impl Daemon {
         std::fs::create_dir_all(&dir).map_err(|e| Error::Invalid(format!("cannot make the mountpoint {}: {e}", dir.display())))?;
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&self.db.root, std::fs::Permissions::from_mode(0o755))?;
-        self.mount(&v.name, &dir, false, false, false, crate::control::Restrict::default())?;
+        // A database needs no set-id programs or device files.
+        let restrict = crate::control::Restrict { nosuid: true, nodev: true, noexec: false };
+        self.mount(&v.name, &dir, false, false, false, restrict, crate::sys::geteuid())?;
         Ok(dir)
     }
 

@@ -19,12 +19,14 @@ struct Wanted {
     remounted_ro: bool,
     #[serde(default)]
     restrict: Restrict,
+    #[serde(default)]
+    by: u32,
 }
 
 const WANTED_FILE: &str = "mounts";
 
 impl Daemon {
-    pub(super) fn mount(&self, name: &str, dir: &Path, read_only: bool, writeback: bool, fast_open: bool, restrict: Restrict) -> Result<Value> {
+    pub(super) fn mount(&self, name: &str, dir: &Path, read_only: bool, writeback: bool, fast_open: bool, restrict: Restrict, by: u32) -> Result<Value> {
         let (vol, snap) = parse_target(name)?;
         if !dir.is_absolute() {
             return Err(Error::Invalid(format!("mountpoint {} must be an absolute path", dir.display())));
@@ -83,6 +85,7 @@ impl Daemon {
                 busy: true,
                 remounted_ro: false,
                 restrict,
+                by,
             });
             (live, snaps, bs, writeback)
         };
@@ -176,14 +179,18 @@ impl Daemon {
     }
 
     pub(super) fn remount(&self, dir: &Path, read_only: bool) -> Result<Value> {
-        let (dir, live) = self.claim(dir, |m| match !read_only && m.live.get().read_only {
-            true => Err(Error::Invalid(format!("{} is a read-only view of {:?}; it cannot be made writable", m.dir.display(), m.target))),
-            false => Ok(()),
+        let mut restrict = Restrict::default();
+        let (dir, live) = self.claim(dir, |m| {
+            restrict = m.restrict;
+            match !read_only && m.live.get().read_only {
+                true => Err(Error::Invalid(format!("{} is a read-only view of {:?}; it cannot be made writable", m.dir.display(), m.target))),
+                false => Ok(()),
+            }
         })?;
         // Write everything back before the kernel turns read-only, as a remount of a disk
         // filesystem does; then remount without the table lock (it waits for the kernel).
         let done = if read_only { live.get().flush_all().map_err(Error::from) } else { Ok(()) }.and_then(|()| {
-            crate::sys::remount(&dir, read_only).map_err(|e| {
+            crate::sys::remount(&dir, read_only, restrict.mount_flags()).map_err(|e| {
                 if e.raw_os_error() == Some(libc::EPERM) {
                     Error::Invalid(format!("remounting {} needs root (CAP_SYS_ADMIN)", dir.display()))
                 } else if e.raw_os_error() == Some(libc::EBUSY) {
@@ -265,6 +272,7 @@ impl Daemon {
                     fast_open: m.live.get().kernel_opens,
                     remounted_ro: m.remounted_ro,
                     restrict: m.restrict,
+                    by: m.by,
                 })
                 .collect(),
             Err(_) => return,
@@ -304,7 +312,7 @@ impl Daemon {
             }
         };
         for w in &wanted {
-            let r = self.mount(&w.target, &w.dir, w.read_only, w.writeback, w.fast_open, w.restrict);
+            let r = self.mount(&w.target, &w.dir, w.read_only, w.writeback, w.fast_open, w.restrict, w.by);
             let r = r.and_then(|_| if w.remounted_ro { self.remount(&w.dir, true).map(|_| ()) } else { Ok(()) });
             match r {
                 Ok(()) => log::info!("mounted {} at {} again{}", w.target, w.dir.display(), if w.remounted_ro { ", read-only" } else { "" }),

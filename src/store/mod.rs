@@ -307,7 +307,9 @@ pub fn make_private(store: &Path) -> Result<()> {
         if meta.file_type().is_symlink() {
             return Ok(());
         }
-        if meta.permissions().mode() & 0o077 != 0 {
+        // The store's own directory may let a group through to the socket (`open_to_group`).
+        let allowed = if mode == 0o700 && meta.file_type().is_dir() { 0o010 } else { 0 };
+        if meta.permissions().mode() & 0o077 & !allowed != 0 {
             log::warn!("{} was readable by others (mode {:o}); setting {mode:o}", p.display(), meta.permissions().mode() & 0o7777);
             std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))?;
         }
@@ -329,6 +331,18 @@ pub fn make_private(store: &Path) -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// Lets `group` through the store's directory to the control socket (mode 0710, group
+/// `group`; nothing in it is readable by the group), or no one but the owner (0700).
+pub fn open_to_group(store: &Path, group: Option<u32>) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(g) = group {
+        crate::sys::chown_group(store, g)?;
+    }
+    let mode = if group.is_some() { 0o710 } else { 0o700 };
+    std::fs::set_permissions(store, std::fs::Permissions::from_mode(mode))?;
     Ok(())
 }
 

@@ -343,6 +343,13 @@ fn mount_helper_remounts_and_takes_fstab_options() {
     d.kill9_leaving_mounts();
     d.restart();
     restricted(&v);
+    // A remount keeps them (mount(2) clears a mount's flags that a remount leaves out).
+    let (ok, err) = remount("remount,ro", &v);
+    assert!(ok && opts(&v).split(',').any(|x| x == "ro"), "remount,ro: {err}");
+    restricted(&v);
+    let (ok, err) = remount("remount,rw", &v);
+    assert!(ok && opts(&v).split(',').any(|x| x == "rw"), "remount,rw: {err}");
+    restricted(&v);
     // A plain umount, then a mount there at once (the daemon's side of the old mount may
     // still be ending): it waits for it instead of calling the directory taken.
     assert!(run_timeout(std::process::Command::new("umount").arg(&v), 60).status.success());
