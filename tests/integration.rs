@@ -116,6 +116,22 @@ fn attributes_times_permissions_and_xattrs() {
     assert_eq!(unsafe { libc::removexattr(c.as_ptr(), name.as_ptr()) }, 0);
     let n = unsafe { libc::getxattr(c.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
     assert_eq!((n, errno()), (-1, libc::ENODATA));
+    // Namespaces as ext4 takes them; `trusted.` names are listed to root only.
+    for (bad, want) in [("bogus.x", libc::EOPNOTSUPP), ("system.foo", libc::EOPNOTSUPP), ("user.", libc::EINVAL)] {
+        let n = CString::new(bad).unwrap();
+        let r = unsafe { libc::setxattr(c.as_ptr(), n.as_ptr(), b"v".as_ptr().cast(), 1, 0) };
+        assert_eq!((r, errno()), (-1, want), "setxattr {bad}");
+    }
+    let trusted = CString::new("trusted.t").unwrap();
+    assert_eq!(unsafe { libc::setxattr(c.as_ptr(), trusted.as_ptr(), b"v".as_ptr().cast(), 1, 0) }, 0);
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o644)).unwrap();
+    let listed = |who: &[&str]| {
+        let out = Command::new("setpriv").args(who).args(["getfattr", "-m", "-", "--absolute-names"]).arg(&f).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(listed(&["--reuid=0"]).contains("trusted.t"), "root does not see trusted.t");
+    assert!(!listed(&["--reuid=65534", "--regid=65534", "--clear-groups"]).contains("trusted"), "trusted.t listed to nobody");
+    assert_eq!(unsafe { libc::removexattr(c.as_ptr(), trusted.as_ptr()) }, 0);
     // statfs shows real figures.
     let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
     assert_eq!(unsafe { libc::statvfs(cpath(&m).as_ptr(), &mut s) }, 0);

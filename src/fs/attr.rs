@@ -286,3 +286,19 @@ impl Volume {
         })
     }
 }
+
+/// The namespaces Linux filesystems store, as ext4 takes them: a name outside `user.`,
+/// `trusted.`, `security.` and the ACLs of `system.` is EOPNOTSUPP, a bare prefix EINVAL.
+/// (Who may set `trusted.` and `security.` names the kernel checks before asking.) Names
+/// stored before this check came back through restore and receive as they are.
+pub fn xattr_namespace(name: &[u8]) -> FsResult<()> {
+    if name == acl::ACCESS || name == acl::DEFAULT {
+        return Ok(());
+    }
+    for prefix in [&b"user."[..], b"trusted.", b"security."] {
+        if let Some(rest) = name.strip_prefix(prefix) {
+            return if rest.is_empty() { Err(err(libc::EINVAL)) } else { Ok(()) };
+        }
+    }
+    Err(err(libc::EOPNOTSUPP))
+}

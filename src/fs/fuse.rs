@@ -905,6 +905,7 @@ impl Filesystem for FuseFs {
     ) {
         let m = crate::metrics::op("setxattr");
         let r = head_only(&[ino.0])
+            .and_then(|_| crate::fs::attr::xattr_namespace(name.as_bytes()))
             .and_then(|_| self.acl_name(name))
             .and_then(|_| self.acl_ids(name, value, true))
             .and_then(|value| self.v().setxattr(ino.0, name.as_bytes(), Some(&value), flags));
@@ -924,13 +925,19 @@ impl Filesystem for FuseFs {
         Self::xattr_reply(r, size, reply)
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let m = crate::metrics::op("listxattr");
         if ino.0 == SNAPDIR {
             m.stop();
             return Self::xattr_reply(Ok(Vec::new()), size, reply);
         }
         let r = self.with_vol(ino.0, |v, i| v.listxattr(i)).map(|x| x.1);
+        // `trusted.` names are listed to root only, as ext4 does (the kernel refuses others
+        // their values anyway).
+        let r = r.map(|list| match req.uid() {
+            0 => list,
+            _ => list.split_inclusive(|b| *b == 0).filter(|n| !n.starts_with(b"trusted.")).flatten().copied().collect(),
+        });
         m.stop();
         Self::xattr_reply(r, size, reply)
     }
