@@ -120,8 +120,16 @@ impl Volume {
     pub(super) fn purge_orphans(&self) -> FsResult<()> {
         for ino in self.view.orphans()? {
             log::info!("volume {}: removing orphan inode {ino}", self.name());
-            let size = self.view.inode(ino)?.map(|r| r.size).unwrap_or(0);
-            self.purge(ino, size, &BTreeSet::new())?;
+            match self.view.inode(ino)? {
+                // Never an inode that has names: only the mark goes.
+                Some(r) if r.nlink > 0 => {
+                    log::warn!("volume {}: orphan mark on inode {ino}, which has {} links; dropping the mark", self.name(), r.nlink);
+                    let mut t = self.txn()?;
+                    t.unmark_orphan(ino)?;
+                    t.commit(false)?;
+                }
+                r => self.purge(ino, r.map(|r| r.size).unwrap_or(0), &BTreeSet::new())?,
+            }
         }
         Ok(())
     }

@@ -163,6 +163,11 @@ pub struct SnapshotRec {
     /// its base by it. 0 in records older than ids (see `SnapshotRec::id`).
     #[serde(default)]
     pub guid: u64,
+    /// Inodes removed but not yet purged at the cut (open, or in the deferred purge's
+    /// queue): the snapshot keeps them without names; a clone of it or a rollback to it
+    /// marks them as orphans of its new head, which purges them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub orphans: Vec<u64>,
 }
 
 impl SnapshotRec {
@@ -711,6 +716,7 @@ impl Catalog {
             holds: BTreeSet::new(),
             space: store.view_space(v.lineage)?,
             guid: new_guid()?,
+            orphans: store.orphans(v.lineage)?,
         };
         Self::put_snapshot(&mut t, &s)?;
         self.commit(t, true)?;
@@ -738,22 +744,25 @@ impl Catalog {
         let v = Self::get(store, &vol)?;
         Self::name_free(store, new)?;
         let mut t = self.begin(store);
-        let (parent, cut, origin, space) = match &snap {
+        let (parent, cut, origin, space, orphans) = match &snap {
             Some(s) => {
                 let sr = Self::snapshot(store, &v, s)?;
                 let mut l = Self::lineage(store, sr.lineage)?;
                 l.pin(sr.epoch);
                 Self::put_lineage(&mut t, &l)?;
-                ((sr.lineage, sr.epoch), None, format!("{vol}@{s}"), sr.space)
+                ((sr.lineage, sr.epoch), None, format!("{vol}@{s}"), sr.space, sr.orphans)
             }
             None => {
                 let cut = Self::stage_cut(store, &mut t, &v)?;
                 let origin = format!("{vol} (live, epoch {})", cut.epoch);
-                ((cut.lineage, cut.epoch), Some(cut), origin, store.view_space(v.lineage)?)
+                ((cut.lineage, cut.epoch), Some(cut), origin, store.view_space(v.lineage)?, store.orphans(v.lineage)?)
             }
         };
         // Not inherited, as in ZFS: a clone starts without limits or a snapshot schedule.
         let rec = Self::stage_clone(store, &mut t, new, parent, space, v.block_size, Some(origin), v.idmap.with(layer))?;
+        for ino in orphans {
+            t.set_orphan(rec.lineage, ino, true)?;
+        }
         self.commit(t, true)?;
         Ok((rec, cut))
     }
@@ -824,6 +833,9 @@ impl Catalog {
         }
         t.cat_put(&CatKey::Gc { lineage: old.id, epoch: HEAD_GONE }, &[])?;
         t.set_view_space(lin.id, sr.space);
+        for ino in &sr.orphans {
+            t.set_orphan(lin.id, *ino, true)?;
+        }
         Self::put_lineage(&mut t, &lin)?;
         v.lineage = id;
         Self::put_volume(&mut t, &v)?;

@@ -228,6 +228,8 @@ impl Catalog {
             holds: BTreeSet::new(),
             space: store.view_space(v.lineage)?,
             guid: r.guid,
+            // A received tree has no removed inodes.
+            orphans: Vec::new(),
         };
         Self::put_snapshot(&mut t, &s)?;
         v.receiving = None;

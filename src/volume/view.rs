@@ -523,14 +523,21 @@ impl ViewTxn<'_> {
         self.t.set_orphan(self.view.lineage(), ino, true)
     }
 
+    /// Drops a mark that `purge_inode` will not (the inode has names).
+    pub fn unmark_orphan(&mut self, ino: u64) -> Result<()> {
+        self.t.set_orphan(self.view.lineage(), ino, false)
+    }
+
     /// Drops data extent `index` (at `at`, naming `h`) of an inode being purged. An inherited
-    /// extent stays (its lineage owns it; the number is never reused here). One of this
+    /// extent stays in the lineage that owns it, under a tombstone in the head. One of this
     /// lineage that a snapshot still sees gets a tombstone: it tells GC when the head stopped
     /// seeing it, so the block is freed when that snapshot goes.
     pub fn drop_extent(&mut self, ino: u64, index: u64, at: At, h: Hash) -> Result<()> {
         let l = self.view.lineage();
         *self.counts.entry(h).or_default() -= 1;
-        if at.0 == 0 && self.stage(Ident::Extent { lineage: l, ino, index }, Some(at), None, true)? {
+        // The tombstone over an inherited extent keeps a purge's data batches, then
+        // `purge_inode`, or a purge done again after a crash, from counting it off twice.
+        if self.stage(Ident::Extent { lineage: l, ino, index }, Some(at), None, true)? {
             self.t.drop_ref(h, l);
         }
         Ok(())
