@@ -25,7 +25,8 @@ impl Daemon {
             }
             Request::Create { name, block_size, .. } => Ok(Request::Create { name, block_size, uid: caller.uid, gid: caller.gid }),
             Request::Mount { name, dir, read_only, writeback, fast_open, restrict } => {
-                member_mountpoint(&dir, caller.uid)?;
+                // The path as checked: a link on the way (the member's to change) is gone.
+                let dir = member_mountpoint(&dir, caller.uid)?;
                 let restrict = Restrict { nosuid: true, nodev: true, ..restrict };
                 Ok(Request::Mount { name, dir, read_only, writeback, fast_open, restrict })
             }
@@ -45,10 +46,10 @@ impl Daemon {
     }
 }
 
-/// A member's mountpoint: a directory it owns, under directories only root can change, so
-/// that no rename can put another directory at the path between this check and mount(2),
-/// which walks the path again.
-fn member_mountpoint(dir: &Path, uid: u32) -> Result<()> {
+/// A member's mountpoint, resolved: a directory it owns, under directories only root can
+/// change, so that no rename can put another directory at the path between this check and
+/// mount(2), which walks the path again.
+fn member_mountpoint(dir: &Path, uid: u32) -> Result<PathBuf> {
     let refuse = |why: String| {
         Error::Denied(format!(
             "cannot mount at {}: {why} (a member of the daemon's group mounts at a directory it owns whose parent directories only root can change, such as /srv/clonefs/USER)",
@@ -66,5 +67,5 @@ fn member_mountpoint(dir: &Path, uid: u32) -> Result<()> {
             return Err(refuse(format!("{} can be changed by others than root", a.display())));
         }
     }
-    Ok(())
+    Ok(canonical)
 }

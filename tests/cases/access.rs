@@ -80,7 +80,11 @@ fn group_members_do_what_stays_in_the_store_and_nothing_as_root() {
     std::os::unix::fs::chown(&under_tmp, Some(65534), Some(nogroup)).unwrap();
     refused(&["mount", "mine", roots.to_str().unwrap()], "owned by uid 0");
     refused(&["mount", "mine", under_tmp.to_str().unwrap()], "can be changed by others than root");
-    ok(&["mount", "mine", own.to_str().unwrap()]);
+    // Through a link of the member's (which it could point elsewhere meanwhile): the mount
+    // lands on the directory that was checked.
+    let link = d.tmp.path().join("link");
+    std::os::unix::fs::symlink(&own, &link).unwrap();
+    ok(&["mount", "mine", link.to_str().unwrap()]);
     let opts = fs::read_to_string("/proc/mounts").unwrap();
     let line = opts.lines().find(|l| l.split(' ').nth(1) == own.to_str()).expect("the member's mount");
     assert!(line.contains("nosuid") && line.contains("nodev"), "{line}");
