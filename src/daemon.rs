@@ -237,7 +237,9 @@ pub fn run(store_dir: &Path, mem: Budget, serve: Serve) -> Result<()> {
     let result = daemon.unmount_all();
     let _ = std::fs::remove_file(server::socket_path(&store_dir));
     // Wake the accept loop so it sees `stop`.
-    let _ = std::os::unix::net::UnixStream::connect(server::socket_path(&store_dir));
+    if let Ok(a) = crate::control::socket_addr(&store_dir) {
+        let _ = std::os::unix::net::UnixStream::connect(&a.path);
+    }
     daemon.store.checkpoint(true)?;
     log::info!("stopped");
     result

@@ -808,3 +808,18 @@ fn history_records_who_changed_what_and_how_it_ended() {
 
 #[path = "cases/access.rs"]
 mod access;
+
+/// A store deeper than a Unix socket address holds (108 bytes) serves: the socket is
+/// reached through its directory's descriptor ("path must be shorter than SUN_LEN" before).
+#[test]
+fn a_store_at_a_long_path_serves() {
+    let base = tempfile::tempdir().unwrap();
+    let store = base.path().join("a".repeat(60)).join("b".repeat(60)).join("store");
+    fs::create_dir_all(store.parent().unwrap()).unwrap();
+    let mut d = util::Daemon::start_at(store);
+    let v = d.volume("v");
+    fs::write(v.join("f"), b"x").unwrap();
+    d.ok(&["snapshot", "v@s"]);
+    assert!(d.ok(&["list"]).contains("v@s"));
+    d.fsck_clean();
+}

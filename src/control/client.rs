@@ -9,18 +9,19 @@ use std::time::Duration;
 
 /// Connects to the daemon of `store`.
 pub fn connect(store: &Path) -> Result<UnixStream> {
-    let path = store.join(SOCKET_NAME);
-    UnixStream::connect(&path).map_err(|e| match e.kind() {
+    let refused = |e: std::io::Error| match e.kind() {
         std::io::ErrorKind::PermissionDenied => Error::Denied(format!(
             "permission denied on {} (the store and its socket belong to the daemon's user, and to its group if it was started with --group)",
-            path.display()
+            store.join(SOCKET_NAME).display()
         )),
         _ => Error::NoDaemon(format!(
             "no clonefs daemon is running for store {} (start one with `clonefs daemon --store {}`)",
             store.display(),
             store.display()
         )),
-    })
+    };
+    let addr = super::socket_addr(store).map_err(refused)?;
+    UnixStream::connect(&addr.path).map_err(refused)
 }
 
 /// The error a failed reply carries.

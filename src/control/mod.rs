@@ -9,6 +9,26 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 pub const SOCKET_NAME: &str = "clonefs.sock";
+
+/// The store's socket by a path short enough for a Unix socket address (at most 107
+/// bytes): a deep store's is reached through `/proc/self/fd/N/clonefs.sock`, N its
+/// directory opened (`O_PATH`) for as long as this lives, so bind or connect before dropping it.
+pub struct SocketPath {
+    pub path: PathBuf,
+    _dir: Option<std::fs::File>,
+}
+
+pub fn socket_addr(store: &std::path::Path) -> std::io::Result<SocketPath> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let full = store.join(SOCKET_NAME);
+    if full.as_os_str().len() < 100 {
+        return Ok(SocketPath { path: full, _dir: None });
+    }
+    let dir = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_PATH | libc::O_DIRECTORY).open(store)?;
+    let path = PathBuf::from(format!("/proc/self/fd/{}/{SOCKET_NAME}", dir.as_raw_fd()));
+    Ok(SocketPath { path, _dir: Some(dir) })
+}
 /// The longest request line the daemon reads; requests are a few hundred bytes.
 pub const MAX_REQUEST: u64 = 64 << 10;
 

@@ -15,8 +15,9 @@ pub fn socket_path(store: &Path) -> PathBuf {
 /// is replaced).
 pub fn bind(store: &Path, group: Option<u32>) -> std::io::Result<UnixListener> {
     let path = socket_path(store);
+    let addr = super::socket_addr(store)?;
     if path.exists() {
-        if UnixStream::connect(&path).is_ok() {
+        if UnixStream::connect(&addr.path).is_ok() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::AddrInUse,
                 format!("a daemon already answers on {}", path.display()),
@@ -24,7 +25,7 @@ pub fn bind(store: &Path, group: Option<u32>) -> std::io::Result<UnixListener> {
         }
         std::fs::remove_file(&path)?;
     }
-    let l = UnixListener::bind(&path)?;
+    let l = UnixListener::bind(&addr.path)?;
     if let Some(g) = group {
         crate::sys::chown_group(&path, g)?;
     }
