@@ -42,6 +42,10 @@ impl Daemon {
         }
         let dir = dir.canonicalize()?;
         self.settle_unmounted(&dir)?;
+        // What is mounted there already (read before the table lock): a volume is never
+        // mounted over another filesystem, whose unmount by path would then take the other
+        // away too (fuser unmounts the path again when its session ends).
+        let below = crate::sys::mount_fstype(&dir)?;
         // Reserve the slot: the view is read, checked and opened under the table lock, so a
         // destroy or rename cannot act in between; mount(2) then runs without the lock.
         let (live, snaps, bs, writeback) = {
@@ -61,6 +65,12 @@ impl Daemon {
             }
             if let Some(m) = mounts.iter().find(|m| m.volume == spec.volume && m.snapshot == snap) {
                 return Err(Error::Conflict(format!("{name:?} is already mounted at {}", m.dir.display())));
+            }
+            if let Some(fs) = below {
+                return Err(Error::Conflict(format!(
+                    "{} is already a mountpoint ({fs}); clonefs does not mount over another filesystem: unmount it, or use another directory",
+                    dir.display()
+                )));
             }
             let bs = spec.block_size as u64;
             let writeback = writeback && !spec.read_only;
@@ -222,6 +232,13 @@ impl Daemon {
             r => r?,
         };
         let done = live.get().flush_all().map_err(Error::from).and_then(|()| {
+            // umount(2) takes the topmost mount at the path: never another filesystem's.
+            match crate::sys::mount_fstype(&dir)? {
+                Some(fs) if fs != "fuse.clonefs" => {
+                    return Err(Error::Conflict(format!("{} has a {fs} filesystem mounted over the volume; unmount that first", dir.display())))
+                }
+                _ => {}
+            }
             crate::sys::umount(&dir, false).map_err(|e| {
                 if e.raw_os_error() == Some(libc::EBUSY) {
                     Error::Conflict(format!("{} is busy: close the files and leave the directories open there", dir.display()))

@@ -507,3 +507,40 @@ fn listings_and_cached_attributes_follow_every_change() {
     assert_eq!(fs::metadata(&sub).unwrap().permissions().mode() & 0o7777, old_mode, "stat after restoring a directory in place");
     d.fsck_clean();
 }
+
+/// A volume is never mounted over another filesystem, and its unmount never takes another
+/// away: mounted over a tmpfs, `clonefs unmount` unmounted the tmpfs too.
+#[test]
+fn mounts_never_stack_over_or_unmount_another_filesystem() {
+    struct Tmpfs(std::path::PathBuf);
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let tmpfs = |dir: &Path| {
+        fs::create_dir_all(dir).unwrap();
+        assert!(run_timeout(std::process::Command::new("mount").args(["-t", "tmpfs", "none"]).arg(dir), 60).status.success());
+        Tmpfs(dir.to_path_buf())
+    };
+    let mut d = Daemon::start();
+    d.ok(&["create", "v"]);
+    let below = d.tmp.path().join("below");
+    let _t = tmpfs(&below);
+    fs::write(below.join("theirs"), b"x").unwrap();
+    let err = d.fails(&["mount", "v", below.to_str().unwrap()]);
+    assert!(err.contains("already a mountpoint (tmpfs)"), "{err}");
+    assert_eq!(fs::read(below.join("theirs")).unwrap(), b"x");
+
+    let v = d.mount("v");
+    fs::write(v.join("ours"), b"y").unwrap();
+    let over = tmpfs(&v);
+    let err = d.fails(&["unmount", v.to_str().unwrap()]);
+    assert!(err.contains("tmpfs filesystem mounted over"), "{err}");
+    drop(over);
+    d.unmount(&v);
+    assert!(!is_mounted(&v));
+    assert_eq!(fs::read(below.join("theirs")).unwrap(), b"x", "the other filesystem went");
+    let v = d.mount("v");
+    assert_eq!(fs::read(v.join("ours")).unwrap(), b"y");
+}
