@@ -883,9 +883,33 @@ pub fn init_logging(verbose: u8) {
     // fuser unmounts again, when a session ends, what the daemon unmounted and checked
     // itself: its "Unmount failed: Invalid argument" at every unmount is noise.
     let filter = format!("{level},fuser::mnt=error");
-    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(filter))
-        .format_timestamp_millis()
-        .try_init();
+    let logger = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(filter)).format_timestamp_millis().build();
+    let max = logger.filter();
+    if log::set_boxed_logger(Box::new(Routine(logger))).is_ok() {
+        log::set_max_level(max);
+    }
+}
+
+/// The log without what the FUSE protocol makes routine: a reply to a request the kernel
+/// dropped (its caller was interrupted, as database servers' processes often are) fails
+/// with ENOENT, which fuser logs as an error.
+struct Routine(env_logger::Logger);
+
+impl log::Log for Routine {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        self.0.enabled(m)
+    }
+
+    fn log(&self, r: &log::Record) {
+        if r.target() == "fuser::reply" && r.args().to_string().ends_with("(os error 2)") {
+            return;
+        }
+        self.0.log(r)
+    }
+
+    fn flush(&self) {
+        self.0.flush()
+    }
 }
 
 /// Starts a detached daemon and returns once its socket answers.
