@@ -302,13 +302,13 @@ fn db_dir(store: &Path) -> PathBuf {
 /// found with looser modes (made by an older clonefs or by hand) is tightened with a log line.
 pub fn make_private(store: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    fn fix(p: &Path, mode: u32) -> Result<()> {
+    // `allowed`: bits left as they are (the store's own directory may let a group through to
+    // the socket, `open_to_group`).
+    fn fix(p: &Path, mode: u32, allowed: u32) -> Result<()> {
         let meta = std::fs::symlink_metadata(p)?;
         if meta.file_type().is_symlink() {
             return Ok(());
         }
-        // The store's own directory may let a group through to the socket (`open_to_group`).
-        let allowed = if mode == 0o700 && meta.file_type().is_dir() { 0o010 } else { 0 };
         if meta.permissions().mode() & 0o077 & !allowed != 0 {
             log::warn!("{} was readable by others (mode {:o}); setting {mode:o}", p.display(), meta.permissions().mode() & 0o7777);
             std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))?;
@@ -319,15 +319,15 @@ pub fn make_private(store: &Path) -> Result<()> {
         if !dir.is_dir() {
             continue;
         }
-        fix(&dir, 0o700)?;
+        fix(&dir, 0o700, if dir == store { 0o010 } else { 0 })?;
         for entry in std::fs::read_dir(&dir)? {
             let p = entry?.path();
             if p.is_dir() {
                 if p != db_dir(store) && p != store.join("seg") {
-                    fix(&p, 0o700)?;
+                    fix(&p, 0o700, 0)?;
                 }
             } else {
-                fix(&p, 0o600)?;
+                fix(&p, 0o600, 0)?;
             }
         }
     }
