@@ -39,7 +39,11 @@ impl Daemon {
                         caller.uid
                     )));
                 }
-                Ok(req)
+                // The path as checked, as for a mount.
+                Ok(match req {
+                    Request::Remount { read_only, .. } => Request::Remount { dir: canonical, read_only },
+                    _ => Request::Unmount { dir: canonical },
+                })
             }
             req => Ok(req),
         }
