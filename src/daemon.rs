@@ -250,7 +250,7 @@ fn changes_state(req: &Request) -> bool {
     !matches!(
         req,
         Request::Ping
-            | Request::List
+            | Request::List { .. }
             | Request::Status
             | Request::Fsck
             | Request::Scrub
@@ -521,7 +521,7 @@ impl Daemon {
                 let v = self.catalog.create(&self.store, &name, block_size, uid, gid)?;
                 Ok(json!({"name": v.name, "block_size": v.block_size}))
             }
-            Request::List => Ok(serde_json::to_value(self.list()?)?),
+            Request::List { names } => Ok(serde_json::to_value(self.list(&names)?)?),
             Request::Mount { name, dir, read_only, writeback, fast_open, restrict } => self.mount(&name, &dir, read_only, writeback, fast_open, restrict, by),
             Request::Unmount { dir } => self.unmount(&dir),
             Request::Remount { dir, read_only } => self.remount(&dir, read_only),
@@ -885,7 +885,22 @@ impl Daemon {
         }
     }
 
-    fn list(&self) -> Result<Vec<VolumeInfo>> {
+    /// Every volume and snapshot, or those `names` gives (`VOL` with its snapshots, or
+    /// `VOL@SNAP`); a name that does not exist is an error.
+    fn list(&self, names: &[String]) -> Result<Vec<VolumeInfo>> {
+        // (volume id, snapshot) of each name; a volume's own entry (None) takes its snapshots too.
+        let mut only: Vec<(u64, Option<String>)> = Vec::new();
+        for name in names {
+            let (vol, snap) = parse_target(name)?;
+            let v = Catalog::get(&self.store, &vol)?;
+            if let Some(s) = &snap {
+                Catalog::snapshot(&self.store, &v, s)?;
+            }
+            only.push((v.id, snap));
+        }
+        let shown = |id: u64, snap: Option<&str>| {
+            only.is_empty() || only.iter().any(|(v, s)| *v == id && (s.is_none() || s.as_deref() == snap))
+        };
         // (volume, snapshot, mountpoint, read-only) of every mount, taken before the catalog
         // lock: snapshot and clone take the mount table first.
         let mounts: Vec<(u64, Option<String>, PathBuf, bool)> = lock(&self.mounts)?
@@ -895,6 +910,9 @@ impl Daemon {
         let mut out = Vec::new();
         let origins = Origins::load(&self.store)?;
         for listed in Catalog::list(&self.store)?.into_iter().filter(|v| v.receiving.is_none()) {
+            if !only.is_empty() && !only.iter().any(|(id, _)| *id == listed.id) {
+                continue;
+            }
             // The catalog stays as it is while one volume's UNIQUE is worked out, and no
             // longer: a snapshot waiting for the lock holds its volume's writers back.
             let _g = self.catalog.guard()?;
@@ -902,26 +920,28 @@ impl Daemon {
             // Read again under the lock (destroyed or rolled back since the listing).
             let Ok(v) = Catalog::by_id(&self.store, listed.id) else { continue };
             let snaps = Catalog::snapshots(&self.store, v.id)?;
-            let mut removals: Vec<(u64, u64)> = snaps.iter().map(|s| (s.lineage, s.epoch)).collect();
-            removals.push((v.lineage, HEAD_GONE));
-            let unique = gc::freed_by(&self.store, &removals)?;
-            let vs = space.views.get(&v.lineage).copied().unwrap_or_default();
-            let m = mounts.iter().find(|m| m.0 == v.id && m.1.is_none());
-            out.push(VolumeInfo {
-                name: v.name.clone(),
-                kind: "volume".into(),
-                origin: origins.name(&v),
-                holds: Vec::new(),
-                logical: vs.logical,
-                referenced: vs.referenced,
-                unique,
-                block_size: v.block_size,
-                created: v.created,
-                mountpoint: m.map(|m| m.2.clone()),
-                read_only: m.map(|m| m.3).unwrap_or(false),
-                snapshot_policy: v.snapshot_policy.clone(),
-            });
-            for sn in snaps {
+            if shown(v.id, None) {
+                let mut removals: Vec<(u64, u64)> = snaps.iter().map(|s| (s.lineage, s.epoch)).collect();
+                removals.push((v.lineage, HEAD_GONE));
+                let unique = gc::freed_by(&self.store, &removals)?;
+                let vs = space.views.get(&v.lineage).copied().unwrap_or_default();
+                let m = mounts.iter().find(|m| m.0 == v.id && m.1.is_none());
+                out.push(VolumeInfo {
+                    name: v.name.clone(),
+                    kind: "volume".into(),
+                    origin: origins.name(&v),
+                    holds: Vec::new(),
+                    logical: vs.logical,
+                    referenced: vs.referenced,
+                    unique,
+                    block_size: v.block_size,
+                    created: v.created,
+                    mountpoint: m.map(|m| m.2.clone()),
+                    read_only: m.map(|m| m.3).unwrap_or(false),
+                    snapshot_policy: v.snapshot_policy.clone(),
+                });
+            }
+            for sn in snaps.into_iter().filter(|s| shown(v.id, Some(&s.name))) {
                 let m = mounts.iter().find(|m| m.0 == v.id && m.1.as_deref() == Some(sn.name.as_str()));
                 let unique = gc::freed_by(&self.store, &[(sn.lineage, sn.epoch)])?;
                 out.push(VolumeInfo {

@@ -150,7 +150,7 @@ enum Cmd {
         #[arg(long, default_value = "16K")]
         block_size: String,
     },
-    /// List volumes and snapshots
+    /// List volumes and snapshots: all of them, or the VOLs (with their snapshots) and VOL@SNAPs named
     List {
         /// Types to list: volume, snapshot, or both (comma-separated)
         #[arg(short = 't', long = "type", default_value = "volume,snapshot")]
@@ -166,6 +166,9 @@ enum Cmd {
         exact: bool,
         #[arg(long)]
         json: bool,
+        /// Only these: VOL (with its snapshots) or VOL@SNAP
+        #[arg(value_name = "VOL|VOL@SNAP")]
+        names: Vec<String>,
     },
     /// Mount a volume (VOL) or, read-only, a snapshot (VOL@SNAP) at an existing directory
     Mount {
@@ -272,7 +275,8 @@ enum Cmd {
         json: bool,
     },
     /// Make volume VOL from a stream (stdin or -i FILE): a full stream creates it, an
-    /// incremental one adds its snapshot to VOL, whose newest snapshot must be the base
+    /// incremental one adds its snapshot to VOL, whose newest snapshot must be the base (if
+    /// VOL does not exist, it is made a clone of the base, e.g. `send --from v@a c@b`)
     Receive {
         volume: String,
         /// Read the stream from FILE instead of stdin
@@ -461,7 +465,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             call(Request::Create { name: name.clone(), block_size, uid: crate::sys::geteuid(), gid: crate::sys::getegid() })?;
             outln!("created volume {name} (block size {})", output::size(block_size as u64));
         }
-        Cmd::List { types, columns, scripted, exact, json } => {
+        Cmd::List { types, columns, scripted, exact, json, names } => {
             let cols: Vec<&str> = columns.split(',').map(str::trim).collect();
             if let Some(c) = cols.iter().find(|c| !output::LIST_COLUMNS.iter().any(|k| k.0 == **c)) {
                 let known: Vec<&str> = output::LIST_COLUMNS.iter().map(|k| k.0).collect();
@@ -476,7 +480,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     other => return Err(Error::Invalid(format!("unknown type {other:?}: use volume, snapshot or all"))),
                 }
             }
-            let mut v: Vec<VolumeInfo> = serde_json::from_value(call(Request::List)?)?;
+            let mut v: Vec<VolumeInfo> = serde_json::from_value(call(Request::List { names })?)?;
             v.retain(|x| want.contains(&x.kind.as_str()));
             if json {
                 outln!("{}", serde_json::to_string_pretty(&v)?);

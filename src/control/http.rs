@@ -295,7 +295,7 @@ fn answer(conn: &mut dyn Stream, token: Option<&str>, h: &dyn Handler) -> (u16, 
             Ok(r) => r,
             Err(e) => return failure(400, format!("bad request: {e}"), "invalid"),
         },
-        ("GET", "/v1/volumes") => Request::List,
+        ("GET", "/v1/volumes") => Request::List { names: Vec::new() },
         ("GET", "/v1/status") => Request::Status,
         (_, "/v1/request") | (_, "/v1/volumes") | (_, "/v1/status") => {
             return failure(405, format!("{} is not allowed on {}", req.method, req.path), "invalid")

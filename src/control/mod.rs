@@ -103,7 +103,12 @@ impl Restrict {
 pub enum Request {
     Ping,
     Create { name: String, block_size: u32, uid: u32, gid: u32 },
-    List,
+    /// Every volume and snapshot, or only those `names` gives: `VOL` (with its snapshots)
+    /// or `VOL@SNAP`.
+    List {
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        names: Vec<String>,
+    },
     /// `name` is `VOL` or `VOL@SNAP` (read-only).
     Mount {
         name: String,

@@ -448,7 +448,7 @@ impl Daemon {
 
     pub(super) fn db_list(&self) -> Result<Value> {
         // UNIQUE and the origin (named as things are called now) of every volume.
-        let listed: HashMap<String, (u64, Option<String>)> = self.list()?.into_iter().map(|i| (i.name, (i.unique, i.origin))).collect();
+        let listed: HashMap<String, (u64, Option<String>)> = self.list(&[])?.into_iter().map(|i| (i.name, (i.unique, i.origin))).collect();
         // (status, last active) by volume, copied out: the rest runs without the lock.
         let servers: HashMap<u64, (Status, i64)> = lock(&self.db.servers)?.iter().map(|(id, s)| (*id, (s.status.clone(), s.last_active))).collect();
         let mut out = Vec::new();

@@ -1,8 +1,9 @@
 //! Receives in progress. A receive writes into a hidden volume `VOL%recv` (users cannot
 //! name '%'): a new volume for a full stream, a clone of the base snapshot for an
 //! incremental one. Only at the end does one catalog change make it visible: the hidden
-//! volume is renamed to VOL (full), or VOL takes its lineage as a rollback would (the old
-//! head goes to GC, older snapshots stay) and the new snapshot is cut. A failed receive
+//! volume is renamed to VOL (full, or incremental into a VOL that did not exist: a clone
+//! of the base, wherever it is in the store), or VOL takes its lineage as a rollback would
+//! (the old head goes to GC, older snapshots stay) and the new snapshot is cut. A failed receive
 //! destroys the hidden volume (GC frees its blocks), unless it is resumable: then it stays,
 //! with the position applied so far, until the rest comes or `receive --abort`.
 
@@ -21,6 +22,10 @@ pub struct Receiving {
     pub resumable: bool,
     /// The last identity applied (`transfer::position_text`).
     pub after: Option<String>,
+    /// An incremental stream into a volume that did not exist: the target becomes a clone
+    /// of the base snapshot, wherever it is in this store (as `zfs receive` of a clone).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub new_clone: bool,
 }
 
 impl Receiving {
@@ -97,16 +102,42 @@ impl Catalog {
         Ok(newest)
     }
 
+    /// The base of incremental stream `h` for a new volume `target`: the snapshot that is the
+    /// stream's base, in any volume of this store.
+    fn clone_base(store: &Store, target: &str, h: &Header) -> Result<(VolumeRec, SnapshotRec)> {
+        let base = h.base.ok_or_else(|| Error::Corrupt("not an incremental stream".into()))?;
+        let (v, s) = Self::snapshot_by_id(store, base).map_err(|_| {
+            Error::NotFound(format!(
+                "no volume named {target:?}, and no snapshot here is the stream's base (id {base:016x}, {}@... on the sender): receive the base first",
+                h.volume
+            ))
+        })?;
+        if v.block_size != h.block_size {
+            return Err(Error::Conflict(format!("the base {}@{} has {}-byte blocks, the stream {}", v.name, s.name, v.block_size, h.block_size)));
+        }
+        Ok((v, s))
+    }
+
     /// Starts (or, for a resumed stream, continues) a receive into `target`. Returns the
-    /// hidden volume and, for an incremental stream, the base snapshot.
+    /// hidden volume and, for an incremental stream into an existing volume, the base
+    /// snapshot (the target must not have changed since).
     pub fn receive_begin(&self, store: &Store, target: &str, h: &Header, resumable: bool) -> Result<(VolumeRec, Option<SnapshotRec>)> {
         check_name(target)?;
         check_name(&h.snapshot)?;
         check_block_size(h.block_size)?;
         let _g = self.guard()?;
         let pending = Self::pending_receive(store, target)?;
+        // For a new clone: the base's volume and snapshot.
+        let mut clone_of = None;
         let base = match h.base {
-            Some(_) => Some(Self::check_base(store, &Self::get(store, target)?, h)?),
+            Some(_) => match Self::get(store, target) {
+                Ok(v) => Some(Self::check_base(store, &v, h)?),
+                Err(Error::NotFound(_)) => {
+                    clone_of = Some(Self::clone_base(store, target, h)?);
+                    None
+                }
+                Err(e) => return Err(e),
+            },
             None => {
                 if store.cat_get(&CatKey::Name(target.as_bytes().to_vec()))?.is_some() {
                     return Err(Error::Conflict(format!(
@@ -142,9 +173,23 @@ impl Catalog {
             base: h.base,
             resumable,
             after: None,
+            new_clone: clone_of.is_some(),
         };
         let mut t = self.begin(store);
         let rec = match &base {
+            None if clone_of.is_some() => {
+                let (bv, sr) = clone_of.as_ref().ok_or_else(|| Error::Corrupt("clone base".into()))?;
+                let mut l = Self::lineage(store, sr.lineage)?;
+                l.pin(sr.epoch);
+                Self::put_lineage(&mut t, &l)?;
+                let mut rec = Self::stage_clone(store, &mut t, &name, (sr.lineage, sr.epoch), sr.space, bv.block_size, None, Default::default())?;
+                rec.receiving = Some(state);
+                Self::put_volume(&mut t, &rec)?;
+                for ino in &sr.orphans {
+                    t.set_orphan(rec.lineage, *ino, true)?;
+                }
+                rec
+            }
             None => {
                 let mut rec = Self::stage_create(store, &mut t, &name, h.block_size, 0, 0)?;
                 rec.receiving = Some(state);
@@ -159,6 +204,9 @@ impl Catalog {
                 let mut rec = Self::stage_clone(store, &mut t, &name, (sr.lineage, sr.epoch), sr.space, v.block_size, None, Default::default())?;
                 rec.receiving = Some(state);
                 Self::put_volume(&mut t, &rec)?;
+                for ino in &sr.orphans {
+                    t.set_orphan(rec.lineage, *ino, true)?;
+                }
                 rec
             }
         };
@@ -190,6 +238,14 @@ impl Catalog {
                 t.cat_delete(&CatKey::Name(rec.name.as_bytes().to_vec()))?;
                 t.cat_put(&CatKey::Name(r.target.as_bytes().to_vec()), &rec.id.to_le_bytes())?;
                 rec.name = r.target.clone();
+                rec
+            }
+            Some(base) if r.new_clone => {
+                Self::name_free(store, &r.target)?;
+                t.cat_delete(&CatKey::Name(rec.name.as_bytes().to_vec()))?;
+                t.cat_put(&CatKey::Name(r.target.as_bytes().to_vec()), &rec.id.to_le_bytes())?;
+                rec.name = r.target.clone();
+                rec.origin = Self::snapshot_by_id(store, base).ok().map(|(bv, s)| format!("{}@{}", bv.name, s.name));
                 rec
             }
             Some(_) => {
@@ -228,8 +284,8 @@ impl Catalog {
             holds: BTreeSet::new(),
             space: store.view_space(v.lineage)?,
             guid: r.guid,
-            // A received tree has no removed inodes.
-            orphans: Vec::new(),
+            // Nameless inodes the base snapshot held (the stream names none).
+            orphans: store.orphans(v.lineage)?,
         };
         Self::put_snapshot(&mut t, &s)?;
         v.receiving = None;

@@ -413,3 +413,50 @@ fn a_receive_cut_by_kill_9_leaves_nothing_or_resumes() {
         b.fsck_clean();
     }
 }
+
+/// `send --from ORIGIN@SNAP CLONE@SNAP` received under a new name makes that volume a
+/// clone of the receiver's copy of the base (as `zfs receive` of a clone stream): same
+/// tree, the base's blocks shared, the origin named; a missing base is refused.
+#[test]
+fn an_incremental_stream_into_a_new_name_makes_a_clone_of_its_base() {
+    let mut a = Daemon::start();
+    let mut b = Daemon::start();
+    let m = a.volume("v");
+    populate(&m);
+    a.ok(&["snapshot", "v@base"]);
+    a.ok(&["clone", "v@base", "c"]);
+    let c = a.mount("c");
+    fs::write(c.join("src/only-in-clone"), pattern(5, 1 << 20)).unwrap();
+    fs::remove_file(c.join("src/big")).unwrap();
+    set_xattr(&c.join("src/deep"), "user.dir", b"clone");
+    a.ok(&["snapshot", "c@s1"]);
+    let inc = a.tmp.path().join("c.stream");
+    a.ok(&["send", "c@s1", "--from", "v@base", "-o", inc.to_str().unwrap()]);
+
+    // Without the base on the receiver: refused, nothing left.
+    let err = b.fails(&["receive", "c", "-i", inc.to_str().unwrap()]);
+    assert!(err.contains("no volume named \"c\"") && err.contains("receive the base first"), "{err}");
+    assert_eq!(b.ok(&["list", "-H", "-o", "name"]).trim(), "");
+
+    let full = a.tmp.path().join("v.stream");
+    a.ok(&["send", "v@base", "-o", full.to_str().unwrap()]);
+    b.ok(&["receive", "w", "-i", full.to_str().unwrap()]);
+    let physical = b.physical();
+    b.ok(&["receive", "c", "-i", inc.to_str().unwrap()]);
+    // Only the clone's new file came as new blocks.
+    let grown = b.physical() - physical;
+    assert!(grown <= (1 << 20) + (64 << 10), "store grew by {grown}");
+    let listed = b.ok(&["list", "-H", "-o", "name,origin", "c"]);
+    assert_eq!(listed.lines().collect::<Vec<_>>(), ["c\tw@base", "c@s1\t-"], "{listed}");
+    let cs1 = a.mount("c@s1");
+    let got = b.mount("c@s1");
+    assert_same(&cs1, &got);
+    assert_same(&cs1, &b.mount("c"));
+    assert_eq!(space(&a, "c@s1"), space(&b, "c@s1"));
+    // The origin stays as it was, and the clone writes on its own.
+    assert_same(&a.mount("v@base"), &b.mount("w"));
+    b.fsck_clean();
+    // A second receive of the same stream finds the name taken by the clone it made.
+    let err = b.fails(&["receive", "c", "-i", inc.to_str().unwrap()]);
+    assert!(err.contains("already holds this stream's snapshot"), "{err}");
+}

@@ -402,12 +402,18 @@ fn holds_and_bad_input_change_nothing() {
         (vec!["mount", "v@nope", "/tmp"], "no snapshot"),
         (vec!["hold", "v@s", "a@b"], "contains '@'"),
         (vec!["get", "v@nope"], "no snapshot"),
+        (vec!["list", "ghost"], "no volume named \"ghost\""),
+        (vec!["list", "v", "v@nope"], "no snapshot v@nope"),
     ];
     for (args, want) in cases {
         let err = d.fails(&args);
         assert!(err.contains(want), "clonefs {args:?}: {err:?} should mention {want:?}");
         assert_eq!(d.ok(&["list", "--json"]), before, "clonefs {args:?} changed something");
     }
+    // `list` of names shows those: a volume with its snapshots, or one snapshot.
+    assert_eq!(d.ok(&["list", "-H", "-o", "name", "v"]), "v\nv@s\n");
+    assert_eq!(d.ok(&["list", "-H", "-o", "name", "other", "v@s"]), "other\nv@s\n");
+    assert_eq!(d.ok(&["list", "-H", "-o", "name", "-t", "volume", "v"]), "v\n");
     // Holds show in `list` and `get`; zfs's order (TAG, then VOL@SNAP) works too.
     d.ok(&["hold", "backup", "v@s"]);
     assert_eq!(d.ok(&["list", "-H", "-o", "name,holds", "-t", "snapshot"]), "v@s\tbackup,keep\n");
