@@ -260,6 +260,7 @@ fn changes_state(req: &Request) -> bool {
             | Request::Metrics
             | Request::DbList
             | Request::DbVerify { .. }
+            | Request::Diff { .. }
     )
 }
 

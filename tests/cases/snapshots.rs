@@ -423,6 +423,12 @@ fn holds_and_bad_input_change_nothing() {
     assert_eq!(d.json(&["get", "holds", "v@s", "--json"])["holds"], "none");
     d.ok(&["destroy", "v@s"]);
     d.fsck_clean();
+    // History holds what changed the store, failures too, and not what only read it.
+    d.ok(&["snapshot", "v@t"]);
+    d.ok(&["diff", "v@t"]);
+    let history = d.ok(&["history"]);
+    assert!(history.contains("destroy name=v@s") && history.contains("failed  snapshot name=v@s"), "{history}");
+    assert!(!history.contains("diff ") && !history.contains("list") && !history.contains("fsck"), "{history}");
 }
 
 #[test]
