@@ -71,6 +71,8 @@ pub struct Daemon {
     /// What the caches and buffers above are sized from.
     mem: Budget,
     scrub: ScrubState,
+    /// Snapshots being sent: not destroyed meanwhile.
+    sending: streams::Sending,
     mounts: Mutex<Vec<Mounted>>,
     /// Orders the writes of `STORE/mounts` (`save_wanted`), taken before the table's lock;
     /// false until the start has mounted again what it names (a table saved halfway would
@@ -155,6 +157,7 @@ pub fn run(store_dir: &Path, mem: Budget, serve: Serve) -> Result<()> {
         budget: Arc::new(DirtyBudget::within(&mem)),
         mem,
         scrub: ScrubState::default(),
+        sending: Default::default(),
         mounts: Mutex::new(Vec::new()),
         saving: Mutex::new(false),
         stop: AtomicBool::new(false),
@@ -800,6 +803,11 @@ impl Daemon {
             let busy = mounts.iter().find(|m| m.volume == v.id && (snap.is_none() || m.snapshot == snap));
             if let Some(m) = busy {
                 return Err(Error::Conflict(format!("{} is mounted at {}; unmount it first", m.target, m.dir.display())));
+            }
+            let sending = self.sending.lock()?;
+            let snaps = Catalog::snapshots(&self.store, v.id)?;
+            if let Some(s) = snaps.iter().find(|s| snap.as_ref().is_none_or(|n| *n == s.name) && sending.contains_key(&s.id())) {
+                return Err(Error::Conflict(format!("snapshot {vol}@{} is being sent; destroy it when the send has ended", s.name)));
             }
             match &snap {
                 // A mounted head sees the pin go through its lineage state; its batches in

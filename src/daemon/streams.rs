@@ -17,6 +17,40 @@ use std::io::{BufWriter, Read};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
+/// The snapshots sends are reading (by id), each with how many: `destroy` refuses them, as
+/// the temporary hold of `zfs send` does, since GC would free what a stream has yet to read.
+#[derive(Default)]
+pub(super) struct Sending(std::sync::Mutex<std::collections::HashMap<u64, u32>>);
+
+impl Sending {
+    /// The table, locked: `destroy` checks it and acts under this lock, and a send looks its
+    /// snapshots up and registers them under it, so neither slips between the other's steps.
+    pub(super) fn lock(&self) -> Result<std::sync::MutexGuard<'_, std::collections::HashMap<u64, u32>>> {
+        self.0.lock().map_err(|_| Error::Corrupt("send table poisoned by a panic".into()))
+    }
+}
+
+/// A send's claim on its snapshots, dropped when the stream ends.
+struct SendClaim<'a> {
+    table: &'a Sending,
+    ids: Vec<u64>,
+}
+
+impl Drop for SendClaim<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut t) = self.table.lock() {
+            for id in &self.ids {
+                if let Some(n) = t.get_mut(id) {
+                    *n -= 1;
+                    if *n == 0 {
+                        t.remove(id);
+                    }
+                }
+            }
+        }
+    }
+}
+
 impl Daemon {
     pub(super) fn stream(&self, req: Request, uid: u32, input: Box<dyn Read + Send>, conn: UnixStream) {
         match req {
@@ -107,8 +141,16 @@ impl Daemon {
     }
 
     fn send_stream(&self, snapshot: &str, from: Option<&str>, two_way: bool, resume: Option<&str>, input: Box<dyn Read + Send>, conn: &UnixStream) -> Result<()> {
-        let src = match self.send_source(snapshot, from, two_way, resume) {
-            Ok(s) => s,
+        let claimed = self.sending.lock().and_then(|mut table| {
+            let src = self.send_source(snapshot, from, two_way, resume)?;
+            let ids: Vec<u64> = std::iter::once(src.header.guid).chain(src.header.base).collect();
+            for id in &ids {
+                *table.entry(*id).or_default() += 1;
+            }
+            Ok((src, ids))
+        });
+        let (src, _claim) = match claimed {
+            Ok((s, ids)) => (s, SendClaim { table: &self.sending, ids }),
             Err(e) => {
                 server::respond(conn, &server::fail(e.message(), e.kind()));
                 return Err(e);

@@ -460,3 +460,41 @@ fn an_incremental_stream_into_a_new_name_makes_a_clone_of_its_base() {
     let err = b.fails(&["receive", "c", "-i", inc.to_str().unwrap()]);
     assert!(err.contains("already holds this stream's snapshot"), "{err}");
 }
+
+/// A snapshot (or its volume) cannot be destroyed while a send reads it: GC would free blocks
+/// the stream has yet to send, and the send failed calling the store damaged. Once the send
+/// ends, destroy works.
+#[test]
+fn a_snapshot_being_sent_is_not_destroyed() {
+    let mut a = Daemon::start();
+    let m = a.volume("v");
+    fs::write(m.join("data"), pattern(3, 24 << 20)).unwrap();
+    a.ok(&["snapshot", "v@s"]);
+    a.ok(&["snapshot", "v@base"]);
+    fs::write(m.join("more"), pattern(4, 8 << 20)).unwrap();
+    a.ok(&["snapshot", "v@next"]);
+    fs::remove_file(m.join("data")).unwrap();
+    a.unmount(&m);
+    let out = a.tmp.path().join("s.stream");
+    // The reader sleeps first, so the send blocks with most of the stream unsent.
+    let mut send = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{BIN} --store {} send v@s | (sleep 4; cat > {})", a.store.display(), out.display()))
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let err = a.fails(&["destroy", "v@s"]);
+    assert!(err.contains("v@s is being sent"), "{err}");
+    let err = a.fails(&["destroy", "v"]);
+    assert!(err.contains("being sent"), "{err}");
+    // Other snapshots of the volume are not held.
+    a.ok(&["destroy", "v@next"]);
+    assert!(send.wait().unwrap().success());
+    a.ok(&["destroy", "v@s"]);
+    a.ok(&["gc"]);
+    let mut b = Daemon::start();
+    b.ok(&["receive", "w", "-i", out.to_str().unwrap()]);
+    let w = b.mount("w@s");
+    assert!(fs::read(w.join("data")).unwrap() == pattern(3, 24 << 20));
+    a.fsck_clean();
+}
