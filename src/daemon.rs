@@ -530,6 +530,7 @@ impl Daemon {
             Request::Unmount { dir } => self.unmount(&dir),
             Request::Remount { dir, read_only } => self.remount(&dir, read_only),
             Request::Destroy { name } => self.destroy(&name),
+            Request::Flatten { name } => self.flatten(&name),
             Request::Rename { old, new } => {
                 let rec = Catalog::get(&self.store, &old)?;
                 // Check and act under the mount table lock, so no mount slips in between.
@@ -825,6 +826,53 @@ impl Daemon {
         }
         self.wake_gc();
         Ok(Value::Null)
+    }
+
+    /// Flattens volume `name` (`volume::flatten`), then runs GC: what was written, and the
+    /// bytes GC gave back.
+    fn flatten(&self, name: &str) -> Result<Value> {
+        crate::volume::check_name(name)?;
+        let v = Catalog::get(&self.store, name)?;
+        if Catalog::lineage(&self.store, v.lineage)?.parent.is_none() {
+            return Err(crate::volume::flatten::nothing(name));
+        }
+        let reads_through = |lineage: u64| -> Result<bool> {
+            Ok(lineage == v.lineage || Catalog::parents(&self.store, lineage)?.iter().any(|(l, _)| *l == v.lineage))
+        };
+        let done = {
+            // Both held to the end: no mount and no send that reads through the lineage
+            // starts meanwhile (a view's ancestor lists would go stale, invariant 26).
+            let mounts = lock(&self.mounts)?;
+            let sending = self.sending.lock()?;
+            for m in mounts.iter() {
+                let mv = Catalog::by_id(&self.store, m.volume)?;
+                let lineage = match &m.snapshot {
+                    Some(s) => Catalog::snapshot(&self.store, &mv, s)?.lineage,
+                    None => mv.lineage,
+                };
+                if reads_through(lineage)? {
+                    return Err(Error::Conflict(format!("{} is mounted at {} and reads through {name}; unmount it first", m.target, m.dir.display())));
+                }
+            }
+            for x in Catalog::list(&self.store)? {
+                if let Some(r) = &x.receiving {
+                    if reads_through(x.lineage)? {
+                        return Err(Error::Conflict(format!("a receive into {} reads through {name}; let it finish or `receive {} --abort` it", r.target, r.target)));
+                    }
+                    continue;
+                }
+                for s in Catalog::snapshots(&self.store, x.id)? {
+                    if sending.contains_key(&s.id()) && reads_through(s.lineage)? {
+                        return Err(Error::Conflict(format!("a send of {}@{} reads through {name}; flatten it when the send has ended", x.name, s.name)));
+                    }
+                }
+            }
+            crate::volume::flatten::run(&self.store, &self.catalog, name)?
+        };
+        let before = self.store.space()?.physical;
+        gc::run(&self.store, &self.catalog)?;
+        let freed = before.saturating_sub(self.store.space()?.physical);
+        Ok(json!({"versions": done.versions, "freed": freed}))
     }
 
     fn rollback(&self, name: &str) -> Result<Value> {

@@ -333,6 +333,11 @@ enum Cmd {
     Man { dir: PathBuf },
     /// Rename a volume
     Rename { old: String, new: String },
+    /// Make VOL (a clone) stand on its own: it and its snapshots stop reading through its
+    /// origin, which GC then frees of what only it kept (an origin destroyed, blocks the clone
+    /// rewrote). No data is copied: the clone's index gets what it inherited, blocks are
+    /// shared. Nothing that reads through VOL may be mounted meanwhile
+    Flatten { volume: String },
     /// Set a volume property: refquota=SIZE|none (most bytes the volume may reference);
     /// quota=SIZE|none (most bytes of its own: its writes and its snapshots', for a clone
     /// what it adds to its origin);
@@ -686,6 +691,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 let rows: Vec<(&str, &str)> = wanted.iter().map(|p| (p.as_str(), all[p.as_str()].as_str().unwrap_or(""))).collect();
                 output::properties(&rows);
             }
+        }
+        Cmd::Flatten { volume } => {
+            crate::volume::check_name(&volume)?;
+            let v = call_with_spinner(&store, &format!("flattening {volume}"), Request::Flatten { name: volume.clone() }, false)?;
+            let freed = v["freed"].as_u64().unwrap_or(0);
+            outln!("flattened {volume}: {} index records written; GC freed {}", v["versions"].as_u64().unwrap_or(0), output::size(freed));
         }
         Cmd::Rename { old, new } => {
             crate::volume::check_name(&old)?;

@@ -152,6 +152,8 @@ pub enum Request {
     Hold { name: String, tag: String, on: bool },
     Gc,
     Rename { old: String, new: String },
+    /// Makes a volume read nothing through its ancestors (`volume::flatten`), then runs GC.
+    Flatten { name: String },
     /// Sets a volume property (`refquota`, `snapshot.policy`).
     SetProperty { name: String, property: String, value: String },
     /// A volume's properties, as name -> text.

@@ -37,15 +37,19 @@ impl Volume {
 
     /// Stages the extents of blocks `dirty` (of which only `partial`'s ranges were written,
     /// completed from the stored blocks) and returns how many stored blocks that adds.
-    /// `stored`: the file's count of stored blocks (its record's); with none, there is no
-    /// old extent to read (a new file's first commit: `cp -a`, a compiler's output).
+    /// `stored`: the file's count of stored blocks (its record's); with none and no version
+    /// of any extent of the file in the lineage, there is no old extent to read (a new
+    /// file's first commit: `cp -a`, a compiler's output).
     fn stage_data<B: BlockBuf>(&self, t: &mut ViewTxn<'_>, ino: u64, dirty: &BTreeMap<u64, B>, partial: &HashMap<u64, table::Ranges>, stored: u64) -> FsResult<i64> {
         let mut delta = 0i64;
         // The old extents: none without stored blocks (the record counts every extent the
-        // view shows of the file; fsck checks it), else dense dirty ranges (sequential
-        // writes) with one scan, sparse ones with one batched lookup.
+        // view shows of the file; fsck checks it) unless the lineage has versions of the
+        // file's extents: a tombstone that an earlier truncate or punch left at an older
+        // epoch, over a version a snapshot saw, shows no block but must be replaced, not left
+        // under the new version where nobody sees it (GC would never find it). Else dense
+        // dirty ranges (sequential writes) with one scan, sparse ones with one batched lookup.
         let olds = match (dirty.keys().next(), dirty.keys().next_back()) {
-            _ if stored == 0 => vec![None; dirty.len()],
+            _ if stored == 0 && !self.view.has_own_extents(ino)? => vec![None; dirty.len()],
             (Some(&first), Some(&last)) if dirty.len() > 4 && last - first < 8 * dirty.len() as u64 => {
                 let m = self.view.extent_map(ino, first, last + 1)?;
                 dirty.keys().map(|idx| m.get(idx).copied()).collect()

@@ -228,6 +228,10 @@ pub enum Scan {
     Xattrs { ino: u64 },
     /// Extents of a file with index in [from, to).
     Extents { ino: u64, from: u64, to: u64 },
+    /// Inode records with numbers in [from, to).
+    Inodes { from: u64, to: u64 },
+    /// Block counts of the hashes whose first byte is `first`.
+    Counts { first: u8 },
 }
 
 impl Scan {
@@ -237,6 +241,8 @@ impl Scan {
             Scan::Dirents { .. } => cf::DIRENTS,
             Scan::Xattrs { .. } => cf::XATTRS,
             Scan::Extents { .. } => cf::EXTENTS,
+            Scan::Inodes { .. } => cf::INODES,
+            Scan::Counts { .. } => cf::COUNTS,
         }
     }
 
@@ -250,6 +256,15 @@ impl Scan {
             Scan::Extents { ino, from, to } => {
                 let end = (*to != u64::MAX).then(|| extent_key(lineage, *ino, *to)[8..].to_vec());
                 (extents_of(lineage, *ino), extent_key(lineage, *ino, *from), end)
+            }
+            Scan::Inodes { from, to } => {
+                let end = (*to != u64::MAX).then(|| inode_key(lineage, *to)[8..].to_vec());
+                (lineage_prefix(lineage), inode_key(lineage, *from), end)
+            }
+            Scan::Counts { first } => {
+                let mut p = lineage_prefix(lineage);
+                p.push(*first);
+                (p.clone(), p, None)
             }
         }
     }

@@ -10,6 +10,7 @@
 
 pub mod autosnap;
 pub mod diff;
+pub mod flatten;
 pub mod fsck;
 pub mod gc;
 pub mod idmap;

@@ -247,6 +247,11 @@ impl View {
 
     /// An upper bound of the last data block of `ino` below `below`: the highest index any
     /// lineage of the chain has a version of (None: nothing below).
+    /// Whether the view's own lineage holds a version (of any epoch) of an extent of `ino`.
+    pub fn has_own_extents(&self, ino: u64) -> Result<bool> {
+        Ok(self.store.last_extent_below(self.lineage(), ino, u64::MAX)?.is_some())
+    }
+
     pub fn last_extent_below(&self, ino: u64, below: u64) -> Result<Option<u64>> {
         let mut last = None;
         for (l, _) in self.chain() {
