@@ -73,6 +73,13 @@ pub struct Daemon {
     scrub: ScrubState,
     /// Snapshots being sent: not destroyed meanwhile.
     sending: streams::Sending,
+    /// Lineages being flattened, with their volume's name: no mount, send or receive opens
+    /// a view through one meanwhile (invariant 26).
+    flattening: Mutex<std::collections::HashMap<u64, String>>,
+    /// Taken by restores and flattens for their whole run: a restore reads a snapshot's view
+    /// and may write into an unmounted head, both of which a flatten of the volume would
+    /// change under it. Taken before the mount table.
+    restoring: Mutex<()>,
     mounts: Mutex<Vec<Mounted>>,
     /// Orders the writes of `STORE/mounts` (`save_wanted`), taken before the table's lock;
     /// false until the start has mounted again what it names (a table saved halfway would
@@ -92,6 +99,20 @@ impl Mounted {
     /// Read-only as users see it: a snapshot's view, or remounted read-only.
     fn read_only(&self) -> bool {
         self.live.get().read_only || self.remounted_ro
+    }
+}
+
+/// A flatten's claim on its lineage, dropped when it ends.
+struct Flattening<'a> {
+    table: &'a Mutex<std::collections::HashMap<u64, String>>,
+    lineage: u64,
+}
+
+impl Drop for Flattening<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut t) = self.table.lock() {
+            t.remove(&self.lineage);
+        }
     }
 }
 
@@ -158,6 +179,8 @@ pub fn run(store_dir: &Path, mem: Budget, serve: Serve) -> Result<()> {
         mem,
         scrub: ScrubState::default(),
         sending: Default::default(),
+        flattening: Mutex::new(std::collections::HashMap::new()),
+        restoring: Mutex::new(()),
         mounts: Mutex::new(Vec::new()),
         saving: Mutex::new(false),
         stop: AtomicBool::new(false),
@@ -736,6 +759,7 @@ impl Daemon {
         if paths.is_empty() {
             return Err(Error::Invalid("name at least one path to restore".into()));
         }
+        let _no_flatten = lock(&self.restoring)?;
         let v = Catalog::get(&self.store, &vol)?;
         let src = Volume::open(self.catalog.open_view(&self.store, &vol, Some(&snap), true)?, self.budget.clone())?;
         let base = |p: &str| p.trim_end_matches('/').rsplit('/').next().unwrap_or("").to_string();
@@ -839,11 +863,16 @@ impl Daemon {
         let reads_through = |lineage: u64| -> Result<bool> {
             Ok(lineage == v.lineage || Catalog::parents(&self.store, lineage)?.iter().any(|(l, _)| *l == v.lineage))
         };
-        let done = {
-            // Both held to the end: no mount and no send that reads through the lineage
-            // starts meanwhile (a view's ancestor lists would go stale, invariant 26).
+        let _no_restore = lock(&self.restoring)?;
+        let _claim = {
+            // Checked and claimed under the locks that mounts, sends and receives register
+            // under, so none that reads through the lineage starts unseen.
             let mounts = lock(&self.mounts)?;
             let sending = self.sending.lock()?;
+            let mut flattening = lock(&self.flattening)?;
+            if flattening.contains_key(&v.lineage) {
+                return Err(Error::Conflict(format!("{name} is being flattened already")));
+            }
             for m in mounts.iter() {
                 let mv = Catalog::by_id(&self.store, m.volume)?;
                 let lineage = match &m.snapshot {
@@ -867,12 +896,28 @@ impl Daemon {
                     }
                 }
             }
-            crate::volume::flatten::run(&self.store, &self.catalog, name)?
+            flattening.insert(v.lineage, name.to_string());
+            Flattening { table: &self.flattening, lineage: v.lineage }
         };
+        let done = crate::volume::flatten::run(&self.store, &self.catalog, name)?;
         let before = self.store.space()?.physical;
         gc::run(&self.store, &self.catalog)?;
         let freed = before.saturating_sub(self.store.space()?.physical);
         Ok(json!({"versions": done.versions, "freed": freed}))
+    }
+
+    /// Refuses `what` if a view of `lineage` with ancestors `parents` would read through a
+    /// lineage being flattened. The caller holds the lock it registers its view under (the
+    /// mount table, the send table), which a flatten takes before it claims a lineage.
+    fn through_flattening(&self, what: &str, lineage: u64, parents: &[(u64, u64)]) -> Result<()> {
+        let f = lock(&self.flattening)?;
+        if let Some(name) = f.get(&lineage) {
+            return Err(Error::Conflict(format!("{what}: {name} is being flattened; try again when flatten has ended")));
+        }
+        match parents.iter().find_map(|(l, _)| f.get(l)) {
+            Some(name) => Err(Error::Conflict(format!("{what} reads through {name}, which is being flattened; try again when flatten has ended"))),
+            None => Ok(()),
+        }
     }
 
     fn rollback(&self, name: &str) -> Result<Value> {

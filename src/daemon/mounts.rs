@@ -52,6 +52,7 @@ impl Daemon {
             let mut mounts = lock(&self.mounts)?;
             let view = self.catalog.open_view(&self.store, &vol, snap.as_deref(), read_only)?;
             let spec = view.spec();
+            self.through_flattening(&name, spec.lineage, &spec.parents)?;
             if let Some(m) = mounts.iter().find(|m| m.dir == dir) {
                 // Asked again as it is: done already (a start mounted it again, or a retry).
                 let same = m.target == name && !m.busy && m.live.get().read_only == (read_only || spec.read_only);

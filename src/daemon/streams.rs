@@ -143,6 +143,11 @@ impl Daemon {
     fn send_stream(&self, snapshot: &str, from: Option<&str>, two_way: bool, resume: Option<&str>, input: Box<dyn Read + Send>, conn: &UnixStream) -> Result<()> {
         let claimed = self.sending.lock().and_then(|mut table| {
             let src = self.send_source(snapshot, from, two_way, resume)?;
+            for chain in std::iter::once(&src.snap).chain(&src.base) {
+                if let Some((l, _)) = chain.first() {
+                    self.through_flattening(&format!("send {snapshot}"), *l, &chain[1..])?;
+                }
+            }
             let ids: Vec<u64> = std::iter::once(src.header.guid).chain(src.header.base).collect();
             for id in &ids {
                 *table.entry(*id).or_default() += 1;
@@ -168,7 +173,22 @@ impl Daemon {
         }
         let (frames, header) = FrameReader::start(std::io::BufReader::with_capacity(1 << 20, input))?;
         *nonce = header.nonce;
-        let (hidden, base) = self.catalog.receive_begin(&self.store, name, &header, resumable)?;
+        let (hidden, base) = {
+            // Under the flatten table's lock: a flatten claims a lineage after it has looked
+            // for receives through it, and this one's hidden volume is made before the lock goes.
+            let _f = super::lock(&self.flattening)?;
+            let begun = self.catalog.receive_begin(&self.store, name, &header, resumable)?;
+            let parents = Catalog::parents(&self.store, begun.0.lineage)?;
+            if let Some(l) = parents.iter().find_map(|(l, _)| _f.get(l)) {
+                let e = Error::Conflict(format!("receive {name} reads through {l}, which is being flattened; try again when flatten has ended"));
+                drop(_f);
+                if begun.0.receiving.as_ref().is_some_and(|r| r.after.is_none()) {
+                    let _ = self.catalog.receive_abort(&self.store, name);
+                }
+                return Err(e);
+            }
+            begun
+        };
         let applied = (|| -> Result<(transfer::Totals, u64)> {
             if let (Some(b), false) = (&base, force) {
                 self.check_unchanged(name, &b.name)?;
