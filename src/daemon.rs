@@ -879,6 +879,11 @@ impl Daemon {
                     Some(s) => Catalog::snapshot(&self.store, &mv, s)?.lineage,
                     None => mv.lineage,
                 };
+                if m.volume == v.id {
+                    // `db stop` leaves a database volume mounted.
+                    let db = if mv.db.is_some() { " (a database volume stays mounted after `clonefs db stop`)" } else { "" };
+                    return Err(Error::Conflict(format!("{} is mounted at {}; unmount it first{db}", m.target, m.dir.display())));
+                }
                 if reads_through(lineage)? {
                     return Err(Error::Conflict(format!("{} is mounted at {} and reads through {name}; unmount it first", m.target, m.dir.display())));
                 }
