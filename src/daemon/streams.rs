@@ -176,14 +176,16 @@ impl Daemon {
         let (hidden, base) = {
             // Under the flatten table's lock: a flatten claims a lineage after it has looked
             // for receives through it, and this one's hidden volume is made before the lock goes.
-            let _f = super::lock(&self.flattening)?;
+            let flattening = super::lock(&self.flattening)?;
             let begun = self.catalog.receive_begin(&self.store, name, &header, resumable)?;
             let parents = Catalog::parents(&self.store, begun.0.lineage)?;
-            if let Some(l) = parents.iter().find_map(|(l, _)| _f.get(l)) {
+            if let Some(l) = parents.iter().find_map(|(l, _)| flattening.get(l)) {
                 let e = Error::Conflict(format!("receive {name} reads through {l}, which is being flattened; try again when flatten has ended"));
-                drop(_f);
+                drop(flattening);
+                // A receive that had not begun before leaves nothing.
                 if begun.0.receiving.as_ref().is_some_and(|r| r.after.is_none()) {
                     let _ = self.catalog.receive_abort(&self.store, name);
+                    self.wake_gc();
                 }
                 return Err(e);
             }
