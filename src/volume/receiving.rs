@@ -175,41 +175,28 @@ impl Catalog {
             after: None,
             new_clone: clone_of.is_some(),
         };
+        // The snapshot an incremental stream applies over, and the hidden volume's block size.
+        let over = match (&base, &clone_of) {
+            (Some(sr), _) => Some((sr, Self::get(store, target)?.block_size)),
+            (None, Some((bv, sr))) => Some((sr, bv.block_size)),
+            (None, None) => None,
+        };
         let mut t = self.begin(store);
-        let rec = match &base {
-            None if clone_of.is_some() => {
-                let (bv, sr) = clone_of.as_ref().ok_or_else(|| Error::Corrupt("clone base".into()))?;
+        let mut rec = match over {
+            None => Self::stage_create(store, &mut t, &name, h.block_size, 0, 0)?,
+            Some((sr, block_size)) => {
                 let mut l = Self::lineage(store, sr.lineage)?;
                 l.pin(sr.epoch);
                 Self::put_lineage(&mut t, &l)?;
-                let mut rec = Self::stage_clone(store, &mut t, &name, (sr.lineage, sr.epoch), sr.space, bv.block_size, None, Default::default())?;
-                rec.receiving = Some(state);
-                Self::put_volume(&mut t, &rec)?;
-                for ino in &sr.orphans {
-                    t.set_orphan(rec.lineage, *ino, true)?;
-                }
-                rec
-            }
-            None => {
-                let mut rec = Self::stage_create(store, &mut t, &name, h.block_size, 0, 0)?;
-                rec.receiving = Some(state);
-                Self::put_volume(&mut t, &rec)?;
-                rec
-            }
-            Some(sr) => {
-                let v = Self::get(store, target)?;
-                let mut l = Self::lineage(store, sr.lineage)?;
-                l.pin(sr.epoch);
-                Self::put_lineage(&mut t, &l)?;
-                let mut rec = Self::stage_clone(store, &mut t, &name, (sr.lineage, sr.epoch), sr.space, v.block_size, None, Default::default())?;
-                rec.receiving = Some(state);
-                Self::put_volume(&mut t, &rec)?;
+                let rec = Self::stage_clone(store, &mut t, &name, (sr.lineage, sr.epoch), sr.space, block_size, None, Default::default())?;
                 for ino in &sr.orphans {
                     t.set_orphan(rec.lineage, *ino, true)?;
                 }
                 rec
             }
         };
+        rec.receiving = Some(state);
+        Self::put_volume(&mut t, &rec)?;
         self.commit(t, true)?;
         Ok((rec, base))
     }
@@ -233,22 +220,8 @@ impl Catalog {
         let r = rec.receiving.take().ok_or_else(|| Error::Corrupt("not a receive".into()))?;
         let mut t = self.begin(store);
         let mut v = match r.base {
-            None => {
-                Self::name_free(store, &r.target)?;
-                t.cat_delete(&CatKey::Name(rec.name.as_bytes().to_vec()))?;
-                t.cat_put(&CatKey::Name(r.target.as_bytes().to_vec()), &rec.id.to_le_bytes())?;
-                rec.name = r.target.clone();
-                rec
-            }
-            Some(base) if r.new_clone => {
-                Self::name_free(store, &r.target)?;
-                t.cat_delete(&CatKey::Name(rec.name.as_bytes().to_vec()))?;
-                t.cat_put(&CatKey::Name(r.target.as_bytes().to_vec()), &rec.id.to_le_bytes())?;
-                rec.name = r.target.clone();
-                rec.origin = Self::snapshot_by_id(store, base).ok().map(|(bv, s)| format!("{}@{}", bv.name, s.name));
-                rec
-            }
-            Some(_) => {
+            // Into an existing volume, which takes the hidden one's lineage.
+            Some(_) if !r.new_clone => {
                 let mut v = Self::get(store, &r.target)?;
                 let h = Header {
                     version: crate::transfer::VERSION,
@@ -272,6 +245,17 @@ impl Catalog {
                 t.cat_delete(&CatKey::Volume(rec.id))?;
                 v.lineage = rec.lineage;
                 v
+            }
+            // A new volume: the hidden one takes the name (a clone names its origin).
+            base => {
+                Self::name_free(store, &r.target)?;
+                t.cat_delete(&CatKey::Name(rec.name.as_bytes().to_vec()))?;
+                t.cat_put(&CatKey::Name(r.target.as_bytes().to_vec()), &rec.id.to_le_bytes())?;
+                rec.name = r.target.clone();
+                if let Some(b) = base {
+                    rec.origin = Self::snapshot_by_id(store, b).ok().map(|(bv, s)| format!("{}@{}", bv.name, s.name));
+                }
+                rec
             }
         };
         let cut = Self::stage_cut(store, &mut t, &v)?;

@@ -305,13 +305,7 @@ fn kill_9_during_compact_loses_nothing() {
         }
         d.ok(&["destroy", &format!("v@r{round}")]);
         d.ok(&["gc"]);
-        let compact = std::process::Command::new(crate::util::BIN)
-            .args(["compact"])
-            .env("CLONEFS_STORE", &d.store)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let compact = d.spawn_cli(&["compact"]);
         std::thread::sleep(std::time::Duration::from_millis(delay_ms));
         d.kill9();
         // The compaction's CLI fails when the daemon dies before answering.

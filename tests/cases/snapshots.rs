@@ -1020,13 +1020,7 @@ fn kill_9_during_flatten_leaves_a_clean_store_and_flatten_finishes() {
     for (round, delay_ms) in [20u64, 60, 150].into_iter().enumerate() {
         let name = format!("c{round}");
         d.ok(&["clone", "o@s", &name]);
-        let flatten = std::process::Command::new(crate::util::BIN)
-            .args(["flatten", &name])
-            .env("CLONEFS_STORE", &d.store)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let flatten = d.spawn_cli(&["flatten", &name]);
         std::thread::sleep(std::time::Duration::from_millis(delay_ms));
         d.kill9();
         if !{ flatten }.wait().unwrap().success() {

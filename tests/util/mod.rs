@@ -115,6 +115,17 @@ impl Daemon {
         run_timeout(Command::new(BIN).args(args).env("CLONEFS_STORE", &self.store), 300)
     }
 
+    /// Starts a CLI command in the background, its output dropped (for a kill -9 inside it).
+    pub fn spawn_cli(&self, args: &[&str]) -> Child {
+        Command::new(BIN)
+            .args(args)
+            .env("CLONEFS_STORE", &self.store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn clonefs")
+    }
+
     /// Runs a command that must succeed; returns its stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.cli(args);
