@@ -904,11 +904,11 @@ impl Daemon {
             flattening.insert(v.lineage, name.to_string());
             Flattening { table: &self.flattening, lineage: v.lineage }
         };
-        let done = crate::volume::flatten::run(&self.store, &self.catalog, name)?;
+        let versions = crate::volume::flatten::run(&self.store, &self.catalog, name)?;
         let before = self.store.space()?.physical;
         gc::run(&self.store, &self.catalog)?;
         let freed = before.saturating_sub(self.store.space()?.physical);
-        Ok(json!({"versions": done.versions, "freed": freed}))
+        Ok(json!({"versions": versions, "freed": freed}))
     }
 
     /// Refuses `what` if a view of `lineage` with ancestors `parents` would read through a

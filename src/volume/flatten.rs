@@ -22,15 +22,6 @@ const EXTENTS_PER_SCAN: u64 = 65536;
 /// Versions written per batch.
 const BATCH: usize = 4096;
 
-/// What a flatten did.
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub struct Flattened {
-    /// Versions written into the volume's lineage.
-    pub versions: u64,
-    /// The (lineage, epoch) it no longer reads through.
-    pub parent: Option<(u64, u64)>,
-}
-
 struct Copier<'s> {
     store: &'s Store,
     lineage: u64,
@@ -75,9 +66,10 @@ pub fn nothing(name: &str) -> Error {
     Error::Invalid(format!("{name} reads nothing through another volume (it is not a clone, nor rolled back): nothing to flatten"))
 }
 
-/// Flattens volume `name` (see the module comment). The caller makes sure no view reads
-/// through its lineage but those of requests that read a whole chain (sends).
-pub fn run(store: &Store, cat: &Catalog, name: &str) -> Result<Flattened> {
+/// Flattens volume `name` (see the module comment); returns how many versions it wrote.
+/// The caller makes sure no view reads through its lineage but those of requests that read
+/// a whole chain (sends).
+pub fn run(store: &Store, cat: &Catalog, name: &str) -> Result<u64> {
     // GC waits: it decides by pins this reads, and would act on the parent meanwhile.
     let _gc = cat.gc.lock().map_err(|_| Error::Corrupt("gc lock poisoned".into()))?;
     let (v, rec) = {
@@ -158,5 +150,5 @@ pub fn run(store: &Store, cat: &Catalog, name: &str) -> Result<Flattened> {
     }
     cat.commit(t, true)?;
     log::info!("flattened {name}: {} versions written, parted from lineage {} epoch {}", c.done, parent.0, parent.1);
-    Ok(Flattened { versions: c.done, parent: Some(parent) })
+    Ok(c.done)
 }
