@@ -532,6 +532,7 @@ impl Daemon {
     /// `by`: the caller's uid, which a mount remembers (a member of the group unmounts only
     /// its own mounts, `access.rs`).
     pub fn handle(&self, req: Request, by: u32) -> Result<Value> {
+        let creator = access::creator(by);
         if self.stopping() {
             return Err(Error::NoDaemon("the daemon is shutting down".into()));
         }
@@ -545,7 +546,7 @@ impl Daemon {
         match req {
             Request::Ping => Ok(json!({"pid": std::process::id()})),
             Request::Create { name, block_size, uid, gid } => {
-                let v = self.catalog.create(&self.store, &name, block_size, uid, gid)?;
+                let v = self.catalog.create(&self.store, &name, block_size, uid, gid, creator)?;
                 Ok(json!({"name": v.name, "block_size": v.block_size}))
             }
             Request::List { names } => Ok(serde_json::to_value(self.list(&names)?)?),
@@ -564,8 +565,8 @@ impl Daemon {
                 self.catalog.rename(&self.store, &old, &new)?;
                 Ok(Value::Null)
             }
-            Request::Snapshot { name } => self.snapshot(&name),
-            Request::Clone { source, name, uid_map, gid_map, owner } => self.clone_volume(&source, &name, &uid_map, &gid_map, owner),
+            Request::Snapshot { name } => self.snapshot(&name, creator),
+            Request::Clone { source, name, uid_map, gid_map, owner } => self.clone_volume(&source, &name, &uid_map, &gid_map, owner, creator),
             Request::Rollback { name } => self.rollback(&name),
             Request::Diff { from, to } => self.diff(&from, to.as_deref()),
             Request::Restore { snapshot, paths, to, force } => self.restore(&snapshot, &paths, to.as_deref(), force),
@@ -602,11 +603,11 @@ impl Daemon {
                 self.wake_gc();
                 Ok(Value::Null)
             }
-            Request::DbInit { name, engine, import, block_size } => self.db_init(&name, &engine, import.as_deref(), block_size),
+            Request::DbInit { name, engine, import, block_size } => self.db_init(&name, &engine, import.as_deref(), block_size, creator),
             Request::DbStart { name, port } => self.db_start(&name, port),
             Request::DbStop { name } => self.db_stop(&name),
             Request::DbClone { source, name, port, user, password, idle, protect, quota, listen } => {
-                self.db_clone(&source, &name, port, user, password, idle.as_deref(), protect, quota.as_deref(), listen)
+                self.db_clone(&source, &name, port, user, password, idle.as_deref(), protect, quota.as_deref(), listen, creator)
             }
             Request::DbList => self.db_list(),
             Request::DbReset { name, to } => self.db_reset(&name, to.as_deref()),
@@ -669,7 +670,8 @@ impl Daemon {
         Ok(Some(live))
     }
 
-    fn snapshot(&self, name: &str) -> Result<Value> {
+    /// `creator`: the member of the daemon's group taking it, or None.
+    fn snapshot(&self, name: &str, creator: Option<u32>) -> Result<Value> {
         let (vol, snap) = parse_target(name)?;
         let snap = snap.ok_or_else(|| Error::Invalid(format!("{name:?}: a snapshot is named VOL@SNAP")))?;
         let v = Catalog::get(&self.store, &vol)?;
@@ -679,17 +681,17 @@ impl Daemon {
                 // Unsynced: the catalog's synced commit below makes the log durable up to it.
                 // The view writes at the new head epoch from then on (it reads the catalog's).
                 vol_ref.flush_older_than(Duration::ZERO)?;
-                self.catalog.snapshot_create(&self.store, &vol, &snap)?;
+                self.catalog.snapshot_create(&self.store, &vol, &snap, creator)?;
                 Ok(())
             })?,
             None => {
-                self.catalog.snapshot_create(&self.store, &vol, &snap)?;
+                self.catalog.snapshot_create(&self.store, &vol, &snap, creator)?;
             }
         }
         Ok(json!({"snapshot": name, "micros": started.elapsed().as_micros() as u64}))
     }
 
-    fn clone_volume(&self, source: &str, name: &str, uid_map: &[String], gid_map: &[String], owner: Option<(u32, u32)>) -> Result<Value> {
+    fn clone_volume(&self, source: &str, name: &str, uid_map: &[String], gid_map: &[String], owner: Option<(u32, u32)>, creator: Option<u32>) -> Result<Value> {
         let (vol, snap) = parse_target(source)?;
         let v = Catalog::get(&self.store, &vol)?;
         let started = Instant::now();
@@ -714,11 +716,11 @@ impl Daemon {
         match head {
             Some(live) => live.exclusive(|vol_ref| {
                 vol_ref.flush_older_than(Duration::ZERO)?;
-                self.catalog.clone_volume(&self.store, source, name, layer.clone())?;
+                self.catalog.clone_volume(&self.store, source, name, layer.clone(), creator)?;
                 Ok(())
             })?,
             None => {
-                self.catalog.clone_volume(&self.store, source, name, layer)?;
+                self.catalog.clone_volume(&self.store, source, name, layer, creator)?;
             }
         }
         Ok(json!({"clone": name, "origin": source, "micros": started.elapsed().as_micros() as u64}))
@@ -864,6 +866,9 @@ impl Daemon {
             Ok(lineage == v.lineage || Catalog::parents(&self.store, lineage)?.iter().any(|(l, _)| *l == v.lineage))
         };
         let _no_restore = lock(&self.restoring)?;
+        // The mounted views of the lineage itself (the head, snapshots in it): they stay, and
+        // each batch runs while none of their operations does.
+        let mut own_mounts: Vec<Arc<Live>> = Vec::new();
         let _claim = {
             // Checked and claimed under the locks that mounts, sends and receives register
             // under, so none that reads through the lineage starts unseen.
@@ -879,11 +884,11 @@ impl Daemon {
                     Some(s) => Catalog::snapshot(&self.store, &mv, s)?.lineage,
                     None => mv.lineage,
                 };
-                if m.volume == v.id {
-                    // `db stop` leaves a database volume mounted.
-                    let db = if mv.db.is_some() { " (a database volume stays mounted after `clonefs db stop`)" } else { "" };
-                    return Err(Error::Conflict(format!("{} is mounted at {}; unmount it first{db}", m.target, m.dir.display())));
+                if lineage == v.lineage {
+                    own_mounts.push(m.live.clone());
+                    continue;
                 }
+                // A clone's mounted view would keep reading the levels GC is about to drop.
                 if reads_through(lineage)? {
                     return Err(Error::Conflict(format!("{} is mounted at {} and reads through {name}; unmount it first", m.target, m.dir.display())));
                 }
@@ -904,7 +909,16 @@ impl Daemon {
             flattening.insert(v.lineage, name.to_string());
             Flattening { table: &self.flattening, lineage: v.lineage }
         };
-        let versions = crate::volume::flatten::run(&self.store, &self.catalog, name)?;
+        fn hold_all(lives: &[Arc<Live>], f: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+            match lives.split_first() {
+                None => f(),
+                // Each batch is a few ms of the mounts' operations waiting (a commit is
+                // disk I/O under the mount lock, as a snapshot's cut).
+                Some((l, rest)) => l.exclusive(|_| hold_all(rest, f)),
+            }
+        }
+        let hold = |f: &mut dyn FnMut() -> Result<()>| hold_all(&own_mounts, f);
+        let versions = crate::volume::flatten::run(&self.store, &self.catalog, name, &hold)?;
         let before = self.store.space()?.physical;
         gc::run(&self.store, &self.catalog)?;
         let freed = before.saturating_sub(self.store.space()?.physical);

@@ -5,6 +5,12 @@
 //! always nosuid and nodev; they unmount and remount only their own mounts; and they cannot
 //! stop the daemon, import host paths into database volumes, remap owners or create volumes
 //! owned by another user.
+//!
+//! What a member makes (volumes, clones, snapshots, received volumes) records it as its
+//! creator. A member may read, snapshot and clone any volume, but changes or destroys only
+//! what it made: its volumes with their snapshots, and snapshots it took of other volumes.
+//! The check reads the catalog before the request acts: a name that changes hands in
+//! between (root renaming volumes meanwhile) is the one window, and only root opens it.
 
 use super::*;
 use std::os::unix::fs::MetadataExt;
@@ -24,6 +30,34 @@ impl Daemon {
                 Err(denied("remapping owners"))
             }
             Request::Create { name, block_size, .. } => Ok(Request::Create { name, block_size, uid: caller.uid, gid: caller.gid }),
+            Request::Destroy { ref name }
+            | Request::Flatten { ref name }
+            | Request::Rename { old: ref name, .. }
+            | Request::SetProperty { ref name, .. }
+            | Request::Hold { ref name, .. }
+            | Request::DbStart { ref name, .. }
+            | Request::DbStop { ref name }
+            | Request::DbReset { ref name, .. }
+            | Request::DbDestroy { ref name } => {
+                self.may_change(name, caller.uid)?;
+                Ok(req)
+            }
+            // Both change the volume itself, whichever snapshot they name.
+            Request::Rollback { name: ref target } | Request::Restore { snapshot: ref target, .. } => {
+                self.may_change(&parse_target(target)?.0, caller.uid)?;
+                Ok(req)
+            }
+            // It writes a marker into each database it checks.
+            Request::DbVerify { ref names } => {
+                for name in names {
+                    self.may_change(name, caller.uid)?;
+                }
+                Ok(req)
+            }
+            Request::ReceiveAbort { ref name } => {
+                self.may_receive(name, caller.uid)?;
+                Ok(req)
+            }
             Request::Mount { name, dir, read_only, writeback, fast_open, restrict } => {
                 // The path as checked: a link on the way (the member's to change) is gone.
                 let dir = member_mountpoint(&dir, caller.uid)?;
@@ -47,6 +81,54 @@ impl Daemon {
             }
             req => Ok(req),
         }
+    }
+}
+
+/// `uid` as the creator of what it makes: None for root and the daemon's user, who may
+/// change everything anyway.
+pub(super) fn creator(uid: u32) -> Option<u32> {
+    (uid != 0 && uid != crate::sys::geteuid()).then_some(uid)
+}
+
+impl Daemon {
+    /// Refuses member `uid` a change to `name` (VOL or VOL@SNAP) it did not make: a volume
+    /// is its when it made it, a snapshot when it took it or made its volume. A name that
+    /// does not exist passes, for the request to report.
+    fn may_change(&self, name: &str, uid: u32) -> Result<()> {
+        let (vol, snap) = parse_target(name)?;
+        let v = match Catalog::get(&self.store, &vol) {
+            Ok(v) => v,
+            Err(Error::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let made_by = match snap {
+            _ if v.creator == Some(uid) => return Ok(()),
+            None => v.creator,
+            Some(s) => match Catalog::snapshot(&self.store, &v, &s) {
+                Ok(s) if s.creator == Some(uid) => return Ok(()),
+                Ok(s) => s.creator,
+                Err(Error::NotFound(_)) => return Ok(()),
+                Err(e) => return Err(e),
+            },
+        };
+        Err(Error::Denied(format!(
+            "{name} was made by {}, not by uid {uid}: a member of the daemon's group changes and destroys only the volumes and snapshots it made",
+            made_by.map_or_else(|| "root".to_string(), |u| format!("uid {u}"))
+        )))
+    }
+
+    /// Refuses member `uid` a receive into (or an abort of a receive into) `name` unless
+    /// the volume, or the receive in progress, is its own.
+    pub(super) fn may_receive(&self, name: &str, uid: u32) -> Result<()> {
+        if creator(uid).is_none() {
+            return Ok(());
+        }
+        if let Some(p) = Catalog::pending_receive(&self.store, name)? {
+            if p.creator != Some(uid) {
+                return Err(Error::Denied(format!("the receive into {name} in progress is not uid {uid}'s: a member of the daemon's group receives only into volumes it made")));
+            }
+        }
+        self.may_change(name, uid)
     }
 }
 

@@ -245,11 +245,11 @@ impl Daemon {
         });
     }
 
-    pub(super) fn db_init(&self, name: &str, engine: &str, import: Option<&Path>, block_size: Option<u32>) -> Result<Value> {
+    pub(super) fn db_init(&self, name: &str, engine: &str, import: Option<&Path>, block_size: Option<u32>, creator: Option<u32>) -> Result<Value> {
         let engine = Engine::parse(engine)?;
         let block_size = block_size.unwrap_or_else(|| engine.block_size(import));
         let _g = self.db_guard()?;
-        let v = self.catalog.create(&self.store, name, block_size, 0, 0)?;
+        let v = self.catalog.create(&self.store, name, block_size, 0, 0, creator)?;
         let made = (|| -> Result<PathBuf> {
             let dir = self.db_mount(&v)?;
             match engine {
@@ -326,6 +326,7 @@ impl Daemon {
         protect: bool,
         quota: Option<&str>,
         listen: Option<String>,
+        creator: Option<u32>,
     ) -> Result<Value> {
         crate::volume::check_name(name)?;
         let (src, snap) = parse_target(source)?;
@@ -369,21 +370,21 @@ impl Daemon {
                     }
                 }
                 let o = format!("{src}@dbclone-{name}");
-                self.snapshot(&o)?;
+                self.snapshot(&o, creator)?;
                 (o.clone(), Some(o))
             }
         };
         let started = Instant::now();
         let mut made_volume = false;
         let made = (|| -> Result<(VolumeRec, PathBuf)> {
-            self.clone_volume(&origin, name, &[], &[], None)?;
+            self.clone_volume(&origin, name, &[], &[], None, creator)?;
             made_volume = true;
             let v = Catalog::get(&self.store, name)?;
             let dir = self.db_mount(&v)?;
             if let Some(p) = port {
                 engine.server()?.configure(&dir, name, p, &listen)?;
             }
-            self.snapshot(&format!("{name}@{}", db::ORIGIN_SNAPSHOT))?;
+            self.snapshot(&format!("{name}@{}", db::ORIGIN_SNAPSHOT), creator)?;
             if let Some(q) = quota {
                 self.catalog.set_property(&self.store, name, "quota", &q.to_string())?;
             }
@@ -512,13 +513,13 @@ impl Daemon {
                 Catalog::snapshot(&self.store, &Catalog::get(&self.store, &parse_target(&target)?.0)?, &parse_target(&target)?.1.unwrap_or_default())?;
                 self.db_unmount(&v)?;
                 self.destroy(name)?;
-                self.clone_volume(&target, name, &[], &[], None)?;
+                self.clone_volume(&target, name, &[], &[], None, v.creator)?;
                 let nv = Catalog::get(&self.store, name)?;
                 let dir = self.db_mount(&nv)?;
                 if let Some(p) = conf.port {
                     conf.engine.server()?.configure(&dir, name, p, &conf.listen)?;
                 }
-                self.snapshot(&format!("{name}@{}", db::ORIGIN_SNAPSHOT))?;
+                self.snapshot(&format!("{name}@{}", db::ORIGIN_SNAPSHOT), v.creator)?;
                 let mut c = conf.clone();
                 c.origin = Some(target);
                 self.set_conf(name, Some(c))?;

@@ -62,7 +62,7 @@ impl Daemon {
             Request::Receive { name, resumable, force } => {
                 let request = json!({"op": "receive", "name": name, "resumable": resumable, "force": force});
                 let mut nonce = 0;
-                let r = self.receive_stream(&name, resumable, force, input, &conn, &mut nonce);
+                let r = self.may_receive(&name, uid).and_then(|_| self.receive_stream(&name, resumable, force, super::access::creator(uid), input, &conn, &mut nonce));
                 self.record(uid, request, &r);
                 if let Err(e) = &r {
                     log::warn!("receive {name}: {e}");
@@ -167,7 +167,17 @@ impl Daemon {
         Ok(())
     }
 
-    fn receive_stream(&self, name: &str, resumable: bool, force: bool, input: Box<dyn Read + Send>, conn: &UnixStream, nonce: &mut u64) -> Result<Value> {
+    #[allow(clippy::too_many_arguments)]
+    fn receive_stream(
+        &self,
+        name: &str,
+        resumable: bool,
+        force: bool,
+        creator: Option<u32>,
+        input: Box<dyn Read + Send>,
+        conn: &UnixStream,
+        nonce: &mut u64,
+    ) -> Result<Value> {
         if self.stopping() {
             return Err(Error::NoDaemon("the daemon is shutting down".into()));
         }
@@ -177,7 +187,7 @@ impl Daemon {
             // Under the flatten table's lock: a flatten claims a lineage after it has looked
             // for receives through it, and this one's hidden volume is made before the lock goes.
             let flattening = super::lock(&self.flattening)?;
-            let begun = self.catalog.receive_begin(&self.store, name, &header, resumable)?;
+            let begun = self.catalog.receive_begin(&self.store, name, &header, resumable, creator)?;
             let parents = Catalog::parents(&self.store, begun.0.lineage)?;
             if let Some(l) = parents.iter().find_map(|(l, _)| flattening.get(l)) {
                 let e = Error::Conflict(format!("receive {name} reads through {l}, which is being flattened; try again when flatten has ended"));

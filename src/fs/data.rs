@@ -635,8 +635,9 @@ impl Volume {
             let (s0, d0) = (src_idx + done, dst_idx + done);
             let src_ext: std::collections::HashMap<u64, _> =
                 view.extents(src, s0, s0 + k)?.into_iter().map(|(i, _, h)| (i - s0, h)).collect();
-            let old = self.view.extent_map(dst, d0, d0 + k)?;
+            // Under the batch's pins, as `purge`.
             let mut t = self.txn()?;
+            let old = self.view.extent_map(dst, d0, d0 + k)?;
             let mut delta = 0;
             for j in 0..k {
                 let new = match src_ext.get(&j) {

@@ -615,7 +615,7 @@ mod tests {
         Store::init(&d.path().join("s")).unwrap();
         let s = Arc::new(Store::open(&d.path().join("s")).unwrap());
         let c = Catalog::default();
-        c.create(&s, "v", 4096, 0, 0).unwrap();
+        c.create(&s, "v", 4096, 0, 0, None).unwrap();
         let budget = Arc::new(DirtyBudget::within(&crate::memory::Budget::default()));
         let v = Volume::open(c.open_view(&s, "v", None, false).unwrap(), budget).unwrap();
         (d, s, v)

@@ -12,9 +12,11 @@ impl Volume {
         let mut from = 0;
         while from < blocks {
             let to = from.saturating_add(PURGE_BATCH).min(blocks);
+            // Looked up under the batch's pins (invariant 26: a flatten's copy committed in
+            // between would be left behind with its reference).
+            let mut t = self.txn()?;
             let found = self.view.extents(ino, from, to)?;
             if !found.is_empty() {
-                let mut t = self.txn()?;
                 t.frees();
                 for (idx, at, h) in found {
                     t.drop_extent(ino, idx, at, h)?;

@@ -9,9 +9,13 @@
 //! fell through for an identity when the lineage had no version of it born at or before `e`.
 //! So one is needed when the lineage has no version of it, or when a pin lies below its
 //! oldest one (invariant 26). The caller keeps views that read through the lineage from
-//! being opened meanwhile (their per-family ancestor lists, invariant 23, would go stale).
+//! being opened meanwhile (their per-family ancestor lists, invariant 23, would go stale),
+//! but the lineage's own views may stay open, its head writing: each batch decides and
+//! commits with the lineage's writers held back (`LineageState::hold_writers`) inside the
+//! caller's `Hold`, and the parting sets the lineage's state `parted`, after which its
+//! views read no parent level.
 
-use super::lineage::Pins;
+use super::lineage::LineageState;
 use super::*;
 use crate::store::records::{decode_count, decode_extent};
 use crate::store::{Scan, FIRST_EPOCH};
@@ -19,45 +23,64 @@ use crate::store::{Scan, FIRST_EPOCH};
 /// Inode numbers per scan of the chain, and block indexes per scan of one file.
 const INODES_PER_SCAN: u64 = 4096;
 const EXTENTS_PER_SCAN: u64 = 65536;
-/// Versions written per batch.
-const BATCH: usize = 4096;
+/// Versions decided per batch: a mounted head's operations wait for one batch (a few ms).
+const BATCH: usize = 2048;
+
+/// Runs what it is given while no operation runs on a mounted view of the lineage (FUSE
+/// operations look versions up before their batch takes the pins; `Live::exclusive`).
+pub type Hold<'a> = &'a dyn Fn(&mut dyn FnMut() -> Result<()>) -> Result<()>;
 
 struct Copier<'s> {
     store: &'s Store,
     lineage: u64,
-    pins: Pins,
-    t: Txn<'s>,
-    staged: usize,
+    state: Arc<LineageState>,
+    hold: Hold<'s>,
+    /// Identities of the lineage with the value the chain shows them, to decide.
+    pending: Vec<(Ident, Vec<u8>)>,
     done: u64,
 }
 
 impl<'s> Copier<'s> {
-    /// Writes `value`, which the chain shows for `id` (of the parent's lineage), into the
-    /// lineage at epoch 1 if a reader of the lineage falls through for it.
+    /// Queues `value`, which the chain shows for `id` (of the parent's lineage), for the
+    /// lineage at epoch 1 (`commit` decides).
     fn copy(&mut self, id: &Ident, value: &[u8]) -> Result<()> {
-        let own = id.with_lineage(self.lineage);
-        let oldest = self.store.versions(&own)?.iter().map(|(e, _)| *e).min();
-        if oldest.is_some_and(|b| self.pins.range(..b).next().is_none()) {
-            return Ok(());
-        }
-        self.t.put_version(&own, FIRST_EPOCH, value)?;
-        if let Ident::Extent { .. } = own {
-            if let Some(h) = decode_extent(value)? {
-                self.t.share_ref(h, self.lineage);
-            }
-        }
-        self.staged += 1;
-        self.done += 1;
-        if self.staged >= BATCH {
+        self.pending.push((id.with_lineage(self.lineage), value.to_vec()));
+        if self.pending.len() >= BATCH {
             self.commit()?;
         }
         Ok(())
     }
 
+    /// Writes the queued values a reader of the lineage falls through for, deciding by
+    /// the versions and pins of now, with its writers held back until the batch is in.
     fn commit(&mut self) -> Result<()> {
-        let t = std::mem::replace(&mut self.t, self.store.txn());
-        self.staged = 0;
-        t.commit(false)
+        let pending = std::mem::take(&mut self.pending);
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let (store, lineage, state) = (self.store, self.lineage, &self.state);
+        let mut written = 0;
+        (self.hold)(&mut || {
+            let pins = state.hold_writers()?;
+            let mut t = store.txn();
+            written = 0;
+            for (own, value) in &pending {
+                let oldest = store.versions(own)?.iter().map(|(e, _)| *e).min();
+                if oldest.is_some_and(|b| pins.range(..b).next().is_none()) {
+                    continue;
+                }
+                t.put_version(own, FIRST_EPOCH, value)?;
+                if let Ident::Extent { .. } = own {
+                    if let Some(h) = decode_extent(value)? {
+                        t.share_ref(h, lineage);
+                    }
+                }
+                written += 1;
+            }
+            t.commit(false)
+        })?;
+        self.done += written;
+        Ok(())
     }
 }
 
@@ -67,9 +90,9 @@ pub fn nothing(name: &str) -> Error {
 }
 
 /// Flattens volume `name` (see the module comment); returns how many versions it wrote.
-/// The caller makes sure no view reads through its lineage but those of requests that read
-/// a whole chain (sends).
-pub fn run(store: &Store, cat: &Catalog, name: &str) -> Result<u64> {
+/// The caller makes sure no view reads through its lineage but the lineage's own (held by
+/// `hold`) and those of requests that read a whole chain (sends).
+pub fn run(store: &Store, cat: &Catalog, name: &str, hold: Hold<'_>) -> Result<u64> {
     // GC waits: it decides by pins this reads, and would act on the parent meanwhile.
     let _gc = cat.gc.lock().map_err(|_| Error::Corrupt("gc lock poisoned".into()))?;
     let (v, rec) = {
@@ -80,7 +103,8 @@ pub fn run(store: &Store, cat: &Catalog, name: &str) -> Result<u64> {
     };
     let Some(parent) = rec.parent else { return Err(nothing(name)) };
     let chain = Catalog::parents(store, v.lineage)?;
-    let mut c = Copier { store, lineage: v.lineage, pins: rec.pins.clone(), t: store.txn(), staged: 0, done: 0 };
+    let state = cat.lineage_state(store, v.lineage)?;
+    let mut c = Copier { store, lineage: v.lineage, state, hold, pending: Vec::new(), done: 0 };
     let last = chain.iter().map(|(l, _)| store.last_ino(*l)).collect::<Result<Vec<_>>>()?.into_iter().flatten().max().unwrap_or(0);
     let mut from = 0;
     while from <= last {
@@ -130,25 +154,29 @@ pub fn run(store: &Store, cat: &Catalog, name: &str) -> Result<u64> {
     c.commit()?;
 
     // Part from the parent, if nothing moved meanwhile (a rollback or destroy of the volume
-    // leaves the copies to GC with the lineage).
-    let _g = cat.guard()?;
-    let mut now = Catalog::get(store, name)?;
-    let mut rec = Catalog::lineage(store, v.lineage)?;
-    if now.id != v.id || now.lineage != v.lineage || rec.parent != Some(parent) {
-        return Err(Error::Conflict(format!("{name} was rolled back or replaced while it was flattened; run flatten again")));
-    }
-    let mut t = cat.begin(store);
-    rec.parent = None;
-    let mut prec = Catalog::lineage(store, parent.0)?;
-    Catalog::unpin(&mut t, &mut prec, parent.1)?;
-    Catalog::put_lineage(&mut t, &prec)?;
-    Catalog::put_lineage(&mut t, &rec)?;
-    if now.origin_at == Some(parent) {
-        now.origin = None;
-        now.origin_at = None;
-        Catalog::put_volume(&mut t, &now)?;
-    }
-    cat.commit(t, true)?;
+    // leaves the copies to GC with the lineage). Held: the lineage's open views read no
+    // parent level from the commit on (it sets their state `parted`), and none is half-way
+    // through a lookup in the chain then, which GC is about to shorten.
+    hold(&mut || {
+        let _g = cat.guard()?;
+        let mut now = Catalog::get(store, name)?;
+        let mut rec = Catalog::lineage(store, v.lineage)?;
+        if now.id != v.id || now.lineage != v.lineage || rec.parent != Some(parent) {
+            return Err(Error::Conflict(format!("{name} was rolled back or replaced while it was flattened; run flatten again")));
+        }
+        let mut t = cat.begin(store);
+        rec.parent = None;
+        let mut prec = Catalog::lineage(store, parent.0)?;
+        Catalog::unpin(&mut t, &mut prec, parent.1)?;
+        Catalog::put_lineage(&mut t, &prec)?;
+        Catalog::put_lineage(&mut t, &rec)?;
+        if now.origin_at == Some(parent) {
+            now.origin = None;
+            now.origin_at = None;
+            Catalog::put_volume(&mut t, &now)?;
+        }
+        cat.commit(t, true)
+    })?;
     log::info!("flattened {name}: {} versions written, parted from lineage {} epoch {}", c.done, parent.0, parent.1);
     Ok(c.done)
 }

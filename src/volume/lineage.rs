@@ -10,8 +10,8 @@
 use super::LineageRec;
 use crate::error::{Error, Result};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Pinned epochs of a lineage (snapshots and clones' parents) with how many hold each.
 pub type Pins = BTreeMap<u64, u32>;
@@ -67,11 +67,19 @@ pub struct LineageState {
     /// on half-way: the catalog's write side waits for those batches, and GC work for the
     /// removed pin starts only after.
     pins: RwLock<Pins>,
+    /// The lineage has no parent (any more: a flatten parted it while its views were
+    /// open). Its views read no parent level then, whatever their chain was at opening.
+    parted: AtomicBool,
 }
 
 impl LineageState {
     fn new(rec: &LineageRec) -> LineageState {
-        LineageState { id: rec.id, head: AtomicU64::new(rec.head.unwrap_or(0)), pins: RwLock::new(rec.pins.clone()) }
+        LineageState {
+            id: rec.id,
+            head: AtomicU64::new(rec.head.unwrap_or(0)),
+            pins: RwLock::new(rec.pins.clone()),
+            parted: AtomicBool::new(rec.parent.is_none()),
+        }
     }
 
     pub fn id(&self) -> u64 {
@@ -91,10 +99,22 @@ impl LineageState {
         self.pins.read().map_err(|_| Error::Corrupt(format!("lineage {} state poisoned by a panic", self.id)))
     }
 
+    /// The pins, with every writer's batch of the lineage held back until the guard goes:
+    /// a flatten's batch decides against the versions it finds and commits under it.
+    pub fn hold_writers(&self) -> Result<RwLockWriteGuard<'_, Pins>> {
+        self.pins.write().map_err(|_| Error::Corrupt(format!("lineage {} state poisoned by a panic", self.id)))
+    }
+
+    /// See `parted`.
+    pub fn parted(&self) -> bool {
+        self.parted.load(Ordering::Acquire)
+    }
+
     fn set(&self, rec: &LineageRec) -> Result<()> {
-        let mut p = self.pins.write().map_err(|_| Error::Corrupt(format!("lineage {} state poisoned by a panic", self.id)))?;
+        let mut p = self.hold_writers()?;
         *p = rec.pins.clone();
         self.head.store(rec.head.unwrap_or(0), Ordering::SeqCst);
+        self.parted.store(rec.parent.is_none(), Ordering::Release);
         Ok(())
     }
 }

@@ -76,6 +76,10 @@ pub struct VolumeRec {
     /// Set on the hidden volume a receive writes into (`receiving`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub receiving: Option<receiving::Receiving>,
+    /// The member of the daemon's group that made it (None: root or the daemon's user):
+    /// the one member that may change or destroy it (`daemon/access.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creator: Option<u32>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -169,6 +173,9 @@ pub struct SnapshotRec {
     /// marks them as orphans of its new head, which purges them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub orphans: Vec<u64>,
+    /// The member of the daemon's group that took it, as `VolumeRec::creator`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creator: Option<u32>,
 }
 
 impl SnapshotRec {
@@ -242,6 +249,12 @@ pub fn name_text(name: &[u8]) -> String {
         chunk.invalid().iter().for_each(|b| octal(&mut out, *b));
     }
     out
+}
+
+/// A record's `creator` as `get` shows it: the member's uid, or `-` (root or the daemon's
+/// user made it).
+fn creator_text(c: Option<u32>) -> String {
+    c.map_or_else(|| "-".into(), |u| u.to_string())
 }
 
 /// Checks a volume or snapshot name: what a user may type and a directory entry may hold.
@@ -554,23 +567,24 @@ impl Catalog {
         Ok(())
     }
 
-    /// Creates an empty volume with a root directory owned by `uid:gid`.
-    pub fn create(&self, store: &Store, name: &str, block_size: u32, uid: u32, gid: u32) -> Result<VolumeRec> {
+    /// Creates an empty volume with a root directory owned by `uid:gid`, made by `creator`
+    /// (a member of the daemon's group, or None).
+    pub fn create(&self, store: &Store, name: &str, block_size: u32, uid: u32, gid: u32, creator: Option<u32>) -> Result<VolumeRec> {
         check_name(name)?;
         check_block_size(block_size)?;
         let _g = self.guard()?;
         Self::name_free(store, name)?;
         let mut t = self.begin(store);
-        let rec = Self::stage_create(store, &mut t, name, block_size, uid, gid)?;
+        let rec = Self::stage_create(store, &mut t, name, block_size, uid, gid, creator)?;
         self.commit(t, true)?;
         Ok(rec)
     }
 
     /// Stages a new volume `name` (free, checked by the caller) with an empty root.
-    fn stage_create(store: &Store, t: &mut CatTxn, name: &str, block_size: u32, uid: u32, gid: u32) -> Result<VolumeRec> {
+    fn stage_create(store: &Store, t: &mut CatTxn, name: &str, block_size: u32, uid: u32, gid: u32, creator: Option<u32>) -> Result<VolumeRec> {
         let id = Self::next_id(store, t, 2)?;
         let ts = Ts::now();
-        let rec = VolumeRec { id, name: name.to_string(), lineage: id + 1, block_size, created: ts.sec, origin: None, origin_at: None, refquota: None, quota: None, snapshot_policy: None, idmap: Default::default(), receiving: None, db: None };
+        let rec = VolumeRec { id, name: name.to_string(), lineage: id + 1, block_size, created: ts.sec, origin: None, origin_at: None, refquota: None, quota: None, snapshot_policy: None, idmap: Default::default(), receiving: None, db: None, creator };
         let lin = LineageRec { id: id + 1, parent: None, head: Some(1), pins: BTreeMap::new(), block_size };
         let root = InodeRec {
             kind: Kind::Dir,
@@ -683,6 +697,7 @@ impl Catalog {
             ("quota".into(), v.quota.map(|q| q.to_string()).unwrap_or_else(|| "none".into())),
             ("snapshot.policy".into(), v.snapshot_policy.clone().unwrap_or_else(|| "none".into())),
             ("idmap".into(), v.idmap.text()),
+            ("creator".into(), creator_text(v.creator)),
         ]
     }
 
@@ -694,12 +709,13 @@ impl Catalog {
             ("block_size".into(), v.block_size.to_string()),
             ("created".into(), s.created.to_string()),
             ("holds".into(), if holds.is_empty() { "none".into() } else { holds.join(",") }),
+            ("creator".into(), creator_text(s.creator)),
         ]
     }
 
     /// Takes snapshot `snap` of `vol` at its head epoch. The caller has flushed the volume and
     /// holds its writes back (the cut), and moves a mounted head to the returned epoch + 1.
-    pub fn snapshot_create(&self, store: &Store, vol: &str, snap: &str) -> Result<Cut> {
+    pub fn snapshot_create(&self, store: &Store, vol: &str, snap: &str, creator: Option<u32>) -> Result<Cut> {
         check_name(snap)?;
         let _g = self.guard()?;
         let v = Self::get(store, vol)?;
@@ -718,6 +734,7 @@ impl Catalog {
             space: store.view_space(v.lineage)?,
             guid: new_guid()?,
             orphans: store.orphans(v.lineage)?,
+            creator,
         };
         Self::put_snapshot(&mut t, &s)?;
         self.commit(t, true)?;
@@ -737,7 +754,8 @@ impl Catalog {
     /// Clones `src` (`VOL@SNAP`, or `VOL` for an implicit snapshot of the live volume) as
     /// `new`. Returns the new volume and, for a live clone, the cut taken of `VOL`.
     /// `layer`: how the clone shows owners on top of its origin's map (empty: as the origin).
-    pub fn clone_volume(&self, store: &Store, src: &str, new: &str, layer: idmap::Layer) -> Result<(VolumeRec, Option<Cut>)> {
+    /// `creator` as for `create`.
+    pub fn clone_volume(&self, store: &Store, src: &str, new: &str, layer: idmap::Layer, creator: Option<u32>) -> Result<(VolumeRec, Option<Cut>)> {
         let (vol, snap) = parse_target(src)?;
         check_name(new)?;
         layer.check()?;
@@ -760,7 +778,7 @@ impl Catalog {
             }
         };
         // Not inherited, as in ZFS: a clone starts without limits or a snapshot schedule.
-        let rec = Self::stage_clone(store, &mut t, new, parent, space, v.block_size, Some(origin), v.idmap.with(layer))?;
+        let rec = Self::stage_clone(store, &mut t, new, parent, space, v.block_size, Some(origin), v.idmap.with(layer), creator)?;
         for ino in orphans {
             t.set_orphan(rec.lineage, ino, true)?;
         }
@@ -780,6 +798,7 @@ impl Catalog {
         block_size: u32,
         origin: Option<String>,
         idmap: idmap::IdMap,
+        creator: Option<u32>,
     ) -> Result<VolumeRec> {
         let id = Self::next_id(store, t, 2)?;
         let rec = VolumeRec {
@@ -796,6 +815,7 @@ impl Catalog {
             idmap,
             receiving: None,
             db: None,
+            creator,
         };
         let lin = LineageRec { id: id + 1, parent: Some(parent), head: Some(1), pins: BTreeMap::new(), block_size };
         t.set_view_space(lin.id, space);
@@ -1017,9 +1037,9 @@ mod tests {
     fn create_rename_destroy() {
         let (_d, s) = store();
         let c = Catalog::default();
-        let v = c.create(&s, "a", 4096, 0, 0).unwrap();
-        assert!(matches!(c.create(&s, "a", 4096, 0, 0), Err(Error::Conflict(_))));
-        assert!(matches!(c.create(&s, "b", 1000, 0, 0), Err(Error::Invalid(_))));
+        let v = c.create(&s, "a", 4096, 0, 0, None).unwrap();
+        assert!(matches!(c.create(&s, "a", 4096, 0, 0, None), Err(Error::Conflict(_))));
+        assert!(matches!(c.create(&s, "b", 1000, 0, 0, None), Err(Error::Invalid(_))));
         c.rename(&s, "a", "b").unwrap();
         assert!(matches!(Catalog::get(&s, "a"), Err(Error::NotFound(_))));
         assert_eq!(Catalog::get(&s, "b").unwrap().id, v.id);
@@ -1041,8 +1061,8 @@ mod tests {
     fn snapshot_and_clone_write_the_same_few_keys_whatever_the_volume_size() {
         let (_d, s) = store();
         let c = Catalog::default();
-        let _small = c.create(&s, "small", 4096, 0, 0).unwrap();
-        let big = c.create(&s, "big", 4096, 0, 0).unwrap();
+        let _small = c.create(&s, "small", 4096, 0, 0, None).unwrap();
+        let big = c.create(&s, "big", 4096, 0, 0, None).unwrap();
         // 20,000 inodes and 20,000 extents in the big volume.
         let mut t = s.txn();
         for ino in 2..20_002u64 {
@@ -1055,11 +1075,11 @@ mod tests {
             f();
             s.sequence() - before
         };
-        let snap_small = cost(&|| drop(c.snapshot_create(&s, "small", "s").unwrap()));
-        let snap_big = cost(&|| drop(c.snapshot_create(&s, "big", "s").unwrap()));
-        let clone_small = cost(&|| drop(c.clone_volume(&s, "small@s", "cs", Default::default()).unwrap()));
-        let clone_big = cost(&|| drop(c.clone_volume(&s, "big@s", "cb", Default::default()).unwrap()));
-        let live_big = cost(&|| drop(c.clone_volume(&s, "big", "cl", Default::default()).unwrap()));
+        let snap_small = cost(&|| drop(c.snapshot_create(&s, "small", "s", None).unwrap()));
+        let snap_big = cost(&|| drop(c.snapshot_create(&s, "big", "s", None).unwrap()));
+        let clone_small = cost(&|| drop(c.clone_volume(&s, "small@s", "cs", Default::default(), None).unwrap()));
+        let clone_big = cost(&|| drop(c.clone_volume(&s, "big@s", "cb", Default::default(), None).unwrap()));
+        let live_big = cost(&|| drop(c.clone_volume(&s, "big", "cl", Default::default(), None).unwrap()));
         assert_eq!(snap_small, snap_big);
         assert_eq!(clone_small, clone_big);
         // Each commit also writes its log mark.
@@ -1072,7 +1092,7 @@ mod tests {
         let c = Catalog::default();
         for round in 0..5u64 {
             let name = format!("v{round}");
-            let v = c.create(&s, &name, 4096, 0, 0).unwrap();
+            let v = c.create(&s, &name, 4096, 0, 0, None).unwrap();
             let mut t = s.txn();
             for idx in 0..300u64 {
                 let data = format!("block {round} {idx}").into_bytes();
@@ -1098,16 +1118,16 @@ mod tests {
     fn snapshots_clones_and_rollback_keep_pins() {
         let (_d, s) = store();
         let c = Catalog::default();
-        let v = c.create(&s, "a", 4096, 0, 0).unwrap();
-        let cut = c.snapshot_create(&s, "a", "s1").unwrap();
+        let v = c.create(&s, "a", 4096, 0, 0, None).unwrap();
+        let cut = c.snapshot_create(&s, "a", "s1", None).unwrap();
         assert_eq!((cut.lineage, cut.epoch), (v.lineage, 1));
-        assert!(matches!(c.snapshot_create(&s, "a", "s1"), Err(Error::Conflict(_))));
-        c.snapshot_create(&s, "a", "s2").unwrap();
-        let (cl, live) = c.clone_volume(&s, "a@s1", "c", Default::default()).unwrap();
+        assert!(matches!(c.snapshot_create(&s, "a", "s1", None), Err(Error::Conflict(_))));
+        c.snapshot_create(&s, "a", "s2", None).unwrap();
+        let (cl, live) = c.clone_volume(&s, "a@s1", "c", Default::default(), None).unwrap();
         assert!(live.is_none());
         assert_eq!(Catalog::parents(&s, cl.lineage).unwrap(), vec![(v.lineage, 1)]);
         assert_eq!(Catalog::lineage(&s, v.lineage).unwrap().pins, BTreeMap::from([(1, 2), (2, 1)]));
-        let (_, live) = c.clone_volume(&s, "a", "d", Default::default()).unwrap();
+        let (_, live) = c.clone_volume(&s, "a", "d", Default::default(), None).unwrap();
         assert_eq!(live.unwrap().epoch, 3);
         c.hold(&s, "a", "s2", "keep", true).unwrap();
         assert!(matches!(c.destroy_snapshot(&s, "a", "s2"), Err(Error::Conflict(_))));

@@ -120,8 +120,9 @@ impl Catalog {
 
     /// Starts (or, for a resumed stream, continues) a receive into `target`. Returns the
     /// hidden volume and, for an incremental stream into an existing volume, the base
-    /// snapshot (the target must not have changed since).
-    pub fn receive_begin(&self, store: &Store, target: &str, h: &Header, resumable: bool) -> Result<(VolumeRec, Option<SnapshotRec>)> {
+    /// snapshot (the target must not have changed since). `creator` makes a new volume and
+    /// the received snapshot (as `Catalog::create`).
+    pub fn receive_begin(&self, store: &Store, target: &str, h: &Header, resumable: bool, creator: Option<u32>) -> Result<(VolumeRec, Option<SnapshotRec>)> {
         check_name(target)?;
         check_name(&h.snapshot)?;
         check_block_size(h.block_size)?;
@@ -183,12 +184,12 @@ impl Catalog {
         };
         let mut t = self.begin(store);
         let mut rec = match over {
-            None => Self::stage_create(store, &mut t, &name, h.block_size, 0, 0)?,
+            None => Self::stage_create(store, &mut t, &name, h.block_size, 0, 0, creator)?,
             Some((sr, block_size)) => {
                 let mut l = Self::lineage(store, sr.lineage)?;
                 l.pin(sr.epoch);
                 Self::put_lineage(&mut t, &l)?;
-                let rec = Self::stage_clone(store, &mut t, &name, (sr.lineage, sr.epoch), sr.space, block_size, None, Default::default())?;
+                let rec = Self::stage_clone(store, &mut t, &name, (sr.lineage, sr.epoch), sr.space, block_size, None, Default::default(), creator)?;
                 for ino in &sr.orphans {
                     t.set_orphan(rec.lineage, *ino, true)?;
                 }
@@ -218,6 +219,7 @@ impl Catalog {
         let _g = self.guard()?;
         let mut rec = Self::by_id(store, hidden)?;
         let r = rec.receiving.take().ok_or_else(|| Error::Corrupt("not a receive".into()))?;
+        let receiver = rec.creator;
         let mut t = self.begin(store);
         let mut v = match r.base {
             // Into an existing volume, which takes the hidden one's lineage.
@@ -270,6 +272,8 @@ impl Catalog {
             guid: r.guid,
             // Nameless inodes the base snapshot held (the stream names none).
             orphans: store.orphans(v.lineage)?,
+            // Whoever received it (the hidden volume's maker).
+            creator: receiver,
         };
         Self::put_snapshot(&mut t, &s)?;
         v.receiving = None;

@@ -72,15 +72,28 @@ impl View {
 
     /// The lineages this view reads, nearest first, with the epoch read in each.
     pub fn chain(&self) -> Vec<(u64, u64)> {
-        let mut c = Vec::with_capacity(1 + self.spec.parents.len());
+        let parents = self.parents();
+        let mut c = Vec::with_capacity(1 + parents.len());
         c.push((self.lineage(), self.epoch()));
-        c.extend_from_slice(&self.spec.parents);
+        c.extend_from_slice(parents);
         c
+    }
+
+    /// The parent levels: none once a flatten parted the lineage (its own versions answer
+    /// for them since, invariant 26).
+    fn parents(&self) -> &[(u64, u64)] {
+        match self.spec.state.parted() {
+            true => &[],
+            false => self.spec.parents.as_slice(),
+        }
     }
 
     /// The parent levels of the chain that can show a version of column family `cfname`
     /// (invariant 23).
     fn parents_in(&self, cfname: &str) -> Result<&[(u64, u64)]> {
+        if self.spec.state.parted() {
+            return Ok(&[]);
+        }
         let Some(slot) = crate::store::versioned_slot(cfname) else { return Ok(&self.spec.parents) };
         if let Some(p) = self.parents_with[slot].get() {
             return Ok(p);
@@ -121,7 +134,7 @@ impl View {
     /// The highest inode number any lineage of the chain has used.
     pub fn max_ino(&self) -> Result<u64> {
         let mut max = 0;
-        for l in std::iter::once(self.lineage()).chain(self.spec.parents.iter().map(|p| p.0)) {
+        for l in std::iter::once(self.lineage()).chain(self.parents().iter().map(|p| p.0)) {
             max = max.max(self.store.last_ino(l)?.unwrap_or(0));
         }
         Ok(max)

@@ -61,6 +61,61 @@ fn group_members_do_what_stays_in_the_store_and_nothing_as_root() {
     ok(&["destroy", "mine2"]);
     assert!(ok(&["list"]).contains("mine@s"));
     refused(&["clone", "mine@s", "x", "--owner", "root"], "remapping owners");
+
+    // What root made (the team's template) is read, snapshotted and cloned by members, and
+    // changed by root only; what a member made is its own.
+    d.ok(&["snapshot", "v@root"]);
+    ok(&["snapshot", "v@theirs"]);
+    ok(&["clone", "v@root", "fromroot"]);
+    let made_by_root = "made by root";
+    refused(&["destroy", "v"], made_by_root);
+    refused(&["destroy", "v@root"], made_by_root);
+    refused(&["rollback", "v@root"], made_by_root);
+    refused(&["rollback", "v@theirs"], made_by_root);
+    refused(&["restore", "v@theirs", "f"], made_by_root);
+    refused(&["rename", "v", "w"], made_by_root);
+    refused(&["set", "quota=1G", "v"], made_by_root);
+    refused(&["hold", "v@root", "keep"], made_by_root);
+    d.ok(&["hold", "v@root", "keep"]);
+    refused(&["release", "v@root", "keep"], made_by_root);
+    d.ok(&["release", "v@root", "keep"]);
+    d.ok(&["clone", "v@root", "roots-clone"]);
+    refused(&["flatten", "roots-clone"], made_by_root);
+    // Into root's volume, a stream is refused before it is read; into a new name it makes
+    // the member's volume.
+    d.ok(&["snapshot", "v@root2"]);
+    let stream = d.tmp.path().join("incr.stream");
+    d.ok(&["send", "v@root2", "--from", "v@root", "-o", stream.to_str().unwrap()]);
+    let names = || d.ok(&["list", "-t", "all", "-H", "-o", "name,origin"]);
+    let before = names();
+    let receive_as_member = |name: &str| {
+        run_timeout(
+            Command::new("sh").arg("-c").arg(format!(
+                "setpriv --reuid=65534 --regid=65534 --clear-groups {BIN} --store {} receive {name} < {}",
+                d.store.display(),
+                stream.display()
+            )),
+            120,
+        )
+    };
+    let out = receive_as_member("v");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains(made_by_root), "receive into root's volume: {err}");
+    assert_eq!(names(), before, "the refused receive left something");
+    let out = receive_as_member("received");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Its own: the snapshot it took of root's volume, its clones, what it received.
+    assert_eq!(ok(&["get", "creator", "v@theirs"]).split_whitespace().last(), Some("65534"));
+    assert_eq!(ok(&["get", "creator", "v"]).split_whitespace().last(), Some("-"));
+    ok(&["set", "quota=1G", "fromroot"]);
+    ok(&["rollback", "received@root2"]);
+    ok(&["destroy", "received"]);
+    ok(&["destroy", "fromroot"]);
+    ok(&["destroy", "v@theirs"]);
+    // Root changes anything, a member's volumes too.
+    ok(&["snapshot", "mine@gone"]);
+    d.ok(&["destroy", "mine@gone"]);
+    d.ok(&["destroy", "roots-clone"]);
     refused(&["shutdown"], "stopping the daemon");
     let lite = d.tmp.path().join("lite.db");
     assert!(run_timeout(Command::new("sqlite3").arg(&lite).arg("CREATE TABLE t(x);"), 60).status.success());
