@@ -15,7 +15,7 @@
 //! caller's `Hold`, and the parting sets the lineage's state `parted`, after which its
 //! views read no parent level.
 
-use super::lineage::LineageState;
+use super::lineage::{LineageState, Pins};
 use super::*;
 use crate::store::records::{decode_count, decode_extent};
 use crate::store::{Scan, FIRST_EPOCH};
@@ -23,8 +23,8 @@ use crate::store::{Scan, FIRST_EPOCH};
 /// Inode numbers per scan of the chain, and block indexes per scan of one file.
 const INODES_PER_SCAN: u64 = 4096;
 const EXTENTS_PER_SCAN: u64 = 65536;
-/// Versions decided per batch: a mounted head's operations wait for one batch (a few ms).
-const BATCH: usize = 2048;
+/// Values decided per batch: a mounted head's operations wait for one batch (about 2 ms).
+const BATCH: usize = 512;
 
 /// Runs what it is given while no operation runs on a mounted view of the lineage (FUSE
 /// operations look versions up before their batch takes the pins; `Live::exclusive`).
@@ -54,19 +54,36 @@ impl<'s> Copier<'s> {
     /// Writes the queued values a reader of the lineage falls through for, deciding by
     /// the versions and pins of now, with its writers held back until the batch is in.
     fn commit(&mut self) -> Result<()> {
-        let pending = std::mem::take(&mut self.pending);
+        let (store, lineage, state) = (self.store, self.lineage, &self.state);
+        // Whether the lineage's own versions answer for `own` at every pin. Once true it
+        // stays true while the chain shows `own` (a writer replaces a version of it, or
+        // hides it under a tombstone, and new pins come at the head epoch), so what answers
+        // now is left out before the writers are held back; pins are read after the versions.
+        let answers = |own: &Ident, pins: Option<&Pins>| -> Result<bool> {
+            let oldest = store.versions(own)?.iter().map(|(e, _)| *e).min();
+            let below = |pins: &Pins, b: u64| pins.range(..b).next().is_some();
+            Ok(match (oldest, pins) {
+                (None, _) => false,
+                (Some(b), Some(pins)) => !below(pins, b),
+                (Some(b), None) => !below(&*state.pins()?, b),
+            })
+        };
+        let mut pending = Vec::with_capacity(self.pending.len());
+        for (own, value) in std::mem::take(&mut self.pending) {
+            if !answers(&own, None)? {
+                pending.push((own, value));
+            }
+        }
         if pending.is_empty() {
             return Ok(());
         }
-        let (store, lineage, state) = (self.store, self.lineage, &self.state);
         let mut written = 0;
         (self.hold)(&mut || {
             let pins = state.hold_writers()?;
             let mut t = store.txn();
             written = 0;
             for (own, value) in &pending {
-                let oldest = store.versions(own)?.iter().map(|(e, _)| *e).min();
-                if oldest.is_some_and(|b| pins.range(..b).next().is_none()) {
+                if answers(own, Some(&pins))? {
                     continue;
                 }
                 t.put_version(own, FIRST_EPOCH, value)?;
