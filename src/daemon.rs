@@ -1060,6 +1060,7 @@ impl Daemon {
                     mountpoint: m.map(|m| m.2.clone()),
                     read_only: m.map(|m| m.3).unwrap_or(false),
                     snapshot_policy: v.snapshot_policy.clone(),
+                    creator: v.creator,
                 });
             }
             for sn in snaps.into_iter().filter(|s| shown(v.id, Some(&s.name))) {
@@ -1078,6 +1079,7 @@ impl Daemon {
                     mountpoint: m.map(|m| m.2.clone()),
                     read_only: true,
                     snapshot_policy: None,
+                    creator: sn.creator,
                 });
             }
         }

@@ -155,7 +155,8 @@ enum Cmd {
         /// Types to list: volume, snapshot, or both (comma-separated)
         #[arg(short = 't', long = "type", default_value = "volume,snapshot")]
         types: String,
-        /// Columns: name,type,origin,created,logical,referenced,unique,block,mountpoint,policy
+        /// Columns: name,type,origin,created,logical,referenced,unique,block,mountpoint,policy,
+        /// holds,creator
         #[arg(short = 'o', default_value = output::LIST_DEFAULT)]
         columns: String,
         /// For scripts: no header, fields separated by one tab

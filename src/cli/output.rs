@@ -76,7 +76,7 @@ pub fn properties(rows: &[(&str, &str)]) {
 }
 
 /// Columns `list -o` knows, with their header and alignment (true: right).
-pub const LIST_COLUMNS: [(&str, &str, bool); 11] = [
+pub const LIST_COLUMNS: [(&str, &str, bool); 12] = [
     ("name", "NAME", false),
     ("type", "TYPE", false),
     ("origin", "ORIGIN", false),
@@ -88,6 +88,7 @@ pub const LIST_COLUMNS: [(&str, &str, bool); 11] = [
     ("mountpoint", "MOUNTPOINT", false),
     ("policy", "SNAPSHOT POLICY", false),
     ("holds", "HOLDS", false),
+    ("creator", "CREATOR", false),
 ];
 
 /// Default columns of `list`.
@@ -115,6 +116,7 @@ pub fn volumes(v: &[VolumeInfo], cols: &[&str], scripted: bool, exact: bool) {
                     "policy" => x.snapshot_policy.clone().unwrap_or_else(|| "-".into()),
                     "holds" if x.holds.is_empty() => "-".into(),
                     "holds" => x.holds.join(","),
+                    "creator" => x.creator.map_or_else(|| "-".into(), |u| u.to_string()),
                     _ => match &x.mountpoint {
                         Some(p) => format!("{}{}", p.display(), if x.read_only { " (ro)" } else { "" }),
                         None => "-".into(),

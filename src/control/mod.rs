@@ -278,6 +278,9 @@ pub struct VolumeInfo {
     /// A volume's automatic snapshot schedule (`snapshot.policy`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_policy: Option<String>,
+    /// The member of `daemon --group` that made it (None: root or the daemon's user).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creator: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

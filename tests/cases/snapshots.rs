@@ -1107,7 +1107,7 @@ fn rewriting_a_file_emptied_under_a_snapshot_leaves_no_unseen_version() {
 
 /// kill -9 while `flatten` writes the clone's index: after a restart the store is clean, the
 /// clone still reads through its origin and shows the same tree, and a flatten then finishes.
-/// The kill lands at a different point in each round.
+/// The kill lands at a different point in each round; in one the clone is mounted.
 #[test]
 fn kill_9_during_flatten_leaves_a_clean_store_and_flatten_finishes() {
     let mut d = Daemon::start();
@@ -1121,6 +1121,9 @@ fn kill_9_during_flatten_leaves_a_clean_store_and_flatten_finishes() {
     for (round, delay_ms) in [20u64, 60, 150].into_iter().enumerate() {
         let name = format!("c{round}");
         d.ok(&["clone", "o@s", &name]);
+        if round == 1 {
+            d.mount(&name);
+        }
         let flatten = d.spawn_cli(&["flatten", &name]);
         std::thread::sleep(std::time::Duration::from_millis(delay_ms));
         d.kill9();
