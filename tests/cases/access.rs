@@ -109,6 +109,9 @@ fn group_members_do_what_stays_in_the_store_and_nothing_as_root() {
     assert_eq!(ok(&["get", "creator", "v"]).split_whitespace().last(), Some("-"));
     let creators = d.ok(&["list", "-H", "-o", "name,creator", "v", "fromroot"]);
     assert!(creators.contains("v\t-\n") && creators.contains("v@root\t-\n") && creators.contains("v@theirs\t65534\n") && creators.contains("fromroot\t65534"), "{creators}");
+    for name in ["received", "received@root2"] {
+        assert_eq!(ok(&["get", "creator", name]).split_whitespace().last(), Some("65534"), "{name}");
+    }
     ok(&["set", "quota=1G", "fromroot"]);
     ok(&["rollback", "received@root2"]);
     ok(&["destroy", "received"]);
