@@ -866,9 +866,10 @@ impl Daemon {
             Ok(lineage == v.lineage || Catalog::parents(&self.store, lineage)?.iter().any(|(l, _)| *l == v.lineage))
         };
         let _no_restore = lock(&self.restoring)?;
-        // The mounted views of the lineage itself (the head, snapshots in it): they stay, and
-        // each batch runs while none of their operations does.
-        let mut own_mounts: Vec<Arc<Live>> = Vec::new();
+        // The mounted views that read the lineage (its head, snapshots in it, clones of
+        // them): they stay, and each batch and the parting run while none of their
+        // operations does.
+        let mut held_mounts: Vec<Arc<Live>> = Vec::new();
         let _claim = {
             // Checked and claimed under the locks that mounts, sends and receives register
             // under, so none that reads through the lineage starts unseen.
@@ -884,13 +885,8 @@ impl Daemon {
                     Some(s) => Catalog::snapshot(&self.store, &mv, s)?.lineage,
                     None => mv.lineage,
                 };
-                if lineage == v.lineage {
-                    own_mounts.push(m.live.clone());
-                    continue;
-                }
-                // A clone's mounted view would keep reading the levels GC is about to drop.
                 if reads_through(lineage)? {
-                    return Err(Error::Conflict(format!("{} is mounted at {} and reads through {name}; unmount it first", m.target, m.dir.display())));
+                    held_mounts.push(m.live.clone());
                 }
             }
             for x in Catalog::list(&self.store)? {
@@ -917,7 +913,7 @@ impl Daemon {
                 Some((l, rest)) => l.exclusive(|_| hold_all(rest, f)),
             }
         }
-        let hold = |f: &mut dyn FnMut() -> Result<()>| hold_all(&own_mounts, f);
+        let hold = |f: &mut dyn FnMut() -> Result<()>| hold_all(&held_mounts, f);
         let versions = crate::volume::flatten::run(&self.store, &self.catalog, name, &hold)?;
         let before = self.store.space()?.physical;
         gc::run(&self.store, &self.catalog)?;

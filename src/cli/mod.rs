@@ -337,8 +337,8 @@ enum Cmd {
     /// Make VOL (a clone) stand on its own: it and its snapshots stop reading through its
     /// origin, which GC then frees of what only it kept (an origin destroyed, blocks the clone
     /// rewrote). No data is copied: the clone's index gets what it inherited, blocks are
-    /// shared. VOL and its snapshots may stay mounted and in use (each batch holds their
-    /// operations back a few ms); clones of VOL must not be mounted
+    /// shared. VOL, its snapshots and its clones may stay mounted and in use (each batch
+    /// holds their operations back about 2 ms)
     Flatten { volume: String },
     /// Set a volume property: refquota=SIZE|none (most bytes the volume may reference);
     /// quota=SIZE|none (most bytes of its own: its writes and its snapshots', for a clone

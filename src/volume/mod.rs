@@ -204,6 +204,8 @@ pub struct ViewSpec {
     pub parents: Vec<(u64, u64)>,
     /// The lineage's live head epoch and pins, owned by the catalog.
     pub state: Arc<LineageState>,
+    /// The live state of each parent level, as `parents` (a flatten parts one).
+    pub parent_states: Vec<Arc<LineageState>>,
     /// True for a volume's head (it follows the head epoch), false for a snapshot.
     pub head: bool,
     pub block_size: u32,
@@ -505,12 +507,15 @@ impl Catalog {
                 (v.lineage, head, vol.to_string(), None)
             }
         };
+        let parents = Self::parents(store, lineage)?;
+        let parent_states = parents.iter().map(|(l, _)| self.lineage_state(store, *l)).collect::<Result<_>>()?;
         Ok(ViewSpec {
             name,
             volume: v.id,
             lineage,
             epoch,
-            parents: Self::parents(store, lineage)?,
+            parents,
+            parent_states,
             state: self.lineage_state(store, lineage)?,
             limits: if frozen.is_none() { Some(self.limits_cell(store, v.id)?) } else { None },
             head: frozen.is_none(),

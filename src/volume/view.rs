@@ -8,6 +8,7 @@ use super::ViewSpec;
 use crate::error::{Error, Result};
 use crate::store::records::{self, BlockMap, DirentRec, Hash, InodeRec};
 use crate::store::{CatKey, Found, Ident, Scan, Store, Txn, ViewSpace};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLockReadGuard};
@@ -79,32 +80,48 @@ impl View {
         c
     }
 
-    /// The parent levels: none once a flatten parted the lineage (its own versions answer
-    /// for them since, invariant 26).
-    fn parents(&self) -> &[(u64, u64)] {
-        match self.spec.state.parted() {
-            true => &[],
-            false => self.spec.parents.as_slice(),
+    /// How many parent levels the view reads: up to the first lineage a flatten parted from
+    /// its parent while the view was open (its own versions answer for the levels below it
+    /// since, invariant 26), none if that is the view's own. The root of a chain has no
+    /// parent either, so a chain no flatten touched reads all of its levels.
+    fn depth(&self) -> usize {
+        if self.spec.state.parted() {
+            return 0;
+        }
+        match self.spec.parent_states.iter().position(|s| s.parted()) {
+            Some(i) => i + 1,
+            None => self.spec.parents.len(),
         }
     }
 
+    fn parents(&self) -> &[(u64, u64)] {
+        &self.spec.parents[..self.depth()]
+    }
+
     /// The parent levels of the chain that can show a version of column family `cfname`
-    /// (invariant 23).
-    fn parents_in(&self, cfname: &str) -> Result<&[(u64, u64)]> {
-        if self.spec.state.parted() {
-            return Ok(&[]);
-        }
-        let Some(slot) = crate::store::versioned_slot(cfname) else { return Ok(&self.spec.parents) };
-        if let Some(p) = self.parents_with[slot].get() {
-            return Ok(p);
-        }
-        let mut p = Vec::with_capacity(self.spec.parents.len());
-        for &(l, e) in &self.spec.parents {
-            if self.store.lineage_has_versions(cfname, l)? {
-                p.push((l, e));
+    /// (invariant 23), down to `depth`.
+    fn parents_in(&self, cfname: &str) -> Result<Cow<'_, [(u64, u64)]>> {
+        let depth = self.depth();
+        let Some(slot) = crate::store::versioned_slot(cfname) else { return Ok(Cow::Borrowed(&self.spec.parents[..depth])) };
+        let all = match self.parents_with[slot].get() {
+            Some(p) => p,
+            None => {
+                let mut p = Vec::with_capacity(self.spec.parents.len());
+                for &(l, e) in &self.spec.parents {
+                    if self.store.lineage_has_versions(cfname, l)? {
+                        p.push((l, e));
+                    }
+                }
+                self.parents_with[slot].get_or_init(|| p)
             }
+        };
+        if depth == self.spec.parents.len() {
+            return Ok(Cow::Borrowed(all));
         }
-        Ok(self.parents_with[slot].get_or_init(|| p))
+        // The parted level is read whether or not the list has it: the flatten's copies
+        // may be the first versions of the family in its lineage, put there after the list
+        // was made.
+        Ok(Cow::Owned(self.spec.parents[..depth].iter().enumerate().filter(|(i, x)| *i + 1 == depth || all.contains(x)).map(|(_, x)| *x).collect()))
     }
 
     /// `chain` without the parent levels that cannot show a version of `cfname`: what
@@ -113,7 +130,7 @@ impl View {
         let parents = self.parents_in(cfname)?;
         let mut c = Vec::with_capacity(1 + parents.len());
         c.push((self.lineage(), self.epoch()));
-        c.extend_from_slice(parents);
+        c.extend_from_slice(&parents);
         Ok(c)
     }
 
@@ -397,7 +414,7 @@ impl ViewTxn<'_> {
                 return Ok(!records::is_tombstone(&v));
             }
         }
-        Ok(match self.store().visible(id, self.view.parents_in(id.cf())?)? {
+        Ok(match self.store().visible(id, &self.view.parents_in(id.cf())?)? {
             Some(f) => !records::is_tombstone(&f.value),
             None => false,
         })
@@ -701,12 +718,12 @@ fn count_changes(
     let ids: Vec<Ident> = deltas.iter().map(|(h, _)| Ident::Count { lineage: l, hash: *h }).collect();
     let parents = match ids.first() {
         Some(id) => view.parents_in(id.cf())?,
-        None => &[],
+        None => Cow::Borrowed(&[][..]),
     };
     let owns = store.versions_at(&ids, e)?;
     let mut inherited = vec![None; ids.len()];
     let bare: Vec<usize> = (0..ids.len()).filter(|&i| owns[i].is_none()).collect();
-    for (&i, f) in bare.iter().zip(store.visible_many(&bare.iter().map(|&i| ids[i].clone()).collect::<Vec<_>>(), parents)?) {
+    for (&i, f) in bare.iter().zip(store.visible_many(&bare.iter().map(|&i| ids[i].clone()).collect::<Vec<_>>(), &parents)?) {
         inherited[i] = f;
     }
     for (i, (h, d)) in deltas.iter().enumerate() {
@@ -741,7 +758,7 @@ fn count_changes(
         let older_shows = match owns[i] {
             Some((b, _)) if b == e || !pinned_between(pins, b, e) => {
                 t.delete_version(id, b)?;
-                after == 0 && older_count_shows(store, id, b, parents)?
+                after == 0 && older_count_shows(store, id, b, &parents)?
             }
             Some(_) => true,
             None => was > 0,
