@@ -405,6 +405,7 @@ impl Daemon {
                 let srv = engine.server()?;
                 self.start_server(&*srv, &v, &dir, p)?;
                 srv.create_login(&dir, p, &user, &password)?;
+                srv.lock_logins(&dir, p, &self.clone_logins_but(&user)?)?;
             }
             Ok((v, dir))
         })();
@@ -532,9 +533,19 @@ impl Daemon {
             self.start_server(&*srv, &v, &dir, p)?;
             if let (Some(u), Some(pw)) = (&conf.user, &conf.password) {
                 srv.create_login(&dir, p, u, pw)?;
+                srv.lock_logins(&dir, p, &self.clone_logins_but(u)?)?;
             }
         }
         Ok(json!({"name": name, "port": conf.port}))
+    }
+
+    /// The logins of the store's database clones but `user`: a clone of a clone (or one
+    /// reset to a clone's snapshot) has its source's login in its data, and locks it.
+    fn clone_logins_but(&self, user: &str) -> Result<Vec<String>> {
+        let mut out: Vec<String> = Catalog::list(&self.store)?.into_iter().filter_map(|v| v.db?.user).filter(|u| u != user).collect();
+        out.sort();
+        out.dedup();
+        Ok(out)
     }
 
     pub(super) fn db_destroy(&self, name: &str) -> Result<Value> {

@@ -127,6 +127,18 @@ impl Server for Maria {
         .map(drop)
     }
 
+    fn lock_logins(&self, root: &Path, _port: u16, users: &[String]) -> Result<()> {
+        let mut sql = String::new();
+        for u in users {
+            super::check_login(u)?;
+            sql.push_str(&format!("ALTER USER IF EXISTS '{u}'@'%' ACCOUNT LOCK; "));
+        }
+        if sql.is_empty() {
+            return Ok(());
+        }
+        self.admin(root, &sql).map(drop)
+    }
+
     fn activity(&self, root: &Path, _port: u16) -> Result<(u64, u64)> {
         let out = self.admin(
             root,

@@ -148,6 +148,22 @@ impl Server for Pg {
         Ok(())
     }
 
+    fn lock_logins(&self, root: &Path, port: u16, users: &[String]) -> Result<()> {
+        for u in users {
+            super::check_login(u)?;
+        }
+        if users.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<String> = users.iter().map(|u| format!("'{u}'")).collect();
+        let found = self.sql(root, port, "postgres", &format!("SELECT rolname FROM pg_roles WHERE rolcanlogin AND rolname IN ({})", names.join(",")))?;
+        for u in found.lines().map(str::trim).filter(|u| !u.is_empty()) {
+            super::check_login(u)?;
+            self.sql(root, port, "postgres", &format!("ALTER ROLE {u} NOLOGIN"))?;
+        }
+        Ok(())
+    }
+
     fn activity(&self, root: &Path, port: u16) -> Result<(u64, u64)> {
         let out = self.sql(
             root,

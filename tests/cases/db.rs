@@ -87,6 +87,19 @@ fn postgres_clones_of_a_running_source() {
     assert_eq!(psql(&dsn1, "SELECT count(*) FROM pg_tables WHERE tablename = 'mine'").unwrap(), "0");
     assert!(d.ok(&["list", "-t", "snapshot", "-H", "-o", "name"]).contains("qa1@mine"));
 
+    // A clone of a clone: its source's login is in its data, and does not log in there,
+    // nor after a reset.
+    let c5 = d.json(&["db", "clone", "qa1", "qa5", "--port", "6155", "--json"]);
+    let dsn5 = c5["dsn"].as_str().unwrap().to_string();
+    assert_eq!(psql(&dsn5, "SELECT count(*) FROM pgbench_branches").unwrap(), "3");
+    assert!(psql(&dsn1.replace(":6151/", ":6155/"), "SELECT 1").is_err(), "qa1's login works on its clone qa5");
+    d.ok(&["db", "reset", "qa5"]);
+    assert!(psql(&dsn1.replace(":6151/", ":6155/"), "SELECT 1").is_err(), "qa1's login works on qa5 after a reset");
+    assert_eq!(psql(&dsn5, "SELECT 1").unwrap(), "1");
+    let v = d.json(&["db", "verify", "qa1", "qa5", "--json"]);
+    assert_eq!(v["ok"], true, "{v:#}");
+    d.ok(&["db", "destroy", "qa5"]);
+
     // Idle: qa2 goes, qa3 (protected) stays.
     wait_for("qa2 to expire", 120, || status(&d, "qa2").is_none());
     assert_eq!(status(&d, "qa3").as_deref(), Some("running"));
