@@ -405,7 +405,7 @@ impl Daemon {
                 let srv = engine.server()?;
                 self.start_server(&*srv, &v, &dir, p)?;
                 srv.create_login(&dir, p, &user, &password)?;
-                srv.lock_logins(&dir, p, &self.clone_logins_but(&user)?)?;
+                srv.lock_logins(&dir, p, &self.source_login(name, &user)?)?;
             }
             Ok((v, dir))
         })();
@@ -533,19 +533,19 @@ impl Daemon {
             self.start_server(&*srv, &v, &dir, p)?;
             if let (Some(u), Some(pw)) = (&conf.user, &conf.password) {
                 srv.create_login(&dir, p, u, pw)?;
-                srv.lock_logins(&dir, p, &self.clone_logins_but(u)?)?;
+                srv.lock_logins(&dir, p, &self.source_login(name, u)?)?;
             }
         }
         Ok(json!({"name": name, "port": conf.port}))
     }
 
-    /// The logins of the store's database clones but `user`: a clone of a clone (or one
-    /// reset to a clone's snapshot) has its source's login in its data, and locks it.
-    fn clone_logins_but(&self, user: &str) -> Result<Vec<String>> {
-        let mut out: Vec<String> = Catalog::list(&self.store)?.into_iter().filter_map(|v| v.db?.user).filter(|u| u != user).collect();
-        out.sort();
-        out.dedup();
-        Ok(out)
+    /// The clone login of the volume `name` was cloned from, unless it is `user`: a clone
+    /// of a clone carries its source's login in its data (and the logins its source locked,
+    /// locked). Only that one: a role of the source's own is not another clone's login.
+    fn source_login(&self, name: &str, user: &str) -> Result<Vec<String>> {
+        let v = Catalog::get(&self.store, name)?;
+        let Some(src) = Origins::load(&self.store)?.source(&v) else { return Ok(Vec::new()) };
+        Ok(Catalog::get(&self.store, &src).ok().and_then(|s| s.db?.user).filter(|u| u != user).into_iter().collect())
     }
 
     pub(super) fn db_destroy(&self, name: &str) -> Result<Value> {

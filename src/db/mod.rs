@@ -85,8 +85,8 @@ pub trait Server {
     fn checkpoint(&self, root: &Path, port: u16) -> Result<()>;
     /// Makes (or resets) login `user` with `password`, with every right on this server.
     fn create_login(&self, root: &Path, port: u16, user: &str, password: &str) -> Result<()>;
-    /// Keeps the logins `users` (other clones' logins, copied with a source's data) from
-    /// logging in to this server; those it does not have are left alone.
+    /// Keeps the logins `users` (a source clone's login, copied with its data) from logging
+    /// in to this server; those it does not have are left alone.
     fn lock_logins(&self, root: &Path, port: u16, users: &[String]) -> Result<()>;
     /// (client connections now, rows written since the server started).
     fn activity(&self, root: &Path, port: u16) -> Result<(u64, u64)>;
