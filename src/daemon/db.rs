@@ -405,7 +405,9 @@ impl Daemon {
                 let srv = engine.server()?;
                 self.start_server(&*srv, &v, &dir, p)?;
                 srv.create_login(&dir, p, &user, &password)?;
-                srv.lock_logins(&dir, p, &self.source_login(name, &user)?)?;
+                if let Some(su) = self.source_login(name, &user)? {
+                    srv.lock_login(&dir, p, &su)?;
+                }
             }
             Ok((v, dir))
         })();
@@ -533,7 +535,9 @@ impl Daemon {
             self.start_server(&*srv, &v, &dir, p)?;
             if let (Some(u), Some(pw)) = (&conf.user, &conf.password) {
                 srv.create_login(&dir, p, u, pw)?;
-                srv.lock_logins(&dir, p, &self.source_login(name, u)?)?;
+                if let Some(su) = self.source_login(name, u)? {
+                    srv.lock_login(&dir, p, &su)?;
+                }
             }
         }
         Ok(json!({"name": name, "port": conf.port}))
@@ -542,10 +546,10 @@ impl Daemon {
     /// The clone login of the volume `name` was cloned from, unless it is `user`: a clone
     /// of a clone carries its source's login in its data (and the logins its source locked,
     /// locked). Only that one: a role of the source's own is not another clone's login.
-    fn source_login(&self, name: &str, user: &str) -> Result<Vec<String>> {
+    fn source_login(&self, name: &str, user: &str) -> Result<Option<String>> {
         let v = Catalog::get(&self.store, name)?;
-        let Some(src) = Origins::load(&self.store)?.source(&v) else { return Ok(Vec::new()) };
-        Ok(Catalog::get(&self.store, &src).ok().and_then(|s| s.db?.user).filter(|u| u != user).into_iter().collect())
+        let Some(src) = Origins::load(&self.store)?.source(&v) else { return Ok(None) };
+        Ok(Catalog::get(&self.store, &src).ok().and_then(|s| s.db?.user).filter(|u| u != user))
     }
 
     pub(super) fn db_destroy(&self, name: &str) -> Result<Value> {

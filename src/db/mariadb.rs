@@ -127,16 +127,9 @@ impl Server for Maria {
         .map(drop)
     }
 
-    fn lock_logins(&self, root: &Path, _port: u16, users: &[String]) -> Result<()> {
-        let mut sql = String::new();
-        for u in users {
-            super::check_login(u)?;
-            sql.push_str(&format!("ALTER USER IF EXISTS '{u}'@'%' ACCOUNT LOCK; "));
-        }
-        if sql.is_empty() {
-            return Ok(());
-        }
-        self.admin(root, &sql).map(drop)
+    fn lock_login(&self, root: &Path, _port: u16, user: &str) -> Result<()> {
+        super::check_login(user)?;
+        self.admin(root, &format!("ALTER USER IF EXISTS '{user}'@'%' ACCOUNT LOCK;")).map(drop)
     }
 
     fn activity(&self, root: &Path, _port: u16) -> Result<(u64, u64)> {

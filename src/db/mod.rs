@@ -85,9 +85,9 @@ pub trait Server {
     fn checkpoint(&self, root: &Path, port: u16) -> Result<()>;
     /// Makes (or resets) login `user` with `password`, with every right on this server.
     fn create_login(&self, root: &Path, port: u16, user: &str, password: &str) -> Result<()>;
-    /// Keeps the logins `users` (a source clone's login, copied with its data) from logging
-    /// in to this server; those it does not have are left alone.
-    fn lock_logins(&self, root: &Path, port: u16, users: &[String]) -> Result<()>;
+    /// Keeps login `user` (a source clone's, copied with its data) from logging in to this
+    /// server; nothing if it has no such login.
+    fn lock_login(&self, root: &Path, port: u16, user: &str) -> Result<()>;
     /// (client connections now, rows written since the server started).
     fn activity(&self, root: &Path, port: u16) -> Result<(u64, u64)>;
     /// The engine's own integrity check of every database.

@@ -148,18 +148,11 @@ impl Server for Pg {
         Ok(())
     }
 
-    fn lock_logins(&self, root: &Path, port: u16, users: &[String]) -> Result<()> {
-        for u in users {
-            super::check_login(u)?;
-        }
-        if users.is_empty() {
-            return Ok(());
-        }
-        let names: Vec<String> = users.iter().map(|u| format!("'{u}'")).collect();
-        let found = self.sql(root, port, "postgres", &format!("SELECT rolname FROM pg_roles WHERE rolcanlogin AND rolname IN ({})", names.join(",")))?;
-        for u in found.lines().map(str::trim).filter(|u| !u.is_empty()) {
-            super::check_login(u)?;
-            self.sql(root, port, "postgres", &format!("ALTER ROLE {u} NOLOGIN"))?;
+    fn lock_login(&self, root: &Path, port: u16, user: &str) -> Result<()> {
+        super::check_login(user)?;
+        let exists = self.sql(root, port, "postgres", &format!("SELECT 1 FROM pg_roles WHERE rolname = '{user}'"))?;
+        if exists.trim() == "1" {
+            self.sql(root, port, "postgres", &format!("ALTER ROLE {user} NOLOGIN"))?;
         }
         Ok(())
     }

@@ -55,25 +55,17 @@ impl<'s> Copier<'s> {
     /// the versions and pins of now, with its writers held back until the batch is in.
     fn commit(&mut self) -> Result<()> {
         let (store, lineage, state) = (self.store, self.lineage, &self.state);
-        // Whether the lineage's own versions answer for `own` at every pin. Once true it
-        // stays true while the chain shows `own` (a writer replaces a version of it, or
-        // hides it under a tombstone, and new pins come at the head epoch), so what answers
-        // now is left out before the writers are held back; pins are read after the versions.
-        let answers = |own: &Ident, pins: Option<&Pins>| -> Result<bool> {
-            let oldest = store.versions(own)?.iter().map(|(e, _)| *e).min();
-            let below = |pins: &Pins, b: u64| pins.range(..b).next().is_some();
-            Ok(match (oldest, pins) {
-                (None, _) => false,
-                (Some(b), Some(pins)) => !below(pins, b),
-                (Some(b), None) => !below(&*state.pins()?, b),
-            })
-        };
-        let mut pending = Vec::with_capacity(self.pending.len());
-        for (own, value) in std::mem::take(&mut self.pending) {
-            if !answers(&own, None)? {
-                pending.push((own, value));
-            }
-        }
+        // Whether the lineage's own versions answer for `own` at every pin (none lies below
+        // the oldest). Once true it stays true while the chain shows `own` (a writer replaces
+        // a version of it, or hides it under a tombstone, and new pins come at the head
+        // epoch), so what answers now is left out before the writers are held back; the
+        // pins for that are read after the versions.
+        let oldest = |own: &Ident| -> Result<Option<u64>> { Ok(store.versions(own)?.iter().map(|(e, _)| *e).min()) };
+        let answers = |oldest: Option<u64>, pins: &Pins| oldest.is_some_and(|b| pins.range(..b).next().is_none());
+        let firsts = self.pending.iter().map(|(own, _)| oldest(own)).collect::<Result<Vec<_>>>()?;
+        let pins_now = state.pins()?.clone();
+        let pending: Vec<(Ident, Vec<u8>)> =
+            std::mem::take(&mut self.pending).into_iter().zip(firsts).filter(|(_, b)| !answers(*b, &pins_now)).map(|(x, _)| x).collect();
         if pending.is_empty() {
             return Ok(());
         }
@@ -83,7 +75,7 @@ impl<'s> Copier<'s> {
             let mut t = store.txn();
             written = 0;
             for (own, value) in &pending {
-                if answers(own, Some(&pins))? {
+                if answers(oldest(own)?, &pins) {
                     continue;
                 }
                 t.put_version(own, FIRST_EPOCH, value)?;
