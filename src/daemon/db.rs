@@ -256,7 +256,7 @@ impl Daemon {
                 Engine::Sqlite => db::sqlite::init(&dir, import)?,
                 e => e.server()?.init(&dir, import)?,
             }
-            let conf = DbConf { engine, running: false, port: None, listen: "127.0.0.1".into(), user: None, password: None, origin: None, idle: None, protect: false, created: now() };
+            let conf = DbConf { engine, running: false, port: None, listen: "127.0.0.1".into(), user: None, password: None, origin: None, locked_login: None, idle: None, protect: false, created: now() };
             self.set_conf(name, Some(conf))?;
             Ok(dir)
         })();
@@ -388,6 +388,10 @@ impl Daemon {
             if let Some(q) = quota {
                 self.catalog.set_property(&self.store, name, "quota", &q.to_string())?;
             }
+            let locked_login = match port {
+                Some(_) => self.source_login(name, &user)?,
+                None => None,
+            };
             let conf = DbConf {
                 engine,
                 running: true,
@@ -396,6 +400,7 @@ impl Daemon {
                 user: port.map(|_| user.clone()),
                 password: port.map(|_| password.clone()),
                 origin: Some(origin.clone()),
+                locked_login: locked_login.clone(),
                 idle,
                 protect,
                 created: now(),
@@ -405,8 +410,8 @@ impl Daemon {
                 let srv = engine.server()?;
                 self.start_server(&*srv, &v, &dir, p)?;
                 srv.create_login(&dir, p, &user, &password)?;
-                if let Some(su) = self.source_login(name, &user)? {
-                    srv.lock_login(&dir, p, &su)?;
+                if let Some(su) = &locked_login {
+                    srv.lock_login(&dir, p, su)?;
                 }
             }
             Ok((v, dir))
@@ -497,7 +502,7 @@ impl Daemon {
     pub(super) fn db_reset(&self, name: &str, to: Option<&str>) -> Result<Value> {
         let _g = self.db_guard()?;
         let v = Catalog::get(&self.store, name)?;
-        let conf = conf_of(&v)?;
+        let mut conf = conf_of(&v)?;
         let origin = conf.origin.clone().ok_or_else(|| Error::Invalid(format!("{name} is a source, not a clone: it has nothing to reset to")))?;
         self.stop_server(v.id);
         match to {
@@ -523,9 +528,12 @@ impl Daemon {
                     conf.engine.server()?.configure(&dir, name, p, &conf.listen)?;
                 }
                 self.snapshot(&format!("{name}@{}", db::ORIGIN_SNAPSHOT), v.creator)?;
-                let mut c = conf.clone();
-                c.origin = Some(target);
-                self.set_conf(name, Some(c))?;
+                conf.origin = Some(target);
+                conf.locked_login = match &conf.user {
+                    Some(u) => self.source_login(name, u)?,
+                    None => None,
+                };
+                self.set_conf(name, Some(conf.clone()))?;
             }
         }
         let v = Catalog::get(&self.store, name)?;
@@ -535,7 +543,12 @@ impl Daemon {
             self.start_server(&*srv, &v, &dir, p)?;
             if let (Some(u), Some(pw)) = (&conf.user, &conf.password) {
                 srv.create_login(&dir, p, u, pw)?;
-                if let Some(su) = self.source_login(name, u)? {
+                // A conf from before `locked_login` was kept names none: its source's now.
+                let locked = match &conf.locked_login {
+                    Some(l) => Some(l.clone()),
+                    None => self.source_login(name, u)?,
+                };
+                if let Some(su) = locked {
                     srv.lock_login(&dir, p, &su)?;
                 }
             }

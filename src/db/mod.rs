@@ -116,6 +116,10 @@ pub struct DbConf {
     pub password: Option<String>,
     /// `VOL@SNAP` it was cloned from (None for a source).
     pub origin: Option<String>,
+    /// The source clone's login its data carries, locked by the clone and by every reset
+    /// (kept here: the source may be destroyed before a reset).
+    #[serde(default)]
+    pub locked_login: Option<String>,
     /// Destroyed after this many seconds without connections or writes, unless protected.
     pub idle: Option<u64>,
     pub protect: bool,

@@ -98,7 +98,6 @@ fn postgres_clones_of_a_running_source() {
     assert_eq!(psql(&dsn5, "SELECT 1").unwrap(), "1");
     let v = d.json(&["db", "verify", "qa1", "qa5", "--json"]);
     assert_eq!(v["ok"], true, "{v:#}");
-    d.ok(&["db", "destroy", "qa5"]);
 
     // Idle: qa2 goes, qa3 (protected) stays.
     wait_for("qa2 to expire", 120, || status(&d, "qa2").is_none());
@@ -130,6 +129,11 @@ fn postgres_clones_of_a_running_source() {
     for n in ["qa4", "qa1", "qa3"] {
         d.ok(&["db", "destroy", n]);
     }
+    // qa5's source is gone; a reset still locks the login it carries.
+    d.ok(&["db", "reset", "qa5"]);
+    assert!(psql(&dsn1.replace(":6151/", ":6155/"), "SELECT 1").is_err(), "qa1's login works on qa5 after qa1 went and qa5 was reset");
+    assert_eq!(psql(&dsn5, "SELECT count(*) FROM pgbench_branches").unwrap(), "3");
+    d.ok(&["db", "destroy", "qa5"]);
     assert_eq!(d.json(&["db", "list", "--json"]), serde_json::json!([]));
     assert!(psql(&dsn1, "SELECT 1").is_err(), "a destroyed clone still answers");
     d.fsck_clean();
@@ -269,9 +273,20 @@ fn mariadb_clones_of_a_running_source() {
     assert_ne!(id(6161, "mc1", pw1), id(6162, "bob", "bobs-password"));
     d.ok(&["db", "reset", "mc1"]);
     assert_eq!(mariadb(6161, "mc1", pw1, "SELECT COUNT(*) FROM app.t WHERE v = 'only in mc1'").unwrap(), "0");
+    // A clone of a clone: mc1's login is in its data, locked, also after a reset and after
+    // mc1 is gone.
+    d.json(&["db", "clone", "mc1", "mc3", "--port", "6163", "--user", "carol", "--password", "carols-password", "--json"]);
+    assert_eq!(mariadb(6163, "carol", "carols-password", "SELECT COUNT(*) FROM app.t").unwrap(), "20000");
+    assert!(mariadb(6163, "mc1", pw1, "SELECT 1").is_err(), "mc1's login works on its clone mc3");
+    d.ok(&["db", "reset", "mc3"]);
+    assert!(mariadb(6163, "mc1", pw1, "SELECT 1").is_err(), "mc1's login works on mc3 after a reset");
     for n in ["msrc", "mc2", "mc1"] {
         d.ok(&["db", "destroy", n]);
     }
+    d.ok(&["db", "reset", "mc3"]);
+    assert!(mariadb(6163, "mc1", pw1, "SELECT 1").is_err(), "mc1's login works on mc3 after mc1 went and mc3 was reset");
+    assert_eq!(mariadb(6163, "carol", "carols-password", "SELECT COUNT(*) FROM app.t").unwrap(), "20000");
+    d.ok(&["db", "destroy", "mc3"]);
     assert_eq!(d.json(&["db", "list", "--json"]), serde_json::json!([]));
     d.fsck_clean();
 }
