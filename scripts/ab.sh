@@ -6,7 +6,9 @@
 # JOB: sw (1 GiB sequential 1 MiB writes + fsync, MiB/s), rw (4 KiB random writes over a
 # 256 MiB file for 5 s, then fsync, IOPS), rwf (4 KiB random write + fsync
 # each, IOPS, 5 s), wal (8 KiB writes in order over a 64 MiB file, an fdatasync after
-# each, 8 s: a database's log; IOPS and sync latency), fsb (rwf beside a sequential writer on a second volume: IOPS and p99
+# each, 8 s: a database's log; IOPS and sync latency), sb (the bench's sysbench fileio:
+# 4 files of 64 MiB, 4 KiB random reads and writes, an fsync every 100 per file, 15 s;
+# reads + writes per second), fsb (rwf beside a sequential writer on a second volume: IOPS and p99
 # of the fsync), pg (pgbench TPC-B scale 5, 4 clients, 10 s, TPS), pgio (pgbench scale 20,
 # 4 clients, 30 s: TPS, what the disk wrote meanwhile, and on a volume what the store wrote:
 # log records, the log's runway zeros, data segments), sm (2,000 small
@@ -108,6 +110,11 @@ PY
           fio --name=sr --filename="$m/f" --rw=read --bs=1M --size=1G --ioengine=psync --output-format=json |
             python3 -c "import json,sys; j=json.load(sys.stdin)['jobs'][0]; print('cold seq read MiB/s', round(j['read']['bw_bytes']/2**20))"
         fi ;;
+    sb) command -v sysbench >/dev/null || { apt-get update -qq && apt-get install -y -qq sysbench; }
+        local sbo="--file-total-size=256M --file-num=4 --file-block-size=4096"
+        (cd "$m" && sysbench fileio $sbo prepare >/dev/null &&
+          sysbench fileio $sbo --file-test-mode=rndrw --time=15 run |
+          awk '/reads\/s:/ {r=$2} /writes\/s:/ {w=$2} END {printf "sysbench rndrw ops/s %.0f (reads %.0f, writes %.0f)\n", r+w, r, w}') ;;
     sm) python3 - "$m" <<'PY'
 import os, sys, time
 d = sys.argv[1] + "/s"; os.makedirs(d)

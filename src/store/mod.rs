@@ -751,12 +751,18 @@ impl Store {
 
     /// The highest block index below `below` that `lineage` has any version of for `ino`.
     pub fn last_extent_below(&self, lineage: u64, ino: u64, below: u64) -> Result<Option<u64>> {
-        let mut it = self.db.raw_iterator_cf(self.cf(cf::EXTENTS)?);
+        let prefix = keys::extents_of(lineage, ino);
+        // Bounded below by the file's prefix: else a file without extents stepped back over
+        // the deleted keys of every file before it (a removed 256 MiB file: 2.5 ms per
+        // commit until compaction dropped them).
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_lower_bound(prefix.to_vec());
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(cf::EXTENTS)?, ro);
         // Every version key of a lower index sorts before this bare prefix; none equals it.
         let bound = keys::extent_key(lineage, ino, below);
         it.seek_for_prev(&bound);
         if let Some(k) = it.key() {
-            if k.starts_with(&keys::extents_of(lineage, ino)) && k < &bound[..] {
+            if k.starts_with(&prefix) && k < &bound[..] {
                 return Ok(Some(keys::read_u64(k, 16)));
             }
         }
@@ -915,7 +921,10 @@ impl Store {
 
     /// The last key starting with `prefix`, if any.
     fn last_key(&self, cfname: &str, prefix: &[u8]) -> Result<Option<Vec<u8>>> {
-        let mut it = self.db.raw_iterator_cf(self.cf(cfname)?);
+        // Bounded below: deleted keys before the prefix are not stepped over.
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_lower_bound(prefix.to_vec());
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(cfname)?, ro);
         match keys::prefix_end(prefix) {
             Some(end) => it.seek_for_prev(end),
             None => it.seek_to_last(),
