@@ -371,8 +371,16 @@ fn cf_options(name: &str, cache: &Cache, bloom_bytes: u64) -> Options {
         o.set_memtable_whole_key_filtering(true);
     }
     o.set_block_based_table_factory(&t);
+    // A table that holds mostly deletions (files removed, a directory emptied) is compacted
+    // soon, so that the deleted keys go: a scan steps over each one (a listing of a directory
+    // 50,000 names were removed from took 9 ms, not 0.3, until the next compaction).
+    o.add_compact_on_deletion_collector_factory(DELETION_WINDOW, DELETION_WINDOW / 2, 0.5);
     o
 }
+
+/// Keys in the window of `add_compact_on_deletion_collector_factory`: a table with half of
+/// any such run deleted (or half of all its entries) is marked for compaction.
+const DELETION_WINDOW: usize = 1024;
 
 /// A memtable's size cap: never reached, since a checkpoint flushes every memtable once the
 /// batches since the last one pass `Budget::memtables` / 4.
