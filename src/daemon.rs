@@ -71,7 +71,7 @@ pub struct Daemon {
     /// What the caches and buffers above are sized from.
     mem: Budget,
     scrub: ScrubState,
-    /// Snapshots being sent: not destroyed meanwhile.
+    /// Snapshots being read by sends, diffs and restores: not destroyed meanwhile.
     sending: streams::Sending,
     /// Lineages being flattened, with their volume's name: no mount, send or receive opens
     /// a view through one meanwhile (invariant 26).
@@ -734,8 +734,18 @@ impl Daemon {
             None => (va.clone(), None),
         };
         let to = to.unwrap_or(&va);
-        let a = self.catalog.open_view(&self.store, &va, Some(&sa), true)?.chain();
-        let b = self.catalog.open_view(&self.store, &vb, sb.as_deref(), true)?.chain();
+        // Its snapshots are claimed (`Sending`): not destroyed, nor flattened from under it.
+        let (a, b, _claim) = {
+            let mut table = self.sending.lock()?;
+            let a = self.catalog.open_view(&self.store, &va, Some(&sa), true)?.chain();
+            let b = self.catalog.open_view(&self.store, &vb, sb.as_deref(), true)?.chain();
+            let mut ids = vec![Catalog::snapshot(&self.store, &Catalog::get(&self.store, &va)?, &sa)?.id()];
+            if let Some(s) = &sb {
+                ids.push(Catalog::snapshot(&self.store, &Catalog::get(&self.store, &vb)?, s)?.id());
+            }
+            let claim = self.claim_reads(&mut table, &format!("diff {from}"), &[&a, &b], ids)?;
+            (a, b, claim)
+        };
         // Across volumes the two views share inode numbers only when one descends from the
         // other: a clone numbers its new inodes past every number of its origin at the clone,
         // but two clones of one snapshot (or a clone and its origin's later files) may hand
@@ -763,7 +773,14 @@ impl Daemon {
         }
         let _no_flatten = lock(&self.restoring)?;
         let v = Catalog::get(&self.store, &vol)?;
-        let src = Volume::open(self.catalog.open_view(&self.store, &vol, Some(&snap), true)?, self.budget.clone())?;
+        // The snapshot is claimed (`Sending`): not destroyed while its files are copied.
+        let (src, _claim) = {
+            let mut table = self.sending.lock()?;
+            let view = self.catalog.open_view(&self.store, &vol, Some(&snap), true)?;
+            let id = Catalog::snapshot(&self.store, &v, &snap)?.id();
+            let claim = self.claim_reads(&mut table, &format!("restore {snapshot}"), &[], vec![id])?;
+            (Volume::open(view, self.budget.clone())?, claim)
+        };
         let base = |p: &str| p.trim_end_matches('/').rsplit('/').next().unwrap_or("").to_string();
         let targets: Vec<(String, String)> = match to {
             None => paths.iter().map(|p| (p.clone(), p.clone())).collect(),
@@ -834,7 +851,7 @@ impl Daemon {
             let sending = self.sending.lock()?;
             let snaps = Catalog::snapshots(&self.store, v.id)?;
             if let Some(s) = snaps.iter().find(|s| snap.as_ref().is_none_or(|n| *n == s.name) && sending.contains_key(&s.id())) {
-                return Err(Error::Conflict(format!("snapshot {vol}@{} is being sent; destroy it when the send has ended", s.name)));
+                return Err(Error::Conflict(format!("snapshot {vol}@{} is being read (a send, diff or restore); destroy it when that has ended", s.name)));
             }
             match &snap {
                 // A mounted head sees the pin go through its lineage state; its batches in
@@ -898,7 +915,7 @@ impl Daemon {
                 }
                 for s in Catalog::snapshots(&self.store, x.id)? {
                     if sending.contains_key(&s.id()) && reads_through(s.lineage)? {
-                        return Err(Error::Conflict(format!("a send of {}@{} reads through {name}; flatten it when the send has ended", x.name, s.name)));
+                        return Err(Error::Conflict(format!("a send, diff or restore of {}@{} reads through {name}; flatten it when that has ended", x.name, s.name)));
                     }
                 }
             }

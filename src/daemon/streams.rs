@@ -17,8 +17,9 @@ use std::io::{BufWriter, Read};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
-/// The snapshots sends are reading (by id), each with how many: `destroy` refuses them, as
-/// the temporary hold of `zfs send` does, since GC would free what a stream has yet to read.
+/// The snapshots sends, diffs and restores are reading (by id), each with how many:
+/// `destroy` refuses them, as the temporary hold of `zfs send` does, since GC would free
+/// what a reader has yet to read, and `flatten` refuses a lineage they read through.
 #[derive(Default)]
 pub(super) struct Sending(std::sync::Mutex<std::collections::HashMap<u64, u32>>);
 
@@ -30,8 +31,8 @@ impl Sending {
     }
 }
 
-/// A send's claim on its snapshots, dropped when the stream ends.
-struct SendClaim<'a> {
+/// A reader's claim on its snapshots (`Sending`), dropped when it ends.
+pub(super) struct SendClaim<'a> {
     table: &'a Sending,
     ids: Vec<u64>,
 }
@@ -52,6 +53,27 @@ impl Drop for SendClaim<'_> {
 }
 
 impl Daemon {
+    /// Claims the snapshots `ids` for a reader whose views have `chains` (lineage first,
+    /// then its ancestors), refusing one that reads through a lineage being flattened.
+    /// Call with the table locked, where the snapshots were looked up.
+    pub(super) fn claim_reads<'a>(
+        &'a self,
+        table: &mut std::collections::HashMap<u64, u32>,
+        what: &str,
+        chains: &[&[(u64, u64)]],
+        ids: Vec<u64>,
+    ) -> Result<SendClaim<'a>> {
+        for chain in chains {
+            if let Some((l, _)) = chain.first() {
+                self.through_flattening(what, *l, &chain[1..])?;
+            }
+        }
+        for id in &ids {
+            *table.entry(*id).or_default() += 1;
+        }
+        Ok(SendClaim { table: &self.sending, ids })
+    }
+
     pub(super) fn stream(&self, req: Request, uid: u32, input: Box<dyn Read + Send>, conn: UnixStream) {
         match req {
             Request::Send { snapshot, from, two_way, resume } => {
@@ -143,19 +165,13 @@ impl Daemon {
     fn send_stream(&self, snapshot: &str, from: Option<&str>, two_way: bool, resume: Option<&str>, input: Box<dyn Read + Send>, conn: &UnixStream) -> Result<()> {
         let claimed = self.sending.lock().and_then(|mut table| {
             let src = self.send_source(snapshot, from, two_way, resume)?;
-            for chain in std::iter::once(&src.snap).chain(&src.base) {
-                if let Some((l, _)) = chain.first() {
-                    self.through_flattening(&format!("send {snapshot}"), *l, &chain[1..])?;
-                }
-            }
+            let chains: Vec<&[(u64, u64)]> = std::iter::once(&src.snap).chain(&src.base).map(|c| c.as_slice()).collect();
             let ids: Vec<u64> = std::iter::once(src.header.guid).chain(src.header.base).collect();
-            for id in &ids {
-                *table.entry(*id).or_default() += 1;
-            }
-            Ok((src, ids))
+            let claim = self.claim_reads(&mut table, &format!("send {snapshot}"), &chains, ids)?;
+            Ok((src, claim))
         });
         let (src, _claim) = match claimed {
-            Ok((s, ids)) => (s, SendClaim { table: &self.sending, ids }),
+            Ok(x) => x,
             Err(e) => {
                 server::respond(conn, &server::fail(e.message(), e.kind()));
                 return Err(e);
