@@ -1169,6 +1169,42 @@ mod tests {
         (d, s)
     }
 
+    /// Deleted keys RocksDB stepped over on this thread during `f`.
+    fn deletions_stepped_over(f: impl FnOnce()) -> u64 {
+        use rocksdb::perf::{set_perf_stats, PerfContext, PerfMetric, PerfStatsLevel};
+        set_perf_stats(PerfStatsLevel::EnableCount);
+        let mut ctx = PerfContext::default();
+        ctx.reset();
+        f();
+        let n = ctx.metric(PerfMetric::InternalDeleteSkippedCount);
+        set_perf_stats(PerfStatsLevel::Disable);
+        n
+    }
+
+    #[test]
+    fn reverse_scans_do_not_step_over_other_files_deletions() {
+        let (_d, s) = store();
+        let (ext, ino) = (s.cf(cf::EXTENTS).unwrap(), s.cf(cf::INODES).unwrap());
+        // File 5 of lineage 1 had 5,000 extents, and lineage 1 5,000 inodes, all removed.
+        for i in 0..5000u64 {
+            s.db.put_cf(ext, keys::versioned(keys::extent_key(1, 5, i), 1), b"x").unwrap();
+            s.db.put_cf(ino, keys::versioned(keys::inode_key(1, i), 1), b"x").unwrap();
+        }
+        for i in 0..5000u64 {
+            s.db.delete_cf(ext, keys::versioned(keys::extent_key(1, 5, i), 1)).unwrap();
+            s.db.delete_cf(ino, keys::versioned(keys::inode_key(1, i), 1)).unwrap();
+        }
+        // A later file (a new file's first commit asks this) and a later lineage.
+        let n = deletions_stepped_over(|| assert_eq!(s.last_extent_below(1, 6, u64::MAX).unwrap(), None));
+        assert!(n < 10, "stepped over {n} deleted extents of another file");
+        let n = deletions_stepped_over(|| assert_eq!(s.last_ino(2).unwrap(), None));
+        assert!(n < 10, "stepped over {n} deleted inodes of another lineage");
+        // Its own keys are still found.
+        s.db.put_cf(ext, keys::versioned(keys::extent_key(1, 6, 3), 1), b"x").unwrap();
+        assert_eq!(s.last_extent_below(1, 6, u64::MAX).unwrap(), Some(3));
+        assert_eq!(s.last_extent_below(1, 6, 3).unwrap(), None);
+    }
+
     #[test]
     fn init_refuses_non_empty_dir_and_open_refuses_unknown_format() {
         let d = tempfile::tempdir().unwrap();
