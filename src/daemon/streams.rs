@@ -32,12 +32,12 @@ impl Sending {
 }
 
 /// A reader's claim on its snapshots (`Sending`), dropped when it ends.
-pub(super) struct SendClaim<'a> {
+pub(super) struct ReadClaim<'a> {
     table: &'a Sending,
     ids: Vec<u64>,
 }
 
-impl Drop for SendClaim<'_> {
+impl Drop for ReadClaim<'_> {
     fn drop(&mut self) {
         if let Ok(mut t) = self.table.lock() {
             for id in &self.ids {
@@ -62,7 +62,7 @@ impl Daemon {
         what: &str,
         chains: &[&[(u64, u64)]],
         ids: Vec<u64>,
-    ) -> Result<SendClaim<'a>> {
+    ) -> Result<ReadClaim<'a>> {
         for chain in chains {
             if let Some((l, _)) = chain.first() {
                 self.through_flattening(what, *l, &chain[1..])?;
@@ -71,7 +71,7 @@ impl Daemon {
         for id in &ids {
             *table.entry(*id).or_default() += 1;
         }
-        Ok(SendClaim { table: &self.sending, ids })
+        Ok(ReadClaim { table: &self.sending, ids })
     }
 
     pub(super) fn stream(&self, req: Request, uid: u32, input: Box<dyn Read + Send>, conn: UnixStream) {
