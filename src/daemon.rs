@@ -11,6 +11,7 @@ use crate::history::{self, History};
 use crate::memory::Budget;
 use crate::store::{Store, FORMAT_VERSION};
 use crate::volume::{autosnap, diff, fsck, gc, idmap, parse_target, scrub, Catalog, Origins, SnapshotViews, HEAD_GONE};
+use streams::Claimed;
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use fuser::{BackgroundSession, Config, MountOption, Session, SessionACL};
 use serde_json::{json, Value};
@@ -71,7 +72,8 @@ pub struct Daemon {
     /// What the caches and buffers above are sized from.
     mem: Budget,
     scrub: ScrubState,
-    /// Snapshots being read by sends, diffs and restores: not destroyed meanwhile.
+    /// Snapshots being read by sends, diffs and restores, and heads diffs read: not
+    /// destroyed meanwhile (nor rolled back: heads).
     sending: streams::Sending,
     /// Lineages being flattened, with their volume's name: no mount, send or receive opens
     /// a view through one meanwhile (invariant 26).
@@ -734,15 +736,18 @@ impl Daemon {
             None => (va.clone(), None),
         };
         let to = to.unwrap_or(&va);
-        // Its snapshots are claimed (`Sending`): not destroyed, nor flattened from under it.
+        // Its snapshots, or the head it reads, are claimed (`Sending`): not destroyed, rolled
+        // back nor flattened from under it.
         let (a, b, _claim) = {
             let mut table = self.sending.lock()?;
             let a = self.catalog.open_view(&self.store, &va, Some(&sa), true)?.chain();
             let b = self.catalog.open_view(&self.store, &vb, sb.as_deref(), true)?.chain();
-            let mut ids = vec![Catalog::snapshot(&self.store, &Catalog::get(&self.store, &va)?, &sa)?.id()];
-            if let Some(s) = &sb {
-                ids.push(Catalog::snapshot(&self.store, &Catalog::get(&self.store, &vb)?, s)?.id());
-            }
+            let mut ids = vec![Claimed::Snapshot(Catalog::snapshot(&self.store, &Catalog::get(&self.store, &va)?, &sa)?.id())];
+            let vbv = Catalog::get(&self.store, &vb)?;
+            ids.push(match &sb {
+                Some(s) => Claimed::Snapshot(Catalog::snapshot(&self.store, &vbv, s)?.id()),
+                None => Claimed::Head(vbv.id),
+            });
             let claim = self.claim_reads(&mut table, &format!("diff {from}"), &[&a, &b], ids)?;
             (a, b, claim)
         };
@@ -778,7 +783,7 @@ impl Daemon {
             let mut table = self.sending.lock()?;
             let view = self.catalog.open_view(&self.store, &vol, Some(&snap), true)?;
             let id = Catalog::snapshot(&self.store, &v, &snap)?.id();
-            let claim = self.claim_reads(&mut table, &format!("restore {snapshot}"), &[], vec![id])?;
+            let claim = self.claim_reads(&mut table, &format!("restore {snapshot}"), &[], vec![Claimed::Snapshot(id)])?;
             (Volume::open(view, self.budget.clone())?, claim)
         };
         let base = |p: &str| p.trim_end_matches('/').rsplit('/').next().unwrap_or("").to_string();
@@ -850,7 +855,10 @@ impl Daemon {
             }
             let sending = self.sending.lock()?;
             let snaps = Catalog::snapshots(&self.store, v.id)?;
-            if let Some(s) = snaps.iter().find(|s| snap.as_ref().is_none_or(|n| *n == s.name) && sending.contains_key(&s.id())) {
+            if snap.is_none() && sending.contains_key(&Claimed::Head(v.id)) {
+                return Err(Error::Conflict(format!("{vol} is being read (a diff of its live files); destroy it when that has ended")));
+            }
+            if let Some(s) = snaps.iter().find(|s| snap.as_ref().is_none_or(|n| *n == s.name) && sending.contains_key(&Claimed::Snapshot(s.id()))) {
                 return Err(Error::Conflict(format!("snapshot {vol}@{} is being read (a send, diff or restore); destroy it when that has ended", s.name)));
             }
             match &snap {
@@ -913,8 +921,11 @@ impl Daemon {
                     }
                     continue;
                 }
+                if sending.contains_key(&Claimed::Head(x.id)) && reads_through(x.lineage)? {
+                    return Err(Error::Conflict(format!("a diff of {}'s live files reads through {name}; flatten it when that has ended", x.name)));
+                }
                 for s in Catalog::snapshots(&self.store, x.id)? {
-                    if sending.contains_key(&s.id()) && reads_through(s.lineage)? {
+                    if sending.contains_key(&Claimed::Snapshot(s.id())) && reads_through(s.lineage)? {
                         return Err(Error::Conflict(format!("a send, diff or restore of {}@{} reads through {name}; flatten it when that has ended", x.name, s.name)));
                     }
                 }
@@ -956,7 +967,15 @@ impl Daemon {
         let (vol, snap) = parse_target(name)?;
         let snap = snap.ok_or_else(|| Error::Invalid(format!("{name:?}: roll back to a snapshot, VOL@SNAP")))?;
         let v = Catalog::get(&self.store, &vol)?;
-        match self.head_of(v.id)? {
+        let head = self.head_of(v.id)?;
+        // Checked and done under the claim table's lock (taken after the mount table's, as
+        // everywhere), so no diff of the head starts between; the rollback's catalog change
+        // is one synced batch: brief.
+        let sending = self.sending.lock()?;
+        if sending.contains_key(&Claimed::Head(v.id)) {
+            return Err(Error::Conflict(format!("{vol} is being read (a diff of its live files); roll it back when that has ended")));
+        }
+        match head {
             Some(live) => {
                 let (names, inos) = live.replace(|vol_ref| {
                     let names = vol_ref.cached_names();
@@ -973,6 +992,7 @@ impl Daemon {
                 self.catalog.rollback(&self.store, &vol, &snap)?;
             }
         }
+        drop(sending);
         self.wake_gc();
         Ok(Value::Null)
     }

@@ -17,24 +17,32 @@ use std::io::{BufWriter, Read};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
-/// The snapshots sends, diffs and restores are reading (by id), each with how many:
-/// `destroy` refuses them, as the temporary hold of `zfs send` does, since GC would free
-/// what a reader has yet to read, and `flatten` refuses a lineage they read through.
+/// What sends, diffs and restores are reading, each with how many readers: `destroy`
+/// refuses it, as the temporary hold of `zfs send` does, since GC would free what a reader
+/// has yet to read; `rollback` refuses a claimed head, and `flatten` a lineage a claim
+/// reads through.
 #[derive(Default)]
-pub(super) struct Sending(std::sync::Mutex<std::collections::HashMap<u64, u32>>);
+pub(super) struct Sending(std::sync::Mutex<std::collections::HashMap<Claimed, u32>>);
+
+/// A snapshot (by id), or a volume's live head (by volume id: a diff against it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) enum Claimed {
+    Snapshot(u64),
+    Head(u64),
+}
 
 impl Sending {
     /// The table, locked: `destroy` checks it and acts under this lock, and a send looks its
     /// snapshots up and registers them under it, so neither slips between the other's steps.
-    pub(super) fn lock(&self) -> Result<std::sync::MutexGuard<'_, std::collections::HashMap<u64, u32>>> {
+    pub(super) fn lock(&self) -> Result<std::sync::MutexGuard<'_, std::collections::HashMap<Claimed, u32>>> {
         self.0.lock().map_err(|_| Error::Corrupt("send table poisoned by a panic".into()))
     }
 }
 
-/// A reader's claim on its snapshots (`Sending`), dropped when it ends.
+/// A reader's claims (`Sending`), dropped when it ends.
 pub(super) struct ReadClaim<'a> {
     table: &'a Sending,
-    ids: Vec<u64>,
+    ids: Vec<Claimed>,
 }
 
 impl Drop for ReadClaim<'_> {
@@ -53,15 +61,15 @@ impl Drop for ReadClaim<'_> {
 }
 
 impl Daemon {
-    /// Claims the snapshots `ids` for a reader whose views have `chains` (lineage first,
-    /// then its ancestors), refusing one that reads through a lineage being flattened.
-    /// Call with the table locked, where the snapshots were looked up.
+    /// Claims `ids` for a reader whose views have `chains` (lineage first, then its
+    /// ancestors), refusing one that reads through a lineage being flattened. Call with the
+    /// table locked, where the snapshots and heads were looked up.
     pub(super) fn claim_reads<'a>(
         &'a self,
-        table: &mut std::collections::HashMap<u64, u32>,
+        table: &mut std::collections::HashMap<Claimed, u32>,
         what: &str,
         chains: &[&[(u64, u64)]],
-        ids: Vec<u64>,
+        ids: Vec<Claimed>,
     ) -> Result<ReadClaim<'a>> {
         for chain in chains {
             if let Some((l, _)) = chain.first() {
@@ -166,7 +174,7 @@ impl Daemon {
         let claimed = self.sending.lock().and_then(|mut table| {
             let src = self.send_source(snapshot, from, two_way, resume)?;
             let chains: Vec<&[(u64, u64)]> = std::iter::once(&src.snap).chain(&src.base).map(|c| c.as_slice()).collect();
-            let ids: Vec<u64> = std::iter::once(src.header.guid).chain(src.header.base).collect();
+            let ids: Vec<Claimed> = std::iter::once(src.header.guid).chain(src.header.base).map(Claimed::Snapshot).collect();
             let claim = self.claim_reads(&mut table, &format!("send {snapshot}"), &chains, ids)?;
             Ok((src, claim))
         });

@@ -363,3 +363,66 @@ fn output_into_a_reader_that_goes_away_ends_quietly() {
         assert!(status.success() && err.is_empty(), "{args:?}: {status}, stderr {err:?}");
     }
 }
+
+/// A diff of a clone's live files holds the clone: `destroy` and `rollback` of it are refused
+/// until the diff has ended (a destroy went through mid-diff, and the diff then succeeded
+/// with 1,421 of 40,000 changes: GC had freed what it had yet to read).
+#[test]
+fn a_clone_being_diffed_is_not_destroyed_under_the_diff() {
+    let mut d = Daemon::start();
+    let m = d.volume("v");
+    for dir in 0..20 {
+        fs::create_dir(m.join(format!("d{dir}"))).unwrap();
+        for i in 0..1000 {
+            fs::write(m.join(format!("d{dir}/f{i}")), b"x").unwrap();
+        }
+    }
+    d.ok(&["snapshot", "v@s"]);
+    d.ok(&["clone", "v@s", "c"]);
+    let c = d.mount("c");
+    for dir in 0..20 {
+        for i in 0..1000 {
+            fs::write(c.join(format!("d{dir}/f{i}")), b"xy").unwrap();
+        }
+    }
+    d.ok(&["snapshot", "c@t"]);
+    d.unmount(&c);
+    let diff = std::process::Command::new(crate::util::BIN)
+        .args(["diff", "v@s", "c", "--json"])
+        .env("CLONEFS_STORE", &d.store)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let started = std::time::Instant::now();
+    let mut refused = Vec::new();
+    loop {
+        let out = d.cli(&["rollback", "c@t"]);
+        if !out.status.success() {
+            refused.push(String::from_utf8_lossy(&out.stderr).to_string());
+        }
+        let out = d.cli(&["destroy", "c"]);
+        if out.status.success() {
+            break;
+        }
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(err.contains("c is being read (a diff of its live files)"), "{err}");
+        assert!(started.elapsed().as_secs() < 60, "destroy refused for a minute: {err}");
+    }
+    for err in &refused {
+        assert!(err.contains("c is being read (a diff of its live files); roll it back when that has ended"), "{err}");
+    }
+    let out = diff.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() {
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let files = v.as_array().unwrap().iter().filter(|c| c["ftype"] == "file" && c["kind"] == "M" && c["data"] == true).count();
+        assert_eq!(files, 20_000, "a diff that succeeded left changes out");
+    } else {
+        // The destroy came first.
+        assert!(err.contains("no volume named \"c\""), "{err}");
+    }
+    d.ok(&["gc"]);
+    d.fsck_clean();
+}
