@@ -6,7 +6,8 @@
 # Needs perf (apt-get install linux-perf) and fio; runs as root. The perf data stays in
 # /tmp/clonefs-profile.JOB.data for `perf report -i`. PERF_FREQ (default 999 Hz) and PERF_CG
 # (default -g; `--call-graph dwarf,16384` attributes time to our functions, which have no
-# frame pointers) change the recording.
+# frame pointers) change the recording. FSYNC_SIZE (default 256M) sizes the fsync job's file: 4M
+# keeps every block in memory, so no flush contends with the fsyncs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -56,8 +57,8 @@ case $job in
   # the disk (`scripts/ab.sh A B rwc`).
   randwritecold) fiojob --rw=write --bs=1M --size=1024M --end_fsync=1 >/dev/null
     run() { sync; echo 3 > /proc/sys/vm/drop_caches; fiojob --rw=randwrite --bs=4k --size=1024M --runtime=10 --time_based --end_fsync=1; } ;;
-  fsync) fiojob --rw=write --bs=1M --size=256M --end_fsync=1 >/dev/null
-    run() { fiojob --rw=randwrite --bs=4k --size=256M --runtime=10 --time_based --fsync=1; } ;;
+  fsync) fiojob --rw=write --bs=1M --size=${FSYNC_SIZE:-256M} --end_fsync=1 >/dev/null
+    run() { fiojob --rw=randwrite --bs=4k --size=${FSYNC_SIZE:-256M} --runtime=10 --time_based --fsync=1; } ;;
   wal) run() { fiojob --rw=write --bs=8k --size=64M --runtime=10 --time_based --fdatasync=1; } ;;
   seqread) fiojob --rw=write --bs=1M --size=2048M --end_fsync=1 >/dev/null
     run() { sync; echo 3 > /proc/sys/vm/drop_caches; fiojob --rw=read --bs=1M --size=2048M; } ;;
