@@ -653,6 +653,7 @@ impl Daemon {
                 let r = self.store.compact()?;
                 Ok(json!({"disk_bytes": self.store.disk_bytes(), "moved_bytes": r.moved_bytes, "segments_deleted": r.segments_deleted}))
             }
+            Request::Defrag { name } => self.defrag(&name),
             Request::Shutdown => Ok(Value::Null),
         }
     }
@@ -767,6 +768,34 @@ impl Daemon {
             }
         }
         Ok(serde_json::to_value(diff::diff(&self.store, a, b)?)?)
+    }
+
+    fn defrag(&self, name: &str) -> Result<Value> {
+        let (vol, snap) = parse_target(name)?;
+        let v = Catalog::get(&self.store, &vol)?;
+        if snap.is_none() {
+            // What its writers wrote is stored first, and laid in order with the rest.
+            if let Some(live) = self.head_of(v.id)? {
+                live.get().flush_older_than(Duration::ZERO)?;
+            }
+        }
+        // Claimed as a diff's view is: not destroyed, rolled back nor flattened under it.
+        let (view, _claim) = {
+            let mut table = self.sending.lock()?;
+            let view = self.catalog.open_view(&self.store, &vol, snap.as_deref(), true)?;
+            let id = match &snap {
+                Some(s) => Claimed::Snapshot(Catalog::snapshot(&self.store, &v, s)?.id()),
+                None => Claimed::Head(v.id),
+            };
+            let chain = view.chain();
+            let claim = self.claim_reads(&mut table, &format!("defrag {name}"), &[&chain], vec![id])?;
+            (view, claim)
+        };
+        let started = Instant::now();
+        let r = crate::volume::defrag::run(&self.store, &view, v.block_size as u64)?;
+        let mut out = serde_json::to_value(r)?;
+        out["micros"] = json!(started.elapsed().as_micros() as u64);
+        Ok(out)
     }
 
     fn restore(&self, snapshot: &str, paths: &[String], to: Option<&str>, force: bool) -> Result<Value> {

@@ -375,6 +375,15 @@ enum Cmd {
     },
     /// Compact the store so that freed space leaves the disk now
     Compact,
+    /// Lay the blocks of the files of VOL (or VOL@SNAP) back in file order, so that reading
+    /// a file rewritten at random in order reads the disk in order again (runs while
+    /// mounted; what the files hold does not change; `compact` then gives back the space
+    /// the old places took)
+    Defrag {
+        target: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `hold`'s arguments in either order: a tag never holds '@' (`check_name`), a snapshot does.
@@ -744,6 +753,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             if !report.damaged.is_empty() {
                 return Ok(ExitCode::FAILURE);
+            }
+        }
+        Cmd::Defrag { target, json } => {
+            crate::volume::parse_target(&target)?;
+            let v = call_with_spinner(&store, "defrag", Request::Defrag { name: target.clone() }, json)?;
+            if json {
+                outln!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let n = |k: &str| v[k].as_u64().unwrap_or(0);
+                outln!(
+                    "defragmented {target}: {} of {} files laid in order, {} moved in {:.1} s",
+                    n("defragmented"),
+                    n("files"),
+                    output::size(n("moved_bytes")),
+                    n("micros") as f64 / 1e6
+                );
+                if n("damaged") > 0 {
+                    eprintln!("clonefs: {} damaged block(s) left in place: `clonefs scrub` names the files that use them", n("damaged"));
+                }
             }
         }
         Cmd::Compact => {

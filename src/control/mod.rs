@@ -169,6 +169,8 @@ pub enum Request {
     /// How far the running scrub is: {"done": bytes, "total": bytes, "running": bool}.
     ScrubProgress,
     Compact,
+    /// Lays the blocks of the files of `name` (VOL or VOL@SNAP) back in file order.
+    Defrag { name: String },
     Shutdown,
     /// Streams snapshot `snapshot` (VOL@SNAP) after a reply line: the changes since `from`
     /// (a snapshot) if given. `two_way`: the receiver's replies come back on the connection.

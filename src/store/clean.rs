@@ -191,3 +191,66 @@ impl Store {
         Ok(report)
     }
 }
+
+/// Blocks `move_in_order` moves per commit (8 MiB of 16 KiB blocks).
+const MOVE_BLOCKS: usize = 512;
+
+/// What `move_in_order` did.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct MoveReport {
+    pub moved_bytes: u64,
+    /// Blocks left in place because their bytes do not match their hash.
+    pub damaged: u64,
+}
+
+impl Store {
+    /// How many of the stored blocks `hashes` (a file's, in file order) do not follow the
+    /// one before them in the segments: (stored blocks, breaks). A file written in order
+    /// has a break per record; one rewritten at random, one per block.
+    pub fn layout_breaks(&self, hashes: &[Hash]) -> Result<(u64, u64)> {
+        let mut prev: Option<u64> = None;
+        let (mut blocks, mut breaks) = (0, 0);
+        for rec in self.ref_recs(hashes)?.into_iter().flatten() {
+            blocks += 1;
+            if prev.is_some_and(|end| end != rec.loc) {
+                breaks += 1;
+            }
+            prev = Some(rec.loc + rec.size as u64);
+        }
+        Ok((blocks, breaks))
+    }
+
+    /// Moves blocks `hashes` (a file's, in file order) to the end of the log in that order,
+    /// as the cleaner moves blocks (what any view shows stays), so that a sequential read
+    /// of the file reads the segment in order (`defrag`). A block listed again, freed or
+    /// moved meanwhile is skipped; the segments left sparser are the cleaner's.
+    pub fn move_in_order(&self, hashes: &[Hash]) -> Result<MoveReport> {
+        let mut report = MoveReport::default();
+        // One mover at a time: the cleaner's moves and these would undo each other.
+        let _cleaning = self.cleaning.lock().map_err(|_| Error::Corrupt("cleaner state poisoned by a panic".into()))?;
+        let mut seen: std::collections::HashSet<Hash> = std::collections::HashSet::new();
+        let todo: Vec<Hash> = hashes.iter().filter(|h| seen.insert(**h)).copied().collect();
+        for chunk in todo.chunks(MOVE_BLOCKS) {
+            let batch: Vec<(Hash, u64, usize)> =
+                chunk.iter().zip(self.ref_recs(chunk)?).filter_map(|(h, r)| r.map(|r| (*h, r.loc, r.size as usize))).collect();
+            // All asked of the disk at once, then read in turn (`read_runs`).
+            for &(_, loc, size) in &batch {
+                self.log.prefetch(loc, size);
+            }
+            let mut t = self.txn();
+            for (h, loc, size) in batch {
+                let Some(data) = self.log.read(loc, size)? else { continue };
+                if self.hash(&data) != h {
+                    report.damaged += 1;
+                    self.damaged(&h, loc, "does not match its hash");
+                    continue;
+                }
+                report.moved_bytes += size as u64;
+                t.moves.push((h, loc, data.into_vec()));
+            }
+            self.commit(t, false)?;
+        }
+        crate::metrics::get().cleaner_moved_bytes.inc_by(report.moved_bytes);
+        Ok(report)
+    }
+}

@@ -9,6 +9,7 @@
 //! or heads and leaves a GC marker; `gc` frees what no pin or head can see any more.
 
 pub mod autosnap;
+pub mod defrag;
 pub mod diff;
 pub mod flatten;
 pub mod fsck;

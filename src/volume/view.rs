@@ -148,6 +148,17 @@ impl View {
         self.store.scan_visible(scan, &self.chain_in(scan.cf())?)
     }
 
+    /// The live records of inodes numbered in [from, to), in order.
+    pub fn inode_records(&self, from: u64, to: u64) -> Result<Vec<(u64, InodeRec)>> {
+        let mut out = Vec::new();
+        for (id, f) in self.scan(&Scan::Inodes { from, to })? {
+            if let (Ident::Inode { ino, .. }, Some(rec)) = (id, InodeRec::decode(&f.value)?) {
+                out.push((ino, rec));
+            }
+        }
+        Ok(out)
+    }
+
     /// The highest inode number any lineage of the chain has used.
     pub fn max_ino(&self) -> Result<u64> {
         let mut max = 0;
