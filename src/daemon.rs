@@ -72,8 +72,8 @@ pub struct Daemon {
     /// What the caches and buffers above are sized from.
     mem: Budget,
     scrub: ScrubState,
-    /// Snapshots being read by sends, diffs and restores, and heads diffs read: not
-    /// destroyed meanwhile (nor rolled back: heads).
+    /// Snapshots being read by sends, diffs, restores and defrags, and the heads diffs and
+    /// defrags read: not destroyed meanwhile (nor rolled back: heads).
     sending: streams::Sending,
     /// Lineages being flattened, with their volume's name: no mount, send or receive opens
     /// a view through one meanwhile (invariant 26).
@@ -885,10 +885,10 @@ impl Daemon {
             let sending = self.sending.lock()?;
             let snaps = Catalog::snapshots(&self.store, v.id)?;
             if snap.is_none() && sending.contains_key(&Claimed::Head(v.id)) {
-                return Err(Error::Conflict(format!("{vol} is being read (a diff of its live files); destroy it when that has ended")));
+                return Err(Error::Conflict(format!("{vol} is being read (a diff or defrag of its live files); destroy it when that has ended")));
             }
             if let Some(s) = snaps.iter().find(|s| snap.as_ref().is_none_or(|n| *n == s.name) && sending.contains_key(&Claimed::Snapshot(s.id()))) {
-                return Err(Error::Conflict(format!("snapshot {vol}@{} is being read (a send, diff or restore); destroy it when that has ended", s.name)));
+                return Err(Error::Conflict(format!("snapshot {vol}@{} is being read (a send, diff, restore or defrag); destroy it when that has ended", s.name)));
             }
             match &snap {
                 // A mounted head sees the pin go through its lineage state; its batches in
@@ -951,11 +951,11 @@ impl Daemon {
                     continue;
                 }
                 if sending.contains_key(&Claimed::Head(x.id)) && reads_through(x.lineage)? {
-                    return Err(Error::Conflict(format!("a diff of {}'s live files reads through {name}; flatten it when that has ended", x.name)));
+                    return Err(Error::Conflict(format!("a diff or defrag of {}'s live files reads through {name}; flatten it when that has ended", x.name)));
                 }
                 for s in Catalog::snapshots(&self.store, x.id)? {
                     if sending.contains_key(&Claimed::Snapshot(s.id())) && reads_through(s.lineage)? {
-                        return Err(Error::Conflict(format!("a send, diff or restore of {}@{} reads through {name}; flatten it when that has ended", x.name, s.name)));
+                        return Err(Error::Conflict(format!("a send, diff, restore or defrag of {}@{} reads through {name}; flatten it when that has ended", x.name, s.name)));
                     }
                 }
             }
@@ -1002,7 +1002,7 @@ impl Daemon {
         // is one synced batch: brief.
         let sending = self.sending.lock()?;
         if sending.contains_key(&Claimed::Head(v.id)) {
-            return Err(Error::Conflict(format!("{vol} is being read (a diff of its live files); roll it back when that has ended")));
+            return Err(Error::Conflict(format!("{vol} is being read (a diff or defrag of its live files); roll it back when that has ended")));
         }
         match head {
             Some(live) => {

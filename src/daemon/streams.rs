@@ -17,14 +17,14 @@ use std::io::{BufWriter, Read};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
-/// What sends, diffs and restores are reading, each with how many readers: `destroy`
+/// What sends, diffs, restores and defrags are reading, each with how many readers: `destroy`
 /// refuses it, as the temporary hold of `zfs send` does, since GC would free what a reader
 /// has yet to read; `rollback` refuses a claimed head, and `flatten` a lineage a claim
 /// reads through.
 #[derive(Default)]
 pub(super) struct Sending(std::sync::Mutex<std::collections::HashMap<Claimed, u32>>);
 
-/// A snapshot (by id), or a volume's live head (by volume id: a diff against it).
+/// A snapshot (by id), or a volume's live head (by volume id: a diff against it, a defrag).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(super) enum Claimed {
     Snapshot(u64),

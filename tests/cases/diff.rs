@@ -407,11 +407,11 @@ fn a_clone_being_diffed_is_not_destroyed_under_the_diff() {
             break;
         }
         let err = String::from_utf8_lossy(&out.stderr).to_string();
-        assert!(err.contains("c is being read (a diff of its live files)"), "{err}");
+        assert!(err.contains("c is being read (a diff or defrag of its live files)"), "{err}");
         assert!(started.elapsed().as_secs() < 60, "destroy refused for a minute: {err}");
     }
     for err in &refused {
-        assert!(err.contains("c is being read (a diff of its live files); roll it back when that has ended"), "{err}");
+        assert!(err.contains("c is being read (a diff or defrag of its live files); roll it back when that has ended"), "{err}");
     }
     let out = diff.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
