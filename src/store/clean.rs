@@ -206,11 +206,14 @@ pub struct MoveReport {
 impl Store {
     /// How many of the stored blocks `hashes` (a file's, in file order) do not follow the
     /// one before them in the segments: (stored blocks, breaks). A file written in order
-    /// has a break per record; one rewritten at random, one per block.
+    /// has a break per record; one rewritten at random, one per block. A block named again
+    /// (repeated content) counts where it is first named, as `move_in_order` lays it.
     pub fn layout_breaks(&self, hashes: &[Hash]) -> Result<(u64, u64)> {
+        let mut seen: std::collections::HashSet<&Hash> = std::collections::HashSet::new();
+        let firsts: Vec<&Hash> = hashes.iter().filter(|h| seen.insert(*h)).collect();
         let mut prev: Option<u64> = None;
         let (mut blocks, mut breaks) = (0, 0);
-        for rec in self.ref_recs(hashes)?.into_iter().flatten() {
+        for rec in self.ref_recs(firsts)?.into_iter().flatten() {
             blocks += 1;
             if prev.is_some_and(|end| end != rec.loc) {
                 breaks += 1;
