@@ -329,6 +329,19 @@ fn kill_9_during_compact_loses_nothing() {
     d.fsck_clean();
 }
 
+/// 0..n in an order fixed by `seed`.
+fn shuffled(n: u64, seed: u64) -> Vec<u64> {
+    let mut order: Vec<u64> = (0..n).collect();
+    let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    for i in (1..order.len()).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        order.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    order
+}
+
 /// `defrag` lays a file rewritten at random back in file order while the volume is mounted
 /// and written: it says what it moved and a second run finds nothing out of order; the
 /// head, a snapshot taken before and a clone read as before; no space figure moves; the
@@ -343,15 +356,7 @@ fn defrag_lays_a_file_rewritten_at_random_back_in_order() {
     // Whole blocks in a shuffled order, each fsync'd on its own: each goes to the log
     // alone, so the file's blocks lie out of order.
     let f = OpenOptions::new().write(true).open(m.join("f")).unwrap();
-    let mut order: Vec<u64> = (0..blocks).collect();
-    let mut x = 0x2545F4914F6CDD1Du64;
-    for i in (1..order.len()).rev() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        order.swap(i, (x % (i as u64 + 1)) as usize);
-    }
-    for (n, &idx) in order.iter().enumerate() {
+    for (n, &idx) in shuffled(blocks, 0x2545F4914F6CDD1D).iter().enumerate() {
         let b = pattern(1000 + n as u64, bs as usize);
         f.write_all_at(&b, idx * bs).unwrap();
         f.sync_data().unwrap();
@@ -428,18 +433,10 @@ fn kill_9_during_defrag_loses_nothing() {
     let mut want = pattern(1, (bs * blocks) as usize);
     fs::write(m.join("f"), &want).unwrap();
     let mut cut = 0;
-    let mut x = 0x9E3779B97F4A7C15u64;
     for (round, delay_ms) in [5u64, 15, 30, 50].into_iter().enumerate() {
         // Every block rewritten whole and fsync'd alone, in a shuffled order.
         let f = OpenOptions::new().write(true).open(m.join("f")).unwrap();
-        let mut order: Vec<u64> = (0..blocks).collect();
-        for i in (1..order.len()).rev() {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            order.swap(i, (x % (i as u64 + 1)) as usize);
-        }
-        for &idx in &order {
+        for &idx in &shuffled(blocks, round as u64 + 1) {
             let b = pattern(round as u64 * blocks + idx + 7, bs as usize);
             f.write_all_at(&b, idx * bs).unwrap();
             f.sync_data().unwrap();
