@@ -744,11 +744,7 @@ impl Daemon {
             let a = self.catalog.open_view(&self.store, &va, Some(&sa), true)?.chain();
             let b = self.catalog.open_view(&self.store, &vb, sb.as_deref(), true)?.chain();
             let mut ids = vec![Claimed::Snapshot(Catalog::snapshot(&self.store, &Catalog::get(&self.store, &va)?, &sa)?.id())];
-            let vbv = Catalog::get(&self.store, &vb)?;
-            ids.push(match &sb {
-                Some(s) => Claimed::Snapshot(Catalog::snapshot(&self.store, &vbv, s)?.id()),
-                None => Claimed::Head(vbv.id),
-            });
+            ids.push(Claimed::of(&self.store, &Catalog::get(&self.store, &vb)?, sb.as_deref())?);
             let claim = self.claim_reads(&mut table, &format!("diff {from}"), &[&a, &b], ids)?;
             (a, b, claim)
         };
@@ -783,10 +779,7 @@ impl Daemon {
         let (view, _claim) = {
             let mut table = self.sending.lock()?;
             let view = self.catalog.open_view(&self.store, &vol, snap.as_deref(), true)?;
-            let id = match &snap {
-                Some(s) => Claimed::Snapshot(Catalog::snapshot(&self.store, &v, s)?.id()),
-                None => Claimed::Head(v.id),
-            };
+            let id = Claimed::of(&self.store, &v, snap.as_deref())?;
             let chain = view.chain();
             let claim = self.claim_reads(&mut table, &format!("defrag {name}"), &[&chain], vec![id])?;
             (view, claim)

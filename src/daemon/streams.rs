@@ -31,6 +31,16 @@ pub(super) enum Claimed {
     Head(u64),
 }
 
+impl Claimed {
+    /// What a reader of volume `v`'s snapshot `snap` (its head if None) claims.
+    pub(super) fn of(store: &crate::store::Store, v: &crate::volume::VolumeRec, snap: Option<&str>) -> Result<Claimed> {
+        Ok(match snap {
+            Some(s) => Claimed::Snapshot(Catalog::snapshot(store, v, s)?.id()),
+            None => Claimed::Head(v.id),
+        })
+    }
+}
+
 impl Sending {
     /// The table, locked: `destroy` checks it and acts under this lock, and a send looks its
     /// snapshots up and registers them under it, so neither slips between the other's steps.

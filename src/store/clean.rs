@@ -146,15 +146,8 @@ impl Store {
                     if rec.loc != *loc {
                         continue;
                     }
-                    let Some(bytes) = self.log.read(*loc, rec.size as usize)? else { continue };
-                    if self.hash(&bytes) != *h {
-                        // Left where it is (and its segment with it): scrub reports it.
-                        report.damaged += 1;
-                        self.damaged(h, *loc, "does not match its hash");
-                        continue;
-                    }
-                    report.moved_bytes += bytes.len() as u64;
-                    t.moves.push((*h, *loc, bytes.into_vec()));
+                    // Left where it is if damaged (and its segment with it): scrub reports it.
+                    self.stage_move(&mut t, *h, *loc, rec.size as usize, &mut report)?;
                 }
                 self.commit(t, false)?;
             }
@@ -190,18 +183,24 @@ impl Store {
         m.cleaner_segments_deleted.inc_by(report.segments_deleted);
         Ok(report)
     }
+
+    /// Reads block `h` (`size` bytes at `loc`) and stages its move into `t`, unless its
+    /// segment is gone or its bytes do not match its hash (counted in `report`, logged).
+    fn stage_move(&self, t: &mut Txn<'_>, h: Hash, loc: u64, size: usize, report: &mut CleanReport) -> Result<()> {
+        let Some(bytes) = self.log.read(loc, size)? else { return Ok(()) };
+        if self.hash(&bytes) != h {
+            report.damaged += 1;
+            self.damaged(&h, loc, "does not match its hash");
+            return Ok(());
+        }
+        report.moved_bytes += bytes.len() as u64;
+        t.moves.push((h, loc, bytes.into_vec()));
+        Ok(())
+    }
 }
 
 /// Blocks `move_in_order` moves per commit (8 MiB of 16 KiB blocks).
 const MOVE_BLOCKS: usize = 512;
-
-/// What `move_in_order` did.
-#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
-pub struct MoveReport {
-    pub moved_bytes: u64,
-    /// Blocks left in place because their bytes do not match their hash.
-    pub damaged: u64,
-}
 
 impl Store {
     /// How many of the stored blocks `hashes` (a file's, in file order) do not follow the
@@ -227,8 +226,8 @@ impl Store {
     /// as the cleaner moves blocks (what any view shows stays), so that a sequential read
     /// of the file reads the segment in order (`defrag`). A block listed again, freed or
     /// moved meanwhile is skipped; the segments left sparser are the cleaner's.
-    pub fn move_in_order(&self, hashes: &[Hash]) -> Result<MoveReport> {
-        let mut report = MoveReport::default();
+    pub fn move_in_order(&self, hashes: &[Hash]) -> Result<CleanReport> {
+        let mut report = CleanReport::default();
         // One mover at a time: the cleaner's moves and these would undo each other.
         let _cleaning = self.cleaning.lock().map_err(|_| Error::Corrupt("cleaner state poisoned by a panic".into()))?;
         let mut seen: std::collections::HashSet<Hash> = std::collections::HashSet::new();
@@ -242,14 +241,7 @@ impl Store {
             }
             let mut t = self.txn();
             for (h, loc, size) in batch {
-                let Some(data) = self.log.read(loc, size)? else { continue };
-                if self.hash(&data) != h {
-                    report.damaged += 1;
-                    self.damaged(&h, loc, "does not match its hash");
-                    continue;
-                }
-                report.moved_bytes += size as u64;
-                t.moves.push((h, loc, data.into_vec()));
+                self.stage_move(&mut t, h, loc, size, &mut report)?;
             }
             self.commit(t, false)?;
         }
