@@ -159,9 +159,10 @@ fn purge(store: &Store, cat: &Catalog, lineage: u64) -> Result<()> {
 ///
 /// Cost: a lineage that would go whole is counted by its counters when it is the only one
 /// (blocks only it names); every other freed version is enumerated, from the births after
-/// the last pin that stays below what goes. So a snapshot costs the versions it alone keeps,
-/// a volume nothing else reads costs O(1), and a volume that clones still read costs a pass
-/// over its versions.
+/// the last pin that stays below what goes to the last epoch that goes. So a snapshot costs
+/// the versions born since the pin before it (listing N snapshots is linear in their
+/// versions), a volume nothing else reads costs O(1), and a volume that clones still read
+/// costs a pass over its versions.
 pub fn freed_by(store: &Store, removals: &[(u64, u64)]) -> Result<u64> {
     use std::collections::{BTreeMap, BTreeSet, HashMap};
     let mut orig: BTreeMap<u64, LineageRec> = BTreeMap::new();
@@ -242,7 +243,14 @@ pub fn freed_by(store: &Store, removals: &[(u64, u64)]) -> Result<u64> {
             })?;
             continue;
         }
+        // A version born after the last epoch that goes is seen by none of them (a pin sees
+        // the versions born at or before it): the scan stops there, so a snapshot costs
+        // the births between its pin and the one before, however many come after it.
+        let last = gone.iter().max().copied().unwrap_or(first);
         store.births(&Cursor::births_at(*l, lo), |id, b| {
+            if b > last {
+                return Ok(false);
+            }
             if !matches!(id, Ident::Extent { .. }) {
                 return Ok(true);
             }
