@@ -464,6 +464,43 @@ fn unique_bytes_are_what_destroy_frees() {
     assert_eq!(d.physical(), 0);
 }
 
+/// A snapshot among many: its UNIQUE counts the versions born since the snapshot before it
+/// that no later one sees, not those written after it (`list` scans only those births).
+#[test]
+fn a_middle_snapshot_among_many_shows_what_destroying_it_frees() {
+    let mut d = Daemon::start();
+    let v = d.volume("v");
+    fs::write(v.join("a"), pattern(1, 1 << 20)).unwrap();
+    d.ok(&["snapshot", "v@s1"]);
+    fs::write(v.join("a"), pattern(2, 1 << 20)).unwrap();
+    d.ok(&["snapshot", "v@s2"]);
+    // Pattern 2 is seen by s2 alone from here; pattern 3 by s3 and every later snapshot.
+    fs::write(v.join("a"), pattern(3, 1 << 20)).unwrap();
+    d.ok(&["snapshot", "v@s3"]);
+    for i in 4..24 {
+        fs::write(v.join("c"), pattern(100 + i, 64 << 10)).unwrap();
+        d.ok(&["snapshot", &format!("v@s{i}")]);
+    }
+    let unique = |d: &Daemon, n: &str| {
+        let list = d.json(&["list", "--json"]);
+        list.as_array().unwrap().iter().find(|r| r["name"] == n).unwrap_or_else(|| panic!("{n} not in {list}"))["unique"].as_u64().unwrap()
+    };
+    let s2 = unique(&d, "v@s2");
+    assert!(s2 > (1 << 20) - 64 && s2 <= 1 << 20, "v@s2 UNIQUE {s2}");
+    assert_eq!(unique(&d, "v@s3"), 0);
+    // Each of s4..s22 alone sees one version of c (the next snapshot sees the next one).
+    let s10 = unique(&d, "v@s10");
+    assert!(s10 > (64 << 10) - 64 && s10 <= 64 << 10, "v@s10 UNIQUE {s10}");
+    for n in ["v@s2", "v@s10"] {
+        let u = unique(&d, n);
+        let before = d.physical();
+        d.ok(&["destroy", n]);
+        d.ok(&["gc"]);
+        assert_eq!(before - d.physical(), u, "destroying {n} freed a different amount than its UNIQUE");
+    }
+    d.fsck_clean();
+}
+
 #[test]
 fn kill_9_around_snapshot_clone_destroy_and_gc_leaves_a_clean_store() {
     let mut d = Daemon::start();
