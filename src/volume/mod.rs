@@ -121,17 +121,37 @@ impl Origins {
     /// What `v` was cloned from: `VOL@SNAP`, `VOL (live, epoch N)` for a clone of the live
     /// volume, with "(destroyed)" where it is gone. None for a volume that is no clone.
     pub fn name(&self, v: &VolumeRec) -> Option<String> {
+        let (name, gone) = self.called(v)?;
+        Some(if gone { format!("{name} (destroyed)") } else { name })
+    }
+
+    /// `v`'s origin as named now, and whether it is gone. A destroyed volume is named as
+    /// its clones' records last recorded it (`Catalog::destroy` records its last name).
+    fn called(&self, v: &VolumeRec) -> Option<(String, bool)> {
         let text = v.origin.clone()?;
-        let Some(at) = v.origin_at else { return Some(text) };
+        let Some(at) = v.origin_at else { return Some((text, false)) };
         if let Some(now) = self.snapshots.get(&at) {
-            return Some(now.clone());
+            return Some((now.clone(), false));
         }
         let live = text.contains(" (live, ");
         Some(match (self.owners.get(&at.0), live) {
-            (Some(vol), true) => format!("{vol} (live, epoch {})", at.1),
-            (Some(vol), false) => format!("{vol}@{} (destroyed)", text.rsplit_once('@').map(|x| x.1).unwrap_or("?")),
-            (None, _) => format!("{text} (destroyed)"),
+            (Some(vol), true) => (format!("{vol} (live, epoch {})", at.1), false),
+            (Some(vol), false) => (format!("{vol}@{}", text.rsplit_once('@').map(|x| x.1).unwrap_or("?")), true),
+            (None, _) => (text, true),
         })
+    }
+
+    /// The origin text of each clone of volume `gone` (by name) as it is named now, for the
+    /// clones' records before `gone`'s name goes: after the destroy they keep naming it so,
+    /// not by a name it had before a rename (which a new volume may have taken since).
+    fn renamed_for_destroy(&self, vols: &[VolumeRec], gone: &str) -> Vec<VolumeRec> {
+        vols.iter()
+            .filter(|c| c.origin_at.is_some_and(|at| self.owners.get(&at.0).map(String::as_str) == Some(gone)))
+            .filter_map(|c| {
+                let (name, _) = self.called(c)?;
+                (c.origin.as_deref() != Some(name.as_str())).then(|| VolumeRec { origin: Some(name), ..c.clone() })
+            })
+            .collect()
     }
 
     /// The volume `v` was cloned from, by its name now; None if it was destroyed (or `v` is
@@ -909,6 +929,9 @@ impl Catalog {
         }
         let mut t = self.begin(store);
         t.frees();
+        for c in Origins::load(store)?.renamed_for_destroy(&Self::list(store)?, name) {
+            Self::put_volume(&mut t, &c)?;
+        }
         let mut lins: BTreeMap<u64, LineageRec> = BTreeMap::new();
         for s in &snaps {
             t.cat_delete(&CatKey::Snapshot { volume: v.id, name: s.name.as_bytes().to_vec() })?;
