@@ -305,15 +305,9 @@ fn kill_9_during_compact_loses_nothing() {
         }
         d.ok(&["destroy", &format!("v@r{round}")]);
         d.ok(&["gc"]);
-        let compact = d.spawn_cli(&["compact"]);
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-        d.kill9();
-        // The compaction's CLI fails when the daemon dies before answering.
-        if !{ compact }.wait().unwrap().success() {
+        if d.kill9_during(&["compact"], delay_ms) {
             cut += 1;
         }
-        d.restart();
-        d.fsck_clean();
         m = d.mount("v");
         for i in 0..24u64 {
             let want = if i % 2 == 0 { pattern(gen + i, 4 << 20) } else { pattern(i, 4 << 20) };
@@ -443,14 +437,9 @@ fn kill_9_during_defrag_loses_nothing() {
             want[(idx * bs) as usize..((idx + 1) * bs) as usize].copy_from_slice(&b);
         }
         drop(f);
-        let defrag = d.spawn_cli(&["defrag", "v"]);
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-        d.kill9();
-        if !{ defrag }.wait().unwrap().success() {
+        if d.kill9_during(&["defrag", "v"], delay_ms) {
             cut += 1;
         }
-        d.restart();
-        d.fsck_clean();
         m = d.mount("v");
         assert!(fs::read(m.join("f")).unwrap() == want, "round {round}: the file is not as written after kill -9 during defrag");
     }

@@ -1194,14 +1194,9 @@ fn kill_9_during_flatten_leaves_a_clean_store_and_flatten_finishes() {
         if round == 1 {
             d.mount(&name);
         }
-        let flatten = d.spawn_cli(&["flatten", &name]);
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-        d.kill9();
-        if !{ flatten }.wait().unwrap().success() {
+        if d.kill9_during(&["flatten", &name], delay_ms) {
             cut += 1;
         }
-        d.restart();
-        d.fsck_clean();
         // Again, unless the first one had finished.
         let out = d.cli(&["flatten", &name]);
         let err = String::from_utf8_lossy(&out.stderr);

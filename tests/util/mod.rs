@@ -213,6 +213,19 @@ impl Daemon {
         self.spawn();
     }
 
+    /// Runs CLI command `args`, kills the daemon -9 `delay_ms` into it, restarts it and
+    /// checks fsck. Returns whether the kill cut the command short (it failed).
+    pub fn kill9_during(&mut self, args: &[&str], delay_ms: u64) -> bool {
+        let cmd = self.spawn_cli(args);
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        self.kill9();
+        // The CLI fails when the daemon dies before answering.
+        let cut = !{ cmd }.wait().unwrap().success();
+        self.restart();
+        self.fsck_clean();
+        cut
+    }
+
     /// Graceful stop (SIGTERM), bounded.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
